@@ -1,0 +1,1 @@
+"""Hardware data: pin maps, power figures, battery curves, each with its datasheet source."""

@@ -1,0 +1,1 @@
+"""The host suite: receiver, storage, sinks, queries and the `carecard` command."""

@@ -1,0 +1,1 @@
+"""Subcommands of `carecard`, one module per area."""

@@ -1,0 +1,185 @@
+"""The CareCard wire protocol: the one definition of every frame, field and code.
+
+This file is plain data and runs unchanged on CPython and MicroPython (no imports, no type hints).
+The host builds its construct codec from it (carecard.protocol.codec); the card reads it at import
+as `ccspec` (firmware/lib/ccproto.py); docs/protocol.md is generated from it. Change a field here
+and all three follow; nothing else lists fields.
+
+Frame on the wire (one UDP datagram; stream transports wrap it, see framing):
+
+    header (19 bytes, clear, authenticated) | payload (encrypted, AES-CTR) | tag (8 bytes)
+
+    tag = HMAC-SHA256(mac_key, header || encrypted payload)[:8]
+    keystream block i = AES-ECB(enc_key, device u64 | counter u32 | direction u8 | 0 u8 | i u16)
+    enc_key = HMAC-SHA256(device_key, KDF_ENC)[:len(device_key)]   (AES-128 or AES-256)
+    mac_key = HMAC-SHA256(device_key, KDF_MAC)
+
+All integers are big-endian. Field kinds:
+    u8 u16 u32 u64 i8 i16 i32   fixed-size integers
+    enum:NAME                   u8 holding an index into ENUMS[NAME]
+    str                         u8 byte length, then UTF-8 text
+    track                       u8 count, then per point three zigzag varints: the differences of
+                                time (Unix s), lat_e7, lon_e7 from the previous point (the first
+                                point's differences are from 0, 0, 0)
+    list:NAME                   u8 count, then items laid out as STRUCTS[NAME]
+    commands                    u8 count, then per command: seq u16, code u8, fields of COMMANDS
+"""
+
+VERSION = 1
+
+# Frame-level limits and layout.
+HEADER_LEN = 19
+TAG_LEN = 8
+MIN_FRAME = HEADER_LEN + TAG_LEN
+MAX_FRAME = 512
+MAX_TRACK_POINTS = 60
+MAX_COMMANDS = 8
+MAX_CONTACTS = 4
+MAX_STR = 64
+
+# Header flag bits; any other bit set makes the frame malformed.
+FLAG_CLOCK_UNSYNCED = 0x01
+FLAGS_KNOWN = 0x01
+
+# Direction byte in the AES-CTR nonce: uplink and downlink keystreams never collide.
+DIR_UPLINK = 0
+DIR_DOWNLINK = 1
+
+# Key-derivation labels (HMAC-SHA256 messages).
+KDF_ENC = b"carecard-v1 enc"
+KDF_MAC = b"carecard-v1 mac"
+
+# Sentinels for "not known" in fixed-size fields.
+UNKNOWN_U8 = 255
+UNKNOWN_U16 = 65535
+UNKNOWN_I8 = -128
+
+# Geographic limits of scaled coordinates (1e-7 degree).
+LAT_E7_MAX = 900000000
+LON_E7_MAX = 1800000000
+
+HEADER = (
+    ("version", "u8", "protocol version (1)"),
+    ("type", "u8", "message type code"),
+    ("flags", "u8", "bit 0: clock not yet synced, `time` is seconds since boot"),
+    ("device", "u64", "device id: the modem's IMEI as an integer"),
+    ("counter", "u32", "per-device monotonic frame counter, one per direction"),
+    ("time", "u32", "Unix seconds (UTC) when the message was made"),
+)
+
+ENUMS = {
+    "reset_cause": ("power_on", "hard", "watchdog", "deep_sleep", "soft", "brownout", "unknown"),
+    "modem": ("unknown", "a7670", "ec800m"),
+    "charging": ("discharging", "charging", "full"),
+    "fix": ("none", "2d", "3d"),
+    # `answered`: the modem reported the call active (may be ring-back on some networks);
+    # `confirmed`: the callee acknowledged (DTMF key), the only trustworthy "someone answered".
+    "call_outcome": ("answered", "confirmed", "busy", "no_answer", "rejected", "failed",
+                     "cancelled", "no_number"),
+    "sos_trigger": ("long_press", "key_combo", "fall", "checkin_timeout"),
+    "checkin_answer": ("ok", "help", "no_response"),
+    "power_event": ("low", "critical", "recovered", "charger_connected", "charger_full",
+                    "charger_removed", "shutdown"),
+    "command_result": ("done", "rejected", "unsupported", "bad_value"),
+}
+
+STRUCTS = {
+    "contact": (
+        ("key", "u8", "key number 1-4"),
+        ("number", "str", "phone number, digits and an optional leading +"),
+        ("name", "str", "name shown to the technician (UTF-8)"),
+    ),
+}
+
+# (code, name, fields). Codes are stable forever: never reuse one.
+UPLINK = (
+    (1, "hello", (
+        ("fw_major", "u8", "firmware version, major"),
+        ("fw_minor", "u8", "firmware version, minor"),
+        ("fw_patch", "u8", "firmware version, patch"),
+        ("reset_cause", "enum:reset_cause", "why the card (re)started"),
+        ("config_version", "u16", "version of the provisioned configuration"),
+        ("modem", "enum:modem", "modem profile in use"),
+    )),
+    (2, "status", (
+        ("battery_mv", "u16", "battery voltage, millivolts"),
+        ("battery_pct", "u8", "state of charge, percent (255 unknown)"),
+        ("charging", "enum:charging", "charger state"),
+        ("rssi_dbm", "i8", "signal strength, dBm (-128 unknown)"),
+        ("motion_count", "u16", "key presses and motion events since the last status"),
+        ("outbox_depth", "u16", "messages waiting in the card's outbox"),
+    )),
+    (3, "position", (
+        ("lat_e7", "i32", "latitude, 1e-7 degree"),
+        ("lon_e7", "i32", "longitude, 1e-7 degree"),
+        ("alt_m", "i16", "altitude above mean sea level, metres"),
+        ("hdop_x10", "u8", "horizontal dilution of precision x10 (255 unknown or >= 25.5)"),
+        ("sats", "u8", "satellites used in the fix"),
+        ("fix", "enum:fix", "fix type"),
+        ("fix_age_s", "u16", "seconds from the fix to this message (65535 = older)"),
+        ("speed_cms", "u16", "ground speed, cm/s"),
+        ("course_x10", "u16", "course over ground, 0.1 degree"),
+    )),
+    (4, "track", (
+        ("points", "track", "positions, oldest first: time, lat_e7, lon_e7"),
+    )),
+    (5, "call", (
+        ("key", "u8", "key pressed, 1-4"),
+        ("number", "str", "number dialled"),
+        ("outcome", "enum:call_outcome", "how the call ended"),
+        ("ring_s", "u16", "seconds of ringing"),
+        ("talk_s", "u16", "seconds connected"),
+    )),
+    (6, "sos", (
+        ("trigger", "enum:sos_trigger", "what raised the SOS"),
+        ("lat_e7", "i32", "last known latitude, 1e-7 degree (0 without a fix)"),
+        ("lon_e7", "i32", "last known longitude, 1e-7 degree (0 without a fix)"),
+        ("fix", "enum:fix", "fix type of that position"),
+        ("fix_age_s", "u16", "age of that position, seconds (65535 = older or none)"),
+        ("battery_pct", "u8", "state of charge, percent (255 unknown)"),
+    )),
+    (7, "checkin", (
+        ("prompt_id", "u16", "the check-in prompt answered"),
+        ("answer", "enum:checkin_answer", "the elder's answer"),
+        ("response_s", "u16", "seconds from prompt to answer"),
+    )),
+    (8, "power", (
+        ("event", "enum:power_event", "battery or charger event"),
+        ("battery_mv", "u16", "battery voltage, millivolts"),
+        ("battery_pct", "u8", "state of charge, percent (255 unknown)"),
+    )),
+    (9, "command_result", (
+        ("seq", "u16", "sequence number of the downlink command"),
+        ("result", "enum:command_result", "what the card did with it"),
+    )),
+)
+
+DOWNLINK = (
+    (128, "ack", (
+        ("acked", "u32", "counter of the uplink frame acknowledged"),
+        ("commands", "commands", "commands for the card, applied in order"),
+    )),
+)
+
+# Commands carried in an ack: (code, name, fields).
+COMMANDS = (
+    (1, "locate_now", ()),
+    (2, "checkin_prompt", (
+        ("prompt_id", "u16", "identifies the prompt in the answer"),
+        ("timeout_s", "u16", "seconds to wait for the elder's answer"),
+    )),
+    (3, "set_intervals", (
+        ("position_s", "u32", "seconds between position reports"),
+        ("status_s", "u32", "seconds between status reports"),
+        ("gnss_timeout_s", "u16", "longest GNSS acquisition, seconds"),
+    )),
+    (4, "set_contacts", (
+        ("contacts", "list:contact", "the numbers behind keys 1-4"),
+    )),
+    (5, "set_time", (
+        ("unix", "u32", "current Unix time, seconds"),
+    )),
+    (6, "reboot", (
+        ("delay_s", "u16", "seconds before rebooting"),
+    )),
+)

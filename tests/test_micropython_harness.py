@@ -1,0 +1,35 @@
+"""The harness itself: code really runs on MicroPython, tracebacks are readable, heaps are small."""
+
+import pytest
+
+from carecard.tools.micropython import Batch, MicroPythonError
+
+
+def test_runs_on_micropython_not_cpython(mpy):
+    out = mpy.run("import sys\nprint(sys.implementation.name)")
+    assert out.strip() == "micropython"
+
+
+def test_traceback_is_reported(mpy):
+    with pytest.raises(MicroPythonError) as info:
+        mpy.run("def f():\n    raise ValueError('boom here')\nf()\n")
+    assert "ValueError: boom here" in str(info.value)
+    assert "line 2" in str(info.value)
+
+
+def test_small_heap_fails_large_allocation(mpy):
+    with pytest.raises(MicroPythonError) as info:
+        mpy.run("b = bytearray(200000)", heapsize=16 * 1024)
+    assert "MemoryError" in str(info.value)
+
+
+def test_batch_answers_each_line(mpy):
+    script = "import sys\nwhile True:\n    l = sys.stdin.readline()\n    if not l: break\n    print(int(l) * 2)\n"
+    with Batch(script) as batch:
+        assert batch.call("21") == "42"
+        assert batch.call_many([str(i) for i in range(1000)]) == [str(2 * i) for i in range(1000)]
+
+
+def test_card_image_has_protocol_spec(mpy):
+    out = mpy.run("import ccspec\nprint(ccspec.VERSION)")
+    assert int(out) >= 1

