@@ -14,6 +14,7 @@ import sys
 # parser to a callable taking the parsed args and returning an exit status.
 COMMAND_MODULES = [
     "carecard.host.commands.protocol_cmds",
+    "carecard.host.commands.bench_cmds",
 ]
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks behind `carecard bench NAME`; each prints figures with an in-run baseline."""
