@@ -1,0 +1,477 @@
+"""Host codec: construct structures built from spec.py, plus frame encryption and authentication.
+
+Public API (re-exported by carecard.protocol):
+
+    encode_frame(message, key) -> bytes
+    decode_frame(frame, keys) -> dict
+    peek_header(frame) -> Header          (unauthenticated; for routing and logging only)
+
+A message is a plain dict: {"type": "position", "device": 861234567890123, "counter": 7,
+"time": 1764374400, "clock_synced": True, <payload fields of spec.py>}. Enum fields decode to
+their names and encode from names or codes. `decode_frame` adds "direction" ("uplink" or
+"downlink"). Commands in an ack are dicts {"seq": 3, "cmd": "set_time", "unix": ...}.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple, Union
+
+from construct import (
+    Adapter,
+    MappingError,
+    TerminatedError,
+    Construct,
+    ConstructError,
+    Enum,
+    Int8sb,
+    Int8ub,
+    Int16sb,
+    Int16ub,
+    Int32sb,
+    Int32ub,
+    Int64ub,
+    PascalString,
+    PrefixedArray,
+    Struct,
+    Switch,
+    Terminated,
+    ZigZag,
+    this,
+)
+
+from construct.core import stream_read, stream_write
+
+from carecard.protocol import spec
+from carecard.protocol.crypto import FrameKeys, tags_equal
+from carecard.protocol.errors import (
+    BadTag,
+    BadVersion,
+    InvalidMessage,
+    MalformedFrame,
+    OversizeFrame,
+    ProtocolError,
+    TruncatedFrame,
+    UnknownDevice,
+    UnknownType,
+)
+
+# --- construct building blocks, one per field kind of spec.py -------------------------------
+
+INTEGERS: dict[str, Construct] = {
+    "u8": Int8ub, "u16": Int16ub, "u32": Int32ub, "u64": Int64ub,
+    "i8": Int8sb, "i16": Int16sb, "i32": Int32sb,
+}
+INTEGER_RANGES: dict[str, tuple[int, int]] = {
+    "u8": (0, 0xFF), "u16": (0, 0xFFFF), "u32": (0, 0xFFFFFFFF), "u64": (0, 2**64 - 1),
+    "i8": (-0x80, 0x7F), "i16": (-0x8000, 0x7FFF), "i32": (-0x80000000, 0x7FFFFFFF),
+}
+Text = PascalString(Int8ub, "utf8")
+
+
+class TrackAdapter(Adapter):
+    """Points as absolute {time, lat_e7, lon_e7} in Python, zigzag-varint differences on the wire."""
+
+    def _decode(self, obj, context, path):
+        time = lat = lon = 0
+        points = []
+        for step in obj:
+            time += step.dt
+            lat += step.dlat
+            lon += step.dlon
+            points.append({"time": time, "lat_e7": lat, "lon_e7": lon})
+        return points
+
+    def _encode(self, obj, context, path):
+        time = lat = lon = 0
+        steps = []
+        for point in obj:
+            steps.append({"dt": point["time"] - time, "dlat": point["lat_e7"] - lat,
+                          "dlon": point["lon_e7"] - lon})
+            time, lat, lon = point["time"], point["lat_e7"], point["lon_e7"]
+        return steps
+
+
+Track = TrackAdapter(PrefixedArray(Int8ub, Struct("dt" / ZigZag, "dlat" / ZigZag, "dlon" / ZigZag)))
+
+
+def enum_construct(name: str) -> Construct:
+    return Enum(Int8ub, **{label: code for code, label in enumerate(spec.ENUMS[name])})
+
+
+def field_construct(kind: str) -> Construct:
+    if kind in INTEGERS:
+        return INTEGERS[kind]
+    if kind == "str":
+        return Text
+    if kind == "track":
+        return Track
+    if kind.startswith("enum:"):
+        return enum_construct(kind[5:])
+    if kind.startswith("list:"):
+        return PrefixedArray(Int8ub, fields_struct(spec.STRUCTS[kind[5:]]))
+    if kind == "commands":
+        return Commands
+    raise ValueError(f"spec.py: unknown field kind {kind!r}")
+
+
+def fields_struct(fields: tuple) -> Struct:
+    return Struct(*(name / field_construct(kind) for name, kind, _doc in fields))
+
+
+FIXED_KINDS = frozenset(INTEGERS)
+
+
+def is_fixed(kind: str) -> bool:
+    return kind in FIXED_KINDS or kind.startswith("enum:")
+
+
+class PackedFields(Construct):
+    """A whole payload of fixed-size integer and enum fields, parsed with one struct call.
+
+    Equivalent to Struct(name / Int..., name / Enum(Int8ub, ...), ...) byte for byte (a test
+    checks it), but one `struct.unpack` instead of one per field: this is the hot path of the
+    receiver. Enum fields parse to their labels; an undefined code is a MappingError; bytes
+    after the last field are a TerminatedError, as with `Terminated` in a Struct.
+    """
+
+    def __init__(self, fields: tuple):
+        super().__init__()
+        self.names = tuple(name for name, _kind, _doc in fields)
+        self.packer = packer = struct.Struct(">" + "".join(
+            _STRUCT_CODES[kind] if kind in FIXED_KINDS else "B" for _n, kind, _d in fields))
+        # (position, labels, {label: code}) for each enum field
+        self.enums = tuple(
+            (i, spec.ENUMS[kind[5:]], {label: code for code, label in enumerate(spec.ENUMS[kind[5:]])})
+            for i, (_n, kind, _d) in enumerate(fields) if kind.startswith("enum:"))
+        self.size = packer.size
+
+    def _parse(self, stream, context, path):
+        data = stream_read(stream, self.packer.size, path)
+        if stream.read(1):
+            raise TerminatedError("unexpected bytes after the payload", path=path)
+        return self.parse_exact(data)
+
+    def parse_exact(self, data: bytes) -> dict[str, Any]:
+        """Parse a payload of exactly `sizeof()` bytes (the receiver's hot path, no stream)."""
+        values = list(self.packer.unpack(data))
+        for i, labels, _codes in self.enums:
+            code = values[i]
+            if code >= len(labels):
+                raise MappingError(f"{self.names[i]}: undefined code {code}")
+            values[i] = labels[code]
+        return dict(zip(self.names, values))
+
+    def _build(self, obj, stream, context, path):
+        values = [obj[name] for name in self.names]
+        for i, _labels, codes in self.enums:
+            if isinstance(values[i], str):
+                if values[i] not in codes:
+                    raise MappingError(f"{self.names[i]}: undefined label {values[i]!r}", path=path)
+                values[i] = codes[values[i]]
+        try:
+            data = self.packer.pack(*values)
+        except struct.error as exc:
+            raise MappingError(f"cannot pack: {exc}", path=path) from None
+        stream_write(stream, data, self.packer.size, path)
+        return obj
+
+    def _sizeof(self, context, path):
+        return self.packer.size
+
+
+def payload_construct(fields: tuple) -> Construct:
+    """The payload of one message type; bytes left after the last field are an error."""
+    if all(is_fixed(kind) for _n, kind, _d in fields):
+        return PackedFields(fields)
+    return Struct(*(name / field_construct(kind) for name, kind, _doc in fields), Terminated)
+
+
+class CommandAdapter(Adapter):
+    """Flat {"seq", "cmd", **args} in Python; seq, code, then the command's fields on the wire."""
+
+    def _decode(self, obj, context, path):
+        out = {"seq": obj.seq, "cmd": obj.cmd}
+        if obj.args is not None:
+            out.update(obj.args)
+        return out
+
+    def _encode(self, obj, context, path):
+        args = {k: v for k, v in obj.items() if k not in ("seq", "cmd")}
+        return {"seq": obj["seq"], "cmd": obj["cmd"], "args": args}
+
+
+COMMAND_CODES = {name: code for code, name, _fields in spec.COMMANDS}
+COMMAND_FIELDS = {name: fields for _code, name, fields in spec.COMMANDS}
+Command = CommandAdapter(Struct(
+    "seq" / Int16ub,
+    "cmd" / Enum(Int8ub, **COMMAND_CODES),
+    "args" / Switch(this.cmd, {name: fields_struct(fields) for name, fields in COMMAND_FIELDS.items()}),
+))
+Commands = PrefixedArray(Int8ub, Command)
+
+Header = Struct(*(name / INTEGERS[kind] for name, kind, _doc in spec.HEADER))
+# The same header as a plain struct format, derived from the same definition, for the hot path.
+_STRUCT_CODES = {"u8": "B", "u16": "H", "u32": "I", "u64": "Q", "i8": "b", "i16": "h", "i32": "i"}
+HEADER_STRUCT = struct.Struct(">" + "".join(_STRUCT_CODES[kind] for _n, kind, _d in spec.HEADER))
+assert HEADER_STRUCT.size == spec.HEADER_LEN == Header.sizeof()
+_unpack_header = HEADER_STRUCT.unpack_from
+
+
+class MessageType(NamedTuple):
+    code: int
+    name: str
+    direction: int  # spec.DIR_UPLINK or spec.DIR_DOWNLINK
+    fields: tuple
+    payload: Construct  # compiled where construct can compile it
+    checks: tuple | None  # (field, low, high) checks after parsing; None = full _check_fields
+    packed: PackedFields | None  # fixed layouts: parsed without a stream
+    direction_name: str
+
+
+def _decode_checks(fields: tuple) -> tuple | None:
+    """Fixed layouts need only the coordinate bounds checked after parsing (enums are checked
+    by PackedFields, integer widths by the layout); variable layouts get the full check."""
+    if not all(is_fixed(kind) for _n, kind, _d in fields):
+        return None
+    bounds = {"lat_e7": spec.LAT_E7_MAX, "lon_e7": spec.LON_E7_MAX}
+    return tuple((name, -bounds[name], bounds[name]) for name, _k, _d in fields if name in bounds)
+
+
+MESSAGE_TYPES: dict[str, MessageType] = {}
+MESSAGE_CODES: dict[int, MessageType] = {}
+for _direction, _table in ((spec.DIR_UPLINK, spec.UPLINK), (spec.DIR_DOWNLINK, spec.DOWNLINK)):
+    for _code, _name, _fields in _table:
+        _payload = payload_construct(_fields)
+        _mt = MessageType(_code, _name, _direction, _fields, _payload.compile(),
+                          _decode_checks(_fields), _payload if isinstance(_payload, PackedFields) else None,
+                          "uplink" if _direction == spec.DIR_UPLINK else "downlink")
+        MESSAGE_TYPES[_name] = _mt
+        MESSAGE_CODES[_code] = _mt
+
+HEADER_KEYS = ("type", "device", "counter", "time", "clock_synced", "direction", "version", "flags")
+
+
+# --- keys ------------------------------------------------------------------------------------
+
+KeySource = Union[bytes, bytearray, FrameKeys, Mapping[int, Any], Callable[[int], Any]]
+
+
+class KeyRing:
+    """Device id -> derived keys, with the derivation cached. Accepts raw keys or FrameKeys."""
+
+    def __init__(self, keys: Mapping[int, bytes | FrameKeys] | None = None):
+        self._keys: dict[int, FrameKeys] = {}
+        for device, key in (keys or {}).items():
+            self.add(device, key)
+
+    def add(self, device: int, key: bytes | FrameKeys) -> None:
+        self._keys[device] = key if isinstance(key, FrameKeys) else FrameKeys(key)
+
+    def remove(self, device: int) -> None:
+        self._keys.pop(device, None)
+
+    def get(self, device: int) -> FrameKeys | None:
+        return self._keys.get(device)
+
+    def __contains__(self, device: object) -> bool:
+        return device in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+_single_key_cache: dict[bytes, FrameKeys] = {}
+
+
+def _frame_keys_for(keys: KeySource, device: int) -> FrameKeys:
+    if isinstance(keys, KeyRing):
+        found = keys.get(device)
+    elif isinstance(keys, FrameKeys):
+        found = keys
+    elif isinstance(keys, (bytes, bytearray)):
+        found = _single_key_cache.get(bytes(keys))
+        if found is None:
+            found = FrameKeys(bytes(keys))
+            if len(_single_key_cache) > 256:
+                _single_key_cache.clear()
+            _single_key_cache[bytes(keys)] = found
+    elif isinstance(keys, Mapping):
+        raw = keys.get(device)
+        found = None if raw is None else (raw if isinstance(raw, FrameKeys) else FrameKeys(raw))
+    elif callable(keys):
+        raw = keys(device)
+        found = None if raw is None else (raw if isinstance(raw, FrameKeys) else FrameKeys(raw))
+    else:
+        raise TypeError("keys must be a key, a KeyRing, a mapping or a callable")
+    if found is None:
+        raise UnknownDevice(f"no key for device {device}: provision it first (carecard devices add)")
+    return found
+
+
+# --- validation shared by encode and decode --------------------------------------------------
+
+
+def _check_fields(fields: tuple, values: Mapping[str, Any], where: str, error: type[ProtocolError]) -> None:
+    """Range and shape checks the byte layout alone does not enforce."""
+    for name, kind, _doc in fields:
+        if name not in values:
+            raise error(f"{where}: field {name!r} missing")
+        value = values[name]
+        here = f"{where}.{name}"
+        if kind in INTEGER_RANGES:
+            lo, hi = INTEGER_RANGES[kind]
+            if type(value) is not int or not lo <= value <= hi:
+                raise error(f"{here}: {value!r} is not an integer in {lo}..{hi} ({kind})")
+            if name == "lat_e7" and not -spec.LAT_E7_MAX <= value <= spec.LAT_E7_MAX:
+                raise error(f"{here}: {value} is outside -90..90 degrees")
+            if name == "lon_e7" and not -spec.LON_E7_MAX <= value <= spec.LON_E7_MAX:
+                raise error(f"{here}: {value} is outside -180..180 degrees")
+        elif kind.startswith("enum:"):
+            labels = spec.ENUMS[kind[5:]]
+            if isinstance(value, str) and value in labels:
+                continue
+            if type(value) is int and 0 <= value < len(labels):
+                continue
+            raise error(f"{here}: {value!r} is not one of {', '.join(labels)}")
+        elif kind == "str":
+            if not isinstance(value, str):
+                raise error(f"{here}: expected text, got {type(value).__name__}")
+            if len(value.encode("utf-8")) > spec.MAX_STR:
+                raise error(f"{here}: longer than {spec.MAX_STR} bytes of UTF-8")
+        elif kind == "track":
+            if not isinstance(value, list) or not 1 <= len(value) <= spec.MAX_TRACK_POINTS:
+                raise error(f"{here}: expected 1..{spec.MAX_TRACK_POINTS} points")
+            for i, point in enumerate(value):
+                if not isinstance(point, Mapping):
+                    raise error(f"{here}[{i}]: expected a point object")
+                _check_fields(_TRACK_POINT, point, f"{here}[{i}]", error)
+        elif kind.startswith("list:"):
+            if not isinstance(value, list) or len(value) > spec.MAX_CONTACTS:
+                raise error(f"{here}: expected a list of at most {spec.MAX_CONTACTS} items")
+            for i, item in enumerate(value):
+                if not isinstance(item, Mapping):
+                    raise error(f"{here}[{i}]: expected an object")
+                _check_fields(spec.STRUCTS[kind[5:]], item, f"{here}[{i}]", error)
+        elif kind == "commands":
+            if not isinstance(value, list) or len(value) > spec.MAX_COMMANDS:
+                raise error(f"{here}: expected a list of at most {spec.MAX_COMMANDS} commands")
+            for i, command in enumerate(value):
+                if not isinstance(command, Mapping) or command.get("cmd") not in COMMAND_FIELDS:
+                    raise error(f"{here}[{i}]: cmd must be one of {', '.join(COMMAND_FIELDS)}")
+                _check_fields((("seq", "u16", ""),) + COMMAND_FIELDS[command["cmd"]], command,
+                              f"{here}[{i}]", error)
+
+
+_TRACK_POINT = (("time", "u32", ""), ("lat_e7", "i32", ""), ("lon_e7", "i32", ""))
+
+
+# --- frames ----------------------------------------------------------------------------------
+
+
+class FrameHeader(NamedTuple):
+    version: int
+    type: int
+    flags: int
+    device: int
+    counter: int
+    time: int
+
+
+def peek_header(frame: bytes) -> FrameHeader:
+    """The clear header, unauthenticated: use only to find the key or to log."""
+    if len(frame) < spec.MIN_FRAME:
+        raise TruncatedFrame(f"frame of {len(frame)} bytes is shorter than the minimum {spec.MIN_FRAME}")
+    return FrameHeader(*HEADER_STRUCT.unpack_from(frame))
+
+
+def frame_tag(frame: bytes) -> bytes:
+    """The authentication tag: with (device, counter) it identifies a frame's content."""
+    return bytes(frame[-spec.TAG_LEN:])
+
+
+def encode_frame(message: Mapping[str, Any], key: KeySource) -> bytes:
+    """Encode, encrypt and authenticate a message dict. Raises InvalidMessage on bad input."""
+    if not isinstance(message, Mapping):
+        raise InvalidMessage("message must be an object")
+    mtype = MESSAGE_TYPES.get(message.get("type"))  # type: ignore[arg-type]
+    if mtype is None:
+        raise InvalidMessage(f"unknown message type {message.get('type')!r}: one of {', '.join(MESSAGE_TYPES)}")
+    where = mtype.name
+    for name, kind in (("device", "u64"), ("counter", "u32"), ("time", "u32")):
+        value = message.get(name)
+        lo, hi = INTEGER_RANGES[kind]
+        if type(value) is not int or not lo <= value <= hi:
+            raise InvalidMessage(f"{where}.{name}: {value!r} is not an integer in {lo}..{hi}")
+    _check_fields(mtype.fields, message, where, InvalidMessage)
+    try:
+        payload = mtype.payload.build(message)
+    except (ConstructError, UnicodeError, TypeError, ValueError, KeyError) as exc:
+        raise InvalidMessage(f"{where}: cannot encode: {exc}") from None
+    flags = 0 if message.get("clock_synced", True) else spec.FLAG_CLOCK_UNSYNCED
+    header = HEADER_STRUCT.pack(spec.VERSION, mtype.code, flags, message["device"],
+                                message["counter"], message["time"])
+    frame_keys = _frame_keys_for(key, message["device"])
+    body = header + frame_keys.crypt(message["device"], message["counter"], mtype.direction, payload)
+    frame = body + frame_keys.tag(body)
+    if len(frame) > spec.MAX_FRAME:
+        raise InvalidMessage(f"{where}: encoded frame of {len(frame)} bytes exceeds {spec.MAX_FRAME}")
+    return frame
+
+
+def decode_frame(frame: bytes, keys: KeySource) -> dict[str, Any]:
+    """Check, authenticate, decrypt and parse one frame. Raises a ProtocolError subclass."""
+    size = len(frame)
+    if size < spec.MIN_FRAME:
+        raise TruncatedFrame(f"frame of {size} bytes is shorter than the minimum {spec.MIN_FRAME}")
+    if size > spec.MAX_FRAME:
+        raise OversizeFrame(f"frame of {size} bytes exceeds the maximum {spec.MAX_FRAME}")
+    version, code, flags, device, counter, time = _unpack_header(frame)
+    if version != spec.VERSION:
+        raise BadVersion(f"protocol version {version} is not supported (this receiver speaks {spec.VERSION})")
+    mtype = MESSAGE_CODES.get(code)
+    if mtype is None:
+        raise UnknownType(f"message type code {code} is not defined in protocol version {spec.VERSION}")
+    frame_keys = keys.get(device) if type(keys) is KeyRing else None
+    if frame_keys is None:
+        frame_keys = _frame_keys_for(keys, device)
+    cut = size - spec.TAG_LEN
+    body = frame[:cut]
+    if not tags_equal(frame_keys.tag(body), frame[cut:]):
+        raise BadTag(f"authentication failed for device {device} counter {counter}: "
+                     "wrong key, corrupted or forged frame")
+    if flags & ~spec.FLAGS_KNOWN:
+        raise MalformedFrame(f"device {device} counter {counter}: reserved flag bits 0x{flags:02x} set")
+    payload = frame_keys.crypt(device, counter, mtype.direction, body[spec.HEADER_LEN:])
+    packed = mtype.packed
+    try:
+        if packed is not None and len(payload) == packed.size:
+            message = packed.parse_exact(payload)
+        else:
+            message = _plain(mtype.payload.parse(payload))
+    except (ConstructError, UnicodeError, ValueError, OverflowError, TypeError) as exc:
+        raise MalformedFrame(f"{mtype.name} from device {device} counter {counter}: "
+                             f"payload does not parse: {type(exc).__name__}: {exc}") from None
+    if mtype.checks is None:
+        _check_fields(mtype.fields, message, f"{mtype.name} from device {device} counter {counter}",
+                      MalformedFrame)
+    else:
+        for name, low, high in mtype.checks:
+            if not low <= message[name] <= high:
+                raise MalformedFrame(f"{mtype.name} from device {device} counter {counter}: "
+                                     f"{name} {message[name]} is out of range")
+    message.update(type=mtype.name, direction=mtype.direction_name, device=device, counter=counter,
+                   time=time, clock_synced=not flags & spec.FLAG_CLOCK_UNSYNCED)
+    return message
+
+
+def _plain(value: Any) -> Any:
+    """construct Containers/ListContainers to plain dicts/lists; enum labels to plain str."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if not k.startswith("_")}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, str):
+        return str(value)
+    return value

@@ -1,0 +1,61 @@
+"""Frame crypto on the host: key derivation, AES-CTR keystream, truncated HMAC-SHA256 tag.
+
+The construction is specified in spec.py; the card implements it on MicroPython's `cryptolib`
+(firmware/lib/cccrypto.py) and the tests prove both agree with `cryptography`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from carecard.protocol import spec
+from carecard.protocol.errors import InvalidKey
+
+# Counter block: device u64 | counter u32 | direction u8 | 0 u8 | block index u16.
+_NONCE_PREFIX = struct.Struct(">QIBB")
+_BLOCK_INDEX = [i.to_bytes(2, "big") for i in range((spec.MAX_FRAME + 15) // 16)]
+KEY_SIZES = (16, 32)
+
+try:  # OpenSSL's one-shot HMAC, what hmac.digest calls, without the Python-level dispatch
+    from _hashlib import hmac_digest as _openssl_hmac
+
+    def _hmac_sha256(key: bytes, data: bytes) -> bytes:
+        return _openssl_hmac(key, data, "sha256")
+except ImportError:  # pragma: no cover - CPython without OpenSSL
+    def _hmac_sha256(key: bytes, data: bytes) -> bytes:
+        return hmac.digest(key, data, "sha256")
+
+
+class FrameKeys:
+    """Keys derived from one device key; cache one per device (derivation costs two HMACs)."""
+
+    __slots__ = ("enc_key", "mac_key", "_ecb")
+
+    def __init__(self, device_key: bytes):
+        if not isinstance(device_key, (bytes, bytearray)) or len(device_key) not in KEY_SIZES:
+            raise InvalidKey("device key must be 16 or 32 bytes (32 or 64 hex digits)")
+        device_key = bytes(device_key)
+        self.enc_key = hmac.digest(device_key, spec.KDF_ENC, "sha256")[: len(device_key)]
+        self.mac_key = hmac.digest(device_key, spec.KDF_MAC, "sha256")
+        # One ECB context, reused: CTR is built from it, as on the card.
+        self._ecb = Cipher(algorithms.AES(self.enc_key), modes.ECB()).encryptor()
+
+    def tag(self, data: bytes) -> bytes:
+        return _hmac_sha256(self.mac_key, data)[: spec.TAG_LEN]
+
+    def crypt(self, device: int, counter: int, direction: int, data: bytes) -> bytes:
+        """AES-CTR encrypt or decrypt (the same operation)."""
+        if not data:
+            return b""
+        n = len(data)
+        prefix = _NONCE_PREFIX.pack(device, counter, direction, 0)
+        stream = self._ecb.update(b"".join([prefix + suffix for suffix in _BLOCK_INDEX[: (n + 15) >> 4]]))
+        return (int.from_bytes(data, "big") ^ int.from_bytes(stream[:n], "big")).to_bytes(n, "big")
+
+
+def tags_equal(a: bytes, b: bytes) -> bool:
+    return hmac.compare_digest(a, b)
