@@ -1,0 +1,241 @@
+"""The durable event log: every event, in order, in the ingest database; the sinks read it.
+
+Writer side (the ingest, which owns DATA/carecard.sqlite in WAL mode): call
+`EventLog.ensure_schema(conn)` once, then `EventLog.append(conn, events)` INSIDE the transaction
+that stores the frames, so a frame is never acked without its event (persist before ack).
+Each event gets a monotonically increasing integer `seq` (SQLite AUTOINCREMENT: never reused,
+even after pruning). Appending an event whose id is already in the log is a no-op, so a
+retransmitted frame cannot create a second event.
+
+Reader side (the sinks): an `EventLog(path)` object with its own connection, used only for short
+autocommit reads (`events_after`, `last_seq`) and for the per-sink cursors.
+
+Cursors live in a small table `sink_cursor` in the same database, written by the sink runners
+through this reader connection in one-row, one-statement transactions (BEGIN IMMEDIATE, a few
+microseconds holding the write lock, at most a few times a second per sink, with
+synchronous=NORMAL: no fsync of their own). Why the same database rather than cursor files: the
+cursor and the log it points into move together (a restored, replaced or moved data folder never
+pairs a cursor with another log), the future shared-database backend keeps them together for
+free, and with WAL the writer is never blocked by readers; the only contention is those tiny
+cursor commits, which the ingest writer absorbs through its busy_timeout. A cursor commit lost to
+a power failure (synchronous=NORMAL) only moves the cursor back: events are delivered again
+(at-least-once), never lost.
+
+The ingest writer must open its write transactions with BEGIN IMMEDIATE (or keep
+isolation_level so that its first statement is a write) and set a busy_timeout, so that a cursor
+commit in flight makes it wait a few microseconds instead of failing with SQLITE_BUSY.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping, NamedTuple
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_S = 5.0
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS event_log (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id TEXT NOT NULL UNIQUE,
+        appended_at REAL NOT NULL,
+        body TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS sink_cursor (
+        name TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL,
+        updated_at REAL NOT NULL
+    )""",
+)
+
+# Not INSERT OR IGNORE: an ignored insert still advances the AUTOINCREMENT counter, which would
+# leave gaps and make `last_seq() - cursor` overstate a sink's lag.
+_INSERT = ("INSERT INTO event_log (event_id, appended_at, body) SELECT ?1, ?2, ?3 "
+           "WHERE NOT EXISTS (SELECT 1 FROM event_log WHERE event_id = ?1)")
+
+
+class EventLogError(RuntimeError):
+    """The event log cannot be opened or read (missing file or tables, corrupt row)."""
+
+
+class LogEntry(NamedTuple):
+    seq: int
+    appended_at: float  # host Unix time when the event was appended (for lag in seconds)
+    event: dict[str, Any]
+
+
+def _dumps(event: Mapping[str, Any]) -> str:
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+class EventLog:
+    """Reader of the event log (and keeper of the sink cursors). Thread-safe: one connection
+    guarded by a lock, meant to be used from worker threads, never from the event loop."""
+
+    # --- writer side: static, on the ingest's own connection --------------------------------
+
+    @staticmethod
+    def ensure_schema(conn: sqlite3.Connection) -> None:
+        """Create the event log and cursor tables if missing. Idempotent; call once at start-up.
+        Does not commit a transaction the caller has open (and needs none)."""
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        if conn.in_transaction:
+            return
+        conn.commit()
+
+    @staticmethod
+    def append(conn: sqlite3.Connection, events: Iterable[Mapping[str, Any]],
+               *, now: float | None = None) -> int:
+        """Append events in order inside the caller's open transaction (never commits it) and
+        return the log's last seq. With no transaction open, runs in one of its own and commits.
+        Events whose id is already in the log are skipped (idempotent)."""
+        stamp = time.time() if now is None else now
+        rows = [(event["id"], stamp, _dumps(event)) for event in events]
+        own = not conn.in_transaction
+        if own:
+            conn.execute("BEGIN IMMEDIATE")
+        try:
+            if rows:
+                conn.executemany(_INSERT, rows)
+            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'event_log'").fetchone()
+        except BaseException:
+            if own:
+                conn.rollback()
+            raise
+        if own:
+            conn.commit()
+        return row[0] if row else 0
+
+    @staticmethod
+    def prune(conn: sqlite3.Connection, upto_seq: int, *, max_rows: int = 10_000) -> int:
+        """Delete at most `max_rows` of the oldest events with seq <= upto_seq (pass
+        SinkSet.prunable_seq(): what every sink has delivered). Runs in the caller's transaction
+        if one is open. Returns the number of rows deleted; call again while it returns max_rows."""
+        cursor = conn.execute(
+            "DELETE FROM event_log WHERE seq IN "
+            "(SELECT seq FROM event_log WHERE seq <= ? ORDER BY seq LIMIT ?)",
+            (upto_seq, max_rows),
+        )
+        if not conn.in_transaction:
+            conn.commit()
+        return cursor.rowcount
+
+    @staticmethod
+    def connect_writer(path: Path | str) -> sqlite3.Connection:
+        """A writer connection set up as the log needs (WAL, synchronous=FULL, busy_timeout,
+        schema ensured). For tools, tests and benchmarks; the ingest may use its own set-up."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        EventLog.ensure_schema(conn)
+        return conn
+
+    # --- reader side ------------------------------------------------------------------------
+
+    def __init__(self, db_path: Path | str, *, create: bool = False):
+        """Open the log in `db_path` for reading and cursor keeping. With create=False (the
+        default) the database and its tables must exist (the ingest creates them)."""
+        self.path = Path(db_path)
+        if not create and not self.path.exists():
+            raise EventLogError(
+                f"event log {self.path} does not exist: start the receiver (carecard receive) "
+                "with this data folder first, or pass the right --data"
+            )
+        if create:
+            EventLog.connect_writer(self.path).close()
+        self._lock = threading.Lock()
+        try:
+            self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                         check_same_thread=False)
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            tables = {row[0] for row in self._conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.Error as exc:
+            raise EventLogError(f"cannot open event log {self.path}: {exc}") from None
+        missing = {"event_log", "sink_cursor"} - tables
+        if missing:
+            self._conn.close()
+            raise EventLogError(
+                f"{self.path} has no {' or '.join(sorted(missing))} table: it is not a CareCard "
+                "ingest database, or the receiver has not called EventLog.ensure_schema yet"
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> "EventLog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def entries_after(self, seq: int, limit: int = 1000) -> list[LogEntry]:
+        """Up to `limit` log entries with seq > `seq`, in order."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT seq, appended_at, body FROM event_log WHERE seq > ? ORDER BY seq LIMIT ?",
+                (seq, limit),
+            ).fetchall()
+        entries = []
+        for row_seq, appended_at, body in rows:
+            try:
+                event = json.loads(body)
+            except ValueError as exc:
+                raise EventLogError(f"{self.path}: event log row seq {row_seq} is not JSON: {exc}") from None
+            entries.append(LogEntry(row_seq, appended_at, event))
+        return entries
+
+    def events_after(self, seq: int, limit: int = 1000) -> list[tuple[int, dict[str, Any]]]:
+        """Up to `limit` (seq, event) pairs with seq > `seq`, in order."""
+        return [(entry.seq, entry.event) for entry in self.entries_after(seq, limit)]
+
+    def last_seq(self) -> int:
+        """The seq of the newest event in the log (0 when it has never held one)."""
+        with self._lock:
+            row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'event_log'").fetchone()
+        return int(row[0]) if row else 0
+
+    def first_seq(self) -> int:
+        """The seq of the oldest event still in the log (0 when empty)."""
+        with self._lock:
+            row = self._conn.execute("SELECT MIN(seq) FROM event_log").fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    # --- cursors ----------------------------------------------------------------------------
+
+    def load_cursor(self, name: str) -> int | None:
+        """The last seq delivered by sink `name`, or None if it never delivered anything."""
+        with self._lock:
+            row = self._conn.execute("SELECT seq FROM sink_cursor WHERE name = ?", (name,)).fetchone()
+        return int(row[0]) if row else None
+
+    def save_cursor(self, name: str, seq: int) -> None:
+        """Persist sink `name`'s cursor in a short transaction of its own."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.execute(
+                    "INSERT INTO sink_cursor (name, seq, updated_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at",
+                    (name, seq, time.time()),
+                )
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def cursors(self) -> dict[str, int]:
+        """Every persisted cursor, by sink name."""
+        with self._lock:
+            return dict(self._conn.execute("SELECT name, seq FROM sink_cursor").fetchall())

@@ -1,0 +1,398 @@
+"""Versioned host events: what the receiver hands to its sinks (and, later, the alert engine).
+
+A decoded uplink message (carecard.protocol.decode_frame) becomes one event:
+
+    {"schema": 1, "id": "861234567890123-5", "kind": "position", "device": "861234567890123",
+     "counter": 5, "time": "2025-11-29T00:00:00Z", "received_at": "2025-11-29T00:00:01.250Z",
+     "data": {...}}
+
+`data` is derived from the field list in protocol/spec.py, never from a copy of it:
+
+- every payload field keeps its spec name and raw value (integers with unit suffixes, enums as
+  their names), except that a field's "unknown" sentinel (spec.UNKNOWN_U8/U16/I8, recognised from
+  the field's own description in the spec) becomes null;
+- fields with a unit suffix also get a human-unit twin, by the rules in UNIT_SUFFIXES:
+  `lat_e7` -> `lat` (degrees), `hdop_x10` -> `hdop`, `course_x10` -> `course` (degrees),
+  `speed_cms` -> `speed_ms` (m/s), `battery_mv` -> `battery_v` (volts); the twin is null when the
+  raw value is unknown, and `lat`/`lon` are null when the message says it has no fix;
+- track points become {"time", "device_time", "lat", "lon", "lat_e7", "lon_e7"};
+- `device_time` (the header's raw time) and `clock_synced` are kept; when the card's clock was not
+  synced the header time is seconds since boot, so the event's `time` is null.
+
+Alerts (from the inactivity engine, a later issue) are built by `alert_event`. The schema is
+documented in docs/events.md and as JSON Schema in docs/event.schema.json, which is generated
+from this module: `python -m carecard.host.events > docs/event.schema.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from datetime import datetime, timezone
+from typing import Any, Mapping, NamedTuple
+
+from carecard.protocol import spec
+
+SCHEMA_VERSION = 1
+ALERT_KIND = "alert"
+
+# (raw suffix, human suffix, divisor): `name<raw suffix>` gets a twin `name<human suffix>` equal
+# to the raw integer divided by `divisor`.
+UNIT_SUFFIXES: tuple[tuple[str, str, int], ...] = (
+    ("_e7", "", 10_000_000),  # 1e-7 degree -> degree
+    ("_x10", "", 10),  # tenths -> units (hdop, course in degrees)
+    ("_cms", "_ms", 100),  # cm/s -> m/s
+    ("_mv", "_v", 1000),  # millivolts -> volts
+)
+
+# Sentinel values by field kind; a field uses one when its spec description mentions it.
+_SENTINEL_BY_KIND = {"u8": spec.UNKNOWN_U8, "u16": spec.UNKNOWN_U16, "i8": spec.UNKNOWN_I8}
+
+# The "no fix" label of the fix enum: positions carried with it have no valid coordinates.
+NO_FIX = spec.ENUMS["fix"][0]
+
+# Coordinate bounds by raw field name (the protocol's own limits).
+_COORD_BOUNDS = {"lat_e7": spec.LAT_E7_MAX, "lon_e7": spec.LON_E7_MAX}
+
+_ALERT_KIND_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+_ISO_Z_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$"
+_U64_MAX = 2**64 - 1
+
+
+class EventError(ValueError):
+    """A message or alert that cannot become an event (a bug upstream: decoded messages always can)."""
+
+
+class FieldPlan(NamedTuple):
+    name: str
+    kind: str
+    doc: str
+    sentinel: int | None
+    twin: str | None  # human-unit twin's name
+    divisor: int
+
+
+def _sentinel(kind: str, doc: str) -> int | None:
+    value = _SENTINEL_BY_KIND.get(kind)
+    if value is None:
+        return None
+    if re.search(r"(?<![\d.-])" + re.escape(str(value)) + r"(?![\d.])", doc):
+        return value
+    return None
+
+
+def _twin(name: str) -> tuple[str | None, int]:
+    for raw, human, divisor in UNIT_SUFFIXES:
+        if name.endswith(raw) and len(name) > len(raw):
+            return name[: -len(raw)] + human, divisor
+    return None, 1
+
+
+def _plan(fields: tuple) -> tuple[FieldPlan, ...]:
+    plans = []
+    for name, kind, doc in fields:
+        twin, divisor = _twin(name)
+        plans.append(FieldPlan(name, kind, doc, _sentinel(kind, doc), twin, divisor))
+    return tuple(plans)
+
+
+# Message type name -> the plan for its payload fields, built once from spec.UPLINK.
+PLANS: dict[str, tuple[FieldPlan, ...]] = {name: _plan(fields) for _code, name, fields in spec.UPLINK}
+MESSAGE_KINDS: tuple[str, ...] = tuple(PLANS)
+EVENT_KINDS: tuple[str, ...] = MESSAGE_KINDS + (ALERT_KIND,)
+
+_FW_PARTS = ("fw_major", "fw_minor", "fw_patch")
+
+
+def iso_utc(unix: float, *, millis: bool = False) -> str:
+    """Unix seconds -> ISO 8601 UTC with a Z suffix (whole seconds, or milliseconds)."""
+    moment = datetime.fromtimestamp(unix, timezone.utc)
+    text = moment.isoformat(timespec="milliseconds" if millis else "seconds")
+    return text.replace("+00:00", "Z")
+
+
+def parse_iso_utc(text: str) -> float:
+    """ISO 8601 (a Z or an offset; naive means UTC) -> Unix seconds. Raises ValueError."""
+    value = text.strip()
+    if value.endswith(("Z", "z")):
+        value = value[:-1] + "+00:00"
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def _check_received_at(received_at: float, what: str) -> float:
+    if isinstance(received_at, bool) or not isinstance(received_at, (int, float)):
+        raise EventError(f"{what}: expected Unix seconds, got {type(received_at).__name__}")
+    if not math.isfinite(received_at) or not 0 <= received_at < 2**32:
+        raise EventError(f"{what}: {received_at!r} is not a Unix time")
+    return float(received_at)
+
+
+def _device_text(device: Any, what: str) -> str:
+    if isinstance(device, str) and device.isdigit() and device.isascii():
+        device = int(device)
+    if type(device) is not int or not 0 <= device <= _U64_MAX:
+        raise EventError(f"{what}: device must be an IMEI as an integer or decimal text, got {device!r}")
+    return str(device)
+
+
+def _convert_point(point: Mapping[str, Any], synced: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in point.items():
+        if key == "time":
+            out["time"] = iso_utc(value) if synced else None
+            out["device_time"] = value
+            continue
+        twin, divisor = _twin(key)
+        if twin is not None:
+            out[twin] = value / divisor
+        out[key] = value
+    return out
+
+
+def event_from_message(message: Mapping[str, Any], received_at: float) -> dict[str, Any]:
+    """A decoded uplink message (carecard.protocol.decode_frame) -> a schema-1 event.
+
+    `received_at` is the host's Unix time when the frame arrived. Raises EventError for anything
+    that is not a decoded uplink message (wrong direction, unknown type, missing field)."""
+    if not isinstance(message, Mapping):
+        raise EventError(f"expected a decoded message (a dict), got {type(message).__name__}")
+    mtype = message.get("type")
+    plan = PLANS.get(mtype)  # type: ignore[arg-type]
+    if plan is None or message.get("direction", "uplink") != "uplink":
+        raise EventError(
+            f"message type {mtype!r} ({message.get('direction', 'uplink')}) is not an uplink "
+            f"message: events are made from {', '.join(MESSAGE_KINDS)}"
+        )
+    where = f"{mtype} message"
+    try:
+        device = _device_text(message["device"], where)
+        counter = message["counter"]
+        device_time = message["time"]
+        synced = bool(message.get("clock_synced", True))
+    except KeyError as exc:
+        raise EventError(f"{where}: header field {exc.args[0]!r} missing") from None
+    if type(counter) is not int or counter < 0 or type(device_time) is not int or device_time < 0:
+        raise EventError(f"{where}: counter and time must be non-negative integers")
+    received = _check_received_at(received_at, where)
+
+    data: dict[str, Any] = {}
+    no_fix = message.get("fix") == NO_FIX
+    for field in plan:
+        try:
+            value = message[field.name]
+        except KeyError:
+            raise EventError(f"{where} from device {device} counter {counter}: "
+                             f"field {field.name!r} missing") from None
+        if field.kind == "track":
+            data[field.name] = [_convert_point(point, synced) for point in value]
+            continue
+        if field.sentinel is not None and value == field.sentinel:
+            value = None
+        data[field.name] = value
+        if field.twin is not None:
+            if value is None or (no_fix and field.name in _COORD_BOUNDS):
+                data[field.twin] = None
+            else:
+                data[field.twin] = value / field.divisor
+    if all(part in data for part in _FW_PARTS):
+        data["fw_version"] = ".".join(str(data[part]) for part in _FW_PARTS)
+    data["device_time"] = device_time
+    data["clock_synced"] = synced
+
+    return {
+        "schema": SCHEMA_VERSION,
+        "id": f"{device}-{counter}",
+        "kind": mtype,
+        "device": device,
+        "counter": counter,
+        "time": iso_utc(device_time) if synced else None,
+        "received_at": iso_utc(received, millis=True),
+        "data": data,
+    }
+
+
+def alert_event(device: int | str, alert_kind: str, details: Mapping[str, Any], at: float,
+                *, alert_id: str | None = None) -> dict[str, Any]:
+    """An alert raised by the host (e.g. the inactivity engine) as a schema-1 event.
+
+    `alert_kind` is a short lower-case word (`inactivity`, `sos_unanswered`...): it becomes part of
+    the MQTT topic. `details` is any JSON object. `at` is the host's Unix time of the alert.
+    The id defaults to "<device>-alert-<alert_kind>-<at in Unix milliseconds>", so re-raising the
+    same alert at the same moment (e.g. after a restart) de-duplicates downstream; pass `alert_id`
+    to use the engine's own stable id instead."""
+    where = f"alert {alert_kind!r}"
+    device_text = _device_text(device, where)
+    if not isinstance(alert_kind, str) or not _ALERT_KIND_RE.match(alert_kind):
+        raise EventError(f"{where}: alert kind must match {_ALERT_KIND_RE.pattern}")
+    if not isinstance(details, Mapping):
+        raise EventError(f"{where}: details must be an object, got {type(details).__name__}")
+    try:
+        plain_details = json.loads(json.dumps(dict(details), allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise EventError(f"{where}: details are not JSON: {exc}") from None
+    when = _check_received_at(at, where)
+    if alert_id is None:
+        alert_id = f"{device_text}-alert-{alert_kind}-{round(when * 1000)}"
+    elif not isinstance(alert_id, str) or not 0 < len(alert_id) <= 200:
+        raise EventError(f"{where}: alert_id must be non-empty text of at most 200 characters")
+    stamp = iso_utc(when, millis=True)
+    return {
+        "schema": SCHEMA_VERSION,
+        "id": alert_id,
+        "kind": ALERT_KIND,
+        "device": device_text,
+        "counter": None,
+        "time": stamp,
+        "received_at": stamp,
+        "data": {"alert": alert_kind, "details": plain_details},
+    }
+
+
+def event_topic_suffix(event: Mapping[str, Any]) -> str:
+    """`<device>/<kind>`, or `<device>/alert/<alert_kind>` for alerts (used by the MQTT sink)."""
+    if event["kind"] == ALERT_KIND:
+        return f"{event['device']}/alert/{event['data']['alert']}"
+    return f"{event['device']}/{event['kind']}"
+
+
+# --- JSON Schema -------------------------------------------------------------------------------
+
+
+def _int_range(kind: str) -> tuple[int, int]:
+    bits = int(kind[1:])
+    if kind[0] == "u":
+        return 0, 2**bits - 1
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _field_schemas(field: FieldPlan) -> dict[str, Any]:
+    kind = field.kind
+    out: dict[str, Any] = {}
+    if kind.startswith("enum:"):
+        out[field.name] = {"enum": list(spec.ENUMS[kind[5:]]), "description": field.doc}
+    elif kind == "str":
+        out[field.name] = {"type": "string", "maxLength": spec.MAX_STR, "description": field.doc}
+    elif kind == "track":
+        point = {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["time", "device_time", "lat", "lon", "lat_e7", "lon_e7"],
+            "properties": {
+                "time": {"type": ["string", "null"], "pattern": _ISO_Z_PATTERN,
+                         "description": "point time, ISO 8601 UTC; null when the clock was not synced"},
+                "device_time": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1,
+                                "description": "raw point time: Unix s, or seconds since boot"},
+                "lat": {"type": "number", "minimum": -90, "maximum": 90, "description": "degrees"},
+                "lon": {"type": "number", "minimum": -180, "maximum": 180, "description": "degrees"},
+                "lat_e7": {"type": "integer", "minimum": -spec.LAT_E7_MAX, "maximum": spec.LAT_E7_MAX},
+                "lon_e7": {"type": "integer", "minimum": -spec.LON_E7_MAX, "maximum": spec.LON_E7_MAX},
+            },
+        }
+        out[field.name] = {"type": "array", "minItems": 1, "maxItems": spec.MAX_TRACK_POINTS,
+                           "items": point, "description": field.doc}
+    else:
+        low, high = _int_range(kind)
+        if field.name in _COORD_BOUNDS:
+            low, high = -_COORD_BOUNDS[field.name], _COORD_BOUNDS[field.name]
+        raw: dict[str, Any] = {"type": "integer", "minimum": low, "maximum": high}
+        doc = field.doc
+        if field.sentinel is not None:
+            raw = _nullable(raw)
+            doc += f"; null when the card sent {field.sentinel} (unknown)"
+        raw["description"] = doc
+        out[field.name] = raw
+        if field.twin is not None:
+            twin: dict[str, Any] = {"type": "number"}
+            if field.name in _COORD_BOUNDS:
+                twin["minimum"], twin["maximum"] = low / field.divisor, high / field.divisor
+            twin = _nullable(twin)
+            twin["description"] = f"{field.name} / {field.divisor} (human units); null when unknown"
+            if field.name in _COORD_BOUNDS:
+                twin["description"] += " or without a fix"
+            out[field.twin] = twin
+    return out
+
+
+def _data_schema(kind: str) -> dict[str, Any]:
+    props: dict[str, Any] = {}
+    for field in PLANS[kind]:
+        props.update(_field_schemas(field))
+    if all(any(f.name == part for f in PLANS[kind]) for part in _FW_PARTS):
+        props["fw_version"] = {"type": "string", "pattern": r"^\d+\.\d+\.\d+$"}
+    props["device_time"] = {"type": "integer", "minimum": 0, "maximum": 2**32 - 1,
+                            "description": "the header's raw time: Unix s, or seconds since boot "
+                                           "when clock_synced is false"}
+    props["clock_synced"] = {"type": "boolean"}
+    return {"type": "object", "additionalProperties": False, "required": list(props),
+            "properties": props}
+
+
+def event_json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of schema-version-1 events, generated from protocol/spec.py."""
+    defs: dict[str, Any] = {f"data_{kind}": _data_schema(kind) for kind in MESSAGE_KINDS}
+    defs["data_alert"] = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["alert", "details"],
+        "properties": {"alert": {"type": "string", "pattern": _ALERT_KIND_RE.pattern},
+                       "details": {"type": "object"}},
+    }
+    branches = []
+    for kind in MESSAGE_KINDS:
+        branches.append({
+            "if": {"properties": {"kind": {"const": kind}}},
+            "then": {"properties": {"data": {"$ref": f"#/$defs/data_{kind}"},
+                                    "counter": {"type": "integer"},
+                                    "id": {"pattern": r"^\d{1,20}-\d{1,10}$"}}},
+        })
+    branches.append({
+        "if": {"properties": {"kind": {"const": ALERT_KIND}}},
+        "then": {"properties": {"data": {"$ref": "#/$defs/data_alert"}, "counter": {"type": "null"},
+                                "time": {"type": "string"}}},
+    })
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"urn:carecard:event:{SCHEMA_VERSION}",
+        "title": f"CareCard host event, schema version {SCHEMA_VERSION}",
+        "description": "One event per stored uplink message, or an alert. See docs/events.md. "
+                       "Generated by `python -m carecard.host.events` from protocol/spec.py.",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["schema", "id", "kind", "device", "counter", "time", "received_at", "data"],
+        "properties": {
+            "schema": {"const": SCHEMA_VERSION},
+            "id": {"type": "string", "minLength": 1, "maxLength": 200,
+                   "description": "stable id for de-duplication: <device>-<counter> for messages"},
+            "kind": {"enum": list(EVENT_KINDS)},
+            "device": {"type": "string", "pattern": r"^\d{1,20}$",
+                       "description": "device id (the modem's IMEI) as decimal text"},
+            "counter": {"type": ["integer", "null"], "minimum": 0, "maximum": 2**32 - 1},
+            "time": {"type": ["string", "null"], "pattern": _ISO_Z_PATTERN,
+                     "description": "when the card made the message, ISO 8601 UTC; null when "
+                                    "the card's clock was not synced"},
+            "received_at": {"type": "string", "pattern": _ISO_Z_PATTERN,
+                            "description": "when the host received the frame, ISO 8601 UTC"},
+            "data": {"type": "object"},
+        },
+        "allOf": branches,
+        "$defs": defs,
+    }
+
+
+def schema_text() -> str:
+    """docs/event.schema.json as it must be committed."""
+    return json.dumps(event_json_schema(), indent=2, ensure_ascii=False) + "\n"
+
+
+if __name__ == "__main__":  # entry point: regenerate docs/event.schema.json
+    import sys
+
+    sys.stdout.write(schema_text())
