@@ -15,6 +15,7 @@ import sys
 COMMAND_MODULES = [
     "carecard.host.commands.protocol_cmds",
     "carecard.host.commands.bench_cmds",
+    "carecard.host.commands.nmea_cmd",
 ]
 
 
