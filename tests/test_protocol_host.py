@@ -1,0 +1,215 @@
+"""Host codec: round trips, size budget, typed rejection of every damaged frame, replay logic."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from carecard.protocol import (
+    BadTag,
+    BadVersion,
+    InvalidMessage,
+    KeyRing,
+    MalformedFrame,
+    OversizeFrame,
+    ProtocolError,
+    ReplayWindow,
+    TruncatedFrame,
+    UnknownDevice,
+    UnknownType,
+    Verdict,
+    decode_frame,
+    encode_frame,
+    frame_tag,
+    spec,
+)
+from carecard.protocol.codec import MESSAGE_TYPES, PackedFields, fields_struct
+
+from protocol_strategies import KEYS, labelled, message
+
+KEY = bytes(range(16))
+POSITION = {
+    "type": "position", "device": 861234567890123, "counter": 7, "time": 1764374400,
+    "lat_e7": 249012345, "lon_e7": 1184567890, "alt_m": 30, "hdop_x10": 9, "sats": 8,
+    "fix": "3d", "fix_age_s": 3, "speed_cms": 120, "course_x10": 900,
+}
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(message(), KEYS)
+def test_every_message_round_trips(msg, key):
+    frame = encode_frame(msg, key)
+    assert spec.MIN_FRAME <= len(frame) <= spec.MAX_FRAME
+    assert decode_frame(frame, key) == labelled(msg)
+
+
+@settings(max_examples=100)
+@given(message(enums_as_codes=True))
+def test_enum_codes_and_labels_encode_alike(msg):
+    assert encode_frame(msg, KEY) == encode_frame(labelled(msg), KEY)
+
+
+def test_position_fits_in_48_bytes():
+    worst = dict(POSITION, lat_e7=-900000000, lon_e7=-1800000000, alt_m=-32768, counter=2**32 - 1)
+    assert len(encode_frame(worst, KEY)) <= 48
+
+
+@pytest.mark.parametrize("name", [n for n, mt in MESSAGE_TYPES.items() if mt.packed is not None])
+def test_packed_fields_equal_a_plain_construct_struct(name):
+    """The hot-path PackedFields is byte-identical to the field-by-field construct Struct."""
+    mtype = MESSAGE_TYPES[name]
+    plain = fields_struct(mtype.fields)
+    assert isinstance(mtype.packed, PackedFields)
+
+    @settings(max_examples=200)
+    @given(message(name))
+    def check(msg):
+        payload = plain.build(msg)
+        assert mtype.payload.build(msg) == payload
+        parsed = mtype.packed.parse_exact(payload)
+        assert parsed == {k: str(v) if isinstance(v, str) else v for k, v in plain.parse(payload).items()
+                          if not k.startswith("_")}
+
+    check()
+
+
+def _reject(frame: bytes, keys) -> ProtocolError:
+    with pytest.raises(ProtocolError) as info:
+        decode_frame(frame, keys)
+    return info.value
+
+
+def test_every_truncation_and_extension_is_rejected():
+    frame = encode_frame(POSITION, KEY)
+    for cut in range(len(frame)):
+        error = _reject(frame[:cut], KEY)
+        assert isinstance(error, (TruncatedFrame, BadTag)), (cut, error)
+    for extra in (b"\x00", b"\xff" * 3, os.urandom(40)):
+        assert isinstance(_reject(frame + extra, KEY), (BadTag, OversizeFrame))
+    assert isinstance(_reject(frame + bytes(spec.MAX_FRAME), KEY), OversizeFrame)
+
+
+def test_every_bit_flip_is_rejected_with_a_typed_error():
+    ring = KeyRing({POSITION["device"]: KEY})
+    frame = encode_frame(POSITION, KEY)
+    for bit in range(len(frame) * 8):
+        damaged = bytearray(frame)
+        damaged[bit // 8] ^= 1 << (bit % 8)
+        for keys in (KEY, ring):
+            error = _reject(bytes(damaged), keys)
+            assert error.reason in ("bad_tag", "bad_version", "unknown_type", "unknown_device"), error
+
+
+@settings(max_examples=300)
+@given(message(), st.data())
+def test_random_mutations_never_pass(msg, data):
+    frame = bytearray(encode_frame(msg, KEY))
+    for _ in range(data.draw(st.integers(1, 6))):
+        op = data.draw(st.sampled_from(["set", "insert", "delete"]))
+        pos = data.draw(st.integers(0, max(0, len(frame) - 1)))
+        if op == "set" and frame:
+            frame[pos] = data.draw(st.integers(0, 255))
+        elif op == "insert":
+            frame[pos:pos] = data.draw(st.binary(min_size=1, max_size=8))
+        elif frame:
+            del frame[pos]
+    assume(bytes(frame) != encode_frame(msg, KEY))
+    error = _reject(bytes(frame), KEY)
+    assert error.reason != "malformed"  # nothing forged ever reaches the payload parser
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=600))
+def test_random_bytes_are_rejected_with_a_typed_error(data):
+    with pytest.raises(ProtocolError):
+        decode_frame(data, KEY)
+
+
+def test_error_messages_say_what_is_wrong_and_never_show_the_key():
+    frame = encode_frame(POSITION, KEY)
+    cases = [
+        (frame[:10], TruncatedFrame, "shorter than the minimum"),
+        (b"\x09" + frame[1:], BadVersion, "version 9"),
+        (frame[:1] + b"\x7f" + frame[2:], UnknownType, "type code 127"),
+        (frame[:-1] + bytes([frame[-1] ^ 1]), BadTag, "authentication failed"),
+    ]
+    for data, kind, text in cases:
+        error = _reject(data, KEY)
+        assert isinstance(error, kind) and text in str(error)
+        assert KEY.hex() not in str(error)
+    assert "no key for device" in str(_reject(frame, KeyRing()))
+    assert isinstance(_reject(frame, KeyRing()), UnknownDevice)
+
+
+def test_authentic_but_malformed_payload_is_reported_as_malformed():
+    from carecard.protocol.crypto import FrameKeys
+
+    keys = FrameKeys(KEY)
+    header = encode_frame(POSITION, KEY)[: spec.HEADER_LEN]
+    short, long_ = b"\x00" * 18, b"\x00" * 20
+    bad_fix = b"\x00" * 12 + b"\x09" + b"\x00" * 6  # fix code 9 is undefined
+    bad_lat = b"\x7f" * 4 + b"\x00" * 15  # beyond 90 degrees
+    for payload in (b"", short, long_, bad_fix, bad_lat):
+        body = header + keys.crypt(POSITION["device"], POSITION["counter"], 0, payload)
+        assert isinstance(_reject(body + keys.tag(body), KEY), MalformedFrame)
+
+
+@pytest.mark.parametrize("bad, text", [
+    ({"type": "nope"}, "unknown message type"),
+    ({"lat_e7": 900000001}, "outside -90..90"),
+    ({"sats": 256}, "0..255"),
+    ({"fix": "4d"}, "not one of"),
+    ({"counter": -1}, "counter"),
+    ({"speed_cms": 1.5}, "speed_cms"),
+])
+def test_encoder_rejects_bad_messages_clearly(bad, text):
+    msg = dict(POSITION, **bad)
+    with pytest.raises(InvalidMessage) as info:
+        encode_frame(msg, KEY)
+    assert text in str(info.value)
+
+
+def test_missing_field_is_named():
+    msg = dict(POSITION)
+    del msg["hdop_x10"]
+    with pytest.raises(InvalidMessage, match="hdop_x10"):
+        encode_frame(msg, KEY)
+
+
+# --- duplicates and replays ----------------------------------------------------------------------
+
+
+def test_retransmission_is_a_duplicate_and_a_reused_counter_is_a_replay():
+    window = ReplayWindow(size=8)
+    first = encode_frame(POSITION, KEY)
+    assert window.classify(7, frame_tag(first)) is Verdict.NEW
+    window.accept(7, frame_tag(first))
+    assert window.classify(7, frame_tag(first)) is Verdict.DUPLICATE
+    other = encode_frame(dict(POSITION, sats=9), KEY)
+    assert window.classify(7, frame_tag(other)) is Verdict.REUSED
+    assert window.classify(8, frame_tag(other)) is Verdict.NEW
+
+
+@settings(max_examples=200)
+@given(st.lists(st.integers(0, 200), min_size=1, max_size=300), st.integers(1, 64))
+def test_replay_window_never_accepts_a_counter_twice(counters, size):
+    window = ReplayWindow(size=size)
+    stored: set[int] = set()
+    for counter in counters:
+        tag = counter.to_bytes(8, "big")
+        verdict = window.classify(counter, tag)
+        if verdict is Verdict.NEW:
+            assert counter not in stored
+            stored.add(counter)
+            window.accept(counter, tag)
+        elif verdict is Verdict.DUPLICATE:
+            assert counter in stored
+        else:
+            assert verdict is Verdict.TOO_OLD and counter <= window.highest - size
+    restored = ReplayWindow(size, *window.state())
+    for counter in stored:
+        if counter > window.highest - size:
+            assert restored.classify(counter, counter.to_bytes(8, "big")) is Verdict.DUPLICATE

