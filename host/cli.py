@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "carecard.host.commands.protocol_cmds",
     "carecard.host.commands.bench_cmds",
     "carecard.host.commands.nmea_cmd",
+    "carecard.host.commands.query_cmds",
 ]
 
 
@@ -56,4 +57,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the package module, so `python -m` and the console script share one
+    # CommandError class (a `__main__` copy would not match the one the commands raise).
+    from carecard.host.cli import main as package_main
+
+    sys.exit(package_main())

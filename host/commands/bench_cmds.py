@@ -15,10 +15,18 @@ BENCHMARKS = {
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("bench", help="run a benchmark and print its figures")
-    benches = parser.add_subparsers(dest="bench", metavar="NAME", required=True)
-    for name, module_name in BENCHMARKS.items():
-        module = importlib.import_module(module_name)
-        sub = benches.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0])
-        module.add_arguments(sub)
-        sub.set_defaults(func=module.run)
+    parser = subparsers.add_parser(
+        "bench", help="run a benchmark and print its figures",
+        description="Benchmarks: " + ", ".join(sorted(BENCHMARKS)) + ". "
+                    "`carecard bench NAME --help` shows a benchmark's options.")
+    parser.add_argument("bench", metavar="NAME", choices=sorted(BENCHMARKS))
+    parser.add_argument("options", nargs=argparse.REMAINDER, help="options of that benchmark")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    # Imported only when run, so one benchmark's dependencies never break the rest of the CLI.
+    module = importlib.import_module(BENCHMARKS[args.bench])
+    parser = argparse.ArgumentParser(prog=f"carecard bench {args.bench}", description=module.__doc__)
+    module.add_arguments(parser)
+    return int(module.run(parser.parse_args(args.options)) or 0)

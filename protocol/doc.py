@@ -1,0 +1,123 @@
+"""docs/protocol.md, generated from spec.py so the byte tables cannot drift from the code.
+
+`carecard protocol-doc` rewrites it; a test fails when the committed file is not current.
+"""
+
+from __future__ import annotations
+
+from carecard.protocol import spec
+from carecard.protocol.codec import INTEGERS, encode_frame
+
+SIZES = {"u8": 1, "u16": 2, "u32": 4, "u64": 8, "i8": 1, "i16": 2, "i32": 4}
+KIND_TEXT = {
+    "str": "u8 length + UTF-8",
+    "track": "u8 count + zigzag varint deltas",
+    "commands": "u8 count + commands",
+}
+
+EXAMPLE_KEY = bytes(range(16))
+EXAMPLE_POSITION = {
+    "type": "position", "device": 861234567890123, "counter": 7, "time": 1764374400,
+    "lat_e7": 249012345, "lon_e7": 1184567890, "alt_m": 30, "hdop_x10": 9, "sats": 8,
+    "fix": "3d", "fix_age_s": 3, "speed_cms": 120, "course_x10": 900,
+}
+
+
+def _kind_text(kind: str) -> str:
+    if kind in INTEGERS:
+        return kind
+    if kind.startswith("enum:"):
+        return f"u8 enum `{kind[5:]}`"
+    if kind.startswith("list:"):
+        return f"u8 count + `{kind[5:]}` items"
+    return KIND_TEXT[kind]
+
+
+def _table(fields: tuple, start: int | None) -> list[str]:
+    lines = ["| offset | size | field | type | meaning |", "| --- | --- | --- | --- | --- |"]
+    offset = start
+    for name, kind, doc in fields:
+        if kind.startswith("enum:"):
+            size: int | None = 1
+        else:
+            size = SIZES.get(kind)
+        where = "" if offset is None else str(offset)
+        lines.append(f"| {where} | {size if size else 'var'} | `{name}` | {_kind_text(kind)} | {doc} |")
+        offset = None if offset is None or size is None else offset + size
+    return lines
+
+
+def _payload_size(fields: tuple) -> int | None:
+    total = 0
+    for _name, kind, _doc in fields:
+        size = 1 if kind.startswith("enum:") else SIZES.get(kind)
+        if size is None:
+            return None
+        total += size
+    return total
+
+
+def render() -> str:
+    out = [
+        "# CareCard wire protocol, version %d" % spec.VERSION,
+        "",
+        "Generated from `protocol/spec.py` by `carecard protocol-doc`; do not edit by hand.",
+        "",
+        "## Frame",
+        "",
+        "```",
+        f"header ({spec.HEADER_LEN} bytes, clear, authenticated) | payload (AES-CTR) | tag ({spec.TAG_LEN} bytes)",
+        "```",
+        "",
+        f"Frames are {spec.MIN_FRAME} to {spec.MAX_FRAME} bytes. All integers are big-endian. One UDP",
+        "datagram carries one frame; TCP and serial wrap each frame as",
+        "`0x00 | COBS(frame | CRC-32 little-endian) | 0x00`.",
+        "",
+        "Security (per-device 16- or 32-byte key `K`):",
+        "",
+        f"- `enc_key = HMAC-SHA256(K, \"{spec.KDF_ENC.decode()}\")[:len(K)]` (AES-128 or AES-256)",
+        f"- `mac_key = HMAC-SHA256(K, \"{spec.KDF_MAC.decode()}\")`",
+        "- keystream block i = `AES-ECB(enc_key, device u64 | counter u32 | direction u8 | 0x00 | i u16)`,",
+        f"  direction {spec.DIR_UPLINK} = uplink (card to host), {spec.DIR_DOWNLINK} = downlink",
+        f"- `tag = HMAC-SHA256(mac_key, header | encrypted payload)[:{spec.TAG_LEN}]`",
+        "- each direction has its own strictly increasing counter; the host recognises a",
+        "  retransmission (same counter, same tag: acked again, stored once) and rejects a reused",
+        "  counter with other content as a replay.",
+        "",
+        "### Header",
+        "",
+        *_table(spec.HEADER, 0),
+        "",
+        f"Flags: bit 0 (0x{spec.FLAG_CLOCK_UNSYNCED:02x}) = clock not yet synced. Other bits must be 0.",
+        "",
+    ]
+    for title, rows in (("Uplink messages (card to host)", spec.UPLINK),
+                        ("Downlink messages (host to card)", spec.DOWNLINK)):
+        out += [f"## {title}", ""]
+        for code, name, fields in rows:
+            size = _payload_size(fields)
+            total = "variable" if size is None else f"{size} bytes, frame {spec.HEADER_LEN + size + spec.TAG_LEN} bytes"
+            out += [f"### `{name}` (type {code}; payload {total})", "", *_table(fields, spec.HEADER_LEN), ""]
+    out += ["## Commands (in an `ack`)", "",
+            "Each command: `seq` u16, command code u8, then its fields. The card confirms each with a",
+            "`command_result` uplink carrying the same `seq`.", ""]
+    for code, name, fields in spec.COMMANDS:
+        out += [f"### `{name}` (code {code})", ""]
+        out += _table(fields, None) if fields else ["No fields."]
+        out += [""]
+    out += ["## Structures", ""]
+    for name, fields in spec.STRUCTS.items():
+        out += [f"### `{name}`", "", *_table(fields, None), ""]
+    out += ["## Enumerations", "", "| enum | codes |", "| --- | --- |"]
+    for name, labels in spec.ENUMS.items():
+        out.append(f"| `{name}` | " + ", ".join(f"{i} `{label}`" for i, label in enumerate(labels)) + " |")
+    out += ["", "## Limits", "",
+            f"- strings: at most {spec.MAX_STR} bytes of UTF-8",
+            f"- track: 1 to {spec.MAX_TRACK_POINTS} points; commands per ack: at most {spec.MAX_COMMANDS};"
+            f" contacts: at most {spec.MAX_CONTACTS}",
+            f"- latitude within +-{spec.LAT_E7_MAX} and longitude within +-{spec.LON_E7_MAX} (1e-7 degree)",
+            "", "## Example", "",
+            f"A position frame with key `{EXAMPLE_KEY.hex()}`:", "", "```"]
+    frame = encode_frame(EXAMPLE_POSITION, EXAMPLE_KEY)
+    out += [str(EXAMPLE_POSITION).replace("'", '"'), f"{frame.hex()}  ({len(frame)} bytes)", "```", ""]
+    return "\n".join(out)
