@@ -1,0 +1,220 @@
+"""SQLite query store (the embedded default sink): DATA/events.sqlite.
+
+A separate file from the ingest database, so queries and this sink never contend with the ingest
+writer. Tables (all keyed on the event id, so at-least-once delivery never creates duplicates):
+
+    events(id PK, device, kind, t, time, received_at, body)      every event, body = the JSON
+    positions(event_id, idx, device, source, t, time_estimated,   one row per position:
+              lat, lon, lat_e7, lon_e7, alt_m, hdop, sats, fix,   `position` and `sos` messages
+              speed_ms, course)                                   with a fix, and every track point
+    alerts(id PK, device, alert, t, time, details)               alerts, details as JSON
+
+`t` is Unix seconds (REAL) used for time-range queries:
+- events: the card's time when its clock was synced, else the host's received_at;
+- positions: the time of the fix: message time minus fix_age_s for `position`/`sos` (fix_age_s
+  unknown: the message time), the point's own time for track points. When the card's clock was
+  not synced, the time is estimated from received_at minus the seconds-since-boot difference
+  (time_estimated = 1).
+Indexes: (device, t) on all three tables, (kind, t) and (t) on events.
+
+Each batch is one transaction with synchronous=FULL: when deliver() returns, the batch is on disk
+(the runner advances its cursor only then).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from pathlib import Path
+from typing import Any, Mapping
+
+from carecard.host.events import ALERT_KIND, NO_FIX, parse_iso_utc
+from carecard.host.paths import events_db_path
+from carecard.host.sinks.base import Sink, SinkError, SinkTable
+
+log = logging.getLogger("carecard.host.sinks")
+
+STORE_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS events (
+        id TEXT PRIMARY KEY,
+        device TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        t REAL NOT NULL,
+        time TEXT,
+        received_at TEXT NOT NULL,
+        body TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS events_device_t ON events (device, t)",
+    "CREATE INDEX IF NOT EXISTS events_kind_t ON events (kind, t)",
+    "CREATE INDEX IF NOT EXISTS events_t ON events (t)",
+    """CREATE TABLE IF NOT EXISTS positions (
+        event_id TEXT NOT NULL,
+        idx INTEGER NOT NULL,
+        device TEXT NOT NULL,
+        source TEXT NOT NULL,
+        t REAL NOT NULL,
+        time_estimated INTEGER NOT NULL,
+        lat REAL NOT NULL,
+        lon REAL NOT NULL,
+        lat_e7 INTEGER NOT NULL,
+        lon_e7 INTEGER NOT NULL,
+        alt_m INTEGER,
+        hdop REAL,
+        sats INTEGER,
+        fix TEXT,
+        speed_ms REAL,
+        course REAL,
+        PRIMARY KEY (event_id, idx)
+    )""",
+    "CREATE INDEX IF NOT EXISTS positions_device_t ON positions (device, t)",
+    """CREATE TABLE IF NOT EXISTS alerts (
+        id TEXT PRIMARY KEY,
+        device TEXT NOT NULL,
+        alert TEXT NOT NULL,
+        t REAL NOT NULL,
+        time TEXT NOT NULL,
+        details TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS alerts_device_t ON alerts (device, t)",
+)
+
+# Columns of `positions` copied from an event's data when present (track points and sos carry
+# fewer: the others are NULL).
+POSITION_COLUMNS = ("lat", "lon", "lat_e7", "lon_e7", "alt_m", "hdop", "sats", "fix", "speed_ms", "course")
+
+_INSERT_EVENT = ("INSERT OR IGNORE INTO events (id, device, kind, t, time, received_at, body) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?)")
+_INSERT_POSITION = (
+    "INSERT OR IGNORE INTO positions (event_id, idx, device, source, t, time_estimated, "
+    + ", ".join(POSITION_COLUMNS) + ") VALUES (" + ", ".join("?" * (6 + len(POSITION_COLUMNS))) + ")"
+)
+_INSERT_ALERT = "INSERT OR IGNORE INTO alerts (id, device, alert, t, time, details) VALUES (?, ?, ?, ?, ?, ?)"
+
+
+def open_store(path: Path, *, create: bool = True) -> sqlite3.Connection:
+    """Open (and with create=True, create) the query store."""
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
+    if create:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        for statement in STORE_SCHEMA:
+            conn.execute(statement)
+    return conn
+
+
+def _fix_time(event: Mapping[str, Any], data: Mapping[str, Any], received: float) -> tuple[float, int]:
+    """The position's time (Unix s) and whether it is estimated."""
+    age = data.get("fix_age_s") or 0
+    if data.get("clock_synced", True) and event.get("time"):
+        return float(data["device_time"] - age), 0
+    return received - age, 1
+
+
+def position_rows(event: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    """Rows for `positions` from one event (none for events without a usable position)."""
+    kind = event.get("kind")
+    data = event.get("data") or {}
+    received = parse_iso_utc(event["received_at"])
+    rows = []
+    if kind in ("position", "sos"):
+        if data.get("fix") == NO_FIX or data.get("lat") is None or data.get("lon") is None:
+            return []
+        t, estimated = _fix_time(event, data, received)
+        rows.append((event["id"], 0, event["device"], kind, t, estimated)
+                    + tuple(data.get(col) for col in POSITION_COLUMNS))
+    elif kind == "track":
+        synced = bool(data.get("clock_synced", True))
+        for idx, point in enumerate(data.get("points") or ()):
+            if synced:
+                t, estimated = float(point["device_time"]), 0
+            else:
+                t, estimated = received - (data["device_time"] - point["device_time"]), 1
+            rows.append((event["id"], idx, event["device"], kind, t, estimated)
+                        + tuple(point.get(col) for col in POSITION_COLUMNS))
+    return rows
+
+
+def event_time(event: Mapping[str, Any]) -> float:
+    """`t` for the events table: the card's time if known, else received_at."""
+    return parse_iso_utc(event["time"] or event["received_at"])
+
+
+class SqliteSink(Sink):
+    type_name = "sqlite"
+
+    def __init__(self, name: str, path: Path):
+        super().__init__(name)
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+        self.malformed = 0
+
+    @classmethod
+    def from_config(cls, table: SinkTable, data_dir: Path, name: str) -> "SqliteSink":
+        path = table.str("path")
+        return cls(name, Path(path) if path else events_db_path(data_dir))
+
+    def _open(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = open_store(self.path)
+        return self._conn
+
+    def _store(self, events: list[dict[str, Any]]) -> None:
+        conn = self._open()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for event in events:
+                try:
+                    self._store_one(conn, event)
+                except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                    # not a schema-1 event: keep the rest of the batch flowing, count and log it
+                    self.malformed += 1
+                    log.error("sink %s: event %r not stored: malformed (%s: %s)", self.name,
+                              event.get("id") if isinstance(event, dict) else event,
+                              type(exc).__name__, exc)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _store_one(self, conn: sqlite3.Connection, event: dict[str, Any]) -> None:
+        # parse everything before the first insert, so a malformed event leaves no partial rows
+        row = (event["id"], event["device"], event["kind"], event_time(event), event["time"],
+               event["received_at"], json.dumps(event, ensure_ascii=False, separators=(",", ":")))
+        if event["kind"] == ALERT_KIND:
+            data = event["data"]
+            extra = [(_INSERT_ALERT, (event["id"], event["device"], data["alert"], row[3], event["time"],
+                      json.dumps(data.get("details", {}), ensure_ascii=False, separators=(",", ":"))))]
+        else:
+            extra = [(_INSERT_POSITION, position) for position in position_rows(event)]
+        if conn.execute(_INSERT_EVENT, row).rowcount:  # 0: stored by an earlier (re-)delivery
+            for statement, values in extra:
+                conn.execute(statement, values)
+
+    async def start(self) -> None:
+        try:
+            await self.run_io(self._open)
+        except sqlite3.Error as exc:
+            raise SinkError(f"cannot open {self.path}: {exc}") from exc
+
+    async def deliver(self, events: list[dict[str, Any]]) -> None:
+        try:
+            await self.run_io(self._store, events)
+        except sqlite3.Error as exc:
+            raise SinkError(f"cannot store in {self.path}: {exc}") from exc
+
+    def stats(self) -> dict[str, Any]:
+        return {"malformed": self.malformed}
+
+    def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    async def close(self) -> None:
+        try:
+            await self.run_io(self._close)
+        finally:
+            self.release_io()
