@@ -524,7 +524,7 @@ def _udh(b, p, end, msg):
         if concat is not None:
             if concat[1] == 0 or concat[2] == 0 or concat[2] > concat[1]:
                 # TS 23.040 9.2.3.24.1: such an element is ignored.
-                msg.warnings.append("concatenation part %d of %d ignored" % concat[2:0:-1])
+                msg.warnings.append("concatenation part %d of %d ignored" % (concat[2], concat[1]))
             else:
                 msg.concat = concat
         q += 2 + size
