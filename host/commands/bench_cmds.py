@@ -11,6 +11,8 @@ import importlib
 
 BENCHMARKS = {
     "protocol": "carecard.tools.bench.protocol",
+    "at": "carecard.tools.bench.at",
+    "nmea": "carecard.tools.bench.nmea",
 }
 
 

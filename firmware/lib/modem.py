@@ -1,0 +1,1025 @@
+# Cellular modem driver: bring-up, data (UDP), voice, SMS, sleep and recovery, sans-I/O.
+#
+# The driver owns an at.ATEngine and a *profile* (modem_a7670.A7670, modem_ec800m.EC800M) that
+# knows the vendor's commands and URCs. The board layer feeds it and carries out its actions:
+#
+#     m = Modem(A7670(), apn="cmnet")
+#     m.power_on(now)
+#     loop: m.receive_data(uart.read()); m.tick(ticks_ms())
+#           while (a := m.next_action()): board does it
+#               ("write", bytes)       write to the modem UART
+#               ("pwrkey", ms)         drive PWRKEY low for ms, then release
+#               ("dtr", level)         set DTR (1 = let the modem sleep, 0 = keep it awake)
+#               ("power_cut", ms)      remove modem power for ms (boards with a load switch)
+#           while (e := m.next_event()): application handles it
+#
+# Events (tuples): ("state", name), ("ready",), ("sim", status), ("signal", dbm, rssi),
+# ("reg", status, creg, cereg), ("time", unix_s, tz_quarters), ("net", up, detail),
+# ("udp", "open"|"closed"|"failed", detail), ("udp_sent", n), ("udp_recv", payload, remote),
+# ("call", state, number), ("incoming", number), ("dtmf", digit),
+# ("call_end", outcome, ring_s, talk_s, detail), ("missed_call", text),
+# ("sms_sent", mr, tag), ("sms_failed", err, tag), ("sms_new", mem, index),
+# ("sms", mode, index, header, body)  mode "pdu" (body = PDU hex) or "text",
+# ("sleep",), ("awake",), ("ri",), ("recovery", reason, count), ("failed", reason),
+# ("urc", name, args, body) for URCs no handler wanted, ("unknown", line), ("at_error", exc),
+# ("done", text, status, err) for commands sent with `command()`.
+#
+# Call outcomes are the protocol's names (ccspec.ENUMS["call_outcome"]).
+import at
+import ccspec
+
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+_OUTCOMES = ccspec.ENUMS["call_outcome"]
+
+
+def _outcome(name):
+    # fail loudly at import if the protocol renames an outcome this driver reports
+    if name not in _OUTCOMES:
+        raise ValueError("call outcome %r is not in ccspec.ENUMS['call_outcome']" % name)
+    return name
+
+
+ANSWERED = _outcome("answered")
+CONFIRMED = _outcome("confirmed")
+BUSY = _outcome("busy")
+NO_ANSWER = _outcome("no_answer")
+REJECTED = _outcome("rejected")
+FAILED = _outcome("failed")
+CANCELLED = _outcome("cancelled")
+
+# +CREG / +CEREG <stat> (3GPP TS 27.007 7.2 / 10.1.22)
+REG_NAMES = ("not_registered", "home", "searching", "denied", "unknown", "roaming",
+             "sms_only", "sms_only_roaming", "emergency_only")
+
+_CALL_IDLE = const(0)
+_CALL_DIALING = const(1)
+_CALL_ALERTING = const(2)
+_CALL_ACTIVE = const(3)
+_CALL_INCOMING = const(4)
+CALL_STATES = ("idle", "dialing", "alerting", "active", "incoming")
+
+
+class ModemError(Exception):
+    """Misuse of the driver API (e.g. a call while another is up, UDP before bring-up)."""
+
+
+def _days_from_civil(y, m, d):
+    # days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm)
+    y -= m <= 2
+    era = (y if y >= 0 else y - 399) // 400
+    yoe = y - era * 400
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+def parse_cclk(args):
+    """'"24/08/23,06:39:56+32"' -> (unix seconds UTC, tz in quarter hours).
+
+    The modem reports local time and its offset from UTC in quarters of an hour; UTC is local
+    time minus the offset. Raises ValueError for malformed text or a clock never set (year
+    before 2020: the modem's power-on default).
+    """
+    text = args.strip().strip('"')
+    if len(text) < 17 or text[2] != "/" or text[5] != "/" or text[8] != ",":
+        raise ValueError("bad +CCLK time %r" % (args,))
+    yy = int(text[0:2])
+    mo = int(text[3:5])
+    dd = int(text[6:8])
+    hh = int(text[9:11])
+    mi = int(text[12:14])
+    ss = int(text[15:17])
+    tz = 0
+    if len(text) > 17:
+        sign = text[17]
+        if sign not in "+-":
+            raise ValueError("bad +CCLK time zone %r" % (args,))
+        tz = int(text[18:])
+        if sign == "-":
+            tz = -tz
+    if not (1 <= mo <= 12 and 1 <= dd <= 31 and hh < 24 and mi < 60 and ss < 61
+            and -96 <= tz <= 96):
+        raise ValueError("+CCLK field out of range in %r" % (args,))
+    year = 2000 + yy
+    if year < 2020:
+        raise ValueError("modem clock not set (%r)" % (args,))
+    days = _days_from_civil(year, mo, dd)
+    return days * 86400 + hh * 3600 + mi * 60 + ss - tz * 900, tz
+
+
+def csq_dbm(rssi):
+    """+CSQ <rssi> 0..31 -> dBm (-113 + 2 rssi); 99 or out of range -> None."""
+    if 0 <= rssi <= 31:
+        return -113 + 2 * rssi
+    return None
+
+
+def _int(text, default=-1):
+    try:
+        return int(text)
+    except ValueError:
+        return default
+
+
+class Modem:
+    """The driver. See the module comment for actions and events."""
+
+    def __init__(self, profile, apn="", pin=None, timing=None, max_timeouts=3, max_garbage=12,
+                 max_power_cycles=3, ring_timeout_ms=45000, auto_read_sms=True,
+                 max_line=1024, max_data=1536):
+        self.p = profile
+        self.apn = apn
+        self.pin = pin
+        t = timing if timing is not None else profile.timing()
+        self.t_pwrkey_on = t["pwrkey_on_ms"]
+        self.t_pwrkey_off = t["pwrkey_off_ms"]
+        self.t_boot = t["boot_ms"]
+        self.t_off = t["power_off_ms"]
+        self.t_sleep_entry = t["sleep_entry_ms"]
+        self.t_wake = t["wake_ms"]
+        self.max_timeouts = max_timeouts
+        self.max_garbage = max_garbage
+        self.max_power_cycles = max_power_cycles
+        self.ring_timeout_ms = ring_timeout_ms
+        self.auto_read_sms = auto_read_sms
+        self.at = at.ATEngine(urcs=profile.URCS, raw=profile.raw_length,
+                              max_line=max_line, max_data=max_data)
+        profile.attach(self)
+        self.state = "off"
+        self.now = 0
+        self._events = []
+        self._actions = []
+        self._timers = {}
+        self._held = []          # commands waiting for the modem to wake
+        self._timeouts = 0       # consecutive command timeouts
+        self._garbage = 0        # input errors since the last good response
+        self._cycles = 0         # power cycles since the last successful bring-up
+        self._reg_deadline = 0
+        self._sim_deadline = 0
+        self.features = {"voice": True, "sms": True, "dtmf": False}
+        self.reg = (0, 0)
+        self.registered = False
+        self.net_up = False
+        self.ip = None
+        self.udp_state = "closed"
+        self.udp_remote = None
+        self._recv_from = None
+        self._sleeping = False
+        # voice
+        self.call = _CALL_IDLE
+        self.call_number = None
+        self._t_dial = 0
+        self._t_active = None
+        self._confirmed = False
+        self._hangup_reason = None
+
+    # ---- board-facing ------------------------------------------------------------------------
+    def next_action(self):
+        self._flush_out()
+        if self._actions:
+            return self._actions.pop(0)
+        return None
+
+    def next_event(self):
+        if self._events:
+            return self._events.pop(0)
+        return None
+
+    def receive_data(self, data):
+        self.at.receive_data(data)
+        self._pump()
+
+    def tick(self, now):
+        self.now = now
+        self.at.tick(now)
+        self._pump()
+        if self._timers:
+            for name in list(self._timers):
+                when = self._timers.get(name)
+                if when is not None and at.ticks_diff(now, when) >= 0:
+                    del self._timers[name]
+                    getattr(self, "_t_" + name)()
+            self._pump()
+
+    def ri(self):
+        """The board saw an RI pulse: a URC (call, SMS) is waiting. Wakes the modem's UART."""
+        self._emit(("ri",))
+        if self._sleeping:
+            self.wake()
+
+    # ---- internals ---------------------------------------------------------------------------
+    def _emit(self, ev):
+        self._events.append(ev)
+
+    def _set_state(self, state):
+        if state != self.state:
+            self.state = state
+            self._emit(("state", state))
+
+    def _timer(self, name, ms):
+        self._timers[name] = self.now + ms
+
+    def _cancel(self, name):
+        if name in self._timers:
+            del self._timers[name]
+
+    def _flush_out(self):
+        data = self.at.data_to_send()
+        if data:
+            self._actions.append(("write", data))
+
+    def cmd(self, text, prefix=None, timeout_ms=5000, retries=0, payload=None, done=None):
+        """Queue an AT command; `done(cmd, status, lines, err)` runs when it finishes."""
+        c = at.Command(text, prefix=prefix, timeout_ms=timeout_ms, retries=retries,
+                       payload=payload, tag=done)
+        if self._sleeping:
+            self._held.append(c)
+            self.wake()
+            return c
+        self.at.send(c)
+        self._flush_out()
+        return c
+
+    def command(self, text, prefix=None, timeout_ms=5000):
+        """An application command; its result comes back as ("done", text, status, err)."""
+        return self.cmd(text, prefix, timeout_ms, done=self._app_done)
+
+    def _app_done(self, c, status, lines, err):
+        for line in lines:
+            self._emit(("line", c.text, line))
+        self._emit(("done", c.text, status, err))
+
+    def _pump(self):
+        engine = self.at
+        while True:
+            ev = engine.next_event()
+            if ev is None:
+                break
+            kind = ev[0]
+            if kind == "done":
+                c, status = ev[1], ev[2]
+                if status == "TIMEOUT":
+                    self._timeouts += 1
+                elif status != "ABORTED":
+                    self._timeouts = 0
+                    self._garbage = 0
+                if c.tag is not None:
+                    c.tag(c, status, ev[3], ev[4])
+                if self._timeouts >= self.max_timeouts and self.state not in ("off", "recovering"):
+                    self._recover("no_response")
+            elif kind == "urc":
+                self._urc(ev[1], ev[2], ev[3])
+            elif kind == "data":
+                self._data(ev[1], ev[2])
+            elif kind == "error":
+                self._garbage += 1
+                self._emit(("at_error", ev[1]))
+                if self._garbage >= self.max_garbage and self.state not in ("off", "recovering"):
+                    self._recover("garbage")
+            elif kind == "unknown":
+                self._emit(ev)
+            # "stray" final codes (late answers to timed-out commands) are counted in at.stats
+        self._flush_out()
+
+    # ---- power -------------------------------------------------------------------------------
+    def power_on(self, now=None):
+        """Bring the modem up: probe (it may already be on), else pulse PWRKEY and wait."""
+        if now is not None:
+            self.now = now
+            self.at.now = now
+        self._set_state("probing")
+        self.cmd("AT", timeout_ms=600, retries=1, done=self._probe_done)
+
+    def _probe_done(self, c, status, lines, err):
+        if status == "OK":
+            self._configure()
+        elif status != "ABORTED":
+            self._timeouts = 0
+            self._pulse_on()
+
+    def _pulse_on(self):
+        self._set_state("booting")
+        self._actions.append(("dtr", 0))
+        self._actions.append(("pwrkey", self.t_pwrkey_on))
+        self._timer("boot", self.t_boot)
+
+    def _t_boot(self):
+        # no ready URC in time (it may have been sent before we listened): probe anyway
+        if self.state == "booting":
+            self._set_state("probing_boot")
+            self.cmd("AT", timeout_ms=1000, retries=4, done=self._boot_probe_done)
+
+    def _ready_urc(self):
+        if self.state == "booting":
+            self._cancel("boot")
+            self._set_state("probing_boot")
+            self.cmd("AT", timeout_ms=1000, retries=4, done=self._boot_probe_done)
+
+    def _boot_probe_done(self, c, status, lines, err):
+        if status == "OK":
+            self._configure()
+        elif status != "ABORTED":
+            self._recover("no_response_after_boot")
+
+    def power_off(self):
+        """Orderly power-off with PWRKEY (the modem deregisters first)."""
+        self.at.abort()
+        self._pump()
+        self._end_call_now(FAILED, "power_off")
+        self._timers = {}
+        self._held = []
+        self._actions.append(("pwrkey", self.t_pwrkey_off))
+        self._timer("off", self.t_off)
+        self._set_state("powering_off")
+
+    def _t_off(self):
+        self._sleeping = False
+        self.net_up = False
+        self.udp_state = "closed"
+        self.registered = False
+        self._set_state("off")
+        if getattr(self, "_cycle_pending", False):
+            self._cycle_pending = False
+            self._pulse_on()
+
+    def _recover(self, reason):
+        self._cycles += 1
+        self._timeouts = 0
+        self._garbage = 0
+        self._emit(("recovery", reason, self._cycles))
+        if self._cycles > self.max_power_cycles:
+            self.at.abort()
+            self._pump()
+            self._timers = {}
+            self._set_state("off")
+            self._emit(("failed", reason))
+            return
+        self.power_off()
+        self._set_state("recovering")
+        if self._cycles > 1:
+            # PWRKEY did not bring it back: a board with a load switch cuts its supply too
+            self._actions.append(("power_cut", self.t_off))
+        self._cycle_pending = True
+
+    # ---- bring-up ----------------------------------------------------------------------------
+    def _configure(self):
+        self._set_state("configuring")
+        cmds = [("ATE0", True), ("AT+CMEE=1", False)] + self.p.config_commands()
+        self._cfg_left = len(cmds)
+        self._cfg_failed = []
+        for text, required in cmds:
+            self.cmd(text, timeout_ms=2000, retries=1,
+                     done=self._cfg_done_req if required else self._cfg_done_opt)
+
+    def _cfg_done_req(self, c, status, lines, err):
+        if status != "OK" and status != "ABORTED":
+            self._cfg_failed.append((c.text, status, err, True))
+        self._cfg_step(status)
+
+    def _cfg_done_opt(self, c, status, lines, err):
+        if status != "ABORTED":
+            if status != "OK":
+                self._cfg_failed.append((c.text, status, err, False))
+            self.p.config_result(self, c.text, status == "OK")
+        self._cfg_step(status)
+
+    def _cfg_step(self, status):
+        if status == "ABORTED":
+            return
+        self._cfg_left -= 1
+        if self._cfg_left:
+            return
+        for text, status, err, required in self._cfg_failed:
+            self._emit(("config_failed", text, status, err, required))
+        self._sim_deadline = self.now + 20000
+        self._check_sim()
+
+    def _check_sim(self):
+        self._set_state("sim")
+        self.cmd("AT+CPIN?", "+CPIN", timeout_ms=5000, done=self._sim_done)
+
+    def _sim_done(self, c, status, lines, err):
+        if status == "ABORTED":
+            return
+        if status == "OK" and lines:
+            value = lines[0][6:].strip()
+            if value == "READY":
+                self._emit(("sim", "ready"))
+                self._signal()
+                return
+            if value == "SIM PIN":
+                if self.pin:
+                    self._emit(("sim", "pin_required"))
+                    self.cmd('AT+CPIN="%s"' % self.pin, timeout_ms=10000, done=self._pin_done)
+                    return
+                self._emit(("sim", "pin_required"))
+                self._set_state("sim_locked")
+                return
+            if value == "SIM PUK" or value.startswith("PH"):
+                self._emit(("sim", "puk_required"))
+                self._set_state("sim_locked")
+                return
+            if value == "SIM REMOVED" or value == "NOT INSERTED":
+                self._sim_absent()
+                return
+        if status == "CME" and err == 10:
+            self._sim_absent()
+            return
+        # CME 13 (SIM failure), 14 (SIM busy), plain ERROR, timeout: not ready yet
+        self._emit(("sim", "not_ready"))
+        if at.ticks_diff(self._sim_deadline, self.now) > 0:
+            self._timer("sim", 2000)
+        else:
+            self._emit(("sim", "failed"))
+            self._set_state("no_sim")
+
+    def _t_sim(self):
+        if self.state == "sim":
+            self._check_sim()
+
+    def _pin_done(self, c, status, lines, err):
+        if status == "OK":
+            self._timer("sim", 1000)
+        elif status != "ABORTED":
+            self._emit(("sim", "pin_rejected"))
+            self._set_state("sim_locked")
+
+    def _sim_absent(self):
+        self._emit(("sim", "absent"))
+        self._set_state("no_sim")
+
+    def _signal(self):
+        self._set_state("registering")
+        self._reg_deadline = self.now + 180000
+        self.query_signal()
+        self._poll_reg()
+
+    def query_signal(self):
+        self.cmd("AT+CSQ", "+CSQ", done=self._csq_done)
+
+    def _csq_done(self, c, status, lines, err):
+        if status == "OK" and lines:
+            parts = lines[0][5:].split(",")
+            rssi = _int(parts[0].strip())
+            self.rssi = csq_dbm(rssi)
+            self._emit(("signal", self.rssi, rssi))
+
+    def _poll_reg(self):
+        self._reg_new = [0, 0]
+        self.cmd("AT+CREG?", "+CREG", done=self._creg_done)
+        self.cmd("AT+CEREG?", "+CEREG", done=self._cereg_done)
+
+    @staticmethod
+    def _stat_of(line_args, solicited):
+        # solicited: "<n>,<stat>[,...]"; unsolicited: "<stat>[,...]"
+        parts = line_args.split(",")
+        idx = 1 if solicited else 0
+        if len(parts) <= idx:
+            return -1
+        return _int(parts[idx].strip())
+
+    def _creg_done(self, c, status, lines, err):
+        if status == "OK" and lines:
+            self._reg_new[0] = self._stat_of(lines[0][6:], True)
+
+    def _cereg_done(self, c, status, lines, err):
+        if status == "ABORTED":
+            return
+        if status == "OK" and lines:
+            self._reg_new[1] = self._stat_of(lines[0][7:], True)
+        self._reg_update(self._reg_new[0], self._reg_new[1])
+        if self.state != "registering":
+            return
+        if self.registered:
+            self._registered()
+        elif at.ticks_diff(self._reg_deadline, self.now) <= 0:
+            self._emit(("reg", "timeout", self.reg[0], self.reg[1]))
+            self._set_state("no_network")
+            self._timer("reg", 30000)
+        else:
+            self._timer("reg", 2000)
+
+    def _t_reg(self):
+        if self.state in ("registering", "no_network", "denied"):
+            if self.state != "registering":
+                self._set_state("registering")
+                self._reg_deadline = self.now + 180000
+            self._poll_reg()
+
+    def _reg_update(self, creg, cereg):
+        old = self.reg
+        self.reg = (creg, cereg)
+        if creg in (1, 5) or cereg in (1, 5):
+            status = "roaming" if (creg == 5 or cereg == 5) and not (creg == 1 or cereg == 1) else "home"
+            self.registered = True
+        elif cereg in (6, 7) or creg in (6, 7):
+            status = "sms_only"
+            self.registered = True
+        elif creg == 3 or cereg == 3:
+            status = "denied"
+            self.registered = False
+        elif creg == 2 or cereg == 2:
+            status = "searching"
+            self.registered = False
+        else:
+            status = "not_registered"
+            self.registered = False
+        self.reg_status = status
+        if old != self.reg:
+            self._emit(("reg", status, creg, cereg))
+        if status == "denied" and self.state == "registering":
+            self._set_state("denied")
+            self._timer("reg", 30000)
+
+    def _registered(self):
+        self._cycles = 0
+        self.query_time()
+        if self.reg_status == "sms_only":
+            self._ready()
+            return
+        self._set_state("net")
+        self.p.open_net(self, self.apn)
+
+    def query_time(self):
+        self.cmd("AT+CCLK?", "+CCLK", done=self._cclk_done)
+
+    def _cclk_done(self, c, status, lines, err):
+        if status == "OK" and lines:
+            try:
+                unix, tz = parse_cclk(lines[0][6:])
+            except ValueError as exc:
+                self._emit(("time", None, str(exc)))
+                return
+            self._emit(("time", unix, tz))
+
+    def _ready(self):
+        if self.state != "ready":
+            self._set_state("ready")
+            self._emit(("ready",))
+
+    # ---- hooks for profiles ------------------------------------------------------------------
+    def net_pending(self, ms):
+        """Profile: a bearer activation is under way; fail it if no result within ms."""
+        self._timer("net", ms)
+
+    def _t_net(self):
+        self.net_result(False, "timeout")
+
+    def powered_down(self, reason):
+        """Profile: the modem announced it is switching itself off (power-down URC)."""
+        self.at.abort()
+        self._pump()
+        self._end_call_now(FAILED, reason)
+        self._timers = {}
+        self._sleeping = False
+        self.net_up = False
+        self.udp_state = "closed"
+        self.registered = False
+        self._emit(("powered_down", reason))
+        self._set_state("off")
+
+    def net_result(self, up, detail=None):
+        """Profile: the packet-data bearer came up (detail = IP) or failed/went down."""
+        self._cancel("net")
+        self.net_up = up
+        if up:
+            self.ip = detail
+        else:
+            self.udp_state = "closed"
+        self._emit(("net", up, detail))
+        if self.state == "net":
+            self._ready()
+            if getattr(self, "_udp_wanted", None) and up:
+                host, port = self._udp_wanted
+                self._udp_wanted = None
+                self.p.udp_open(self, host, port)
+
+    def udp_result(self, state, detail=None):
+        self.udp_state = "open" if state == "open" else "closed"
+        self._emit(("udp", state, detail))
+
+    def udp_received(self, payload, remote=None):
+        self._emit(("udp_recv", payload, remote or self._recv_from))
+        self._recv_from = None
+
+    # ---- data --------------------------------------------------------------------------------
+    def udp_open(self, host, port):
+        if self.state not in ("ready", "net"):
+            raise ModemError("udp_open in state %s: the modem is not up" % self.state)
+        self.udp_remote = (host, port)
+        if not self.net_up:
+            self._udp_wanted = (host, port)
+            self._set_state("net")
+            self.p.open_net(self, self.apn)
+            return
+        self.p.udp_open(self, host, port)
+
+    def udp_send(self, payload):
+        if self.udp_state != "open":
+            raise ModemError("udp_send with the socket %s; call udp_open first" % self.udp_state)
+        if not payload:
+            raise ModemError("udp_send of an empty datagram")
+        self.p.udp_send(self, bytes(payload))
+
+    def udp_close(self):
+        self.p.udp_close(self)
+
+    def _data(self, header, payload):
+        self.p.on_data(self, header, payload)
+
+    # ---- URCs --------------------------------------------------------------------------------
+    def _urc(self, name, args, body):
+        if self.p.on_urc(self, name, args, body):
+            return
+        if name in self.p.READY_URCS:
+            self._ready_urc()
+        elif name == "+CPIN":
+            if args == "READY":
+                if self.state == "sim":
+                    self._cancel("sim")
+                    self._check_sim()
+            elif args in ("SIM REMOVED", "NOT INSERTED"):
+                self._sim_absent()
+            else:
+                self._emit(("sim", args.lower().replace(" ", "_")))
+        elif name == "+CREG" or name == "+CEREG":
+            stat = self._stat_of(args, False)
+            if name == "+CREG":
+                self._reg_update(stat, self.reg[1])
+            else:
+                self._reg_update(self.reg[0], stat)
+            if self.state in ("registering", "no_network", "denied") and self.registered:
+                self._cancel("reg")
+                self._set_state("registering")
+                self._registered()
+            elif not self.registered and self.state == "ready":
+                self.net_up = False
+                self.udp_state = "closed"
+                self._set_state("registering")
+                self._reg_deadline = self.now + 180000
+                self._timer("reg", 2000)
+        elif name == "+CMTI":
+            self._cmti(args)
+        elif name == "+CMT":
+            self._sms_event(None, args, body)
+        elif name == "+CDS":
+            self._emit(("sms_report", args, body))
+        elif name == "RING" or name == "+CRING":
+            self._incoming(None)
+        elif name == "+CLIP":
+            parts = at.split_args(args)
+            self._incoming(parts[0] if parts else None)
+        elif name == "+CLCC":
+            self._clcc(args)
+        elif name == "NO CARRIER" or name == "BUSY" or name == "NO ANSWER":
+            self._call_released(name)
+        elif name == "+CEER":
+            self._emit(("call_cause", args.strip('"')))
+        else:
+            self._emit(("urc", name, args, body))
+
+    # ---- voice -------------------------------------------------------------------------------
+    def dial(self, number, ring_timeout_ms=None):
+        """Place a voice call. Ends with ("call_end", outcome, ring_s, talk_s, detail)."""
+        if not self.features["voice"]:
+            raise ModemError("this modem variant has no voice calls")
+        if self.call != _CALL_IDLE:
+            raise ModemError("dial while a call is %s" % CALL_STATES[self.call])
+        if not number or not all(ch in "+0123456789*#" for ch in number):
+            raise ModemError("bad number %r: digits, * # and a leading + only" % (number,))
+        self.call = _CALL_DIALING
+        self.call_number = number
+        self._t_dial = self.now
+        self._t_active = None
+        self._confirmed = False
+        self._hangup_reason = None
+        self._emit(("call", "dialing", number))
+        self._timer("ring", ring_timeout_ms or self.ring_timeout_ms)
+        self.cmd("ATD%s;" % number, timeout_ms=20000, done=self._dial_done)
+
+    def _dial_done(self, c, status, lines, err):
+        if status == "OK" or status == "CONNECT":
+            return  # call progress comes as URCs
+        if status == "ABORTED":
+            return
+        if status == "BUSY":
+            self._end_call_now(BUSY, status)
+        elif status == "NO ANSWER":
+            self._end_call_now(NO_ANSWER, status)
+        elif status == "NO CARRIER":
+            self._call_released(status)
+        else:
+            self._end_call_now(FAILED, "%s %s" % (status, err) if err is not None else status)
+
+    def answer(self):
+        if self.call != _CALL_INCOMING:
+            raise ModemError("answer with no incoming call")
+        self.cmd("ATA", timeout_ms=20000, done=self._ata_done)
+
+    def _ata_done(self, c, status, lines, err):
+        if status == "OK" and self.call == _CALL_INCOMING:
+            self._call_active()
+        elif status not in ("OK", "ABORTED"):
+            self._end_call_now(FAILED, status)
+
+    def hangup(self, reason="cancel"):
+        """Hang up (ATH, effective because the profile set AT+CVHU=0 at bring-up)."""
+        if self.call == _CALL_IDLE:
+            return
+        self._hangup_reason = reason
+        self.cmd(self.p.HANGUP, timeout_ms=20000, done=self._hangup_done)
+
+    def _hangup_done(self, c, status, lines, err):
+        if status == "ABORTED":
+            return
+        if self.call != _CALL_IDLE:
+            if status == "OK":
+                self._call_released("hangup")
+            else:
+                self._emit(("hangup_failed", status, err))
+                self.cmd("AT+CHUP", timeout_ms=20000, done=self._chup_done)
+
+    def _chup_done(self, c, status, lines, err):
+        if self.call != _CALL_IDLE and status == "OK":
+            self._call_released("hangup")
+
+    def _t_ring(self):
+        if self.call in (_CALL_DIALING, _CALL_ALERTING):
+            self.hangup("ring_timeout")
+
+    def _incoming(self, number):
+        if self.call == _CALL_IDLE:
+            self.call = _CALL_INCOMING
+            self._t_dial = self.now
+            self._t_active = None
+            self._confirmed = False
+            self._hangup_reason = None
+            self.call_number = number
+            self._emit(("incoming", number))
+        elif self.call == _CALL_INCOMING and number and not self.call_number:
+            self.call_number = number
+            self._emit(("incoming", number))
+
+    def _clcc(self, args):
+        parts = at.split_args(args)
+        if len(parts) < 3:
+            return
+        stat = _int(parts[2])
+        if self.call in (_CALL_DIALING, _CALL_ALERTING):
+            if stat == 3 or stat == 2:
+                if self.call != _CALL_ALERTING:
+                    self.call = _CALL_ALERTING
+                    self._emit(("call", "alerting", self.call_number))
+            elif stat == 0:
+                self._call_active()
+            elif stat == 6:
+                self._call_released("released")
+        elif self.call == _CALL_ACTIVE and stat == 6:
+            self._call_released("released")
+        elif self.call == _CALL_INCOMING and stat == 0:
+            self._call_active()
+
+    def _call_active(self):
+        if self.call == _CALL_ACTIVE:
+            return
+        self.call = _CALL_ACTIVE
+        self._t_active = self.now
+        self._cancel("ring")
+        self._emit(("call", "active", self.call_number))
+
+    def dtmf_received(self, digit):
+        """Profile: the far end pressed a key. During an active call that confirms the call."""
+        self._emit(("dtmf", digit))
+        if self.call == _CALL_ACTIVE:
+            self._confirmed = True
+        elif self.call in (_CALL_DIALING, _CALL_ALERTING):
+            # a key press proves someone is on the line even if the modem did not say active
+            self._call_active()
+            self._confirmed = True
+
+    def call_ended(self, detail):
+        """Profile: the modem reported the end of the call (VOICE CALL: END etc.)."""
+        self._call_released(detail)
+
+    def _call_released(self, detail):
+        c = self.call
+        if c == _CALL_IDLE:
+            return
+        if detail == "BUSY":
+            outcome = BUSY
+        elif detail == "NO ANSWER":
+            outcome = NO_ANSWER
+        elif c == _CALL_ACTIVE:
+            outcome = CONFIRMED if self._confirmed else ANSWERED
+        elif self._hangup_reason == "ring_timeout":
+            outcome = NO_ANSWER
+        elif self._hangup_reason is not None:
+            outcome = CANCELLED
+        elif c == _CALL_INCOMING:
+            outcome = CANCELLED  # the caller gave up before we answered
+        elif c == _CALL_ALERTING:
+            outcome = REJECTED
+        else:
+            outcome = FAILED
+        self._end_call_now(outcome, detail)
+
+    def _end_call_now(self, outcome, detail):
+        if self.call == _CALL_IDLE:
+            return
+        end = self.now
+        if self._t_active is not None:
+            ring_ms = at.ticks_diff(self._t_active, self._t_dial)
+            talk_ms = at.ticks_diff(end, self._t_active)
+        else:
+            ring_ms = at.ticks_diff(end, self._t_dial)
+            talk_ms = 0
+        self.call = _CALL_IDLE
+        self._cancel("ring")
+        self._emit(("call", "idle", self.call_number))
+        self._emit(("call_end", outcome, ring_ms // 1000, talk_ms // 1000, detail))
+
+    # ---- SMS ---------------------------------------------------------------------------------
+    def sms_send_pdu(self, pdu_hex, tpdu_len, tag=None):
+        """Send one SMS in PDU mode. pdu_hex: SMSC + TPDU as hex text (from smspdu);
+        tpdu_len: TPDU length in octets (excludes the SMSC part), as AT+CMGS wants it."""
+        if not self.features["sms"]:
+            raise ModemError("this modem variant has no SMS")
+        if isinstance(pdu_hex, str):
+            pdu_hex = pdu_hex.encode()
+        if not pdu_hex or len(pdu_hex) % 2 or not (1 <= tpdu_len <= 176) or tpdu_len * 2 > len(pdu_hex):
+            raise ModemError("bad PDU: %d hex chars for a %d-octet TPDU" % (len(pdu_hex), tpdu_len))
+        for ch in pdu_hex:
+            if not (48 <= ch <= 57 or 65 <= ch <= 70 or 97 <= ch <= 102):
+                raise ModemError("PDU is not hex text")
+        c = self.cmd("AT+CMGS=%d" % tpdu_len, "+CMGS", timeout_ms=65000,
+                     payload=pdu_hex + b"\x1a", done=self._cmgs_done)
+        c.sms_tag = tag
+        return c
+
+    def _cmgs_done(self, c, status, lines, err):
+        tag = getattr(c, "sms_tag", None)
+        if status == "OK":
+            mr = _int(lines[0][6:].strip()) if lines else -1
+            self._emit(("sms_sent", mr, tag))
+        else:
+            self._emit(("sms_failed", err if err is not None else status, tag))
+
+    def _cmti(self, args):
+        parts = at.split_args(args)
+        mem = parts[0] if parts else ""
+        index = _int(parts[1]) if len(parts) > 1 else -1
+        self._emit(("sms_new", mem, index))
+        if self.auto_read_sms and index >= 0:
+            self.sms_read(index)
+
+    def sms_read(self, index):
+        self.cmd("AT+CMGR=%d" % index, ("+CMGR",), timeout_ms=10000, done=self._cmgr_done)
+
+    def _cmgr_done(self, c, status, lines, err):
+        if status != "OK" or not lines:
+            if status != "ABORTED":
+                self._emit(("sms_read_failed", c.text, status, err))
+            return
+        index = _int(c.text[8:])
+        header = lines[0][6:].strip()
+        body = "\n".join(lines[1:]) if len(lines) > 1 else ""
+        self._sms_event(index, header, body)
+
+    def _sms_event(self, index, header, body):
+        # PDU mode header: "<stat>,[<alpha>],<length>" / +CMT: "[<alpha>],<length>";
+        # text mode header starts with a quoted status or originating address
+        parts = at.split_args(header)
+        mode = "text"
+        if parts and _int(parts[-1]) >= 0 and body and _is_hex(body):
+            if len(parts) <= 3 and (header[:1] != '"' or len(parts) == 2):
+                mode = "pdu"
+        self._emit(("sms", mode, index, header, body))
+
+    def sms_delete(self, index):
+        self.cmd("AT+CMGD=%d" % index, timeout_ms=10000, done=self._app_done)
+
+    # ---- sleep -------------------------------------------------------------------------------
+    def sleep(self):
+        """Let the modem sleep (DRX, still reachable): AT+CSCLK=1 / AT+QSCLK=1, then DTR high."""
+        if self.state != "ready":
+            raise ModemError("sleep in state %s" % self.state)
+        self.cmd(self.p.SLEEP_CMD, timeout_ms=2000, retries=1, done=self._sleep_done)
+
+    def _sleep_done(self, c, status, lines, err):
+        if status == "OK":
+            self._actions.append(("dtr", 1))
+            self._sleeping = True
+            self._emit(("sleep",))
+        elif status != "ABORTED":
+            self._emit(("sleep_failed", status, err))
+
+    def wake(self):
+        """DTR low; the UART is usable after the profile's wake time."""
+        if not self._sleeping or "wake" in self._timers:
+            return
+        self._actions.append(("dtr", 0))
+        self._timer("wake", self.t_wake)
+
+    def _t_wake(self):
+        self._sleeping = False
+        self._emit(("awake",))
+        held = self._held
+        self._held = []
+        for c in held:
+            self.at.send(c)
+        self._flush_out()
+
+
+def _load_hwdata(name):
+    import hwdata
+    load = getattr(hwdata, "load", None)
+    if load is not None:
+        return load(name)
+    # On MicroPython the card image's data folder lib/hwdata/ is imported instead of
+    # lib/hwdata.py (a folder wins over a module of the same name), so read the file here.
+    import json
+    import sys
+    for base in sys.path:
+        try:
+            with open((base or ".") + "/hwdata/" + name + ".json") as handle:
+                return json.load(handle)
+        except OSError:
+            pass
+    raise OSError("hardware data '%s.json' not found in hwdata/ on sys.path" % name)
+
+
+def _is_hex(text):
+    for ch in text:
+        if ch not in "0123456789ABCDEFabcdef":
+            return False
+    return True
+
+
+class Profile:
+    """What a modem family must provide; subclasses: modem_a7670.A7670, modem_ec800m.EC800M.
+
+    Class attributes:
+      NAME         the protocol's name for it (one of ccspec.ENUMS["modem"])
+      HW_NAME      its timing facts: hardware/<HW_NAME>.json (hwdata on the card)
+      URCS         names of its unsolicited result codes (text before the first ':')
+      READY_URCS   URCs that mean "booted, UART ready"
+      HANGUP       the hang-up command
+      SLEEP_CMD    the command that enables DTR-controlled sleep
+      raw_length   line -> number of raw bytes that follow it, or -1 (at.raw_length)
+    """
+
+    NAME = "unknown"
+    HW_NAME = None
+    URCS = ()
+    READY_URCS = ("RDY",)
+    HANGUP = "ATH"
+    SLEEP_CMD = "AT+CSCLK=1"
+    raw_length = staticmethod(at.raw_length)
+
+    def __init__(self, local_port=50000):
+        self.local_port = local_port
+        if self.NAME not in ccspec.ENUMS["modem"]:
+            raise ValueError("profile name %r not in ccspec.ENUMS['modem']" % self.NAME)
+
+    def attach(self, m):
+        """Called by Modem.__init__: the driver this profile serves (used by callbacks)."""
+        self._m = m
+
+    def timing(self):
+        """Timing figures (ms) from hwdata: pwrkey_on_ms, pwrkey_off_ms, boot_ms, ..."""
+        facts = _load_hwdata(self.HW_NAME)["timing"]
+        out = {}
+        for key in facts:
+            out[key] = facts[key]["value"]
+        return out
+
+    def config_commands(self):
+        """[(command, required)] sent after ATE0 / AT+CMEE=1 at every bring-up."""
+        return []
+
+    def config_result(self, m, text, ok):
+        """An optional configuration command succeeded or failed (feature detection)."""
+
+    def open_net(self, m, apn):
+        raise ModemError("%s profile has no packet data" % self.NAME)
+
+    def udp_open(self, m, host, port):
+        raise ModemError("%s profile has no UDP" % self.NAME)
+
+    def udp_send(self, m, payload):
+        raise ModemError("%s profile has no UDP" % self.NAME)
+
+    def udp_close(self, m):
+        raise ModemError("%s profile has no UDP" % self.NAME)
+
+    def on_urc(self, m, name, args, body):
+        """Handle a vendor URC; return True when handled (else the generic handler runs)."""
+        return False
+
+    def on_data(self, m, header, payload):
+        m.udp_received(payload)

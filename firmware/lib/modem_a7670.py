@@ -1,0 +1,205 @@
+# SIMCom A7670 (A76xx family) profile for modem.Modem.
+#
+# What is specific to it, from the captures in shared/data/at/ and SIMCom's A76xx AT manual:
+# - boot URC "*ATREADY: 1" (lilygo-t-a76xx logs, issue 299), then +CPIN: READY, SMS DONE, PB DONE;
+# - voice: "VOICE CALL: BEGIN" (may arrive at ring-back, before anyone answers) and
+#   "VOICE CALL: END: 000017" / "VOICE CALL:END:000004" (duration, both spellings seen);
+#   ATH only hangs up after AT+CVHU=0; "MISSED_CALL: ..." for calls we did not take;
+# - TCP/IP: AT+NETOPEN then "+NETOPEN: 0"; AT+CIPOPEN=<link>,"UDP",,,<lport> then
+#   "+CIPOPEN: <link>,<err>"; AT+CIPSEND=<link>,<len>,"<ip>",<port> with the "> " prompt, OK,
+#   then "+CIPSEND: <link>,<req>,<sent>"; received data as "RECV FROM:<ip>:<port>" (AT+CIPSRIP=1)
+#   followed by "+IPD<len>" or "+RECEIVE,<link>,<len>" and the raw bytes, or in buffer mode
+#   "+CIPRXGET: 1,<link>" and AT+CIPRXGET=2; closed: "+IPCLOSE: <link>,<reason>",
+#   "+CIPEVENT: NETWORK CLOSED UNEXPECTEDLY", "+CGEV: NW PDN DEACT <cid>".
+# - DTMF from the far end: AT+DDET=1 enables "+RXDTMF: <key>" on firmware that has it (taken
+#   from SIMCom's SIM7500/SIM7600 AT manual; not seen in a capture here, so the feature is only
+#   switched on when the modem accepts AT+DDET=1).
+import modem
+
+_LINK = 0
+
+
+class A7670(modem.Profile):
+    NAME = "a7670"
+    HW_NAME = "modem_a7670"
+    READY_URCS = ("*ATREADY", "RDY")
+    HANGUP = "ATH"
+    SLEEP_CMD = "AT+CSCLK=1"
+    URCS = (
+        "*ATREADY", "RDY", "+CPIN", "SMS DONE", "PB DONE", "+CGEV", "+CREG", "+CEREG", "+CGREG",
+        "+CIREG", "+CMTI", "+CMT", "+CDS", "RING", "+CRING", "+CLIP", "+CLCC", "NO CARRIER",
+        "BUSY", "NO ANSWER", "VOICE CALL", "MISSED_CALL", "+CEER", "+COLP", "+RXDTMF", "+DTMF",
+        "+NETOPEN", "+NETCLOSE", "+CIPOPEN", "+CIPCLOSE", "+CIPSEND", "+IPCLOSE", "+CIPEVENT",
+        "RECV FROM", "+CIPRXGET", "+CGNSSPWR", "+CGNSSINFO", "+CGNSSAGPS", "+CTZV", "*PSUTTZ",
+        "+CTZE", "DST", "+CUSD", "+CPING", "+CMQTTSTART", "+CMQTTCONNECT", "+CMQTTSUB",
+        "+CMQTTREL", "NORMAL POWER DOWN", "UNDER-VOLTAGE WARNING", "UNDER-VOLTAGE POWER DOWN",
+        "OVER-VOLTAGE WARNING", "OVER-VOLTAGE POWER DOWN",
+    )
+
+    def config_commands(self):
+        return [
+            ("AT+CVHU=0", False),        # make ATH hang up voice calls
+            ("AT+CLIP=1", False),        # caller number with RING
+            ("AT+CLCC=1", False),        # +CLCC URC on every call state change
+            ("AT+CMGF=0", False),        # SMS in PDU mode
+            ("AT+CNMI=2,1,0,0,0", False),  # new SMS -> +CMTI (stored, survives our reboot)
+            ("AT+CREG=1", False),        # +CREG: <stat> URCs
+            ("AT+CEREG=1", False),
+            ("AT+CTZU=1", False),        # network time zone updates the clock
+            ("AT+CIPSRIP=1", False),     # "RECV FROM:<ip>:<port>" before received data
+            ("AT+DDET=1", False),        # DTMF detection, where the firmware has it
+        ]
+
+    def config_result(self, m, text, ok):
+        if text == "AT+CVHU=0" and not ok:
+            m.features["voice"] = False   # variants without voice refuse voice commands
+        elif text == "AT+CMGF=0" and not ok:
+            m.features["sms"] = False
+        elif text == "AT+DDET=1":
+            m.features["dtmf"] = ok
+
+    # ---- packet data -------------------------------------------------------------------------
+    def open_net(self, m, apn):
+        if apn:
+            m.cmd('AT+CGDCONT=1,"IP","%s"' % apn, timeout_ms=5000, done=self._cgdcont_done)
+        m.cmd("AT+NETOPEN", "+NETOPEN", timeout_ms=30000, done=self._netopen_done)
+
+    def _cgdcont_done(self, c, status, lines, err):
+        if status not in ("OK", "ABORTED"):
+            self._m._emit(("config_failed", c.text, status, err, False))
+
+    def _netopen_done(self, c, status, lines, err):
+        m = self._m
+        if status == "ABORTED":
+            return
+        if status == "OK":
+            for line in lines:
+                if line.startswith("+NETOPEN:"):
+                    self._netopen_code(m, line[9:].strip())
+                    return
+            m.net_pending(30000)  # "+NETOPEN: 0" follows as a URC
+            return
+        for line in lines:
+            if "already opened" in line:
+                self._ipaddr(m)
+                return
+        m.net_result(False, "NETOPEN %s %s" % (status, err))
+
+    def _netopen_code(self, m, code):
+        if code.strip() == "0":
+            self._ipaddr(m)
+        else:
+            m.net_result(False, "NETOPEN error %s" % code)
+
+    def _ipaddr(self, m):
+        m.cmd("AT+IPADDR", "+IPADDR", timeout_ms=5000, done=self._ipaddr_done)
+
+    def _ipaddr_done(self, c, status, lines, err):
+        m = self._m
+        if status == "OK" and lines:
+            m.net_result(True, lines[0][8:].strip())
+        elif status != "ABORTED":
+            m.net_result(True, None)  # bearer up (NETOPEN said so), address unknown
+
+    def udp_open(self, m, host, port):
+        m.cmd('AT+CIPOPEN=%d,"UDP",,,%d' % (_LINK, self.local_port), "+CIPOPEN",
+              timeout_ms=30000, done=self._cipopen_done)
+
+    def _cipopen_done(self, c, status, lines, err):
+        m = self._m
+        for line in lines:
+            if line.startswith("+CIPOPEN:"):
+                self._cipopen_code(m, line[9:].strip())
+                return
+        if status not in ("OK", "ABORTED"):
+            m.udp_result("failed", "CIPOPEN %s %s" % (status, err))
+
+    def _cipopen_code(self, m, args):
+        parts = args.split(",")
+        code = parts[1].strip() if len(parts) > 1 else "?"
+        if code == "0":
+            m.udp_result("open", None)
+        else:
+            m.udp_result("failed", "CIPOPEN error %s" % code)
+
+    def udp_send(self, m, payload):
+        host, port = m.udp_remote
+        m.cmd('AT+CIPSEND=%d,%d,"%s",%d' % (_LINK, len(payload), host, port), "+CIPSEND",
+              timeout_ms=15000, payload=payload, done=self._cipsend_done)
+
+    def _cipsend_done(self, c, status, lines, err):
+        m = self._m
+        for line in lines:
+            if line.startswith("+CIPSEND:"):
+                self._cipsend_code(m, line[9:].strip())
+                return
+        if status not in ("OK", "ABORTED"):
+            m._emit(("udp_send_failed", status, err))
+
+    def _cipsend_code(self, m, args):
+        parts = args.split(",")
+        sent = modem._int(parts[2].strip()) if len(parts) > 2 else -1
+        if sent < 0:
+            m._emit(("udp_send_failed", "link", args))
+        else:
+            m._emit(("udp_sent", sent))
+
+    def udp_close(self, m):
+        m.cmd("AT+CIPCLOSE=%d" % _LINK, "+CIPCLOSE", timeout_ms=15000, done=self._cipclose_done)
+
+    def _cipclose_done(self, c, status, lines, err):
+        if status != "ABORTED":
+            self._m.udp_result("closed", "local")
+
+    # ---- URCs --------------------------------------------------------------------------------
+    def on_urc(self, m, name, args, body):
+        if name == "VOICE CALL":
+            word = args.replace(" ", "")
+            if word.startswith("BEGIN"):
+                if m.call in (1, 2, 4):
+                    m._call_active()
+            elif word.startswith("END"):
+                m.call_ended("END:" + word[4:] if len(word) > 3 else "END")
+            else:
+                m._emit(("urc", name, args, body))
+            return True
+        if name == "MISSED_CALL":
+            m._emit(("missed_call", args))
+            return True
+        if name == "+RXDTMF" or name == "+DTMF":
+            digit = args.strip()
+            if digit:
+                m.dtmf_received(digit[0])
+            return True
+        if name == "+NETOPEN":
+            if m.state == "net" or "net" in m._timers:
+                self._netopen_code(m, args)
+            return True
+        if name == "+NETCLOSE" or name == "+CIPEVENT":
+            m.net_result(False, name + " " + args)
+            return True
+        if name == "+CIPOPEN":
+            self._cipopen_code(m, args)
+            return True
+        if name == "+CIPSEND":
+            self._cipsend_code(m, args)
+            return True
+        if name == "+CIPCLOSE" or name == "+IPCLOSE":
+            m.udp_result("closed", args)
+            return True
+        if name == "RECV FROM":
+            m._recv_from = args
+            return True
+        if name == "+CIPRXGET":
+            if args.startswith("1"):
+                m.cmd("AT+CIPRXGET=2,%d,1500" % _LINK, "+CIPRXGET", timeout_ms=5000)
+            return True
+        if name == "+CGEV":
+            if "PDN DEACT 1" in args or args.endswith("DEACT 1"):
+                m.net_result(False, name + ": " + args)
+                return True
+            return False
+        if name.endswith("POWER DOWN"):
+            m.powered_down(name)
+            return True
+        return False

