@@ -5,8 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from carecard.tools import micropython
+
+# The machine is shared (2 cores, parallel workers, MicroPython subprocesses): per-example
+# deadlines would measure the neighbours, not our code. Speed is measured by `carecard bench`.
+settings.register_profile("carecard", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile("carecard")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
