@@ -27,6 +27,9 @@
 # 1999-08-22 on 2019-04-07). A date before `not_before_days` (days since 1970-01-01, default:
 # 2024-01-01, before any card was built) is impossibly old and is moved forward by 1024 weeks
 # until it is not; the Fix says so (rollover=True).
+from array import array
+from collections import namedtuple
+
 try:
     from micropython import const
 except ImportError:  # CPython (host tools)
@@ -36,7 +39,7 @@ except ImportError:  # CPython (host tools)
 # Longest sentence candidate kept, '$' to '\n' inclusive. NMEA 0183 allows 82 characters; real
 # receivers exceed it (RTK GGA with 8 decimals, NMEA 4.11 GSV); anything longer is garbage.
 MAX_LINE = const(128)
-_MAX_FIELDS = const(40)
+_MAX_FIELDS = const(24)
 
 # Sentence kinds (bits of an epoch's mask).
 _GGA = const(1)
@@ -58,6 +61,28 @@ _ROLLOVER_DAYS = const(7168)  # 1024 GPS weeks
 _DEFAULT_NOT_BEFORE = const(19723)  # 2024-01-01 in days since 1970-01-01
 _HALF_DAY_MS = const(43200000)
 
+
+# The open epoch's accumulators: one preallocated list (the parser's attributes stay few, so its
+# instance dictionary stays small on the card), indexed by these.
+_E_MASK = const(0)
+_E_TOD = const(1)
+_E_DAYS = const(2)
+_E_ROLLOVER = const(3)
+_E_LAT = const(4)
+_E_LON = const(5)
+_E_ALT = const(6)
+_E_HDOP = const(7)
+_E_SATS = const(8)
+_E_GSA_SATS = const(9)
+_E_QUALITY = const(10)
+_E_STATUS = const(11)
+_E_FAA = const(12)
+_E_GSA_MODE = const(13)
+_E_SPEED = const(14)
+_E_COURSE = const(15)
+_E_VIEW = const(16)
+_EPOCH0 = (0, -1, -1, False, None, None, None, None, -1, 0, -1, 0, 0, 0, None, None, -1)
+
 _OUT = const(0)
 _BUF = const(1)
 _DISCARD = const(2)
@@ -68,28 +93,17 @@ FIX_3D = "3d"
 
 
 class NMEAError(ValueError):
-    """Base of the parser's typed errors (kept in NMEAParser.last_error as the class)."""
+    """Raised for misuse of the API (receive_data given something that is not bytes). Problems
+    in the byte stream are never raised: they are counted, and `last_error` names the latest one
+    (ERR_CHECKSUM, ERR_TRUNCATED, ERR_TOO_LONG, ERR_MALFORMED, ERR_UNKNOWN)."""
 
 
-class ChecksumError(NMEAError):
-    """A sentence whose '*hh' does not match the XOR of its characters."""
-
-
-class TruncatedSentence(NMEAError):
-    """A '$' candidate that ends (newline, next '$', end of input) without '*' and two hex
-    digits."""
-
-
-class LineTooLong(NMEAError):
-    """A candidate longer than MAX_LINE bytes: discarded up to the next newline or '$'."""
-
-
-class MalformedSentence(NMEAError):
-    """Checksum-valid sentence whose fields do not parse (e.g. latitude '12x4'): not used."""
-
-
-class UnknownSentence(NMEAError):
-    """Checksum-valid sentence of a type or talker this parser does not decode (counted)."""
+# Kinds of stream problems (values of NMEAParser.last_error).
+ERR_CHECKSUM = "checksum"     # '*hh' present but not the XOR of the sentence
+ERR_TRUNCATED = "truncated"   # a '$' candidate ending without '*' and two hex digits
+ERR_TOO_LONG = "too_long"     # a candidate over MAX_LINE bytes, discarded
+ERR_MALFORMED = "malformed"   # checksum-valid sentence whose fields do not parse: not used
+ERR_UNKNOWN = "unknown"       # checksum-valid sentence of a type or talker not decoded
 
 
 def days_from_civil(y, m, d):
@@ -103,19 +117,6 @@ def days_from_civil(y, m, d):
     yoe = y - era * 400
     doe = yoe * 365 + yoe // 4 - yoe // 100 + (153 * mp + 2) // 5 + d - 1
     return era * 146097 + doe - 719468
-
-
-def civil_from_days(z):
-    """(year, month, day) of a day count since 1970-01-01."""
-    z += 719468
-    era = z // 146097
-    doe = z - era * 146097
-    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
-    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
-    mp = (5 * doy + 2) // 153
-    d = doy - (153 * mp + 2) // 5 + 1
-    m = mp + 3 if mp < 10 else mp - 9
-    return (yoe + era * 400 + (1 if m <= 2 else 0), m, d)
 
 
 _MDAYS = b"\x1f\x1c\x1f\x1e\x1f\x1e\x1f\x1f\x1e\x1f\x1e\x1f"
@@ -278,50 +279,30 @@ def _tod(b, s, e):
     return ((hh * 60 + mm) * 60 + ss) * 1000 + ms
 
 
-def _hexval(c):
-    if 48 <= c <= 57:
-        return c - 48
-    if 65 <= c <= 70:
-        return c - 55
-    if 97 <= c <= 102:
-        return c - 87
-    return -1
-
-
-class Fix:
-    """One epoch's solution. Position fields are None unless `valid` (never hand out a
-    position the receiver itself flags as unusable)."""
-
-    def __init__(self, time, ms, valid, fix, lat_e7, lon_e7, alt, hdop, sats, speed, course,
-                 quality, status, rollover, sats_in_view):
-        self.time = time          # Unix seconds (UTC) or None when the date/time is unknown
-        self.ms = ms              # milliseconds within the second (0..999)
-        self.valid = valid        # bool: RMC status A, GGA quality 1..5, GSA 2D/3D, position
-        self.fix = fix            # FIX_NONE, FIX_2D, FIX_3D
-        self.lat_e7 = lat_e7      # 1e-7 degree, + north
-        self.lon_e7 = lon_e7      # 1e-7 degree, + east
-        self.alt = alt            # metres above mean sea level (GGA), or None
-        self.hdop = hdop          # HDOP x10, or None
-        self.sats = sats          # satellites used (GGA, else GSA count), or None
-        self.speed = speed        # cm/s over ground (RMC), or None
-        self.course = course      # course over ground x10 degrees (RMC), or None
-        self.quality = quality    # GGA quality indicator, or None
-        self.status = status      # RMC status 'A'/'V', or None
-        self.rollover = rollover  # True when the date was moved forward by 1024 GPS weeks
-        self.sats_in_view = sats_in_view  # sum of GSV "in view" over talkers, or None
-
-    def __repr__(self):
-        return "Fix(time=%r, ms=%r, valid=%r, fix=%r, lat_e7=%r, lon_e7=%r, hdop=%r, sats=%r)" % (
-            self.time, self.ms, self.valid, self.fix, self.lat_e7, self.lon_e7, self.hdop,
-            self.sats)
+# One epoch's solution: a namedtuple (a compact tuple on the card, read by attribute name).
+# Position fields are None unless `valid`: a position the receiver itself flags as unusable is
+# never handed out.
+#   time          Unix seconds (UTC), or None when the date or time is unknown
+#   ms            milliseconds within the second (0..999)
+#   valid         RMC status A (mode not N/E), GGA quality 1..5, GSA 2D/3D, and a position
+#   fix           FIX_NONE, FIX_2D, FIX_3D (GSA; without GSA: 3D when GGA has an altitude)
+#   lat_e7        1e-7 degree, + north          lon_e7   1e-7 degree, + east
+#   alt           metres above mean sea level (GGA), or None
+#   hdop          HDOP x10 (GGA, else GSA), or None
+#   sats          satellites used (GGA, else the PRNs listed by the epoch's GSAs), or None
+#   speed         cm/s over ground (RMC), or None    course   x10 degrees (RMC), or None
+#   quality       GGA quality indicator, or None     status   RMC status 'A'/'V', or None
+#   rollover      True when the date was moved forward by 1024 GPS weeks
+#   sats_in_view  sum of the GSV "in view" counts of the epoch's talkers, or None
+Fix = namedtuple("Fix", ("time", "ms", "valid", "fix", "lat_e7", "lon_e7", "alt", "hdop", "sats",
+                         "speed", "course", "quality", "status", "rollover", "sats_in_view"))
 
 
 class NMEAParser:
     def __init__(self, not_before_days=_DEFAULT_NOT_BEFORE):
         self.not_before_days = not_before_days
         self._buf = bytearray(MAX_LINE)
-        self._mv = memoryview(self._buf)
-        self._f = [0] * (_MAX_FIELDS + 1)
+        self._f = array("H", bytes(2 * (_MAX_FIELDS + 1)))
         self._events = []
         self.sentences = 0        # checksum-valid sentences
         self.bad_checksum = 0     # '*hh' present but not the XOR of the sentence
@@ -331,43 +312,28 @@ class NMEAParser:
         self.malformed = 0        # valid checksum, fields do not parse
         self.skipped_bytes = 0    # bytes not part of a checksum-valid sentence
         self.epochs = 0           # Fix events produced
-        self.last_error = None    # class of the most recent problem (an NMEAError subclass)
+        self.last_error = None    # ERR_* of the most recent stream problem
         self._state = _OUT
         self._n = 0
         self._last_days = -1
         self._last_tod = -1
-        self._new_epoch()
+        self._e = list(_EPOCH0)
 
     def reset(self):
         """Forget buffered bytes and the open epoch (receiver power-cycled). Counters stay."""
         self._state = _OUT
         self._n = 0
         self._events = []
-        self._new_epoch()
-
-    def _new_epoch(self):
-        self._e_mask = 0
-        self._e_tod = -1
-        self._e_days = -1
-        self._e_rollover = False
-        self._e_lat = None
-        self._e_lon = None
-        self._e_alt = None
-        self._e_hdop = None
-        self._e_gsa_hdop = None
-        self._e_sats = -1
-        self._e_gsa_sats = 0
-        self._e_quality = -1
-        self._e_status = 0
-        self._e_faa = 0
-        self._e_gsa_mode = 0
-        self._e_speed = None
-        self._e_course = None
-        self._e_view = -1
+        self._e[:] = _EPOCH0
 
     # --- byte stream -> sentence candidates ('$' up to and including '\n', or up to the next '$')
 
     def receive_data(self, data):
+        """Feed bytes as they come from the UART (any chunking)."""
+        if not isinstance(data, (bytes, bytearray)):
+            if not isinstance(data, memoryview):
+                raise NMEAError("receive_data() takes bytes")
+            data = bytes(data)
         n = len(data)
         i = 0
         mvd = None
@@ -401,7 +367,7 @@ class NMEAParser:
                     else:
                         if mvd is None:
                             mvd = memoryview(data)
-                        self._mv[0:k] = mvd[i:n]
+                        self._buf[0:k] = mvd[i:n]
                         self._n = k
                         self._state = _BUF
                     return
@@ -425,7 +391,7 @@ class NMEAParser:
                     else:
                         if mvd is None:
                             mvd = memoryview(data)
-                        self._mv[m:m + k] = mvd[i:stop]
+                        self._buf[m:m + k] = mvd[i:stop]
                         self._n = m + k
                 if end >= 0:
                     if st == _BUF:
@@ -455,7 +421,7 @@ class NMEAParser:
     def _overlong(self, k):
         self.too_long += 1
         self.skipped_bytes += k
-        self.last_error = LineTooLong
+        self.last_error = ERR_TOO_LONG
 
     # --- one candidate: b[s] == '$', e exclusive
 
@@ -470,14 +436,18 @@ class NMEAParser:
         if star <= s or b[star] != 42:
             self.truncated += 1
             self.skipped_bytes += total
-            self.last_error = TruncatedSentence
+            self.last_error = ERR_TRUNCATED
             return
-        hi = _hexval(b[e - 2])
-        lo = _hexval(b[e - 1])
+        c = b[e - 2]  # checksum hex digits, either case
+        hi = c - 48 if 48 <= c <= 57 else c - 55 if 65 <= c <= 70 else c - 87 if 97 <= c <= 102 \
+            else -1
+        c = b[e - 1]
+        lo = c - 48 if 48 <= c <= 57 else c - 55 if 65 <= c <= 70 else c - 87 if 97 <= c <= 102 \
+            else -1
         if hi < 0 or lo < 0:
             self.truncated += 1
             self.skipped_bytes += total
-            self.last_error = TruncatedSentence
+            self.last_error = ERR_TRUNCATED
             return
         c = 0
         k = s + 1
@@ -491,19 +461,19 @@ class NMEAParser:
         if c != (hi << 4) | lo:
             self.bad_checksum += 1
             self.skipped_bytes += total
-            self.last_error = ChecksumError
+            self.last_error = ERR_CHECKSUM
             return
         self.sentences += 1
         if star - s < 6 or (star > s + 6 and b[s + 6] != 44):
             self.unknown += 1
-            self.last_error = UnknownSentence
+            self.last_error = ERR_UNKNOWN
             return
         t0 = b[s + 1]
         t1 = b[s + 2]
         if not ((t0 == 71 and (t1 == 80 or t1 == 78 or t1 == 76 or t1 == 65 or t1 == 66))
                 or (t0 == 66 and t1 == 68)):  # GP GN GL GA GB, BD
             self.unknown += 1
-            self.last_error = UnknownSentence
+            self.last_error = ERR_UNKNOWN
             return
         ty = (b[s + 3] << 16) | (b[s + 4] << 8) | b[s + 5]
         try:
@@ -519,10 +489,10 @@ class NMEAParser:
                 self._zda(b, s, star)
             else:
                 self.unknown += 1
-                self.last_error = UnknownSentence
+                self.last_error = ERR_UNKNOWN
         except ValueError:
             self.malformed += 1
-            self.last_error = MalformedSentence
+            self.last_error = ERR_MALFORMED
 
     def _split(self, b, s, star):
         """Comma positions into self._f: field i (1-based) is b[f[i-1]+1 : f[i]]. Returns the
@@ -556,12 +526,13 @@ class NMEAParser:
         alt = _fixed(b, f[8] + 1, f[9], 0)
         self._join(_GGA, tod)
         if lat is not None and lon is not None:
-            self._e_lat = lat
-            self._e_lon = lon
-        self._e_quality = q
-        self._e_sats = sats
-        self._e_hdop = hdop
-        self._e_alt = alt
+            self._e[_E_LAT] = lat
+            self._e[_E_LON] = lon
+        self._e[_E_QUALITY] = q
+        self._e[_E_SATS] = sats
+        if hdop is not None:
+            self._e[_E_HDOP] = hdop  # GGA's HDOP wins over GSA's
+        self._e[_E_ALT] = alt
 
     def _rmc(self, b, s, star):
         nf = self._split(b, s, star)
@@ -594,16 +565,16 @@ class NMEAParser:
         self._join(_RMC, tod)
         if days >= 0:
             self._set_days(days)
-        self._e_status = st
-        self._e_faa = faa
+        self._e[_E_STATUS] = st
+        self._e[_E_FAA] = faa
         if lat is not None and lon is not None:
-            self._e_lat = lat
-            self._e_lon = lon
+            self._e[_E_LAT] = lat
+            self._e[_E_LON] = lon
         if kn is not None:
             # knots (x1000) -> cm/s: 1 kn = 1852 m / 3600 s = 463/9 cm/s
-            self._e_speed = (kn * 463 + 4500) // 9000
+            self._e[_E_SPEED] = (kn * 463 + 4500) // 9000
         if course is not None:
-            self._e_course = course
+            self._e[_E_COURSE] = course
 
     def _zda(self, b, s, star):
         nf = self._split(b, s, star)
@@ -618,7 +589,7 @@ class NMEAParser:
         if y >= 1980 and _valid_date(y, mo, dd):
             days = days_from_civil(y, mo, dd)
         self._join(_ZDA, tod)
-        if days >= 0 and self._e_days < 0:
+        if days >= 0 and self._e[_E_DAYS] < 0:
             self._set_days(days)
 
     def _gsa(self, b, s, star):
@@ -634,12 +605,12 @@ class NMEAParser:
                 used += 1
             i += 1
         hdop = _fixed(b, f[15] + 1, f[16], 1)
-        self._e_mask |= _GSA
-        if mode > self._e_gsa_mode:
-            self._e_gsa_mode = mode
-        self._e_gsa_sats += used
-        if self._e_gsa_hdop is None:
-            self._e_gsa_hdop = hdop
+        self._e[_E_MASK] |= _GSA
+        if mode > self._e[_E_GSA_MODE]:
+            self._e[_E_GSA_MODE] = mode
+        self._e[_E_GSA_SATS] += used
+        if self._e[_E_HDOP] is None:
+            self._e[_E_HDOP] = hdop
 
     def _gsv(self, b, s, star):
         # $--GSV,total,num,in_view,...: only the in-view count of each talker's first message.
@@ -655,8 +626,8 @@ class NMEAParser:
         if _uint(b, p1 + 1, p2) == 1:
             v = _uint(b, p2 + 1, p3)
             if v >= 0:
-                self._e_mask |= _GSV
-                self._e_view = v if self._e_view < 0 else self._e_view + v
+                self._e[_E_MASK] |= _GSV
+                self._e[_E_VIEW] = v if self._e[_E_VIEW] < 0 else self._e[_E_VIEW] + v
 
     def _set_days(self, days):
         nb = self.not_before_days
@@ -664,25 +635,25 @@ class NMEAParser:
         while days < nb:
             days += _ROLLOVER_DAYS
             ro = True
-        self._e_days = days
-        self._e_rollover = ro
+        self._e[_E_DAYS] = days
+        self._e[_E_ROLLOVER] = ro
 
     # --- epochs
 
     def _join(self, kind, tod):
-        m = self._e_mask
-        if m & _TIMED and (m & kind or tod != self._e_tod):
+        m = self._e[_E_MASK]
+        if m & _TIMED and (m & kind or tod != self._e[_E_TOD]):
             self._close()
-        self._e_mask |= kind
-        self._e_tod = tod
+        self._e[_E_MASK] |= kind
+        self._e[_E_TOD] = tod
 
     def _close(self):
-        m = self._e_mask
+        m = self._e[_E_MASK]
         if not m & _POSITION:
-            self._new_epoch()
+            self._e[:] = _EPOCH0
             return
-        tod = self._e_tod
-        days = self._e_days
+        tod = self._e[_E_TOD]
+        days = self._e[_E_DAYS]
         if days >= 0:
             self._last_days = days
             self._last_tod = tod
@@ -698,37 +669,35 @@ class NMEAParser:
         else:
             t = None
             ms = 0
-        lat = self._e_lat
+        lat = self._e[_E_LAT]
         valid = lat is not None
         if m & _RMC:
-            faa = self._e_faa
-            valid = valid and self._e_status == 65 and faa != 78 and faa != 69  # A; not N, E
-        q = self._e_quality
+            faa = self._e[_E_FAA]
+            valid = valid and self._e[_E_STATUS] == 65 and faa != 78 and faa != 69  # A; not N, E
+        q = self._e[_E_QUALITY]
         if m & _GGA:
             valid = valid and 1 <= q <= 5
-        mode = self._e_gsa_mode
+        mode = self._e[_E_GSA_MODE]
         if m & _GSA and mode:
             valid = valid and mode >= 2
         if not valid:
             fix = FIX_NONE
-        elif mode == 3 or (mode == 0 and self._e_alt is not None):
+        elif mode == 3 or (mode == 0 and self._e[_E_ALT] is not None):
             fix = FIX_3D
         else:
             fix = FIX_2D
-        hdop = self._e_hdop
-        if hdop is None:
-            hdop = self._e_gsa_hdop
-        sats = self._e_sats
+        hdop = self._e[_E_HDOP]
+        sats = self._e[_E_SATS]
         if sats < 0:
-            sats = self._e_gsa_sats if m & _GSA else None
+            sats = self._e[_E_GSA_SATS] if m & _GSA else None
         self._events.append(Fix(
             t, ms, valid, fix,
             lat if valid else None,
-            self._e_lon if valid else None,
-            self._e_alt, hdop, sats, self._e_speed, self._e_course,
+            self._e[_E_LON] if valid else None,
+            self._e[_E_ALT], hdop, sats, self._e[_E_SPEED], self._e[_E_COURSE],
             q if m & _GGA and q >= 0 else None,
-            chr(self._e_status) if self._e_status else None,
-            self._e_rollover,
-            self._e_view if self._e_view >= 0 else None))
+            chr(self._e[_E_STATUS]) if self._e[_E_STATUS] else None,
+            self._e[_E_ROLLOVER],
+            self._e[_E_VIEW] if self._e[_E_VIEW] >= 0 else None))
         self.epochs += 1
-        self._new_epoch()
+        self._e[:] = _EPOCH0
