@@ -48,7 +48,8 @@ def _issue(text: str) -> str:
         line = _TIMESTAMP.sub("", line)
         if line.startswith("> ") or line == ">":
             line = line[2:]  # Markdown quote of the poster
-        line = line.strip("_") if line.startswith("_") or line.endswith("_") or line.endswith("_ ") else line
+        if line.startswith("_") or line.rstrip().endswith("_"):
+            line = line.rstrip().strip("_")  # Markdown emphasis the poster wrapped lines in
         line = line.replace("<\\r><\\n>", "\r\n")
         lines.append(line)
     return "\n".join(lines)

