@@ -183,10 +183,13 @@ for step in (None, 1, 2, 5):
     assert ev == [("urc", "RECV FROM", "10.0.0.1:5000", None), ("data", "+IPD7", b"\x00\r\nOK\n\xff"),
                   ("data", "+RECEIVE,0,3", b"abc"), ("data", '+QIURC: "recv",0,2', b"hi"),
                   ("urc", "+CREG", "1", None)], (step, ev)
-# a header announcing more than the buffer: typed error, the bytes are skipped, parsing goes on
+# a header announcing more than the buffer: typed error, no raw mode (the stream is not swallowed)
 e = at.ATEngine(urcs=URCS, max_data=16)
-feed(e, b"+IPD20\r\n" + b"x" * 20 + b"+CREG: 2\r\n")
+feed(e, b"+IPD999999999\r\n+CREG: 2\r\n")
 assert events(e) == [("error", "DataTooLong"), ("urc", "+CREG", "2", None)]
+# an empty line where a +CMT body belongs is an empty body (text SMS with no text)
+feed(e, b'+CMT: "+8613800000000","","24/01/01,12:00:00+32"\r\n\r\n+CREG: 1\r\n')
+assert events(e) == [("urc", "+CMT", '"+8613800000000","","24/01/01,12:00:00+32"', ""), ("urc", "+CREG", "1", None)]
 # two-line URC: +CMT header and its PDU body
 feed(e, b'+CMT: "",24\r\n07917248014000F506B70AA1809202000031707151859080\r\n')
 assert events(e) == [("urc", "+CMT", '"",24', "07917248014000F506B70AA1809202000031707151859080")]

@@ -372,6 +372,12 @@ class ATEngine:
             i = j + 1
             if self._len or self._overflow:
                 self._end_line()
+            elif self._body_for is not None:
+                # an empty line where a two-line URC's body belongs: the body is empty
+                name, args = self._body_for
+                self._body_for = None
+                self.stats["urc"] += 1
+                self._events.append(("urc", name, args, ""))
             if data[j] == _CR:
                 # a CRLF pair ends one line: swallow its LF (now, or first thing next chunk)
                 if i < n:
@@ -385,17 +391,11 @@ class ATEngine:
         if take > n - i:
             take = n - i
         got = self._raw_len - self._raw_left
-        if self._raw_len <= len(self._data):
-            self._data[got:got + take] = mv[i:i + take]
+        self._data[got:got + take] = mv[i:i + take]
         self._raw_left -= take
         if not self._raw_left:
-            if self._raw_len <= len(self._data):
-                self.stats["data"] += 1
-                self._events.append(("data", self._raw_header,
-                                     bytes(self._dmv[:self._raw_len])))
-            else:
-                self._error(DataTooLong("%s announced %d bytes; buffer holds %d: data skipped"
-                                        % (self._raw_header, self._raw_len, len(self._data))))
+            self.stats["data"] += 1
+            self._events.append(("data", self._raw_header, bytes(self._dmv[:self._raw_len])))
             self._raw_header = None
         return i + take
 
@@ -460,6 +460,11 @@ class ATEngine:
             if count >= 0:
                 if count == 0:
                     self._events.append(("data", line, b""))
+                    return
+                if count > len(self._data):
+                    # more than a datagram can be: refuse it rather than swallow the stream
+                    self._error(DataTooLong("%s announces %d bytes; the buffer holds %d"
+                                            % (line[:24], count, len(self._data))))
                     return
                 self._raw_left = count
                 self._raw_len = count
