@@ -128,7 +128,6 @@ def test_percent_matches_the_published_points_and_exact_interpolation(card):
 def test_adc_conversions_match_the_divider_and_reference():
     adc = PINS["battery_adc"]
     ratio = (adc["divider_top_ohm"] + adc["divider_bottom_ohm"]) / adc["divider_bottom_ohm"]
-    full = (1 << adc["adc_bits"]) - 1
     assert ratio * adc["adc_full_scale_mv"] > 4200, "full charge must fit the ADC range"
 
 

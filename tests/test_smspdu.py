@@ -13,6 +13,7 @@ asserted key this file does not know makes the test fail, so nothing is skipped 
 from __future__ import annotations
 
 import json
+from datetime import timezone
 
 import pytest
 
@@ -96,7 +97,7 @@ def _check_time(fields, ts_key, tz_key, expected: str, label: str):
     assert fields[ts_key] is not None, label
     if tz is None:  # the source gives the local clock without its zone
         got_local = fields[ts_key] + fields[tz_key] * 900
-        assert got_local == int(local.replace(tzinfo=__import__("datetime").timezone.utc).timestamp()), label
+        assert got_local == int(local.replace(tzinfo=timezone.utc).timestamp()), label
     else:
         assert (fields[ts_key], fields[tz_key]) == (unix, tz), label
 
