@@ -105,7 +105,7 @@ def parse_cclk(args):
     if not (1 <= mo <= 12 and 1 <= dd <= 31 and hh < 24 and mi < 60 and ss < 61
             and -96 <= tz <= 96):
         raise ValueError("+CCLK field out of range in %r" % (args,))
-    year = 2000 + yy
+    year = 1900 + yy if yy >= 70 else 2000 + yy  # "70/01/01" / "80/01/06": power-on defaults
     if year < 2020:
         raise ValueError("modem clock not set (%r)" % (args,))
     days = _days_from_civil(year, mo, dd)

@@ -1,0 +1,439 @@
+"""The modem driver (firmware/lib/modem.py + the A7670 and EC800M profiles) on MicroPython,
+against a scripted modem that answers each command as the real ones do (replies taken from the
+captures in ../shared/data/at/ where they exist). Bring-up, SIM states, registration (denied,
+SMS-only), network time, UDP, voice call outcomes, SMS, sleep/wake, recovery."""
+
+from __future__ import annotations
+
+import ast
+import calendar
+
+import pytest
+
+SIM = r'''
+import modem, modem_a7670, modem_ec800m
+class Sim:
+    """A scripted modem: replies[cmd] = bytes or list of bytes (one per time it is sent);
+    a missing entry means OK; None means no answer at all."""
+    def __init__(self, profile, replies, **kw):
+        self.m = modem.Modem(profile, **kw)
+        self.replies = replies
+        self.now = 0
+        self.writes = []
+        self.pins = []
+        self.events = []
+        self.inbox = []
+        self.silent = False
+    def _answer(self, data):
+        if not data.endswith(b"\r"):
+            r = self.replies.get("PAYLOAD", b"\r\nOK\r\n")
+        else:
+            r = self.replies.get(data[:-1].decode(), b"\r\nOK\r\n")
+        if isinstance(r, list):
+            r = r.pop(0) if len(r) > 1 else r[0]
+        if r is not None and not self.silent:
+            self.inbox.append(r)
+    def pump(self):
+        while True:
+            a = self.m.next_action()
+            if a is None:
+                break
+            if a[0] == "write":
+                self.writes.append(a[1])
+                self._answer(a[1])
+            else:
+                self.pins.append(a)
+        while True:
+            e = self.m.next_event()
+            if e is None:
+                break
+            if e[0] == "at_error":
+                e = ("at_error", type(e[1]).__name__)
+            self.events.append(e)
+    def feed(self, data):
+        self.m.receive_data(data)
+        self.pump()
+    def run(self, ms, step=10):
+        end = self.now + ms
+        while self.now < end:
+            self.now += step
+            self.m.tick(self.now)
+            self.pump()
+            while self.inbox:
+                self.m.receive_data(self.inbox.pop(0))
+                self.pump()
+    def take(self):
+        ev = self.events
+        self.events = []
+        return ev
+    def cmds(self):
+        return [w[:-1].decode() for w in self.writes if w.endswith(b"\r")]
+def show(*values):
+    for v in values:
+        print(repr(v))
+A7670_UP = {
+    "AT": [None, None, b"\r\nOK\r\n"],          # off: two probes unanswered, then booted
+    "AT+CPIN?": b"\r\n+CPIN: READY\r\n\r\nOK\r\n",
+    "AT+CSQ": b"\r\n+CSQ: 18,99\r\n\r\nOK\r\n",
+    "AT+CREG?": b"\r\n+CREG: 1,1\r\n\r\nOK\r\n",
+    "AT+CEREG?": b"\r\n+CEREG: 1,1\r\n\r\nOK\r\n",
+    "AT+CCLK?": b'\r\n+CCLK: "24/08/23,06:39:56+32"\r\n\r\nOK\r\n',
+    "AT+NETOPEN": b"\r\nOK\r\n\r\n+NETOPEN: 0\r\n",
+    "AT+IPADDR": b"\r\n+IPADDR: 10.4.112.219\r\n\r\nOK\r\n",
+}
+def a7670_up(extra=None, **kw):
+    r = dict(A7670_UP)
+    if extra:
+        r.update(extra)
+    s = Sim(modem_a7670.A7670(), r, apn="cmnet", **kw)
+    s.m.power_on(0)
+    s.pump()
+    s.run(1300)                      # probes time out -> PWRKEY
+    s.feed(b"\r\n*ATREADY: 1\r\n")
+    s.run(2000)
+    return s
+'''
+
+
+def mpy_events(mpy, body: str) -> list:
+    out = mpy.run(SIM + body)
+    return [ast.literal_eval(line) for line in out.splitlines()]
+
+
+def test_a7670_bring_up_from_off(mpy):
+    cmds, pins, events, state = mpy_events(mpy, "s = a7670_up()\nshow(s.cmds(), s.pins, s.events, s.m.state)")
+    assert state == "ready"
+    assert pins[:2] == [("dtr", 0), ("pwrkey", 100)]  # hardware/modem_a7670.json pwrkey_on_ms
+    assert cmds[:3] == ["AT", "AT", "AT"]
+    order = cmds.index
+    assert order("ATE0") < order("AT+CVHU=0") < order("AT+CPIN?") < order("AT+CSQ") < order("AT+CREG?")
+    assert order("AT+CEREG?") < order("AT+CCLK?") and 'AT+CGDCONT=1,"IP","cmnet"' in cmds
+    assert order("AT+NETOPEN") < order("AT+IPADDR")
+    expected_time = calendar.timegm((2024, 8, 22, 22, 39, 56))  # 06:39:56 at UTC+8 (+32 quarters)
+    for ev in [("sim", "ready"), ("signal", -77, 18), ("reg", "home", 1, 1), ("time", expected_time, 32),
+               ("net", True, "10.4.112.219"), ("ready",)]:
+        assert ev in events, ev
+    assert events.index(("state", "booting")) < events.index(("ready",))
+
+
+def test_cclk_time_zones_and_unset_clock(mpy):
+    out = mpy_events(mpy, r'''
+for text in ('"24/08/23,06:39:56+32"', '"26/09/06,13:52:00-12"', '"00/01/01,00:00:00+00"',
+             '"24/02/29,23:59:59-00"', '"70/01/01,00:00:10+00"', '"24/13/01,00:00:00+00"', 'garbage'):
+    try:
+        show(modem.parse_cclk(text))
+    except ValueError as exc:
+        show(("ValueError", str(exc)[:20]))
+''')
+    assert out[0] == (calendar.timegm((2024, 8, 22, 22, 39, 56)), 32)
+    assert out[1] == (calendar.timegm((2026, 9, 6, 16, 52, 0)), -12)   # -03:00 (Argentina)
+    assert out[2][0] == "ValueError"                                    # year 2000: never set
+    assert out[3] == (calendar.timegm((2024, 2, 29, 23, 59, 59)), 0)
+    assert [o[0] for o in out[4:]] == ["ValueError"] * 3
+
+
+def test_sim_states(mpy):
+    out = mpy_events(mpy, r'''
+s = a7670_up({"AT+CPIN?": b"\r\n+CPIN: SIM PIN\r\n\r\nOK\r\n"})
+show(s.m.state, [e for e in s.events if e[0] == "sim"])
+s = a7670_up({"AT+CPIN?": [b"\r\n+CPIN: SIM PIN\r\n\r\nOK\r\n", b"\r\n+CPIN: READY\r\n\r\nOK\r\n"]}, pin="1234")
+show(s.m.state, 'AT+CPIN="1234"' in s.cmds())
+s = a7670_up({"AT+CPIN?": b"\r\n+CME ERROR: 10\r\n"})
+show(s.m.state, [e for e in s.events if e[0] == "sim"])
+s = a7670_up({"AT+CPIN?": [b"\r\n+CME ERROR: 14\r\n", b"\r\n+CME ERROR: 13\r\n", b"\r\n+CPIN: READY\r\n\r\nOK\r\n"]})
+s.run(6000)
+show(s.m.state, [e for e in s.events if e[0] == "sim"])
+s = a7670_up()
+s.feed(b"\r\n+CPIN: SIM REMOVED\r\n")
+show(s.m.state)
+''')
+    assert out[0] == "sim_locked" and out[1] == [("sim", "pin_required")]
+    assert out[2] == "ready" and out[3] is True
+    assert out[4] == "no_sim" and out[5] == [("sim", "absent")]
+    assert out[6] == "ready" and out[7] == [("sim", "not_ready"), ("sim", "not_ready"), ("sim", "ready")]
+    assert out[8] == "no_sim"
+
+
+def test_registration_denied_sms_only_and_urc_loss(mpy):
+    out = mpy_events(mpy, r'''
+s = a7670_up({"AT+CREG?": b"\r\n+CREG: 1,3\r\n\r\nOK\r\n", "AT+CEREG?": b"\r\n+CEREG: 1,3\r\n\r\nOK\r\n"})
+show(s.m.state, [e for e in s.events if e[0] == "reg"])
+s = a7670_up({"AT+CREG?": b"\r\n+CREG: 1,0\r\n\r\nOK\r\n", "AT+CEREG?": b"\r\n+CEREG: 1,7\r\n\r\nOK\r\n"})
+show(s.m.state, [e for e in s.events if e[0] == "reg"], "AT+NETOPEN" in s.cmds())
+s = a7670_up({"AT+CREG?": b"\r\n+CREG: 1,2\r\n\r\nOK\r\n", "AT+CEREG?": b"\r\n+CEREG: 1,2\r\n\r\nOK\r\n"})
+s.feed(b"\r\n+CEREG: 5\r\n")
+s.run(2000)
+show(s.m.state, [e for e in s.events if e[0] == "reg"])
+s.feed(b"\r\n+CREG: 0\r\n+CEREG: 0\r\n")
+show(s.m.state, s.m.net_up)
+''')
+    assert out[0] == "denied" and out[1] == [("reg", "denied", 3, 3)]
+    assert out[2] == "ready" and out[3] == [("reg", "sms_only", 0, 7)] and out[4] is False
+    assert out[5] == "ready" and ("reg", "roaming", 2, 5) in out[6]
+    assert out[7] == "registering" and out[8] is False
+
+
+def test_a7670_udp_open_send_receive_close(mpy):
+    out = mpy_events(mpy, r'''
+s = a7670_up({'AT+CIPOPEN=0,"UDP",,,50000': b"\r\nOK\r\n\r\n+CIPOPEN: 0,0\r\n",
+              'AT+CIPSEND=0,9,"1.2.3.4",5000': b"\r\n> ",
+              "PAYLOAD": b"\r\nOK\r\n\r\n+CIPSEND: 0,9,9\r\n"})
+s.take()
+s.m.udp_open("1.2.3.4", 5000)
+s.run(200)
+s.m.udp_send(b"\x00\x01hi\r\nabc")
+s.run(200)
+show(s.writes[-1], s.take())
+s.feed(b"\r\nRECV FROM:1.2.3.4:5000\r\n+IPD5\r\nab\r\nc")
+s.feed(b"\r\n+RECEIVE,0,3\r\nxyz\r\n+IPCLOSE: 0,1\r\n")
+show(s.take())
+s.feed(b"\r\n+CIPEVENT: NETWORK CLOSED UNEXPECTEDLY\r\n")
+show(s.take(), s.m.net_up)
+try:
+    s.m.udp_send(b"x")
+except modem.ModemError as exc:
+    show("ModemError")
+''')
+    assert out[0] == b"\x00\x01hi\r\nabc"          # exactly the payload after the prompt
+    assert ("udp", "open", None) in out[1] and ("udp_sent", 9) in out[1]
+    assert out[2] == [("udp_recv", b"ab\r\nc", "1.2.3.4:5000"), ("udp_recv", b"xyz", None),
+                      ("udp", "closed", "0,1")]
+    assert ("net", False, "+CIPEVENT NETWORK CLOSED UNEXPECTEDLY") in out[3] and out[4] is False
+    assert out[5] == "ModemError"
+
+
+CALL = r'''
+s = a7670_up()
+s.m.features["dtmf"] = True
+s.take()
+'''
+
+
+@pytest.mark.parametrize("script, outcome", [
+    # callee answers and presses a key: the only trustworthy "answered"
+    ('s.feed(b"\\r\\n+CLCC: 1,0,2,0,0,\\"10086\\",129\\r\\n+CLCC: 1,0,3,0,0,\\"10086\\",129\\r\\n")\n'
+     's.run(3000)\ns.feed(b"\\r\\nVOICE CALL: BEGIN\\r\\n")\ns.run(2000)\ns.feed(b"\\r\\n+RXDTMF: 1\\r\\n")\n'
+     's.run(4000)\ns.feed(b"\\r\\nVOICE CALL:END:000006\\r\\n")', "confirmed"),
+    # VOICE CALL: BEGIN at ring-back, no key press: only "answered"
+    ('s.feed(b"\\r\\nVOICE CALL: BEGIN\\r\\n+CLCC: 1,0,0,0,0,\\"10086\\",129\\r\\n")\ns.run(4000)\n'
+     's.feed(b"\\r\\nNO CARRIER\\r\\n\\r\\nVOICE CALL: END: 000004\\r\\n")', "answered"),
+    ('s.feed(b"\\r\\nBUSY\\r\\n")', "busy"),
+    ('s.feed(b"\\r\\n+CLCC: 1,0,3,0,0,\\"10086\\",129\\r\\n")\ns.feed(b"\\r\\nNO ANSWER\\r\\n")', "no_answer"),
+    ('s.feed(b"\\r\\n+CLCC: 1,0,3,0,0,\\"10086\\",129\\r\\n")\ns.run(46000)', "no_answer"),   # our ring timeout
+    ('s.feed(b"\\r\\n+CLCC: 1,0,3,0,0,\\"10086\\",129\\r\\n")\ns.run(2000)\ns.feed(b"\\r\\nNO CARRIER\\r\\n")', "rejected"),
+    ('s.feed(b"\\r\\n+CLCC: 1,0,3,0,0,\\"10086\\",129\\r\\n")\ns.run(1000)\ns.m.hangup()\ns.run(500)', "cancelled"),
+])
+def test_call_outcomes(mpy, script, outcome):
+    out = mpy_events(mpy, CALL + "s.m.dial('10086')\ns.run(300)\n" + script + "\ns.run(500)\n"
+                     "show(s.cmds(), s.take())")
+    cmds, events = out
+    assert "ATD10086;" in cmds
+    assert cmds.index("AT+CVHU=0") < cmds.index("ATD10086;")
+    ends = [e for e in events if e[0] == "call_end"]
+    assert len(ends) == 1 and ends[0][1] == outcome, events
+    if outcome == "confirmed":
+        assert ("dtmf", "1") in events and ends[0][3] == 6   # talk seconds from BEGIN to END
+    if script.endswith("s.run(46000)"):
+        assert "ATH" in cmds
+
+
+def test_outcome_names_come_from_the_protocol(mpy):
+    out = mpy_events(mpy, "import ccspec\nshow(ccspec.ENUMS['call_outcome'], [modem.ANSWERED, modem.CONFIRMED,"
+                          " modem.BUSY, modem.NO_ANSWER, modem.REJECTED, modem.FAILED, modem.CANCELLED])")
+    assert set(out[1]) <= set(out[0])
+
+
+def test_dial_error_incoming_call_and_answer(mpy):
+    out = mpy_events(mpy, CALL + r'''
+s.replies["ATD112;"] = b"\r\n+CME ERROR: 30\r\n"
+s.m.dial("112")
+s.run(300)
+show([e for e in s.take() if e[0] == "call_end"])
+s.feed(b'\r\nRING\r\n\r\n+CLIP: "+8613800000000",145,,,,0\r\n')
+show(s.take())
+s.m.answer()
+s.run(300)
+s.feed(b"\r\nVOICE CALL: END: 000010\r\n")
+show([e for e in s.take() if e[0] in ("call", "call_end")])
+''')
+    assert out[0] == [("call_end", "failed", 0, 0, "CME 30")]
+    assert ("incoming", None) in out[1] and ("incoming", "+8613800000000") in out[1]
+    assert ("call", "active", "+8613800000000") in out[2]
+    assert out[2][-1][0:2] == ("call_end", "answered")
+
+
+def test_sms_send_and_receive(mpy):
+    out = mpy_events(mpy, r'''
+s = a7670_up({"AT+CMGS=24": [b"\r\n> ", b"\r\n> "],
+              "PAYLOAD": [b"\r\n+CMGS: 12\r\n\r\nOK\r\n", b"\r\n+CMS ERROR: 500\r\n"],
+              "AT+CMGR=3": b"\r\n+CMGR: 0,,24\r\n07917248014000F506B70AA18092020000317071518590803170715185418000\r\n\r\nOK\r\n",
+              "AT+CMGR=4": b'\r\n+CMGR: "REC UNREAD","+34626704066","","25/04/27,13:44:52+8"\r\n1234 estado\r\n\r\nOK\r\n'})
+s.take()
+pdu = "0011000B915121551532F40008AA0A4F60597D"
+s.m.sms_send_pdu(pdu + "00" * 7, 24, tag="t1")
+s.run(300)
+show(s.writes[-1])
+s.m.sms_send_pdu(pdu + "00" * 7, 24, tag="t2")
+s.run(300)
+show([e for e in s.take() if e[0].startswith("sms")])
+s.feed(b'\r\n+CMTI: "SM",3\r\n')
+s.run(300)
+s.feed(b'\r\n+CMTI: "SM",4\r\n')
+s.run(300)
+s.feed(b'\r\n+CMTI: ,-1\r\n+CMT: ,24\r\n07917248014000F506B70AA18092020000317071518590803170715185418000\r\n')
+s.run(300)
+show([e for e in s.take() if e[0].startswith("sms")])
+for bad in (("zz", 1), ("00", 2), ("0011", 0)):
+    try:
+        s.m.sms_send_pdu(*bad)
+        show("accepted")
+    except modem.ModemError:
+        show("rejected")
+''')
+    assert out[0] == b"0011000B915121551532F40008AA0A4F60597D00000000000000\x1a"
+    assert out[1] == [("sms_sent", 12, "t1"), ("sms_failed", 500, "t2")]
+    pdu = "07917248014000F506B70AA18092020000317071518590803170715185418000"
+    assert out[2] == [("sms_new", "SM", 3), ("sms", "pdu", 3, "0,,24", pdu), ("sms_new", "SM", 4),
+                      ("sms", "text", 4, '"REC UNREAD","+34626704066","","25/04/27,13:44:52+8"', "1234 estado"),
+                      ("sms_new", "", -1), ("sms", "pdu", None, ",24", pdu)]
+    assert out[3:] == ["rejected"] * 3
+
+
+def test_sleep_wake_and_ri(mpy):
+    out = mpy_events(mpy, r'''
+s = a7670_up()
+s.take(); s.pins = []
+s.m.sleep()
+s.run(100)
+show(s.pins, s.take(), s.cmds()[-1])
+s.m.query_signal()            # a command while asleep wakes the modem first
+s.pump()
+show(s.cmds()[-1], s.pins[-1])
+s.run(200)
+show(s.cmds()[-1], s.take())
+s.m.sleep()
+s.run(100)
+s.pins = []
+s.m.ri()
+s.run(200)
+show(s.pins, [e for e in s.take() if e[0] in ("ri", "awake")])
+''')
+    assert out[0] == [("dtr", 1)] and ("sleep",) in out[1] and out[2] == "AT+CSCLK=1"
+    assert out[3] == "AT+CSCLK=1" and out[4] == ("dtr", 0)   # not written before the wake time
+    assert out[5] == "AT+CSQ" and ("awake",) in out[6] and ("signal", -77, 18) in out[6]
+    assert out[7] == [("dtr", 0)] and out[8] == [("ri",), ("awake",)]
+
+
+def test_recovery_power_cycles_a_silent_modem(mpy):
+    out = mpy_events(mpy, r'''
+s = a7670_up()
+s.take(); s.pins = []
+s.silent = True
+for i in range(3):
+    s.m.query_signal()
+    s.run(6000)
+show(s.pins, [e for e in s.take() if e[0] in ("recovery", "state")])
+s.silent = False
+s.replies["AT"] = b"\r\nOK\r\n"
+s.run(4000)
+s.feed(b"\r\n*ATREADY: 1\r\n")
+s.run(2000)
+show(s.pins, s.m.state)
+''')
+    pins, events = out[0], out[1]
+    assert ("recovery", "no_response", 1) in events
+    assert pins == [("pwrkey", 3000)]                         # pwrkey_off_ms, then wait power_off_ms
+    assert out[2] == [("pwrkey", 3000), ("dtr", 0), ("pwrkey", 100)] and out[3] == "ready"
+
+
+def test_recovery_from_garbage_and_giving_up(mpy):
+    out = mpy_events(mpy, r'''
+s = a7670_up()
+s.take()
+s.feed(b"\xc3\x28\x00\xfe\r\n" * 12)
+show([e for e in s.take() if e[0] in ("recovery", "at_error")][-2:])
+s = a7670_up()
+s.take()
+s.silent = True
+for i in range(3):
+    s.m.query_signal()
+    s.run(6000)
+s.run(120000, step=50)
+show([e for e in s.take() if e[0] in ("recovery", "failed")], s.m.state)
+''')
+    assert out[0] == [("at_error", "BinaryLine"), ("recovery", "garbage", 1)]
+    assert out[1][-1] == ("failed", "no_response_after_boot") and out[2] == "off"
+    assert [e[2] for e in out[1] if e[0] == "recovery"] == [1, 2, 3, 4]
+
+
+EC800M = r'''
+EC_UP = {
+    "AT": [None, None, b"\r\nOK\r\n"],
+    "AT+CPIN?": b"\r\n+CPIN: READY\r\n\r\nOK\r\n",
+    "AT+CSQ": b"\r\n+CSQ: 17,99\r\n\r\nOK\r\n",
+    "AT+CREG?": b'\r\n+CREG: 2,1,"00A8","5355E8D",7\r\n\r\nOK\r\n',
+    "AT+CEREG?": b"\r\n+CEREG: 1,1\r\n\r\nOK\r\n",
+    "AT+CCLK?": b'\r\n+CCLK: "25/01/27,10:00:00+32"\r\n\r\nOK\r\n',
+    "AT+QIACT?": b'\r\n+QIACT: 1,1,1,"10.7.157.1"\r\n\r\nOK\r\n',
+    'AT+QIOPEN=1,0,"UDP","5.6.7.8",9000,0,1': b"\r\nOK\r\n\r\n+QIOPEN: 0,0\r\n",
+    "AT+QISEND=0,4": b"\r\n> ",
+    "PAYLOAD": b"\r\nSEND OK\r\n",
+    "AT+QIRD=0,1500": b"\r\n+QIRD: 3\r\nxyz\r\n\r\nOK\r\n",
+}
+s = Sim(modem_ec800m.EC800M(), EC_UP, apn="cmnet")
+s.m.power_on(0)
+s.pump()
+s.run(1300)
+s.feed(b"\r\nRDY\r\n")
+s.run(2000)
+'''
+
+
+def test_ec800m_bring_up_udp_and_sms(mpy):
+    out = mpy_events(mpy, EC800M + r'''
+show(s.m.state, s.pins[:2], s.cmds(), s.take())
+s.m.udp_open("5.6.7.8", 9000)
+s.run(300)
+s.m.udp_send(b"ping")
+s.run(300)
+s.feed(b'\r\n+QIURC: "recv",0,4\r\npong\r\n+QIURC: "recv",0\r\n')
+s.run(300)
+s.feed(b'\r\n+QIURC: "closed",0\r\n+QIURC: "pdpdeact",1\r\n')
+show(s.writes[-3:], s.take())
+s.replies["AT+CMGS=24"] = b"\r\n> "
+s.replies["PAYLOAD"] = b"\r\n+CMGS: 7\r\n\r\nOK\r\n"
+s.m.sms_send_pdu("0011000B915121551532F40008AA0A4F60597D" + "00" * 7, 24)
+s.run(300)
+s.feed(b'\r\n+CMTI: "SM",2\r\n')
+s.run(300)
+show([e for e in s.take() if e[0].startswith("sms")])
+''')
+    state, pins, cmds, events = out[0], out[1], out[2], out[3]
+    assert state == "ready" and pins == [("dtr", 0), ("pwrkey", 600)]
+    assert 'AT+QURCCFG="urcport","uart1"' in cmds and "AT+QTONEDET=1" in cmds
+    assert cmds.index('AT+QICSGP=1,1,"cmnet","","",1') < cmds.index("AT+QIACT=1") < cmds.index("AT+QIACT?")
+    assert ("net", True, "10.7.157.1") in events and ("reg", "home", 1, 1) in events
+    writes, ev = out[4], out[5]
+    assert b"ping" in writes and b"AT+QIRD=0,1500\r" in writes
+    assert ("udp", "open", None) in ev and ("udp_sent", 4) in ev
+    assert ("udp_recv", b"pong", None) in ev and ("udp_recv", b"xyz", None) in ev
+    assert ("udp", "closed", "remote") in ev and ("net", False, "pdpdeact") in ev
+    assert out[6][0] == ("sms_sent", 7, None) and out[6][1] == ("sms_new", "SM", 2)
+
+
+def test_ec800m_dtmf_and_power_down(mpy):
+    out = mpy_events(mpy, EC800M + r'''
+s.take()
+s.m.dial("10086")
+s.run(300)
+s.feed(b"\r\n+CLCC: 1,0,0,0,0,\"10086\",129\r\n")
+s.run(1000)
+s.feed(b"\r\n+QTONEDET: 49\r\n")
+s.run(1000)
+s.feed(b"\r\nNO CARRIER\r\n")
+show([e for e in s.take() if e[0] in ("dtmf", "call_end")])
+s.feed(b"\r\nPOWERED DOWN\r\n")
+show(s.m.state, s.take()[-2:])
+''')
+    assert out[0][0] == ("dtmf", "1") and out[0][1][:2] == ("call_end", "confirmed")
+    assert out[1] == "off" and ("powered_down", "POWERED DOWN") in out[2]
