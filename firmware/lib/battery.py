@@ -122,19 +122,20 @@ class Battery:
     files; omitted ones are read with hwdata.load (the card image's /lib/hwdata/)."""
 
     def __init__(self, battery=None, pins=None, power=None):
-        if battery is None:
-            battery = load_data("battery_lipo")
-        if pins is None:
-            pins = load_data("pins_carecard_s3")
-        if power is None:
-            power = load_data("power")
+        # One file parsed at a time, keeping only the part needed: JSON parsing is the peak of
+        # this module's heap use (the pin map's notes alone take ~20 KB while parsed).
         try:
+            if battery is None:
+                battery = load_data("battery_lipo")
             self.curve = Curve(battery["ocv_curve"]["points_mv_pct"])
             levels = battery["levels"]
-            adc = pins["battery_adc"]
             guard = battery["tx_guard"]
             flt = battery["filter"]
-            vbat_min = power["figures"]["a7670.vbat_min"]
+            battery = None
+            adc = (pins if pins is not None else load_data("pins_carecard_s3"))["battery_adc"]
+            pins = None
+            vbat_min = (power if power is not None else load_data("power"))["figures"]["a7670.vbat_min"]
+            power = None
         except (KeyError, TypeError) as e:
             raise BatteryDataError("battery data lacks %r" % (e.args[0] if e.args else e,))
         # Thresholds: enter below `enter`, leave at or above `exit` (hysteresis).
