@@ -7,7 +7,9 @@ firmware on the MicroPython unix port:
     /lib/...                   firmware/lib/... (drivers, sans-I/O cores, card codec)
     /lib/board/...             firmware/board/... (the only code that touches `machine`)
     /lib/ccspec.py             protocol/spec.py (the one protocol definition, read at import)
-    /lib/hwdata/...            hardware/*.json (pin maps, battery curves: data the card reads)
+    /lib/hwjson/...            hardware/*.json (pin maps, battery curves: data the card reads,
+                               read with `hwdata.load(name)`; the folder must not be named
+                               like a module, or MicroPython imports the folder instead)
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ HARDWARE_DIR = REPO_ROOT / "hardware"
 
 # Where each source lands inside the image (relative paths).
 SPEC_ON_CARD = "lib/ccspec.py"
-HWDATA_ON_CARD = "lib/hwdata"
+HWDATA_ON_CARD = "lib/hwjson"
 
 
 def card_files() -> list[tuple[Path, str]]:

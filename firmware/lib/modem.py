@@ -937,20 +937,7 @@ class Modem:
 
 def _load_hwdata(name):
     import hwdata
-    load = getattr(hwdata, "load", None)
-    if load is not None:
-        return load(name)
-    # On MicroPython the card image's data folder lib/hwdata/ is imported instead of
-    # lib/hwdata.py (a folder wins over a module of the same name), so read the file here.
-    import json
-    import sys
-    for base in sys.path:
-        try:
-            with open((base or ".") + "/hwdata/" + name + ".json") as handle:
-                return json.load(handle)
-        except OSError:
-            pass
-    raise OSError("hardware data '%s.json' not found in hwdata/ on sys.path" % name)
+    return hwdata.load(name)
 
 
 def _is_hex(text):
