@@ -67,6 +67,16 @@ def _argv(heapsize: int | None) -> list[str]:
     return argv
 
 
+def _write_script(code: str) -> str:
+    """The script in a private folder: MicroPython puts the script's folder first on its path,
+    so a shared folder such as /tmp could shadow the card image's modules."""
+    folder = tempfile.mkdtemp(prefix="carecard-mpy-")
+    script = os.path.join(folder, "script.py")
+    with open(script, "w", encoding="utf-8") as handle:
+        handle.write(code)
+    return script
+
+
 def run(
     code: str,
     *,
@@ -76,9 +86,7 @@ def run(
     image: Path | None = None,
 ) -> str:
     """Run `code` on MicroPython with the card image on its path; return stdout as text."""
-    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as handle:
-        handle.write(code)
-        script = handle.name
+    script = _write_script(code)
     try:
         proc = subprocess.run(
             _argv(heapsize) + [script],
@@ -88,7 +96,7 @@ def run(
             env=_env(image),
         )
     finally:
-        os.unlink(script)
+        shutil.rmtree(os.path.dirname(script), ignore_errors=True)
     out = proc.stdout.decode("utf-8", "replace")
     if proc.returncode != 0:
         err = proc.stderr.decode("utf-8", "replace")
@@ -128,9 +136,7 @@ class Batch:
     """
 
     def __init__(self, script: str, *, heapsize: int | None = None, image: Path | None = None):
-        with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as handle:
-            handle.write(script)
-            self._script = handle.name
+        self._script = _write_script(script)
         self._proc = subprocess.Popen(
             _argv(heapsize) + [self._script],
             stdin=subprocess.PIPE,
@@ -194,7 +200,7 @@ class Batch:
         for stream in (self._proc.stdout, self._proc.stderr):
             if stream is not None:
                 stream.close()
-        os.unlink(self._script)
+        shutil.rmtree(os.path.dirname(self._script), ignore_errors=True)
 
     def __enter__(self) -> "Batch":
         return self

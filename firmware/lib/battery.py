@@ -66,18 +66,10 @@ def _int(obj, key, where):
 
 
 def load_data(name):
-    """A hardware JSON by name through hwdata.load. The card image's data folder lib/hwdata/
-    shadows lib/hwdata.py on MicroPython (a folder wins the import), so when the import yields
-    the folder, the file is read from that very folder."""
+    """A hardware JSON by name (hardware/<name>.json, /lib/hwjson/ on the card)."""
     import hwdata
 
-    load = getattr(hwdata, "load", None)
-    if load is not None:
-        return load(name)
-    import json
-
-    with open(hwdata.__path__ + "/" + name + ".json") as handle:
-        return json.load(handle)
+    return hwdata.load(name)
 
 
 class Curve:
