@@ -302,7 +302,7 @@ class NMEAParser:
     def __init__(self, not_before_days=_DEFAULT_NOT_BEFORE):
         self.not_before_days = not_before_days
         self._buf = bytearray(MAX_LINE)
-        self._f = array("H", bytes(2 * (_MAX_FIELDS + 1)))
+        self._f = array("i", bytes(4 * (_MAX_FIELDS + 1)))  # comma offsets: any chunk size
         self._events = []
         self.sentences = 0        # checksum-valid sentences
         self.bad_checksum = 0     # '*hh' present but not the XOR of the sentence
