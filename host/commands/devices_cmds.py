@@ -1,0 +1,255 @@
+"""`carecard devices`: list, add and import devices (names, contacts, SIM details, keys).
+
+    carecard devices [--data DIR] [--json] [--all]
+    carecard devices add IMEI --name NAME [--key HEX | --generate-key] [--contact 1:+86...:Name ...]
+                     [--iccid ICCID] [--phone NUMBER] [--replace] [--print-key]
+    carecard devices import FILE [--replace]        (docs/provisioning-records.md)
+
+All of them work while a receiver runs on the same data folder: it picks the changes up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from carecard.host.cli import CommandError
+from carecard.host.paths import DEFAULT_DATA_DIR, ingest_db_path
+
+RECENT_FINISHED_S = 86400
+
+
+def _data_arg(parser: argparse.ArgumentParser, top: bool) -> None:
+    parser.add_argument("--data", metavar="DIR", default=None if top else argparse.SUPPRESS,
+                        help="data folder (default ./data)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "devices", help="list, add and import devices (names, contacts, keys)",
+        description="List the registered devices with their last frame and pending commands, or "
+                    "add/import devices. Works while the receiver runs.")
+    _data_arg(parser, True)
+    parser.add_argument("--json", action="store_true", help="print JSON (one object per device)")
+    parser.add_argument("--all", action="store_true", help="show every command, not only open and recent ones")
+    parser.set_defaults(func=run_list)
+    sub = parser.add_subparsers(dest="devices_command", metavar="ACTION")
+
+    add = sub.add_parser("add", help="register one device and its key")
+    add.add_argument("imei", help="the card modem's IMEI (15 digits, Luhn check digit)")
+    add.add_argument("--name", required=True, help="the elder's name, shown to operators")
+    keys = add.add_mutually_exclusive_group(required=True)
+    keys.add_argument("--key", metavar="HEX", help="the device key (32 or 64 hex digits)")
+    keys.add_argument("--generate-key", action="store_true", help="generate a random 128-bit key")
+    add.add_argument("--contact", action="append", default=[], metavar="KEY:NUMBER:NAME",
+                     help="the number behind key 1-4, e.g. 1:+8613800138000:Son (repeatable)")
+    add.add_argument("--iccid", help="the SIM's ICCID")
+    add.add_argument("--phone", help="the SIM's phone number")
+    add.add_argument("--replace", action="store_true", help="re-provision a registered device")
+    add.add_argument("--print-key", action="store_true",
+                     help="print the key (hex) on stdout, to provision the card with it")
+    add.add_argument("--no-check-digit", action="store_true",
+                     help="accept an IMEI whose Luhn check digit is wrong (test devices)")
+    _data_arg(add, False)
+    add.set_defaults(func=run_add)
+
+    imp = sub.add_parser("import", help="import a provisioning-records file (JSON lines or CSV)")
+    imp.add_argument("file", help="records file (docs/provisioning-records.md)")
+    imp.add_argument("--replace", action="store_true", help="re-provision devices already registered")
+    _data_arg(imp, False)
+    imp.set_defaults(func=run_import)
+
+
+def data_dir_of(args: argparse.Namespace) -> Path:
+    return Path(getattr(args, "data", None) or DEFAULT_DATA_DIR)
+
+
+def open_store(data_dir: Path, *, create: bool) -> Any:
+    from carecard.host.receiver.store import SQLiteStore, StoreError
+
+    path = ingest_db_path(data_dir)
+    if not create and not path.exists():
+        raise CommandError(f"no database in {data_dir} ({path.name} missing): add a device first "
+                           "or pass the right --data", status=1)
+    try:
+        return SQLiteStore(path, readonly_lookups=False)
+    except StoreError as exc:
+        raise CommandError(str(exc), status=1) from None
+
+
+def resolve_device(store: Any, text: str) -> int:
+    """An IMEI, or the exact name of one registered device."""
+    from carecard.host.receiver.store import load_devices
+
+    devices = load_devices(store.connection)
+    value = text.strip()
+    if value.isdigit():
+        device = int(value)
+        if device not in devices or not devices[device].name:
+            raise CommandError(f"device {value} is not registered (carecard devices add)", status=1)
+        return device
+    matches = [d for d, record in devices.items() if record.name == value]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise CommandError(f"{len(matches)} devices are named {value!r}: give the IMEI", status=1)
+    raise CommandError(f"no device named {value!r}: give the IMEI or a registered name", status=1)
+
+
+def _iso(stamp: float | None) -> str:
+    if stamp is None:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(stamp))
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from carecard.host.receiver.downlinks import describe
+    from carecard.host.receiver.registry import KeyFileError, load_key_file
+    from carecard.host.receiver.store import list_commands, load_devices
+
+    data_dir = data_dir_of(args)
+    store = open_store(data_dir, create=False)
+    try:
+        devices = load_devices(store.connection)
+        commands = list_commands(store.connection)
+    finally:
+        store.close()
+    try:
+        keyed = set(load_key_file(data_dir))
+    except KeyFileError as exc:
+        print(f"warning: {exc}", file=sys.stderr)
+        keyed = set()
+    now = time.time()
+    by_device: dict[int, list[Any]] = {}
+    for command in commands:
+        if args.all or command.is_open or now - command.updated_at <= RECENT_FINISHED_S:
+            by_device.setdefault(command.device, []).append(command)
+    rows = sorted(set(devices) | keyed)
+    if args.json:
+        for device in rows:
+            record = devices.get(device)
+            print(json.dumps({
+                "imei": str(device), "name": record.name if record else None,
+                "key": device in keyed, "iccid": record.iccid if record else None,
+                "phone": record.phone if record else None,
+                "contacts": [c.as_dict() for c in record.contacts] if record else [],
+                "last_seen": record.last_seen if record else None,
+                "last_counter": record.last_counter if record else None,
+                "frames_stored": record.frames_stored if record else 0,
+                "commands": [{"seq": c.seq, "cmd": c.cmd, "args": c.args, "state": c.state,
+                              "attempts": c.attempts, "result": c.result, "detail": c.detail,
+                              "created_at": c.created_at, "updated_at": c.updated_at}
+                             for c in by_device.get(device, [])],
+            }, ensure_ascii=False))
+        return 0
+    if not rows:
+        print(f"no devices in {data_dir}: add one with `carecard devices add IMEI --name NAME --generate-key`")
+        return 0
+    header = ("IMEI", "NAME", "LAST SEEN (UTC)", "COUNTER", "FRAMES", "KEY")
+    table = [header]
+    extra: dict[int, list[str]] = {}
+    for device in rows:
+        record = devices.get(device)
+        table.append((str(device), (record.name if record and record.name else "(unregistered)"),
+                      _iso(record.last_seen if record else None),
+                      "-" if not record or record.last_counter is None else str(record.last_counter),
+                      str(record.frames_stored if record else 0), "yes" if device in keyed else "NO"))
+        extra[len(table) - 1] = [describe(c) for c in by_device.get(device, [])]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for index, row in enumerate(table):
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+        for line in extra.get(index, []):
+            print(f"    command {line}")
+    return 0
+
+
+def run_add(args: argparse.Namespace) -> int:
+    from carecard.host.receiver.registry import (
+        DeviceSpec,
+        RegistryError,
+        add_devices,
+        check_contacts,
+        generate_key,
+        parse_contact,
+        parse_imei,
+        parse_name,
+        parse_number,
+    )
+    from carecard.host.keyfile import KeyFileError, parse_key_hex
+    from carecard.host.receiver.store import StoreError
+
+    data_dir = data_dir_of(args)
+    try:
+        device = parse_imei(args.imei, "IMEI", check_digit=not args.no_check_digit)
+        name = parse_name(args.name, "--name")
+        contacts = check_contacts([parse_contact(text, f"--contact {text.split(':', 1)[0]}")
+                                   for text in args.contact], "--contact")
+        iccid = args.iccid.strip() if args.iccid else None
+        if iccid is not None and not (iccid.isdigit() and 18 <= len(iccid) <= 22):
+            raise RegistryError("--iccid: an ICCID is 18-22 digits")
+        phone = parse_number(args.phone, "--phone") if args.phone else None
+        key = generate_key() if args.generate_key else parse_key_hex(args.key, "--key")
+    except (RegistryError, KeyFileError) as exc:
+        raise CommandError(str(exc)) from None
+    store = open_store(data_dir, create=True)
+    try:
+        add_devices(store, data_dir, [DeviceSpec(device, name, key, contacts, iccid, phone)],
+                    replace=args.replace)
+    except (RegistryError, StoreError) as exc:
+        raise CommandError(str(exc), status=1) from None
+    finally:
+        store.close()
+    print(f"{'re-provisioned' if args.replace else 'added'} device {device} ({name}), "
+          f"{len(contacts)} contacts; key stored in {data_dir / 'keys.json'}")
+    if args.print_key:
+        print(key.hex())
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from carecard.host.receiver.registry import RegistryError, add_devices, read_records
+    from carecard.host.receiver.store import StoreError
+
+    data_dir = data_dir_of(args)
+    try:
+        good, problems = read_records(Path(args.file))
+    except RegistryError as exc:
+        raise CommandError(str(exc), status=1) from None
+    for problem in problems:
+        print(f"{problem}", file=sys.stderr)
+    if good:
+        store = open_store(data_dir, create=True)
+        try:
+            # Devices already registered are bad records too (unless --replace): report them all,
+            # then import the rest in one transaction.
+            from carecard.host.receiver.registry import load_key_file
+            from carecard.host.receiver.store import load_devices
+
+            if not args.replace:
+                registered = {d for d, r in load_devices(store.connection).items() if r.name}
+                try:
+                    registered |= set(load_key_file(data_dir))
+                except Exception:
+                    pass
+                kept = []
+                for spec_ in good:
+                    if spec_.device in registered:
+                        problem = f"{spec_.where}: imei {spec_.device} is already registered (use --replace)"
+                        problems.append(problem)  # type: ignore[arg-type]
+                        print(problem, file=sys.stderr)
+                    else:
+                        kept.append(spec_)
+                good = kept
+            if good:
+                add_devices(store, data_dir, good, replace=args.replace)
+        except (RegistryError, StoreError) as exc:
+            raise CommandError(f"nothing imported: {exc}", status=1) from None
+        finally:
+            store.close()
+    print(f"imported {len(good)} devices from {args.file}; {len(problems)} bad records"
+          + (" (listed above)" if problems else ""))
+    return 1 if problems else 0

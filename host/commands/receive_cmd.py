@@ -1,0 +1,87 @@
+"""`carecard receive`: run the host receiver (docs/receiver.md)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from pathlib import Path
+
+from carecard.host.cli import CommandError
+from carecard.host.receiver.config import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    ConfigError,
+    ReceiverConfig,
+    load_config,
+    parse_endpoint,
+    parse_serial,
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "receive",
+        help="run the host receiver: frames in over UDP/TCP/serial, stored, acked, sent to the sinks",
+        description="Run the host receiver. With no configuration it listens on UDP "
+                    f"{DEFAULT_HOST}:{DEFAULT_PORT} and keeps everything in ./data. Flags override "
+                    "the configuration file (docs/receiver.md). Stops cleanly on SIGTERM or Ctrl-C.",
+    )
+    parser.add_argument("--udp", action="append", metavar="HOST:PORT",
+                        help=f"listen for UDP frames (repeatable; default {DEFAULT_HOST}:{DEFAULT_PORT})")
+    parser.add_argument("--tcp", action="append", metavar="HOST:PORT",
+                        help="listen for TCP connections with the stream framing (repeatable)")
+    parser.add_argument("--serial", action="append", metavar="DEVICE[:BAUD]",
+                        help="read frames from a serial port with the stream framing (repeatable)")
+    parser.add_argument("--data", metavar="DIR", help="data folder (default ./data)")
+    parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    parser.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at /metrics")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, help="text (key=value) or json lines")
+    parser.add_argument("--log-level", choices=LOG_LEVELS)
+    parser.set_defaults(func=run)
+
+
+def build_config(args: argparse.Namespace) -> ReceiverConfig:
+    try:
+        config = load_config(Path(args.config)) if args.config else ReceiverConfig()
+        if args.udp:
+            config.udp = [parse_endpoint(text, "--udp") for text in args.udp]
+        if args.tcp:
+            config.tcp = [parse_endpoint(text, "--tcp") for text in args.tcp]
+        if args.serial:
+            config.serial = [parse_serial(text, "--serial") for text in args.serial]
+        if args.metrics:
+            config.metrics = parse_endpoint(args.metrics, "--metrics", default_port=None)
+    except ConfigError as exc:
+        raise CommandError(str(exc), status=1) from None
+    if args.data:
+        config.data_dir = Path(args.data)
+    if args.log_format:
+        config.log_format = args.log_format
+    if args.log_level:
+        config.log_level = args.log_level
+    config.ensure_listener()
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    from carecard.host.receiver.logs import setup_logging
+    from carecard.host.receiver.service import StartupError, serve
+
+    config = build_config(args)
+    setup_logging(config.log_format, config.log_level)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(config, stop)
+
+    try:
+        asyncio.run(main())
+    except StartupError as exc:
+        raise CommandError(str(exc), status=1) from None
+    return 0

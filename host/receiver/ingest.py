@@ -1,0 +1,443 @@
+"""The ingest pipeline: frame in -> verdict, and after the commit, ack bytes and events out.
+
+Sans-I/O apart from the store's lookups: transports call `handle()` with each frame and where to
+send its ack; the service takes batches with `take_batch()`, commits them with `Store.commit` in
+a writer thread, and calls `committed()` (or `failed()`), which hands back the acks to send. So:
+
+- a frame is acked only once its batch is committed (persist before ack), duplicates included:
+  a retransmission of a frame still in an uncommitted batch waits for that batch;
+- per device, a ReplayWindow (restored lazily from the store) sorts NEW, DUPLICATE (ack again,
+  store nothing), REUSED (reject: replay) and TOO_OLD (asks the store: same tag = duplicate);
+- every ack has a fresh downlink counter (strictly increasing per device, reserved in blocks in
+  the same transaction, so a crash never makes the receiver reuse one) and the device's open
+  commands; `command_result` uplinks close commands in the same transaction;
+- rejected frames are counted by reason and charged to the source's budget (budget.py).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable
+
+from carecard.host.events import EventError, event_from_message
+from carecard.host.receiver.budget import RejectBudget
+from carecard.host.receiver.config import BudgetSettings, DownlinkSettings, IngestSettings
+from carecard.host.receiver.downlinks import AckEncoder, wire_command
+from carecard.host.receiver.metrics import Metrics
+from carecard.host.receiver.store import (
+    CommandRecord,
+    CommitBatch,
+    Contact,
+    DeviceRecord,
+    Store,
+)
+from carecard.protocol import KeyRing, ProtocolError, ReplayWindow, Verdict, decode_frame, spec
+from carecard.protocol.codec import HEADER_STRUCT
+from carecard.protocol.errors import InvalidMessage
+
+log = logging.getLogger("carecard.receiver.ingest")
+
+# Downlink counters are reserved in the store this many at a time.
+DOWNLINK_BLOCK = 4096
+_U32_MAX = 0xFFFFFFFF
+_TAG_LEN = spec.TAG_LEN
+_MIN_FRAME = spec.MIN_FRAME
+_MAX_FRAME = spec.MAX_FRAME
+_unpack_header = HEADER_STRUCT.unpack_from
+_compare = hmac.compare_digest
+_NEW = Verdict.NEW
+_DUPLICATE = Verdict.DUPLICATE
+_TOO_OLD = Verdict.TOO_OLD
+_RESULT_STATES = frozenset(spec.ENUMS["command_result"])
+
+# A reply target: `send(ack_bytes, address)`; returns nothing, never raises for a lost peer.
+Sender = Callable[[bytes, Any], None]
+
+
+@dataclass
+class PendingBatch:
+    """A batch being collected or committed: what to store, and the acks to send after."""
+
+    commit: CommitBatch = field(default_factory=CommitBatch)
+    acks: list[tuple[Sender, Any, bytes]] = field(default_factory=list)
+    keys: list[tuple[int, int, bytes]] = field(default_factory=list)  # (device, counter, tag) stored
+    types: list[str] = field(default_factory=list)
+    finished: list[str] = field(default_factory=list)  # command states reached in this batch
+    finished_ids: list[int] = field(default_factory=list)
+    commands_sent: int = 0
+    duplicates: int = 0
+    started: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.acks)
+
+
+class Ingest:
+    def __init__(self, store: Store, keyring: KeyRing, metrics: Metrics, *,
+                 settings: IngestSettings | None = None, budget: BudgetSettings | None = None,
+                 downlinks: DownlinkSettings | None = None,
+                 clock: Callable[[], float] = time.time):
+        self.store = store
+        self.keyring = keyring
+        self.metrics = metrics
+        self.settings = settings or IngestSettings()
+        budget = budget or BudgetSettings()
+        self.downlinks = downlinks or DownlinkSettings()
+        self.budget = RejectBudget(budget.rejects_per_second, budget.burst, budget.max_sources)
+        self.clock = clock
+        self.encoder = AckEncoder(keyring)
+        self.windows: dict[int, ReplayWindow] = {}
+        self.pending: dict[tuple[int, int], bytes] = {}
+        self.batch = PendingBatch()
+        self.devices: dict[int, DeviceRecord] = {}
+        self.dl_next: dict[int, int] = {}
+        self.dl_reserved: dict[int, int] = {}
+        self.commands: dict[int, list[CommandRecord]] = {}
+        self._finishing: set[int] = set()  # ids of commands finished in uncommitted batches
+        self.last_seen: dict[int, float] = {}
+        self._stats: dict[int, list[Any]] = {}  # device -> [last_seen, last_counter, source, added]
+        self._stats_flushed = 0.0
+        self.after_commit: list[Callable[[list[dict[str, Any]]], None]] = []  # the engine's seam
+        self.trace: dict[tuple[int, int], float] | None = None  # benchmark: (device, counter) -> t
+        self._rejected = metrics.rejected
+        self._received = metrics.frames_received
+        self._rejects_logged = 0.0
+        self._reject_log_count = 0
+
+    # --- registry -----------------------------------------------------------------------------
+
+    def load_registry(self, devices: dict[int, DeviceRecord], commands: list[CommandRecord], *,
+                      from_store: bool = False) -> None:
+        """Take devices and open commands from the store. Memory wins for what the ingest itself
+        changes (downlink reservations, command attempts); admin changes (new devices, new or
+        cancelled commands) are merged in. Safe while batches are in flight.
+
+        `from_store`: after a failed commit, the store is the truth for reservations (a
+        reservation made in memory may not have been committed) and for commands."""
+        self.devices = devices
+        if from_store:
+            self.dl_reserved = {}
+        for device, record in devices.items():
+            reserved = self.dl_reserved.get(device, -1)
+            if record.downlink_reserved > reserved:
+                self.dl_reserved[device] = record.downlink_reserved
+            # never go back: counters already used stay used
+            self.dl_next[device] = max(self.dl_next.get(device, 0), self.dl_reserved[device] + 1)
+        for device in list(self.dl_next):
+            if device not in self.dl_reserved:  # no row yet: nothing reserved in the store
+                self.dl_reserved[device] = 0
+        in_memory = {} if from_store else {c.id: c for cmds in self.commands.values() for c in cmds}
+        merged: dict[int, list[CommandRecord]] = defaultdict(list)
+        finishing = self._finishing
+        for command in commands:  # open in the store, oldest first
+            if command.id not in finishing:  # finished here, the commit saying so still in flight
+                merged[command.device].append(in_memory.get(command.id, command))
+        # Open in memory but not in the store means cancelled by an admin (commands this ingest
+        # finishes leave memory at once): dropped.
+        self.commands = dict(merged)
+
+    def reset(self) -> None:
+        """After a failed commit: forget everything derived from uncommitted state."""
+        self.windows.clear()
+        self.pending.clear()
+        self.batch = PendingBatch()
+        self._finishing.clear()
+        self.load_registry(self.store.load_devices(), self.store.open_commands(), from_store=True)
+
+    # --- the hot path ---------------------------------------------------------------------------
+
+    def handle(self, frame: bytes, reply: Sender, address: Any, source: Hashable, transport: str,
+               received_at: float) -> str | None:
+        """One frame from `source`. Returns None when it is accepted (its ack will come after the
+        commit), or the reason it was rejected."""
+        self._received[transport] += 1
+        if source in self.budget.over and not self._authentic(frame):
+            self._rejected["over_budget"] += 1
+            return "over_budget"
+        try:
+            message = decode_frame(frame, self.keyring)
+        except ProtocolError as exc:
+            return self._reject(exc.reason, source, str(exc))
+        if message["direction"] != "uplink":
+            return self._reject("wrong_direction", source,
+                                f"{message['type']} frame from device {message['device']}: a downlink "
+                                "frame sent to the receiver (reflected?)")
+        device = message["device"]
+        counter = message["counter"]
+        tag = frame[-_TAG_LEN:]
+        key = (device, counter)
+        batch = self.batch
+        seen = self.pending.get(key)
+        if seen is not None:
+            verdict = _DUPLICATE if _compare(seen, tag) else Verdict.REUSED
+        else:
+            window = self.windows.get(device)
+            if window is None:
+                window = self._load_window(device)
+            verdict = window.classify(counter, tag)
+            if verdict is _TOO_OLD:
+                stored = self.store.stored_tag(device, counter)
+                if stored is None:
+                    return self._reject("replay", source, f"device {device} counter {counter} is older "
+                                        "than the replay window and not stored: rejected as a replay")
+                verdict = _DUPLICATE if _compare(stored, tag) else Verdict.REUSED
+        if verdict is _NEW:
+            try:
+                event = event_from_message(message, received_at)
+            except EventError as exc:  # a bug: decoded messages always make events
+                log.error("event error: %s", exc)
+                return self._reject("internal_error", source, str(exc))
+            self.pending[key] = tag
+            mtype = message["type"]
+            commit = batch.commit
+            commit.frames.append((device, counter, tag, mtype, message["time"], received_at,
+                                  transport, frame))
+            commit.events.append(event)
+            batch.keys.append((device, counter, tag))
+            batch.types.append(mtype)
+            if mtype == "command_result":
+                self._command_result(device, message, received_at)
+            stats = self._stats.get(device)
+            if stats is None:
+                self._stats[device] = [received_at, counter, (transport, address), 1]
+            else:
+                stats[0] = received_at
+                if counter > stats[1]:
+                    stats[1] = counter
+                stats[2] = (transport, address)
+                stats[3] += 1
+            if self.trace is not None:
+                self.trace[key] = received_at
+        elif verdict is _DUPLICATE:
+            batch.duplicates += 1
+        else:
+            return self._reject("replay", source, f"device {device} counter {counter} was already "
+                                "used for another frame: rejected as a replay")
+        self.last_seen[device] = received_at
+        try:
+            ack = self._ack(device, counter, received_at)
+        except (InvalidMessage, OverflowError) as exc:
+            log.error("cannot make the ack for device %s counter %s: %s", device, counter, exc)
+            return None  # stored, not acked: the card retransmits, we ack it as a duplicate
+        batch.acks.append((reply, address, ack))
+        if not batch.started:
+            batch.started = received_at
+        return None
+
+    def _authentic(self, frame: bytes) -> bool:
+        """Cheap check for sources over budget: does the frame carry a valid tag?"""
+        size = len(frame)
+        if size < _MIN_FRAME or size > _MAX_FRAME:
+            return False
+        keys = self.keyring.get(_unpack_header(frame)[3])
+        if keys is None:
+            return False
+        cut = size - _TAG_LEN
+        return _compare(keys.tag(frame[:cut]), frame[cut:])
+
+    def _reject(self, reason: str, source: Hashable, detail: str) -> str:
+        self._rejected[reason] += 1
+        within = self.budget.charge(source)
+        if within and log.isEnabledFor(logging.DEBUG):
+            log.debug("rejected frame from %s: %s: %s", source, reason, detail)
+        elif within:
+            # a rate-limited sample at info level, the totals are in the metrics
+            now = time.monotonic()
+            if now - self._rejects_logged >= 10.0:
+                log.info("rejected frame from %s: %s (%s); %d more rejections since the last "
+                         "message", source, reason, detail, self._reject_log_count)
+                self._rejects_logged = now
+                self._reject_log_count = 0
+            else:
+                self._reject_log_count += 1
+        return reason
+
+    def _load_window(self, device: int) -> ReplayWindow:
+        size = self.settings.replay_window
+        highest, recent = self.store.window_state(device, size)
+        window = self.windows[device] = ReplayWindow(size, highest, recent)
+        return window
+
+    # --- acks and commands ----------------------------------------------------------------------
+
+    def _ack(self, device: int, acked: int, now: float) -> bytes:
+        counter = self.dl_next.get(device)
+        if counter is None:  # a device with a key but no registry row yet
+            counter = 1
+            self.dl_reserved[device] = 0
+        if counter > self.dl_reserved[device]:
+            reserve = min(counter + DOWNLINK_BLOCK - 1, _U32_MAX)
+            if counter > _U32_MAX:
+                raise OverflowError(f"device {device}: the downlink counter is exhausted")
+            self.dl_reserved[device] = reserve
+            self.batch.commit.downlink_reserved[device] = reserve
+        self.dl_next[device] = counter + 1
+        commands = self._commands_for_ack(device, now) if device in self.commands else None
+        stamp = int(now)
+        if not commands:
+            return self.encoder.encode(device, counter, stamp, acked)
+        while True:
+            try:
+                return self.encoder.encode(device, counter, stamp, acked,
+                                           [wire_command(c, stamp) for c in commands])
+            except InvalidMessage:
+                if len(commands) == 1:
+                    raise
+                commands.pop()  # too large together: the rest go in later acks
+
+    def _commands_for_ack(self, device: int, now: float) -> list[CommandRecord]:
+        open_commands = self.commands.get(device) or []
+        settings = self.downlinks
+        out: list[CommandRecord] = []
+        still_open: list[CommandRecord] = []
+        batch = self.batch
+        for command in open_commands:
+            if now - command.created_at > settings.expire_after_s:
+                self._finish(command, "expired", None, now,
+                             f"not confirmed within {settings.expire_after_s:g} s")
+                continue
+            if command.attempts >= settings.max_attempts:
+                self._finish(command, "failed", None, now,
+                             f"sent in {command.attempts} acks without a command_result")
+                continue
+            still_open.append(command)
+            if len(out) < settings.max_commands_per_ack:
+                command.attempts += 1
+                command.state = "sent"
+                if command.first_sent_at is None:
+                    command.first_sent_at = now
+                command.last_sent_at = now
+                command.updated_at = now
+                batch.commit.commands.append(command.update_row())
+                batch.commands_sent += 1
+                out.append(command)
+        if still_open:
+            self.commands[device] = still_open
+        else:
+            self.commands.pop(device, None)
+        return out
+
+    def _finish(self, command: CommandRecord, state: str, result: str | None, now: float,
+                detail: str | None) -> None:
+        command.state = state
+        command.result = result
+        command.detail = detail
+        command.updated_at = now
+        self.batch.commit.commands.append(command.update_row())
+        self.batch.finished.append(state)
+        self.batch.finished_ids.append(command.id)
+        self._finishing.add(command.id)
+        log.info("command %s #%d for device %s: %s%s", command.cmd, command.seq, command.device, state,
+                 f" ({detail})" if detail else "")
+
+    def _command_result(self, device: int, message: dict[str, Any], now: float) -> None:
+        seq, result = message["seq"], message["result"]
+        open_commands = self.commands.get(device) or []
+        for command in open_commands:
+            if command.seq == seq:
+                state = result if result in _RESULT_STATES else "rejected"
+                self._finish(command, state, result, now, None)
+                open_commands.remove(command)
+                if not open_commands:
+                    self.commands.pop(device, None)
+                if state == "done" and command.cmd == "set_contacts":
+                    contacts = [Contact(c["key"], c["number"], c["name"])
+                                for c in command.args.get("contacts", [])]
+                    self.batch.commit.contacts.append((device, contacts))
+                return
+        log.info("command_result from device %s for seq %s (%s): no open command with that seq "
+                 "(already finished, cancelled or unknown)", device, seq, result)
+
+    def expire_commands(self, now: float) -> None:
+        """Expire old commands of devices that have not called (run every minute or so)."""
+        limit = self.downlinks.expire_after_s
+        for device in list(self.commands):
+            keep = []
+            for command in self.commands[device]:
+                if now - command.created_at > limit:
+                    self._finish(command, "expired", None, now, f"not confirmed within {limit:g} s")
+                else:
+                    keep.append(command)
+            if keep:
+                self.commands[device] = keep
+            else:
+                del self.commands[device]
+
+    # --- batches --------------------------------------------------------------------------------
+
+    def take_batch(self, now: float) -> PendingBatch | None:
+        """Hand over the collected batch for commit (None when there is nothing to commit).
+        Device statistics ride along every `device_stats_interval_s`."""
+        batch = self.batch
+        if now - self._stats_flushed >= self.settings.device_stats_interval_s and self._stats:
+            batch.commit.device_stats = [
+                (device, s[0], s[1], f"{s[2][0]}:{_address_text(s[2][1])}", s[3])
+                for device, s in self._stats.items()]
+            self._stats = {}
+            self._stats_flushed = now
+        if not batch.acks and not batch.commit:
+            return None
+        self.batch = PendingBatch()
+        return batch
+
+    def committed(self, batch: PendingBatch, last_seq: int, seconds: float) -> list[tuple[Sender, Any, bytes]]:
+        """The batch is durable: remember its frames, count, run the engine hooks, and return
+        the acks to send."""
+        pending = self.pending
+        windows = self.windows
+        for device, counter, tag in batch.keys:
+            pending.pop((device, counter), None)
+            window = windows.get(device)
+            if window is not None:
+                window.accept(counter, tag)
+        m = self.metrics
+        stored = m.frames_stored
+        for mtype in batch.types:
+            stored[mtype] += 1
+        m.duplicates += batch.duplicates
+        m.commits += 1
+        m.commit_seconds += seconds
+        m.batch_frames += len(batch.keys)
+        m.commands_sent += batch.commands_sent
+        for state in batch.finished:
+            m.commands_finished[state] += 1
+        self._finishing.difference_update(batch.finished_ids)
+        if self.after_commit and batch.commit.events:
+            for hook in self.after_commit:
+                try:
+                    hook(batch.commit.events)
+                except Exception:
+                    log.exception("after-commit hook failed")
+        return batch.acks
+
+    def failed(self, batch: PendingBatch, error: BaseException) -> None:
+        """The commit failed: nothing of it (nor of the batch collected meanwhile, whose
+        duplicates may refer to it) is acked; state is rebuilt from the store."""
+        self.metrics.commit_failures += 1
+        dropped = len(batch) + len(self.batch)
+        log.error("commit failed, %d frames not acked (the cards will retransmit): %s", dropped, error)
+        try:
+            self.reset()
+        except Exception as exc:  # the store is unusable; keep going, the next commit will tell
+            log.error("cannot reload state from the store: %s", exc)
+            self.windows.clear()
+            self.pending.clear()
+            self.batch = PendingBatch()
+
+    def devices_seen_since(self, since: float) -> int:
+        return sum(1 for t in self.last_seen.values() if t >= since)
+
+    @property
+    def open_command_count(self) -> int:
+        return sum(len(c) for c in self.commands.values())
+
+
+def _address_text(address: Any) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(address)

@@ -1,0 +1,210 @@
+"""Receiver metrics and their Prometheus text exposition over a tiny asyncio HTTP server.
+
+Counters are plain attributes and dicts bumped on the hot path (no locks: the event loop thread
+owns them). Gauges are read at scrape time through callbacks. `GET /metrics` returns the text
+format 0.0.4; `GET /healthz` returns `ok`.
+
+Names (all prefixed `carecard_`): frames_received_total{transport}, frames_stored_total{type},
+frames_duplicate_total, frames_rejected_total{reason}, acks_sent_total, ack_send_errors_total,
+commits_total, commit_failures_total, commit_seconds_sum/_count, batch_frames_sum,
+commands_sent_total, commands_finished_total{state}, stream_garbage_total{transport,reason},
+and the gauges devices_registered, devices_seen_last_hour, sources_over_budget,
+tcp_connections, commands_open, sink_queue_depth{sink}, sink_lag_events{sink},
+sink_lag_seconds{sink}, sink_delivered_total{sink}, sink_failures_total{sink}, sink_up{sink},
+uptime_seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from typing import Any, Callable
+
+log = logging.getLogger("carecard.receiver.metrics")
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _escape(value: str) -> str:
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(labels: dict[str, Any]) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items()) + "}"
+
+
+def _number(value: float) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    return repr(float(value))
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.frames_received: dict[str, int] = defaultdict(int)
+        self.frames_stored: dict[str, int] = defaultdict(int)
+        self.duplicates = 0
+        self.rejected: dict[str, int] = defaultdict(int)
+        self.acks_sent = 0
+        self.ack_send_errors = 0
+        self.commits = 0
+        self.commit_failures = 0
+        self.commit_seconds = 0.0
+        self.batch_frames = 0
+        self.commands_sent = 0
+        self.commands_finished: dict[str, int] = defaultdict(int)
+        self.stream_garbage: dict[tuple[str, str], int] = defaultdict(int)
+        self.gauges: dict[str, tuple[str, Callable[[], Any]]] = {}
+        self.sink_stats: Callable[[], dict[str, dict[str, Any]]] | None = None
+
+    def gauge(self, name: str, help_text: str, read: Callable[[], Any]) -> None:
+        self.gauges[name] = (help_text, read)
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+    @property
+    def stored_total(self) -> int:
+        return sum(self.frames_stored.values())
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters as plain data (for logs, the demo and tests)."""
+        return {
+            "received": dict(self.frames_received), "stored": dict(self.frames_stored),
+            "duplicates": self.duplicates, "rejected": dict(self.rejected),
+            "acks_sent": self.acks_sent, "ack_send_errors": self.ack_send_errors,
+            "commits": self.commits, "commit_failures": self.commit_failures,
+            "commands_sent": self.commands_sent, "commands_finished": dict(self.commands_finished),
+        }
+
+    def render(self) -> str:
+        out: list[str] = []
+
+        def family(name: str, kind: str, help_text: str, samples: list[tuple[dict[str, Any], Any]]) -> None:
+            full = f"carecard_{name}"
+            out.append(f"# HELP {full} {help_text}")
+            out.append(f"# TYPE {full} {kind}")
+            for labels, value in samples:
+                out.append(f"{full}{_labels(labels)} {_number(value)}")
+
+        family("frames_received_total", "counter", "Frames read from a transport (before any check).",
+               [({"transport": t}, n) for t, n in sorted(self.frames_received.items())])
+        family("frames_stored_total", "counter", "Frames stored (new, authenticated), by message type.",
+               [({"type": t}, n) for t, n in sorted(self.frames_stored.items())])
+        family("frames_duplicate_total", "counter", "Retransmitted frames acked again, not stored again.",
+               [({}, self.duplicates)])
+        family("frames_rejected_total", "counter", "Frames rejected, by reason.",
+               [({"reason": r}, n) for r, n in sorted(self.rejected.items())])
+        family("acks_sent_total", "counter", "Acks sent (only ever for committed frames).",
+               [({}, self.acks_sent)])
+        family("ack_send_errors_total", "counter", "Acks that could not be sent (socket error).",
+               [({}, self.ack_send_errors)])
+        family("commits_total", "counter", "Ingest transactions committed.", [({}, self.commits)])
+        family("commit_failures_total", "counter", "Ingest transactions that failed (nothing acked).",
+               [({}, self.commit_failures)])
+        family("commit_seconds", "summary", "Time spent in ingest commits.", [])
+        out.append(f"carecard_commit_seconds_sum {_number(self.commit_seconds)}")
+        out.append(f"carecard_commit_seconds_count {self.commits}")
+        family("batch_frames_sum", "counter", "Frames in all committed batches (divide by commits).",
+               [({}, self.batch_frames)])
+        family("commands_sent_total", "counter", "Downlink commands put in acks (each attempt).",
+               [({}, self.commands_sent)])
+        family("commands_finished_total", "counter", "Downlink commands finished, by final state.",
+               [({"state": s}, n) for s, n in sorted(self.commands_finished.items())])
+        family("stream_garbage_total", "counter", "Stream framing problems (TCP, serial), by reason.",
+               [({"transport": t, "reason": r}, n) for (t, r), n in sorted(self.stream_garbage.items())])
+        for name, (help_text, read) in sorted(self.gauges.items()):
+            try:
+                value = read()
+            except Exception:  # a gauge must never break the scrape
+                log.exception("metrics gauge %s failed", name)
+                continue
+            family(name, "gauge", help_text, [({}, value)])
+        family("uptime_seconds", "gauge", "Seconds since the receiver started.",
+               [({}, round(time.time() - self.started, 3))])
+        if self.sink_stats is not None:
+            try:
+                stats = self.sink_stats()
+            except Exception:
+                log.exception("sink stats failed")
+                stats = {}
+            self._render_sinks(family, stats)
+        return "\n".join(out) + "\n"
+
+    @staticmethod
+    def _render_sinks(family: Callable[..., None], stats: dict[str, dict[str, Any]]) -> None:
+        def samples(key: str) -> list[tuple[dict[str, Any], Any]]:
+            found = []
+            for name, s in sorted(stats.items()):
+                value = s.get(key)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    found.append(({"sink": name}, value))
+            return found
+
+        family("sink_queue_depth", "gauge", "Events waiting in the sink's in-memory queue.",
+               samples("queue_depth"))
+        family("sink_lag_events", "gauge", "Events in the log not yet delivered to the sink.",
+               samples("lag_events"))
+        family("sink_lag_seconds", "gauge", "Age of the oldest event not yet delivered to the sink.",
+               samples("lag_seconds"))
+        family("sink_delivered_total", "counter", "Events delivered by the sink.", samples("delivered"))
+        family("sink_failures_total", "counter", "Failed deliveries (retried later).", samples("failures"))
+        family("sink_up", "gauge", "1 when the sink is delivering or idle, 0 when it is failing.",
+               [({"sink": name, "state": s.get("state", "unknown")},
+                 0 if str(s.get("state")) in ("failing", "down", "retrying", "stopped") else 1)
+                for name, s in sorted(stats.items())])
+
+
+class MetricsServer:
+    """GET /metrics and /healthz on a loopback (or any) address. Tiny and strict: one request per
+    connection, headers bounded, slow clients timed out."""
+
+    def __init__(self, metrics: Metrics, host: str, port: int):
+        self.metrics = metrics
+        self.host = host
+        self.port = port
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, self.host, self.port, limit=8192)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5.0)
+            request = head.split(b"\r\n", 1)[0].decode("latin-1").split()
+            method, target = (request + ["", ""])[:2]
+            path = target.split("?", 1)[0]
+            if method not in ("GET", "HEAD"):
+                status, body, ctype = "405 Method Not Allowed", "only GET\n", "text/plain"
+            elif path == "/metrics":
+                status, body, ctype = "200 OK", self.metrics.render(), CONTENT_TYPE
+            elif path in ("/healthz", "/"):
+                status, body, ctype = "200 OK", "ok\n", "text/plain"
+            else:
+                status, body, ctype = "404 Not Found", "try /metrics\n", "text/plain"
+            data = body.encode("utf-8")
+            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(data)}\r\n"
+                         f"Connection: close\r\n\r\n".encode("latin-1"))
+            if method != "HEAD":
+                writer.write(data)
+            await asyncio.wait_for(writer.drain(), timeout=5.0)
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                ConnectionError):
+            pass
+        finally:
+            writer.close()

@@ -1,0 +1,580 @@
+"""The receiver service: wires transports, ingest, store, sinks and metrics on one event loop.
+
+Group commit: when the writer thread is idle, a batch is committed after at most
+`batch_max_delay_ms` (or at once when it holds `batch_max_frames`); while the writer commits one
+batch, the next one collects frames. Acks are sent only from the commit's completion, so nothing
+uncommitted is ever acked. When a batch grows far past `batch_max_frames` while the writer is
+busy, the UDP sockets stop being read (the kernel buffer holds the datagrams) until it catches up.
+
+Start-up problems (port in use, unreadable config or key file, a second receiver on the same
+data folder) raise StartupError with one line. `shutdown()`: stop reading, commit what was
+collected, send its acks, drain the sinks (bounded), close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import fcntl
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from carecard.host.eventlog import EventLog
+from carecard.host.keyfile import KeyFileError, check_private
+from carecard.host.paths import ingest_db_path
+from carecard.host.receiver.config import ReceiverConfig
+from carecard.host.receiver.ingest import Ingest, PendingBatch
+from carecard.host.receiver.metrics import Metrics, MetricsServer
+from carecard.host.receiver.registry import keys_path, load_key_file
+from carecard.host.receiver.store import SQLiteStore, StoreError
+from carecard.host.receiver.transports import SerialListener, TcpListener, TransportError, UdpListener
+from carecard.protocol import KeyRing
+
+log = logging.getLogger("carecard.receiver")
+
+LOCK_FILE_NAME = "receiver.lock"
+MAINTENANCE_INTERVAL_S = 1.0
+EXPIRE_INTERVAL_S = 60.0
+SUMMARY_INTERVAL_S = 60.0
+BACKLOG_FACTOR = 8  # pause reading when the collecting batch is this many times batch_max_frames
+
+
+class StartupError(RuntimeError):
+    """The receiver cannot start; the message is one line saying why and what to do."""
+
+
+def _drop_frame(*_args: Any) -> str:
+    return "shutting_down"
+
+
+class Receiver:
+    def __init__(self, config: ReceiverConfig):
+        config.ensure_listener()
+        self.config = config
+        self.data_dir = Path(config.data_dir)
+        self.metrics = Metrics()
+        self.keyring = KeyRing()
+        self._raw_keys: dict[int, bytes] = {}
+        self._keys_signature: tuple[int, int, int] | None = None
+        self._generation = -1
+        self.store: SQLiteStore | None = None
+        self.ingest: Ingest | None = None
+        self.sinks: Any = None
+        self.eventlog: EventLog | None = None
+        self.udp: list[UdpListener] = []
+        self.tcp: list[TcpListener] = []
+        self.serial: list[SerialListener] = []
+        self.metrics_server: MetricsServer | None = None
+        self._lock_fd: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="carecard-ingest-writer")
+        self._inflight: asyncio.Future[Any] | None = None
+        self._inflight_done: asyncio.Event | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._paused = False
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._started = False
+        self._closed = False
+        self.ready = threading.Event()
+
+    # --- start-up -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open everything; raise StartupError (after undoing what was opened) on a problem."""
+        self._loop = asyncio.get_running_loop()
+        self._inflight_done = asyncio.Event()
+        self._inflight_done.set()
+        try:
+            await self._start()
+        except BaseException:
+            await self._close_resources()
+            raise
+        self._started = True
+        self.ready.set()
+
+    async def _start(self) -> None:
+        config = self.config
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise StartupError(f"data folder {self.data_dir}: cannot create it: {exc.strerror}") from None
+        self._take_lock()
+        self._load_keys(startup=True)
+        try:
+            self.store = SQLiteStore(ingest_db_path(self.data_dir), config.ingest.durability)
+        except StoreError as exc:
+            raise StartupError(str(exc)) from None
+        ingest = self.ingest = Ingest(self.store, self.keyring, self.metrics, settings=config.ingest,
+                                      budget=config.budget, downlinks=config.downlinks)
+        self._generation = self.store.generation()
+        ingest.load_registry(self.store.load_devices(), self.store.open_commands())
+        self._warn_unregistered()
+
+        from carecard.host.sinks import ConfigError as SinkConfigError, SinkSet
+
+        try:
+            self.eventlog = EventLog(ingest_db_path(self.data_dir))
+            self.sinks = SinkSet.from_config(config.sinks, self.data_dir, self.eventlog)
+        except SinkConfigError as exc:
+            raise StartupError(f"{config.source}: {exc}") from None
+        except Exception as exc:
+            raise StartupError(f"sinks: {exc}") from None
+
+        handle = ingest.handle
+        for endpoint in config.udp:
+            listener = UdpListener(endpoint, handle, self._on_input, self.metrics,
+                                   receive_buffer=config.ingest.udp_receive_buffer)
+            self.udp.append(listener)
+            self._open(listener.open)
+        for endpoint in config.tcp:
+            tcp = TcpListener(endpoint, handle, self._on_input, self.metrics, ingest.budget.charge,
+                              max_connections=config.tcp_settings.max_connections,
+                              idle_timeout=config.tcp_settings.idle_timeout_s)
+            self.tcp.append(tcp)
+            try:
+                await tcp.open()
+            except TransportError as exc:
+                raise StartupError(str(exc)) from None
+        for port in config.serial:
+            serial = SerialListener(port, handle, self._on_input, self.metrics, ingest.budget.charge)
+            self.serial.append(serial)
+            self._open(serial.open)
+        if config.metrics is not None:
+            self.metrics_server = MetricsServer(self.metrics, config.metrics.host, config.metrics.port)
+            try:
+                await self.metrics_server.start()
+            except OSError as exc:
+                from carecard.host.receiver.transports import _describe_os_error
+
+                self.metrics_server = None
+                raise StartupError(f"metrics {config.metrics}: {_describe_os_error(exc)}") from None
+        self._register_gauges()
+
+        await self.sinks.start()
+        loop = self._loop
+        assert loop is not None
+        for listener in self.udp:
+            listener.start(loop)
+        for tcp in self.tcp:
+            await tcp.start()
+        for serial in self.serial:
+            serial.start(loop)
+        self._tasks.append(asyncio.create_task(self._poll_registry(), name="registry-poll"))
+        self._tasks.append(asyncio.create_task(self._maintenance(), name="maintenance"))
+        log.info("receiver started: data %s, %d devices with keys, sinks: %s%s",
+                 self.data_dir, len(self.keyring), ", ".join(self.sinks.names) or "none",
+                 f", metrics on http://{config.metrics.host}:{self.metrics_server.port}/metrics"
+                 if self.metrics_server else "",
+                 extra={"fields": {"config": config.source}})
+
+    @staticmethod
+    def _open(opener: Callable[[], None]) -> None:
+        try:
+            opener()
+        except TransportError as exc:
+            raise StartupError(str(exc)) from None
+
+    def _take_lock(self) -> None:
+        path = self.data_dir / LOCK_FILE_NAME
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StartupError(f"data folder {self.data_dir}: cannot create {path.name}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                other = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            finally:
+                os.close(fd)
+            raise StartupError(f"data folder {self.data_dir} is in use by another receiver (pid {other}): "
+                               "stop it or use another --data folder") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    # --- keys and registry ------------------------------------------------------------------------
+
+    def _keys_stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = keys_path(self.data_dir).stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _load_keys(self, startup: bool = False) -> None:
+        signature = self._keys_stat()
+        try:
+            keys = load_key_file(self.data_dir)
+        except KeyFileError as exc:
+            if startup:
+                raise StartupError(f"bad key file: {exc}") from None
+            log.error("key file changed but cannot be read, keeping the keys loaded before: %s", exc)
+            self._keys_signature = signature
+            return
+        path = keys_path(self.data_dir)
+        if signature is not None:
+            warning = check_private(path)
+            if warning:
+                log.warning(warning)
+        elif startup:
+            log.warning("no key file %s yet: every frame is rejected until devices are added "
+                        "(carecard devices add / import)", path)
+        for device, key in keys.items():
+            if self._raw_keys.get(device) != key:
+                self.keyring.add(device, key)
+        for device in set(self._raw_keys) - set(keys):
+            self.keyring.remove(device)
+        changed = len(set(keys.items()) ^ set(self._raw_keys.items()))
+        self._raw_keys = keys
+        self._keys_signature = signature
+        if changed and not startup:
+            log.info("key file reloaded: %d devices with keys", len(keys))
+
+    def _warn_unregistered(self) -> None:
+        assert self.ingest is not None
+        missing = [d for d in self._raw_keys if d not in self.ingest.devices]
+        if missing:
+            log.warning("%d devices have a key but no registry entry (e.g. %s): add them with "
+                        "`carecard devices add` to give them a name", len(missing), missing[0])
+
+    def check_registry(self) -> bool:
+        """Reload keys, devices and commands if an admin changed them. True if reloaded."""
+        assert self.store is not None and self.ingest is not None
+        try:
+            generation = self.store.generation()
+        except Exception as exc:
+            log.error("cannot read the registry generation: %s", exc)
+            return False
+        signature = self._keys_stat()
+        if generation == self._generation and signature == self._keys_signature:
+            return False
+        if signature != self._keys_signature:
+            self._load_keys()
+        try:
+            self.ingest.load_registry(self.store.load_devices(), self.store.open_commands())
+        except Exception as exc:
+            log.error("cannot reload the registry: %s", exc)
+            return False
+        self._generation = generation
+        log.info("registry reloaded: %d devices, %d open commands", len(self.ingest.devices),
+                 self.ingest.open_command_count)
+        return True
+
+    async def _poll_registry(self) -> None:
+        interval = self.config.ingest.registry_poll_s
+        while True:
+            await asyncio.sleep(interval)
+            self.check_registry()
+
+    async def _maintenance(self) -> None:
+        assert self.ingest is not None
+        ingest = self.ingest
+        last_expire = last_summary = time.monotonic()
+        last_snapshot = self.metrics.snapshot()
+        while True:
+            await asyncio.sleep(MAINTENANCE_INTERVAL_S)
+            budget = ingest.budget
+            budget.refresh()
+            for what, source in budget.drain_events():
+                if what == "over":
+                    log.warning("source %s is over its reject budget: its unauthenticated frames are "
+                                "dropped unread", source, extra={"fields": {"source": str(source)}})
+                else:
+                    log.info("source %s is back within its reject budget", source)
+            now = time.monotonic()
+            if now - last_expire >= EXPIRE_INTERVAL_S:
+                ingest.expire_commands(time.time())
+                last_expire = now
+            if now - last_summary >= SUMMARY_INTERVAL_S:
+                snapshot = self.metrics.snapshot()
+                self._log_summary(last_snapshot, snapshot, now - last_summary)
+                last_snapshot, last_summary = snapshot, now
+            self._on_input()  # device statistics and expiries ride along with the next commit
+
+    def _log_summary(self, before: dict[str, Any], after: dict[str, Any], seconds: float) -> None:
+        def delta(key: str) -> int:
+            a, b = after[key], before[key]
+            if isinstance(a, dict):
+                return sum(a.values()) - sum(b.values())
+            return a - b
+
+        received = delta("received")
+        if not received:
+            return
+        log.info("last %.0f s: %d frames in, %d stored, %d duplicates, %d rejected, %d acks",
+                 seconds, received, delta("stored"), delta("duplicates"), delta("rejected"),
+                 delta("acks_sent"),
+                 extra={"fields": {"rejected_by_reason": {k: v - before["rejected"].get(k, 0)
+                                                         for k, v in after["rejected"].items()
+                                                         if v - before["rejected"].get(k, 0)}}})
+
+    def _register_gauges(self) -> None:
+        ingest = self.ingest
+        assert ingest is not None
+        m = self.metrics
+        m.gauge("devices_registered", "Devices in the registry.", lambda: len(ingest.devices))
+        m.gauge("devices_with_keys", "Devices with a key in the key file.", lambda: len(self.keyring))
+        m.gauge("devices_seen_last_hour", "Devices that sent an authentic frame in the last hour.",
+                lambda: ingest.devices_seen_since(time.time() - 3600))
+        m.gauge("sources_over_budget", "Sources currently over their reject budget.",
+                lambda: len(ingest.budget.over))
+        m.gauge("tcp_connections", "Open TCP connections.", lambda: sum(len(t.connections) for t in self.tcp))
+        m.gauge("commands_open", "Downlink commands queued or sent, not yet confirmed.",
+                lambda: ingest.open_command_count)
+        m.gauge("batch_collecting_frames", "Frames waiting for the next commit.", lambda: len(ingest.batch))
+        if self.sinks is not None:
+            m.sink_stats = self.sinks.stats
+
+    # --- group commit -----------------------------------------------------------------------------
+
+    def _on_input(self) -> None:
+        ingest = self.ingest
+        if ingest is None:
+            return
+        size = len(ingest.batch)
+        settings = self.config.ingest
+        if self._inflight is not None:
+            if size >= settings.batch_max_frames * BACKLOG_FACTOR and not self._paused:
+                self._paused = True
+                for listener in self.udp:
+                    listener.pause()
+            return
+        if size >= settings.batch_max_frames or settings.batch_max_delay_ms <= 0 or size == 0:
+            self._submit()
+        elif self._timer is None:
+            assert self._loop is not None
+            self._timer = self._loop.call_later(settings.batch_max_delay_ms / 1000.0, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._inflight is None:
+            self._submit()
+
+    def _submit(self) -> None:
+        assert self.ingest is not None and self._loop is not None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch = self.ingest.take_batch(time.time())
+        if batch is None:
+            return
+        future = self._loop.run_in_executor(self._writer, self._commit, batch)
+        self._inflight = future
+        assert self._inflight_done is not None
+        self._inflight_done.clear()
+        future.add_done_callback(lambda f: self._committed(f, batch))
+
+    def _commit(self, batch: PendingBatch) -> tuple[int, float]:
+        assert self.store is not None
+        started = time.perf_counter()
+        last_seq = self.store.commit(batch.commit)
+        return last_seq, time.perf_counter() - started
+
+    def _committed(self, future: asyncio.Future[Any], batch: PendingBatch) -> None:
+        ingest = self.ingest
+        assert ingest is not None and self._inflight_done is not None
+        self._inflight = None
+        try:
+            last_seq, seconds = future.result()
+        except BaseException as exc:
+            ingest.failed(batch, exc)
+        else:
+            acks = ingest.committed(batch, last_seq, seconds)
+            for send, address, ack in acks:
+                send(ack, address)
+            self.metrics.acks_sent += len(acks)
+            if last_seq and self.sinks is not None:
+                self.sinks.notify(last_seq)
+        self._inflight_done.set()
+        if self._paused:
+            self._paused = False
+            for listener in self.udp:
+                listener.resume()
+        if len(ingest.batch) and not self._closed:
+            self._submit()
+
+    async def flush(self) -> None:
+        """Commit everything collected so far and send its acks."""
+        assert self._inflight_done is not None
+        while True:
+            await self._inflight_done.wait()
+            if self._inflight is not None:
+                continue
+            ingest = self.ingest
+            if ingest is None or not (len(ingest.batch) or ingest.batch.commit):
+                return
+            self._submit()
+            if self._inflight is None:
+                return
+
+    # --- shutdown -------------------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        """Stop reading, commit and ack what was collected, drain the sinks, close everything."""
+        if self._closed:
+            return
+        log.info("receiver stopping: committing and acking what was received, draining sinks")
+        for listener in self.udp:
+            listener.handle = _drop_frame
+            listener.pause()
+        for tcp in self.tcp:
+            tcp.handle = _drop_frame
+            tcp.pause()
+        for serial in self.serial:
+            serial.handle = _drop_frame
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(None, serial.pause) for serial in self.serial))
+        if self._started:
+            await self.flush()
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self.sinks is not None and self._started:
+            try:
+                await self.sinks.stop(drain_timeout=self.config.drain_timeout_s)
+            except Exception as exc:
+                log.error("stopping the sinks failed: %s", exc)
+        await self._close_resources()
+        snapshot = self.metrics.snapshot()
+        log.info("receiver stopped: %d frames stored, %d duplicates, %d rejected, %d acks sent",
+                 sum(snapshot["stored"].values()), snapshot["duplicates"],
+                 sum(snapshot["rejected"].values()), snapshot["acks_sent"])
+
+    async def _close_resources(self) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for listener in self.udp:
+            listener.close()
+        for tcp in self.tcp:
+            await tcp.close()
+        for serial in self.serial:
+            await asyncio.get_running_loop().run_in_executor(None, serial.close)
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
+        self._writer.shutdown(wait=True)
+        if self.eventlog is not None:
+            self.eventlog.close()
+            self.eventlog = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        if self._lock_fd is not None:
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    # --- conveniences -----------------------------------------------------------------------------
+
+    @property
+    def udp_ports(self) -> list[int]:
+        return [listener.port for listener in self.udp]
+
+    @property
+    def tcp_ports(self) -> list[int]:
+        return [tcp.port for tcp in self.tcp]
+
+    def add_event_hook(self, hook: Callable[[list[dict[str, Any]]], None]) -> None:
+        """The engine's seam: `hook(events)` runs in the event loop after every commit with the
+        events that commit made durable (never for uncommitted frames)."""
+        assert self.ingest is not None
+        self.ingest.after_commit.append(hook)
+
+
+async def serve(config: ReceiverConfig, stop: asyncio.Event,
+                started: Callable[[Receiver], None] | None = None) -> Receiver:
+    """Run a receiver until `stop` is set, then shut it down gracefully."""
+    receiver = Receiver(config)
+    await receiver.start()
+    if started is not None:
+        started(receiver)
+    try:
+        await stop.wait()
+    finally:
+        await receiver.shutdown()
+    return receiver
+
+
+class ReceiverThread:
+    """A receiver on its own event loop in a background thread (the demo, tests, benchmarks).
+
+        with ReceiverThread(config) as rt:
+            port = rt.receiver.udp_ports[0]
+    """
+
+    def __init__(self, config: ReceiverConfig):
+        self.config = config
+        self.receiver: Receiver | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+
+    def start(self, timeout: float = 30.0) -> Receiver:
+        self._thread = threading.Thread(target=self._run, name="carecard-receiver", daemon=True)
+        self._thread.start()
+        if not self._started.wait(timeout):
+            raise StartupError(f"receiver did not start within {timeout:g} s")
+        if self._error is not None:
+            raise self._error
+        assert self.receiver is not None
+        return self.receiver
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self.loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+
+            def started(receiver: Receiver) -> None:
+                self.receiver = receiver
+                self._started.set()
+
+            await serve(self.config, self._stop, started)
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # reported by start() or stop()
+            self._error = exc
+        finally:
+            self._started.set()
+
+    def call(self, fn: Callable[[], Any], timeout: float = 10.0) -> Any:
+        """Run `fn()` on the receiver's event loop and return its result."""
+        assert self.loop is not None
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                future.set_result(fn())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        self.loop.call_soon_threadsafe(run)
+        return future.result(timeout)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.loop is not None and self._stop is not None and self._thread is not None \
+                and self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._error is not None and not isinstance(self._error, StartupError):
+            raise self._error
+
+    def __enter__(self) -> "ReceiverThread":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

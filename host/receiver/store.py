@@ -1,0 +1,440 @@
+"""Storage behind a small interface: the receiver needs only `Store`; SQLite implements it.
+
+`Store` is what a shared database (PostgreSQL...) would implement when one receiver is no longer
+enough: frames keyed by (device, counter) with their tag, the device registry, the downlink
+command queue, the per-device downlink counter reservation, and one `commit(batch)` that makes a
+whole batch durable at once (frames, their events, command state, counters) or not at all.
+
+SQLite layout (DATA/carecard.sqlite, WAL mode, shared with carecard.host.eventlog's tables):
+
+    meta(name, value)                  schema_version; registry_generation (bumped by every
+                                       admin change so a running receiver reloads cheaply)
+    devices(device, name, iccid, phone, created_at, updated_at, last_seen, last_counter,
+            last_source, frames_stored, downlink_reserved, next_command_seq)
+    contacts(device, key, number, name)
+    frames(device, counter, tag, type, device_time, received_at, transport, frame)
+    commands(id, device, seq, cmd, args, state, attempts, created_at, updated_at,
+             first_sent_at, last_sent_at, result, detail)
+
+Keys are not in the database: they live in the key file (DATA/keys.json, carecard.host.keyfile).
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from carecard.host.eventlog import EventLog
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 10.0
+
+# Command states. Open: still to be delivered. Final: the card answered, or we gave up.
+OPEN_STATES = ("queued", "sent")
+RESULT_STATES = ("done", "rejected", "unsupported", "bad_value")  # spec.ENUMS["command_result"]
+FINAL_STATES = RESULT_STATES + ("failed", "expired", "cancelled")
+
+COMMAND_UPDATE_COLUMNS = ("state", "attempts", "first_sent_at", "last_sent_at", "result", "detail",
+                          "updated_at", "id")
+FRAME_COLUMNS = ("device", "counter", "tag", "type", "device_time", "received_at", "transport", "frame")
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened, read or written; the message says which file and why."""
+
+
+@dataclass
+class Contact:
+    key: int
+    number: str
+    name: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "number": self.number, "name": self.name}
+
+
+@dataclass
+class DeviceRecord:
+    device: int
+    name: str
+    iccid: str | None = None
+    phone: str | None = None
+    contacts: list[Contact] = field(default_factory=list)
+    created_at: float | None = None
+    updated_at: float | None = None
+    last_seen: float | None = None
+    last_counter: int | None = None
+    last_source: str | None = None
+    frames_stored: int = 0
+    downlink_reserved: int = 0
+
+
+@dataclass
+class CommandRecord:
+    id: int
+    device: int
+    seq: int
+    cmd: str
+    args: dict[str, Any]
+    state: str
+    attempts: int = 0
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    first_sent_at: float | None = None
+    last_sent_at: float | None = None
+    result: str | None = None
+    detail: str | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.state in OPEN_STATES
+
+    def update_row(self) -> tuple:
+        """This command's changeable columns, in COMMAND_UPDATE_COLUMNS order."""
+        return (self.state, self.attempts, self.first_sent_at, self.last_sent_at, self.result,
+                self.detail, self.updated_at, self.id)
+
+
+@dataclass
+class CommitBatch:
+    """Everything one ingest transaction makes durable."""
+
+    frames: list[tuple] = field(default_factory=list)  # FRAME_COLUMNS
+    events: list[dict[str, Any]] = field(default_factory=list)
+    # (device, last_seen, last_counter, last_source, frames_added)
+    device_stats: list[tuple] = field(default_factory=list)
+    downlink_reserved: dict[int, int] = field(default_factory=dict)
+    # command changes, in order: COMMAND_UPDATE_COLUMNS (snapshots taken when they changed)
+    commands: list[tuple] = field(default_factory=list)
+    # contacts confirmed by the card (set_contacts done): (device, [Contact, ...])
+    contacts: list[tuple[int, list[Contact]]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.frames or self.events or self.device_stats or self.downlink_reserved
+                    or self.commands or self.contacts)
+
+
+class Store(abc.ABC):
+    """What the receiver needs from storage. Methods are synchronous; the receiver calls `commit`
+    from one writer thread and the read methods from its event loop thread."""
+
+    @abc.abstractmethod
+    def window_state(self, device: int, size: int) -> tuple[int, dict[int, bytes]]:
+        """(highest stored counter or -1, {counter: tag} of the last `size` counters)."""
+
+    @abc.abstractmethod
+    def stored_tag(self, device: int, counter: int) -> bytes | None:
+        """The tag of the stored frame (device, counter), or None."""
+
+    @abc.abstractmethod
+    def commit(self, batch: CommitBatch) -> int:
+        """Make the whole batch durable in one transaction; return the event log's last seq.
+        Raises StoreError (nothing of the batch is stored then)."""
+
+    @abc.abstractmethod
+    def generation(self) -> int:
+        """A number that changes whenever devices, keys or commands are changed by an admin."""
+
+    @abc.abstractmethod
+    def load_devices(self) -> dict[int, DeviceRecord]:
+        ...
+
+    @abc.abstractmethod
+    def open_commands(self) -> list[CommandRecord]:
+        """Commands still to be delivered, oldest first."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        ...
+
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS devices (
+        device INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        iccid TEXT,
+        phone TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        last_seen REAL,
+        last_counter INTEGER,
+        last_source TEXT,
+        frames_stored INTEGER NOT NULL DEFAULT 0,
+        downlink_reserved INTEGER NOT NULL DEFAULT 0,
+        next_command_seq INTEGER NOT NULL DEFAULT 1
+    )""",
+    """CREATE TABLE IF NOT EXISTS contacts (
+        device INTEGER NOT NULL,
+        key INTEGER NOT NULL,
+        number TEXT NOT NULL,
+        name TEXT NOT NULL,
+        PRIMARY KEY (device, key)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS frames (
+        device INTEGER NOT NULL,
+        counter INTEGER NOT NULL,
+        tag BLOB NOT NULL,
+        type TEXT NOT NULL,
+        device_time INTEGER NOT NULL,
+        received_at REAL NOT NULL,
+        transport TEXT NOT NULL,
+        frame BLOB NOT NULL,
+        PRIMARY KEY (device, counter)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS commands (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        device INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        cmd TEXT NOT NULL,
+        args TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        first_sent_at REAL,
+        last_sent_at REAL,
+        result TEXT,
+        detail TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS commands_by_state ON commands (state, device, id)",
+    "CREATE INDEX IF NOT EXISTS commands_by_device ON commands (device, id)",
+)
+
+_INSERT_FRAME = f"INSERT INTO frames ({', '.join(FRAME_COLUMNS)}) VALUES ({', '.join('?' * len(FRAME_COLUMNS))})"
+_DEVICE_STATS = (
+    "INSERT INTO devices (device, name, created_at, updated_at, last_seen, last_counter, last_source, "
+    "frames_stored) VALUES (?1, '', ?2, ?2, ?2, ?3, ?4, ?5) "
+    "ON CONFLICT(device) DO UPDATE SET last_seen = MAX(COALESCE(last_seen, 0), ?2), "
+    "last_counter = MAX(COALESCE(last_counter, -1), ?3), last_source = ?4, "
+    "frames_stored = frames_stored + ?5"
+)
+_RESERVE = (
+    "INSERT INTO devices (device, name, created_at, updated_at, downlink_reserved) "
+    "VALUES (?1, '', ?3, ?3, ?2) "
+    "ON CONFLICT(device) DO UPDATE SET downlink_reserved = MAX(downlink_reserved, ?2)"
+)
+_UPDATE_COMMAND = (
+    "UPDATE commands SET state = ?, attempts = ?, first_sent_at = ?, last_sent_at = ?, result = ?, "
+    "detail = ?, updated_at = ? WHERE id = ? AND state IN ('queued', 'sent')"
+)
+_COMMAND_COLUMNS = ("id, device, seq, cmd, args, state, attempts, created_at, updated_at, "
+                    "first_sent_at, last_sent_at, result, detail")
+
+
+def _command(row: Sequence[Any]) -> CommandRecord:
+    try:
+        args = json.loads(row[4])
+    except ValueError:
+        args = {}
+    return CommandRecord(row[0], row[1], row[2], row[3], args if isinstance(args, dict) else {},
+                         *row[5:])
+
+
+def connect(path: Path, durability: str = "full") -> sqlite3.Connection:
+    """A connection to the ingest database set up for writing (WAL, busy timeout)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
+        conn.execute("PRAGMA foreign_keys=OFF")
+    except (sqlite3.Error, OSError) as exc:
+        raise StoreError(f"cannot open database {path}: {exc}") from None
+    return conn
+
+
+def ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        row = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
+        if row is None:
+            conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('registry_generation', 0)")
+        elif row[0] > SCHEMA_VERSION:
+            conn.execute("ROLLBACK")
+            raise StoreError(f"database {path} has schema version {row[0]}; this version of carecard "
+                             f"reads up to {SCHEMA_VERSION}: upgrade carecard")
+        EventLog.ensure_schema(conn)
+        conn.execute("COMMIT")
+    except sqlite3.DatabaseError as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise StoreError(f"database {path} is not usable: {exc}") from None
+
+
+class SQLiteStore(Store):
+    """The embedded default. One writer connection (the ingest's writer thread or an admin
+    command), one reader connection for the event loop's lookups."""
+
+    def __init__(self, path: Path | str, durability: str = "full", *, readonly_lookups: bool = True):
+        self.path = Path(path)
+        self._writer = connect(self.path, durability)
+        ensure_schema(self._writer, self.path)
+        self._reader = connect(self.path, durability) if readonly_lookups else self._writer
+        self._write_lock = threading.Lock()
+
+    # --- ingest side --------------------------------------------------------------------------
+
+    def window_state(self, device: int, size: int) -> tuple[int, dict[int, bytes]]:
+        rows = self._reader.execute(
+            "SELECT counter, tag FROM frames WHERE device = ? ORDER BY counter DESC LIMIT ?",
+            (device, size)).fetchall()
+        if not rows:
+            return -1, {}
+        highest = rows[0][0]
+        return highest, {counter: bytes(tag) for counter, tag in rows if counter > highest - size}
+
+    def stored_tag(self, device: int, counter: int) -> bytes | None:
+        row = self._reader.execute("SELECT tag FROM frames WHERE device = ? AND counter = ?",
+                                   (device, counter)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def commit(self, batch: CommitBatch) -> int:
+        conn = self._writer
+        with self._write_lock:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                if batch.frames:
+                    conn.executemany(_INSERT_FRAME, batch.frames)
+                if batch.downlink_reserved:
+                    now = time.time()
+                    conn.executemany(_RESERVE, [(d, r, now) for d, r in batch.downlink_reserved.items()])
+                if batch.device_stats:
+                    conn.executemany(_DEVICE_STATS, batch.device_stats)
+                if batch.commands:
+                    conn.executemany(_UPDATE_COMMAND, batch.commands)
+                for device, contacts in batch.contacts:
+                    conn.execute("DELETE FROM contacts WHERE device = ?", (device,))
+                    conn.executemany("INSERT INTO contacts (device, key, number, name) VALUES (?, ?, ?, ?)",
+                                     [(device, c.key, c.number, c.name) for c in contacts])
+                last_seq = EventLog.append(conn, batch.events) if batch.events else 0
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"commit to {self.path} failed: {exc}") from None
+                raise
+        return last_seq
+
+    def generation(self) -> int:
+        row = self._reader.execute("SELECT value FROM meta WHERE name = 'registry_generation'").fetchone()
+        return int(row[0]) if row else 0
+
+    def load_devices(self) -> dict[int, DeviceRecord]:
+        return load_devices(self._reader)
+
+    def open_commands(self) -> list[CommandRecord]:
+        rows = self._reader.execute(
+            f"SELECT {_COMMAND_COLUMNS} FROM commands WHERE state IN ('queued', 'sent') ORDER BY id"
+        ).fetchall()
+        return [_command(row) for row in rows]
+
+    def close(self) -> None:
+        for conn in {id(self._reader): self._reader, id(self._writer): self._writer}.values():
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+
+    # --- admin side (CLI commands; also usable while a receiver runs) ----------------------------
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        return self._writer
+
+    def transaction(self) -> "_Transaction":
+        return _Transaction(self._writer, self._write_lock, self.path)
+
+    def counts(self) -> dict[str, int]:
+        conn = self._reader
+        out = {}
+        for table in ("devices", "frames", "commands", "event_log"):
+            out[table] = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+        return out
+
+
+class _Transaction:
+    """`with store.transaction() as conn:` BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error,
+    bumping the registry generation so a running receiver reloads."""
+
+    def __init__(self, conn: sqlite3.Connection, lock: threading.Lock, path: Path):
+        self.conn = conn
+        self.lock = lock
+        self.path = path
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.lock.acquire()
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self.lock.release()
+            raise StoreError(f"cannot write to {self.path}: {exc}") from None
+        return self.conn
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            if exc_type is None:
+                self.conn.execute("UPDATE meta SET value = value + 1 WHERE name = 'registry_generation'")
+                self.conn.execute("COMMIT")
+            else:
+                self.conn.execute("ROLLBACK")
+        except sqlite3.Error as error:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise StoreError(f"cannot write to {self.path}: {error}") from None
+        finally:
+            self.lock.release()
+
+
+def load_devices(conn: sqlite3.Connection) -> dict[int, DeviceRecord]:
+    devices: dict[int, DeviceRecord] = {}
+    for row in conn.execute(
+            "SELECT device, name, iccid, phone, created_at, updated_at, last_seen, last_counter, "
+            "last_source, frames_stored, downlink_reserved FROM devices ORDER BY device"):
+        devices[row[0]] = DeviceRecord(row[0], row[1], row[2], row[3], [], *row[4:])
+    for device, key, number, name in conn.execute(
+            "SELECT device, key, number, name FROM contacts ORDER BY device, key"):
+        if device in devices:
+            devices[device].contacts.append(Contact(key, number, name))
+    return devices
+
+
+def list_commands(conn: sqlite3.Connection, device: int | None = None, *,
+                  open_only: bool = False, limit: int | None = None) -> list[CommandRecord]:
+    where, params = [], []
+    if device is not None:
+        where.append("device = ?")
+        params.append(device)
+    if open_only:
+        where.append("state IN ('queued', 'sent')")
+    sql = f"SELECT {_COMMAND_COLUMNS} FROM commands"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY id DESC" if limit else " ORDER BY id"
+    if limit:
+        sql += f" LIMIT {int(limit)}"
+    rows = conn.execute(sql, params).fetchall()
+    if limit:
+        rows.reverse()
+    return [_command(row) for row in rows]
+
+
+def frame_rows(conn: sqlite3.Connection, device: int | None = None) -> Iterable[tuple]:
+    sql = "SELECT device, counter, type, device_time, received_at, transport, length(frame) FROM frames"
+    if device is not None:
+        return conn.execute(sql + " WHERE device = ? ORDER BY counter", (device,))
+    return conn.execute(sql + " ORDER BY device, counter")
