@@ -17,6 +17,9 @@ COMMAND_MODULES = [
     "carecard.host.commands.bench_cmds",
     "carecard.host.commands.nmea_cmd",
     "carecard.host.commands.query_cmds",
+    "carecard.host.commands.receive_cmd",
+    "carecard.host.commands.devices_cmds",
+    "carecard.host.commands.send_cmd",
 ]
 
 
