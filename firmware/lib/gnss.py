@@ -195,8 +195,8 @@ class FixAcquisition:
 
 
 def _better(best, fix):
-    """The more useful of two partial fixes: valid beats invalid, then lower HDOP, then a known
-    time, then the later one (fresher satellites-in-view count)."""
+    """The more useful of two partial fixes: valid beats invalid, then lower HDOP; among invalid
+    ones a known time, then more satellites in view, then the later one."""
     if best is None:
         return fix
     if fix.valid != best.valid:
@@ -205,6 +205,7 @@ def _better(best, fix):
         fh = fix.hdop if fix.hdop is not None else 9999
         bh = best.hdop if best.hdop is not None else 9999
         return fix if fh <= bh else best
-    if best.time is not None and fix.time is None:
-        return best
-    return fix
+    if (best.time is None) != (fix.time is None):
+        return best if fix.time is None else fix
+    bv = best.sats_in_view or 0
+    return fix if (fix.sats_in_view or 0) >= bv else best
