@@ -120,9 +120,9 @@ def pynmeagps_epochs(data: bytes, floor_days: int) -> list[dict]:
             if msg is None or msg.talker not in TALKERS:
                 continue
             mid = msg.msgID
-            if mid in ("GGA", "RMC", "ZDA"):
+            if mid in ("GGA", "RMC"):
                 tod = msg.time if isinstance(msg.time, dt.time) else None
-                if cur.kinds & {"GGA", "RMC", "ZDA"} and (mid in cur.kinds or tod != cur.tod):
+                if cur.kinds & {"GGA", "RMC"} and (mid in cur.kinds or tod != cur.tod):
                     close()
                 cur.kinds.add(mid)
                 cur.tod = tod
@@ -133,11 +133,6 @@ def pynmeagps_epochs(data: bytes, floor_days: int) -> list[dict]:
                     cur.rmc_mode = getattr(msg, "posMode", "") or None
                     if isinstance(msg.date, dt.date):
                         cur.date = msg.date
-                if mid == "ZDA" and cur.date is None:
-                    try:
-                        cur.date = dt.date(int(msg.year), int(msg.month), int(msg.day))
-                    except (TypeError, ValueError):
-                        pass
                 if mid in ("GGA", "RMC") and isinstance(msg.lat, float) \
                         and isinstance(msg.lon, float):
                     cur.lat, cur.lon = msg.lat, msg.lon

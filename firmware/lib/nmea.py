@@ -5,14 +5,16 @@
 #   fix = p.next_event()                # a Fix per epoch, or None when more bytes are needed
 #   p.flush()                           # end of input / receiver powered off: close the epoch
 #
-# What it decodes: GGA, RMC, GSA, ZDA (date) and GSV (satellites in view) from the talkers GP, GN,
-# BD, GB, GL and GA. Every sentence must carry a valid checksum (upper- or lower-case hex); a
-# sentence with a bad or missing checksum is counted and never used. Bytes that are not part of a
+# What it decodes: GGA, RMC, GSA and GSV (satellites in view) from the talkers GP, GN, BD, GB, GL
+# and GA. The date comes from RMC; ZDA, GLL, VTG, TXT and proprietary sentences are counted as not
+# decoded (the RAM their code would take is worth more on the card). Every sentence must carry a
+# valid checksum (upper- or lower-case hex); a sentence with a bad or missing checksum is counted
+# and never used. Bytes that are not part of a
 # checksum-valid sentence (binary CASIC frames from the L76K, `$$`, noise glued in front of a `$`
 # as the A7670's GNSS does with `GN$GNRMC`, comment lines of a capture) are skipped and counted.
 #
 # Epochs: sentences of one measurement epoch (same UTC time of day) are grouped into one Fix. An
-# epoch ends when a GGA, RMC or ZDA arrives with another time, or when a GGA/RMC/ZDA repeats
+# epoch ends when a GGA or RMC arrives with another time, or when a GGA or RMC repeats
 # (receivers without time, before their first fix, send untimed cycles). GSA and GSV carry no
 # time and join the open epoch. The Fix of an epoch is therefore emitted when the next epoch
 # starts, or on flush().
@@ -44,18 +46,15 @@ _MAX_FIELDS = const(24)
 # Sentence kinds (bits of an epoch's mask).
 _GGA = const(1)
 _RMC = const(2)
-_ZDA = const(4)
 _GSA = const(8)
 _GSV = const(16)
-_TIMED = const(7)
-_POSITION = const(3)
+_TIMED = const(3)  # kinds that carry the epoch's time (and a position)
 
 # Three-letter sentence types as integers (no string allocated per line).
 _T_GGA = const(0x474741)
 _T_RMC = const(0x524D43)
 _T_GSA = const(0x475341)
 _T_GSV = const(0x475356)
-_T_ZDA = const(0x5A4441)
 
 _ROLLOVER_DAYS = const(7168)  # 1024 GPS weeks
 _DEFAULT_NOT_BEFORE = const(19723)  # 2024-01-01 in days since 1970-01-01
@@ -82,6 +81,11 @@ _E_SPEED = const(14)
 _E_COURSE = const(15)
 _E_VIEW = const(16)
 _EPOCH0 = (0, -1, -1, False, None, None, None, None, -1, 0, -1, 0, 0, 0, None, None, -1)
+_N_EPOCH = const(17)
+# Kept across epochs, after the epoch's slots: the last known date and its time of day (for
+# epochs without a date of their own, GGA-only receivers).
+_LAST_DAYS = const(17)
+_LAST_TOD = const(18)
 
 _OUT = const(0)
 _BUF = const(1)
@@ -315,16 +319,14 @@ class NMEAParser:
         self.last_error = None    # ERR_* of the most recent stream problem
         self._state = _OUT
         self._n = 0
-        self._last_days = -1
-        self._last_tod = -1
-        self._e = list(_EPOCH0)
+        self._e = list(_EPOCH0) + [-1, -1]
 
     def reset(self):
         """Forget buffered bytes and the open epoch (receiver power-cycled). Counters stay."""
         self._state = _OUT
         self._n = 0
         self._events = []
-        self._e[:] = _EPOCH0
+        self._e[0:_N_EPOCH] = _EPOCH0
 
     # --- byte stream -> sentence candidates ('$' up to and including '\n', or up to the next '$')
 
@@ -485,8 +487,6 @@ class NMEAParser:
                 self._gga(b, s, star)
             elif ty == _T_RMC:
                 self._rmc(b, s, star)
-            elif ty == _T_ZDA:
-                self._zda(b, s, star)
             else:
                 self.unknown += 1
                 self.last_error = ERR_UNKNOWN
@@ -576,22 +576,6 @@ class NMEAParser:
         if course is not None:
             self._e[_E_COURSE] = course
 
-    def _zda(self, b, s, star):
-        nf = self._split(b, s, star)
-        if nf < 4:
-            raise ValueError
-        f = self._f
-        tod = _tod(b, f[0] + 1, f[1])
-        dd = _uint(b, f[1] + 1, f[2])
-        mo = _uint(b, f[2] + 1, f[3])
-        y = _uint(b, f[3] + 1, f[4])
-        days = -1
-        if y >= 1980 and _valid_date(y, mo, dd):
-            days = days_from_civil(y, mo, dd)
-        self._join(_ZDA, tod)
-        if days >= 0 and self._e[_E_DAYS] < 0:
-            self._set_days(days)
-
     def _gsa(self, b, s, star):
         nf = self._split(b, s, star)
         if nf < 17:
@@ -649,20 +633,20 @@ class NMEAParser:
 
     def _close(self):
         m = self._e[_E_MASK]
-        if not m & _POSITION:
-            self._e[:] = _EPOCH0
+        if not m & _TIMED:
+            self._e[0:_N_EPOCH] = _EPOCH0
             return
         tod = self._e[_E_TOD]
         days = self._e[_E_DAYS]
         if days >= 0:
-            self._last_days = days
-            self._last_tod = tod
-        elif tod >= 0 and self._last_days >= 0:
-            days = self._last_days
-            if tod + _HALF_DAY_MS < self._last_tod:
+            self._e[_LAST_DAYS] = days
+            self._e[_LAST_TOD] = tod
+        elif tod >= 0 and self._e[_LAST_DAYS] >= 0:
+            days = self._e[_LAST_DAYS]
+            if tod + _HALF_DAY_MS < self._e[_LAST_TOD]:
                 days += 1  # crossed midnight since the last dated epoch
-            self._last_days = days
-            self._last_tod = tod
+            self._e[_LAST_DAYS] = days
+            self._e[_LAST_TOD] = tod
         if tod >= 0 and days >= 0:
             t = days * 86400 + tod // 1000
             ms = tod % 1000
@@ -700,4 +684,4 @@ class NMEAParser:
             self._e[_E_ROLLOVER],
             self._e[_E_VIEW] if self._e[_E_VIEW] >= 0 else None))
         self.epochs += 1
-        self._e[:] = _EPOCH0
+        self._e[0:_N_EPOCH] = _EPOCH0

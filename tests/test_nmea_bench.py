@@ -1,0 +1,25 @@
+"""`carecard bench nmea` runs and prints its figures; the parser's heap stays within the card's
+16 KB target (a memory figure, deterministic for one MicroPython build: not a timing)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+from carecard.tools.bench import nmea as bench
+
+
+def test_bench_prints_rates_ratio_and_heaps(capsys, shared_data, mpy):
+    assert bench.run(argparse.Namespace(rounds=1, chunk=256, capture=None)) == 0
+    out = capsys.readouterr().out
+    assert "quectel-l76k-nmea.log" in out and "2280 checksum-valid sentences" in out
+    assert re.search(r"parser \(sentences -> fixes\): +[\d,]+ sentences/s", out)
+    assert re.search(r"baseline \(line \+ checksum\): +[\d,]+ sentences/s", out)
+    assert re.search(r"ratio: the parser takes [\d.]+x", out)
+    assert "nmea.mpy" in out and "from source" in out
+
+
+def test_precompiled_parser_streams_the_largest_capture_in_16k(shared_data, mpy):
+    path = bench.largest_capture()
+    assert path.name == "quectel-l76k-nmea.log"
+    assert bench.heap(path, precompiled=True) <= 16 * 1024
