@@ -461,3 +461,40 @@ def test_every_firmware_module_of_mine_compiles_with_mpy_cross(tmp_path):
                               capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
         assert out.stat().st_size > 1000
+
+
+def test_no_heap_allocation_per_sentence(mpy, shared_data):
+    """With the heap locked (any allocation raises MemoryError), a whole L76K epoch of
+    sentences goes through the parser, fed in one piece and in 7-byte UART-sized pieces: nothing
+    is allocated per sentence or per chunk. Only closing an epoch allocates (its Fix)."""
+    lines = (shared_data / "nmea" / "quectel-l76k-nmea.log").read_bytes().splitlines(True)
+    start = next(i for i, line in enumerate(lines) if line.startswith(b"$GNGGA"))
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith(b"$GNGGA"))
+    epoch = b"".join(lines[start:end]) + b"\x00garbage\xba\xce$$GN" + b"$GNRMC,1*00\r\n"
+    code = f"""
+import micropython
+from nmea import NMEAParser
+p = NMEAParser()
+epoch = {epoch!r}
+pieces = [epoch[i:i + 7] for i in range(0, len(epoch), 7)]
+for feed in ([epoch], pieces):
+    k = 0
+    count = len(feed)
+    micropython.heap_lock()
+    try:
+        while k < count:  # (a for loop would allocate its iterator)
+            p.receive_data(feed[k])
+            k += 1
+    finally:
+        micropython.heap_unlock()
+    assert p.next_event() is None
+    p.flush()
+    fix = p.next_event()
+    assert fix is not None and fix.valid and fix.lat_e7 == 476619817, fix
+print(p.sentences, p.bad_checksum, p.truncated, p.unknown)
+"""
+    sentences = [line for line in lines[start:end] if line.startswith(b"$")]
+    not_decoded = [line for line in sentences if line[3:6] not in (b"GGA", b"RMC", b"GSA", b"GSV")]
+    assert len(not_decoded) >= 3  # GLL, VTG, ZDA (and TXT)
+    out = mpy.run(code).split()
+    assert out == [str(2 * len(sentences)), "2", "2", str(2 * len(not_decoded))]

@@ -87,6 +87,8 @@ _N_EPOCH = const(17)
 _LAST_DAYS = const(17)
 _LAST_TOD = const(18)
 
+_BYTES = (bytes, bytearray)  # built once: a tuple literal in receive_data would allocate
+
 _OUT = const(0)
 _BUF = const(1)
 _DISCARD = const(2)
@@ -332,13 +334,10 @@ class NMEAParser:
 
     def receive_data(self, data):
         """Feed bytes as they come from the UART (any chunking)."""
-        if not isinstance(data, (bytes, bytearray)):
-            if not isinstance(data, memoryview):
-                raise NMEAError("receive_data() takes bytes")
-            data = bytes(data)
+        if not isinstance(data, _BYTES):
+            raise NMEAError("receive_data() takes bytes or bytearray")
         n = len(data)
         i = 0
-        mvd = None
         while i < n:
             st = self._state
             if st == _OUT:
@@ -357,19 +356,26 @@ class NMEAParser:
                     end = dl if dl >= 0 else nl + 1
                 if end >= 0:
                     if end - i > MAX_LINE:
-                        self._overlong(end - i)
+                        self.too_long += 1
+                        self.skipped_bytes += end - i
+                        self.last_error = ERR_TOO_LONG
                     else:
                         self._candidate(data, i, end)
                     i = end
                 else:
                     k = n - i
                     if k > MAX_LINE:
-                        self._overlong(k)
+                        self.too_long += 1
+                        self.skipped_bytes += k
+                        self.last_error = ERR_TOO_LONG
                         self._state = _DISCARD
                     else:
-                        if mvd is None:
-                            mvd = memoryview(data)
-                        self._buf[0:k] = mvd[i:n]
+                        buf = self._buf  # byte loop: no slice object allocated
+                        j = 0
+                        while i < n:
+                            buf[j] = data[i]
+                            i += 1
+                            j += 1
                         self._n = k
                         self._state = _BUF
                     return
@@ -387,14 +393,19 @@ class NMEAParser:
                 else:
                     m = self._n
                     if m + k > MAX_LINE:
-                        self._overlong(m + k)
+                        self.too_long += 1
+                        self.skipped_bytes += m + k
+                        self.last_error = ERR_TOO_LONG
                         self._n = 0
                         st = _DISCARD
                     else:
-                        if mvd is None:
-                            mvd = memoryview(data)
-                        self._buf[m:m + k] = mvd[i:stop]
-                        self._n = m + k
+                        buf = self._buf
+                        j = i
+                        while j < stop:
+                            buf[m] = data[j]
+                            j += 1
+                            m += 1
+                        self._n = m
                 if end >= 0:
                     if st == _BUF:
                         self._candidate(self._buf, 0, self._n)
@@ -419,11 +430,6 @@ class NMEAParser:
         if self._events:
             return self._events.pop(0)
         return None
-
-    def _overlong(self, k):
-        self.too_long += 1
-        self.skipped_bytes += k
-        self.last_error = ERR_TOO_LONG
 
     # --- one candidate: b[s] == '$', e exclusive
 
