@@ -169,7 +169,8 @@ class Receiver:
                  self.data_dir, len(self.keyring), ", ".join(self.sinks.names) or "none",
                  f", metrics on http://{config.metrics.host}:{self.metrics_server.port}/metrics"
                  if self.metrics_server else "",
-                 extra={"fields": {"config": config.source}})
+                 extra={"fields": {"config": config.source, "metrics_port": self.metrics_server.port
+                                   if self.metrics_server else None}})
 
     @staticmethod
     def _open(opener: Callable[[], None]) -> None:

@@ -98,7 +98,8 @@ class UdpListener:
         self._loop = loop
         self.resume()
         log.info("listening on UDP %s (receive buffer %d bytes)", self.endpoint_text,
-                 self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) if self.sock else 0)
+                 self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) if self.sock else 0,
+                 extra={"fields": {"transport": "udp", "address": self.endpoint_text}})
 
     @property
     def endpoint_text(self) -> str:
@@ -188,7 +189,8 @@ class TcpListener:
     async def start(self) -> None:
         assert self.server is not None
         await self.server.start_serving()
-        log.info("listening on TCP %s", Endpoint(str(self.address[0]), self.address[1]) if self.address else self.endpoint)
+        text = str(Endpoint(str(self.address[0]), self.address[1]) if self.address else self.endpoint)
+        log.info("listening on TCP %s", text, extra={"fields": {"transport": "tcp", "address": text}})
 
     def pause(self) -> None:
         self._stopping = True
@@ -310,7 +312,8 @@ class SerialListener:
                                         daemon=True)
         self._reader.start()
         self._writer.start()
-        log.info("listening on serial %s at %d baud", self.port.device, self.port.baud)
+        log.info("listening on serial %s at %d baud", self.port.device, self.port.baud,
+                 extra={"fields": {"transport": "serial", "address": self.port.device}})
 
     def _read_loop(self) -> None:
         import serial

@@ -1,0 +1,281 @@
+"""The ingest pipeline without sockets: verdicts, persist-before-ack, downlink counters, budgets."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from carecard.host.eventlog import EventLog
+from carecard.host.paths import ingest_db_path
+from carecard.host.receiver.config import BudgetSettings, IngestSettings
+from carecard.host.receiver.ingest import DOWNLINK_BLOCK, Ingest
+from carecard.host.receiver.metrics import Metrics
+from carecard.host.receiver.store import SQLiteStore, StoreError
+from carecard.protocol import KeyRing, encode_frame, spec
+
+from receiver_helpers import Card, provision
+
+
+class Harness:
+    """An Ingest on a real SQLite store, with a fake 'network' collecting sent acks."""
+
+    def __init__(self, data_dir: Path, devices: dict[int, bytes], window: int = 256,
+                 budget: BudgetSettings | None = None):
+        self.data_dir = data_dir
+        self.devices = devices
+        self.window = window
+        self.budget = budget
+        self.sent: list[tuple[object, bytes]] = []
+        self.open()
+
+    def open(self) -> None:
+        self.store = SQLiteStore(ingest_db_path(self.data_dir))
+        self.metrics = Metrics()
+        self.ingest = Ingest(self.store, KeyRing(self.devices), self.metrics,
+                             settings=IngestSettings(replay_window=self.window), budget=self.budget)
+        self.ingest.load_registry(self.store.load_devices(), self.store.open_commands())
+
+    def reopen(self) -> None:
+        self.store.close()
+        self.open()
+
+    def send(self, ack: bytes, address: object) -> None:
+        self.sent.append((address, ack))
+
+    def feed(self, frame: bytes, source: str = "10.0.0.1", address: object = ("10.0.0.1", 5000)) -> str | None:
+        return self.ingest.handle(frame, self.send, address, source, "udp", time.time())
+
+    def commit(self) -> list[bytes]:
+        batch = self.ingest.take_batch(time.time())
+        if batch is None:
+            return []
+        last_seq = self.store.commit(batch.commit)
+        acks = self.ingest.committed(batch, last_seq, 0.0)
+        for send, address, ack in acks:
+            send(ack, address)
+        return [ack for _s, _a, ack in acks]
+
+    def frames(self) -> list[tuple[int, int]]:
+        with sqlite3.connect(ingest_db_path(self.data_dir)) as conn:
+            return conn.execute("SELECT device, counter FROM frames ORDER BY device, counter").fetchall()
+
+    def events(self) -> list[str]:
+        with sqlite3.connect(ingest_db_path(self.data_dir)) as conn:
+            return [row[0] for row in conn.execute("SELECT event_id FROM event_log ORDER BY seq")]
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Harness:
+    devices = provision(tmp_path, 2)
+    h = Harness(tmp_path, devices)
+    yield h
+    h.store.close()
+
+
+def card_of(h: Harness, index: int = 0) -> Card:
+    device, key = list(h.devices.items())[index]
+    return Card(device, key)
+
+
+def test_new_frame_is_stored_with_its_event_and_acked_only_after_commit(harness: Harness) -> None:
+    card = card_of(harness)
+    assert harness.feed(card.frame("hello", fw_major=1, fw_minor=2, fw_patch=3, reset_cause="power_on",
+                                   config_version=1, modem="a7670")) is None
+    assert harness.sent == []  # nothing acked before the commit
+    assert harness.frames() == []
+    acks = harness.commit()
+    assert len(acks) == 1
+    ack = card.ack(acks[0])
+    assert ack["acked"] == 1 and ack["commands"] == []
+    assert harness.frames() == [(card.device, 1)]
+    assert harness.events() == [f"{card.device}-1"]
+    assert harness.metrics.frames_stored["hello"] == 1
+
+
+def test_retransmission_is_acked_again_but_stored_once(harness: Harness) -> None:
+    card = card_of(harness)
+    frame = card.frame()
+    harness.feed(frame)
+    harness.feed(frame)  # duplicate of a frame in the same, uncommitted batch
+    acks = harness.commit()
+    assert [card.ack(a)["acked"] for a in acks] == [1, 1]
+    harness.feed(frame)  # duplicate of a committed frame
+    acks += harness.commit()
+    assert len(acks) == 3
+    assert harness.frames() == [(card.device, 1)]
+    assert harness.events() == [f"{card.device}-1"]
+    assert harness.metrics.duplicates == 2
+    counters = [card.ack(a)["counter"] for a in acks]
+    assert counters == sorted(set(counters)), "every ack has a fresh, increasing downlink counter"
+
+
+def test_reused_counter_with_other_content_is_a_replay(harness: Harness) -> None:
+    card = card_of(harness)
+    harness.feed(card.frame(counter=5))
+    assert harness.feed(card.frame(counter=5, lat_e7=1)) == "replay"  # pending in this batch
+    harness.commit()
+    assert harness.feed(card.frame(counter=5, lat_e7=2)) == "replay"  # committed
+    assert harness.metrics.rejected["replay"] == 2
+    assert harness.frames() == [(card.device, 5)]
+
+
+def test_too_old_frames_are_looked_up_in_the_store(tmp_path: Path) -> None:
+    devices = provision(tmp_path, 1)
+    h = Harness(tmp_path, devices, window=16)
+    card = card_of(h)
+    first = card.frame(counter=1)
+    h.feed(first)
+    h.commit()
+    for counter in range(2, 60):
+        h.feed(card.frame(counter=counter))
+    h.commit()
+    # counter 1 is far below the window now: the store decides
+    assert h.feed(first) is None  # same tag: a late retransmission, acked again
+    assert card.ack(h.commit()[0])["acked"] == 1
+    assert h.feed(card.frame(counter=1, lat_e7=7)) == "replay"  # other content
+    h.store.close()
+
+
+def test_unknown_counter_below_the_window_is_rejected(tmp_path: Path) -> None:
+    devices = provision(tmp_path, 1)
+    h = Harness(tmp_path, devices, window=16)
+    card = card_of(h)
+    for counter in range(40, 60):
+        if counter != 55:
+            h.feed(card.frame(counter=counter))
+    h.commit()
+    h.reopen()  # the window is restored from the store
+    assert h.feed(card.frame(counter=10)) == "replay"  # never stored, older than the window
+    assert h.feed(card.frame(counter=50)) is None  # stored: a duplicate
+    assert h.feed(card.frame(counter=45, lat_e7=3)) == "replay"
+    assert h.feed(card.frame(counter=39)) == "replay"  # below the window (59 - 16), not stored
+    assert h.feed(card.frame(counter=55)) is None  # inside the window, never seen: reordered, new
+    h.commit()
+    assert (card.device, 55) in h.frames() and (card.device, 10) not in h.frames()
+    h.store.close()
+
+
+def test_windows_and_downlink_counters_survive_a_restart(tmp_path: Path) -> None:
+    devices = provision(tmp_path, 1)
+    h = Harness(tmp_path, devices)
+    card = card_of(h)
+    frames = [card.frame() for _ in range(5)]
+    for frame in frames:
+        h.feed(frame)
+    acks = h.commit()
+    before = max(card.ack(a)["counter"] for a in acks)
+    h.reopen()
+    assert h.feed(frames[2]) is None  # duplicate, known from the store
+    assert h.feed(card.frame(counter=3, lat_e7=5)) == "replay"
+    after = [card.ack(a)["counter"] for a in h.commit()]
+    assert after and min(after) > before
+    # after a restart the receiver starts above everything it may have used
+    assert min(after) > DOWNLINK_BLOCK - 1 or before < DOWNLINK_BLOCK
+    assert h.frames() == [(card.device, c) for c in range(1, 6)]
+    h.store.close()
+
+
+def test_downlink_counter_never_reused_after_a_crash_between_commits(tmp_path: Path) -> None:
+    """Acks are numbered from reservations committed before they were sent; a restart (even after
+    SIGKILL) starts above the last reservation."""
+    devices = provision(tmp_path, 1)
+    h = Harness(tmp_path, devices)
+    card = card_of(h)
+    seen = []
+    for round_ in range(3):
+        for _ in range(DOWNLINK_BLOCK // 2 + 7):
+            h.feed(card.frame())
+        seen += [card.ack(a)["counter"] for a in h.commit()]
+        h.reopen()  # as if the process died right after this commit
+    assert seen == sorted(seen) and len(set(seen)) == len(seen)
+
+
+def test_failed_commit_acks_nothing_and_recovers(harness: Harness) -> None:
+    card = card_of(harness)
+    harness.feed(card.frame())
+    batch = harness.ingest.take_batch(time.time())
+    # a duplicate of the in-flight frame arrives while its commit is running
+    harness.feed(card.frame(counter=1))
+    harness.ingest.failed(batch, StoreError("disk full"))
+    assert harness.sent == [] and harness.frames() == []
+    assert harness.metrics.commit_failures == 1
+    # the card retransmits: now it is stored and acked
+    assert harness.feed(card.frame(counter=1)) is None
+    assert [card.ack(a)["acked"] for a in harness.commit()] == [1]
+    assert harness.frames() == [(card.device, 1)]
+
+
+def test_commit_is_all_or_nothing(harness: Harness) -> None:
+    card = card_of(harness)
+    for _ in range(3):
+        harness.feed(card.frame())
+    batch = harness.ingest.take_batch(time.time())
+    batch.commit.frames.append(batch.commit.frames[0])  # a primary-key violation at the end
+    with pytest.raises(StoreError):
+        harness.store.commit(batch.commit)
+    assert harness.frames() == [] and harness.events() == []
+
+
+def test_wrong_key_unknown_device_and_reflected_acks_are_rejected(harness: Harness) -> None:
+    card = card_of(harness)
+    forged = Card(card.device, os.urandom(16)).frame()
+    assert harness.feed(forged) == "bad_tag"
+    assert harness.feed(Card(123456789012347, os.urandom(16)).frame()) == "unknown_device"
+    ack = encode_frame({"type": "ack", "device": card.device, "counter": 1, "time": 1, "acked": 1,
+                        "commands": []}, card.key)
+    assert harness.feed(ack) == "wrong_direction"
+    assert harness.feed(b"\x01" * 10) == "truncated"
+    assert harness.feed(bytes(spec.MAX_FRAME + 1)) == "oversize"
+    assert harness.commit() == []
+    assert harness.frames() == []
+
+
+def test_source_over_budget_is_dropped_cheaply_but_genuine_frames_still_pass(tmp_path: Path) -> None:
+    devices = provision(tmp_path, 1)
+    h = Harness(tmp_path, devices, budget=BudgetSettings(rejects_per_second=1, burst=5))
+    card = card_of(h)
+    reasons = [h.feed(os.urandom(40), source="10.9.9.9") for _ in range(20)]
+    assert all(r not in (None, "over_budget") for r in reasons[:5])
+    assert set(reasons[6:]) == {"over_budget"}
+    assert "10.9.9.9" in h.ingest.budget.over
+    # a genuine card behind the same address (carrier NAT) is not cut off
+    assert h.feed(card.frame(), source="10.9.9.9") is None
+    # another source is unaffected
+    assert h.feed(os.urandom(40), source="10.1.1.1") != "over_budget"
+    assert len(h.commit()) == 1
+    assert h.metrics.rejected["over_budget"] >= 14
+    h.store.close()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=600), flip=st.integers(min_value=0, max_value=10_000))
+def test_hostile_bytes_never_crash_and_are_counted(harness: Harness, data: bytes, flip: int) -> None:
+    card = card_of(harness)
+    genuine = bytearray(card.frame())
+    genuine[flip % len(genuine)] ^= 1 + flip % 255  # a corrupted genuine frame
+    before = harness.metrics.rejected_total
+    for frame in (data, bytes(genuine), data + bytes(genuine)):
+        reason = harness.feed(frame, source=f"10.0.{flip % 200}.{len(data) % 200}")
+        assert reason is not None and isinstance(reason, str)
+    assert harness.metrics.rejected_total == before + 3
+    assert harness.commit() == []
+
+
+def test_event_log_holds_every_committed_frame_in_order(harness: Harness) -> None:
+    a, b = card_of(harness, 0), card_of(harness, 1)
+    for _ in range(3):
+        harness.feed(a.frame())
+        harness.feed(b.frame("status"))
+    harness.commit()
+    log = EventLog(ingest_db_path(harness.data_dir))
+    try:
+        events = [event for _seq, event in log.events_after(0)]
+    finally:
+        log.close()
+    assert [e["id"] for e in events] == [f"{d}-{c}" for c in (1, 2, 3) for d in (a.device, b.device)]
+    assert {e["kind"] for e in events} == {"position", "status"}

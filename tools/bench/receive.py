@@ -1,0 +1,401 @@
+"""Receiver throughput: frames/s stored with the SQLite sink running, against a minimal baseline.
+
+A load generator in a second process sends authenticated position and status frames from many
+simulated devices over loopback UDP (frames pre-encoded, so the generator is not the bottleneck),
+keeping at most `--window` frames unacknowledged (so the kernel never has to drop one; a frame
+not acked within a second is sent again and counted). It runs twice, against:
+
+- a minimal baseline receiver: a blocking loop that receives, verifies and decodes each frame
+  (decode_frame), answers with an ack and discards it: the ceiling;
+- the real receiver (carecard.host.receiver, on its event loop, SQLite WAL with synchronous=FULL,
+  group commit, event log, the default SQLite sink).
+
+It prints frames/s for both and the ratio, and the p50/p99 time from datagram to sink (from the
+moment the receiver read the datagram to the moment the SQLite sink's transaction holding its
+event returned). The receiver side is pinned to one CPU and the generator to another when the
+machine has two. Targets: at least 50 % of the baseline and 20,000 frames/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import hashlib
+import json
+import os
+import select
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+STATUS_EVERY = 5  # every fifth frame of a device is a status report, the others positions
+BASE_TIME = 1764374400
+
+
+# --- shared by both processes -------------------------------------------------------------------
+
+def device_ids(count: int, first: int) -> list[int]:
+    from carecard.host.receiver.registry import make_imei
+
+    return [make_imei(86000000000000 + first + i) for i in range(count)]
+
+
+def device_key(seed: str, device: int) -> bytes:
+    return hashlib.sha256(f"{seed}:{device}".encode()).digest()[:16]
+
+
+# --- the load generator (second process) --------------------------------------------------------
+
+def _encode_all(devices: list[int], seed: str, total: int) -> list[tuple[int, int, bytes]]:
+    """Pre-encoded frames, round robin over the devices: (device, counter, frame)."""
+    from carecard.protocol import decode_frame, spec
+    from carecard.protocol.codec import HEADER_STRUCT, MESSAGE_TYPES
+    from carecard.protocol.crypto import FrameKeys
+
+    keys = {d: FrameKeys(device_key(seed, d)) for d in devices}
+    position = MESSAGE_TYPES["position"]
+    status = MESSAGE_TYPES["status"]
+
+    def packer(mtype: Any, values: dict[str, Any]) -> Any:
+        packed = mtype.packed
+        codes = {i: table for i, _labels, table in packed.enums}
+        ordered = [codes[i][values[name]] if i in codes else values[name] for i, name in enumerate(packed.names)]
+        return packed.packer, ordered
+
+    pos_packer, pos_values = packer(position, {
+        "lat_e7": 249012345, "lon_e7": 1184567890, "alt_m": 30, "hdop_x10": 9, "sats": 8, "fix": "3d",
+        "fix_age_s": 3, "speed_cms": 120, "course_x10": 900})
+    st_packer, st_values = packer(status, {
+        "battery_mv": 3950, "battery_pct": 81, "charging": "discharging", "rssi_dbm": -71,
+        "motion_count": 4, "outbox_depth": 0})
+    pack_header = HEADER_STRUCT.pack
+    frames = []
+    n = len(devices)
+    for i in range(total):
+        device = devices[i % n]
+        counter = i // n + 1
+        k = keys[device]
+        if counter % STATUS_EVERY == 0:
+            code, payload = status.code, st_packer.pack(*st_values)
+        else:
+            pos_values[0] = 249012345 + (i % 1000) * 10
+            code, payload = position.code, pos_packer.pack(*pos_values)
+        body = pack_header(spec.VERSION, code, 0, device, counter, BASE_TIME + counter) + \
+            k.crypt(device, counter, spec.DIR_UPLINK, payload)
+        frames.append((device, counter, body + k.tag(body)))
+    for device, counter, frame in frames[:50]:  # the fast path must make real frames
+        message = decode_frame(frame, keys[device])
+        assert message["counter"] == counter and message["device"] == device
+    return frames
+
+
+def generator_main(argv: list[str]) -> int:
+    params = json.loads(argv[0])
+    if params.get("cpu") is not None:
+        try:
+            os.sched_setaffinity(0, {params["cpu"]})
+        except OSError:
+            pass
+    from carecard.protocol.crypto import FrameKeys
+    from carecard.protocol import spec
+
+    devices = device_ids(params["devices"], params["first"])
+    seed = params["seed"]
+    frames = _encode_all(devices, seed, params["frames"])
+    keys = {d: FrameKeys(device_key(seed, d)) for d in devices}
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+    sock.connect(("127.0.0.1", params["port"]))
+    window = params["window"]
+    deadline_s = params["timeout"]
+    print("ready", flush=True)
+    sys.stdin.readline()
+
+    send = sock.send
+    recv = sock.recv
+    header_len = spec.HEADER_LEN
+    down = spec.DIR_DOWNLINK
+    outstanding: dict[tuple[int, int], int] = {}
+    sent_at: collections.deque[tuple[float, tuple[int, int]]] = collections.deque()
+    total = len(frames)
+    next_index = acked = retransmits = bad_acks = 0
+    started = time.time()
+    deadline = started + deadline_s
+    last_check = started
+    sock.setblocking(False)
+    wait = select.poll()
+    wait.register(sock, select.POLLIN)
+    while acked < total:
+        now = time.time()
+        while len(outstanding) < window and next_index < total:
+            device, counter, frame = frames[next_index]
+            send(frame)
+            outstanding[(device, counter)] = next_index
+            sent_at.append((now, (device, counter)))
+            next_index += 1
+        got = 0
+        while True:
+            try:
+                data = recv(1024)
+            except (BlockingIOError, InterruptedError):
+                break
+            got += 1
+            try:
+                device = int.from_bytes(data[3:11], "big")
+                dl_counter = int.from_bytes(data[11:15], "big")
+                k = keys[device]
+                uplink = int.from_bytes(k.crypt(device, dl_counter, down, data[header_len:header_len + 4]), "big")
+                if outstanding.pop((device, uplink), None) is not None:
+                    acked += 1
+            except (KeyError, ValueError, IndexError):
+                bad_acks += 1
+        if not got:
+            wait.poll(50)
+        if now - last_check >= 0.1:
+            last_check = now
+            while sent_at and now - sent_at[0][0] > 1.0:
+                _t, key = sent_at.popleft()
+                index = outstanding.get(key)
+                if index is not None:
+                    send(frames[index][2])
+                    retransmits += 1
+                    sent_at.append((now, key))
+            if now > deadline:
+                break
+    finished = time.time()
+    print(json.dumps({"sent": next_index, "acked": acked, "retransmits": retransmits,
+                      "bad_acks": bad_acks, "started": started, "finished": finished,
+                      "unacked": total - acked}), flush=True)
+    return 0
+
+
+class Generator:
+    """The generator subprocess: encodes its frames, waits for `go`, reports JSON."""
+
+    def __init__(self, port: int, args: argparse.Namespace, first: int, cpu: int | None):
+        params = {"port": port, "devices": args.devices, "first": first, "seed": args.seed,
+                  "frames": args.frames, "window": args.window, "timeout": args.timeout, "cpu": cpu}
+        self.proc = subprocess.Popen([sys.executable, "-m", "carecard.tools.bench.receive", "--generator",
+                                      json.dumps(params)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if line.strip() != "ready":
+            self.proc.kill()
+            raise RuntimeError(f"load generator failed to start: {line!r}")
+
+    def run(self) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        self.proc.wait(timeout=30)
+        if not line:
+            raise RuntimeError("load generator died")
+        return json.loads(line)
+
+
+# --- the baseline receiver ----------------------------------------------------------------------
+
+def run_baseline(args: argparse.Namespace, cpu_gen: int | None) -> dict[str, Any]:
+    from carecard.host.receiver.downlinks import AckEncoder
+    from carecard.protocol import KeyRing, ProtocolError, decode_frame
+
+    devices = device_ids(args.devices, 0)
+    ring = KeyRing({d: device_key(args.seed, d) for d in devices})
+    encoder = AckEncoder(ring)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.1)
+    stop = threading.Event()
+    counts = {"frames": 0, "rejected": 0}
+
+    def serve() -> None:
+        downlink: dict[int, int] = {}
+        recvfrom, sendto = sock.recvfrom, sock.sendto
+        while not stop.is_set():
+            try:
+                data, address = recvfrom(513)
+            except socket.timeout:
+                continue
+            try:
+                message = decode_frame(data, ring)
+            except ProtocolError:
+                counts["rejected"] += 1
+                continue
+            device = message["device"]
+            counter = downlink.get(device, 0) + 1
+            downlink[device] = counter
+            sendto(encoder.encode(device, counter, int(time.time()), message["counter"]), address)
+            counts["frames"] += 1
+
+    generator = Generator(sock.getsockname()[1], args, 0, cpu_gen)
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        result = generator.run()
+    finally:
+        stop.set()
+        thread.join()
+        sock.close()
+    seconds = result["finished"] - result["started"]
+    result.update(seconds=seconds, rate=result["acked"] / seconds if seconds > 0 else 0.0,
+                  received=counts["frames"])
+    return result
+
+
+# --- the real receiver --------------------------------------------------------------------------
+
+def run_receiver(args: argparse.Namespace, cpu_gen: int | None, data_dir: Path) -> dict[str, Any]:
+    from carecard.host.paths import events_db_path, ingest_db_path
+    from carecard.host.receiver.config import Endpoint, ReceiverConfig
+    from carecard.host.receiver.registry import DeviceSpec, add_devices
+    from carecard.host.receiver.service import ReceiverThread
+    from carecard.host.receiver.store import SQLiteStore
+
+    first = 500_000  # other IMEIs than the baseline's: a fresh replay history
+    devices = device_ids(args.devices, first)
+    store = SQLiteStore(ingest_db_path(data_dir), readonly_lookups=False)
+    add_devices(store, data_dir, [DeviceSpec(d, f"bench {i}", device_key(args.seed, d))
+                                  for i, d in enumerate(devices)])
+    store.close()
+    config = ReceiverConfig(udp=[Endpoint("127.0.0.1", 0)], data_dir=data_dir, log_level="warning")
+    config.ingest.batch_max_frames = args.batch
+    config.ingest.durability = args.durability
+    receiver_thread = ReceiverThread(config)
+    receiver = receiver_thread.start()
+    latencies: list[float] = []
+    trace: dict[tuple[int, int], float] = {}
+    runner = receiver.sinks.runner("sqlite")
+    sink = runner.sink
+    original = sink.deliver
+
+    async def timed_deliver(events: list[dict[str, Any]]) -> None:
+        await original(events)
+        done = time.time()
+        pop = trace.pop
+        for event in events:
+            started = pop((int(event["device"]), event["counter"]), None)
+            if started is not None:
+                latencies.append(done - started)
+
+    sink.deliver = timed_deliver  # type: ignore[method-assign]
+    assert receiver.ingest is not None
+    receiver_thread.call(lambda: setattr(receiver.ingest, "trace", trace))
+    generator = Generator(receiver.udp_ports[0], args, first, cpu_gen)
+    try:
+        result = generator.run()
+        deadline = time.time() + 60
+        stored = receiver.metrics.stored_total
+        while time.time() < deadline and receiver_thread.call(lambda: runner.stats()["delivered"]) < stored:
+            time.sleep(0.005)
+            stored = receiver.metrics.stored_total
+        sink_done = time.time()
+        snapshot = receiver.metrics.snapshot()
+        commits, commit_s = receiver.metrics.commits, receiver.metrics.commit_seconds
+        batch_frames = receiver.metrics.batch_frames
+        sink_stats = receiver_thread.call(lambda: runner.stats())
+    finally:
+        receiver_thread.stop()
+    with sqlite3.connect(ingest_db_path(data_dir)) as conn:
+        frames_in_store = conn.execute("SELECT COUNT(*) FROM frames").fetchone()[0]
+    with sqlite3.connect(events_db_path(data_dir)) as conn:
+        events_in_sink = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+    seconds = result["finished"] - result["started"]
+    sink_seconds = sink_done - result["started"]
+    result.update(
+        seconds=seconds, rate=result["acked"] / seconds if seconds > 0 else 0.0,
+        sink_seconds=sink_seconds,
+        sink_rate=events_in_sink / sink_seconds if sink_seconds > 0 else 0.0,
+        frames_in_store=frames_in_store, events_in_sink=events_in_sink, latencies=latencies,
+        duplicates=snapshot["duplicates"], rejected=sum(snapshot["rejected"].values()),
+        commits=commits, commit_seconds=commit_s, batch_frames=batch_frames, sink_stats=sink_stats)
+    return result
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--devices", type=int, default=1000, help="simulated devices (default 1000)")
+    parser.add_argument("--frames", type=int, default=120_000, help="frames per run (default 120000)")
+    parser.add_argument("--window", type=int, default=128, help="frames in flight (default 128)")
+    parser.add_argument("--batch", type=int, default=256, help="receiver batch_max_frames (default 256)")
+    parser.add_argument("--durability", choices=("full", "normal"), default="full",
+                        help="receiver durability (default full: fsync every commit)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="give up a run after this many seconds")
+    parser.add_argument("--seed", default="carecard-bench", help="key derivation seed")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin receiver and generator to CPUs")
+    parser.add_argument("--data", metavar="DIR", help="keep the receiver's data here (default: a temp dir)")
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def run(args: argparse.Namespace) -> int:
+    from carecard.host.cli import CommandError
+
+    if args.devices < 1 or args.frames < args.devices or args.window < 1:
+        raise CommandError("--devices >= 1, --frames >= --devices and --window >= 1 required")
+    cpus = sorted(os.sched_getaffinity(0))
+    cpu_receiver = cpu_gen = None
+    if not args.no_pin and len(cpus) >= 2:
+        cpu_receiver, cpu_gen = cpus[0], cpus[1]
+        os.sched_setaffinity(0, {cpu_receiver})
+    pinning = (f"receiver pinned to CPU {cpu_receiver}, generator to CPU {cpu_gen}"
+               if cpu_receiver is not None else "not pinned")
+    print(f"carecard bench receive: {args.devices} devices, {args.frames} frames per run "
+          f"(positions, every {STATUS_EVERY}th a status), window {args.window}, {pinning}")
+    try:
+        base = run_baseline(args, cpu_gen)
+        print(f"  baseline (receive, verify+decode, ack, discard): {base['rate']:,.0f} frames/s "
+              f"({base['acked']} acked in {base['seconds']:.2f} s, {base['retransmits']} retransmitted)")
+        if args.data:
+            data_dir = Path(args.data)
+            data_dir.mkdir(parents=True, exist_ok=True)
+            if any(data_dir.iterdir()):
+                raise CommandError(f"--data {data_dir} is not empty")
+            full = run_receiver(args, cpu_gen, data_dir)
+        else:
+            with tempfile.TemporaryDirectory(prefix="carecard-bench-") as tmp:
+                full = run_receiver(args, cpu_gen, Path(tmp))
+    finally:
+        if cpu_receiver is not None:
+            os.sched_setaffinity(0, set(cpus))
+    lat = full["latencies"]
+    ratio = full["sink_rate"] / base["rate"] if base["rate"] else 0.0
+    print(f"  receiver (SQLite WAL synchronous={args.durability.upper()}, event log, SQLite sink):")
+    print(f"    acked:            {full['rate']:,.0f} frames/s ({full['acked']} in {full['seconds']:.2f} s, "
+          f"{full['retransmits']} retransmitted, {full['unacked']} never acked)")
+    print(f"    stored into sink: {full['sink_rate']:,.0f} frames/s ({full['events_in_sink']} events "
+          f"in the SQLite sink {full['sink_seconds']:.2f} s after the first datagram)")
+    print(f"    store check:      {full['frames_in_store']} frames stored, {full['duplicates']} duplicates "
+          f"acked again, {full['rejected']} rejected")
+    if full["commits"]:
+        print(f"    commits:          {full['commits']}, mean {full['batch_frames'] / full['commits']:.0f} "
+              f"frames and {1000 * full['commit_seconds'] / full['commits']:.2f} ms each")
+    print(f"    datagram to sink: p50 {1000 * _percentile(lat, 0.50):.1f} ms, "
+          f"p99 {1000 * _percentile(lat, 0.99):.1f} ms ({len(lat)} samples)")
+    print(f"  ratio to baseline: {ratio:.2f} (target >= 0.50: {'met' if ratio >= 0.5 else 'NOT met'}); "
+          f"{full['sink_rate']:,.0f} frames/s (target >= 20,000: "
+          f"{'met' if full['sink_rate'] >= 20_000 else 'NOT met'})")
+    if full["frames_in_store"] != full["acked"] or full["events_in_sink"] != full["frames_in_store"]:
+        print("  WARNING: stored, acked and delivered counts differ")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 3 and sys.argv[1] == "--generator":
+        sys.exit(generator_main(sys.argv[2:]))
+    print("run `carecard bench receive`", file=sys.stderr)
+    sys.exit(2)
