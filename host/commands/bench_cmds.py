@@ -13,6 +13,7 @@ BENCHMARKS = {
     "protocol": "carecard.tools.bench.protocol",
     "at": "carecard.tools.bench.at",
     "nmea": "carecard.tools.bench.nmea",
+    "receive": "carecard.tools.bench.receive",
 }
 
 
