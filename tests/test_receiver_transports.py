@@ -1,0 +1,208 @@
+"""The receiver on real transports: UDP and TCP on loopback, serial through a pty pair, metrics over
+HTTP, start-up errors and graceful shutdown of the real `carecard receive` process."""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import sqlite3
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from carecard.host.paths import ingest_db_path
+from carecard.host.receiver.config import Endpoint, ReceiverConfig, SerialPort
+from carecard.host.receiver.service import ReceiverThread, StartupError
+from carecard.protocol import StreamDeframer, encode_stream_frame
+from carecard.protocol.framing import StreamFrame
+
+from receiver_helpers import Card, ReceiverProcess, exchange, provision, run_cli, udp_client
+
+
+def stored(data_dir: Path) -> list[tuple[int, int, str]]:
+    with sqlite3.connect(ingest_db_path(data_dir)) as conn:
+        return conn.execute("SELECT device, counter, transport FROM frames ORDER BY device, counter").fetchall()
+
+
+def config_for(data_dir: Path, **kwargs: object) -> ReceiverConfig:
+    config = ReceiverConfig(data_dir=data_dir, log_level="warning", **kwargs)  # type: ignore[arg-type]
+    config.ingest.registry_poll_s = 0.05
+    return config
+
+
+def test_udp_frames_are_stored_and_acked_to_their_source(tmp_path: Path) -> None:
+    devices = provision(tmp_path, 2)
+    cards = [Card(d, k) for d, k in devices.items()]
+    with ReceiverThread(config_for(tmp_path, udp=[Endpoint("127.0.0.1", 0)])) as rt:
+        port = rt.receiver.udp_ports[0]
+        clients = [udp_client(), udp_client()]
+        for card, client in zip(cards, clients):
+            for _ in range(3):
+                ack = exchange(client, port, card.frame())
+                assert ack is not None
+                assert card.ack(ack)["acked"] == card.counter  # each source gets its own acks
+    assert stored(tmp_path) == [(c.device, n, "udp") for c in cards for n in (1, 2, 3)]
+
+
+def test_tcp_stream_with_garbage_resynchronises(tmp_path: Path) -> None:
+    devices = provision(tmp_path, 1)
+    card = Card(*next(iter(devices.items())))
+    with ReceiverThread(config_for(tmp_path, tcp=[Endpoint("127.0.0.1", 0)])) as rt:
+        port = rt.receiver.tcp_ports[0]
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            stream = b"".join([
+                b"\x13\x37garbage before anything",
+                encode_stream_frame(card.frame()),
+                b"\x00\xff\xfe\x00",  # a bad chunk between two delimiters
+                encode_stream_frame(card.frame())[:-9] + b"\x00",  # a frame cut short
+                encode_stream_frame(card.frame()),
+            ])
+            for i in range(0, len(stream), 7):  # arbitrary chunking
+                conn.sendall(stream[i:i + 7])
+            acks = read_stream_acks(conn, 2)
+        garbage = dict(rt.receiver.metrics.stream_garbage)
+    assert [card.ack(a)["acked"] for a in acks] == [1, 3]
+    assert stored(tmp_path) == [(card.device, 1, "tcp"), (card.device, 3, "tcp")]
+    assert sum(garbage.values()) >= 2
+
+
+def read_stream_acks(conn: socket.socket, count: int, timeout: float = 5.0) -> list[bytes]:
+    deframer = StreamDeframer()
+    acks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while len(acks) < count and time.monotonic() < deadline:
+        data = conn.recv(4096)
+        if not data:
+            break
+        deframer.receive_data(data)
+        while (event := deframer.next_event()) is not None:
+            if isinstance(event, StreamFrame):
+                acks.append(event.frame)
+    return acks
+
+
+def test_serial_through_a_pty_pair(tmp_path: Path) -> None:
+    devices = provision(tmp_path, 1)
+    card = Card(*next(iter(devices.items())))
+    master, slave = os.openpty()
+    try:
+        path = os.ttyname(slave)
+        with ReceiverThread(config_for(tmp_path, serial=[SerialPort(path, 115200)])) as rt:
+            os.write(master, b"\x00noise\x00" + encode_stream_frame(card.frame()) + b"\xaa\xbb")
+            os.write(master, encode_stream_frame(card.frame()))
+            deframer = StreamDeframer()
+            acks: list[bytes] = []
+            deadline = time.monotonic() + 5
+            while len(acks) < 2 and time.monotonic() < deadline:
+                ready, _, _ = select.select([master], [], [], 0.2)
+                if ready:
+                    deframer.receive_data(os.read(master, 4096))
+                    while (event := deframer.next_event()) is not None:
+                        if isinstance(event, StreamFrame):
+                            acks.append(event.frame)
+            assert rt.receiver.metrics.frames_received["serial"] == 2
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert [card.ack(a)["acked"] for a in acks] == [1, 2]
+    assert stored(tmp_path) == [(card.device, 1, "serial"), (card.device, 2, "serial")]
+
+
+def test_metrics_endpoint_reports_frames_rejections_and_sinks(tmp_path: Path) -> None:
+    devices = provision(tmp_path, 1)
+    card = Card(*next(iter(devices.items())))
+    config = config_for(tmp_path, udp=[Endpoint("127.0.0.1", 0)], metrics=Endpoint("127.0.0.1", 0))
+    with ReceiverThread(config) as rt:
+        port = rt.receiver.udp_ports[0]
+        client = udp_client()
+        frame = card.frame()
+        assert exchange(client, port, frame) is not None
+        assert exchange(client, port, frame) is not None  # duplicate
+        assert exchange(client, port, b"\x01" * 40, timeout=0.3) is None  # rejected: no answer
+        assert rt.receiver.metrics_server is not None
+        url = f"http://127.0.0.1:{rt.receiver.metrics_server.port}/metrics"
+        deadline = time.monotonic() + 5
+        while True:
+            text = urllib.request.urlopen(url, timeout=5).read().decode()
+            if 'carecard_sink_delivered_total{sink="sqlite"} 1' in text or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    lines = set(text.splitlines())
+    assert 'carecard_frames_received_total{transport="udp"} 3' in lines
+    assert 'carecard_frames_stored_total{type="position"} 1' in lines
+    assert "carecard_frames_duplicate_total 1" in lines
+    assert any(line.startswith("carecard_frames_rejected_total{reason=") for line in lines)
+    assert "carecard_acks_sent_total 2" in lines
+    assert "carecard_devices_seen_last_hour 1" in lines
+    assert 'carecard_sink_delivered_total{sink="sqlite"} 1' in lines
+    assert any(line.startswith('carecard_sink_lag_events{sink="sqlite"}') for line in lines)
+    assert "# TYPE carecard_frames_rejected_total counter" in lines
+
+
+def test_receiver_picks_up_devices_added_while_it_runs(tmp_path: Path) -> None:
+    provision(tmp_path, 1)
+    with ReceiverThread(config_for(tmp_path, udp=[Endpoint("127.0.0.1", 0)])) as rt:
+        port = rt.receiver.udp_ports[0]
+        newcomer = provision(tmp_path, 1, first=500)
+        card = Card(*next(iter(newcomer.items())))
+        client = udp_client()
+        deadline = time.monotonic() + 5
+        ack = None
+        while ack is None and time.monotonic() < deadline:
+            ack = exchange(client, port, card.frame(counter=1), timeout=0.2)
+        assert ack is not None and card.ack(ack)["acked"] == 1
+
+
+def test_a_second_receiver_on_the_same_data_folder_is_refused(tmp_path: Path) -> None:
+    provision(tmp_path, 1)
+    with ReceiverThread(config_for(tmp_path, udp=[Endpoint("127.0.0.1", 0)])):
+        with pytest.raises(StartupError, match="in use by another receiver"):
+            ReceiverThread(config_for(tmp_path, udp=[Endpoint("127.0.0.1", 0)])).start()
+
+
+def test_startup_errors_are_one_line_and_non_zero(tmp_path: Path) -> None:
+    busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    busy.bind(("127.0.0.1", 0))
+    try:
+        result = run_cli("receive", "--data", str(tmp_path / "a"), "--udp", f"127.0.0.1:{busy.getsockname()[1]}")
+    finally:
+        busy.close()
+    assert result.returncode == 1
+    assert "address already in use" in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("carecard receive: UDP 127.0.0.1:")
+
+    bad_config = tmp_path / "bad.toml"
+    bad_config.write_text("[receive]\nudp = 5\n")
+    result = run_cli("receive", "--config", str(bad_config))
+    assert result.returncode == 1 and "must be text" in result.stderr and "Traceback" not in result.stderr
+    bad_config.write_text("[receive\n")
+    result = run_cli("receive", "--config", str(bad_config))
+    assert result.returncode == 1 and "not valid TOML" in result.stderr
+    result = run_cli("receive", "--config", str(tmp_path / "missing.toml"))
+    assert result.returncode == 1 and "does not exist" in result.stderr
+
+    data = tmp_path / "b"
+    data.mkdir()
+    (data / "keys.json").write_text('{"version": 1, "keys": {"861234567890127": "zz"}}')
+    result = run_cli("receive", "--data", str(data), "--udp", "127.0.0.1:0")
+    assert result.returncode == 1 and "bad key file" in result.stderr and "Traceback" not in result.stderr
+    assert "zz" not in result.stderr.split("key of device")[0]
+
+
+def test_sigterm_commits_acks_and_exits_zero(tmp_path: Path) -> None:
+    devices = provision(tmp_path, 1)
+    card = Card(*next(iter(devices.items())))
+    receiver = ReceiverProcess(tmp_path)
+    client = udp_client()
+    for _ in range(5):
+        assert exchange(client, receiver.udp_port, card.frame()) is not None
+    code, err = receiver.terminate()
+    assert code == 0, err
+    assert "receiver stopped" in err
+    assert stored(tmp_path) == [(card.device, n, "udp") for n in range(1, 6)]
+    # the SQLite sink drained before exit
+    with sqlite3.connect(tmp_path / "events.sqlite") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 5
