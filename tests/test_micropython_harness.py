@@ -33,3 +33,12 @@ def test_batch_answers_each_line(mpy):
 def test_card_image_has_protocol_spec(mpy):
     out = mpy.run("import ccspec\nprint(ccspec.VERSION)")
     assert int(out) >= 1
+
+
+def test_compiled_card_image_ships_bytecode_that_runs(mpy):
+    image = mpy.card_image(compiled=True)
+    lib = image / "lib"
+    assert (lib / "ccspec.mpy").exists() and not (lib / "ccspec.py").exists()
+    assert list((lib / "hwjson").glob("*.json")), "hardware data missing from the image"
+    out = mpy.run("import ccproto, hwdata\nprint(ccproto.__file__)", image=image)
+    assert out.strip().endswith("ccproto.mpy")

