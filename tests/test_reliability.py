@@ -1,0 +1,225 @@
+"""Reliability with real processes and real loopback sockets:
+
+- SIGKILL the receiver in the middle of a burst from a sender that records every ack it got,
+  restart it: every acked frame is stored (with its event), re-sent frames are not stored twice,
+  and downlink counters never go back;
+- a flood of garbage, forged and replayed frames from another process alongside valid traffic
+  from the same address: every valid frame is stored and the flood is counted by reason.
+"""
+
+from __future__ import annotations
+
+import collections
+import select
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+from carecard.host.paths import ingest_db_path
+from carecard.protocol import decode_frame
+
+from receiver_helpers import Card, ReceiverProcess, provision
+
+
+class Sender:
+    """Sends frames keeping `window` unacknowledged, retransmitting after `retry` seconds like a
+    card's outbox; records every ack (device, uplink counter, downlink counter)."""
+
+    def __init__(self, cards: dict[int, Card], frames: list[tuple[int, int, bytes]], port: int,
+                 window: int = 32, retry: float = 0.5):
+        self.cards = cards
+        self.frames = frames
+        self.port = port
+        self.window = window
+        self.retry = retry
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        self.acked: dict[tuple[int, int], int] = {}  # (device, counter) -> downlink counter
+        self.downlink: dict[int, list[int]] = collections.defaultdict(list)
+        self.outstanding: dict[tuple[int, int], tuple[bytes, float]] = {}
+        self.next = 0
+        self.sent = 0
+
+    def step(self, wait: float = 0.01) -> None:
+        now = time.monotonic()
+        while len(self.outstanding) < self.window and self.next < len(self.frames):
+            device, counter, frame = self.frames[self.next]
+            self.next += 1
+            self._send(frame)
+            self.outstanding[(device, counter)] = (frame, now)
+        for key, (frame, at) in list(self.outstanding.items()):
+            if now - at > self.retry:
+                self._send(frame)
+                self.outstanding[key] = (frame, now)
+        ready, _, _ = select.select([self.sock], [], [], wait)
+        if ready:
+            self.drain()
+
+    def _send(self, frame: bytes) -> None:
+        try:
+            self.sock.sendto(frame, ("127.0.0.1", self.port))
+            self.sent += 1
+        except OSError:
+            pass
+
+    def drain(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(2048)
+            except (BlockingIOError, ConnectionRefusedError):
+                return
+            device = int.from_bytes(data[3:11], "big")
+            ack = decode_frame(data, self.cards[device].key)
+            key = (device, ack["acked"])
+            self.acked.setdefault(key, ack["counter"])
+            self.downlink[device].append(ack["counter"])
+            self.outstanding.pop(key, None)
+
+    def done(self) -> bool:
+        return self.next >= len(self.frames) and not self.outstanding
+
+
+def stored_frames(data_dir: Path) -> tuple[list[tuple[int, int]], set[str]]:
+    with sqlite3.connect(ingest_db_path(data_dir)) as conn:
+        frames = conn.execute("SELECT device, counter FROM frames").fetchall()
+        events = {row[0] for row in conn.execute("SELECT event_id FROM event_log")}
+    return frames, events
+
+
+def make_frames(cards: dict[int, Card], per_device: int) -> list[tuple[int, int, bytes]]:
+    frames = []
+    for _round in range(per_device):
+        for card in cards.values():
+            frame = card.frame("position" if card.counter % 4 else "status")
+            frames.append((card.device, card.counter, frame))
+    return frames
+
+
+def test_sigkill_mid_burst_loses_no_acked_frame(tmp_path: Path) -> None:
+    keys = provision(tmp_path, 20)
+    cards = {d: Card(d, k) for d, k in keys.items()}
+    frames = make_frames(cards, 150)  # 3000 frames
+    receiver = ReceiverProcess(tmp_path)
+    sender = Sender(cards, frames, receiver.udp_port, window=64, retry=0.3)
+    deadline = time.monotonic() + 30
+    while len(sender.acked) < 800 and time.monotonic() < deadline:
+        sender.step()
+    assert len(sender.acked) >= 800, "the receiver did not ack the burst"
+    receiver.kill()  # SIGKILL while frames are in flight
+    for _ in range(5):  # acks already sent before the kill are still in our socket buffer
+        sender.step(wait=0.02)
+    acked_before = dict(sender.acked)
+    downlink_before = {d: max(c) for d, c in sender.downlink.items()}
+    assert sender.outstanding, "the kill should have caught frames in flight"
+
+    frames_stored, events = stored_frames(tmp_path)
+    stored_set = set(frames_stored)
+    missing = [key for key in acked_before if key not in stored_set]
+    assert not missing, f"acked but not stored: {missing[:5]}"
+    assert all(f"{d}-{c}" in events for d, c in acked_before), "an acked frame lost its event"
+
+    # restart and let the card outboxes resend everything, including frames already stored
+    receiver = ReceiverProcess(tmp_path)
+    try:
+        sender.port = receiver.udp_port
+        for key, (frame, _at) in list(sender.outstanding.items()):
+            sender.outstanding[key] = (frame, 0.0)  # retransmit at once
+        resend = [f for f in frames[: sender.next]]
+        deadline = time.monotonic() + 30
+        while not sender.done() and time.monotonic() < deadline:
+            sender.step()
+        assert sender.done(), f"{len(sender.outstanding)} frames never acked after the restart"
+        # retransmissions of frames stored before the kill: acked again, not stored again
+        replay = Sender(cards, resend[:400], receiver.udp_port, window=64)
+        deadline = time.monotonic() + 20
+        while not replay.done() and time.monotonic() < deadline:
+            replay.step()
+        assert replay.done()
+    finally:
+        code, err = receiver.terminate()
+    assert code == 0, err
+    frames_stored, events = stored_frames(tmp_path)
+    assert len(frames_stored) == len(set(frames_stored)) == len(frames)
+    assert len(events) == len(frames)
+    # downlink counters after the restart are all above every counter used before it
+    after_restart = collections.defaultdict(list)
+    for (device, _counter), dl in sender.acked.items():
+        if (device, _counter) not in acked_before:
+            after_restart[device].append(dl)
+    for device, counters in after_restart.items():
+        assert min(counters) > downlink_before.get(device, 0)
+
+
+FLOODER = textwrap.dedent("""
+    import os, random, socket, sys, time
+    from carecard.protocol import encode_frame
+    port, seconds, known = int(sys.argv[1]), float(sys.argv[2]), [int(x) for x in sys.argv[3].split(",")]
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(4)]
+    rng = random.Random(7)
+    forged_key = bytes(16)
+    end = time.monotonic() + seconds
+    sent = 0
+    position = dict(lat_e7=1, lon_e7=2, alt_m=3, hdop_x10=4, sats=5, fix="3d", fix_age_s=1,
+                    speed_cms=0, course_x10=0)
+    while time.monotonic() < end:
+        kind = sent % 5
+        device = known[sent % len(known)]
+        if kind == 0:
+            data = os.urandom(rng.randrange(0, 80))
+        elif kind == 1:
+            data = os.urandom(600)
+        elif kind == 2:  # forged: a known device, the wrong key
+            data = encode_frame(dict(position, type="position", device=device, counter=rng.randrange(1, 10**6),
+                                     time=1764374400), forged_key)
+        elif kind == 3:  # a genuine-looking header with a flipped tag byte
+            data = bytes([1, 3, 0]) + device.to_bytes(8, "big") + os.urandom(35)
+        else:
+            data = b"\\x01\\x7f" + os.urandom(40)  # unknown type
+        try:
+            socks[sent % 4].sendto(data, ("127.0.0.1", port))
+        except OSError:
+            pass
+        sent += 1
+    print(sent)
+""")
+
+
+def test_flood_of_garbage_and_forgeries_does_not_cost_valid_frames(tmp_path: Path) -> None:
+    keys = provision(tmp_path, 5)
+    cards = {d: Card(d, k) for d, k in keys.items()}
+    frames = make_frames(cards, 60)  # 300 valid frames
+    receiver = ReceiverProcess(tmp_path, metrics=True)
+    flooder = subprocess.Popen([sys.executable, "-c", FLOODER, str(receiver.udp_port), "4",
+                                ",".join(str(d) for d in keys)], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.3)  # the flood is on
+        sender = Sender(cards, frames, receiver.udp_port, window=8, retry=0.3)
+        deadline = time.monotonic() + 30
+        while not sender.done() and time.monotonic() < deadline:
+            sender.step()
+        flood_sent = int(flooder.communicate(timeout=30)[0])
+        assert sender.done(), f"{len(sender.outstanding)} valid frames never acked under the flood"
+        text = urllib.request.urlopen(f"http://127.0.0.1:{receiver.metrics_port}/metrics", timeout=5).read().decode()
+    finally:
+        if flooder.poll() is None:
+            flooder.kill()
+        code, err = receiver.terminate()
+    assert code == 0, err
+    frames_stored, events = stored_frames(tmp_path)
+    assert sorted(frames_stored) == sorted((d, c) for d, c, _f in frames)
+    assert len(events) == len(frames)
+    rejected = {}
+    for line in text.splitlines():
+        if line.startswith("carecard_frames_rejected_total{"):
+            reason = line.split('reason="', 1)[1].split('"', 1)[0]
+            rejected[reason] = int(line.rsplit(" ", 1)[1])
+    assert flood_sent > 1000
+    assert sum(rejected.values()) > 0.5 * flood_sent  # the rest: dropped by the kernel under the flood
+    assert {"bad_tag", "oversize"} <= set(rejected) or "over_budget" in rejected
+    assert "over_budget" in rejected, "the flooding address should have run out of budget"
