@@ -369,11 +369,15 @@ class Ingest:
 
     # --- batches --------------------------------------------------------------------------------
 
-    def take_batch(self, now: float) -> PendingBatch | None:
+    @property
+    def stats_pending(self) -> bool:
+        return bool(self._stats)
+
+    def take_batch(self, now: float, *, force_stats: bool = False) -> PendingBatch | None:
         """Hand over the collected batch for commit (None when there is nothing to commit).
-        Device statistics ride along every `device_stats_interval_s`."""
+        Device statistics ride along every `device_stats_interval_s` (or now, with force_stats)."""
         batch = self.batch
-        if now - self._stats_flushed >= self.settings.device_stats_interval_s and self._stats:
+        if self._stats and (force_stats or now - self._stats_flushed >= self.settings.device_stats_interval_s):
             batch.commit.device_stats = [
                 (device, s[0], s[1], f"{s[2][0]}:{_address_text(s[2][1])}", s[3])
                 for device, s in self._stats.items()]

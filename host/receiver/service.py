@@ -356,12 +356,12 @@ class Receiver:
         if self._inflight is None:
             self._submit()
 
-    def _submit(self) -> None:
+    def _submit(self, force_stats: bool = False) -> None:
         assert self.ingest is not None and self._loop is not None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        batch = self.ingest.take_batch(time.time())
+        batch = self.ingest.take_batch(time.time(), force_stats=force_stats)
         if batch is None:
             return
         future = self._loop.run_in_executor(self._writer, self._commit, batch)
@@ -407,9 +407,9 @@ class Receiver:
             if self._inflight is not None:
                 continue
             ingest = self.ingest
-            if ingest is None or not (len(ingest.batch) or ingest.batch.commit):
+            if ingest is None or not (len(ingest.batch) or ingest.batch.commit or ingest.stats_pending):
                 return
-            self._submit()
+            self._submit(force_stats=True)
             if self._inflight is None:
                 return
 
