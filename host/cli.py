@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "carecard.host.commands.receive_cmd",
     "carecard.host.commands.devices_cmds",
     "carecard.host.commands.send_cmd",
+    "carecard.host.commands.demo_cmd",
 ]
 
 
