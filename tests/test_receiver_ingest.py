@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
 from pathlib import Path
 
@@ -12,61 +11,12 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from carecard.host.eventlog import EventLog
 from carecard.host.paths import ingest_db_path
-from carecard.host.receiver.config import BudgetSettings, IngestSettings
-from carecard.host.receiver.ingest import DOWNLINK_BLOCK, Ingest
-from carecard.host.receiver.metrics import Metrics
-from carecard.host.receiver.store import SQLiteStore, StoreError
-from carecard.protocol import KeyRing, encode_frame, spec
+from carecard.host.receiver.config import BudgetSettings
+from carecard.host.receiver.ingest import DOWNLINK_BLOCK
+from carecard.host.receiver.store import StoreError
+from carecard.protocol import encode_frame, spec
 
-from receiver_helpers import Card, provision
-
-
-class Harness:
-    """An Ingest on a real SQLite store, with a fake 'network' collecting sent acks."""
-
-    def __init__(self, data_dir: Path, devices: dict[int, bytes], window: int = 256,
-                 budget: BudgetSettings | None = None):
-        self.data_dir = data_dir
-        self.devices = devices
-        self.window = window
-        self.budget = budget
-        self.sent: list[tuple[object, bytes]] = []
-        self.open()
-
-    def open(self) -> None:
-        self.store = SQLiteStore(ingest_db_path(self.data_dir))
-        self.metrics = Metrics()
-        self.ingest = Ingest(self.store, KeyRing(self.devices), self.metrics,
-                             settings=IngestSettings(replay_window=self.window), budget=self.budget)
-        self.ingest.load_registry(self.store.load_devices(), self.store.open_commands())
-
-    def reopen(self) -> None:
-        self.store.close()
-        self.open()
-
-    def send(self, ack: bytes, address: object) -> None:
-        self.sent.append((address, ack))
-
-    def feed(self, frame: bytes, source: str = "10.0.0.1", address: object = ("10.0.0.1", 5000)) -> str | None:
-        return self.ingest.handle(frame, self.send, address, source, "udp", time.time())
-
-    def commit(self) -> list[bytes]:
-        batch = self.ingest.take_batch(time.time())
-        if batch is None:
-            return []
-        last_seq = self.store.commit(batch.commit)
-        acks = self.ingest.committed(batch, last_seq, 0.0)
-        for send, address, ack in acks:
-            send(ack, address)
-        return [ack for _s, _a, ack in acks]
-
-    def frames(self) -> list[tuple[int, int]]:
-        with sqlite3.connect(ingest_db_path(self.data_dir)) as conn:
-            return conn.execute("SELECT device, counter FROM frames ORDER BY device, counter").fetchall()
-
-    def events(self) -> list[str]:
-        with sqlite3.connect(ingest_db_path(self.data_dir)) as conn:
-            return [row[0] for row in conn.execute("SELECT event_id FROM event_log ORDER BY seq")]
+from receiver_helpers import Card, Harness, provision
 
 
 @pytest.fixture

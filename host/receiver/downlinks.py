@@ -124,7 +124,8 @@ def queue_command(store: SQLiteStore, device: int, cmd: str, args: Mapping[str, 
                   *, now: float | None = None) -> CommandRecord:
     """Queue a command for a registered device (works while a receiver runs: it reloads)."""
     stamp = time.time() if now is None else now
-    check_command(cmd, args)
+    # checked before taking the write lock; prompt_id defaults to the seq, unknown until then
+    check_command(cmd, {"prompt_id": 1, **args} if cmd == "checkin_prompt" else args)
     with store.transaction() as conn:
         row = conn.execute("SELECT next_command_seq FROM devices WHERE device = ?", (device,)).fetchone()
         if row is None:

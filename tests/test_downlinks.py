@@ -1,0 +1,158 @@
+"""Downlink commands: queued, carried in acks until the card confirms, failed/expired when not,
+and `carecard send` while a receiver runs."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from carecard.host.paths import ingest_db_path
+from carecard.host.receiver.config import DownlinkSettings, Endpoint, ReceiverConfig
+from carecard.host.receiver.downlinks import CommandError, check_command, queue_command
+from carecard.host.receiver.service import ReceiverThread
+from carecard.host.receiver.store import SQLiteStore, list_commands, load_devices
+
+from receiver_helpers import Card, Harness, exchange, provision, run_cli, udp_client
+
+
+def queue(data_dir: Path, device: int, cmd: str, args: dict | None = None) -> int:
+    store = SQLiteStore(ingest_db_path(data_dir), readonly_lookups=False)
+    try:
+        return queue_command(store, device, cmd, args or {}).seq
+    finally:
+        store.close()
+
+
+def commands(data_dir: Path, device: int) -> list:
+    store = SQLiteStore(ingest_db_path(data_dir), readonly_lookups=False)
+    try:
+        return list_commands(store.connection, device)
+    finally:
+        store.close()
+
+
+def round_trip(h: Harness, card: Card, mtype: str = "status", **fields: object) -> dict:
+    assert h.feed(card.frame(mtype, **fields)) is None
+    acks = h.commit()
+    return card.ack(acks[-1])
+
+
+def test_command_rides_on_acks_until_confirmed(tmp_path: Path) -> None:
+    device, key = next(iter(provision(tmp_path, 1).items()))
+    seq = queue(tmp_path, device, "set_intervals", {"position_s": 300, "status_s": 3600, "gnss_timeout_s": 60})
+    h = Harness(tmp_path, {device: key})
+    card = Card(device, key)
+    first = round_trip(h, card)
+    assert first["commands"] == [{"seq": seq, "cmd": "set_intervals", "position_s": 300, "status_s": 3600,
+                                  "gnss_timeout_s": 60}]
+    assert round_trip(h, card)["commands"][0]["seq"] == seq  # not confirmed yet: sent again
+    (state,) = commands(tmp_path, device)
+    assert (state.state, state.attempts) == ("sent", 2)
+    done = round_trip(h, card, "command_result", seq=seq, result="done")
+    assert done["commands"] == []  # the ack of the confirmation no longer carries it
+    (state,) = commands(tmp_path, device)
+    assert (state.state, state.result) == ("done", "done")
+    assert round_trip(h, card)["commands"] == []
+    assert h.metrics.commands_finished["done"] == 1
+    h.store.close()
+
+
+def test_unconfirmed_command_fails_after_max_attempts_and_card_answers_are_kept(tmp_path: Path) -> None:
+    device, key = next(iter(provision(tmp_path, 1).items()))
+    locate = queue(tmp_path, device, "locate_now")
+    reboot = queue(tmp_path, device, "reboot", {"delay_s": 5})
+    h = Harness(tmp_path, {device: key}, downlinks=DownlinkSettings(max_attempts=3))
+    card = Card(device, key)
+    assert [c["seq"] for c in round_trip(h, card)["commands"]] == [locate, reboot]
+    assert round_trip(h, card, "command_result", seq=reboot, result="unsupported")["commands"] == [
+        {"seq": locate, "cmd": "locate_now"}]
+    assert round_trip(h, card)["commands"] == [{"seq": locate, "cmd": "locate_now"}]
+    assert round_trip(h, card)["commands"] == []  # three attempts made: given up
+    states = {c.seq: (c.state, c.attempts, c.result) for c in commands(tmp_path, device)}
+    assert states == {locate: ("failed", 3, None), reboot: ("unsupported", 1, "unsupported")}
+    h.store.close()
+
+
+def test_old_commands_expire_and_set_time_carries_the_ack_time(tmp_path: Path) -> None:
+    device, key = next(iter(provision(tmp_path, 1).items()))
+    old = queue(tmp_path, device, "locate_now")
+    h = Harness(tmp_path, {device: key}, downlinks=DownlinkSettings(expire_after_s=0.3))
+    time.sleep(0.4)
+    clock = queue(tmp_path, device, "set_time")
+    h.reopen()
+    card = Card(device, key)
+    before = int(time.time())
+    ack = round_trip(h, card)
+    assert [c["cmd"] for c in ack["commands"]] == ["set_time"]
+    assert before <= ack["commands"][0]["unix"] <= int(time.time()) + 1
+    states = {c.seq: c.state for c in commands(tmp_path, device)}
+    assert states == {old: "expired", clock: "sent"}
+    h.store.close()
+
+
+def test_confirmed_contacts_update_the_registry(tmp_path: Path) -> None:
+    device, key = next(iter(provision(tmp_path, 1).items()))
+    contacts = [{"key": 1, "number": "+8613800000001", "name": "大儿子"},
+                {"key": 4, "number": "+8613900000004", "name": "网格员"}]
+    seq = queue(tmp_path, device, "set_contacts", {"contacts": contacts})
+    h = Harness(tmp_path, {device: key})
+    card = Card(device, key)
+    assert round_trip(h, card)["commands"][0]["contacts"] == contacts
+    round_trip(h, card, "command_result", seq=seq, result="done")
+    devices = load_devices(h.store.connection)
+    assert [c.as_dict() for c in devices[device].contacts] == contacts
+    h.store.close()
+
+
+def test_commands_are_checked_when_queued(tmp_path: Path) -> None:
+    device, _key = next(iter(provision(tmp_path, 1).items()))
+    with pytest.raises(CommandError, match="not registered"):
+        queue(tmp_path, 123456789012347, "locate_now")
+    with pytest.raises(CommandError, match="unknown command"):
+        check_command("self_destruct", {})
+    with pytest.raises(CommandError, match="position_s"):
+        check_command("set_intervals", {"position_s": -1, "status_s": 1, "gnss_timeout_s": 1})
+    with pytest.raises(CommandError, match="unexpected field"):
+        check_command("locate_now", {"when": 1})
+    huge = [{"key": k, "number": "+" + "1" * 63, "name": "名" * 21} for k in range(1, 5)]
+    with pytest.raises(CommandError, match="exceeds"):
+        check_command("set_contacts", {"contacts": huge})
+    assert commands(tmp_path, device) == []
+
+
+def test_send_while_the_receiver_runs(tmp_path: Path) -> None:
+    device, key = next(iter(provision(tmp_path, 1).items()))
+    card = Card(device, key)
+    config = ReceiverConfig(udp=[Endpoint("127.0.0.1", 0)], data_dir=tmp_path, log_level="warning")
+    config.ingest.registry_poll_s = 0.05
+    with ReceiverThread(config) as rt:
+        port = rt.receiver.udp_ports[0]
+        client = udp_client()
+        assert card.ack(exchange(client, port, card.frame()))["commands"] == []
+        result = run_cli("send", str(device), "checkin", "--timeout", "120", "--data", str(tmp_path))
+        assert result.returncode == 0, result.stderr
+        assert "checkin_prompt" in result.stdout
+        deadline = time.monotonic() + 5
+        carried = []
+        while not carried and time.monotonic() < deadline:
+            carried = card.ack(exchange(client, port, card.frame()))["commands"]
+            time.sleep(0.05)
+        assert carried and carried[0]["cmd"] == "checkin_prompt" and carried[0]["timeout_s"] == 120
+        assert carried[0]["prompt_id"] == carried[0]["seq"]
+        listing = run_cli("devices", "--data", str(tmp_path), "--json")
+        (record,) = [json.loads(line) for line in listing.stdout.splitlines()]
+        assert record["commands"][0]["state"] == "sent"
+        cancel = run_cli("send", "Elder 0", "cancel", str(carried[0]["seq"]), "--data", str(tmp_path))
+        assert cancel.returncode == 0, cancel.stderr
+        deadline = time.monotonic() + 5
+        while carried and time.monotonic() < deadline:
+            time.sleep(0.1)
+            carried = card.ack(exchange(client, port, card.frame()))["commands"]
+        assert carried == []
+    states = [c.state for c in commands(tmp_path, device)]
+    assert states == ["cancelled"]
+    bad = run_cli("send", "nobody", "locate", "--data", str(tmp_path))
+    assert bad.returncode == 1 and "no device named" in bad.stderr

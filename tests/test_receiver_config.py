@@ -1,0 +1,115 @@
+"""Receiver configuration (TOML and flags), the sample config, the store's schema guard, the demo."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from hypothesis import given, strategies as st
+
+from carecard.host.paths import ingest_db_path
+from carecard.host.receiver.config import (
+    DEFAULT_PORT,
+    ConfigError,
+    Endpoint,
+    ReceiverConfig,
+    config_from_mapping,
+    load_config,
+    parse_endpoint,
+    parse_serial,
+)
+from carecard.host.receiver.store import SQLiteStore, StoreError
+
+from receiver_helpers import run_cli
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_listen_on_loopback_udp() -> None:
+    config = ReceiverConfig()
+    config.ensure_listener()
+    assert config.udp == [Endpoint("127.0.0.1", DEFAULT_PORT)]
+    assert str(config.data_dir) == "data"
+
+
+def test_sample_config_is_valid_and_documented() -> None:
+    sample = REPO / "docs" / "receiver.sample.toml"
+    config = load_config(sample)
+    assert config.udp and config.metrics is not None
+    assert config.sinks and config.sinks[0]["type"] == "sqlite"
+    assert config.data_dir.is_absolute()  # relative to the config file's folder
+    text = (REPO / "docs" / "receiver.md").read_text()
+    for key in ("batch_max_frames", "batch_max_delay_ms", "durability", "rejects_per_second",
+                "max_attempts", "expire_after_s", "max_connections", "udp_receive_buffer"):
+        assert key in text, key
+
+
+@pytest.mark.parametrize("document, message", [
+    ({"receive": {"udp": 5}}, "must be text"),
+    ({"receive": {"udp": ["1.2.3.4:99999"]}}, "port must be"),
+    ({"receive": {"colour": "blue"}}, "unknown key 'colour'"),
+    ({"ingest": {"durability": "maybe"}}, "one of full, normal"),
+    ({"ingest": {"batch_max_frames": 0}}, "batch_max_frames"),
+    ({"budget": {"rejects_per_second": "many"}}, "rejects_per_second"),
+    ({"downlinks": {"max_attempts": True}}, "max_attempts"),
+    ({"sinks": {"type": "sqlite"}}, "list of [[sinks]]"),
+    ({"surprise": 1}, "unknown key 'surprise'"),
+])
+def test_bad_values_name_the_table_and_key(document: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        config_from_mapping(document, "test.toml")
+
+
+def test_endpoints_and_serial_ports() -> None:
+    assert parse_endpoint("0.0.0.0:9000", "x") == Endpoint("0.0.0.0", 9000)
+    assert parse_endpoint(":9000", "x") == Endpoint("0.0.0.0", 9000)
+    assert parse_endpoint("[::1]:9000", "x") == Endpoint("::1", 9000)
+    assert parse_endpoint("localhost", "x") == Endpoint("localhost", DEFAULT_PORT)
+    assert parse_serial("/dev/ttyUSB0", "x").baud == 115200
+    assert parse_serial("/dev/ttyUSB0:9600", "x").baud == 9600
+    for bad in ("::1:80", "host:port", "a b:1", "", "[::1"):
+        with pytest.raises(ConfigError):
+            parse_endpoint(bad, "x")
+
+
+@given(st.text(max_size=60))
+def test_endpoint_parser_only_raises_config_errors(text: str) -> None:
+    try:
+        endpoint = parse_endpoint(text, "--udp")
+    except ConfigError as exc:
+        assert "--udp" in str(exc)
+    else:
+        assert 0 <= endpoint.port <= 65535 and endpoint.host
+
+
+def test_newer_database_schema_is_refused(tmp_path: Path) -> None:
+    SQLiteStore(ingest_db_path(tmp_path)).close()
+    with sqlite3.connect(ingest_db_path(tmp_path)) as conn:
+        conn.execute("UPDATE meta SET value = 99 WHERE name = 'schema_version'")
+    with pytest.raises(StoreError, match="schema version 99"):
+        SQLiteStore(ingest_db_path(tmp_path))
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "carecard.sqlite").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match="not usable|cannot open"):
+        SQLiteStore(ingest_db_path(tmp_path / "junk"))
+
+
+def test_demo_runs_on_micropython_and_tells_what_was_stored(tmp_path: Path) -> None:
+    result = run_cli("demo", "--data", str(tmp_path / "demo"), timeout=60)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "carrying locate_now seq 1" in out
+    assert "(retransmission, same bytes)" in out
+    assert "REJECTED, no ack" in out
+    assert "duplicates acked again, not stored: 1" in out
+    assert "rejected: 1 (bad_tag 1)" in out
+    assert "#1 locate_now done" in out
+    assert '"type": "LineString"' in out
+    assert (tmp_path / "demo" / "track.geojson").exists()
+    # a second run empties its own folder and runs again
+    assert run_cli("demo", "--data", str(tmp_path / "demo"), timeout=60).returncode == 0
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "precious.txt").write_text("keep me")
+    refused = run_cli("demo", "--data", str(tmp_path / "other"))
+    assert refused.returncode != 0 and "not a demo folder" in refused.stderr
