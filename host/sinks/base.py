@@ -176,7 +176,7 @@ def backoff_delay(attempt: int, low: float, high: float, rng: random.Random | No
     """Exponential backoff with jitter: attempt 1 waits about `low`, doubling up to `high`; the
     wait is drawn uniformly from the upper half of that ceiling, so many sinks (or receivers)
     retrying together spread out but never retry faster than half the schedule."""
-    ceiling = min(high, low * (2 ** max(0, attempt - 1)))
+    ceiling = min(high, low * (2.0 ** min(max(0, attempt - 1), 60)))
     return (rng or random).uniform(ceiling / 2, ceiling)
 
 
@@ -277,7 +277,7 @@ class SinkRunner:
     async def _run(self) -> None:
         attempt = 0
         loop = asyncio.get_running_loop()
-        while True:
+        while not self._stop_now.is_set():  # (cancel() alone can be swallowed by wait_for in 3.11)
             woken = self._wake.is_set()
             self._wake.clear()
             if (woken or self._more) and len(self._queue) < self.queue_size:
@@ -350,6 +350,8 @@ class SinkRunner:
         log.log(level, "sink %s: delivery failed (attempt %d, %d events waiting), retrying in "
                 "%.2f s: %s", self.name, attempt, max(0, self._head - self.cursor), delay, message)
         await self._persist(force=False)
+        if self._stop_now.is_set():
+            return
         try:
             await asyncio.wait_for(self._stop_now.wait(), delay)
         except asyncio.TimeoutError:

@@ -1,0 +1,149 @@
+"""The durable event log: ordered, gap-free seqs, idempotent appends, transactional with the
+caller, readable concurrently, cursors that persist."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from carecard.host.eventlog import EventLog, EventLogError
+from carecard.host.paths import DEFAULT_DATA_DIR, events_db_path, ingest_db_path
+
+from eventgen import position_event
+
+
+def test_paths() -> None:
+    assert DEFAULT_DATA_DIR == Path("data")
+    assert ingest_db_path("d") == Path("d/carecard.sqlite")
+    assert events_db_path(Path("d")) == Path("d/events.sqlite")
+
+
+def test_append_is_part_of_the_callers_transaction(tmp_path: Path) -> None:
+    db = tmp_path / "carecard.sqlite"
+    writer = EventLog.connect_writer(db)
+    reader = EventLog(db)
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("CREATE TABLE frames (n INTEGER)")
+    writer.execute("INSERT INTO frames VALUES (1)")
+    assert EventLog.append(writer, [position_event(1), position_event(2)]) == 2
+    assert reader.last_seq() == 0 and reader.events_after(0) == []  # not committed yet
+    writer.execute("ROLLBACK")
+    assert reader.last_seq() == 0
+    writer.execute("BEGIN IMMEDIATE")
+    EventLog.append(writer, [position_event(1), position_event(2)])
+    writer.execute("COMMIT")
+    assert [(seq, e["id"]) for seq, e in reader.events_after(0)] == [(1, position_event(1)["id"]),
+                                                                     (2, position_event(2)["id"])]
+    assert reader.events_after(1, 10)[0][1] == position_event(2)
+
+
+def test_python_default_isolation_level(tmp_path: Path) -> None:
+    """With sqlite3's default isolation level the insert opens a transaction that the caller commits."""
+    db = tmp_path / "c.sqlite"
+    EventLog.connect_writer(db).close()
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE IF NOT EXISTS frames (n INTEGER)")
+    conn.execute("INSERT INTO frames VALUES (1)")
+    EventLog.append(conn, [position_event(1)])
+    reader = EventLog(db)
+    assert reader.last_seq() == 0
+    conn.commit()
+    assert reader.last_seq() == 1
+
+
+def test_duplicates_are_skipped_without_gaps(tmp_path: Path) -> None:
+    db = tmp_path / "c.sqlite"
+    writer = EventLog.connect_writer(db)
+    assert EventLog.append(writer, [position_event(1), position_event(1), position_event(2)]) == 2
+    assert EventLog.append(writer, [position_event(2)]) == 2
+    assert EventLog.append(writer, []) == 2
+    assert EventLog.append(writer, [position_event(3)]) == 3
+    assert [seq for seq, _ in EventLog(db).events_after(0)] == [1, 2, 3]
+
+
+@settings(max_examples=30, deadline=None)
+@given(batches=st.lists(st.lists(st.integers(1, 40), max_size=12), max_size=10))
+def test_log_holds_each_id_once_in_first_seen_order(tmp_path_factory: pytest.TempPathFactory,
+                                                    batches: list[list[int]]) -> None:
+    db = tmp_path_factory.mktemp("log") / "c.sqlite"
+    writer = EventLog.connect_writer(db)
+    seen: list[int] = []
+    for batch in batches:
+        head = EventLog.append(writer, [position_event(n) for n in batch])
+        for n in batch:
+            if n not in seen:
+                seen.append(n)
+        assert head == len(seen)
+    reader = EventLog(db)
+    got = reader.events_after(0, 1000)
+    assert [seq for seq, _ in got] == list(range(1, len(seen) + 1))
+    assert [e["counter"] for _, e in got] == seen
+    writer.close()
+    reader.close()
+
+
+def test_prune_and_cursors(tmp_path: Path) -> None:
+    db = tmp_path / "c.sqlite"
+    writer = EventLog.connect_writer(db)
+    EventLog.append(writer, [position_event(n) for n in range(1, 11)])
+    log = EventLog(db)
+    assert log.load_cursor("sqlite") is None
+    log.save_cursor("sqlite", 6)
+    log.save_cursor("sqlite", 7)
+    log.save_cursor("mqtt", 3)
+    assert EventLog(db).cursors() == {"sqlite": 7, "mqtt": 3}
+    assert EventLog.prune(writer, 3, max_rows=2) == 2
+    assert EventLog.prune(writer, 3) == 1
+    assert log.first_seq() == 4 and log.last_seq() == 10
+    EventLog.append(writer, [position_event(11)])
+    assert log.events_after(9) == [(10, position_event(10)), (11, position_event(11))]
+    EventLog.prune(writer, 11)
+    assert log.first_seq() == 0 and log.last_seq() == 11  # seqs are never reused
+    assert EventLog.append(writer, [position_event(12)]) == 12
+
+
+def test_open_errors(tmp_path: Path) -> None:
+    with pytest.raises(EventLogError, match="does not exist"):
+        EventLog(tmp_path / "missing.sqlite")
+    other = tmp_path / "other.sqlite"
+    sqlite3.connect(other).execute("CREATE TABLE x (y)")
+    with pytest.raises(EventLogError, match="no event_log or sink_cursor table"):
+        EventLog(other)
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(EventLogError):
+        EventLog(junk)
+
+
+def test_reader_sees_a_gap_free_prefix_while_the_writer_appends(tmp_path: Path) -> None:
+    db = tmp_path / "c.sqlite"
+    writer = EventLog.connect_writer(db)
+    reader = EventLog(db)
+    total = 2000
+    done = threading.Event()
+    problems: list[str] = []
+
+    def read() -> None:
+        seq = 0
+        while seq < total:
+            for got, event in reader.events_after(seq, 100):
+                if got != seq + 1 or event["counter"] != got:
+                    problems.append(f"expected {seq + 1}, got {got}")
+                seq = got
+            if done.is_set() and reader.last_seq() == seq:
+                break
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    for start in range(1, total + 1, 20):
+        writer.execute("BEGIN IMMEDIATE")
+        EventLog.append(writer, [position_event(n) for n in range(start, start + 20)])
+        writer.execute("COMMIT")
+    done.set()
+    thread.join(30)
+    assert not thread.is_alive() and problems == []

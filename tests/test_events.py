@@ -1,0 +1,180 @@
+"""Events from decoded messages: every uplink type, validated against docs/event.schema.json."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import jsonschema
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from carecard.host import events as ev
+from carecard.protocol import decode_frame, encode_frame, spec
+
+from eventgen import DEVICE, T0, position_message, uplink_messages
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "docs" / "event.schema.json"
+KEY = bytes(range(16))
+
+
+@pytest.fixture(scope="module")
+def validator() -> jsonschema.Draft202012Validator:
+    schema = json.loads(SCHEMA_PATH.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def test_committed_schema_is_generated_from_the_spec() -> None:
+    assert SCHEMA_PATH.read_text() == ev.schema_text(), (
+        "docs/event.schema.json is stale: regenerate with "
+        "`.venv/bin/python -m carecard.host.events > docs/event.schema.json`")
+
+
+def test_sentinels_are_read_from_the_spec_descriptions() -> None:
+    found = {(kind, f.name): f.sentinel for kind, plan in ev.PLANS.items() for f in plan if f.sentinel is not None}
+    assert found == {
+        ("status", "battery_pct"): 255, ("status", "rssi_dbm"): -128,
+        ("position", "hdop_x10"): 255, ("position", "fix_age_s"): 65535,
+        ("sos", "fix_age_s"): 65535, ("sos", "battery_pct"): 255, ("power", "battery_pct"): 255,
+    }
+
+
+def test_every_uplink_type_has_a_plan_and_kinds_match_the_spec() -> None:
+    assert ev.MESSAGE_KINDS == tuple(name for _c, name, _f in spec.UPLINK)
+    assert ev.EVENT_KINDS[-1] == "alert"
+
+
+def _check_event(message: dict, event: dict, validator: jsonschema.Draft202012Validator) -> None:
+    validator.validate(event)
+    assert event["schema"] == ev.SCHEMA_VERSION
+    assert event["id"] == f"{message['device']}-{message['counter']}"
+    assert event["device"] == str(message["device"])
+    assert event["kind"] == message["type"]
+    data = event["data"]
+    assert data["device_time"] == message["time"]
+    assert (event["time"] is None) == (not message["clock_synced"])
+    if message["clock_synced"]:
+        assert ev.parse_iso_utc(event["time"]) == message["time"]
+    for field in ev.PLANS[message["type"]]:
+        raw = message[field.name]
+        if field.kind == "track":
+            assert [p["device_time"] for p in data["points"]] == [p["time"] for p in raw]
+            assert [p["lat_e7"] for p in data["points"]] == [p["lat_e7"] for p in raw]
+            for point in data["points"]:
+                assert math.isclose(point["lat"] * 1e7, point["lat_e7"], abs_tol=1e-6)
+            continue
+        if field.sentinel is not None and raw == field.sentinel:
+            assert data[field.name] is None
+        else:
+            assert data[field.name] == raw
+        if field.twin is not None and data[field.twin] is not None:
+            assert math.isclose(data[field.twin] * field.divisor, raw, rel_tol=1e-12, abs_tol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ev.MESSAGE_KINDS)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_events_of_every_type_match_the_schema(kind: str, data: st.DataObject,
+                                               validator: jsonschema.Draft202012Validator) -> None:
+    message = data.draw(uplink_messages(kinds=(kind,)))
+    received = data.draw(st.floats(0, 2**32 - 1, allow_nan=False))
+    _check_event(message, ev.event_from_message(message, received), validator)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(message=uplink_messages())
+def test_events_from_real_frames(message: dict, validator: jsonschema.Draft202012Validator) -> None:
+    """Through the real codec: encode, decode, then the event."""
+    for _c, name, fields in spec.UPLINK:
+        if name == message["type"]:
+            for fname, kind, _d in fields:
+                if kind == "str":
+                    message[fname] = message[fname].encode()[: spec.MAX_STR].decode("utf-8", "ignore")
+    decoded = decode_frame(encode_frame(message, KEY), KEY)
+    _check_event(message, ev.event_from_message(decoded, T0 + 0.5), validator)
+
+
+def test_position_event_in_human_units(validator: jsonschema.Draft202012Validator) -> None:
+    event = ev.event_from_message(position_message(5), T0 + 301.25)
+    validator.validate(event)
+    assert event["id"] == f"{DEVICE}-5"
+    assert event["time"] == "2025-11-29T00:05:00Z"
+    assert event["received_at"] == "2025-11-29T00:05:01.250Z"
+    d = event["data"]
+    assert (d["lat"], d["lon"], d["hdop"], d["speed_ms"], d["course"]) == (24.700005, 118.399995, 1.2, 1.5, 90.0)
+    assert d["lat_e7"] == 247000050 and d["clock_synced"] is True
+
+
+def test_no_fix_and_unknown_values_become_null(validator: jsonschema.Draft202012Validator) -> None:
+    message = position_message(1) | {"fix": "none", "hdop_x10": 255, "fix_age_s": 65535}
+    event = ev.event_from_message(message, T0)
+    validator.validate(event)
+    d = event["data"]
+    assert d["lat"] is None and d["lon"] is None and d["lat_e7"] == message["lat_e7"]
+    assert d["hdop"] is None and d["hdop_x10"] is None and d["fix_age_s"] is None
+
+
+def test_unsynced_clock_keeps_device_time_only(validator: jsonschema.Draft202012Validator) -> None:
+    message = {"type": "track", "direction": "uplink", "device": DEVICE, "counter": 9, "time": 500,
+               "clock_synced": False, "points": [{"time": 400, "lat_e7": 1, "lon_e7": -1}]}
+    event = ev.event_from_message(message, T0)
+    validator.validate(event)
+    assert event["time"] is None and event["data"]["device_time"] == 500
+    assert event["data"]["points"] == [{"time": None, "device_time": 400, "lat": 1e-7, "lat_e7": 1,
+                                        "lon": -1e-7, "lon_e7": -1}]
+
+
+def test_hello_gets_a_version_string() -> None:
+    message = {"type": "hello", "direction": "uplink", "device": DEVICE, "counter": 1, "time": T0,
+               "clock_synced": True, "fw_major": 1, "fw_minor": 4, "fw_patch": 12,
+               "reset_cause": "watchdog", "config_version": 3, "modem": "a7670"}
+    assert ev.event_from_message(message, T0)["data"]["fw_version"] == "1.4.12"
+
+
+def test_alert_events(validator: jsonschema.Draft202012Validator) -> None:
+    alert = ev.alert_event(DEVICE, "inactivity", {"still_for_s": 43200, "last": "x"}, T0 + 0.5)
+    validator.validate(alert)
+    assert alert["id"] == f"{DEVICE}-alert-inactivity-{(T0 * 1000) + 500}"
+    assert alert["kind"] == "alert" and alert["counter"] is None
+    assert ev.event_topic_suffix(alert) == f"{DEVICE}/alert/inactivity"
+    assert ev.alert_event(str(DEVICE), "sos_unanswered", {}, T0, alert_id="engine-7")["id"] == "engine-7"
+
+
+@pytest.mark.parametrize("call", [
+    lambda: ev.alert_event(DEVICE, "bad/kind", {}, T0),
+    lambda: ev.alert_event(DEVICE, "inactivity", {"x": object()}, T0),
+    lambda: ev.alert_event(DEVICE, "inactivity", {"x": float("nan")}, T0),
+    lambda: ev.alert_event("12ab", "inactivity", {}, T0),
+    lambda: ev.alert_event(DEVICE, "inactivity", [], T0),  # type: ignore[arg-type]
+    lambda: ev.event_from_message({"type": "ack", "direction": "downlink", "device": 1, "counter": 1,
+                                   "time": 1, "acked": 1, "commands": []}, T0),
+    lambda: ev.event_from_message({"type": "nope"}, T0),
+    lambda: ev.event_from_message({k: v for k, v in position_message(1).items() if k != "sats"}, T0),
+    lambda: ev.event_from_message(position_message(1), float("inf")),
+    lambda: ev.event_from_message("position", T0),  # type: ignore[arg-type]
+])
+def test_bad_input_is_a_typed_error(call) -> None:  # noqa: ANN001
+    with pytest.raises(ev.EventError):
+        call()
+
+
+def test_schema_rejects_what_it_should(validator: jsonschema.Draft202012Validator) -> None:
+    good = ev.event_from_message(position_message(2), T0)
+    for mutate in (
+        lambda e: e.update(extra=1),
+        lambda e: e.update(schema=2),
+        lambda e: e.update(kind="telepathy"),
+        lambda e: e["data"].pop("lat"),
+        lambda e: e["data"].update(fix="4d"),
+        lambda e: e["data"].update(lat_e7=spec.LAT_E7_MAX + 1),
+        lambda e: e.update(time="2025-11-29 00:00:00"),
+        lambda e: e.update(counter=None),
+    ):
+        bad = copy.deepcopy(good)
+        mutate(bad)
+        with pytest.raises(jsonschema.ValidationError):
+            validator.validate(bad)
