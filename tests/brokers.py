@@ -131,7 +131,7 @@ class FlakyHTTPServer:
     each answer: an int status, ("sleep", seconds) to time the client out, or "drop" to close the
     connection without answering. Every request is recorded with its headers and raw body."""
 
-    def __init__(self, behaviour: Callable[[int, dict[str, Any]], Any]):
+    def __init__(self, behaviour: Callable[[int, dict[str, Any]], Any], port: int = 0):
         self.behaviour = behaviour
         self.requests: list[dict[str, Any]] = []
         self.accepted: list[dict[str, Any]] = []
@@ -140,6 +140,7 @@ class FlakyHTTPServer:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out in two writes
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -169,7 +170,7 @@ class FlakyHTTPServer:
                 self.end_headers()
                 self.wfile.write(reply)
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/hook"

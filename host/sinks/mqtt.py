@@ -162,7 +162,6 @@ class MqttSink(Sink):
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
-        client.enable_logger(logging.getLogger("carecard.host.sinks.paho"))
         if self.username is not None:
             client.username_pw_set(self.username, self.password)
         if self.tls is not None:
@@ -188,7 +187,7 @@ class MqttSink(Sink):
         if not client.is_connected():
             # wait briefly for a connection that is being made (start-up, reconnect)
             with self._cond:
-                self._cond.wait_for(client.is_connected, timeout=min(1.0, self.publish_timeout))
+                self._cond.wait_for(client.is_connected, timeout=min(0.5, self.publish_timeout))
             if not client.is_connected():
                 reason = self._connect_error or "not connected"
                 raise SinkUnavailable(f"MQTT broker {self.host}:{self.port}: {reason}")
