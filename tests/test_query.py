@@ -1,0 +1,207 @@
+"""The SQLite query store and `carecard track` / `carecard events`: exports that geojson and gpxpy
+parse, time ranges, idempotent storage, and one clear line for every bad argument."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import sqlite3
+from pathlib import Path
+
+import geojson
+import gpxpy
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from carecard.host.cli import main
+from carecard.host.eventlog import EventLog
+from carecard.host.events import alert_event, event_from_message
+from carecard.host.export import export_track
+from carecard.host.paths import events_db_path, ingest_db_path
+from carecard.host.sinks import SinkSet, SqliteSink
+
+from eventgen import DEVICE, T0, position_message, status_event
+
+OTHER = 869999000011112
+
+
+def _msg(kind: str, counter: int, **fields) -> dict:  # noqa: ANN003
+    return {"type": kind, "direction": "uplink", "device": DEVICE, "counter": counter,
+            "time": T0 + counter * 60, "clock_synced": True, **fields}
+
+
+def _scenario() -> list[dict]:
+    events = [event_from_message(position_message(n), T0 + n * 60 + 1) for n in range(1, 11)]
+    events.append(event_from_message(_msg("track", 11, points=[
+        {"time": T0 + 700 + i * 10, "lat_e7": 247100000 + i * 100, "lon_e7": 1184100000} for i in range(5)]),
+        T0 + 800))
+    events.append(event_from_message(_msg("sos", 12, trigger="long_press", lat_e7=247200000,
+                                          lon_e7=1184200000, fix="3d", fix_age_s=30, battery_pct=40), T0 + 721))
+    events.append(event_from_message(_msg("sos", 13, trigger="fall", lat_e7=0, lon_e7=0, fix="none",
+                                          fix_age_s=65535, battery_pct=255), T0 + 781))
+    events.append(event_from_message(position_message(14) | {"fix": "none"}, T0 + 841))
+    # clock not synced: time is seconds since boot, the store estimates from received_at
+    events.append(event_from_message(position_message(15, t=120, synced=False), T0 + 5000.0))
+    events.append(status_event(16))
+    events.append(alert_event(DEVICE, "inactivity", {"still_for_s": 43200}, T0 + 6000))
+    events.append(event_from_message(position_message(1, device=OTHER), T0 + 61))
+    return events
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data folder filled the real way: event log -> SinkSet -> SQLite sink."""
+    data = tmp_path_factory.mktemp("data")
+    writer = EventLog.connect_writer(ingest_db_path(data))
+    EventLog.append(writer, _scenario())
+
+    async def run() -> None:
+        sinks = SinkSet.from_config(None, data, EventLog(ingest_db_path(data)))
+        await sinks.start()
+        await sinks.stop(drain_timeout=5)
+
+    asyncio.run(run())
+    return data
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_store_tables(data_dir: Path) -> None:
+    store = sqlite3.connect(events_db_path(data_dir))
+    assert store.execute("SELECT COUNT(*) FROM events").fetchone()[0] == len(_scenario())
+    sources = store.execute("SELECT source, COUNT(*) FROM positions WHERE device = ? GROUP BY source",
+                            (str(DEVICE),)).fetchall()
+    assert dict(sources) == {"position": 11, "track": 5, "sos": 1}  # no-fix sos/position left out
+    assert store.execute("SELECT alert, details FROM alerts").fetchall() == [("inactivity", '{"still_for_s":43200}')]
+    sos_t = store.execute("SELECT t FROM positions WHERE source = 'sos'").fetchone()[0]
+    assert sos_t == T0 + 12 * 60 - 30  # the fix time: message time minus fix_age_s
+    est = store.execute("SELECT t, time_estimated FROM positions WHERE event_id = ?",
+                        (f"{DEVICE}-15",)).fetchone()
+    assert est == (T0 + 5000.0 - 2, 1)
+    plans = " ".join(r[-1] for r in store.execute(
+        "EXPLAIN QUERY PLAN SELECT * FROM positions WHERE device = '1' AND t BETWEEN 0 AND 1"))
+    assert "positions_device_t" in plans
+
+
+def test_sqlite_sink_is_idempotent(tmp_path: Path) -> None:
+    sink = SqliteSink("sqlite", events_db_path(tmp_path))
+    events = _scenario()
+
+    async def run() -> None:
+        await sink.start()
+        await sink.deliver(events)
+        await sink.deliver(events[3:])  # at-least-once: a batch delivered again
+        await sink.close()
+
+    asyncio.run(run())
+    store = sqlite3.connect(events_db_path(tmp_path))
+    assert store.execute("SELECT COUNT(*) FROM events").fetchone()[0] == len(events)
+    assert store.execute("SELECT COUNT(*) FROM positions").fetchone()[0] == 18
+    assert store.execute("SELECT COUNT(*) FROM alerts").fetchone()[0] == 1
+
+
+def test_track_geojson(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, err = _cli(capsys, "track", str(DEVICE), "--format", "geojson", "--data", str(data_dir))
+    assert status == 0 and err == ""
+    collection = geojson.loads(out)
+    assert collection.is_valid and collection["type"] == "FeatureCollection"
+    line, *points = collection["features"]
+    assert line["geometry"]["type"] == "LineString" and len(line["geometry"]["coordinates"]) == 17
+    assert len(points) == 17 and all(p["geometry"]["type"] == "Point" for p in points)
+    first = points[0]
+    assert first["geometry"]["coordinates"] == [118.399999, 24.700001]  # [lon, lat]
+    assert first["properties"]["time"] == "2025-11-29T00:00:58Z" and first["properties"]["hdop"] == 1.2
+    times = [p["properties"]["time"] for p in points]
+    assert times == sorted(times)
+
+
+def test_track_gpx_with_a_time_range(data_dir: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out_file = tmp_path / "track.gpx"
+    status, out, err = _cli(capsys, "track", str(DEVICE), "--format", "gpx", "--data", str(data_dir),
+                            "--since", "2025-11-29T00:05:00Z", "--until", "2025-11-29T00:11:40", "-o", str(out_file))
+    assert status == 0 and out == "" and "positions written" in err
+    gpx = gpxpy.parse(out_file.read_text())
+    points = gpx.tracks[0].segments[0].points
+    stamps = [p.time.timestamp() for p in points]
+    assert stamps and min(stamps) >= T0 + 300 and max(stamps) <= T0 + 700
+    assert len(points) == 7  # positions 6-10 (fixes at :58), the sos fix at 11:30, the first track point at 11:40
+    assert points[0].elevation == 30 and points[0].satellites == 8 and points[0].horizontal_dilution == 1.2
+    assert points[-1].latitude == pytest.approx(24.71)
+
+
+def test_track_csv(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = _cli(capsys, "track", str(OTHER), "--format", "csv", "--data", str(data_dir))
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert status == 0 and len(rows) == 1
+    assert rows[0]["device"] == str(OTHER) and rows[0]["lat"] == "24.7000010" and rows[0]["fix"] == "3d"
+
+
+def test_events_command(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = _cli(capsys, "events", "--data", str(data_dir))
+    everything = [json.loads(line) for line in out.splitlines()]
+    assert status == 0 and len(everything) == len(_scenario())
+    status, out, _ = _cli(capsys, "events", str(DEVICE), "--kind", "sos", "--data", str(data_dir))
+    assert [e["counter"] for e in map(json.loads, out.splitlines())] == [12, 13]
+    status, out, _ = _cli(capsys, "events", str(DEVICE), "--limit", "2", "--data", str(data_dir))
+    last_two = [json.loads(line) for line in out.splitlines()]
+    assert [e["kind"] for e in last_two] == ["position", "alert"]  # the estimated-time one is latest-but-one
+    status, out, _ = _cli(capsys, "events", "--kind", "alert", "--since", "2025-11-29", "--data", str(data_dir))
+    assert [e["data"]["alert"] for e in map(json.loads, out.splitlines())] == ["inactivity"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["track", str(DEVICE), "--since", "last tuesday"], "is not an ISO 8601"),
+    (["track", "123456", "--format", "csv"], "unknown device 123456"),
+    (["track", "IMEI-1"], "is not a device id"),
+    (["track", str(DEVICE), "--since", "2025-12-01", "--until", "2025-11-01"], "--since is after --until"),
+    (["events", "--limit", "0"], "--limit must be at least 1"),
+    (["events", "42"], "unknown device 42"),
+])
+def test_bad_arguments_give_one_line(data_dir: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
+                                     message: str) -> None:
+    status, out, err = _cli(capsys, *argv, "--data", str(data_dir))
+    assert status != 0 and out == ""
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_missing_data_folder_and_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = _cli(capsys, "track", str(DEVICE), "--data", str(tmp_path / "nope"))
+    assert status == 2 and "data folder" in err and "does not exist" in err
+    status, _, err = _cli(capsys, "events", "--data", str(tmp_path))
+    assert status == 2 and "events.sqlite does not exist" in err
+    (tmp_path / "events.sqlite").write_bytes(b"garbage" * 200)
+    status, _, err = _cli(capsys, "events", "--data", str(tmp_path))
+    assert status == 2 and "cannot read" in err and len(err.strip().splitlines()) == 1
+    status, _, err = _cli(capsys, "track", str(DEVICE), "--data", str(tmp_path), "-o", str(tmp_path))
+    assert status == 2 and len(err.strip().splitlines()) == 1
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(points=st.lists(st.tuples(st.integers(-900000000, 900000000), st.integers(-1800000000, 1800000000)),
+                       min_size=1, max_size=20))
+def test_any_track_exports_to_files_the_readers_accept(tmp_path_factory: pytest.TempPathFactory,
+                                                       points: list[tuple[int, int]]) -> None:
+    data = tmp_path_factory.mktemp("q")
+    message = _msg("track", 1, points=[{"time": T0 + i, "lat_e7": la, "lon_e7": lo} for i, (la, lo) in enumerate(points)])
+    sink = SqliteSink("sqlite", events_db_path(data))
+
+    async def run() -> None:
+        await sink.deliver([event_from_message(message, T0 + 100)])
+        await sink.close()
+
+    asyncio.run(run())
+    text, count = export_track(data, str(DEVICE), "gpx")
+    gpx_points = gpxpy.parse(text).tracks[0].segments[0].points
+    assert count == len(points) == len(gpx_points)
+    for got, (la, lo) in zip(gpx_points, points):
+        assert abs(got.latitude - la / 1e7) < 1e-9 and abs(got.longitude - lo / 1e7) < 1e-9
+    collection = geojson.loads(export_track(data, str(DEVICE), "geojson")[0])
+    assert collection.is_valid
+    assert len(list(csv.reader(io.StringIO(export_track(data, str(DEVICE), "csv")[0])))) == len(points) + 1
