@@ -7,6 +7,8 @@ import hashlib
 import hmac
 import http.server
 import json
+import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -61,6 +63,9 @@ class Mosquitto:
         self.config.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
+            # run as whoever runs the tests: as root, mosquitto would switch to the `mosquitto`
+            # user, which cannot write its persistence file into pytest's private tmp dir
+            f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
             "persistence true\n"
             f"persistence_location {workdir}/\n"
             "max_queued_messages 100000\n"
