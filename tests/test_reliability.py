@@ -223,3 +223,53 @@ def test_flood_of_garbage_and_forgeries_does_not_cost_valid_frames(tmp_path: Pat
     assert sum(rejected.values()) > 0.5 * flood_sent  # the rest: dropped by the kernel under the flood
     assert {"bad_tag", "oversize"} <= set(rejected) or "over_budget" in rejected
     assert "over_budget" in rejected, "the flooding address should have run out of budget"
+
+
+def test_sink_process_killed_is_restarted_and_loses_nothing(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from carecard.host.receiver.config import Endpoint, ReceiverConfig
+    from carecard.host.receiver.service import ReceiverThread
+
+    keys = provision(tmp_path, 2)
+    cards = {d: Card(d, k) for d, k in keys.items()}
+    frames = make_frames(cards, 50)
+    config = ReceiverConfig(udp=[Endpoint("127.0.0.1", 0)], data_dir=tmp_path, log_level="error")
+    with ReceiverThread(config) as rt:
+        receiver = rt.receiver
+        sender = Sender(cards, frames[:40], receiver.udp_ports[0])
+        deadline = time.monotonic() + 20
+        while not sender.done() and time.monotonic() < deadline:
+            sender.step()
+        first_pid = receiver.sinks.pid
+        os.kill(first_pid, signal.SIGKILL)  # the sinks die; ingest goes on
+        sender = Sender(cards, frames[40:], receiver.udp_ports[0])
+        deadline = time.monotonic() + 20
+        while not sender.done() and time.monotonic() < deadline:
+            sender.step()
+        assert sender.done(), "ingest must not depend on the sink process"
+        while time.monotonic() < deadline and rt.call(receiver.sink_delivered).get("sqlite", 0) < len(frames):
+            time.sleep(0.05)
+        assert receiver.sinks.pid != first_pid and receiver.sinks.restarts == 1
+    with sqlite3.connect(tmp_path / "events.sqlite") as conn:
+        ids = {row[0] for row in conn.execute("SELECT id FROM events")}
+    assert ids == {f"{d}-{c}" for d, c, _f in frames}
+
+
+def test_sinks_in_the_receiver_process_work_too(tmp_path: Path) -> None:
+    from carecard.host.receiver.config import Endpoint, ReceiverConfig
+    from carecard.host.receiver.service import ReceiverThread
+
+    keys = provision(tmp_path, 1)
+    cards = {d: Card(d, k) for d, k in keys.items()}
+    frames = make_frames(cards, 20)
+    config = ReceiverConfig(udp=[Endpoint("127.0.0.1", 0)], data_dir=tmp_path, log_level="error",
+                            sinks_in="thread")
+    with ReceiverThread(config) as rt:
+        sender = Sender(cards, frames, rt.receiver.udp_ports[0])
+        deadline = time.monotonic() + 20
+        while not sender.done() and time.monotonic() < deadline:
+            sender.step()
+    with sqlite3.connect(tmp_path / "events.sqlite") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] == len(frames)

@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     root.addHandler(handler)
     old_level = root.level
     root.setLevel(logging.INFO)
-    config = ReceiverConfig(udp=[Endpoint("127.0.0.1", 0)], data_dir=data_dir)
+    config = ReceiverConfig(udp=[Endpoint("127.0.0.1", 0)], data_dir=data_dir, log_file=log_file)
     try:
         with ReceiverThread(config) as rt:
             receiver = rt.receiver
@@ -176,10 +176,10 @@ def run(args: argparse.Namespace) -> int:
             except micropython.MicroPythonError as exc:
                 raise CommandError(f"the virtual card failed on MicroPython: {exc}", status=1) from None
             print(output.rstrip())
-            runner = receiver.sinks.runner("sqlite") if "sqlite" in receiver.sinks.names else None
             deadline = time.monotonic() + 10
-            while runner is not None and time.monotonic() < deadline:
-                if rt.call(lambda: runner.stats()["delivered"]) >= receiver.metrics.stored_total:
+            while time.monotonic() < deadline:
+                delivered = rt.call(receiver.sink_delivered).get("sqlite", 0)
+                if delivered >= receiver.metrics.stored_total:
                     break
                 time.sleep(0.02)
             snapshot = receiver.metrics.snapshot()

@@ -71,7 +71,11 @@ def run(args: argparse.Namespace) -> int:
     from carecard.host.receiver.service import StartupError, serve
 
     config = build_config(args)
-    setup_logging(config.log_format, config.log_level)
+    try:
+        setup_logging(config.log_format, config.log_level,
+                      path=str(config.log_file) if config.log_file else None)
+    except OSError as exc:
+        raise CommandError(f"log file {config.log_file}: {exc.strerror}", status=1) from None
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -86,7 +86,9 @@ class ReceiverConfig:
     data_dir: Path = DEFAULT_DATA_DIR
     log_format: str = "text"
     log_level: str = "info"
+    log_file: Path | None = None  # None: stderr
     drain_timeout_s: float = 5.0
+    sinks_in: str = "process"  # process: a child process runs the sinks; thread: this process
     ingest: IngestSettings = field(default_factory=IngestSettings)
     budget: BudgetSettings = field(default_factory=BudgetSettings)
     downlinks: DownlinkSettings = field(default_factory=DownlinkSettings)
@@ -101,6 +103,7 @@ class ReceiverConfig:
 
 
 LOG_FORMATS = ("text", "json")
+SINKS_IN = ("process", "thread")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -247,7 +250,14 @@ def config_from_mapping(document: Mapping[str, Any], where: str, base_dir: Path 
         config.data_dir = path if path.is_absolute() or base_dir is None else base_dir / path
     config.log_format = receive.text("log_format", config.log_format, LOG_FORMATS)
     config.log_level = receive.text("log_level", config.log_level, LOG_LEVELS)
+    log_file = receive.get("log_file", None)
+    if log_file is not None:
+        if not isinstance(log_file, str) or not log_file:
+            raise ConfigError(f"{receive.where}: log_file must be a file path, got {log_file!r}")
+        path = Path(log_file).expanduser()
+        config.log_file = path if path.is_absolute() or base_dir is None else base_dir / path
     config.drain_timeout_s = receive.number("drain_timeout_s", config.drain_timeout_s, 0, 600)
+    config.sinks_in = receive.text("sinks_in", config.sinks_in, SINKS_IN)
     receive.check()
 
     ingest = _Table(top.get("ingest", {}), f"{where} [ingest]")

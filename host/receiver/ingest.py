@@ -102,7 +102,8 @@ class Ingest:
         self._stats: dict[int, list[Any]] = {}  # device -> [last_seen, last_counter, source, added]
         self._stats_flushed = 0.0
         self.after_commit: list[Callable[[list[dict[str, Any]]], None]] = []  # the engine's seam
-        self.trace: dict[tuple[int, int], float] | None = None  # benchmark: (device, counter) -> t
+        # benchmark: (event log last seq, [received_at of each stored frame]) per commit
+        self.trace: list[tuple[int, list[float]]] | None = None
         self._rejected = metrics.rejected
         self._received = metrics.frames_received
         self._rejects_logged = 0.0
@@ -210,8 +211,6 @@ class Ingest:
                     stats[1] = counter
                 stats[2] = (transport, address)
                 stats[3] += 1
-            if self.trace is not None:
-                self.trace[key] = received_at
         elif verdict is _DUPLICATE:
             batch.duplicates += 1
         else:
@@ -398,6 +397,8 @@ class Ingest:
             window = windows.get(device)
             if window is not None:
                 window.accept(counter, tag)
+        if self.trace is not None and batch.commit.frames:
+            self.trace.append((last_seq, [row[5] for row in batch.commit.frames]))
         m = self.metrics
         stored = m.frames_stored
         for mtype in batch.types:

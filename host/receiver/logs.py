@@ -50,9 +50,12 @@ class LogfmtFormatter(logging.Formatter):
         return " ".join(f"{key}={_logfmt_value(value)}" for key, value in _fields(record).items())
 
 
-def setup_logging(fmt: str = "text", level: str = "info", stream: TextIO | None = None) -> None:
-    """Configure the root logger for `carecard receive` (entry points only)."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+def setup_logging(fmt: str = "text", level: str = "info", stream: TextIO | None = None,
+                  path: str | None = None) -> None:
+    """Configure the root logger for `carecard receive` (entry points only): to `path` (appended)
+    when given, else to `stream` (default stderr)."""
+    handler: logging.Handler = (logging.FileHandler(path, encoding="utf-8") if path
+                                else logging.StreamHandler(stream or sys.stderr))
     handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):

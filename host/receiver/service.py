@@ -30,6 +30,7 @@ from carecard.host.receiver.config import ReceiverConfig
 from carecard.host.receiver.ingest import Ingest, PendingBatch
 from carecard.host.receiver.metrics import Metrics, MetricsServer
 from carecard.host.receiver.registry import keys_path, load_key_file
+from carecard.host.receiver.sinkproc import SinkProcess, SinkProcessError
 from carecard.host.receiver.store import SQLiteStore, StoreError
 from carecard.host.receiver.transports import SerialListener, TcpListener, TransportError, UdpListener
 from carecard.protocol import KeyRing
@@ -91,6 +92,11 @@ class Receiver:
         try:
             await self._start()
         except BaseException:
+            if self.sinks is not None:
+                try:
+                    await self.sinks.stop(drain_timeout=0)
+                except Exception:  # never started: nothing to stop
+                    pass
             await self._close_resources()
             raise
         self._started = True
@@ -114,15 +120,19 @@ class Receiver:
         ingest.load_registry(self.store.load_devices(), self.store.open_commands())
         self._warn_unregistered()
 
-        from carecard.host.sinks import ConfigError as SinkConfigError, SinkSet
+        if config.sinks_in == "process":
+            self.sinks = SinkProcess(config.sinks, self.data_dir, log_format=config.log_format,
+                                     log_level=config.log_level, log_file=config.log_file)
+        else:
+            from carecard.host.sinks import ConfigError as SinkConfigError, SinkSet
 
-        try:
-            self.eventlog = EventLog(ingest_db_path(self.data_dir))
-            self.sinks = SinkSet.from_config(config.sinks, self.data_dir, self.eventlog)
-        except SinkConfigError as exc:
-            raise StartupError(f"{config.source}: {exc}") from None
-        except Exception as exc:
-            raise StartupError(f"sinks: {exc}") from None
+            try:
+                self.eventlog = EventLog(ingest_db_path(self.data_dir))
+                self.sinks = SinkSet.from_config(config.sinks, self.data_dir, self.eventlog)
+            except SinkConfigError as exc:
+                raise StartupError(f"{config.source}: {exc}") from None
+            except Exception as exc:
+                raise StartupError(f"sinks: {exc}") from None
 
         handle = ingest.handle
         for endpoint in config.udp:
@@ -154,7 +164,11 @@ class Receiver:
                 raise StartupError(f"metrics {config.metrics}: {_describe_os_error(exc)}") from None
         self._register_gauges()
 
-        await self.sinks.start()
+        try:
+            await self.sinks.start()
+        except SinkProcessError as exc:
+            self.sinks = None
+            raise StartupError(f"{config.source}: {exc}") from None
         loop = self._loop
         assert loop is not None
         for listener in self.udp:
@@ -364,16 +378,27 @@ class Receiver:
         batch = self.ingest.take_batch(time.time(), force_stats=force_stats)
         if batch is None:
             return
-        future = self._loop.run_in_executor(self._writer, self._commit, batch)
+        assert self.store is not None and self._inflight_done is not None
+        # The writes are CPU work: done here, on the event loop (no second Python thread
+        # competing for the interpreter lock); only the COMMIT, which waits for the disk, goes
+        # to the writer thread. Acks are sent from its completion.
+        started = time.perf_counter()
+        try:
+            last_seq = self.store.prepare(batch.commit)
+        except StoreError as exc:
+            future: asyncio.Future[Any] = self._loop.create_future()
+            future.set_exception(exc)
+            self._inflight_done.clear()
+            self._committed(future, batch)
+            return
+        future = self._loop.run_in_executor(self._writer, self._finish, last_seq, started)
         self._inflight = future
-        assert self._inflight_done is not None
         self._inflight_done.clear()
         future.add_done_callback(lambda f: self._committed(f, batch))
 
-    def _commit(self, batch: PendingBatch) -> tuple[int, float]:
+    def _finish(self, last_seq: int, started: float) -> tuple[int, float]:
         assert self.store is not None
-        started = time.perf_counter()
-        last_seq = self.store.commit(batch.commit)
+        self.store.finish()
         return last_seq, time.perf_counter() - started
 
     def _committed(self, future: asyncio.Future[Any], batch: PendingBatch) -> None:
@@ -484,6 +509,12 @@ class Receiver:
     @property
     def tcp_ports(self) -> list[int]:
         return [tcp.port for tcp in self.tcp]
+
+    def sink_delivered(self) -> dict[str, int]:
+        """Events delivered so far, per sink."""
+        if self.sinks is None:
+            return {}
+        return {name: int(s.get("delivered") or 0) for name, s in self.sinks.stats().items()}
 
     def add_event_hook(self, hook: Callable[[list[dict[str, Any]]], None]) -> None:
         """The engine's seam: `hook(events)` runs in the event loop after every commit with the

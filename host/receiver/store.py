@@ -121,8 +121,9 @@ class CommitBatch:
 
 
 class Store(abc.ABC):
-    """What the receiver needs from storage. Methods are synchronous; the receiver calls `commit`
-    from one writer thread and the read methods from its event loop thread."""
+    """What the receiver needs from storage. Methods are synchronous; the receiver calls
+    `prepare` and the read methods on its event loop thread and `finish` on a writer thread (never
+    two at once)."""
 
     @abc.abstractmethod
     def window_state(self, device: int, size: int) -> tuple[int, dict[int, bytes]]:
@@ -132,10 +133,26 @@ class Store(abc.ABC):
     def stored_tag(self, device: int, counter: int) -> bytes | None:
         """The tag of the stored frame (device, counter), or None."""
 
-    @abc.abstractmethod
     def commit(self, batch: CommitBatch) -> int:
         """Make the whole batch durable in one transaction; return the event log's last seq.
         Raises StoreError (nothing of the batch is stored then)."""
+        last_seq = self.prepare(batch)
+        self.finish()
+        return last_seq
+
+    @abc.abstractmethod
+    def prepare(self, batch: CommitBatch) -> int:
+        """Open the transaction and write the batch (frames, events, counters, commands) without
+        committing; return the event log's last seq. Raises StoreError (rolled back). The
+        receiver calls this on its event loop (CPU work) and `finish` on a thread (the wait)."""
+
+    @abc.abstractmethod
+    def finish(self) -> None:
+        """Commit what `prepare` wrote; durable when it returns. Raises StoreError."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Roll back what `prepare` wrote."""
 
     @abc.abstractmethod
     def generation(self) -> int:
@@ -299,36 +316,56 @@ class SQLiteStore(Store):
                                    (device, counter)).fetchone()
         return None if row is None else bytes(row[0])
 
-    def commit(self, batch: CommitBatch) -> int:
+    def prepare(self, batch: CommitBatch) -> int:
+        """BEGIN IMMEDIATE and every write, without the COMMIT; then `finish()` or `abort()`."""
         conn = self._writer
-        with self._write_lock:
+        self._write_lock.acquire()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            if batch.frames:
+                conn.executemany(_INSERT_FRAME, batch.frames)
+            if batch.downlink_reserved:
+                now = time.time()
+                conn.executemany(_RESERVE, [(d, r, now) for d, r in batch.downlink_reserved.items()])
+            if batch.device_stats:
+                conn.executemany(_DEVICE_STATS, batch.device_stats)
+            if batch.commands:
+                conn.executemany(_UPDATE_COMMAND, batch.commands)
+            for device, contacts in batch.contacts:
+                conn.execute("DELETE FROM contacts WHERE device = ?", (device,))
+                conn.executemany("INSERT INTO contacts (device, key, number, name) VALUES (?, ?, ?, ?)",
+                                 [(device, c.key, c.number, c.name) for c in contacts])
+            return EventLog.append(conn, batch.events) if batch.events else 0
+        except BaseException as exc:
+            self._rollback()
+            self._write_lock.release()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"commit to {self.path} failed: {exc}") from None
+            raise
+
+    def finish(self) -> None:
+        """COMMIT what `prepare` wrote (durable when this returns). Raises StoreError."""
+        try:
+            self._writer.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise StoreError(f"commit to {self.path} failed: {exc}") from None
+        finally:
+            self._write_lock.release()
+
+    def abort(self) -> None:
+        try:
+            self._rollback()
+        finally:
+            self._write_lock.release()
+
+    def _rollback(self) -> None:
+        conn = self._writer
+        if conn.in_transaction:
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                if batch.frames:
-                    conn.executemany(_INSERT_FRAME, batch.frames)
-                if batch.downlink_reserved:
-                    now = time.time()
-                    conn.executemany(_RESERVE, [(d, r, now) for d, r in batch.downlink_reserved.items()])
-                if batch.device_stats:
-                    conn.executemany(_DEVICE_STATS, batch.device_stats)
-                if batch.commands:
-                    conn.executemany(_UPDATE_COMMAND, batch.commands)
-                for device, contacts in batch.contacts:
-                    conn.execute("DELETE FROM contacts WHERE device = ?", (device,))
-                    conn.executemany("INSERT INTO contacts (device, key, number, name) VALUES (?, ?, ?, ?)",
-                                     [(device, c.key, c.number, c.name) for c in contacts])
-                last_seq = EventLog.append(conn, batch.events) if batch.events else 0
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                if conn.in_transaction:
-                    try:
-                        conn.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass
-                if isinstance(exc, sqlite3.Error):
-                    raise StoreError(f"commit to {self.path} failed: {exc}") from None
-                raise
-        return last_seq
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
 
     def generation(self) -> int:
         row = self._reader.execute("SELECT value FROM meta WHERE name = 'registry_generation'").fetchone()

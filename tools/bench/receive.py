@@ -19,6 +19,7 @@ machine has two. Targets: at least 50 % of the baseline and 20,000 frames/s.
 from __future__ import annotations
 
 import argparse
+import bisect
 import collections
 import hashlib
 import json
@@ -49,6 +50,17 @@ def device_ids(count: int, first: int) -> list[int]:
 
 def device_key(seed: str, device: int) -> bytes:
     return hashlib.sha256(f"{seed}:{device}".encode()).digest()[:16]
+
+
+def process_cpu(pid: int | None = None) -> float:
+    """CPU seconds (user + system) used so far by a process (this one by default)."""
+    if pid is None:
+        return time.process_time()
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --- the load generator (second process) --------------------------------------------------------
@@ -240,12 +252,15 @@ def run_baseline(args: argparse.Namespace, cpu_gen: int | None) -> dict[str, Any
     generator = Generator(sock.getsockname()[1], args, 0, cpu_gen)
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
+    cpu = process_cpu()
     try:
         result = generator.run()
+        cpu = process_cpu() - cpu
     finally:
         stop.set()
         thread.join()
         sock.close()
+    result["cpu_us"] = 1e6 * cpu / max(1, counts["frames"])
     seconds = result["finished"] - result["started"]
     result.update(seconds=seconds, rate=result["acked"] / seconds if seconds > 0 else 0.0,
                   received=counts["frames"])
@@ -270,45 +285,69 @@ def run_receiver(args: argparse.Namespace, cpu_gen: int | None, data_dir: Path) 
     config = ReceiverConfig(udp=[Endpoint("127.0.0.1", 0)], data_dir=data_dir, log_level="warning")
     config.ingest.batch_max_frames = args.batch
     config.ingest.durability = args.durability
+    config.sinks_in = args.sinks_in
+    if args.sink_batch:
+        config.sinks = [{"type": "sqlite", "batch_size": args.sink_batch}]
+    if args.no_sink:
+        config.sinks = []
     receiver_thread = ReceiverThread(config)
     receiver = receiver_thread.start()
-    latencies: list[float] = []
-    trace: dict[tuple[int, int], float] = {}
-    runner = receiver.sinks.runner("sqlite")
-    sink = runner.sink
-    original = sink.deliver
+    trace: list[tuple[int, list[float]]] = []
+    if args.no_sink:
+        return _run_ingest_only(args, receiver_thread, cpu_gen, first, data_dir)
+    # When did the SQLite sink's cursor pass each seq? (the sink process reports every change)
+    delivered_at: list[tuple[int, float]] = []
 
-    async def timed_deliver(events: list[dict[str, Any]]) -> None:
-        await original(events)
-        done = time.time()
-        pop = trace.pop
-        for event in events:
-            started = pop((int(event["device"]), event["counter"]), None)
-            if started is not None:
-                latencies.append(done - started)
+    def on_stats(stats: dict[str, dict[str, Any]], at: float) -> None:
+        cursor = stats.get("sqlite", {}).get("cursor")
+        if isinstance(cursor, int) and (not delivered_at or cursor > delivered_at[-1][0]):
+            delivered_at.append((cursor, at))
 
-    sink.deliver = timed_deliver  # type: ignore[method-assign]
+    poller: threading.Thread | None = None
+    polling = threading.Event()
+    if args.sinks_in == "process":
+        receiver.sinks.on_stats = on_stats
+        if cpu_gen is not None and receiver.sinks.pid is not None:
+            os.sched_setaffinity(receiver.sinks.pid, {cpu_gen})  # the sinks' own core
+    else:  # sinks in the receiver's process: poll their cursor
+        def poll() -> None:
+            while not polling.is_set():
+                on_stats(receiver_thread.call(receiver.sinks.stats), time.time())
+                time.sleep(0.002)
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
     assert receiver.ingest is not None
     receiver_thread.call(lambda: setattr(receiver.ingest, "trace", trace))
     generator = Generator(receiver.udp_ports[0], args, first, cpu_gen)
+    sink_pid = getattr(receiver.sinks, "pid", None)
+    cpu, sink_cpu = process_cpu(), process_cpu(sink_pid) if sink_pid else 0.0
     try:
         result = generator.run()
         deadline = time.time() + 60
         stored = receiver.metrics.stored_total
-        while time.time() < deadline and receiver_thread.call(lambda: runner.stats()["delivered"]) < stored:
-            time.sleep(0.005)
+        while time.time() < deadline and receiver_thread.call(receiver.sink_delivered).get("sqlite", 0) < stored:
+            time.sleep(0.002)
             stored = receiver.metrics.stored_total
-        sink_done = time.time()
+        sink_done = delivered_at[-1][1] if delivered_at else time.time()
+        cpu = process_cpu() - cpu
+        sink_cpu = (process_cpu(sink_pid) - sink_cpu) if sink_pid else 0.0
         snapshot = receiver.metrics.snapshot()
         commits, commit_s = receiver.metrics.commits, receiver.metrics.commit_seconds
         batch_frames = receiver.metrics.batch_frames
-        sink_stats = receiver_thread.call(lambda: runner.stats())
+        sink_stats = receiver_thread.call(receiver.sinks.stats)
     finally:
+        polling.set()
+        if poller is not None:
+            poller.join()
         receiver_thread.stop()
     with sqlite3.connect(ingest_db_path(data_dir)) as conn:
         frames_in_store = conn.execute("SELECT COUNT(*) FROM frames").fetchone()[0]
     with sqlite3.connect(events_db_path(data_dir)) as conn:
         events_in_sink = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+    latencies = _latencies(trace, delivered_at)
+    result["cpu_us"] = 1e6 * cpu / max(1, frames_in_store)
+    result["sink_cpu_us"] = 1e6 * sink_cpu / max(1, frames_in_store)
     seconds = result["finished"] - result["started"]
     sink_seconds = sink_done - result["started"]
     result.update(
@@ -321,15 +360,114 @@ def run_receiver(args: argparse.Namespace, cpu_gen: int | None, data_dir: Path) 
     return result
 
 
+def _latencies(trace: list[tuple[int, list[float]]], delivered_at: list[tuple[int, float]]) -> list[float]:
+    """Datagram-to-sink time of every event: from the frame's receive time to the first report of
+    the sink's cursor at or past the event's seq (events of a commit have consecutive seqs)."""
+    cursors = [cursor for cursor, _at in delivered_at]
+    out = []
+    for last_seq, received in trace:
+        first = last_seq - len(received) + 1
+        for offset, started in enumerate(received):
+            i = bisect.bisect_left(cursors, first + offset)
+            if i < len(cursors):
+                out.append(delivered_at[i][1] - started)
+    return out
+
+
+def _run_ingest_only(args: argparse.Namespace, receiver_thread: Any, cpu_gen: int | None, first: int,
+                     data_dir: Path) -> dict[str, Any]:
+    from carecard.host.paths import ingest_db_path
+
+    receiver = receiver_thread.receiver
+    generator = Generator(receiver.udp_ports[0], args, first, cpu_gen)
+    cpu = process_cpu()
+    try:
+        result = generator.run()
+        cpu = process_cpu() - cpu
+        snapshot = receiver.metrics.snapshot()
+        commits, commit_s = receiver.metrics.commits, receiver.metrics.commit_seconds
+        batch_frames = receiver.metrics.batch_frames
+    finally:
+        receiver_thread.stop()
+    with sqlite3.connect(ingest_db_path(data_dir)) as conn:
+        frames_in_store = conn.execute("SELECT COUNT(*) FROM frames").fetchone()[0]
+    result["cpu_us"] = 1e6 * cpu / max(1, frames_in_store)
+    result["sink_cpu_us"] = 0.0
+    seconds = result["finished"] - result["started"]
+    rate = result["acked"] / seconds if seconds > 0 else 0.0
+    result.update(seconds=seconds, rate=rate, sink_seconds=seconds, sink_rate=rate,
+                  frames_in_store=frames_in_store, events_in_sink=frames_in_store, latencies=[],
+                  duplicates=snapshot["duplicates"], rejected=sum(snapshot["rejected"].values()),
+                  commits=commits, commit_seconds=commit_s, batch_frames=batch_frames, sink_stats={})
+    return result
+
+
+def stage_costs(args: argparse.Namespace, count: int = 20_000) -> list[tuple[str, str, float]]:
+    """CPU microseconds per frame of each stage of the receiver's hot path, one thread, on the
+    benchmark's own frames: (stage, whose code, us)."""
+    from carecard.host.eventlog import EventLog
+    from carecard.host.events import event_from_message
+    from carecard.host.receiver.downlinks import AckEncoder
+    from carecard.protocol import KeyRing, decode_frame
+
+    devices = device_ids(min(args.devices, 1000), 900_000)
+    frames = _encode_all(devices, args.seed, count)
+    ring = KeyRing({d: device_key(args.seed, d) for d in devices})
+    encoder = AckEncoder(ring)
+    out: list[tuple[str, str, float]] = []
+
+    def timed(name: str, owner: str, fn: Any) -> Any:
+        start = time.process_time()
+        result = fn()
+        out.append((name, owner, 1e6 * (time.process_time() - start) / count))
+        return result
+
+    messages = timed("decode_frame (authenticate, decrypt, parse)", "protocol",
+                     lambda: [decode_frame(f, ring) for _d, _c, f in frames])
+    now = time.time()
+    events = timed("event_from_message", "events", lambda: [event_from_message(m, now) for m in messages])
+    timed("ack encode (fresh counter, AES-CTR, HMAC)", "receiver",
+          lambda: [encoder.encode(m["device"], i + 1, int(now), m["counter"]) for i, m in enumerate(messages)])
+    rows = [(m["device"], m["counter"], f[-8:], m["type"], m["time"], now, "udp", f)
+            for m, (_d, _c, f) in zip(messages, frames)]
+    with tempfile.TemporaryDirectory(prefix="carecard-stages-") as tmp:
+        from carecard.host.receiver.store import _INSERT_FRAME, connect, ensure_schema
+
+        path = Path(tmp) / "stages.sqlite"
+        conn = connect(path, args.durability)
+        ensure_schema(conn, path)
+        batch = 500
+
+        def run_batches(fn: Any) -> None:
+            for i in range(0, count, batch):
+                conn.execute("BEGIN IMMEDIATE")
+                fn(i)
+                conn.execute("COMMIT")
+
+        timed("frames insert (+ BEGIN/COMMIT per 500)", "receiver",
+              lambda: run_batches(lambda i: conn.executemany(_INSERT_FRAME, rows[i:i + batch])))
+        timed("EventLog.append (+ BEGIN/COMMIT per 500)", "eventlog",
+              lambda: run_batches(lambda i: EventLog.append(conn, events[i:i + batch])))
+        conn.close()
+    return out
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--devices", type=int, default=1000, help="simulated devices (default 1000)")
     parser.add_argument("--frames", type=int, default=120_000, help="frames per run (default 120000)")
-    parser.add_argument("--window", type=int, default=128, help="frames in flight (default 128)")
+    parser.add_argument("--window", type=int, default=2048,
+                        help="frames in flight, like that many cards waiting for their ack (default 2048)")
     parser.add_argument("--batch", type=int, default=256, help="receiver batch_max_frames (default 256)")
     parser.add_argument("--durability", choices=("full", "normal"), default="full",
                         help="receiver durability (default full: fsync every commit)")
     parser.add_argument("--timeout", type=float, default=60.0, help="give up a run after this many seconds")
     parser.add_argument("--seed", default="carecard-bench", help="key derivation seed")
+    parser.add_argument("--sinks-in", choices=("process", "thread"), default="process",
+                        help="sinks in their own process (the receiver's default) or in the receiver's")
+    parser.add_argument("--sink-batch", type=int, default=0,
+                        help="the SQLite sink's batch_size (default: the sink's own default)")
+    parser.add_argument("--no-sink", action="store_true",
+                        help="run the receiver without sinks (ingest, event log and acks only)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin receiver and generator to CPUs")
     parser.add_argument("--data", metavar="DIR", help="keep the receiver's data here (default: a temp dir)")
 
@@ -351,14 +489,17 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_pin and len(cpus) >= 2:
         cpu_receiver, cpu_gen = cpus[0], cpus[1]
         os.sched_setaffinity(0, {cpu_receiver})
-    pinning = (f"receiver pinned to CPU {cpu_receiver}, generator to CPU {cpu_gen}"
-               if cpu_receiver is not None else "not pinned")
+    where_sinks = ("in the receiver's process" if args.sinks_in == "thread"
+                   else f"in their process on CPU {cpu_gen}" if cpu_gen is not None else "in their process")
+    pinning = (f"receiver pinned to CPU {cpu_receiver}, generator to CPU {cpu_gen}, sinks {where_sinks}"
+               if cpu_receiver is not None else f"not pinned, sinks {where_sinks}")
     print(f"carecard bench receive: {args.devices} devices, {args.frames} frames per run "
           f"(positions, every {STATUS_EVERY}th a status), window {args.window}, {pinning}")
     try:
         base = run_baseline(args, cpu_gen)
         print(f"  baseline (receive, verify+decode, ack, discard): {base['rate']:,.0f} frames/s "
-              f"({base['acked']} acked in {base['seconds']:.2f} s, {base['retransmits']} retransmitted)")
+              f"({base['acked']} acked in {base['seconds']:.2f} s, {base['retransmits']} retransmitted; "
+              f"{base['cpu_us']:.1f} us CPU per frame)")
         if args.data:
             data_dir = Path(args.data)
             data_dir.mkdir(parents=True, exist_ok=True)
@@ -373,7 +514,8 @@ def run(args: argparse.Namespace) -> int:
             os.sched_setaffinity(0, set(cpus))
     lat = full["latencies"]
     ratio = full["sink_rate"] / base["rate"] if base["rate"] else 0.0
-    print(f"  receiver (SQLite WAL synchronous={args.durability.upper()}, event log, SQLite sink):")
+    print(f"  receiver (SQLite WAL synchronous={args.durability.upper()}, event log, "
+          f"{'no sink' if args.no_sink else 'SQLite sink'}):")
     print(f"    acked:            {full['rate']:,.0f} frames/s ({full['acked']} in {full['seconds']:.2f} s, "
           f"{full['retransmits']} retransmitted, {full['unacked']} never acked)")
     print(f"    stored into sink: {full['sink_rate']:,.0f} frames/s ({full['events_in_sink']} events "
@@ -383,11 +525,22 @@ def run(args: argparse.Namespace) -> int:
     if full["commits"]:
         print(f"    commits:          {full['commits']}, mean {full['batch_frames'] / full['commits']:.0f} "
               f"frames and {1000 * full['commit_seconds'] / full['commits']:.2f} ms each")
+    total_cpu = full["cpu_us"] + full["sink_cpu_us"]
+    print(f"    CPU per frame:    {full['cpu_us']:.1f} us receiver process"
+          + (f" + {full['sink_cpu_us']:.1f} us sink process" if full["sink_cpu_us"] else "")
+          + f" = {total_cpu:.1f} us, i.e. {1e6 / total_cpu:,.0f} frames/s if it all ran on one core"
+          f" (baseline {base['cpu_us']:.1f} us: {base['cpu_us'] / total_cpu:.2f})")
     print(f"    datagram to sink: p50 {1000 * _percentile(lat, 0.50):.1f} ms, "
           f"p99 {1000 * _percentile(lat, 0.99):.1f} ms ({len(lat)} samples)")
+    if args.no_sink:
+        print("    (no sink: the figures below are for ingest only)")
     print(f"  ratio to baseline: {ratio:.2f} (target >= 0.50: {'met' if ratio >= 0.5 else 'NOT met'}); "
           f"{full['sink_rate']:,.0f} frames/s (target >= 20,000: "
           f"{'met' if full['sink_rate'] >= 20_000 else 'NOT met'})")
+    print("  per-frame CPU by stage (one thread, the same frames; the rest of the receiver's figure is "
+          "sockets, the event loop and bookkeeping):")
+    for name, owner, micros in stage_costs(args):
+        print(f"    {micros:6.1f} us  {name}  [{owner}]")
     if full["frames_in_store"] != full["acked"] or full["events_in_sink"] != full["frames_in_store"]:
         print("  WARNING: stored, acked and delivered counts differ")
         return 1

@@ -1,0 +1,288 @@
+"""The sinks in a child process of the receiver (the default; `[receive] sinks = "thread"` keeps
+them in the receiver's own process).
+
+Why: the sinks' work per event (reading the log, JSON, their own SQLite or network I/O) is Python
+that would otherwise hold the ingest's interpreter lock. In a child process a slow, busy or
+crashing sink can never take CPU from ingest, and the two use two cores. Nothing is lost by the
+split: the event log in DATA/carecard.sqlite is the hand-over (carecard.host.eventlog), the child
+runs carecard.host.sinks.SinkSet unchanged on it, and the sinks' cursors live in that database.
+
+Parent <-> child protocol, one line each way per message (the child's stdin and stdout):
+
+    parent -> child   {"data_dir": ..., "sinks": [...] | null, "log_format": ..., "log_level": ...,
+                       "log_file": ... | null}
+                      n SEQ            events up to SEQ are committed (SinkSet.notify)
+                      stop SECONDS     drain for at most SECONDS, stop, exit 0
+    child -> parent   ready NAMES_JSON | error MESSAGE
+                      s STATS_JSON     SinkSet.stats() plus "at" (Unix time), on every change of a
+                                       cursor (checked every few ms) and at least every second
+                      stopped
+
+The child ignores SIGINT (a Ctrl-C in the terminal reaches the whole process group; the parent
+decides) and stops by itself, draining, when its stdin closes (the parent died). If the child dies,
+the parent logs it and starts another one after a second: sinks resume from their cursors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger("carecard.receiver.sinks")
+
+STATS_POLL_S = 0.002
+STATS_HEARTBEAT_S = 1.0
+RESTART_DELAY_S = 1.0
+
+
+class SinkProcessError(RuntimeError):
+    """The sink process could not start (bad sink configuration, ...); one line."""
+
+
+class SinkProcess:
+    """The parent's handle on the sink process; the same surface the receiver uses of SinkSet:
+    start(), notify(seq), stop(drain_timeout), stats(), names."""
+
+    def __init__(self, sinks_config: list[dict[str, Any]] | None, data_dir: Path, *,
+                 log_format: str = "text", log_level: str = "info", log_file: Path | None = None):
+        self.config = {"data_dir": str(data_dir), "sinks": sinks_config, "log_format": log_format,
+                       "log_level": log_level, "log_file": str(log_file) if log_file else None}
+        self.names: list[str] = []
+        self._proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._stats: dict[str, dict[str, Any]] = {}
+        self._pending: int | None = None
+        self._flush_scheduled = False
+        self._stopping = False
+        self._stopped = asyncio.Event()
+        self.restarts = 0
+        self.on_stats: Callable[[dict[str, dict[str, Any]], float], None] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    async def start(self) -> None:
+        await self._spawn()
+        self._supervisor = asyncio.create_task(self._supervise(), name="sink-process-supervisor")
+
+    async def _spawn(self) -> None:
+        self._stopped.clear()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "carecard.host.receiver.sinkproc",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=1 << 20)
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write((json.dumps(self.config) + "\n").encode())
+        try:
+            line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode().rstrip("\n")
+        except asyncio.TimeoutError:
+            line = "error the sink process did not start within 60 s"
+        if not line.startswith("ready "):
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
+            message = line[6:] if line.startswith("error ") else f"the sink process exited ({line or 'no output'})"
+            raise SinkProcessError(message)
+        self.names = json.loads(line[6:])
+        self._proc = proc
+        self._reader = asyncio.create_task(self._read(proc), name="sink-process-reader")
+        if self._pending is not None:
+            self._schedule_flush()
+
+    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        while True:
+            line = await proc.stdout.readline()
+            if not line:
+                break
+            if line.startswith(b"s "):
+                try:
+                    stats = json.loads(line[2:])
+                except ValueError:
+                    continue
+                at = stats.pop("at", time.time())
+                self._stats = stats
+                if self.on_stats is not None:
+                    self.on_stats(stats, at)
+            elif line.startswith(b"stopped"):
+                self._stopped.set()
+
+    async def _supervise(self) -> None:
+        while True:
+            proc = self._proc
+            assert proc is not None
+            code = await proc.wait()
+            if self._reader is not None:
+                await asyncio.gather(self._reader, return_exceptions=True)
+            if self._stopping:
+                return
+            log.error("sink process exited with status %s: starting another in %g s (sinks resume "
+                      "from their cursors, nothing is lost)", code, RESTART_DELAY_S)
+            await asyncio.sleep(RESTART_DELAY_S)
+            try:
+                await self._spawn()
+                self.restarts += 1
+            except (SinkProcessError, OSError) as exc:
+                log.error("sink process did not restart: %s", exc)
+
+    def notify(self, last_seq: int | None = None) -> None:
+        """Events up to `last_seq` are committed. Never blocks (a pipe write, coalesced)."""
+        if last_seq is not None:
+            self._pending = max(self._pending or 0, last_seq)
+        elif self._pending is None:
+            self._pending = 0
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_notify)
+
+    def _flush_notify(self) -> None:
+        self._flush_scheduled = False
+        proc = self._proc
+        if proc is None or proc.stdin is None or proc.returncode is not None or self._pending is None:
+            return
+        try:
+            proc.stdin.write(f"n {self._pending}\n".encode())
+        except (ConnectionError, RuntimeError):
+            pass
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        if self._proc is None or self._proc.returncode is not None:
+            return {name: dict(self._stats.get(name, {}), state="process down") for name in self.names}
+        return self._stats
+
+    async def stop(self, drain_timeout: float = 5.0) -> None:
+        self._stopping = True
+        proc = self._proc
+        if proc is not None and proc.returncode is None and proc.stdin is not None:
+            try:
+                proc.stdin.write(f"stop {drain_timeout}\n".encode())
+                await proc.stdin.drain()
+                proc.stdin.close()
+            except (ConnectionError, RuntimeError):
+                pass
+            try:
+                await asyncio.wait_for(proc.wait(), drain_timeout + 10)
+            except asyncio.TimeoutError:
+                log.error("sink process did not stop in time: killed")
+                proc.kill()
+                await proc.wait()
+        if self._supervisor is not None:
+            await asyncio.gather(self._supervisor, return_exceptions=True)
+
+
+# --- the child -----------------------------------------------------------------------------------
+
+async def _child(config: dict[str, Any]) -> int:
+    from carecard.host.eventlog import EventLog
+    from carecard.host.paths import ingest_db_path
+    from carecard.host.sinks import ConfigError, SinkSet
+
+    out = sys.stdout
+    data_dir = Path(config["data_dir"])
+    try:
+        eventlog = EventLog(ingest_db_path(data_dir))
+        sinks = SinkSet.from_config(config.get("sinks"), data_dir, eventlog)
+    except ConfigError as exc:
+        out.write(f"error {exc}\n")
+        out.flush()
+        return 2
+    except Exception as exc:
+        out.write(f"error sinks: {exc}\n")
+        out.flush()
+        return 2
+    await sinks.start()
+    out.write(f"ready {json.dumps(sinks.names)}\n")
+    out.flush()
+
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 16)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    done = asyncio.Event()
+    drain_timeout = 5.0
+
+    async def commands() -> None:
+        nonlocal drain_timeout
+        while True:
+            line = await reader.readline()
+            if not line:  # the parent is gone: drain and stop
+                break
+            if line.startswith(b"n "):
+                try:
+                    sinks.notify(int(line[2:]))
+                except ValueError:
+                    sinks.notify()
+            elif line.startswith(b"stop"):
+                try:
+                    drain_timeout = float(line.split()[1])
+                except (IndexError, ValueError):
+                    pass
+                break
+        done.set()
+
+    async def report() -> None:
+        last_cursors: dict[str, Any] = {}
+        last_sent = 0.0
+        while True:
+            await asyncio.sleep(STATS_POLL_S)
+            stats = sinks.stats()
+            cursors = {name: s.get("cursor") for name, s in stats.items()}
+            now = time.time()
+            if cursors != last_cursors or now - last_sent >= STATS_HEARTBEAT_S:
+                last_cursors, last_sent = cursors, now
+                out.write("s " + json.dumps({**stats, "at": now}, default=str) + "\n")
+                out.flush()
+
+    tasks = [asyncio.create_task(commands()), asyncio.create_task(report())]
+    await done.wait()
+    await sinks.stop(drain_timeout=drain_timeout)
+    tasks[1].cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    stats = sinks.stats()
+    out.write("s " + json.dumps({**stats, "at": time.time()}, default=str) + "\n")
+    out.write("stopped\n")
+    out.flush()
+    eventlog.close()
+    return 0
+
+
+def _first_line() -> bytes:
+    """The start-up line, read from fd 0 without buffering (the rest of stdin is read by the
+    event loop)."""
+    import os
+
+    data = bytearray()
+    while not data.endswith(b"\n"):
+        chunk = os.read(0, 1)
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
+def main() -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    line = _first_line()
+    try:
+        config = json.loads(line)
+    except ValueError:
+        sys.stdout.write("error bad start-up line\n")
+        return 2
+    from carecard.host.receiver.logs import setup_logging
+
+    setup_logging(config.get("log_format", "text"), config.get("log_level", "info"),
+                  path=config.get("log_file"))
+    return asyncio.run(_child(config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
