@@ -25,26 +25,15 @@
 # event. Misuse of the API (queue full, bad command, bad URC table) raises ATError subclasses or
 # ValueError.
 #
-# Memory (a card has tens of KB of heap): the URC names are one string, "\nNAME\nNAME\n",
-# searched with str.find (no dict, no per-name objects; a profile passes its table as such a
-# string, a sequence of names is joined into one); one preallocated buffer holds the line being
-# received and, once its header line has been taken out, the raw data it announces; lines become
-# str once, when they are complete.
-try:
-    from micropython import const
-except ImportError:  # CPython (host tools)
-    def const(x):
-        return x
-
-_CR = const(13)
-_LF = const(10)
-_SP = const(32)
-_GT = const(62)
-_PLUS = const(43)
-_A = const(65)
-_A_LOW = const(97)
-_MASK = const(0x3FFFFFFF)  # ticks_ms period on MicroPython ports (2**30)
-_HALF = const(0x20000000)
+# Memory (a card has tens of KB of heap, and every name in a loaded module is a qstr that stays
+# on the heap): the URC names are one bytes table, b"\nNAME\nNAME\n", searched with find (no
+# dict, no per-name objects; a profile passes its table as such, a sequence of names is joined
+# into one), behind a 64-byte filter of the names' hashes that turns most other lines away
+# without a search; one preallocated buffer holds the line being received and, once its header
+# line has been taken out, the raw data it announces; lines become str once, when they are
+# complete, and are classified by their bytes; no str is indexed or iterated character by
+# character (that interns each character); byte values are written as numbers (a const name is
+# a qstr too); the constructor's arguments are kept under their own names (one qstr for both).
 
 DEFAULT_TIMEOUT_MS = 5000
 
@@ -83,16 +72,10 @@ class ResponseTooLong(ATInputError):
     counter = "response_too_long"
 
 
-# Final result codes that end any command; those that end only a dial / answer command (else
-# they are call-progress URCs); those that end only a command that sent a payload (Quectel).
-_FINAL_ANY = ("OK", "ERROR", "COMMAND NOT SUPPORT")
-_FINAL_DIAL = ("NO CARRIER", "BUSY", "NO ANSWER", "NO DIALTONE", "CONNECT")
-_FINAL_SEND = ("SEND OK", "SEND FAIL")
-
-
 def ticks_diff(a, b):
     """a - b for millisecond counters that may wrap at 2**30 (ticks_ms) or never wrap."""
-    return ((a - b + _HALF) & _MASK) - _HALF
+    # 0x3FFFFFFF: the ticks_ms period on MicroPython ports (2**30) minus one; 0x20000000: half
+    return ((a - b + 0x20000000) & 0x3FFFFFFF) - 0x20000000
 
 
 def _int(text, default=-1):
@@ -115,53 +98,55 @@ def raw_length(line):
         return n if n > 0 else -1
     if (line.startswith("+RECEIVE,") or line.startswith("+CIPRXGET: 2,")
             or line.startswith('+QIURC: "recv",')):
-        parts = line.split(",")
-        return _int(parts[2]) if len(parts) >= 3 else -1
+        items = line.split(",")
+        return _int(items[2]) if len(items) >= 3 else -1
     return -1
 
 
 def split_args(args):
     """Split "a,\"b,c\",d" into ["a", "b,c", "d"], quotes removed (robust to odd quotes)."""
-    # by find, not character by character: iterating a str interns each character on the heap
-    out = []
-    piece = ""
+    items = []
+    value = ""      # the current item's text before `start` (quotes taken out)
     quoted = False
-    i = 0
+    start = 0
     while True:
-        q = args.find('"', i)
-        c = -1 if quoted else args.find(",", i)
-        if c >= 0 and (q < 0 or c < q):
-            out.append((piece + args[i:c]).strip())
-            piece = ""
-            i = c + 1
-        elif q >= 0:
-            piece += args[i:q]
+        pos = args.find('"', start)
+        stop = -1 if quoted else args.find(",", start)
+        if stop >= 0 and (pos < 0 or stop < pos):
+            items.append((value + args[start:stop]).strip())
+            value = ""
+            start = stop + 1
+        elif pos >= 0:
+            value += args[start:pos]
             quoted = not quoted
-            i = q + 1
+            start = pos + 1
         else:
-            out.append((piece + args[i:]).strip())
-            return out
+            items.append((value + args[start:]).strip())
+            return items
 
 
 def _table(names):
-    # "\nNAME\nNAME\n" from a sequence of names; a string is taken as such a table already
+    # the b"\nNAME\nNAME\n" table of a sequence of names, or of a table given as str or bytes
     if isinstance(names, str):
-        if not (names.startswith("\n") and names.endswith("\n")):
-            raise ValueError("URC table must be a string that starts and ends with a newline, "
-                             "names separated by newlines (or a sequence of names)")
-        return names
-    return "\n" + "\n".join(names) + "\n"
+        names = names.encode()
+    elif not isinstance(names, bytes):
+        names = ("\n" + "\n".join(names) + "\n").encode()
+    if not (names.startswith(b"\n") and names.endswith(b"\n")):
+        raise ValueError("a URC table is a sequence of names, or one bytes/str of names each "
+                         "followed by a newline, starting with a newline")
+    return names
 
 
 def _has(table, name):
-    # name is one whole entry of the table (not a part of a longer name); startswith, not
-    # table[k]: indexing a str interns the character on the heap
+    # name (str) is one whole entry of the table (not a part of a longer name); bytes, so that
+    # find gives byte offsets and table[i] a number (no character indexing)
+    name = name.encode()
     n = len(name)
-    k = table.find(name, 1)
-    while k > 0:
-        if table.startswith("\n", k - 1) and table.startswith("\n", k + n):
+    pos = table.find(name, 1)
+    while pos > 0:
+        if table[pos - 1] == 10 and table[pos + n] == 10:
             return True
-        k = table.find(name, k + 1)
+        pos = table.find(name, pos + 1)
     return False
 
 
@@ -202,39 +187,51 @@ class Command:
 
 def prefixes_of(text):
     """Response prefixes of a command line as typed ("AT+CPIN?;+CSQ" -> ("+CPIN", "+CSQ"))."""
-    out = []
-    body = text[2:] if text[:2].upper() == "AT" else text
-    for part in body.split(";"):
-        if part.startswith("+"):
-            end = len(part)
-            for stop in "=?":
-                k = part.find(stop)
-                if 0 <= k < end:
-                    end = k
-            out.append(part[:end].upper())
-    return tuple(out)
+    items = []
+    if text[:2].upper() == "AT":
+        text = text[2:]
+    for name in text.split(";"):
+        if name.startswith("+"):
+            end = len(name)
+            for stop in (name.find("="), name.find("?")):
+                if 0 <= stop < end:
+                    end = stop
+            items.append(name[:end].upper())
+    return tuple(items)
 
 
 class ATEngine:
     """The line parser and command queue (see the module comment for the events).
 
-    `current` is the command in flight (None when idle); read it, never assign it.
+    `current` is the command in flight (None when idle). The constructor's arguments stay as
+    attributes of the same names (urcs and body_urcs as b"\\nNAME\\n" tables); read them, never
+    assign them, nor `current`.
     """
 
     def __init__(self, urcs=(), body_urcs=("+CMT", "+CDS", "+CBM"), raw=raw_length,
                  max_line=1024, max_data=1536, queue_max=16, max_lines=48):
-        table = _table(urcs)
-        for name in body_urcs:   # two-line URCs are URCs too
-            if not _has(table, name):
-                table += name + "\n"
-        self._urcs = table
-        self._body = _table(body_urcs)
-        self._raw = raw
+        urcs = _table(urcs)
+        body_urcs = _table(body_urcs)
+        for name in body_urcs.decode().split("\n"):   # two-line URCs are URCs too
+            if name and not _has(urcs, name):
+                urcs += name.encode() + b"\n"
+        # a 512-bit filter of the names' hashes (one bit each): most lines that are no URC are
+        # told so without searching the table
+        self._filter = bytearray(64)
+        for name in urcs.decode().split("\n"):
+            if name:
+                key = hash(name) & 511
+                self._filter[key >> 3] |= 1 << (key & 7)
+        self.urcs = urcs
+        self.body_urcs = body_urcs
+        self.raw = raw
+        self.max_line = max_line
+        self.max_data = max_data
+        self.queue_max = queue_max
+        self.max_lines = max_lines
         # one buffer: the line being received, then (its header line taken out) raw data
         self._buf = bytearray(max_line if max_line > max_data else max_data)
         self._mv = memoryview(self._buf)
-        self._cap = max_line
-        self._max_data = max_data
         self._len = 0
         self._overflow = False
         self._raw_left = 0      # raw bytes still to read
@@ -243,8 +240,6 @@ class ATEngine:
         self._skip_lf = False   # a CR ended the header: swallow one LF before raw data
         self._body_for = None   # (name, args) of a two-line URC waiting for its body
         self._queue = []
-        self._queue_max = queue_max
-        self._max_lines = max_lines
         self.current = None
         self._await_prompt = False
         self._deadline = 0
@@ -260,11 +255,10 @@ class ATEngine:
         """Queue a Command (or a plain string); it is written when nothing else is in flight."""
         if not isinstance(cmd, Command):
             cmd = Command(cmd)
-        q = self._queue
-        if len(q) >= self._queue_max:
+        if len(self._queue) >= self.queue_max:
             raise ATQueueFull("AT queue full (%d commands waiting); %s not queued"
-                              % (len(q), cmd.text))
-        q.append(cmd)
+                              % (len(self._queue), cmd.text))
+        self._queue.append(cmd)
         if self.current is None:
             self._write()
         return cmd
@@ -278,14 +272,14 @@ class ATEngine:
 
     def abort(self):
         """Drop the command in flight and the queue (modem power-cycled): each gets "ABORTED"."""
-        queue = self._queue
+        items = self._queue
         if self.current is not None:
-            queue.insert(0, self.current)
+            items.insert(0, self.current)
         self.current = None
         self._queue = []
         self._await_prompt = False
-        for cmd in queue:
-            if len(cmd.lines) > self._max_lines:
+        for cmd in items:
+            if len(cmd.lines) > self.max_lines:
                 cmd.lines.pop()
             self._events.append(("done", cmd, "ABORTED", cmd.lines, None))
         self._len = 0
@@ -310,13 +304,13 @@ class ATEngine:
 
     def data_to_send(self):
         """Bytes to write to the modem, or None."""
-        out = self._out
-        if not out:
+        items = self._out
+        if not items:
             return None
-        if len(out) == 1:
-            return out.pop()
+        if len(items) == 1:
+            return items.pop()
         self._out = []
-        return b"".join(out)
+        return b"".join(items)
 
     def tick(self, now):
         """Advance the clock; a command past its deadline is retried or ends with TIMEOUT."""
@@ -337,17 +331,17 @@ class ATEngine:
         return max(0, ticks_diff(self._deadline, self.now))
 
     def next_event(self):
-        ev = self._events
-        return ev.pop(0) if ev else None
+        items = self._events
+        return items.pop(0) if items else None
 
-    def _finish(self, status, err):
+    def _finish(self, code, value):
+        # the command in flight ends with final result `code` (error number or text `value`)
         cmd = self.current
-        lines = cmd.lines
-        if len(lines) > self._max_lines:
-            lines.pop()   # the None that marked a cut
+        if len(cmd.lines) > self.max_lines:
+            cmd.lines.pop()   # the None that marked a cut
         self._await_prompt = False
         self.stats["done"] += 1
-        self._events.append(("done", cmd, status, lines, err))
+        self._events.append(("done", cmd, code, cmd.lines, value))
         self._write()
 
     def _error(self, exc):
@@ -358,93 +352,89 @@ class ATEngine:
     def receive_data(self, data):
         """Feed bytes read from the UART (any chunking). Never raises on any input."""
         n = len(data)
-        i = 0
-        mv = memoryview(data)
+        pos = 0
+        v = memoryview(data)
         buf = self._buf
-        cap = self._cap
-        while i < n:
+        while pos < n:
             if self._skip_lf:
                 self._skip_lf = False
-                if data[i] == _LF:
-                    i += 1
+                if data[pos] == 10:   # LF
+                    pos += 1
                     continue
-            left = self._raw_left
-            if left:
+            count = self._raw_left
+            if count:
                 # raw data announced by a header line: exactly that many bytes, whatever they are
-                if left > n - i:
-                    left = n - i
-                got = self._raw_len - self._raw_left
-                buf[got:got + left] = mv[i:i + left]
-                i += left
-                self._raw_left -= left
+                if count > n - pos:
+                    count = n - pos
+                start = self._raw_len - self._raw_left
+                buf[start:start + count] = v[pos:pos + count]
+                pos += count
+                self._raw_left -= count
                 if not self._raw_left:
                     self.stats["data"] += 1
                     self._events.append(("data", self._raw_header, bytes(self._mv[:self._raw_len])))
                     self._raw_header = None
                 continue
-            # the end of this line: the first CR or LF from i
-            j = data.find(b"\n", i)
-            k = data.find(b"\r", i, j if j >= 0 else n)
-            if k >= 0:
-                j = k
-            end = j if j >= 0 else n
-            have = self._len
-            if end > i:
-                if end - i > cap - have:
-                    if cap > have:
-                        buf[have:cap] = mv[i:i + cap - have]
-                    have = cap
+            # the end of this line: the first CR or LF from pos
+            stop = data.find(b"\n", pos)
+            end = data.find(b"\r", pos, stop if stop >= 0 else n)
+            if end >= 0:
+                stop = end
+            end = stop if stop >= 0 else n
+            length = self._len
+            if end > pos:
+                if end - pos > self.max_line - length:
+                    if self.max_line > length:
+                        buf[length:self.max_line] = v[pos:pos + self.max_line - length]
+                    length = self.max_line
                     self._overflow = True
                 else:
-                    buf[have:have + end - i] = mv[i:end]
-                    have += end - i
-                if self._await_prompt and have and buf[0] == _GT:
+                    buf[length:length + end - pos] = v[pos:end]
+                    length += end - pos
+                if self._await_prompt and length and buf[0] == 62:   # ">"
                     # "> " from the modem: write the payload, drop the prompt from the line
-                    skip = 2 if have > 1 and buf[1] == _SP else 1
-                    have -= skip
-                    if have > 0:
-                        buf[0:have] = buf[skip:skip + have]
+                    start = 2 if length > 1 and buf[1] == 32 else 1
+                    length -= start
+                    if length > 0:
+                        buf[0:length] = buf[start:start + length]
                     else:
-                        have = 0
+                        length = 0
                     self._await_prompt = False
-                    cmd = self.current
-                    self._out.append(cmd.payload)
-                    self._deadline = self.now + cmd.timeout_ms
-                self._len = have
-            if j < 0:
+                    self._out.append(self.current.payload)
+                    self._deadline = self.now + self.current.timeout_ms
+                self._len = length
+            if stop < 0:
                 return
-            i = j + 1
-            if data[j] == _CR:
-                # a CRLF pair ends one line: swallow its LF (now, or first thing next chunk)
-                if i < n:
-                    if data[i] == _LF:
-                        i += 1
+            pos = stop + 1
+            if data[stop] == 13:   # CR: a CRLF pair ends one line, swallow its LF
+                if pos < n:
+                    if data[pos] == 10:
+                        pos += 1
                 else:
-                    self._skip_lf = True
-            if have or self._overflow or self._body_for is not None:
-                self._line(have)
+                    self._skip_lf = True   # first thing next chunk
+            if length or self._overflow or self._body_for is not None:
+                self._line(length)
 
     def _line(self, n):
         # a line ended: classify the n bytes in the buffer
         self._len = 0
         stats = self.stats
-        events = self._events
         if self._overflow:
             self._overflow = False
-            cap = self._cap
+            n = self.max_line
             self._error(LineTooLong("line longer than %d bytes dropped: %r..."
-                                    % (cap, bytes(self._mv[:24 if cap > 24 else cap]))))
+                                    % (n, bytes(self._mv[:24 if n > 24 else n]))))
             return
         buf = self._buf
         line = ""   # an empty line where a two-line URC's body belongs: the body is empty
-        c0 = 0
+        head = 0    # the line's first byte (a number: indexing a str would intern a character)
         if n:
             start = 0
             while start < n and (buf[start] == 0 or buf[start] == 0xFF):
                 start += 1
             if start:
                 stats["noise"] += start
-            while n > start and buf[n - 1] == _SP:
+            while n > start and buf[n - 1] == 32:   # trailing spaces
                 n -= 1
             if n <= start:
                 return
@@ -458,64 +448,71 @@ class ATEngine:
                 self._error(BinaryLine("line holds NUL bytes: %r" % (line[:32],)))
                 return
             stats["lines"] += 1
-            c0 = buf[start]   # the first byte (an int: indexing the str would intern a char)
+            head = buf[start]
         if self._body_for is not None:
             name, args = self._body_for
             self._body_for = None
             stats["urc"] += 1
-            events.append(("urc", name, args, line))
+            self._events.append(("urc", name, args, line))
             return
-        if c0 == _PLUS and self._raw is not None:
-            count = self._raw(line)
+        if head == 43 and self.raw is not None:   # "+": maybe a raw data header
+            count = self.raw(line)
             if count >= 0:
                 if count == 0:
-                    events.append(("data", line, b""))
-                elif count > self._max_data:
+                    self._events.append(("data", line, b""))
+                elif count > self.max_data:
                     # more than a datagram can be: refuse it rather than swallow the stream
                     self._error(DataTooLong("%s announces %d bytes; the buffer holds %d"
-                                            % (line[:24], count, self._max_data)))
+                                            % (line[:24], count, self.max_data)))
                 else:
                     self._raw_left = self._raw_len = count
                     self._raw_header = line
                 return
-        if (c0 == _A or c0 == _A_LOW) and line[:2].upper() == "AT":
+        if (head == 65 or head == 97) and n - start > 1 and buf[start + 1] | 32 == 116:   # "AT", "at"
             stats["echo"] += 1  # our own command echoed (ATE1), or host-side echo
             return
-        k = line.find(":")
-        name = line[:k] if k > 0 else line
+        pos = line.find(":")
+        name = line[:pos] if pos > 0 else line
         cmd = self.current
         if cmd is not None:
-            if (line in _FINAL_ANY or cmd.dial and line in _FINAL_DIAL
-                    or cmd.payload is not None and line in _FINAL_SEND):
-                self._finish(line, None)
+            if head != 43:   # no "+": maybe a final result code
+                if (line in ("OK", "ERROR", "COMMAND NOT SUPPORT")
+                        or cmd.dial and line in ("NO CARRIER", "BUSY", "NO ANSWER", "NO DIALTONE",
+                                                 "CONNECT")
+                        or cmd.payload is not None and line in ("SEND OK", "SEND FAIL")):
+                    self._finish(line, None)
+                    return
+            elif name in ("+CME ERROR", "+CMS ERROR"):
+                args = line[pos + 1:].strip()
+                self._finish(name[1:4], _int(args, args))   # "CME" / "CMS"
                 return
-            if name == "+CME ERROR" or name == "+CMS ERROR":
-                text = line[k + 1:].strip()
-                self._finish("CME" if name == "+CME ERROR" else "CMS", _int(text, text))
-                return
-            # its response, unless a known URC (or, strict, any foreign "+NAME:" line)
-            known = name not in cmd.prefixes and _has(self._urcs, name)
-            if not known and (name in cmd.prefixes or not (cmd.strict and c0 == _PLUS and k > 0)):
-                lines = cmd.lines
-                if len(lines) < self._max_lines:
-                    lines.append(line)
-                elif len(lines) == self._max_lines:
-                    lines.append(None)  # marks the cut; removed when the command ends
-                    self._error(ResponseTooLong("%s: more than %d response lines, the rest dropped"
-                                                % (cmd.text, self._max_lines)))
-                return
+        if cmd is not None and name in cmd.prefixes:
+            known = False
         else:
-            known = _has(self._urcs, name)
+            # a URC name? The filter answers "no" for most lines without searching the table
+            key = hash(name) & 511
+            known = self._filter[key >> 3] >> (key & 7) & 1 and _has(self.urcs, name)
+        if cmd is not None:
+            # its response, unless a known URC (or, strict, any foreign "+NAME:" line)
+            if not known and (name in cmd.prefixes or not (cmd.strict and head == 43 and pos > 0)):
+                if len(cmd.lines) < self.max_lines:
+                    cmd.lines.append(line)
+                elif len(cmd.lines) == self.max_lines:
+                    cmd.lines.append(None)  # marks the cut; removed when the command ends
+                    self._error(ResponseTooLong("%s: more than %d response lines, the rest dropped"
+                                                % (cmd.text, self.max_lines)))
+                return
         if known:
-            args = line[k + 1:].strip() if k > 0 else ""
-            if _has(self._body, name):
+            args = line[pos + 1:].strip() if pos > 0 else ""
+            if _has(self.body_urcs, name):
                 self._body_for = (name, args)
             else:
                 stats["urc"] += 1
-                events.append(("urc", name, args, None))
-        elif cmd is None and (line in _FINAL_ANY or name == "+CME ERROR" or name == "+CMS ERROR"):
+                self._events.append(("urc", name, args, None))
+        elif cmd is None and (line in ("OK", "ERROR", "COMMAND NOT SUPPORT")
+                              or name in ("+CME ERROR", "+CMS ERROR")):
             stats["stray"] += 1
-            events.append(("stray", line))
+            self._events.append(("stray", line))
         else:
             stats["unknown"] += 1
-            events.append(("unknown", line))
+            self._events.append(("unknown", line))

@@ -954,7 +954,7 @@ class Profile:
       NAME         the protocol's name for it (one of ccspec.ENUMS["modem"])
       HW_NAME      its timing facts: hardware/<HW_NAME>.json (hwdata on the card)
       URCS         names of its unsolicited result codes (text before the first ':'), as one
-                   string "\nNAME\nNAME\n" (at.ATEngine's table form: no object per name)
+                   table b"\nNAME\nNAME\n" (at.ATEngine's table form: no object per name)
       READY_URCS   URCs that mean "booted, UART ready"
       HANGUP       the hang-up command
       SLEEP_CMD    the command that enables DTR-controlled sleep
@@ -963,7 +963,7 @@ class Profile:
 
     NAME = "unknown"
     HW_NAME = None
-    URCS = "\n"
+    URCS = b"\n"
     READY_URCS = ("RDY",)
     HANGUP = "ATH"
     SLEEP_CMD = "AT+CSCLK=1"

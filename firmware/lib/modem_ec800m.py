@@ -24,12 +24,12 @@ class EC800M(modem.Profile):
     READY_URCS = ("RDY",)
     HANGUP = "ATH"
     SLEEP_CMD = "AT+QSCLK=1"
-    # its URC names as one string, "\nNAME\nNAME\n" (at.ATEngine searches it with find: no
+    # its URC names as one table, b"\nNAME\nNAME\n" (at.ATEngine searches it with find: no
     # per-name objects on the heap)
     URCS = (
-        "\nRDY\n+CPIN\n+QIND\n+QUSIM\n+CFUN\n+CREG\n+CEREG\n+CGREG\n+CGEV\n+CMTI\n+CMT\n+CDS\n"
-        "+CBM\nRING\n+CRING\n+CLIP\n+CLCC\nNO CARRIER\nBUSY\nNO ANSWER\n+CEER\n+COLP\n+QTONEDET\n"
-        "+QIOPEN\n+QIURC\n+CTZE\n+CTZV\n+QNTP\n+CUSD\nPOWERED DOWN\n+QGPSURC\n"
+        b"\nRDY\n+CPIN\n+QIND\n+QUSIM\n+CFUN\n+CREG\n+CEREG\n+CGREG\n+CGEV\n+CMTI\n+CMT\n+CDS\n"
+        b"+CBM\nRING\n+CRING\n+CLIP\n+CLCC\nNO CARRIER\nBUSY\nNO ANSWER\n+CEER\n+COLP\n+QTONEDET\n"
+        b"+QIOPEN\n+QIURC\n+CTZE\n+CTZV\n+QNTP\n+CUSD\nPOWERED DOWN\n+QGPSURC\n"
     )
 
     def config_commands(self):

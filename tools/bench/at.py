@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -138,7 +140,7 @@ def load_captures(data_root: Path) -> list[tuple[str, bytes]]:
 
 # The URC names both profiles know (prepended to REPLAY_CODE; the heap measurement replaces it
 # with the same table as a literal so that only the parser is measured). Profiles keep their
-# URC names as one "\nNAME\nNAME\n" string (at.ATEngine's table form).
+# URC names as one b"\nNAME\nNAME\n" table (at.ATEngine's table form).
 URCS_CODE = """
 import modem_a7670, modem_ec800m
 URCS = modem_a7670.A7670.URCS + modem_ec800m.EC800M.URCS[1:]
@@ -149,59 +151,58 @@ READ_SIZE = 64
 
 _LOOP_CODE = r'''
 import at
-_PROMPTED = ("AT+CMGS", "AT+CIPSEND", "AT+QISEND")
 
-def replay_lines(pieces, sink, max_line=1024):
+def replay_lines(lines, sink, max_line=1024):
     e = at.ATEngine(urcs=URCS, max_line=max_line)
     now = 0
     start = True        # the next piece starts a line
-    pieces = iter(pieces)
-    for raw in pieces:
-        if start and raw.strip()[:2].upper() == b"AT":
-            while raw[-1:] != b"\n":     # the whole command line
-                more = next(pieces, b"")
-                if not more:
+    lines = iter(lines)
+    for line in lines:
+        if start and line.strip()[:2].upper() == b"AT":
+            while not line.endswith(b"\n"):     # the whole command line
+                data = next(lines, b"")
+                if not data:
                     break
-                raw += more
+                line += data
             try:
-                text = raw.strip().decode()
+                text = line.strip().decode()
             except UnicodeError:
                 text = None
-            cur = e.current
-            if text and cur is not None and text.upper() != cur.text.upper():
-                now += cur.timeout_ms + 1
+            cmd = e.current
+            if text and cmd is not None and text.upper() != cmd.text.upper():
+                now += cmd.timeout_ms + 1
                 e.tick(now)
             if text and e.current is None:
-                up = text.upper()
-                payload = b"" if up.startswith(_PROMPTED) else None
-                e.send(at.Command(text, prefix=at.prefixes_of(up), strict=False, payload=payload))
+                prompted = text.upper().startswith(("AT+CMGS", "AT+CIPSEND", "AT+QISEND"))
+                e.send(at.Command(text, prefix=at.prefixes_of(text.upper()), strict=False,
+                                  payload=b"" if prompted else None))
                 e.data_to_send()
-        e.receive_data(raw)
-        start = raw[-1:] == b"\n"
+        e.receive_data(line)
+        start = line.endswith(b"\n")
         if start:
             now += 1
             e.tick(now)
         while True:
-            ev = e.next_event()
-            if ev is None:
+            data = e.next_event()
+            if data is None:
                 break
-            sink(ev)
+            sink(data)
     if not start:
         now += 1
         e.tick(now)
     now += 1000000
     e.tick(now)
     while True:
-        ev = e.next_event()
-        if ev is None:
+        data = e.next_event()
+        if data is None:
             break
-        sink(ev)
+        sink(data)
     return e
 
-def file_lines(path, size=%d):
-    with open(path, "rb") as f:
+def file_lines(name, n=%d):
+    with open(name, "rb") as f:
         while True:
-            line = f.readline(size)
+            line = f.readline(n)
             if not line:
                 break
             yield line
@@ -221,7 +222,9 @@ REPLAY_CODE = _LOOP_CODE + _PLAIN_CODE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rounds", type=int, default=20, help="passes over all captures")
+    parser.add_argument("--rounds", type=int, default=20, help="passes over all captures per repeat")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="alternating parser/baseline repeats (median and best printed)")
     parser.add_argument("--data", type=Path, default=None, help="shared/data folder (default ../shared/data)")
 
 
@@ -235,41 +238,55 @@ lines_all = [b.split(b"\n") for b in blobs]
 for ls in lines_all:
     for i in range(len(ls) - 1):
         ls[i] = ls[i] + b"\n"
-count = [0]
 def sink(ev):
     pass
-# parser
-t0 = time.ticks_us()
-total = 0
-for r in range(ROUNDS):
-    for ls in lines_all:
-        e = replay_lines(ls, sink)
-        total += e.stats["lines"] + e.stats["echo"]
-t_parse = time.ticks_diff(time.ticks_us(), t0)
-# baseline: bare readline + split over the same bytes
-t0 = time.ticks_us()
-base = 0
-for r in range(ROUNDS):
-    for b in blobs:
-        f = io.BytesIO(b)
-        while True:
-            line = f.readline()
-            if not line:
-                break
-            line.split(b",")
-            base += 1
-t_base = time.ticks_diff(time.ticks_us(), t0)
-print(total, t_parse, base, t_base)
+def cpu():
+    # this process's CPU time (user + system) in clock ticks: a shared machine's other work does
+    # not count, unlike the wall clock
+    try:
+        with open("/proc/self/stat") as f:
+            s = f.read()
+    except OSError:
+        return 0
+    s = s[s.rfind(")") + 2:].split()
+    return int(s[11]) + int(s[12])
+# alternating repeats; wall-clock and CPU time both measured
+for rep in range(REPEATS):
+    c0 = cpu()
+    t0 = time.ticks_us()
+    total = 0
+    for r in range(ROUNDS):
+        for ls in lines_all:
+            e = replay_lines(ls, sink)
+            total += e.stats["lines"] + e.stats["echo"]
+    t_parse = time.ticks_diff(time.ticks_us(), t0)
+    c_parse = cpu() - c0
+    # baseline: bare readline + split over the same bytes
+    c0 = cpu()
+    t0 = time.ticks_us()
+    base = 0
+    for r in range(ROUNDS * 10):   # ten times as many: a tenth of the time per pass
+        for b in blobs:
+            f = io.BytesIO(b)
+            while True:
+                line = f.readline()
+                if not line:
+                    break
+                line.split(b",")
+                base += 1
+    t_base = time.ticks_diff(time.ticks_us(), t0)
+    c_base = cpu() - c0
+    print(total, t_parse, c_parse, base, t_base, c_base)
 '''
 
 # The heap workload: a module `atfeed` (the URC table as a literal, the feed loop above and a run
 # function) beside at.py in a card image, both precompiled by mpy-cross or both left as source.
 _FEED_RUN = r"""
-def run(path):
+def run(name):
     n = [0]
-    def sink(ev):
+    def sink(data):
         n[0] += 1
-    e = replay_lines(file_lines(path), sink)
+    e = replay_lines(file_lines(name), sink)
     return n[0], e.stats["lines"]
 """
 
@@ -301,7 +318,7 @@ def _write_captures(folder: Path, captures: list[tuple[str, bytes]]) -> list[Pat
     return paths
 
 
-def _feed_image(folder: Path, urcs: str, precompiled: bool) -> Path:
+def _feed_image(folder: Path, urcs: bytes, precompiled: bool) -> Path:
     """A card image with at.py and the feed module, precompiled by mpy-cross (as a production
     build ships its libraries) or left as source (compiled on the device at import)."""
     image = folder / ("image-mpy" if precompiled else "image-src")
@@ -338,20 +355,24 @@ def run(args: argparse.Namespace) -> int:
         captures = load_captures(root)
     except FileNotFoundError as exc:
         raise CommandError(str(exc)) from None
-    if args.rounds < 1:
-        raise CommandError("--rounds must be at least 1")
+    if args.rounds < 1 or args.repeats < 1:
+        raise CommandError("--rounds and --repeats must be at least 1")
     with tempfile.TemporaryDirectory(prefix="carecard-bench-at-") as tmp:
         folder = Path(tmp)
         paths = _write_captures(folder, captures)
         names = ", ".join(repr(str(p)) for p in paths)
-        code = f"NAMES = [{names}]\nROUNDS = {args.rounds}\n" + URCS_CODE + _BENCH
-        out = micropython.run(code, timeout=600).split()
-        total, t_parse, base, t_base = (int(x) for x in out)
-        rate = total * 1_000_000 / max(t_parse, 1)
-        base_rate = base * 1_000_000 / max(t_base, 1)
+        code = (f"NAMES = [{names}]\nROUNDS = {args.rounds}\nREPEATS = {args.repeats}\n"
+                + URCS_CODE + _BENCH)
+        rows = [[int(x) for x in line.split()]
+                for line in micropython.run(code, timeout=600).splitlines() if line.strip()]
+        total, base = rows[0][0], rows[0][3]
+        tick_us = 1_000_000 / os.sysconf("SC_CLK_TCK")
+        wall = sorted(total * 1_000_000 / max(r[1], 1) for r in rows)
+        base_wall = sorted(base * 1_000_000 / max(r[4], 1) for r in rows)
+        cpu = sorted(total * 1_000_000 / max(r[2] * tick_us, 1) for r in rows)
+        base_cpu = sorted(base * 1_000_000 / max(r[5] * tick_us, 1) for r in rows)
         largest = max(range(len(captures)), key=lambda i: len(captures[i][1]))
-        urcs = micropython.run(URCS_CODE + "print(URCS.encode().hex())").strip()
-        urcs = bytes.fromhex(urcs).decode()
+        urcs = ast.literal_eval(micropython.run(URCS_CODE + "print(repr(URCS))").strip())
         mpy_image = _feed_image(folder, urcs, precompiled=True)
         src_image = _feed_image(folder, urcs, precompiled=False)
         heap_mpy = _heaps(mpy_image, paths[largest])
@@ -363,9 +384,14 @@ def run(args: argparse.Namespace) -> int:
     cap_name, cap_len = captures[largest][0], len(captures[largest][1])
     print(f"AT captures: {len(captures)} files, {sum(len(c[1]) for c in captures)} bytes, "
           f"{args.rounds} rounds on the MicroPython unix port")
-    print(f"parser (at.ATEngine + replay loop): {total} lines in {t_parse / 1e6:.3f} s = {rate:,.0f} lines/s")
-    print(f"baseline (readline + split):        {base} lines in {t_base / 1e6:.3f} s = {base_rate:,.0f} lines/s")
-    print(f"ratio: parser is {base_rate / rate:.1f}x slower per line than the bare baseline")
+    med = statistics.median
+    print(f"parser (at.ATEngine + replay loop): {total} lines per repeat: {med(cpu):,.0f} lines per "
+          f"CPU second (median of {args.repeats}; best {cpu[-1]:,.0f}); wall clock median "
+          f"{med(wall):,.0f} lines/s")
+    print(f"baseline (readline + split):        {base} lines per repeat: {med(base_cpu):,.0f} lines per "
+          f"CPU second (best {base_cpu[-1]:,.0f}); wall clock median {med(base_wall):,.0f} lines/s")
+    print(f"ratio: parser is {med(base_cpu) / med(cpu):.1f}x slower per line than the bare baseline "
+          f"(CPU time)")
     print(f"smallest heap (-X heapsize, {_HEAP_STEP}-byte steps) for the largest capture, {cap_name} "
           f"({cap_len} bytes), read in {READ_SIZE}-byte pieces; target 16384:")
     for label, h in (("precompiled (.mpy, as a card ships code)", heap_mpy),
