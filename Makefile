@@ -30,7 +30,7 @@ test: setup debs
 	$(BIN)/python -m pytest -q -n 2 tests
 
 bench: setup
-	$(BIN)/carecard bench protocol
+	for name in protocol nmea at receive; do $(BIN)/carecard bench $$name || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
