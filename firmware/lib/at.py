@@ -212,16 +212,23 @@ class ATEngine:
                  max_line=1024, max_data=1536, queue_max=16, max_lines=48):
         urcs = _table(urcs)
         body_urcs = _table(body_urcs)
-        for name in body_urcs.decode().split("\n"):   # two-line URCs are URCs too
-            if name and not _has(urcs, name):
-                urcs += name.encode() + b"\n"
+        # two-line URCs are URCs too
+        start = 1
+        while start < len(body_urcs):
+            end = body_urcs.find(b"\n", start)
+            if end > start and not _has(urcs, body_urcs[start:end].decode()):
+                urcs += body_urcs[start:end + 1]
+            start = end + 1
         # a 512-bit filter of the names' hashes (one bit each): most lines that are no URC are
-        # told so without searching the table
+        # told so without searching the table (names taken one at a time, not split into a list)
         self._filter = bytearray(64)
-        for name in urcs.decode().split("\n"):
-            if name:
-                key = hash(name) & 511
+        start = 1
+        while start < len(urcs):
+            end = urcs.find(b"\n", start)
+            if end > start:
+                key = hash(urcs[start:end].decode()) & 511
                 self._filter[key >> 3] |= 1 << (key & 7)
+            start = end + 1
         self.urcs = urcs
         self.body_urcs = body_urcs
         self.raw = raw
@@ -297,7 +304,11 @@ class ATEngine:
                 return
             cmd = self.current = self._queue.pop(0)
         cmd.attempts += 1
-        cmd.lines = []
+        # room for every response line (and the cut's marker) from the start: a long response
+        # then needs no bigger list while its lines pile up on a fragmented heap (MicroPython
+        # keeps a list's room when it is emptied with del)
+        cmd.lines = [None] * (self.max_lines + 1)
+        del cmd.lines[:]
         self._await_prompt = cmd.payload is not None
         self._deadline = self.now + cmd.timeout_ms
         self._out.append(cmd.text.encode() + b"\r")
