@@ -233,3 +233,43 @@ assert events(e) == [("urc", "+CREG", "2", None)]
 assert at.prefixes_of("AT+CPIN?;+CSQ;+COPS=3,0;+creg?") == ("+CPIN", "+CSQ", "+COPS", "+CREG")
 assert at.split_args('"SM",4') == ["SM", "4"] and at.split_args('2,1,"0B,"0100701",7')[0] == "2"
 ''')
+
+
+def test_urc_tables_as_names_str_or_bytes_whole_names_only(mpy):
+    run(mpy, r'''
+import modem_a7670, modem_ec800m
+names = ("+CREG", "RING", "+CMTI", "VOICE CALL")
+data = (b"+CREG: 1\r\nRING\r\n+CREGX: 2\r\n+CRE: 3\r\nVOICE CALL: BEGIN\r\nVOICE\r\n+CMT: ,5\r\n"
+        b"body\r\n+CMTI: 1\r\nCALL\r\n")
+for table in (names, list(names), "\n+CREG\nRING\n+CMTI\nVOICE CALL\n",
+              b"\n+CREG\nRING\n+CMTI\nVOICE CALL\n"):
+    e = at.ATEngine(urcs=table)
+    feed(e, data)
+    ev = events(e)
+    assert ev == [("urc", "+CREG", "1", None), ("urc", "RING", "", None), ("unknown", "+CREGX: 2"),
+                  ("unknown", "+CRE: 3"), ("urc", "VOICE CALL", "BEGIN", None), ("unknown", "VOICE"),
+                  ("urc", "+CMT", ",5", "body"), ("urc", "+CMTI", "1", None),
+                  ("unknown", "CALL")], (table, ev)
+for bad in ("+CREG\nRING\n", b"\n+CREG", "", b"", "RING"):
+    try:
+        at.ATEngine(urcs=bad)
+        raise SystemExit("bad URC table accepted: %r" % (bad,))
+    except ValueError:
+        pass
+# every name of each profile's table is a URC; its neighbours (longer, shorter) are not
+for profile in (modem_a7670.A7670, modem_ec800m.EC800M):
+    e = at.ATEngine(urcs=profile.URCS)
+    names = profile.URCS.decode().strip("\n").split("\n")
+    assert len(names) >= 30 and "+CBM" in names
+    for name in names:
+        feed(e, name.encode() + b": x\r\nnext line\r\n")
+        ev = events(e)
+        if name in ("+CMT", "+CDS", "+CBM"):
+            assert ev == [("urc", name, "x", "next line")], ev
+        else:
+            assert ev == [("urc", name, "x", None), ("unknown", "next line")], ev
+        for other in (name + "X", "X" + name, name[:-1]):
+            if other not in names:
+                feed(e, other.encode() + b": y\r\n")
+                assert events(e) == [("unknown", other + ": y")], other
+''')

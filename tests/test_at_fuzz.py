@@ -129,3 +129,52 @@ def test_every_capture_whole_in_odd_chunks(batch, capture_blobs):
         answer = _ask(batch, blob[:4000], 1 + i % 13)
         total_errors += int(answer.split()[2])
     assert total_errors >= 1  # the +CLAC lists are over-long: reported, not hidden
+
+
+# Request: "<names hex> <queries hex>" (each "\n"-separated). Answer: one letter per query, "u"
+# when the engine reports it as a URC, "n" when as an unknown line; or "bad <why>".
+TABLE_SCRIPT = r'''
+import sys, binascii, at
+while True:
+    line = sys.stdin.readline()
+    if not line:
+        break
+    names, queries = line.split()
+    names = [n for n in binascii.unhexlify(names).decode().split("\n") if n]
+    out = []
+    try:
+        for table in (names, ("\n" + "\n".join(names) + "\n").encode()):
+            e = at.ATEngine(urcs=table, body_urcs=(), raw=None)
+            res = ""
+            for q in binascii.unhexlify(queries).decode().split("\n"):
+                e.receive_data(q.encode() + b": 1\r\n")
+                ev = e.next_event()
+                res += "u" if ev == ("urc", q, "1", None) else "n" if ev == ("unknown", q + ": 1") else "?"
+            out.append(res)
+        print(out[0] if out[0] == out[1] else "bad %r" % (out,))
+    except Exception as exc:
+        print("bad raised %s: %s" % (type(exc).__name__, exc))
+'''
+
+# names as URCs have them: no ':', CR/LF, NUL, no leading or trailing space, not an echo ("AT...")
+_name = st.text(alphabet="ABCDEFGHIKLMNOPQRSUVWXYZ0123456789+*_- \u00e9\u4e2d", min_size=1,
+                max_size=12).map(str.strip).filter(lambda s: s and not s.upper().startswith("AT"))
+
+
+@pytest.fixture(scope="module")
+def table_batch(mpy):
+    with Batch(TABLE_SCRIPT) as b:
+        yield b
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(names=st.lists(_name, max_size=120), others=st.lists(_name, max_size=20), data=st.data())
+def test_urc_lookup_is_exact_membership(table_batch, names, others, data):
+    # the table search and the hash filter in front of it: a name is a URC exactly when it is one
+    # of the table's names (not a part of one, not a neighbour sharing its filter bit)
+    extra = [n + t for n in names[:10] for t in ("X", " 1", "+")] + [n[:-1] for n in names[:10]]
+    queries = [q for q in names + others + extra if q and q.strip() == q] or ["Z"]
+    queries = data.draw(st.permutations(queries))
+    answer = table_batch.call(f"{chr(10).join(names).encode().hex() or '0a'} "
+                              f"{chr(10).join(queries).encode().hex()}")
+    assert answer == "".join("u" if q in names else "n" for q in queries), (names, queries, answer)

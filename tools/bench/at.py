@@ -318,9 +318,17 @@ def _write_captures(folder: Path, captures: list[tuple[str, bytes]]) -> list[Pat
     return paths
 
 
-def _feed_image(folder: Path, urcs: bytes, precompiled: bool) -> Path:
-    """A card image with at.py and the feed module, precompiled by mpy-cross (as a production
-    build ships its libraries) or left as source (compiled on the device at import)."""
+def merged_urcs() -> bytes:
+    """Both profiles' URC table (URCS_CODE), as MicroPython builds it from the firmware."""
+    return ast.literal_eval(micropython.run(URCS_CODE + "print(repr(URCS))").strip())
+
+
+def feed_image(folder: Path, precompiled: bool, urcs: bytes | None = None) -> Path:
+    """A card image with at.py and the feed module `atfeed` (the URC table as a literal, the
+    feed loop, `run(path) -> (events, lines)`), both precompiled by mpy-cross (as a production
+    build ships its libraries) or both left as source (compiled on the device at import)."""
+    if urcs is None:
+        urcs = merged_urcs()
     image = folder / ("image-mpy" if precompiled else "image-src")
     shutil.copytree(micropython.card_image(), image)
     lib = image / "lib"
@@ -333,6 +341,11 @@ def _feed_image(folder: Path, urcs: bytes, precompiled: bool) -> Path:
                            capture_output=True)
             src.unlink()
     return image
+
+
+def largest_capture(captures: list[tuple[str, bytes]]) -> int:
+    """Index of the largest capture (the heap workload)."""
+    return max(range(len(captures)), key=lambda i: len(captures[i][1]))
 
 
 def _heaps(image: Path, path: Path) -> dict[str, int]:
@@ -371,10 +384,10 @@ def run(args: argparse.Namespace) -> int:
         base_wall = sorted(base * 1_000_000 / max(r[4], 1) for r in rows)
         cpu = sorted(total * 1_000_000 / max(r[2] * tick_us, 1) for r in rows)
         base_cpu = sorted(base * 1_000_000 / max(r[5] * tick_us, 1) for r in rows)
-        largest = max(range(len(captures)), key=lambda i: len(captures[i][1]))
-        urcs = ast.literal_eval(micropython.run(URCS_CODE + "print(repr(URCS))").strip())
-        mpy_image = _feed_image(folder, urcs, precompiled=True)
-        src_image = _feed_image(folder, urcs, precompiled=False)
+        largest = largest_capture(captures)
+        urcs = merged_urcs()
+        mpy_image = feed_image(folder, True, urcs)
+        src_image = feed_image(folder, False, urcs)
         heap_mpy = _heaps(mpy_image, paths[largest])
         heap_src = _heaps(src_image, paths[largest])
         where, base_alloc, res_at, res_feed, res_engine = micropython.run(
