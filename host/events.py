@@ -105,11 +105,58 @@ EVENT_KINDS: tuple[str, ...] = MESSAGE_KINDS + (ALERT_KIND,)
 _FW_PARTS = ("fw_major", "fw_minor", "fw_patch")
 
 
-def iso_utc(unix: float, *, millis: bool = False) -> str:
-    """Unix seconds -> ISO 8601 UTC with a Z suffix (whole seconds, or milliseconds)."""
+# --- time as text ----------------------------------------------------------------------------
+
+# Unix day -> "YYYY-MM-DDT"; whole Unix second -> "YYYY-MM-DDTHH:MM:SS". Both bounded (cleared when
+# full): the receiver formats two times per frame, and cards' clocks cluster around now.
+_DAY_TEXT: dict[int, str] = {}
+_SECOND_TEXT: dict[int, str] = {}
+_TEXT_CACHE_MAX = 8192
+_FAST_LIMIT = 253402300800  # 10000-01-01: datetime's own limit
+
+
+def _second_text(whole: int) -> str:
+    text = _SECOND_TEXT.get(whole)
+    if text is None:
+        days, rest = divmod(whole, 86400)
+        day = _DAY_TEXT.get(days)
+        if day is None:
+            if len(_DAY_TEXT) >= _TEXT_CACHE_MAX:
+                _DAY_TEXT.clear()
+            day = _DAY_TEXT[days] = datetime.fromtimestamp(days * 86400, timezone.utc).isoformat()[:11]
+        hours, rest = divmod(rest, 3600)
+        minutes, seconds = divmod(rest, 60)
+        if len(_SECOND_TEXT) >= _TEXT_CACHE_MAX:
+            _SECOND_TEXT.clear()
+        text = _SECOND_TEXT[whole] = f"{day}{hours:02d}:{minutes:02d}:{seconds:02d}"
+    return text
+
+
+def _iso_slow(unix: float, millis: bool) -> str:
     moment = datetime.fromtimestamp(unix, timezone.utc)
     text = moment.isoformat(timespec="milliseconds" if millis else "seconds")
     return text.replace("+00:00", "Z")
+
+
+def iso_utc(unix: float, *, millis: bool = False) -> str:
+    """Unix seconds -> ISO 8601 UTC with a Z suffix (whole seconds, or milliseconds).
+
+    The same text as `datetime.fromtimestamp(unix, timezone.utc).isoformat(...)` (a test checks
+    it), including its rounding of floats to the microsecond (half to even) before the digits
+    are cut; computed without a datetime object for the times the receiver sees."""
+    if type(unix) is int:
+        if 0 <= unix < _FAST_LIMIT:
+            return _second_text(unix) + (".000Z" if millis else "Z")
+        return _iso_slow(unix, millis)
+    if type(unix) is not float or not 0.0 <= unix < _FAST_LIMIT:  # NaN fails the test too
+        return _iso_slow(unix, millis)
+    fraction, whole = math.modf(unix)
+    micro = round(fraction * 1e6)
+    if micro >= 1_000_000:
+        whole += 1.0
+        micro -= 1_000_000
+    text = _second_text(int(whole))
+    return f"{text}.{micro // 1000:03d}Z" if millis else text + "Z"
 
 
 def parse_iso_utc(text: str) -> float:
@@ -139,6 +186,10 @@ def _device_text(device: Any, what: str) -> str:
     return str(device)
 
 
+# Track point keys -> (twin, divisor), looked up once per key.
+_POINT_TWINS: dict[str, tuple[str | None, int]] = {}
+
+
 def _convert_point(point: Mapping[str, Any], synced: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in point.items():
@@ -146,11 +197,68 @@ def _convert_point(point: Mapping[str, Any], synced: bool) -> dict[str, Any]:
             out["time"] = iso_utc(value) if synced else None
             out["device_time"] = value
             continue
-        twin, divisor = _twin(key)
+        found = _POINT_TWINS.get(key)
+        if found is None:
+            found = _POINT_TWINS[key] = _twin(key)
+        twin, divisor = found
         if twin is not None:
             out[twin] = value / divisor
         out[key] = value
     return out
+
+
+# --- event construction, compiled per message type from its plan ------------------------------
+#
+# For each uplink type, a function `data(m, synced)` that builds the event's `data` object from a
+# decoded message, generated once at import from PLANS (so from protocol/spec.py): straight-line
+# code, no per-frame walk over the field plans. The rules it applies are the ones the module
+# docstring states; tests compare it with a direct interpretation of the plans for every type.
+
+
+def _data_builder_source(kind: str, plan: tuple[FieldPlan, ...]) -> str:
+    lines = [f"def _data_{kind}(m, synced):"]
+    if any(f.twin is not None and f.name in _COORD_BOUNDS for f in plan):
+        lines.append("    no_fix = m.get('fix') == NO_FIX")
+    items = []
+    for i, field in enumerate(plan):
+        var = f"v{i}"
+        lines.append(f"    {var} = m[{field.name!r}]")
+        if field.kind == "track":
+            lines.append(f"    {var} = [_convert_point(p, synced) for p in {var}]")
+            items.append(f"{field.name!r}: {var}")
+            continue
+        if field.sentinel is not None:
+            lines.append(f"    if {var} == {field.sentinel!r}:")
+            lines.append(f"        {var} = None")
+        items.append(f"{field.name!r}: {var}")
+        if field.twin is not None:
+            unknown = f"{var} is None or no_fix" if field.name in _COORD_BOUNDS else f"{var} is None"
+            value = f"(None if {unknown} else {var} / {field.divisor!r})"
+            items.append(f"{field.twin!r}: {value}")
+    names = [f.name for f in plan]
+    if all(part in names for part in _FW_PARTS):
+        parts = ", ".join(f"v{names.index(part)}" for part in _FW_PARTS)
+        items.append(f"'fw_version': '%s.%s.%s' % ({parts})")
+    items.append("'device_time': m['time']")
+    items.append("'clock_synced': synced")
+    lines.append("    return {" + ", ".join(items) + "}")
+    return "\n".join(lines) + "\n"
+
+
+def _compile_data_builders() -> dict[str, Any]:
+    builders = {}
+    for kind, plan in PLANS.items():
+        if not kind.isidentifier():
+            raise ValueError(f"spec.py: message type {kind!r} is not an identifier")
+        namespace: dict[str, Any] = {"NO_FIX": NO_FIX, "_convert_point": _convert_point}
+        exec(compile(_data_builder_source(kind, plan), f"<carecard event builder {kind}>", "exec"),
+             namespace)
+        builders[kind] = namespace[f"_data_{kind}"]
+    return builders
+
+
+DATA_BUILDERS: dict[str, Any] = _compile_data_builders()
+_MAX_U32 = 2**32
 
 
 def event_from_message(message: Mapping[str, Any], received_at: float) -> dict[str, Any]:
@@ -158,51 +266,35 @@ def event_from_message(message: Mapping[str, Any], received_at: float) -> dict[s
 
     `received_at` is the host's Unix time when the frame arrived. Raises EventError for anything
     that is not a decoded uplink message (wrong direction, unknown type, missing field)."""
-    if not isinstance(message, Mapping):
+    if type(message) is not dict and not isinstance(message, Mapping):
         raise EventError(f"expected a decoded message (a dict), got {type(message).__name__}")
     mtype = message.get("type")
-    plan = PLANS.get(mtype)  # type: ignore[arg-type]
-    if plan is None or message.get("direction", "uplink") != "uplink":
+    build = DATA_BUILDERS.get(mtype) if type(mtype) is str else None
+    if build is None or message.get("direction", "uplink") != "uplink":
         raise EventError(
             f"message type {mtype!r} ({message.get('direction', 'uplink')}) is not an uplink "
             f"message: events are made from {', '.join(MESSAGE_KINDS)}"
         )
-    where = f"{mtype} message"
     try:
-        device = _device_text(message["device"], where)
+        device = message["device"]
         counter = message["counter"]
         device_time = message["time"]
         synced = bool(message.get("clock_synced", True))
     except KeyError as exc:
-        raise EventError(f"{where}: header field {exc.args[0]!r} missing") from None
+        raise EventError(f"{mtype} message: header field {exc.args[0]!r} missing") from None
+    if type(device) is int and 0 <= device <= _U64_MAX:
+        device = str(device)
+    else:
+        device = _device_text(device, f"{mtype} message")
     if type(counter) is not int or counter < 0 or type(device_time) is not int or device_time < 0:
-        raise EventError(f"{where}: counter and time must be non-negative integers")
-    received = _check_received_at(received_at, where)
-
-    data: dict[str, Any] = {}
-    no_fix = message.get("fix") == NO_FIX
-    for field in plan:
-        try:
-            value = message[field.name]
-        except KeyError:
-            raise EventError(f"{where} from device {device} counter {counter}: "
-                             f"field {field.name!r} missing") from None
-        if field.kind == "track":
-            data[field.name] = [_convert_point(point, synced) for point in value]
-            continue
-        if field.sentinel is not None and value == field.sentinel:
-            value = None
-        data[field.name] = value
-        if field.twin is not None:
-            if value is None or (no_fix and field.name in _COORD_BOUNDS):
-                data[field.twin] = None
-            else:
-                data[field.twin] = value / field.divisor
-    if all(part in data for part in _FW_PARTS):
-        data["fw_version"] = ".".join(str(data[part]) for part in _FW_PARTS)
-    data["device_time"] = device_time
-    data["clock_synced"] = synced
-
+        raise EventError(f"{mtype} message: counter and time must be non-negative integers")
+    if type(received_at) is not float or not 0.0 <= received_at < _MAX_U32:
+        received_at = _check_received_at(received_at, f"{mtype} message")
+    try:
+        data = build(message, synced)
+    except KeyError as exc:
+        raise EventError(f"{mtype} message from device {device} counter {counter}: "
+                         f"field {exc.args[0]!r} missing") from None
     return {
         "schema": SCHEMA_VERSION,
         "id": f"{device}-{counter}",
@@ -210,7 +302,7 @@ def event_from_message(message: Mapping[str, Any], received_at: float) -> dict[s
         "device": device,
         "counter": counter,
         "time": iso_utc(device_time) if synced else None,
-        "received_at": iso_utc(received, millis=True),
+        "received_at": iso_utc(received_at, millis=True),
         "data": data,
     }
 

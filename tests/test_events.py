@@ -178,3 +178,100 @@ def test_schema_rejects_what_it_should(validator: jsonschema.Draft202012Validato
         mutate(bad)
         with pytest.raises(jsonschema.ValidationError):
             validator.validate(bad)
+
+
+# --- the compiled event builders against a direct interpretation of the plans -----------------
+
+
+def _reference_event(message: dict, received_at: float) -> dict:
+    """The event rules of carecard.host.events applied field by field from PLANS (the generic
+    algorithm the compiled builders replace), as the oracle for them."""
+    mtype = message["type"]
+    synced = bool(message.get("clock_synced", True))
+    no_fix = message.get("fix") == ev.NO_FIX
+    data: dict = {}
+    for field in ev.PLANS[mtype]:
+        value = message[field.name]
+        if field.kind == "track":
+            points = []
+            for point in value:
+                out: dict = {}
+                for key, raw in point.items():
+                    if key == "time":
+                        out["time"] = ev._iso_slow(raw, False) if synced else None
+                        out["device_time"] = raw
+                        continue
+                    twin, divisor = ev._twin(key)
+                    if twin is not None:
+                        out[twin] = raw / divisor
+                    out[key] = raw
+                points.append(out)
+            data[field.name] = points
+            continue
+        if field.sentinel is not None and value == field.sentinel:
+            value = None
+        data[field.name] = value
+        if field.twin is not None:
+            if value is None or (no_fix and field.name in ("lat_e7", "lon_e7")):
+                data[field.twin] = None
+            else:
+                data[field.twin] = value / field.divisor
+    if all(part in data for part in ("fw_major", "fw_minor", "fw_patch")):
+        data["fw_version"] = ".".join(str(data[p]) for p in ("fw_major", "fw_minor", "fw_patch"))
+    data["device_time"] = message["time"]
+    data["clock_synced"] = synced
+    return {"schema": ev.SCHEMA_VERSION, "id": f"{message['device']}-{message['counter']}",
+            "kind": mtype, "device": str(message["device"]), "counter": message["counter"],
+            "time": ev._iso_slow(message["time"], False) if synced else None,
+            "received_at": ev._iso_slow(float(received_at), True), "data": data}
+
+
+def _canonical(event: dict) -> str:
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+@settings(max_examples=400, deadline=None)
+@given(message=uplink_messages(), received=st.floats(0, 2**32 - 1, allow_nan=False) | st.integers(0, 2**32 - 1),
+       sentinels=st.booleans(), no_fix=st.booleans())
+def test_compiled_builders_match_the_plans(message: dict, received: float, sentinels: bool,
+                                           no_fix: bool) -> None:
+    if sentinels:  # the sentinel values, which the strategy rarely draws by itself
+        for field in ev.PLANS[message["type"]]:
+            if field.sentinel is not None:
+                message[field.name] = field.sentinel
+    if no_fix and "fix" in message:
+        message["fix"] = ev.NO_FIX
+    event = ev.event_from_message(message, received)
+    expected = _reference_event(message, received)
+    assert event == expected
+    assert _canonical(event) == _canonical(expected)  # same key order, same number texts
+
+
+def test_twins_of_missing_values_are_null() -> None:
+    message = position_message(3) | {"speed_cms": None}
+    assert ev.event_from_message(message, T0)["data"]["speed_ms"] is None
+
+
+@settings(max_examples=2000, deadline=None)
+@given(unix=st.floats(0, 2**34, allow_nan=False) | st.integers(0, 2**34)
+       | st.integers(0, 2**32).map(lambda s: s + st_fraction_edge(s)))
+def test_iso_utc_is_datetimes_text(unix: float) -> None:
+    for millis in (False, True):
+        assert ev.iso_utc(unix, millis=millis) == ev._iso_slow(unix, millis)
+
+
+def st_fraction_edge(seed: int) -> float:
+    """Fractions next to the rounding edges of microseconds and milliseconds."""
+    return (0.9995, 0.9999995, 0.0000005, 0.0005, 0.4999995, 0.125)[seed % 6]
+
+
+def test_iso_utc_edges() -> None:
+    for unix in (0, 0.0, 1764374400.9999996, 1764374400.0000004, 2**32 - 0.0000001, 86399.9999999,
+                 253402300799, 253402300799.5):
+        for millis in (False, True):
+            assert ev.iso_utc(unix, millis=millis) == ev._iso_slow(unix, millis)
+    assert ev.iso_utc(T0) == "2025-11-29T00:00:00Z"
+    assert ev.iso_utc(T0 + 1.25, millis=True) == "2025-11-29T00:00:01.250Z"
+    for bad in (float("nan"), float(2**40), 2**40):  # datetime's errors, unchanged
+        with pytest.raises((ValueError, OverflowError, OSError)):
+            ev.iso_utc(bad)
