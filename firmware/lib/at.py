@@ -200,6 +200,11 @@ def prefixes_of(text):
     return tuple(items)
 
 
+# the tables the last engine was built from, its merged URC table and filter (read-only, shared):
+# a driver builds its engines from the same profile tables, which are worked out once
+_LAST = [None, None, None, None]
+
+
 class ATEngine:
     """The line parser and command queue (see the module comment for the events).
 
@@ -208,27 +213,34 @@ class ATEngine:
     assign them, nor `current`.
     """
 
-    def __init__(self, urcs=(), body_urcs=("+CMT", "+CDS", "+CBM"), raw=raw_length,
+    def __init__(self, urcs=(), body_urcs=b"\n+CMT\n+CDS\n+CBM\n", raw=raw_length,
                  max_line=1024, max_data=1536, queue_max=16, max_lines=48):
         urcs = _table(urcs)
         body_urcs = _table(body_urcs)
-        # two-line URCs are URCs too
-        start = 1
-        while start < len(body_urcs):
-            end = body_urcs.find(b"\n", start)
-            if end > start and not _has(urcs, body_urcs[start:end].decode()):
-                urcs += body_urcs[start:end + 1]
-            start = end + 1
-        # a 512-bit filter of the names' hashes (one bit each): most lines that are no URC are
-        # told so without searching the table (names taken one at a time, not split into a list)
-        self._filter = bytearray(64)
-        start = 1
-        while start < len(urcs):
-            end = urcs.find(b"\n", start)
-            if end > start:
-                key = hash(urcs[start:end].decode()) & 511
-                self._filter[key >> 3] |= 1 << (key & 7)
-            start = end + 1
+        if _LAST[0] == urcs and _LAST[1] == body_urcs:
+            urcs, self._filter = _LAST[2], _LAST[3]   # the same tables as the last engine's
+        else:
+            _LAST[0] = urcs
+            _LAST[1] = body_urcs
+            # two-line URCs are URCs too
+            start = 1
+            while start < len(body_urcs):
+                end = body_urcs.find(b"\n", start)
+                if end > start and not _has(urcs, body_urcs[start:end].decode()):
+                    urcs += body_urcs[start:end + 1]
+                start = end + 1
+            # a 512-bit filter of the names' hashes (one bit each): most lines that are no URC
+            # are told so without searching the table (names one at a time, not split into a list)
+            self._filter = bytearray(64)
+            start = 1
+            while start < len(urcs):
+                end = urcs.find(b"\n", start)
+                if end > start:
+                    key = hash(urcs[start:end].decode()) & 511
+                    self._filter[key >> 3] |= 1 << (key & 7)
+                start = end + 1
+            _LAST[2] = urcs
+            _LAST[3] = self._filter
         self.urcs = urcs
         self.body_urcs = body_urcs
         self.raw = raw
@@ -304,11 +316,7 @@ class ATEngine:
                 return
             cmd = self.current = self._queue.pop(0)
         cmd.attempts += 1
-        # room for every response line (and the cut's marker) from the start: a long response
-        # then needs no bigger list while its lines pile up on a fragmented heap (MicroPython
-        # keeps a list's room when it is emptied with del)
-        cmd.lines = [None] * (self.max_lines + 1)
-        del cmd.lines[:]
+        cmd.lines = []
         self._await_prompt = cmd.payload is not None
         self._deadline = self.now + cmd.timeout_ms
         self._out.append(cmd.text.encode() + b"\r")
@@ -507,6 +515,14 @@ class ATEngine:
             # its response, unless a known URC (or, strict, any foreign "+NAME:" line)
             if not known and (name in cmd.prefixes or not (cmd.strict and head == 43 and pos > 0)):
                 if len(cmd.lines) < self.max_lines:
+                    if len(cmd.lines) == 8:
+                        # a long response: room for all its lines (and the cut's marker) now,
+                        # while few of them are on the heap, so that the list needs no bigger
+                        # block later among them (MicroPython keeps a list's room through del)
+                        lines = [None] * (self.max_lines + 1)
+                        del lines[:]
+                        lines.extend(cmd.lines)
+                        cmd.lines = lines
                     cmd.lines.append(line)
                 elif len(cmd.lines) == self.max_lines:
                     cmd.lines.append(None)  # marks the cut; removed when the command ends
