@@ -218,30 +218,31 @@ class ATEngine:
         urcs = _table(urcs)
         body_urcs = _table(body_urcs)
         if _LAST[0] == urcs and _LAST[1] == body_urcs:
-            urcs, self._filter = _LAST[2], _LAST[3]   # the same tables as the last engine's
+            self.urcs, self._filter = _LAST[2], _LAST[3]   # the same tables as the last engine's
         else:
-            _LAST[0] = urcs
-            _LAST[1] = body_urcs
             # two-line URCs are URCs too
+            self.urcs = urcs
             start = 1
             while start < len(body_urcs):
                 end = body_urcs.find(b"\n", start)
-                if end > start and not _has(urcs, body_urcs[start:end].decode()):
-                    urcs += body_urcs[start:end + 1]
+                if end > start and not _has(self.urcs, body_urcs[start:end].decode()):
+                    self.urcs += body_urcs[start:end + 1]
                 start = end + 1
             # a 512-bit filter of the names' hashes (one bit each): most lines that are no URC
             # are told so without searching the table (names one at a time, not split into a list)
             self._filter = bytearray(64)
             start = 1
-            while start < len(urcs):
-                end = urcs.find(b"\n", start)
+            while start < len(self.urcs):
+                end = self.urcs.find(b"\n", start)
                 if end > start:
-                    key = hash(urcs[start:end].decode()) & 511
+                    key = hash(self.urcs[start:end].decode()) & 511
                     self._filter[key >> 3] |= 1 << (key & 7)
                 start = end + 1
-            _LAST[2] = urcs
+            # remembered only once complete
+            _LAST[0] = urcs
+            _LAST[1] = body_urcs
+            _LAST[2] = self.urcs
             _LAST[3] = self._filter
-        self.urcs = urcs
         self.body_urcs = body_urcs
         self.raw = raw
         self.max_line = max_line
