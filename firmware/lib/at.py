@@ -317,7 +317,11 @@ class ATEngine:
                 return
             cmd = self.current = self._queue.pop(0)
         cmd.attempts += 1
-        cmd.lines = []
+        # room for every response line (and the cut's marker) from the start, while the heap
+        # holds no line of this response: a long one then needs no bigger list among its lines
+        # on a fragmented heap (MicroPython keeps a list's room when it is emptied with del)
+        cmd.lines = [None] * (self.max_lines + 1)
+        del cmd.lines[:]
         self._await_prompt = cmd.payload is not None
         self._deadline = self.now + cmd.timeout_ms
         self._out.append(cmd.text.encode() + b"\r")
@@ -516,14 +520,6 @@ class ATEngine:
             # its response, unless a known URC (or, strict, any foreign "+NAME:" line)
             if not known and (name in cmd.prefixes or not (cmd.strict and head == 43 and pos > 0)):
                 if len(cmd.lines) < self.max_lines:
-                    if len(cmd.lines) == 8:
-                        # a long response: room for all its lines (and the cut's marker) now,
-                        # while few of them are on the heap, so that the list needs no bigger
-                        # block later among them (MicroPython keeps a list's room through del)
-                        lines = [None] * (self.max_lines + 1)
-                        del lines[:]
-                        lines.extend(cmd.lines)
-                        cmd.lines = lines
                     cmd.lines.append(line)
                 elif len(cmd.lines) == self.max_lines:
                     cmd.lines.append(None)  # marks the cut; removed when the command ends
