@@ -105,6 +105,7 @@ def raw_length(line):
 
 def split_args(args):
     """Split "a,\"b,c\",d" into ["a", "b,c", "d"], quotes removed (robust to odd quotes)."""
+    # with find, not character by character (iterating a str interns each character it meets)
     items = []
     value = ""      # the current item's text before `start` (quotes taken out)
     quoted = False
