@@ -54,10 +54,67 @@ _SCHEMA = (
     )""",
 )
 
+# Appends are plain multi-row INSERTs (a few statements per batch instead of one per event, and
+# no lookup of each id before its insert: the UNIQUE index on event_id makes the check anyway).
+# A statement that meets an id already in the log fails as a whole (SQLite backs out just that
+# statement, not the caller's transaction) and its rows are then appended one by one with the
+# idempotent form below, which skips the ids already there.
 # Not INSERT OR IGNORE: an ignored insert still advances the AUTOINCREMENT counter, which would
 # leave gaps and make `last_seq() - cursor` overstate a sink's lag.
-_INSERT = ("INSERT INTO event_log (event_id, appended_at, body) SELECT ?1, ?2, ?3 "
-           "WHERE NOT EXISTS (SELECT 1 FROM event_log WHERE event_id = ?1)")
+_INSERT_ONE = ("INSERT INTO event_log (event_id, appended_at, body) SELECT ?1, ?2, ?3 "
+               "WHERE NOT EXISTS (SELECT 1 FROM event_log WHERE event_id = ?1)")
+_INSERT_ROWS = "INSERT INTO event_log (event_id, appended_at, body) VALUES "
+_LAST_SEQ = "SELECT seq FROM sqlite_sequence WHERE name = 'event_log'"
+
+# Rows per multi-row INSERT statement: the largest chunk, then powers of two for the rest, so a
+# connection caches at most 8 statement texts per table. (128 rows of 8 columns = 1024 SQL
+# variables, far below SQLite's limit of 32766.)
+MULTI_ROW_CHUNK = 128
+_CHUNKS = tuple(1 << i for i in range(MULTI_ROW_CHUNK.bit_length() - 1, -1, -1))
+_statements: dict[tuple[str, int, int], str] = {}
+
+
+def multi_row_chunks(rows: int) -> list[tuple[int, int]]:
+    """(first row, row count) of each statement for `rows` rows: chunks of MULTI_ROW_CHUNK, then
+    the rest in decreasing powers of two."""
+    out = []
+    start = 0
+    for size in _CHUNKS:
+        while rows - start >= size:
+            out.append((start, size))
+            start += size
+    return out
+
+
+def insert_statement(prefix: str, width: int, rows: int) -> str:
+    """`prefix` ("INSERT INTO t (a, b) VALUES ") followed by `rows` groups of `width` ?s."""
+    key = (prefix, width, rows)
+    sql = _statements.get(key)
+    if sql is None:
+        group = "(" + ",".join("?" * width) + ")"
+        sql = _statements[key] = prefix + ",".join([group] * rows)
+    return sql
+
+
+def insert_rows(conn: sqlite3.Connection, prefix: str, width: int, flat: list[Any],
+                on_conflict: Any = None) -> None:
+    """Insert the rows laid end to end in `flat` (`width` values each, in order) with multi-row
+    INSERT statements. A statement that fails with an IntegrityError is backed out by SQLite as a
+    whole; `on_conflict(conn, rows)` then gets its rows (as tuples) to insert another way, or,
+    without it, the error propagates."""
+    execute = conn.execute
+    for start, size in multi_row_chunks(len(flat) // width):
+        values = flat[start * width:(start + size) * width]
+        try:
+            execute(insert_statement(prefix, width, size), values)
+        except sqlite3.IntegrityError:
+            if on_conflict is None:
+                raise
+            on_conflict(conn, [tuple(values[i:i + width]) for i in range(0, len(values), width)])
+
+
+def _append_one_by_one(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    conn.executemany(_INSERT_ONE, rows)
 
 
 class EventLogError(RuntimeError):
@@ -68,10 +125,17 @@ class LogEntry(NamedTuple):
     seq: int
     appended_at: float  # host Unix time when the event was appended (for lag in seconds)
     event: dict[str, Any]
+    body: str = ""  # the event's JSON as stored (event_json(event)), for sinks that forward it
 
 
-def _dumps(event: Mapping[str, Any]) -> str:
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+# The log's JSON: compact, UTF-8 as is, no NaN or infinity. One encoder object, made once.
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def event_json(event: Mapping[str, Any]) -> str:
+    """An event as the log stores it (and as sinks that forward JSON send it): compact JSON,
+    non-ASCII text as is, key order kept. Raises ValueError for NaN or infinity."""
+    return _encode(event)
 
 
 class EventLog:
@@ -97,14 +161,18 @@ class EventLog:
         return the log's last seq. With no transaction open, runs in one of its own and commits.
         Events whose id is already in the log are skipped (idempotent)."""
         stamp = time.time() if now is None else now
-        rows = [(event["id"], stamp, _dumps(event)) for event in events]
+        flat: list[Any] = []
+        add = flat.extend
+        encode = _encode
+        for event in events:
+            add((event["id"], stamp, encode(event)))
         own = not conn.in_transaction
         if own:
             conn.execute("BEGIN IMMEDIATE")
         try:
-            if rows:
-                conn.executemany(_INSERT, rows)
-            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'event_log'").fetchone()
+            if flat:
+                insert_rows(conn, _INSERT_ROWS, 3, flat, _append_one_by_one)
+            row = conn.execute(_LAST_SEQ).fetchone()
         except BaseException:
             if own:
                 conn.rollback()
@@ -117,10 +185,11 @@ class EventLog:
     def prune(conn: sqlite3.Connection, upto_seq: int, *, max_rows: int = 10_000) -> int:
         """Delete at most `max_rows` of the oldest events with seq <= upto_seq (pass
         SinkSet.prunable_seq(): what every sink has delivered). Runs in the caller's transaction
-        if one is open. Returns the number of rows deleted; call again while it returns max_rows."""
+        if one is open. Returns the number of rows deleted; call again while it returns max_rows.
+        (One range delete on the seq, the table's rowid: the log has no gaps, so the range
+        [oldest, oldest + max_rows) holds max_rows events unless the log ends first.)"""
         cursor = conn.execute(
-            "DELETE FROM event_log WHERE seq IN "
-            "(SELECT seq FROM event_log WHERE seq <= ? ORDER BY seq LIMIT ?)",
+            "DELETE FROM event_log WHERE seq <= ? AND seq < (SELECT MIN(seq) FROM event_log) + ?",
             (upto_seq, max_rows),
         )
         if not conn.in_transaction:
@@ -188,12 +257,14 @@ class EventLog:
                 (seq, limit),
             ).fetchall()
         entries = []
+        loads = json.loads
+        add = entries.append
         for row_seq, appended_at, body in rows:
             try:
-                event = json.loads(body)
+                event = loads(body)
             except ValueError as exc:
                 raise EventLogError(f"{self.path}: event log row seq {row_seq} is not JSON: {exc}") from None
-            entries.append(LogEntry(row_seq, appended_at, event))
+            add(LogEntry(row_seq, appended_at, event, body))
         return entries
 
     def events_after(self, seq: int, limit: int = 1000) -> list[tuple[int, dict[str, Any]]]:
@@ -203,7 +274,7 @@ class EventLog:
     def last_seq(self) -> int:
         """The seq of the newest event in the log (0 when it has never held one)."""
         with self._lock:
-            row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'event_log'").fetchone()
+            row = self._conn.execute(_LAST_SEQ).fetchone()
         return int(row[0]) if row else 0
 
     def first_seq(self) -> int:

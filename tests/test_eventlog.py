@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from carecard.host.eventlog import EventLog, EventLogError
+from carecard.host.eventlog import EventLog, EventLogError, event_json, insert_rows, multi_row_chunks
 from carecard.host.paths import DEFAULT_DATA_DIR, events_db_path, ingest_db_path
 
 from eventgen import position_event
@@ -85,6 +85,51 @@ def test_log_holds_each_id_once_in_first_seen_order(tmp_path_factory: pytest.Tem
     assert [e["counter"] for _, e in got] == seen
     writer.close()
     reader.close()
+
+
+@settings(max_examples=15, deadline=None)
+@given(batches=st.lists(st.lists(st.integers(1, 600), min_size=100, max_size=400), min_size=1, max_size=4))
+def test_large_appends_with_repeats_in_the_callers_transaction(
+        tmp_path_factory: pytest.TempPathFactory, batches: list[list[int]]) -> None:
+    """Batches spanning several multi-row statements, with ids already logged or repeated: the
+    statement that meets one is backed out alone and its rows go in one by one; the caller's
+    transaction, the order and the gap-free seqs are kept."""
+    db = tmp_path_factory.mktemp("log") / "c.sqlite"
+    writer = EventLog.connect_writer(db)
+    seen: list[int] = []
+    for batch in batches:
+        writer.execute("BEGIN IMMEDIATE")
+        head = EventLog.append(writer, [position_event(n) for n in batch])
+        writer.execute("COMMIT")
+        for n in batch:
+            if n not in seen:
+                seen.append(n)
+        assert head == len(seen)
+    with EventLog(db) as reader:
+        got = reader.entries_after(0, 10_000)
+    assert [entry.seq for entry in got] == list(range(1, len(seen) + 1))
+    assert [entry.event["counter"] for entry in got] == seen
+    assert all(entry.body == event_json(entry.event) for entry in got)
+    writer.close()
+
+
+def test_multi_row_chunks_cover_every_row_once() -> None:
+    for rows in range(0, 700):
+        chunks = multi_row_chunks(rows)
+        assert [start for start, _n in chunks] == [sum(n for _s, n in chunks[:i]) for i in range(len(chunks))]
+        assert sum(n for _s, n in chunks) == rows
+        assert len({n for _s, n in chunks}) <= 8
+
+
+def test_insert_rows_without_fallback_raises(tmp_path: Path) -> None:
+    conn = EventLog.connect_writer(tmp_path / "c.sqlite")
+    conn.execute("CREATE TABLE t (a INTEGER PRIMARY KEY, b TEXT)")
+    conn.execute("BEGIN IMMEDIATE")
+    insert_rows(conn, "INSERT INTO t (a, b) VALUES ", 2, [1, "x", 2, "y"])
+    with pytest.raises(sqlite3.IntegrityError):
+        insert_rows(conn, "INSERT INTO t (a, b) VALUES ", 2, [3, "z", 2, "again"])
+    conn.execute("COMMIT")  # the failed statement was backed out alone
+    assert conn.execute("SELECT a, b FROM t ORDER BY a").fetchall() == [(1, "x"), (2, "y")]
 
 
 def test_prune_and_cursors(tmp_path: Path) -> None:

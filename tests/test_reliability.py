@@ -19,6 +19,9 @@ import textwrap
 import time
 import urllib.request
 from pathlib import Path
+from typing import Callable
+
+import pytest
 
 from carecard.host.paths import ingest_db_path
 from carecard.protocol import decode_frame
@@ -86,9 +89,20 @@ class Sender:
 
 
 def stored_frames(data_dir: Path) -> tuple[list[tuple[int, int]], set[str]]:
+    """The frames stored, and the ids of the events that are safe: in the event log, or pruned
+    from it after the only sink (SQLite, the default) delivered them. An event pruned but not in
+    the sink would be an event lost."""
     with sqlite3.connect(ingest_db_path(data_dir)) as conn:
         frames = conn.execute("SELECT device, counter FROM frames").fetchall()
         events = {row[0] for row in conn.execute("SELECT event_id FROM event_log")}
+        cursor = conn.execute("SELECT MIN(seq) FROM event_log").fetchone()[0]
+        head = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'event_log'").fetchone()
+    pruned_upto = (cursor - 1) if cursor is not None else (head[0] if head else 0)
+    if pruned_upto:
+        with sqlite3.connect(data_dir / "events.sqlite") as conn:
+            delivered = {row[0] for row in conn.execute("SELECT id FROM events")}
+        assert len(delivered) >= pruned_upto, "events pruned from the log that the sink never got"
+        events |= delivered
     return frames, events
 
 
@@ -273,3 +287,85 @@ def test_sinks_in_the_receiver_process_work_too(tmp_path: Path) -> None:
             sender.step()
     with sqlite3.connect(tmp_path / "events.sqlite") as conn:
         assert conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] == len(frames)
+
+
+@pytest.mark.parametrize("sinks_in", ["process", "thread"])
+def test_event_log_is_pruned_only_up_to_what_every_sink_delivered(tmp_path: Path, sinks_in: str) -> None:
+    """Two sinks, the webhook's endpoint failing (503, retried): the SQLite sink delivers
+    everything, yet nothing is pruned. The endpoint recovers: once both delivered, the log is
+    pruned. It fails again: the new events stay in the log. At every look, the log still holds every event after the
+    lowest persisted cursor, and in the end both sinks got every event exactly in order."""
+    from carecard.host.receiver.config import Endpoint, ReceiverConfig
+    from carecard.host.receiver.service import ReceiverThread
+
+    from brokers import FlakyHTTPServer
+
+    keys = provision(tmp_path, 3)
+    cards = {d: Card(d, k) for d, k in keys.items()}
+    frames = make_frames(cards, 30)  # 90 frames
+    first, second = frames[:60], frames[60:]
+    up = False
+    server = FlakyHTTPServer(lambda _n, _e: 200 if up else 503)
+    config = ReceiverConfig(udp=[Endpoint("127.0.0.1", 0)], data_dir=tmp_path, log_level="error",
+                            sinks_in=sinks_in)
+    config.sinks = [{"type": "sqlite"},
+                    {"type": "webhook", "url": server.url, "secret": "prune-test-secret-0001",
+                     "retry_min": 0.02, "retry_max": 0.1, "max_retries": 1000}]
+    db = ingest_db_path(tmp_path)
+    checks = 0
+
+    def log_state() -> tuple[int, int, int]:
+        """(events in the log, lowest seq in it, lowest persisted cursor), checked: every event
+        after the lowest persisted cursor is still in the log."""
+        nonlocal checks
+        with sqlite3.connect(db) as conn:
+            count, low, high = conn.execute("SELECT COUNT(*), MIN(seq), MAX(seq) FROM event_log").fetchone()
+            cursors = dict(conn.execute("SELECT name, seq FROM sink_cursor").fetchall())
+            head = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'event_log'").fetchone()
+        lowest = min(cursors.get("sqlite", 0), cursors.get("webhook", 0))
+        if count:
+            assert low <= lowest + 1 and high == head[0] and count == high - low + 1
+        else:
+            assert head is None or lowest >= head[0]
+        checks += 1
+        return count, low or 0, lowest
+
+    def wait_for(what: Callable[[], bool], seconds: float = 20) -> None:
+        deadline = time.monotonic() + seconds
+        while not what():
+            assert time.monotonic() < deadline, "timed out"
+            log_state()
+            time.sleep(0.05)
+
+    with ReceiverThread(config) as rt:
+        receiver = rt.receiver
+
+        def delivered(name: str) -> int:
+            return rt.call(receiver.sink_delivered).get(name, 0)
+
+        sender = Sender(cards, first, receiver.udp_ports[0])
+        wait_for(lambda: sender.step() or sender.done())
+        wait_for(lambda: delivered("sqlite") == len(first))
+        time.sleep(1.5)  # a few maintenance ticks and prune intervals
+        assert log_state()[0] == len(first), "nothing may be pruned while the webhook lags"
+        up = True  # the endpoint recovers
+        wait_for(lambda: delivered("webhook") == len(first))
+        wait_for(lambda: log_state()[0] == 0)  # everything delivered by both: pruned
+        up = False  # fails again
+        sender = Sender(cards, second, receiver.udp_ports[0])
+        wait_for(lambda: sender.step() or sender.done())
+        wait_for(lambda: delivered("sqlite") == len(frames))
+        time.sleep(1.5)
+        count, low, _lowest = log_state()
+        assert (count, low) == (len(second), len(first) + 1), "only what both sinks delivered is pruned"
+        pruned = receiver.metrics.events_pruned
+        up = True
+        wait_for(lambda: delivered("webhook") == len(frames))
+        wait_for(lambda: log_state()[0] == 0)
+    server.close()
+    assert pruned == len(first) and checks > 10
+    ids = [f"{d}-{c}" for d, c, _f in frames]
+    with sqlite3.connect(tmp_path / "events.sqlite") as conn:
+        assert {row[0] for row in conn.execute("SELECT id FROM events")} == set(ids)
+    got = [r["event"]["id"] for r in server.accepted]
+    assert [i for i in got if i in ids[60:]] == ids[60:]  # the second webhook run, in order

@@ -8,10 +8,10 @@ Names (all prefixed `carecard_`): frames_received_total{transport}, frames_store
 frames_duplicate_total, frames_rejected_total{reason}, acks_sent_total, ack_send_errors_total,
 commits_total, commit_failures_total, commit_seconds_sum/_count, batch_frames_sum,
 commands_sent_total, commands_finished_total{state}, stream_garbage_total{transport,reason},
-and the gauges devices_registered, devices_seen_last_hour, sources_over_budget,
+event_log_pruned_total, and the gauges devices_registered, devices_seen_last_hour, sources_over_budget,
 tcp_connections, commands_open, sink_queue_depth{sink}, sink_lag_events{sink},
 sink_lag_seconds{sink}, sink_delivered_total{sink}, sink_failures_total{sink}, sink_up{sink},
-uptime_seconds.
+event_log_pruned_upto, uptime_seconds.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ class Metrics:
         self.commands_sent = 0
         self.commands_finished: dict[str, int] = defaultdict(int)
         self.stream_garbage: dict[tuple[str, str], int] = defaultdict(int)
+        self.events_pruned = 0
         self.gauges: dict[str, tuple[str, Callable[[], Any]]] = {}
         self.sink_stats: Callable[[], dict[str, dict[str, Any]]] | None = None
 
@@ -83,6 +84,7 @@ class Metrics:
             "acks_sent": self.acks_sent, "ack_send_errors": self.ack_send_errors,
             "commits": self.commits, "commit_failures": self.commit_failures,
             "commands_sent": self.commands_sent, "commands_finished": dict(self.commands_finished),
+            "events_pruned": self.events_pruned,
         }
 
     def render(self) -> str:
@@ -121,6 +123,8 @@ class Metrics:
                [({"state": s}, n) for s, n in sorted(self.commands_finished.items())])
         family("stream_garbage_total", "counter", "Stream framing problems (TCP, serial), by reason.",
                [({"transport": t, "reason": r}, n) for (t, r), n in sorted(self.stream_garbage.items())])
+        family("event_log_pruned_total", "counter", "Events pruned from the event log after every "
+               "sink delivered them.", [({}, self.events_pruned)])
         for name, (help_text, read) in sorted(self.gauges.items()):
             try:
                 value = read()

@@ -42,6 +42,13 @@ MAINTENANCE_INTERVAL_S = 1.0
 EXPIRE_INTERVAL_S = 60.0
 SUMMARY_INTERVAL_S = 60.0
 BACKLOG_FACTOR = 8  # pause reading when the collecting batch is this many times batch_max_frames
+# Event log pruning: at most one prune per commit and per PRUNE_INTERVAL_S, of at most
+# PRUNE_MAX_ROWS events (a few ms of SQLite work on the writer thread), up to what every sink
+# has delivered and persisted (SinkSet.prunable_seq). That removes up to 10x PRUNE_MAX_ROWS
+# events a second, more than ingest can append, so the log stays at about what the slowest sink
+# still has to deliver.
+PRUNE_INTERVAL_S = 0.1
+PRUNE_MAX_ROWS = 8192
 
 
 class StartupError(RuntimeError):
@@ -77,6 +84,8 @@ class Receiver:
         self._inflight_done: asyncio.Event | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._paused = False
+        self._pruned_upto = 0  # every event up to this seq is gone from the log
+        self._prune_due = 0.0  # monotonic time of the next allowed prune
         self._tasks: list[asyncio.Task[Any]] = []
         self._started = False
         self._closed = False
@@ -344,6 +353,8 @@ class Receiver:
         m.gauge("batch_collecting_frames", "Frames waiting for the next commit.", lambda: len(ingest.batch))
         if self.sinks is not None:
             m.sink_stats = self.sinks.stats
+        m.gauge("event_log_pruned_upto", "Every event up to this seq has been pruned from the log "
+                "(all sinks delivered it).", lambda: self._pruned_upto)
 
     # --- group commit -----------------------------------------------------------------------------
 
@@ -375,6 +386,7 @@ class Receiver:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._plan_prune()
         batch = self.ingest.take_batch(time.time(), force_stats=force_stats)
         if batch is None:
             return
@@ -396,20 +408,44 @@ class Receiver:
         self._inflight_done.clear()
         future.add_done_callback(lambda f: self._committed(f, batch))
 
-    def _finish(self, last_seq: int, started: float) -> tuple[int, float]:
+    def _finish(self, last_seq: int, started: float) -> tuple[int, float, int]:
         assert self.store is not None
-        self.store.finish()
-        return last_seq, time.perf_counter() - started
+        pruned = self.store.finish()
+        return last_seq, time.perf_counter() - started, pruned
+
+    def _plan_prune(self) -> None:
+        """Ask the collecting batch to prune the event log up to what every sink has delivered
+        (outside the hot path: at most every PRUNE_INTERVAL_S, bounded, on the writer thread)."""
+        sinks = self.sinks
+        if sinks is None or self.ingest is None:
+            return
+        now = time.monotonic()
+        if now < self._prune_due:
+            return
+        try:
+            target = int(sinks.prunable_seq())
+        except Exception as exc:  # never let pruning get in the way of ingest
+            log.debug("no prunable seq from the sinks: %s", exc)
+            return
+        if target > self._pruned_upto:
+            self._prune_due = now + PRUNE_INTERVAL_S
+            commit = self.ingest.batch.commit
+            commit.prune_upto = target
+            commit.prune_max_rows = PRUNE_MAX_ROWS
 
     def _committed(self, future: asyncio.Future[Any], batch: PendingBatch) -> None:
         ingest = self.ingest
         assert ingest is not None and self._inflight_done is not None
         self._inflight = None
         try:
-            last_seq, seconds = future.result()
+            last_seq, seconds, pruned = future.result()
         except BaseException as exc:
             ingest.failed(batch, exc)
         else:
+            if batch.commit.prune_upto:
+                self.metrics.events_pruned += pruned
+                if pruned < batch.commit.prune_max_rows:  # else more to delete, at the next prune
+                    self._pruned_upto = max(self._pruned_upto, batch.commit.prune_upto)
             acks = ingest.committed(batch, last_seq, seconds)
             for send, address, ack in acks:
                 send(ack, address)

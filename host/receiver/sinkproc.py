@@ -14,8 +14,9 @@ Parent <-> child protocol, one line each way per message (the child's stdin and 
                       n SEQ            events up to SEQ are committed (SinkSet.notify)
                       stop SECONDS     drain for at most SECONDS, stop, exit 0
     child -> parent   ready NAMES_JSON | error MESSAGE
-                      s STATS_JSON     SinkSet.stats() plus "at" (Unix time), on every change of a
-                                       cursor (checked every few ms) and at least every second
+                      s STATS_JSON     SinkSet.stats() plus "at" (Unix time) and "prunable"
+                                       (SinkSet.prunable_seq()), on every change of a cursor
+                                       (checked every few ms) and at least every second
                       stopped
 
 The child ignores SIGINT (a Ctrl-C in the terminal reaches the whole process group; the parent
@@ -58,6 +59,7 @@ class SinkProcess:
         self._reader: asyncio.Task[None] | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._stats: dict[str, dict[str, Any]] = {}
+        self._prunable = 0
         self._pending: int | None = None
         self._flush_scheduled = False
         self._stopping = False
@@ -108,6 +110,9 @@ class SinkProcess:
                 except ValueError:
                     continue
                 at = stats.pop("at", time.time())
+                prunable = stats.pop("prunable", 0)
+                if isinstance(prunable, int) and prunable > self._prunable:
+                    self._prunable = prunable
                 self._stats = stats
                 if self.on_stats is not None:
                     self.on_stats(stats, at)
@@ -154,6 +159,12 @@ class SinkProcess:
             proc.stdin.write(f"n {self._pending}\n".encode())
         except (ConnectionError, RuntimeError):
             pass
+
+    def prunable_seq(self) -> int:
+        """What every sink has delivered and persisted, as the sink process last reported it
+        (SinkSet.prunable_seq; 0 before its first report). Persisted cursors never go back, so a
+        value reported by an earlier sink process stays safe."""
+        return self._prunable
 
     def stats(self) -> dict[str, dict[str, Any]]:
         if self._proc is None or self._proc.returncode is not None:
@@ -230,16 +241,17 @@ async def _child(config: dict[str, Any]) -> int:
         done.set()
 
     async def report() -> None:
-        last_cursors: dict[str, Any] = {}
+        last_cursors: Any = None
         last_sent = 0.0
         while True:
             await asyncio.sleep(STATS_POLL_S)
             stats = sinks.stats()
-            cursors = {name: s.get("cursor") for name, s in stats.items()}
+            prunable = sinks.prunable_seq()
+            cursors = ({name: s.get("cursor") for name, s in stats.items()}, prunable)
             now = time.time()
             if cursors != last_cursors or now - last_sent >= STATS_HEARTBEAT_S:
                 last_cursors, last_sent = cursors, now
-                out.write("s " + json.dumps({**stats, "at": now}, default=str) + "\n")
+                out.write("s " + json.dumps({**stats, "at": now, "prunable": prunable}, default=str) + "\n")
                 out.flush()
 
     tasks = [asyncio.create_task(commands()), asyncio.create_task(report())]
@@ -248,7 +260,8 @@ async def _child(config: dict[str, Any]) -> int:
     tasks[1].cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     stats = sinks.stats()
-    out.write("s " + json.dumps({**stats, "at": time.time()}, default=str) + "\n")
+    out.write("s " + json.dumps({**stats, "at": time.time(), "prunable": sinks.prunable_seq()},
+                                default=str) + "\n")
     out.write("stopped\n")
     out.flush()
     eventlog.close()

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from carecard.host.eventlog import EventLog
+from carecard.host.eventlog import EventLog, insert_rows
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 10.0
@@ -114,10 +114,14 @@ class CommitBatch:
     commands: list[tuple] = field(default_factory=list)
     # contacts confirmed by the card (set_contacts done): (device, [Contact, ...])
     contacts: list[tuple[int, list[Contact]]] = field(default_factory=list)
+    # prune the event log up to this seq (what every sink has delivered), at most
+    # `prune_max_rows` of its oldest events, in the same transaction; 0: no pruning
+    prune_upto: int = 0
+    prune_max_rows: int = 0
 
     def __bool__(self) -> bool:
         return bool(self.frames or self.events or self.device_stats or self.downlink_reserved
-                    or self.commands or self.contacts)
+                    or self.commands or self.contacts or self.prune_upto)
 
 
 class Store(abc.ABC):
@@ -147,8 +151,9 @@ class Store(abc.ABC):
         receiver calls this on its event loop (CPU work) and `finish` on a thread (the wait)."""
 
     @abc.abstractmethod
-    def finish(self) -> None:
-        """Commit what `prepare` wrote; durable when it returns. Raises StoreError."""
+    def finish(self) -> int:
+        """Commit what `prepare` wrote; durable when it returns. Returns the number of events
+        pruned from the log (the batch's `prune_upto`). Raises StoreError."""
 
     @abc.abstractmethod
     def abort(self) -> None:
@@ -225,6 +230,8 @@ _SCHEMA = (
 )
 
 _INSERT_FRAME = f"INSERT INTO frames ({', '.join(FRAME_COLUMNS)}) VALUES ({', '.join('?' * len(FRAME_COLUMNS))})"
+_INSERT_FRAMES = f"INSERT INTO frames ({', '.join(FRAME_COLUMNS)}) VALUES "
+_FRAME_WIDTH = len(FRAME_COLUMNS)
 _DEVICE_STATS = (
     "INSERT INTO devices (device, name, created_at, updated_at, last_seen, last_counter, last_source, "
     "frames_stored) VALUES (?1, '', ?2, ?2, ?2, ?3, ?4, ?5) "
@@ -299,6 +306,7 @@ class SQLiteStore(Store):
         ensure_schema(self._writer, self.path)
         self._reader = connect(self.path, durability) if readonly_lookups else self._writer
         self._write_lock = threading.Lock()
+        self._prune: tuple[int, int] | None = None
 
     # --- ingest side --------------------------------------------------------------------------
 
@@ -323,7 +331,10 @@ class SQLiteStore(Store):
         try:
             conn.execute("BEGIN IMMEDIATE")
             if batch.frames:
-                conn.executemany(_INSERT_FRAME, batch.frames)
+                # multi-row statements; a frame already stored is a primary-key violation that
+                # fails the batch (the ingest never sends one: its replay windows sort them out)
+                insert_rows(conn, _INSERT_FRAMES, _FRAME_WIDTH,
+                            [value for row in batch.frames for value in row])
             if batch.downlink_reserved:
                 now = time.time()
                 conn.executemany(_RESERVE, [(d, r, now) for d, r in batch.downlink_reserved.items()])
@@ -335,6 +346,7 @@ class SQLiteStore(Store):
                 conn.execute("DELETE FROM contacts WHERE device = ?", (device,))
                 conn.executemany("INSERT INTO contacts (device, key, number, name) VALUES (?, ?, ?, ?)",
                                  [(device, c.key, c.number, c.name) for c in contacts])
+            self._prune = (batch.prune_upto, batch.prune_max_rows or 10_000) if batch.prune_upto else None
             return EventLog.append(conn, batch.events) if batch.events else 0
         except BaseException as exc:
             self._rollback()
@@ -343,10 +355,20 @@ class SQLiteStore(Store):
                 raise StoreError(f"commit to {self.path} failed: {exc}") from None
             raise
 
-    def finish(self) -> None:
-        """COMMIT what `prepare` wrote (durable when this returns). Raises StoreError."""
+    def finish(self) -> int:
+        """Prune the event log if the batch asked for it, then COMMIT what `prepare` wrote
+        (durable when this returns); the number of events pruned. Raises StoreError.
+
+        The prune runs here, on the writer thread, not in `prepare` on the event loop: deleting
+        thousands of rows is SQLite work that needs no interpreter lock."""
+        pruned = 0
         try:
+            if self._prune is not None:
+                upto, max_rows = self._prune
+                self._prune = None
+                pruned = EventLog.prune(self._writer, upto, max_rows=max_rows)
             self._writer.execute("COMMIT")
+            return pruned
         except sqlite3.Error as exc:
             self._rollback()
             raise StoreError(f"commit to {self.path} failed: {exc}") from None
@@ -360,6 +382,7 @@ class SQLiteStore(Store):
             self._write_lock.release()
 
     def _rollback(self) -> None:
+        self._prune = None
         conn = self._writer
         if conn.in_transaction:
             try:
