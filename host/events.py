@@ -159,8 +159,31 @@ def iso_utc(unix: float, *, millis: bool = False) -> str:
     return f"{text}.{micro // 1000:03d}Z" if millis else text + "Z"
 
 
+# "YYYY-MM-DDTHH:MM:SS" -> Unix seconds, for the texts iso_utc makes (bounded like the others).
+_SECONDS_OF_TEXT: dict[str, int] = {}
+
+
 def parse_iso_utc(text: str) -> float:
-    """ISO 8601 (a Z or an offset; naive means UTC) -> Unix seconds. Raises ValueError."""
+    """ISO 8601 (a Z or an offset; naive means UTC) -> Unix seconds. Raises ValueError.
+
+    The texts iso_utc makes ("...:SSZ", "...:SS.fffZ") are parsed with a cache of their seconds
+    part, to the same float as datetime (a test checks it)."""
+    if type(text) is str and text[-1:] == "Z" and len(text) in (20, 24) and text[10:11] == "T":
+        whole = _SECONDS_OF_TEXT.get(text[:19])
+        if whole is None:
+            whole = int(_parse_iso_slow(text[:19] + "Z"))
+            if len(_SECONDS_OF_TEXT) >= _TEXT_CACHE_MAX:
+                _SECONDS_OF_TEXT.clear()
+            _SECONDS_OF_TEXT[text[:19]] = whole
+        if len(text) == 20:
+            return float(whole)
+        millis = text[20:23]
+        if text[19] == "." and millis.isdigit() and millis.isascii():
+            return (whole * 1_000_000 + int(millis) * 1000) / 1_000_000  # as timedelta does
+    return _parse_iso_slow(text)
+
+
+def _parse_iso_slow(text: str) -> float:
     value = text.strip()
     if value.endswith(("Z", "z")):
         value = value[:-1] + "+00:00"

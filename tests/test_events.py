@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from datetime import datetime
 from pathlib import Path
 
 import jsonschema
@@ -275,3 +276,22 @@ def test_iso_utc_edges() -> None:
     for bad in (float("nan"), float(2**40), 2**40):  # datetime's errors, unchanged
         with pytest.raises((ValueError, OverflowError, OSError)):
             ev.iso_utc(bad)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(unix=st.floats(0, 2**32, allow_nan=False) | st.integers(0, 2**32), millis=st.booleans())
+def test_parse_iso_utc_reads_iso_utc_like_datetime(unix: float, millis: bool) -> None:
+    text = ev.iso_utc(unix, millis=millis)
+    assert ev.parse_iso_utc(text) == ev._parse_iso_slow(text)
+    assert ev.parse_iso_utc(text) == datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def test_parse_iso_utc_other_forms_and_errors() -> None:
+    for text in ("2025-11-29T00:00:00+08:00", "2025-11-29 00:00:00", "2025-11-29T00:00:00.5Z",
+                 "2025-11-29T00:00:00.123456Z", " 2025-11-29T00:00:00Z ", "2025-11-29T00:00:00z",
+                 "2025-11-29T00:00:01.250Z", "1970-01-01T00:00:00Z"):
+        assert ev.parse_iso_utc(text) == ev._parse_iso_slow(text)
+    for bad in ("", "Z", "2025-11-29T00:00:0xZ", "2025-13-29T00:00:00Z", "2025-11-29T00:00:00.1x3Z",
+                "2025-11-29T00:00:00.+12Z", "yesterday"):
+        with pytest.raises(ValueError):
+            ev.parse_iso_utc(bad)

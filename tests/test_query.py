@@ -107,6 +107,56 @@ def test_sqlite_sink_is_idempotent(tmp_path: Path) -> None:
     assert store.execute("SELECT COUNT(*) FROM alerts").fetchone()[0] == 1
 
 
+def _dump(path: Path) -> dict[str, list[tuple]]:
+    with sqlite3.connect(path) as store:
+        return {table: store.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
+                for table in ("events", "positions", "alerts")}
+
+
+def test_sqlite_sink_large_batches_from_the_log_match_event_by_event_delivery(tmp_path: Path) -> None:
+    """Batches of hundreds of events from the log (multi-row inserts, the log's own JSON) store
+    exactly what delivering the events one at a time stores; a batch repeating events and
+    holding malformed ones stores each good event once and counts the bad ones."""
+    rng = __import__("random").Random(5)
+    events = _scenario()
+    for n in range(100, 700):
+        message = position_message(n, device=OTHER + n % 7)
+        if n % 5 == 0:
+            message["fix"] = "none"
+        events.append(event_from_message(message, T0 + n * 60 + rng.random()))
+    events += _scenario()[:4]  # repeats within the log's batches: stored once
+    log_dir, one_dir = tmp_path / "log", tmp_path / "one"
+    writer = EventLog.connect_writer(ingest_db_path(log_dir))
+    EventLog.append(writer, events)
+
+    async def from_log() -> dict:
+        sinks = SinkSet.from_config([{"type": "sqlite"}], log_dir, EventLog(ingest_db_path(log_dir)))
+        await sinks.start()
+        await sinks.stop(drain_timeout=10)
+        return sinks.stats()["sqlite"]
+
+    async def one_by_one() -> int:
+        sink = SqliteSink("sqlite", events_db_path(one_dir))
+        await sink.start()
+        for event in events:
+            await sink.deliver([event])
+        bad = [{"id": "x-1"}, "not an event", {"id": "x-2", "kind": "position", "device": "1", "time": None,
+                                               "received_at": "yesterday", "data": {}}]
+        await sink.deliver(bad + events[:50] + bad)  # again, with malformed events around
+        await sink.close()
+        return sink.malformed
+
+    stats = asyncio.run(from_log())
+    assert stats["delivered"] == len(events) - 4 and stats["malformed"] == 0
+    assert asyncio.run(one_by_one()) == 6
+    by_log, by_one = _dump(events_db_path(log_dir)), _dump(events_db_path(one_dir))
+    assert by_log == by_one
+    assert len(by_log["events"]) == len(events) - 4 and len(by_log["positions"]) > 450
+    with sqlite3.connect(ingest_db_path(log_dir)) as conn:  # the body is the log's own text
+        logged = dict(conn.execute("SELECT event_id, body FROM event_log").fetchall())
+    assert all(row[6] == logged[row[0]] for row in by_log["events"])
+
+
 def test_track_geojson(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     status, out, err = _cli(capsys, "track", str(DEVICE), "--format", "geojson", "--data", str(data_dir))
     assert status == 0 and err == ""

@@ -125,6 +125,34 @@ def test_down_sink_loses_nothing_and_never_blocks_ingest(tmp_path: Path) -> None
           f"({len(latencies)} commits)")
 
 
+def test_jsonl_lines_are_the_logs_json_and_batch_defaults_by_type(tmp_path: Path) -> None:
+    """The JSON lines sink writes the log's own text of each event (not encoded again): the same
+    bytes as encoding the event, non-ASCII text included. The SQLite sink's default batches are
+    larger than the others'."""
+    from carecard.host.eventlog import event_json
+    from carecard.host.events import event_from_message
+
+    from eventgen import DEVICE, T0
+
+    call = {"type": "call", "direction": "uplink", "device": DEVICE, "counter": 3, "time": T0,
+            "clock_synced": True, "key": 2, "number": "+8613800138000 王奶奶的儿子 \u2028\"q\"",
+            "outcome": "confirmed", "ring_s": 4, "talk_s": 61}
+    events = [position_event(1), status_event(2), event_from_message(call, T0 + 0.5)]
+    out = tmp_path / "out.jsonl"
+    sinks, log, writer = _sinkset(tmp_path, [{"type": "jsonl", "path": str(out)}, {"type": "sqlite"}])
+    EventLog.append(writer, events)
+
+    async def run() -> None:
+        await sinks.start()
+        await sinks.stop(drain_timeout=5)
+
+    asyncio.run(run())
+    assert out.read_text(encoding="utf-8").split("\n") == [event_json(e) for e in events] + [""]
+    assert [json.loads(line) for line in out.read_text(encoding="utf-8").split("\n")[:-1]] == events
+    assert (sinks.runner("sqlite").batch_size, sinks.runner("jsonl").batch_size) == (1000, 100)
+    assert sinks.runner("sqlite").queue_size >= sinks.runner("sqlite").batch_size
+
+
 def test_slow_sink_keeps_a_bounded_queue_and_others_go_on(tmp_path: Path) -> None:
     gate = GateSink()
     gate.slow = 0.05

@@ -10,7 +10,8 @@
 Configuration: a list of `[[sinks]]` tables (see docs/events.md). Keys common to every type:
 `type` (required: sqlite, jsonl, mqtt, webhook), `name` (default: the type; unique; it keys the
 sink's cursor, so renaming a sink starts it afresh), `start` ("earliest": a new sink replays the
-whole log, the default; "latest": only new events), `batch_size` (100), `queue_size` (1000),
+whole log, the default; "latest": only new events), `batch_size` (100; SQLite 1000), `queue_size`
+(1000; SQLite 4000),
 `retry_min` (0.5 s), `retry_max` (30 s). No configuration at all (None): the SQLite sink only.
 """
 
@@ -73,12 +74,13 @@ def _runner_from_table(raw: Any, index: int, data_dir: Path, eventlog: EventLog,
         raise ConfigError(table.where, "name", f"{name!r} is already used by another sink: give "
                           "each sink a unique name (it keys the sink's cursor)")
     names.add(name)
-    batch_size = table.int("batch_size", DEFAULT_BATCH_SIZE, minimum=1, maximum=10_000)
-    queue_size = table.int("queue_size", DEFAULT_QUEUE_SIZE, minimum=1, maximum=1_000_000)
+    sink_type = SINK_TYPES[kind]
+    batch_size = table.int("batch_size", sink_type.default_batch_size, minimum=1, maximum=10_000)
+    queue_size = table.int("queue_size", sink_type.default_queue_size, minimum=1, maximum=1_000_000)
     retry_min = table.float("retry_min", DEFAULT_RETRY_MIN, minimum=0.001, maximum=3600)
     retry_max = table.float("retry_max", DEFAULT_RETRY_MAX, minimum=0.001, maximum=86400)
     start = table.str("start", "earliest", choices=("earliest", "latest"))
-    sink = SINK_TYPES[kind].from_config(table, data_dir, name)
+    sink = sink_type.from_config(table, data_dir, name)
     table.check_unknown()
     return SinkRunner(sink, eventlog, io_executor, batch_size=batch_size, queue_size=queue_size,
                       retry_min=retry_min, retry_max=retry_max, start=start or "earliest")

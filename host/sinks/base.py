@@ -6,8 +6,8 @@ later". A `SinkError` with `delivered=n` says the first n events did get through
 does not send them again.
 
 The runner (one per sink) reads the event log from the sink's cursor into a bounded in-memory
-queue (`queue_size` events; the log on disk is the spill), delivers in order in batches of at most
-`batch_size`, advances the cursor only after a delivery returned (at-least-once, ordered), and
+queue (`queue_size` events; the log on disk is the spill), delivers in order in batches of what is
+queued, at most `batch_size` (defaults per sink type: `default_batch_size`), advances the cursor only after a delivery returned (at-least-once, ordered), and
 retries a failed batch with exponential backoff and full jitter between `retry_min` and
 `retry_max` seconds for as long as the sink is down. It never touches the ingest: all it does with
 the ingest database is short reads and its own tiny cursor commits, in a worker thread.
@@ -133,6 +133,9 @@ class Sink(abc.ABC):
     failure; `start` failing is retried like a failed delivery)."""
 
     type_name: ClassVar[str] = ""
+    # Defaults of the `batch_size` and `queue_size` keys for this type.
+    default_batch_size: ClassVar[int] = DEFAULT_BATCH_SIZE
+    default_queue_size: ClassVar[int] = DEFAULT_QUEUE_SIZE
 
     def __init__(self, name: str):
         self.name = name
@@ -163,6 +166,12 @@ class Sink(abc.ABC):
     async def deliver(self, events: list[dict[str, Any]]) -> None:
         """Deliver the batch in order, durably. Raise (SinkError with `delivered` if part got
         through) for "not delivered, retry later"."""
+
+    async def deliver_entries(self, entries: list[LogEntry]) -> None:
+        """What the runner calls: deliver these log entries (`entry.event`; `entry.body` is the
+        event's JSON as the log stores it, for sinks that forward JSON without encoding it
+        again). The default delivers the events with `deliver`."""
+        await self.deliver([entry.event for entry in entries])
 
     async def close(self) -> None:
         """Release resources. Must not raise."""
@@ -304,7 +313,7 @@ class SinkRunner:
                     await self.sink.start()
                     self._sink_started = True
                 self.state = "delivering"
-                await self.sink.deliver([entry.event for entry in batch])
+                await self.sink.deliver_entries(batch)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -325,7 +334,9 @@ class SinkRunner:
         want = self.queue_size - len(self._queue)
 
         def read() -> tuple[list[LogEntry], int]:
-            return self._log.entries_after(self._read_seq, want), self._log.last_seq()
+            entries = self._log.entries_after(self._read_seq, want)
+            # the head for the lag figures: notify() brings it; ask the log only when idle
+            return entries, (entries[-1].seq if entries else self._log.last_seq())
 
         entries, head = await loop.run_in_executor(self._io, read)
         if entries:

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
+from carecard.host.eventlog import LogEntry, event_json
 from carecard.host.sinks.base import ConfigError, Sink, SinkError, SinkTable
 
 
@@ -78,8 +79,15 @@ class JsonLinesSink(Sink):
                 pass
 
     async def deliver(self, events: list[dict[str, Any]]) -> None:
-        data = "".join(json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n"
-                       for event in events).encode("utf-8")
+        await self._deliver("".join(json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n"
+                                    for event in events).encode("utf-8"))
+
+    async def deliver_entries(self, entries: list[LogEntry]) -> None:
+        """The log's own JSON text of each event (the same compact form), not encoded again."""
+        await self._deliver("".join((entry.body or event_json(entry.event)) + "\n"
+                                    for entry in entries).encode("utf-8"))
+
+    async def _deliver(self, data: bytes) -> None:
         try:
             await self.run_io(self._write, data)
         except OSError as exc:

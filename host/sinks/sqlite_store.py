@@ -17,8 +17,9 @@ writer. Tables (all keyed on the event id, so at-least-once delivery never creat
   (time_estimated = 1).
 Indexes: (device, t) on all three tables, (kind, t) and (t) on events.
 
-Each batch is one transaction with synchronous=FULL: when deliver() returns, the batch is on disk
-(the runner advances its cursor only then).
+Each batch (up to 1000 events by default) is one transaction with synchronous=FULL, written with
+multi-row INSERTs: when deliver() returns, the batch is on disk (the runner advances its cursor
+only then). The events' JSON is the event log's own text (LogEntry.body), not encoded again.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Mapping
 
+from carecard.host.eventlog import LogEntry, event_json, insert_rows
 from carecard.host.events import ALERT_KIND, NO_FIX, parse_iso_utc
 from carecard.host.paths import events_db_path
 from carecard.host.sinks.base import Sink, SinkError, SinkTable
@@ -83,13 +85,18 @@ STORE_SCHEMA = (
 # fewer: the others are NULL).
 POSITION_COLUMNS = ("lat", "lon", "lat_e7", "lon_e7", "alt_m", "hdop", "sats", "fix", "speed_ms", "course")
 
-_INSERT_EVENT = ("INSERT OR IGNORE INTO events (id, device, kind, t, time, received_at, body) "
-                 "VALUES (?, ?, ?, ?, ?, ?, ?)")
-_INSERT_POSITION = (
-    "INSERT OR IGNORE INTO positions (event_id, idx, device, source, t, time_estimated, "
-    + ", ".join(POSITION_COLUMNS) + ") VALUES (" + ", ".join("?" * (6 + len(POSITION_COLUMNS))) + ")"
-)
-_INSERT_ALERT = "INSERT OR IGNORE INTO alerts (id, device, alert, t, time, details) VALUES (?, ?, ?, ?, ?, ?)"
+# Multi-row INSERT prefixes (carecard.host.eventlog.insert_rows adds the VALUES groups) and the
+# width of their rows. Events already stored are left out before the insert (one lookup per
+# batch), so these never meet a stored id; OR IGNORE keeps a store written by another version
+# safe anyway.
+_INSERT_EVENTS = "INSERT OR IGNORE INTO events (id, device, kind, t, time, received_at, body) VALUES "
+_EVENT_WIDTH = 7
+_INSERT_POSITIONS = ("INSERT OR IGNORE INTO positions (event_id, idx, device, source, t, time_estimated, "
+                     + ", ".join(POSITION_COLUMNS) + ") VALUES ")
+_POSITION_WIDTH = 6 + len(POSITION_COLUMNS)
+_INSERT_ALERTS = "INSERT OR IGNORE INTO alerts (id, device, alert, t, time, details) VALUES "
+_ALERT_WIDTH = 6
+_LOOKUP_CHUNK = 500  # ids per "already stored?" query
 
 
 def open_store(path: Path, *, create: bool = True) -> sqlite3.Connection:
@@ -116,16 +123,19 @@ def _fix_time(event: Mapping[str, Any], data: Mapping[str, Any], received: float
 def position_rows(event: Mapping[str, Any]) -> list[tuple[Any, ...]]:
     """Rows for `positions` from one event (none for events without a usable position)."""
     kind = event.get("kind")
+    if kind not in _POSITION_KINDS:
+        parse_iso_utc(event["received_at"])  # a malformed event fails the same way for every kind
+        return []
     data = event.get("data") or {}
     received = parse_iso_utc(event["received_at"])
     rows = []
-    if kind in ("position", "sos"):
+    if kind != "track":
         if data.get("fix") == NO_FIX or data.get("lat") is None or data.get("lon") is None:
             return []
         t, estimated = _fix_time(event, data, received)
         rows.append((event["id"], 0, event["device"], kind, t, estimated)
-                    + tuple(data.get(col) for col in POSITION_COLUMNS))
-    elif kind == "track":
+                    + tuple([data.get(col) for col in POSITION_COLUMNS]))
+    else:
         synced = bool(data.get("clock_synced", True))
         for idx, point in enumerate(data.get("points") or ()):
             if synced:
@@ -133,8 +143,11 @@ def position_rows(event: Mapping[str, Any]) -> list[tuple[Any, ...]]:
             else:
                 t, estimated = received - (data["device_time"] - point["device_time"]), 1
             rows.append((event["id"], idx, event["device"], kind, t, estimated)
-                        + tuple(point.get(col) for col in POSITION_COLUMNS))
+                        + tuple([point.get(col) for col in POSITION_COLUMNS]))
     return rows
+
+
+_POSITION_KINDS = frozenset(("position", "sos", "track"))
 
 
 def event_time(event: Mapping[str, Any]) -> float:
@@ -144,6 +157,8 @@ def event_time(event: Mapping[str, Any]) -> float:
 
 class SqliteSink(Sink):
     type_name = "sqlite"
+    default_batch_size = 1000
+    default_queue_size = 4000
 
     def __init__(self, name: str, path: Path):
         super().__init__(name)
@@ -161,37 +176,70 @@ class SqliteSink(Sink):
             self._conn = open_store(self.path)
         return self._conn
 
-    def _store(self, events: list[dict[str, Any]]) -> None:
+    def _store(self, entries: list[tuple[dict[str, Any], str | None]]) -> None:
+        """Store (event, JSON body or None) pairs in one transaction: events already stored are
+        skipped (with their positions and alerts: an event's rows are written once)."""
         conn = self._open()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for event in events:
+            stored = self._stored_ids(conn, entries)
+            events: list[Any] = []
+            positions: list[Any] = []
+            alerts: list[Any] = []
+            for event, body in entries:
                 try:
-                    self._store_one(conn, event)
+                    event_id = event["id"]
+                    if event_id in stored:
+                        continue  # stored by an earlier (re-)delivery, or earlier in this batch
+                    # everything is read before anything is added, so a malformed event leaves
+                    # no partial rows
+                    row, extra, is_alert = self._rows(event, body)
                 except (KeyError, TypeError, ValueError, AttributeError) as exc:
                     # not a schema-1 event: keep the rest of the batch flowing, count and log it
                     self.malformed += 1
                     log.error("sink %s: event %r not stored: malformed (%s: %s)", self.name,
                               event.get("id") if isinstance(event, dict) else event,
                               type(exc).__name__, exc)
+                    continue
+                stored.add(event_id)
+                events.extend(row)
+                target = alerts if is_alert else positions
+                for extra_row in extra:
+                    target.extend(extra_row)
+            if events:
+                insert_rows(conn, _INSERT_EVENTS, _EVENT_WIDTH, events)
+            if positions:
+                insert_rows(conn, _INSERT_POSITIONS, _POSITION_WIDTH, positions)
+            if alerts:
+                insert_rows(conn, _INSERT_ALERTS, _ALERT_WIDTH, alerts)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
 
-    def _store_one(self, conn: sqlite3.Connection, event: dict[str, Any]) -> None:
-        # parse everything before the first insert, so a malformed event leaves no partial rows
-        row = (event["id"], event["device"], event["kind"], event_time(event), event["time"],
-               event["received_at"], json.dumps(event, ensure_ascii=False, separators=(",", ":")))
+    @staticmethod
+    def _stored_ids(conn: sqlite3.Connection, entries: list[tuple[Any, str | None]]) -> set[Any]:
+        ids = list({event["id"] for event, _body in entries
+                    if isinstance(event, dict) and isinstance(event.get("id"), str)})
+        found: set[Any] = set()
+        for start in range(0, len(ids), _LOOKUP_CHUNK):
+            chunk = ids[start:start + _LOOKUP_CHUNK]
+            found.update(row[0] for row in conn.execute(
+                f"SELECT id FROM events WHERE id IN ({','.join('?' * len(chunk))})", chunk))
+        return found
+
+    @staticmethod
+    def _rows(event: dict[str, Any], body: str | None) -> tuple[tuple[Any, ...], list[tuple[Any, ...]], bool]:
+        """The events row, and the alerts row or the positions rows, of one event."""
+        if body is None:
+            body = event_json(event)
+        t = event_time(event)
+        row = (event["id"], event["device"], event["kind"], t, event["time"], event["received_at"], body)
         if event["kind"] == ALERT_KIND:
             data = event["data"]
-            extra = [(_INSERT_ALERT, (event["id"], event["device"], data["alert"], row[3], event["time"],
-                      json.dumps(data.get("details", {}), ensure_ascii=False, separators=(",", ":"))))]
-        else:
-            extra = [(_INSERT_POSITION, position) for position in position_rows(event)]
-        if conn.execute(_INSERT_EVENT, row).rowcount:  # 0: stored by an earlier (re-)delivery
-            for statement, values in extra:
-                conn.execute(statement, values)
+            details = json.dumps(data.get("details", {}), ensure_ascii=False, separators=(",", ":"))
+            return row, [(event["id"], event["device"], data["alert"], t, event["time"], details)], True
+        return row, position_rows(event), False
 
     async def start(self) -> None:
         try:
@@ -200,8 +248,14 @@ class SqliteSink(Sink):
             raise SinkError(f"cannot open {self.path}: {exc}") from exc
 
     async def deliver(self, events: list[dict[str, Any]]) -> None:
+        await self._deliver([(event, None) for event in events])
+
+    async def deliver_entries(self, entries: list[LogEntry]) -> None:
+        await self._deliver([(entry.event, entry.body or None) for entry in entries])
+
+    async def _deliver(self, entries: list[tuple[dict[str, Any], str | None]]) -> None:
         try:
-            await self.run_io(self._store, events)
+            await self.run_io(self._store, entries)
         except sqlite3.Error as exc:
             raise SinkError(f"cannot store in {self.path}: {exc}") from exc
 
