@@ -21,7 +21,8 @@ from carecard.host.commands.nmea_cmd import COUNTERS, FIX_FIELDS
 
 SERVICE = """
 import sys, json, binascii
-from nmea import NMEAParser, NMEAError, days_from_civil
+from civil import days_from_civil
+from nmea import NMEAParser, NMEAError
 FIELDS = %(fields)r
 COUNTERS = %(counters)r
 def drain(p, out):

@@ -27,6 +27,7 @@
 # Call outcomes are the protocol's names (ccspec.ENUMS["call_outcome"]).
 import at
 import ccspec
+from civil import days_from_civil, valid_date
 
 try:
     from micropython import const
@@ -68,16 +69,6 @@ class ModemError(Exception):
     """Misuse of the driver API (e.g. a call while another is up, UDP before bring-up)."""
 
 
-def _days_from_civil(y, m, d):
-    # days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm)
-    y -= m <= 2
-    era = (y if y >= 0 else y - 399) // 400
-    yoe = y - era * 400
-    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
-    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-    return era * 146097 + doe - 719468
-
-
 def parse_cclk(args):
     """'"24/08/23,06:39:56+32"' -> (unix seconds UTC, tz in quarter hours).
 
@@ -108,7 +99,9 @@ def parse_cclk(args):
     year = 1900 + yy if yy >= 70 else 2000 + yy  # "70/01/01" / "80/01/06": power-on defaults
     if year < 2020:
         raise ValueError("modem clock not set (%r)" % (args,))
-    days = _days_from_civil(year, mo, dd)
+    if not valid_date(year, mo, dd):
+        raise ValueError("+CCLK date does not exist in %r" % (args,))
+    days = days_from_civil(year, mo, dd)
     return days * 86400 + hh * 3600 + mi * 60 + ss - tz * 900, tz
 
 

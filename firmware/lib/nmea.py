@@ -30,6 +30,8 @@
 # 2024-01-01, before any card was built) is impossibly old and is moved forward by 1024 weeks
 # until it is not; the Fix says so (rollover=True).
 from array import array
+
+from civil import days_from_civil, valid_date as _valid_date
 from collections import namedtuple
 
 try:
@@ -110,30 +112,6 @@ ERR_TRUNCATED = "truncated"   # a '$' candidate ending without '*' and two hex d
 ERR_TOO_LONG = "too_long"     # a candidate over MAX_LINE bytes, discarded
 ERR_MALFORMED = "malformed"   # checksum-valid sentence whose fields do not parse: not used
 ERR_UNKNOWN = "unknown"       # checksum-valid sentence of a type or talker not decoded
-
-
-def days_from_civil(y, m, d):
-    """Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm)."""
-    if m <= 2:
-        y -= 1
-        mp = m + 9
-    else:
-        mp = m - 3
-    era = y // 400
-    yoe = y - era * 400
-    doe = yoe * 365 + yoe // 4 - yoe // 100 + (153 * mp + 2) // 5 + d - 1
-    return era * 146097 + doe - 719468
-
-
-_MDAYS = b"\x1f\x1c\x1f\x1e\x1f\x1e\x1f\x1f\x1e\x1f\x1e\x1f"
-
-
-def _valid_date(y, m, d):
-    if m < 1 or m > 12 or d < 1:
-        return False
-    if m == 2 and d == 29:
-        return y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
-    return d <= _MDAYS[m - 1]
 
 
 # --- field decoders: (buffer, start, end) of one field, no allocation; raise ValueError when the

@@ -18,6 +18,8 @@
 # is in `warnings`.
 import binascii
 
+from civil import days_from_civil, valid_date
+
 try:
     from micropython import const
 except ImportError:  # CPython, for host-side tools
@@ -130,17 +132,8 @@ class Sms:
 # ---------------------------------------------------------------------------------- time
 
 
-def days_from_civil(y, m, d):
-    """Days since 1970-01-01 of a proleptic Gregorian date (any port's epoch does not matter)."""
-    y -= 1 if m <= 2 else 0
-    era = y // 400
-    yoe = y - era * 400
-    doy = (153 * (m - 3 if m > 2 else m + 9) + 2) // 5 + d - 1
-    return era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
-
-
 def civil_from_days(z):
-    """(year, month, day) of a day count since 1970-01-01."""
+    """(year, month, day) of a day count since 1970-01-01 (inverse of civil.days_from_civil)."""
     z += 719468
     era = z // 146097
     doe = z - era * 146097
@@ -150,12 +143,6 @@ def civil_from_days(z):
     d = doy - (153 * mp + 2) // 5 + 1
     m = mp + 3 if mp < 10 else mp - 9
     return yoe + era * 400 + (1 if m <= 2 else 0), m, d
-
-
-def _month_days(y, m):
-    if m == 2:
-        return 29 if (y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)) else 28
-    return 30 if m in (4, 6, 9, 11) else 31
 
 
 def _swapped_bcd(v):
@@ -185,7 +172,7 @@ def _scts(b, p):
     if s < 0 or s > 59 or tzu > 9 or tz > 56:  # zones run from UTC-12 to UTC+14
         return None
     y += 2000
-    if d > _month_days(y, mo):
+    if not valid_date(y, mo, d):
         return None
     if t & 0x08:
         tz = -tz
