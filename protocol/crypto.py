@@ -17,6 +17,8 @@ from carecard.protocol.errors import InvalidKey
 
 # Counter block: device u64 | counter u32 | direction u8 | 0 u8 | block index u16.
 _NONCE_PREFIX = struct.Struct(">QIBB")
+_ONE_BLOCK = struct.Struct(">QIBBH")
+_TWO_BLOCKS = struct.Struct(">QIBBHQIBBH")
 _BLOCK_INDEX = [i.to_bytes(2, "big") for i in range((spec.MAX_FRAME + 15) // 16)]
 KEY_SIZES = (16, 32)
 
@@ -52,8 +54,14 @@ class FrameKeys:
         if not data:
             return b""
         n = len(data)
-        prefix = _NONCE_PREFIX.pack(device, counter, direction, 0)
-        stream = self._ecb.update(b"".join([prefix + suffix for suffix in _BLOCK_INDEX[: (n + 15) >> 4]]))
+        if n <= 16:  # most payloads are one or two blocks: one struct call builds them
+            blocks = _ONE_BLOCK.pack(device, counter, direction, 0, 0)
+        elif n <= 32:
+            blocks = _TWO_BLOCKS.pack(device, counter, direction, 0, 0, device, counter, direction, 0, 1)
+        else:
+            prefix = _NONCE_PREFIX.pack(device, counter, direction, 0)
+            blocks = b"".join([prefix + suffix for suffix in _BLOCK_INDEX[: (n + 15) >> 4]])
+        stream = self._ecb.update(blocks)
         return (int.from_bytes(data, "big") ^ int.from_bytes(stream[:n], "big")).to_bytes(n, "big")
 
 
