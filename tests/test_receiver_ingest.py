@@ -229,3 +229,44 @@ def test_event_log_holds_every_committed_frame_in_order(harness: Harness) -> Non
         log.close()
     assert [e["id"] for e in events] == [f"{d}-{c}" for c in (1, 2, 3) for d in (a.device, b.device)]
     assert {e["kind"] for e in events} == {"position", "status"}
+
+
+def test_frames_of_the_first_layout_are_converted_on_open(tmp_path: Path) -> None:
+    """A database written with the first frames layout (WITHOUT ROWID, keyed on device and
+    counter) is converted when the store opens it: the same frames, still unique, and the
+    receiver carries on with the replay windows it had."""
+    import sqlite3
+
+    from carecard.host.receiver.store import SQLiteStore
+
+    devices = provision(tmp_path, 1)
+    h = Harness(tmp_path, devices)
+    card = card_of(h)
+    for _ in range(5):
+        h.feed(card.frame())
+    h.commit()
+    h.store.close()
+    db = ingest_db_path(tmp_path)
+    with sqlite3.connect(db) as conn:  # rewrite the table as the first layout had it
+        rows = conn.execute("SELECT * FROM frames ORDER BY counter").fetchall()
+        conn.execute("DROP TABLE frames")
+        conn.execute("""CREATE TABLE frames (device INTEGER NOT NULL, counter INTEGER NOT NULL,
+            tag BLOB NOT NULL, type TEXT NOT NULL, device_time INTEGER NOT NULL,
+            received_at REAL NOT NULL, transport TEXT NOT NULL, frame BLOB NOT NULL,
+            PRIMARY KEY (device, counter)) WITHOUT ROWID""")
+        conn.executemany("INSERT INTO frames VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    SQLiteStore(db).close()
+    with sqlite3.connect(db) as conn:
+        assert "WITHOUT ROWID" not in conn.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'frames'").fetchone()[0].upper()
+        assert conn.execute("SELECT * FROM frames ORDER BY counter").fetchall() == rows
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute("INSERT INTO frames SELECT * FROM frames LIMIT 1")
+    h = Harness(tmp_path, devices)
+    try:
+        assert h.feed(card.frame(counter=3)) is None  # a retransmission: acked, not stored
+        assert h.feed(card.frame()) is None  # counter 6: new
+        h.commit()
+        assert h.frames() == [(card.device, n) for n in range(1, 7)]
+    finally:
+        h.store.close()
