@@ -192,3 +192,17 @@ def test_reader_sees_a_gap_free_prefix_while_the_writer_appends(tmp_path: Path) 
     done.set()
     thread.join(30)
     assert not thread.is_alive() and problems == []
+
+
+def test_rows_that_are_not_json_are_a_typed_error(tmp_path: Path) -> None:
+    db = tmp_path / "c.sqlite"
+    writer = EventLog.connect_writer(db)
+    EventLog.append(writer, [position_event(1)])
+    good = event_json(position_event(2))
+    for n, body in enumerate([" " + good + " ", good + "x", "{", "", "[1, 2", good.replace(":", "=", 1)], start=3):
+        writer.execute("INSERT INTO event_log (event_id, appended_at, body) VALUES (?, 0, ?)", (f"e-{n}", body))
+    with EventLog(db) as reader:
+        assert reader.events_after(0, 2) == [(1, position_event(1)), (2, position_event(2))]
+        for seq in range(2, 7):
+            with pytest.raises(EventLogError, match=f"seq {seq + 1} is not JSON"):
+                reader.entries_after(seq, 1)

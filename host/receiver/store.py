@@ -273,6 +273,15 @@ def _command(row: Sequence[Any]) -> CommandRecord:
                          *row[5:])
 
 
+# The writer's page cache holds the indexes that every batch touches all over (frames by device
+# and counter, the event log by event id): with SQLite's default 2 MB they are read back from the
+# file at every commit once there are a few thousand devices.
+WRITER_CACHE_KIB = 65536
+# Checkpoint the WAL into the database every this many pages (SQLite's default is 1000): hot
+# index pages rewritten by many commits are copied once per checkpoint, not once per 4 MB.
+WAL_AUTOCHECKPOINT_PAGES = 8192
+
+
 def connect(path: Path, durability: str = "full") -> sqlite3.Connection:
     """A connection to the ingest database set up for writing (WAL, busy timeout)."""
     try:
@@ -282,6 +291,8 @@ def connect(path: Path, durability: str = "full") -> sqlite3.Connection:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
         conn.execute("PRAGMA foreign_keys=OFF")
+        conn.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
+        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
     except (sqlite3.Error, OSError) as exc:
         raise StoreError(f"cannot open database {path}: {exc}") from None
     return conn
