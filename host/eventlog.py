@@ -157,17 +157,23 @@ class EventLog:
         conn.commit()
 
     @staticmethod
-    def append(conn: sqlite3.Connection, events: Iterable[Mapping[str, Any]],
+    def append(conn: sqlite3.Connection, events: Iterable[Mapping[str, Any] | tuple[str, str]],
                *, now: float | None = None) -> int:
         """Append events in order inside the caller's open transaction (never commits it) and
         return the log's last seq. With no transaction open, runs in one of its own and commits.
-        Events whose id is already in the log are skipped (idempotent)."""
+        Events whose id is already in the log are skipped (idempotent).
+
+        An event is a mapping, or an (id, JSON text) pair already encoded as event_json would
+        (carecard.host.events.event_record makes them for the receiver)."""
         stamp = time.time() if now is None else now
         flat: list[Any] = []
         add = flat.extend
         encode = _encode
         for event in events:
-            add((event["id"], stamp, encode(event)))
+            if type(event) is tuple:
+                add((event[0], stamp, event[1]))
+            else:
+                add((event["id"], stamp, encode(event)))
         own = not conn.in_transaction
         if own:
             conn.execute("BEGIN IMMEDIATE")

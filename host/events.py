@@ -330,6 +330,115 @@ def event_from_message(message: Mapping[str, Any], received_at: float) -> dict[s
     }
 
 
+# --- the event as JSON text, straight from a decoded message ---------------------------------
+#
+# The receiver stores each event as JSON (carecard.host.eventlog.event_json). Building the dict
+# and encoding it costs twice what filling one text template does, so for every uplink type whose
+# fields are all fixed-size (all but `track`) a second function is compiled from the same plan:
+# it writes the exact text event_json(event_from_message(message, received_at)) would (a test
+# checks that for every type, with unknown values and without fix), from a message as
+# carecard.protocol.decode_frame returns it (exact types: int, enum labels, str).
+
+
+def _json_builder_source(kind: str, plan: tuple[FieldPlan, ...]) -> str | None:
+    if any(f.kind == "track" for f in plan):
+        return None
+    lines = [f"def _json_{kind}(m, head, synced):"]
+    if any(f.twin is not None and f.name in _COORD_BOUNDS for f in plan):
+        lines.append("    no_fix = m.get('fix') == NO_FIX")
+    parts: list[str] = []  # pieces of the data object's text: literal text or {expression}
+    values: list[str] = []
+    for i, field in enumerate(plan):
+        var = f"v{i}"
+        key = json.dumps(field.name)
+        lines.append(f"    {var} = m[{field.name!r}]")
+        if field.kind.startswith("enum:"):
+            lines.append(f"    {var}t = _ENUM_TEXT[{field.kind[5:]!r}][{var}]")
+            parts.append(f"{key}:%s")
+            values.append(f"{var}t")
+            continue
+        if field.kind == "str":
+            parts.append(f"{key}:%s")
+            values.append(f"_encode_text({var})")
+            continue
+        # an integer, maybe with an "unknown" sentinel (null) and a human-unit twin
+        unknown = f"{var} == {field.sentinel!r}" if field.sentinel is not None else None
+        if unknown:
+            parts.append(f"{key}:%s")
+            values.append(f"('null' if {unknown} else '%d' % {var})")
+        else:
+            parts.append(f"{key}:%d")
+            values.append(var)
+        if field.twin is not None:
+            twin_unknown = " or ".join(x for x in (unknown, "no_fix" if field.name in _COORD_BOUNDS else None) if x)
+            twin = f"_float_text({var} / {field.divisor!r})"
+            parts.append(f"{json.dumps(field.twin)}:%s")
+            values.append(f"('null' if {twin_unknown} else {twin})" if twin_unknown else twin)
+    names = [f.name for f in plan]
+    if all(part in names for part in _FW_PARTS):
+        parts.append('"fw_version":%s')
+        values.append("_encode_text('%s.%s.%s' % ({}))".format(", ".join(f"v{names.index(x)}" for x in _FW_PARTS)))
+    parts.append('"device_time":%d')
+    values.append("m['time']")
+    parts.append('"clock_synced":%s')
+    values.append("('true' if synced else 'false')")
+    template = ",".join(parts).replace("%", "%%").replace("%%s", "%s").replace("%%d", "%d") + "}}"
+    lines.append(f"    return head + {template!r} % ({', '.join(values)},)")
+    return "\n".join(lines) + "\n"
+
+
+def _compile_json_builders() -> dict[str, Any]:
+    from json.encoder import encode_basestring  # what the C encoder uses with ensure_ascii=False
+
+    builders = {}
+    enum_text = {name: {label: json.dumps(label, ensure_ascii=False) for label in labels}
+                 for name, labels in spec.ENUMS.items()}
+    for kind, plan in PLANS.items():
+        source = _json_builder_source(kind, plan)
+        if source is None:
+            continue
+        namespace: dict[str, Any] = {"NO_FIX": NO_FIX, "_ENUM_TEXT": enum_text,
+                                     "_encode_text": encode_basestring, "_float_text": float.__repr__}
+        exec(compile(source, f"<carecard event json {kind}>", "exec"), namespace)
+        builders[kind] = namespace[f"_json_{kind}"]
+    return builders
+
+
+JSON_BUILDERS: dict[str, Any] = _compile_json_builders()
+_HEAD = ('{"schema":%d,"id":"%%s-%%d","kind":"%%s","device":"%%s","counter":%%d,"time":%%s,'
+         '"received_at":"%%s","data":{' % SCHEMA_VERSION)
+
+
+def event_record(message: Mapping[str, Any], received_at: float) -> tuple[str, str]:
+    """(event id, the event's JSON as the log stores it) for a message from
+    carecard.protocol.decode_frame: the same as (event["id"], event_json(event)) for
+    event = event_from_message(message, received_at), in a third of the time. Types that have
+    no compiled template (track) and anything unexpected go through event_from_message. Raises
+    EventError as event_from_message does."""
+    mtype = message.get("type") if type(message) is dict else None
+    build = JSON_BUILDERS.get(mtype) if type(mtype) is str else None
+    if build is not None and message.get("direction", "uplink") == "uplink" \
+            and type(received_at) is float and 0.0 <= received_at < _MAX_U32:
+        try:
+            device = message["device"]
+            counter = message["counter"]
+            device_time = message["time"]
+            synced = message.get("clock_synced", True)
+            if type(device) is int and 0 <= device <= _U64_MAX and type(counter) is int and counter >= 0 \
+                    and type(device_time) is int and device_time >= 0 and type(synced) is bool:
+                device = str(device)
+                head = _HEAD % (device, counter, mtype, device, counter,
+                                f'"{iso_utc(device_time)}"' if synced else "null",
+                                iso_utc(received_at, millis=True))
+                return f"{device}-{counter}", build(message, head, synced)
+        except (KeyError, TypeError, ValueError):
+            pass  # a missing or odd field: the general path says what is wrong
+    from carecard.host.eventlog import event_json
+
+    event = event_from_message(message, received_at)
+    return event["id"], event_json(event)
+
+
 def alert_event(device: int | str, alert_kind: str, details: Mapping[str, Any], at: float,
                 *, alert_id: str | None = None) -> dict[str, Any]:
     """An alert raised by the host (e.g. the inactivity engine) as a schema-1 event.

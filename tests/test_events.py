@@ -295,3 +295,47 @@ def test_parse_iso_utc_other_forms_and_errors() -> None:
                 "2025-11-29T00:00:00.+12Z", "yesterday"):
         with pytest.raises(ValueError):
             ev.parse_iso_utc(bad)
+
+
+def _decoded(message: dict) -> dict:
+    """The message as the receiver gets it: through the real codec (text fields cut to fit)."""
+    for _c, name, fields in spec.UPLINK:
+        if name == message["type"]:
+            for fname, kind, _d in fields:
+                if kind == "str":
+                    message[fname] = message[fname].encode()[: spec.MAX_STR].decode("utf-8", "ignore")
+    return decode_frame(encode_frame(message, KEY), KEY)
+
+
+@settings(max_examples=500, deadline=None)
+@given(message=uplink_messages(), received=st.floats(0, 2**32 - 1, allow_nan=False),
+       sentinels=st.booleans(), no_fix=st.booleans())
+def test_event_record_is_the_logs_text_of_the_event(message: dict, received: float, sentinels: bool,
+                                                    no_fix: bool) -> None:
+    from carecard.host.eventlog import event_json
+
+    if sentinels:
+        for field in ev.PLANS[message["type"]]:
+            if field.sentinel is not None:
+                message[field.name] = field.sentinel
+    if no_fix and "fix" in message:
+        message["fix"] = ev.NO_FIX
+    decoded = _decoded(message)
+    event = ev.event_from_message(decoded, received)
+    assert ev.event_record(decoded, received) == (event["id"], event_json(event))
+
+
+def test_event_record_compiles_every_fixed_type_and_falls_back_for_the_rest() -> None:
+    from carecard.host.eventlog import event_json
+
+    assert set(ev.JSON_BUILDERS) == {k for k, plan in ev.PLANS.items() if all(f.kind != "track" for f in plan)}
+    track = {"type": "track", "direction": "uplink", "device": DEVICE, "counter": 9, "time": T0,
+             "clock_synced": True, "points": [{"time": T0 - 60, "lat_e7": 1, "lon_e7": -1}]}
+    odd = position_message(4) | {"fix": 2}  # an enum as its code: not what decode_frame gives
+    for message, received in ((track, T0 + 0.5), (odd, T0 + 0.5), (position_message(5), T0)):
+        event = ev.event_from_message(message, received)
+        assert ev.event_record(message, received) == (event["id"], event_json(event))
+    for bad in ({k: v for k, v in position_message(1).items() if k != "sats"}, {"type": "nope"},
+                position_message(1) | {"direction": "downlink"}):
+        with pytest.raises(ev.EventError):
+            ev.event_record(bad, T0 + 0.5)

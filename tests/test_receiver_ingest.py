@@ -270,3 +270,26 @@ def test_frames_of_the_first_layout_are_converted_on_open(tmp_path: Path) -> Non
         assert h.frames() == [(card.device, n) for n in range(1, 7)]
     finally:
         h.store.close()
+
+
+def test_engine_hooks_get_the_committed_events_as_objects(harness: Harness) -> None:
+    """The inactivity engine's seam: after a commit, and only then, hooks get that commit's events
+    as dicts, the same as in the log (and as event_from_message makes them)."""
+    from carecard.host.events import event_from_message
+    from carecard.protocol import decode_frame
+
+    calls: list[list[dict]] = []
+    harness.ingest.after_commit.append(calls.append)
+    a = card_of(harness, 0)
+    frames = [a.frame(), a.frame("status"), a.frame()]
+    received = time.time()
+    for frame in frames:
+        assert harness.ingest.handle(frame, harness.send, ("10.0.0.1", 1), "10.0.0.1", "udp", received) is None
+    assert calls == []
+    harness.commit()
+    with EventLog(ingest_db_path(harness.data_dir)) as log:
+        logged = [event for _seq, event in log.events_after(0)]
+    expected = [event_from_message(decode_frame(f, harness.devices[a.device]), received) for f in frames]
+    assert calls == [logged] == [expected]
+    harness.commit()  # nothing new: no call
+    assert len(calls) == 1

@@ -17,13 +17,14 @@ a writer thread, and calls `committed()` (or `failed()`), which hands back the a
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
-from carecard.host.events import EventError, event_from_message
+from carecard.host.events import EventError, event_record
 from carecard.host.receiver.budget import RejectBudget
 from carecard.host.receiver.config import BudgetSettings, DownlinkSettings, IngestSettings
 from carecard.host.receiver.downlinks import AckEncoder, wire_command
@@ -188,7 +189,7 @@ class Ingest:
                 verdict = _DUPLICATE if _compare(stored, tag) else Verdict.REUSED
         if verdict is _NEW:
             try:
-                event = event_from_message(message, received_at)
+                event = event_record(message, received_at)  # (id, JSON text) as the log keeps it
             except EventError as exc:  # a bug: decoded messages always make events
                 log.error("event error: %s", exc)
                 return self._reject("internal_error", source, str(exc))
@@ -412,9 +413,11 @@ class Ingest:
             m.commands_finished[state] += 1
         self._finishing.difference_update(batch.finished_ids)
         if self.after_commit and batch.commit.events:
+            events = [json.loads(event[1]) if type(event) is tuple else event
+                      for event in batch.commit.events]
             for hook in self.after_commit:
                 try:
-                    hook(batch.commit.events)
+                    hook(events)
                 except Exception:
                     log.exception("after-commit hook failed")
         return batch.acks

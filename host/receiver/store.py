@@ -110,7 +110,8 @@ class CommitBatch:
     """Everything one ingest transaction makes durable."""
 
     frames: list[tuple] = field(default_factory=list)  # FRAME_COLUMNS
-    events: list[dict[str, Any]] = field(default_factory=list)
+    # events in frame order: dicts, or (id, JSON text) pairs (EventLog.append takes both)
+    events: list[Any] = field(default_factory=list)
     # (device, last_seen, last_counter, last_source, frames_added)
     device_stats: list[tuple] = field(default_factory=list)
     downlink_reserved: dict[int, int] = field(default_factory=dict)
