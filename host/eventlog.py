@@ -231,6 +231,10 @@ class EventLog:
         if create:
             EventLog.connect_writer(self.path).close()
         self._lock = threading.Lock()
+        # Cursor commits wait for the ingest's write lock (busy_timeout): they get a connection
+        # and a lock of their own, so reads of the log never wait behind them.
+        self._cursor_lock = threading.Lock()
+        self._cursor_conn: sqlite3.Connection | None = None
         try:
             self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                          check_same_thread=False)
@@ -250,6 +254,10 @@ class EventLog:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+        with self._cursor_lock:
+            if self._cursor_conn is not None:
+                self._cursor_conn.close()
+                self._cursor_conn = None
 
     def __enter__(self) -> "EventLog":
         return self
@@ -306,19 +314,25 @@ class EventLog:
         return int(row[0]) if row else None
 
     def save_cursor(self, name: str, seq: int) -> None:
-        """Persist sink `name`'s cursor in a short transaction of its own."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+        """Persist sink `name`'s cursor in a short transaction of its own (on the cursor
+        connection: it may wait for the ingest's write lock, reads of the log do not)."""
+        with self._cursor_lock:
+            conn = self._cursor_conn
+            if conn is None:
+                conn = self._cursor_conn = sqlite3.connect(
+                    self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+                conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                self._conn.execute(
+                conn.execute(
                     "INSERT INTO sink_cursor (name, seq, updated_at) VALUES (?, ?, ?) "
                     "ON CONFLICT(name) DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at",
                     (name, seq, time.time()),
                 )
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
+            conn.execute("COMMIT")
 
     def cursors(self) -> dict[str, int]:
         """Every persisted cursor, by sink name."""

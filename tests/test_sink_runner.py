@@ -67,7 +67,7 @@ def _sinkset(tmp_path: Path, config: list[dict[str, Any]], gate: GateSink | None
     if gate is not None:
         from carecard.host.sinks.base import SinkRunner
         opts = {"batch_size": 20, "queue_size": 50, **FAST, **runner_opts}
-        sinks.runners.append(SinkRunner(gate, log, sinks._io, **opts))
+        sinks.runners.append(SinkRunner(gate, log, sinks._io, cursor_executor=sinks._cursor_io, **opts))
     return sinks, log, writer
 
 
@@ -378,3 +378,29 @@ def test_backoff_grows_with_jitter_and_stays_capped() -> None:
     assert 0.25 <= delays[0] <= 0.5 and all(15 <= d <= 30 for d in delays[7:])
     assert len({round(backoff_delay(3, 0.5, 30, rng), 6) for _ in range(20)}) > 1
     assert 15 <= backoff_delay(100_000, 0.5, 30, rng) <= 30  # no overflow after days of retries
+
+
+def test_cursor_saves_waiting_for_the_ingest_lock_do_not_hold_up_deliveries(tmp_path: Path) -> None:
+    """The ingest holds the database's write lock nearly all the time under load; a cursor commit
+    waits for it. Deliveries go on meanwhile, and the cursor is saved once the lock is free."""
+    gate = GateSink()
+    sinks, log, writer = _sinkset(tmp_path, [], gate, batch_size=20, queue_size=40, cursor_interval=0.0)
+    EventLog.append(writer, [status_event(n) for n in range(1, 301)])
+    holder = EventLog.connect_writer(ingest_db_path(tmp_path))
+
+    async def run() -> tuple[float, int]:
+        await sinks.start()
+        holder.execute("BEGIN IMMEDIATE")  # what the ingest does between its commits
+        began = time.monotonic()
+        while len(gate.received) < 300 and time.monotonic() - began < 10:
+            await asyncio.sleep(0.01)
+        took = time.monotonic() - began
+        persisted_while_locked = sinks.runner("gate").persisted_cursor
+        holder.execute("COMMIT")
+        await sinks.stop(drain_timeout=5)
+        return took, persisted_while_locked
+
+    took, persisted = asyncio.run(run())
+    assert len(gate.received) == 300 and took < 2.0, f"deliveries waited for the lock ({took:.1f} s)"
+    assert persisted < 300
+    assert log.cursors() == {"gate": 300}

@@ -60,7 +60,8 @@ DEFAULT_SINKS: list[dict[str, Any]] = [{"type": "sqlite"}]
 
 
 def _runner_from_table(raw: Any, index: int, data_dir: Path, eventlog: EventLog,
-                       io_executor: concurrent.futures.Executor, names: set[str]) -> SinkRunner:
+                       io_executor: concurrent.futures.Executor, names: set[str],
+                       cursor_executor: concurrent.futures.Executor | None = None) -> SinkRunner:
     where = f"sinks[{index}]"
     table = SinkTable(raw, where)
     kind = table.str("type", required=True, choices=tuple(SINK_TYPES))
@@ -82,7 +83,8 @@ def _runner_from_table(raw: Any, index: int, data_dir: Path, eventlog: EventLog,
     start = table.str("start", "earliest", choices=("earliest", "latest"))
     sink = sink_type.from_config(table, data_dir, name)
     table.check_unknown()
-    return SinkRunner(sink, eventlog, io_executor, batch_size=batch_size, queue_size=queue_size,
+    return SinkRunner(sink, eventlog, io_executor, cursor_executor=cursor_executor,
+                      batch_size=batch_size, queue_size=queue_size,
                       retry_min=retry_min, retry_max=retry_max, start=start or "earliest")
 
 
@@ -90,10 +92,12 @@ class SinkSet:
     """All configured sinks, each with its own runner, queue and cursor."""
 
     def __init__(self, runners: list[SinkRunner], eventlog: EventLog,
-                 io_executor: concurrent.futures.ThreadPoolExecutor):
+                 io_executor: concurrent.futures.ThreadPoolExecutor,
+                 cursor_executor: concurrent.futures.ThreadPoolExecutor | None = None):
         self.runners = runners
         self.eventlog = eventlog
         self._io = io_executor
+        self._cursor_io = cursor_executor
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
 
@@ -109,14 +113,17 @@ class SinkSet:
         if not sinks_config:
             log.warning("no sinks configured: events are kept in the event log only")
         io_executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="carecard-eventlog")
+        cursor_executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="carecard-cursors")
         names: set[str] = set()
         try:
-            runners = [_runner_from_table(raw, i, Path(data_dir), eventlog, io_executor, names)
+            runners = [_runner_from_table(raw, i, Path(data_dir), eventlog, io_executor, names,
+                                          cursor_executor)
                        for i, raw in enumerate(sinks_config)]
         except BaseException:
             io_executor.shutdown(wait=False)
+            cursor_executor.shutdown(wait=False)
             raise
-        return cls(runners, eventlog, io_executor)
+        return cls(runners, eventlog, io_executor, cursor_executor)
 
     @property
     def names(self) -> list[str]:
@@ -157,6 +164,8 @@ class SinkSet:
         cursors and close the sinks."""
         await asyncio.gather(*(runner.stop(drain_timeout) for runner in self.runners))
         self._io.shutdown(wait=True)
+        if self._cursor_io is not None:
+            self._cursor_io.shutdown(wait=True)
         self._loop = None
 
     def stats(self) -> dict[str, dict[str, Any]]:

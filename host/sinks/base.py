@@ -13,7 +13,8 @@ retries a failed batch with exponential backoff and full jitter between `retry_m
 the ingest database is short reads and its own tiny cursor commits, in a worker thread.
 
 Cursors are persisted after a delivered batch, at most every `cursor_interval` seconds (and when
-the runner goes idle or stops), so after a crash (SIGKILL, power loss) a sink can receive again
+the runner goes idle or stops); the periodic saves run in the background on their own thread and
+connection (a cursor commit waits for the ingest's write lock, deliveries do not wait for it), so after a crash (SIGKILL, power loss) a sink can receive again
 the events of the last fraction of a second: duplicates are possible there, loss is not. Events
 carry a stable `id` for downstream de-duplication; the SQLite sink is idempotent on it.
 """
@@ -193,6 +194,7 @@ class SinkRunner:
     """Feeds one sink from the event log; see the module docstring for the guarantees."""
 
     def __init__(self, sink: Sink, eventlog: EventLog, io_executor: concurrent.futures.Executor, *,
+                 cursor_executor: concurrent.futures.Executor | None = None,
                  batch_size: int = DEFAULT_BATCH_SIZE, queue_size: int = DEFAULT_QUEUE_SIZE,
                  retry_min: float = DEFAULT_RETRY_MIN, retry_max: float = DEFAULT_RETRY_MAX,
                  start: str = "earliest", cursor_interval: float = DEFAULT_CURSOR_INTERVAL,
@@ -201,6 +203,8 @@ class SinkRunner:
         self.name = sink.name
         self._log = eventlog
         self._io = io_executor
+        self._cursor_io = cursor_executor or io_executor
+        self._saving: asyncio.Future[Any] | None = None  # a background cursor save in flight
         self.batch_size = batch_size
         self.queue_size = max(queue_size, batch_size)
         self.retry_min = retry_min
@@ -369,19 +373,43 @@ class SinkRunner:
             pass
 
     async def _persist(self, *, force: bool, idle: bool = False) -> None:
+        """Save the cursor: in the background after a batch (one save in flight at a time), and
+        waited for when the runner goes idle or stops (`force`: after any save in flight)."""
+        saving = self._saving
+        if saving is not None:
+            if not saving.done():
+                if not (force or idle):
+                    return
+                await asyncio.wait([saving])
+            self._saving = None
         if self.cursor == self._persisted:
             return
         now = time.monotonic()
         if not force and not idle and now - self._persisted_at < self.cursor_interval:
             return
         seq = self.cursor
-        try:
-            await asyncio.get_running_loop().run_in_executor(self._io, self._log.save_cursor, self.name, seq)
-        except Exception as exc:  # retried at the next batch; only duplicates are at stake
-            log.warning("sink %s: cannot persist cursor %d: %s", self.name, seq, exc)
-            return
-        self._persisted = seq
         self._persisted_at = now
+        future = asyncio.get_running_loop().run_in_executor(self._cursor_io, self._log.save_cursor,
+                                                            self.name, seq)
+        if force or idle:
+            try:
+                await future
+            except Exception as exc:  # retried at the next batch; only duplicates are at stake
+                log.warning("sink %s: cannot persist cursor %d: %s", self.name, seq, exc)
+                return
+            self._persisted = max(self._persisted, seq)
+        else:
+            self._saving = future
+            future.add_done_callback(lambda done: self._saved(seq, done))
+
+    def _saved(self, seq: int, future: asyncio.Future[Any]) -> None:
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None:  # retried at the next batch; only duplicates are at stake
+            log.warning("sink %s: cannot persist cursor %d: %s", self.name, seq, exc)
+        else:
+            self._persisted = max(self._persisted, seq)
 
     # --- observation ------------------------------------------------------------------------
 
