@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from carecard.host.paths import ingest_db_path
 from carecard.host.receiver.config import DownlinkSettings, Endpoint, ReceiverConfig
@@ -156,3 +158,23 @@ def test_send_while_the_receiver_runs(tmp_path: Path) -> None:
     assert states == ["cancelled"]
     bad = run_cli("send", "nobody", "locate", "--data", str(tmp_path))
     assert bad.returncode == 1 and "no device named" in bad.stderr
+
+
+@settings(max_examples=300, deadline=None)
+@given(device=st.integers(0, 2**64 - 1), counter=st.integers(0, 2**32 - 1),
+       now=st.integers(0, 2**32 - 1), acked=st.integers(0, 2**32 - 1),
+       key=st.binary(min_size=16, max_size=16) | st.binary(min_size=32, max_size=32))
+def test_ack_without_commands_fast_path_is_byte_identical_to_the_codec(device: int, counter: int, now: int,
+                                                                      acked: int, key: bytes) -> None:
+    """The common ack (no command) is packed with one struct derived from the spec's ack fields,
+    not through the construct codec: it must be the codec's bytes exactly, and decode as an ack."""
+    from carecard.host.receiver import downlinks
+    from carecard.protocol import KeyRing, decode_frame, encode_frame
+
+    assert downlinks._EMPTY_ACK is not None, "the fast path must be in use"
+    ring = KeyRing({device: key})
+    fast = downlinks.AckEncoder(ring).encode(device, counter, now, acked)
+    assert fast == encode_frame({"type": "ack", "device": device, "counter": counter, "time": now,
+                                 "acked": acked, "commands": []}, key)
+    message = decode_frame(fast, ring)
+    assert (message["type"], message["acked"], message["commands"]) == ("ack", acked, [])
