@@ -293,3 +293,19 @@ def test_engine_hooks_get_the_committed_events_as_objects(harness: Harness) -> N
     assert calls == [logged] == [expected]
     harness.commit()  # nothing new: no call
     assert len(calls) == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=st.binary(min_size=16, max_size=16) | st.binary(min_size=32, max_size=32),
+       data=st.binary(max_size=600))
+def test_frame_tags_are_truncated_hmac_sha256(key: bytes, data: bytes) -> None:
+    """FrameKeys.tag hashes the HMAC pads once per key (the receiver's hot path): still exactly
+    HMAC-SHA256(mac_key, data) cut to the tag length, as the card computes it."""
+    import hmac
+
+    from carecard.protocol.crypto import FrameKeys
+
+    keys = FrameKeys(key)
+    assert keys.mac_key == hmac.digest(key, spec.KDF_MAC, "sha256")
+    assert keys.tag(data) == hmac.digest(keys.mac_key, data, "sha256")[: spec.TAG_LEN]
+    assert keys.tag(data) == keys.tag(data)  # the pads' states are copied, never consumed
