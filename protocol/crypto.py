@@ -25,16 +25,6 @@ _SHA256_BLOCK = 64
 _IPAD = bytes(x ^ 0x36 for x in range(256))  # translate tables: key bytes XOR the HMAC pads
 _OPAD = bytes(x ^ 0x5C for x in range(256))
 
-try:  # OpenSSL's one-shot HMAC, what hmac.digest calls, without the Python-level dispatch
-    from _hashlib import hmac_digest as _openssl_hmac
-
-    def _hmac_sha256(key: bytes, data: bytes) -> bytes:
-        return _openssl_hmac(key, data, "sha256")
-except ImportError:  # pragma: no cover - CPython without OpenSSL
-    def _hmac_sha256(key: bytes, data: bytes) -> bytes:
-        return hmac.digest(key, data, "sha256")
-
-
 class FrameKeys:
     """Keys derived from one device key; cache one per device (derivation costs two HMACs)."""
 
