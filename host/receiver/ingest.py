@@ -65,8 +65,6 @@ class PendingBatch:
 
     commit: CommitBatch = field(default_factory=CommitBatch)
     acks: list[tuple[Sender, Any, bytes]] = field(default_factory=list)
-    keys: list[tuple[int, int, bytes]] = field(default_factory=list)  # (device, counter, tag) stored
-    types: list[str] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)  # command states reached in this batch
     finished_ids: list[int] = field(default_factory=list)
     commands_sent: int = 0
@@ -199,8 +197,6 @@ class Ingest:
             commit.frames.append((device, counter, tag, mtype, message["time"], received_at,
                                   transport, frame))
             commit.events.append(event)
-            batch.keys.append((device, counter, tag))
-            batch.types.append(mtype)
             if mtype == "command_result":
                 self._command_result(device, message, received_at)
             stats = self._stats.get(device)
@@ -393,21 +389,22 @@ class Ingest:
         the acks to send."""
         pending = self.pending
         windows = self.windows
-        for device, counter, tag in batch.keys:
+        frames = batch.commit.frames  # rows of FRAME_COLUMNS: device, counter, tag, type, ...
+        stored = self.metrics.frames_stored
+        for row in frames:
+            device, counter, tag = row[0], row[1], row[2]
             pending.pop((device, counter), None)
             window = windows.get(device)
             if window is not None:
                 window.accept(counter, tag)
+            stored[row[3]] += 1
         if self.trace is not None and batch.commit.frames:
             self.trace.append((last_seq, [row[5] for row in batch.commit.frames]))
         m = self.metrics
-        stored = m.frames_stored
-        for mtype in batch.types:
-            stored[mtype] += 1
         m.duplicates += batch.duplicates
         m.commits += 1
         m.commit_seconds += seconds
-        m.batch_frames += len(batch.keys)
+        m.batch_frames += len(frames)
         m.commands_sent += batch.commands_sent
         for state in batch.finished:
             m.commands_finished[state] += 1
