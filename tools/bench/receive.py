@@ -14,6 +14,12 @@ It prints frames/s for both and the ratio, and the p50/p99 time from datagram to
 moment the receiver read the datagram to the moment the SQLite sink's transaction holding its
 event returned). The receiver side is pinned to one CPU and the generator to another when the
 machine has two. Targets: at least 50 % of the baseline and 20,000 frames/s.
+
+Nothing may be dropped: the generator counts the frames it had to send again (no ack within a
+second) and those never acked, and each run reports the kernel's UDP receive-buffer drops on the
+machine during the run (/proc/net/snmp RcvbufErrors). `--runs N` repeats the pair N times (the
+machine is shared: one run is noisy) and prints the median of each figure; the load average is
+printed before and after.
 """
 
 from __future__ import annotations
@@ -129,6 +135,7 @@ def generator_main(argv: list[str]) -> int:
     deadline_s = params["timeout"]
     print("ready", flush=True)
     sys.stdin.readline()
+    cpu_started = time.process_time()
 
     send = sock.send
     recv = sock.recv
@@ -184,7 +191,7 @@ def generator_main(argv: list[str]) -> int:
     finished = time.time()
     print(json.dumps({"sent": next_index, "acked": acked, "retransmits": retransmits,
                       "bad_acks": bad_acks, "started": started, "finished": finished,
-                      "unacked": total - acked}), flush=True)
+                      "unacked": total - acked, "cpu_s": time.process_time() - cpu_started}), flush=True)
     return 0
 
 
@@ -402,11 +409,26 @@ def _run_ingest_only(args: argparse.Namespace, receiver_thread: Any, cpu_gen: in
     return result
 
 
+def udp_drops() -> int | None:
+    """The kernel's count of UDP datagrams dropped for a full receive buffer (whole machine)."""
+    try:
+        lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()
+                 if line.startswith("Udp:")]
+        return int(lines[1][lines[0].index("RcvbufErrors")])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _dropped(before: int | None) -> int | None:
+    after = udp_drops()
+    return None if before is None or after is None else after - before
+
+
 def stage_costs(args: argparse.Namespace, count: int = 20_000) -> list[tuple[str, str, float]]:
     """CPU microseconds per frame of each stage of the receiver's hot path, one thread, on the
     benchmark's own frames: (stage, whose code, us)."""
     from carecard.host.eventlog import EventLog
-    from carecard.host.events import event_from_message
+    from carecard.host.events import event_record
     from carecard.host.receiver.downlinks import AckEncoder
     from carecard.protocol import KeyRing, decode_frame
 
@@ -425,13 +447,15 @@ def stage_costs(args: argparse.Namespace, count: int = 20_000) -> list[tuple[str
     messages = timed("decode_frame (authenticate, decrypt, parse)", "protocol",
                      lambda: [decode_frame(f, ring) for _d, _c, f in frames])
     now = time.time()
-    events = timed("event_from_message", "events", lambda: [event_from_message(m, now) for m in messages])
+    events = timed("event_record (the event's JSON for the log)", "events",
+                   lambda: [event_record(m, now) for m in messages])
     timed("ack encode (fresh counter, AES-CTR, HMAC)", "receiver",
           lambda: [encoder.encode(m["device"], i + 1, int(now), m["counter"]) for i, m in enumerate(messages)])
     rows = [(m["device"], m["counter"], f[-8:], m["type"], m["time"], now, "udp", f)
             for m, (_d, _c, f) in zip(messages, frames)]
     with tempfile.TemporaryDirectory(prefix="carecard-stages-") as tmp:
-        from carecard.host.receiver.store import _INSERT_FRAME, connect, ensure_schema
+        from carecard.host.eventlog import insert_rows
+        from carecard.host.receiver.store import _FRAME_WIDTH, _INSERT_FRAMES, connect, ensure_schema
 
         path = Path(tmp) / "stages.sqlite"
         conn = connect(path, args.durability)
@@ -445,7 +469,8 @@ def stage_costs(args: argparse.Namespace, count: int = 20_000) -> list[tuple[str
                 conn.execute("COMMIT")
 
         timed("frames insert (+ BEGIN/COMMIT per 500)", "receiver",
-              lambda: run_batches(lambda i: conn.executemany(_INSERT_FRAME, rows[i:i + batch])))
+              lambda: run_batches(lambda i: insert_rows(conn, _INSERT_FRAMES, _FRAME_WIDTH,
+                                                        [v for row in rows[i:i + batch] for v in row])))
         timed("EventLog.append (+ BEGIN/COMMIT per 500)", "eventlog",
               lambda: run_batches(lambda i: EventLog.append(conn, events[i:i + batch])))
         conn.close()
@@ -470,6 +495,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run the receiver without sinks (ingest, event log and acks only)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin receiver and generator to CPUs")
     parser.add_argument("--data", metavar="DIR", help="keep the receiver's data here (default: a temp dir)")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="repeat baseline and receiver this many times and report medians (default 1)")
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -479,11 +506,41 @@ def _percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
+def _one_run(args: argparse.Namespace, cpu_gen: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    from carecard.host.cli import CommandError
+
+    before = udp_drops()
+    base = run_baseline(args, cpu_gen)
+    base["drops"] = _dropped(before)
+    before = udp_drops()
+    if args.data:
+        data_dir = Path(args.data)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        if any(data_dir.iterdir()):
+            raise CommandError(f"--data {data_dir} is not empty")
+        full = run_receiver(args, cpu_gen, data_dir)
+    else:
+        with tempfile.TemporaryDirectory(prefix="carecard-bench-") as tmp:
+            full = run_receiver(args, cpu_gen, Path(tmp))
+    full["drops"] = _dropped(before)
+    lat = full["latencies"]
+    full["p50"], full["p99"] = _percentile(lat, 0.50), _percentile(lat, 0.99)
+    full["ratio"] = full["sink_rate"] / base["rate"] if base["rate"] else 0.0
+    return base, full
+
+
+def _load() -> str:
+    try:
+        return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "load average unknown"
+
+
 def run(args: argparse.Namespace) -> int:
     from carecard.host.cli import CommandError
 
-    if args.devices < 1 or args.frames < args.devices or args.window < 1:
-        raise CommandError("--devices >= 1, --frames >= --devices and --window >= 1 required")
+    if args.devices < 1 or args.frames < args.devices or args.window < 1 or args.runs < 1:
+        raise CommandError("--devices >= 1, --frames >= --devices, --window >= 1 and --runs >= 1 required")
     cpus = sorted(os.sched_getaffinity(0))
     cpu_receiver = cpu_gen = None
     if not args.no_pin and len(cpus) >= 2:
@@ -494,30 +551,36 @@ def run(args: argparse.Namespace) -> int:
     pinning = (f"receiver pinned to CPU {cpu_receiver}, generator to CPU {cpu_gen}, sinks {where_sinks}"
                if cpu_receiver is not None else f"not pinned, sinks {where_sinks}")
     print(f"carecard bench receive: {args.devices} devices, {args.frames} frames per run "
-          f"(positions, every {STATUS_EVERY}th a status), window {args.window}, {pinning}")
+          f"(positions, every {STATUS_EVERY}th a status), window {args.window}, {pinning}; "
+          f"{os.cpu_count()} CPUs, {_load()}")
+    runs: list[tuple[dict[str, Any], dict[str, Any]]] = []
     try:
-        base = run_baseline(args, cpu_gen)
-        print(f"  baseline (receive, verify+decode, ack, discard): {base['rate']:,.0f} frames/s "
-              f"({base['acked']} acked in {base['seconds']:.2f} s, {base['retransmits']} retransmitted; "
-              f"{base['cpu_us']:.1f} us CPU per frame)")
-        if args.data:
-            data_dir = Path(args.data)
-            data_dir.mkdir(parents=True, exist_ok=True)
-            if any(data_dir.iterdir()):
-                raise CommandError(f"--data {data_dir} is not empty")
-            full = run_receiver(args, cpu_gen, data_dir)
-        else:
-            with tempfile.TemporaryDirectory(prefix="carecard-bench-") as tmp:
-                full = run_receiver(args, cpu_gen, Path(tmp))
+        for number in range(1, args.runs + 1):
+            base, full = _one_run(args, cpu_gen)
+            runs.append((base, full))
+            if args.runs > 1:
+                print(f"  run {number}: baseline {base['rate']:,.0f}/s, stored {full['sink_rate']:,.0f}/s, "
+                      f"ratio {full['ratio']:.2f}, acked {full['rate']:,.0f}/s, datagram to sink "
+                      f"p50 {1000 * full['p50']:.0f} ms p99 {1000 * full['p99']:.0f} ms, CPU "
+                      f"{full['cpu_us']:.1f} + {full['sink_cpu_us']:.1f} us/frame, "
+                      f"{full['retransmits']} resent, {_drops_text(full['drops'])}", flush=True)
     finally:
         if cpu_receiver is not None:
             os.sched_setaffinity(0, set(cpus))
-    lat = full["latencies"]
-    ratio = full["sink_rate"] / base["rate"] if base["rate"] else 0.0
+    # the run with the median stored rate is shown in full; the headline figures are medians
+    runs.sort(key=lambda pair: pair[1]["sink_rate"])
+    base, full = runs[len(runs) // 2]
+    med = statistics.median
+    if args.runs > 1:
+        print(f"  medians of {args.runs} runs; the median run in full ({_load()}):")
+    print(f"  baseline (receive, verify+decode, ack, discard): {base['rate']:,.0f} frames/s "
+          f"({base['acked']} acked in {base['seconds']:.2f} s, {base['retransmits']} retransmitted, "
+          f"{_drops_text(base['drops'])}; {base['cpu_us']:.1f} us CPU per frame; "
+          f"generator {1e6 * base.get('cpu_s', 0.0) / max(1, base['acked']):.1f} us)")
     print(f"  receiver (SQLite WAL synchronous={args.durability.upper()}, event log, "
           f"{'no sink' if args.no_sink else 'SQLite sink'}):")
     print(f"    acked:            {full['rate']:,.0f} frames/s ({full['acked']} in {full['seconds']:.2f} s, "
-          f"{full['retransmits']} retransmitted, {full['unacked']} never acked)")
+          f"{full['retransmits']} retransmitted, {full['unacked']} never acked, {_drops_text(full['drops'])})")
     print(f"    stored into sink: {full['sink_rate']:,.0f} frames/s ({full['events_in_sink']} events "
           f"in the SQLite sink {full['sink_seconds']:.2f} s after the first datagram)")
     print(f"    store check:      {full['frames_in_store']} frames stored, {full['duplicates']} duplicates "
@@ -526,25 +589,40 @@ def run(args: argparse.Namespace) -> int:
         print(f"    commits:          {full['commits']}, mean {full['batch_frames'] / full['commits']:.0f} "
               f"frames and {1000 * full['commit_seconds'] / full['commits']:.2f} ms each")
     total_cpu = full["cpu_us"] + full["sink_cpu_us"]
+    gen_us = 1e6 * full.get("cpu_s", 0.0) / max(1, full["acked"])
     print(f"    CPU per frame:    {full['cpu_us']:.1f} us receiver process"
           + (f" + {full['sink_cpu_us']:.1f} us sink process" if full["sink_cpu_us"] else "")
           + f" = {total_cpu:.1f} us, i.e. {1e6 / total_cpu:,.0f} frames/s if it all ran on one core"
-          f" (baseline {base['cpu_us']:.1f} us: {base['cpu_us'] / total_cpu:.2f})")
-    print(f"    datagram to sink: p50 {1000 * _percentile(lat, 0.50):.1f} ms, "
-          f"p99 {1000 * _percentile(lat, 0.99):.1f} ms ({len(lat)} samples)")
+          f" (baseline {base['cpu_us']:.1f} us: {base['cpu_us'] / total_cpu:.2f}); the generator "
+          f"{gen_us:.1f} us on the sinks' CPU")
+    print(f"    datagram to sink: p50 {1000 * full['p50']:.1f} ms, "
+          f"p99 {1000 * full['p99']:.1f} ms ({len(full['latencies'])} samples)")
     if args.no_sink:
         print("    (no sink: the figures below are for ingest only)")
-    print(f"  ratio to baseline: {ratio:.2f} (target >= 0.50: {'met' if ratio >= 0.5 else 'NOT met'}); "
-          f"{full['sink_rate']:,.0f} frames/s (target >= 20,000: "
-          f"{'met' if full['sink_rate'] >= 20_000 else 'NOT met'})")
+    ratio = med([f["ratio"] for _b, f in runs])
+    stored = med([f["sink_rate"] for _b, f in runs])
+    label = "median " if args.runs > 1 else ""
+    if args.runs > 1:
+        print(f"  {label}figures: baseline {med([b['rate'] for b, _f in runs]):,.0f} frames/s, stored "
+              f"{stored:,.0f} frames/s, acked {med([f['rate'] for _b, f in runs]):,.0f} frames/s, "
+              f"datagram to sink p50 {1000 * med([f['p50'] for _b, f in runs]):.1f} ms, "
+              f"p99 {1000 * med([f['p99'] for _b, f in runs]):.1f} ms")
+    print(f"  {label}ratio to baseline: {ratio:.2f} (target >= 0.50: {'met' if ratio >= 0.5 else 'NOT met'}); "
+          f"{stored:,.0f} frames/s (target >= 20,000: {'met' if stored >= 20_000 else 'NOT met'})")
     print("  per-frame CPU by stage (one thread, the same frames; the rest of the receiver's figure is "
           "sockets, the event loop and bookkeeping):")
     for name, owner, micros in stage_costs(args):
         print(f"    {micros:6.1f} us  {name}  [{owner}]")
-    if full["frames_in_store"] != full["acked"] or full["events_in_sink"] != full["frames_in_store"]:
+    bad = [f for _b, f in runs
+           if f["frames_in_store"] != f["acked"] or f["events_in_sink"] != f["frames_in_store"] or f["unacked"]]
+    if bad:
         print("  WARNING: stored, acked and delivered counts differ")
         return 1
     return 0
+
+
+def _drops_text(drops: int | None) -> str:
+    return "kernel UDP drops unknown" if drops is None else f"{drops} dropped by the kernel"
 
 
 if __name__ == "__main__":
