@@ -25,6 +25,7 @@ _SHA256_BLOCK = 64
 _IPAD = bytes(x ^ 0x36 for x in range(256))  # translate tables: key bytes XOR the HMAC pads
 _OPAD = bytes(x ^ 0x5C for x in range(256))
 
+
 class FrameKeys:
     """Keys derived from one device key; cache one per device (derivation costs two HMACs)."""
 
