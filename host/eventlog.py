@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, NamedTuple
 
+import orjson
+
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_S = 5.0
@@ -128,7 +130,39 @@ class LogEntry(NamedTuple):
     body: str = ""  # the event's JSON as stored (event_json(event)), for sinks that forward it
 
 
-_scan_json = json.JSONDecoder().scan_once
+# Reading the log: orjson's parser (in C, about three times faster than json's scanner on these
+# events) gives the same dicts json.loads does, with two exceptions handled here: what it refuses
+# (NaN, infinity, a lone surrogate) goes through json, which decides; and an integer beyond 64 bits
+# comes back from it as a float, so a float that large (|x| >= 2**63) sends the body through json
+# too. Both readers therefore give the same event for every body.
+_fast_loads = orjson.loads
+_FastError = orjson.JSONDecodeError
+_WIDE = float(2 ** 63)
+
+
+def _maybe_widened(value: Any) -> bool:
+    """Whether a parsed value holds a float of magnitude >= 2**63 (possibly a wide integer)."""
+    for item in (value.values() if type(value) is dict else value):
+        kind = type(item)
+        if kind is float:
+            if item >= _WIDE or item <= -_WIDE:
+                return True
+        elif (kind is dict or kind is list) and _maybe_widened(item):
+            return True
+    return False
+
+
+def parse_body(body: str) -> Any:
+    """A log body as json.loads gives it (faster). Raises ValueError or TypeError as it does."""
+    try:
+        value = _fast_loads(body)
+    except (_FastError, TypeError):
+        return json.loads(body)  # its verdict, and its error message
+    if (type(value) is dict or type(value) is list) and _maybe_widened(value):
+        return json.loads(body)
+    if type(value) is float and (value >= _WIDE or value <= -_WIDE):
+        return json.loads(body)
+    return value
 
 # The log's JSON: compact, UTF-8 as is, no NaN or infinity. One encoder object, made once.
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
@@ -273,19 +307,14 @@ class EventLog:
                 (seq, limit),
             ).fetchall()
         entries = []
-        scan = _scan_json
+        parse = parse_body
         add = entries.append
         for row_seq, appended_at, body in rows:
-            try:  # the C scanner json.loads ends in, without its Python layers
-                event, end = scan(body, 0)
-                if end != len(body):
-                    raise ValueError("extra data")
-            except (StopIteration, ValueError, TypeError):
-                try:
-                    event = json.loads(body)  # for its error message (or a body with spaces)
-                except (ValueError, TypeError) as exc:
-                    raise EventLogError(f"{self.path}: event log row seq {row_seq} is not JSON: "
-                                        f"{exc}") from None
+            try:
+                event = parse(body)
+            except (ValueError, TypeError) as exc:
+                raise EventLogError(f"{self.path}: event log row seq {row_seq} is not JSON: "
+                                    f"{exc}") from None
             add(LogEntry(row_seq, appended_at, event, body))
         return entries
 

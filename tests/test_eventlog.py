@@ -3,6 +3,7 @@ caller, readable concurrently, cursors that persist."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from carecard.host.eventlog import EventLog, EventLogError, event_json, insert_rows, multi_row_chunks
+from carecard.host.eventlog import EventLog, EventLogError, event_json, insert_rows, multi_row_chunks, parse_body
 from carecard.host.paths import DEFAULT_DATA_DIR, events_db_path, ingest_db_path
 
 from eventgen import position_event
@@ -206,3 +207,35 @@ def test_rows_that_are_not_json_are_a_typed_error(tmp_path: Path) -> None:
         for seq in range(2, 7):
             with pytest.raises(EventLogError, match=f"seq {seq + 1} is not JSON"):
                 reader.entries_after(seq, 1)
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.integers(min_value=2**62, max_value=2**70).map(lambda n: -n)
+    | st.integers(min_value=2**62, max_value=2**70) | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5),
+    max_leaves=25)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_JSON_VALUES)
+def test_parse_body_is_json_loads(value: object) -> None:
+    body = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    assert repr(parse_body(body)) == repr(json.loads(body))
+
+
+@pytest.mark.parametrize("body", [
+    '{"x":18446744073709551616}', '{"x":-9223372036854775809}', '{"a":[{"b":123456789012345678901234}]}',
+    '{"x":1e19}', '{"x":NaN}', '{"x":"\\ud800"}', '{"a":1,"a":2}', ' {"x":1} ', '18446744073709551617',
+])
+def test_parse_body_wide_integers_and_what_only_json_takes(body: str) -> None:
+    assert repr(parse_body(body)) == repr(json.loads(body))
+
+
+def test_entries_after_keeps_wide_integers_exact(tmp_path: Path) -> None:
+    writer = EventLog.connect_writer(tmp_path / "log.sqlite")
+    event = {"id": "e1", "big": 2**70, "neg": -(2**64), "nested": {"n": [2**65, 1.5]}}
+    EventLog.append(writer, [event])
+    with EventLog(tmp_path / "log.sqlite") as log:
+        (entry,) = log.entries_after(0)
+    assert entry.event == event and type(entry.event["big"]) is int
+    writer.close()

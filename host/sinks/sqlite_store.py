@@ -17,7 +17,7 @@ writer. Tables (all keyed on the event id, so at-least-once delivery never creat
   (time_estimated = 1).
 Indexes: (device, t) on all three tables, (kind, t) and (t) on events.
 
-Each batch (up to 1000 events by default) is one transaction with synchronous=FULL, written with
+Each batch (up to 5000 events by default) is one transaction with synchronous=FULL, written with
 multi-row INSERTs: when deliver() returns, the batch is on disk (the runner advances its cursor
 only then). The events' JSON is the event log's own text (LogEntry.body), not encoded again.
 """
@@ -161,8 +161,13 @@ def event_time(event: Mapping[str, Any]) -> float:
 
 class SqliteSink(Sink):
     type_name = "sqlite"
-    default_batch_size = 1000
-    default_queue_size = 4000
+    # Large batches when the sink is behind (a delivery takes what is queued, so at low rates
+    # batches stay small and fast): a commit writes every index page the batch touched, and
+    # with many devices nearly every row lands on a page of its own in the four indexes keyed
+    # by device or id; 5000 events share those pages about five times better than 1000 and
+    # cost about half the CPU per event (COMMIT 14 -> 6 us per event at 120,000 stored).
+    default_batch_size = 5000
+    default_queue_size = 10000
 
     def __init__(self, name: str, path: Path):
         super().__init__(name)
