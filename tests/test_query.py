@@ -255,3 +255,35 @@ def test_any_track_exports_to_files_the_readers_accept(tmp_path_factory: pytest.
     collection = geojson.loads(export_track(data, str(DEVICE), "geojson")[0])
     assert collection.is_valid
     assert len(list(csv.reader(io.StringIO(export_track(data, str(DEVICE), "csv")[0])))) == len(points) + 1
+
+
+def test_sqlite_sink_batch_time_memo_gives_the_same_times(tmp_path: Path) -> None:
+    """One batch whose events share received_at and card times (the batch's memo of
+    parse_iso_utc answers most of them) stores exactly the rows parse_iso_utc gives event by event,
+    also for times in other ISO forms; and a bad time still makes just its event malformed."""
+    from carecard.host.sinks.sqlite_store import event_time, position_rows
+
+    events = []
+    for n in range(40):
+        event = event_from_message(position_message(n + 1, device=OTHER + n % 3), T0 + 0.25)
+        if n % 4 == 1:
+            event["data"]["clock_synced"] = False
+        if n % 10 == 3:
+            event["received_at"] = event["received_at"][:19] + "+00:00"  # not the memo's fast form
+        events.append(event)
+    bad = dict(events[0], id="bad-1", received_at="2025-13-40T00:00:00Z")
+    sink = SqliteSink("sqlite", tmp_path / "events.sqlite")
+
+    async def run() -> None:
+        await sink.start()
+        await sink.deliver(events[:20] + [bad] + events[20:])
+        await sink.close()
+
+    asyncio.run(run())
+    assert sink.malformed == 1
+    with sqlite3.connect(tmp_path / "events.sqlite") as conn:
+        stored_t = dict(conn.execute("SELECT id, t FROM events").fetchall())
+        stored_pos = {row[0]: row for row in conn.execute("SELECT * FROM positions").fetchall()}
+    assert stored_t == {event["id"]: event_time(event) for event in events}
+    expected = {row[0]: row for event in events for row in position_rows(event)}
+    assert stored_pos == expected and len(expected) == len(events)

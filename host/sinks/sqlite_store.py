@@ -116,6 +116,27 @@ def open_store(path: Path, *, create: bool = True) -> sqlite3.Connection:
     return conn
 
 
+_POSITION_KINDS = frozenset(("position", "sos", "track"))
+
+
+class _Times:
+    """parse_iso_utc with a memo for one batch: a batch holds many events with the same
+    received_at (the receiver stamps them to the millisecond) and card times (whole seconds)."""
+
+    __slots__ = ("memo",)
+
+    def __init__(self) -> None:
+        self.memo: dict[str, float] = {}
+
+    def __call__(self, text: Any) -> float:
+        if type(text) is str:
+            value = self.memo.get(text)
+            if value is None:
+                value = self.memo[text] = parse_iso_utc(text)
+            return value
+        return parse_iso_utc(text)  # raises for anything else, as before
+
+
 def _fix_time(event: Mapping[str, Any], data: Mapping[str, Any], received: float) -> tuple[float, int]:
     """The position's time (Unix s) and whether it is estimated."""
     age = data.get("fix_age_s") or 0
@@ -124,21 +145,30 @@ def _fix_time(event: Mapping[str, Any], data: Mapping[str, Any], received: float
     return received - age, 1
 
 
-def position_rows(event: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-    """Rows for `positions` from one event (none for events without a usable position)."""
+def _position_values(source: Mapping[str, Any]) -> tuple[Any, ...]:
+    get = source.get
+    return (get("lat"), get("lon"), get("lat_e7"), get("lon_e7"), get("alt_m"), get("hdop"),
+            get("sats"), get("fix"), get("speed_ms"), get("course"))
+
+
+assert POSITION_COLUMNS == ("lat", "lon", "lat_e7", "lon_e7", "alt_m", "hdop", "sats", "fix",
+                            "speed_ms", "course")  # the order _position_values reads them in
+
+
+def position_rows(event: Mapping[str, Any], parse: Any = parse_iso_utc) -> list[tuple[Any, ...]]:
+    """Rows for `positions` from one event (none for events without a usable position).
+    `parse` turns the ISO times into Unix seconds (parse_iso_utc, or a batch's memo of it)."""
     kind = event.get("kind")
+    received = parse(event["received_at"])  # a malformed event fails the same way for every kind
     if kind not in _POSITION_KINDS:
-        parse_iso_utc(event["received_at"])  # a malformed event fails the same way for every kind
         return []
     data = event.get("data") or {}
-    received = parse_iso_utc(event["received_at"])
     rows = []
     if kind != "track":
         if data.get("fix") == NO_FIX or data.get("lat") is None or data.get("lon") is None:
             return []
         t, estimated = _fix_time(event, data, received)
-        rows.append((event["id"], 0, event["device"], kind, t, estimated)
-                    + tuple([data.get(col) for col in POSITION_COLUMNS]))
+        rows.append((event["id"], 0, event["device"], kind, t, estimated) + _position_values(data))
     else:
         synced = bool(data.get("clock_synced", True))
         for idx, point in enumerate(data.get("points") or ()):
@@ -146,17 +176,13 @@ def position_rows(event: Mapping[str, Any]) -> list[tuple[Any, ...]]:
                 t, estimated = float(point["device_time"]), 0
             else:
                 t, estimated = received - (data["device_time"] - point["device_time"]), 1
-            rows.append((event["id"], idx, event["device"], kind, t, estimated)
-                        + tuple([point.get(col) for col in POSITION_COLUMNS]))
+            rows.append((event["id"], idx, event["device"], kind, t, estimated) + _position_values(point))
     return rows
 
 
-_POSITION_KINDS = frozenset(("position", "sos", "track"))
-
-
-def event_time(event: Mapping[str, Any]) -> float:
+def event_time(event: Mapping[str, Any], parse: Any = parse_iso_utc) -> float:
     """`t` for the events table: the card's time if known, else received_at."""
-    return parse_iso_utc(event["time"] or event["received_at"])
+    return parse(event["time"] or event["received_at"])
 
 
 class SqliteSink(Sink):
@@ -192,6 +218,7 @@ class SqliteSink(Sink):
         conn.execute("BEGIN IMMEDIATE")
         try:
             stored = self._stored_ids(conn, entries)
+            parse = _Times()
             events: list[Any] = []
             positions: list[Any] = []
             alerts: list[Any] = []
@@ -202,7 +229,7 @@ class SqliteSink(Sink):
                         continue  # stored by an earlier (re-)delivery, or earlier in this batch
                     # everything is read before anything is added, so a malformed event leaves
                     # no partial rows
-                    row, extra, is_alert = self._rows(event, body)
+                    row, extra, is_alert = self._rows(event, body, parse)
                 except (KeyError, TypeError, ValueError, AttributeError) as exc:
                     # not a schema-1 event: keep the rest of the batch flowing, count and log it
                     self.malformed += 1
@@ -238,17 +265,18 @@ class SqliteSink(Sink):
         return found
 
     @staticmethod
-    def _rows(event: dict[str, Any], body: str | None) -> tuple[tuple[Any, ...], list[tuple[Any, ...]], bool]:
+    def _rows(event: dict[str, Any], body: str | None,
+              parse: Any = parse_iso_utc) -> tuple[tuple[Any, ...], list[tuple[Any, ...]], bool]:
         """The events row, and the alerts row or the positions rows, of one event."""
         if body is None:
             body = event_json(event)
-        t = event_time(event)
+        t = event_time(event, parse)
         row = (event["id"], event["device"], event["kind"], t, event["time"], event["received_at"], body)
         if event["kind"] == ALERT_KIND:
             data = event["data"]
             details = json.dumps(data.get("details", {}), ensure_ascii=False, separators=(",", ":"))
             return row, [(event["id"], event["device"], data["alert"], t, event["time"], details)], True
-        return row, position_rows(event), False
+        return row, position_rows(event, parse), False
 
     async def start(self) -> None:
         try:
