@@ -24,7 +24,8 @@ def events(e):
         if ev[0] == "done":
             ev = ("done", ev[1].text, ev[2], ev[3], ev[4])
         elif ev[0] == "error":
-            ev = ("error", type(ev[1]).__name__)
+            assert type(ev[1]) is at.ATError, ev
+            ev = ("error", ev[1].kind)
         out.append(ev)
 def feed(e, data, step=None):
     if step is None:
@@ -105,8 +106,8 @@ assert e.data_to_send() == b"AT+ONE\r"   # only the first is written
 try:
     e.send("AT+FOUR")
     raise SystemExit("queue limit not enforced")
-except at.ATQueueFull:
-    pass
+except at.ATError as exc:
+    assert exc.kind == "queue_full", exc.kind
 feed(e, b"OK\r\n")
 assert e.data_to_send() == b"AT+TWO\r"
 feed(e, b"OK\r\n")
@@ -115,8 +116,8 @@ for bad in ("", "AT\r+X", "AT\nX"):
     try:
         at.Command(bad)
         raise SystemExit("bad command accepted")
-    except at.ATCommandError:
-        pass
+    except at.ATError as exc:
+        assert exc.kind == "command", exc.kind
 ''')
 
 
@@ -186,7 +187,7 @@ for step in (None, 1, 2, 5):
 # a header announcing more than the buffer: typed error, no raw mode (the stream is not swallowed)
 e = at.ATEngine(urcs=URCS, max_data=16)
 feed(e, b"+IPD999999999\r\n+CREG: 2\r\n")
-assert events(e) == [("error", "DataTooLong"), ("urc", "+CREG", "2", None)]
+assert events(e) == [("error", "data_too_long"), ("urc", "+CREG", "2", None)]
 # an empty line where a +CMT body belongs is an empty body (text SMS with no text)
 feed(e, b'+CMT: "+8613800000000","","24/01/01,12:00:00+32"\r\n\r\n+CREG: 1\r\n')
 assert events(e) == [("urc", "+CMT", '"+8613800000000","","24/01/01,12:00:00+32"', ""), ("urc", "+CREG", "1", None)]
@@ -204,7 +205,7 @@ e.data_to_send()
 feed(e, b"\x00\x00\xff\r\n" + b"\xc3\x28garbage\r\n" + b"A" * 200 + b"\r\n" + b"ab\x00cd\r\n"
         + b"\x00+CSQ: 9,99\r\nOK\r\n")
 ev = events(e)
-assert ev == [("error", "BinaryLine"), ("error", "LineTooLong"), ("error", "BinaryLine"),
+assert ev == [("error", "binary"), ("error", "too_long"), ("error", "binary"),
               ("done", "AT+CSQ", "OK", ["+CSQ: 9,99"], None)], ev
 assert e.stats["binary"] == 2 and e.stats["too_long"] == 1 and e.stats["noise"] >= 4
 # unknown lines are reported; a strict command reports foreign +X: lines as unknown URCs
@@ -217,7 +218,7 @@ assert events(e) == [("unknown", "+QFOO: 1"), ("done", "AT+CSQ", "OK", ["some te
 e = at.ATEngine(urcs=URCS, max_lines=4)
 e.send("AT+CLAC")
 feed(e, b"".join(b"L%d\r\n" % i for i in range(10)) + b"OK\r\n")
-assert events(e) == [("error", "ResponseTooLong"), ("done", "AT+CLAC", "OK", ["L0", "L1", "L2", "L3"], None)]
+assert events(e) == [("error", "response_too_long"), ("done", "AT+CLAC", "OK", ["L0", "L1", "L2", "L3"], None)]
 ''')
 
 

@@ -220,4 +220,4 @@ def test_python_gsmmodem_transcripts(replayed):
                for e in ev)
     # +CLAC lists longer than a line buffer / response budget give typed errors, not crashes
     errors = Counter(e[1] for e in ev if e[0] == "error")
-    assert errors["LineTooLong"] >= 1 and errors["ResponseTooLong"] >= 1
+    assert errors["too_long"] >= 1 and errors["response_too_long"] >= 1

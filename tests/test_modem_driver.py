@@ -11,7 +11,7 @@ import calendar
 import pytest
 
 SIM = r'''
-import modem, modem_a7670, modem_ec800m
+import at, modem, modem_a7670, modem_ec800m
 class Sim:
     """A scripted modem: replies[cmd] = bytes or list of bytes (one per time it is sent);
     a missing entry means OK; None means no answer at all."""
@@ -48,7 +48,8 @@ class Sim:
             if e is None:
                 break
             if e[0] == "at_error":
-                e = ("at_error", type(e[1]).__name__)
+                assert type(e[1]) is at.ATError, e
+                e = ("at_error", e[1].kind)
             self.events.append(e)
     def feed(self, data):
         self.m.receive_data(data)
@@ -361,7 +362,7 @@ for i in range(3):
 s.run(120000, step=50)
 show([e for e in s.take() if e[0] in ("recovery", "failed")], s.m.state)
 ''')
-    assert out[0] == [("at_error", "BinaryLine"), ("recovery", "garbage", 1)]
+    assert out[0] == [("at_error", "binary"), ("recovery", "garbage", 1)]
     assert out[1][-1] == ("failed", "no_response_after_boot") and out[2] == "off"
     assert [e[2] for e in out[1] if e[0] == "recovery"] == [1, 2, 3, 4]
 

@@ -39,37 +39,19 @@ DEFAULT_TIMEOUT_MS = 5000
 
 
 class ATError(Exception):
-    """Base of every error raised or reported by the AT engine."""
+    """Every error raised or reported by the AT engine; `kind` tells which (one class, not one
+    per kind: each class costs heap on a card). Raised on misuse: "queue_full" (send() while the
+    queue is full), "command" (a command that cannot be sent: empty, or holds CR/LF). Reported as
+    ("error", exc), never raised, for hostile or broken input from the modem, with kind the name
+    of its counter in ATEngine.stats: "too_long" (a line longer than max_line), "binary" (not
+    text, or NUL bytes), "data_too_long" (raw data announced beyond max_data),
+    "response_too_long" (more than max_lines response lines)."""
 
 
-class ATQueueFull(ATError):
-    """send() while the command queue is full."""
-
-
-class ATCommandError(ATError):
-    """A command that cannot be sent (empty, or contains CR/LF)."""
-
-
-class ATInputError(ATError):
-    """Hostile or broken input from the modem; reported as ("error", exc), never raised."""
-
-    counter = "input_errors"
-
-
-class LineTooLong(ATInputError):
-    counter = "too_long"
-
-
-class BinaryLine(ATInputError):
-    counter = "binary"
-
-
-class DataTooLong(ATInputError):
-    counter = "data_too_long"
-
-
-class ResponseTooLong(ATInputError):
-    counter = "response_too_long"
+def _err(kind, message):
+    exc = ATError(message)
+    exc.kind = kind
+    return exc
 
 
 def ticks_diff(a, b):
@@ -166,7 +148,7 @@ class Command:
     def __init__(self, text, prefix=None, timeout_ms=DEFAULT_TIMEOUT_MS, retries=0,
                  payload=None, tag=None, strict=None):
         if not text or "\r" in text or "\n" in text:
-            raise ATCommandError("AT command %r is empty or contains CR/LF" % (text,))
+            raise _err("command", "AT command %r is empty or contains CR/LF" % (text,))
         self.text = text
         if prefix is None:
             prefix = ()
@@ -277,8 +259,8 @@ class ATEngine:
         if not isinstance(cmd, Command):
             cmd = Command(cmd)
         if len(self._queue) >= self.queue_max:
-            raise ATQueueFull("AT queue full (%d commands waiting); %s not queued"
-                              % (len(self._queue), cmd.text))
+            raise _err("queue_full", "AT queue full (%d commands waiting); %s not queued"
+                       % (len(self._queue), cmd.text))
         self._queue.append(cmd)
         if self.current is None:
             self._write()
@@ -369,9 +351,9 @@ class ATEngine:
         self._events.append(("done", cmd, code, cmd.lines, value))
         self._write()
 
-    def _error(self, exc):
-        self.stats[exc.counter] += 1
-        self._events.append(("error", exc))
+    def _error(self, kind, message):
+        self.stats[kind] += 1
+        self._events.append(("error", _err(kind, message)))
 
     # ---- bytes in ---------------------------------------------------------------------------
     def receive_data(self, data):
@@ -447,7 +429,7 @@ class ATEngine:
         if self._overflow:
             self._overflow = False
             n = self.max_line
-            self._error(LineTooLong("line longer than %d bytes dropped: %r..."
+            self._error("too_long", ("line longer than %d bytes dropped: %r..."
                                     % (n, bytes(self._mv[:24 if n > 24 else n]))))
             return
         buf = self._buf
@@ -466,11 +448,11 @@ class ATEngine:
             try:
                 line = str(self._mv[start:n], "utf-8")
             except UnicodeError:
-                self._error(BinaryLine("line is not text: %r"
+                self._error("binary", ("line is not text: %r"
                                        % (bytes(self._mv[start:min(n, start + 32)]),)))
                 return
             if "\x00" in line:
-                self._error(BinaryLine("line holds NUL bytes: %r" % (line[:32],)))
+                self._error("binary", ("line holds NUL bytes: %r" % (line[:32],)))
                 return
             stats["lines"] += 1
             head = buf[start]
@@ -487,7 +469,7 @@ class ATEngine:
                     self._events.append(("data", line, b""))
                 elif count > self.max_data:
                     # more than a datagram can be: refuse it rather than swallow the stream
-                    self._error(DataTooLong("%s announces %d bytes; the buffer holds %d"
+                    self._error("data_too_long", ("%s announces %d bytes; the buffer holds %d"
                                             % (line[:24], count, self.max_data)))
                 else:
                     self._raw_left = self._raw_len = count
@@ -524,7 +506,7 @@ class ATEngine:
                     cmd.lines.append(line)
                 elif len(cmd.lines) == self.max_lines:
                     cmd.lines.append(None)  # marks the cut; removed when the command ends
-                    self._error(ResponseTooLong("%s: more than %d response lines, the rest dropped"
+                    self._error("response_too_long", ("%s: more than %d response lines, the rest dropped"
                                                 % (cmd.text, self.max_lines)))
                 return
         if known:

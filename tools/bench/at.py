@@ -223,7 +223,7 @@ def plain(ev):
     if k == "done":
         return ("done", ev[1].text, ev[2], ev[3], ev[4])
     if k == "error":
-        return ("error", type(ev[1]).__name__)
+        return ("error", ev[1].kind)
     return ev
 '''
 
