@@ -48,12 +48,6 @@ class ATError(Exception):
     "response_too_long" (more than max_lines response lines)."""
 
 
-def _err(kind, message):
-    exc = ATError(message)
-    exc.kind = kind
-    return exc
-
-
 def ticks_diff(a, b):
     """a - b for millisecond counters that may wrap at 2**30 (ticks_ms) or never wrap."""
     # 0x3FFFFFFF: the ticks_ms period on MicroPython ports (2**30) minus one; 0x20000000: half
@@ -148,7 +142,9 @@ class Command:
     def __init__(self, text, prefix=None, timeout_ms=DEFAULT_TIMEOUT_MS, retries=0,
                  payload=None, tag=None, strict=None):
         if not text or "\r" in text or "\n" in text:
-            raise _err("command", "AT command %r is empty or contains CR/LF" % (text,))
+            exc = ATError("AT command %r is empty or holds CR/LF" % (text,))
+            exc.kind = "command"
+            raise exc
         self.text = text
         if prefix is None:
             prefix = ()
@@ -196,6 +192,20 @@ class ATEngine:
     assign them, nor `current`.
     """
 
+    # state that starts the same in every engine: class attributes until first set (an
+    # instance's attribute table then holds only what the engine has used)
+    _len = 0
+    _overflow = False
+    _raw_left = 0       # raw bytes still to read
+    _raw_len = 0        # raw bytes announced
+    _raw_header = None
+    _skip_lf = False    # a CR ended the header: swallow one LF before raw data
+    _body_for = None    # (name, args) of a two-line URC waiting for its body
+    current = None
+    _await_prompt = False
+    _deadline = 0
+    now = 0
+
     def __init__(self, urcs=(), body_urcs=b"\n+CMT\n+CDS\n+CBM\n", raw=raw_length,
                  max_line=1024, max_data=1536, queue_max=16, max_lines=48):
         urcs = _table(urcs)
@@ -235,20 +245,9 @@ class ATEngine:
         # one buffer: the line being received, then (its header line taken out) raw data
         self._buf = bytearray(max_line if max_line > max_data else max_data)
         self._mv = memoryview(self._buf)
-        self._len = 0
-        self._overflow = False
-        self._raw_left = 0      # raw bytes still to read
-        self._raw_len = 0       # raw bytes announced
-        self._raw_header = None
-        self._skip_lf = False   # a CR ended the header: swallow one LF before raw data
-        self._body_for = None   # (name, args) of a two-line URC waiting for its body
         self._queue = []
-        self.current = None
-        self._await_prompt = False
-        self._deadline = 0
         self._events = []
         self._out = []
-        self.now = 0
         self.stats = {"lines": 0, "urc": 0, "unknown": 0, "echo": 0, "stray": 0,
                       "too_long": 0, "binary": 0, "data_too_long": 0, "response_too_long": 0,
                       "noise": 0, "data": 0, "timeouts": 0, "retries": 0, "done": 0}
@@ -259,8 +258,9 @@ class ATEngine:
         if not isinstance(cmd, Command):
             cmd = Command(cmd)
         if len(self._queue) >= self.queue_max:
-            raise _err("queue_full", "AT queue full (%d commands waiting); %s not queued"
-                       % (len(self._queue), cmd.text))
+            exc = ATError("AT queue full (%d waiting): %s not queued" % (len(self._queue), cmd.text))
+            exc.kind = "queue_full"
+            raise exc
         self._queue.append(cmd)
         if self.current is None:
             self._write()
@@ -352,8 +352,11 @@ class ATEngine:
         self._write()
 
     def _error(self, kind, message):
+        # hostile input: counted under its kind, reported as an event
         self.stats[kind] += 1
-        self._events.append(("error", _err(kind, message)))
+        exc = ATError(message)
+        exc.kind = kind
+        self._events.append(("error", exc))
 
     # ---- bytes in ---------------------------------------------------------------------------
     def receive_data(self, data):
@@ -429,8 +432,8 @@ class ATEngine:
         if self._overflow:
             self._overflow = False
             n = self.max_line
-            self._error("too_long", ("line longer than %d bytes dropped: %r..."
-                                    % (n, bytes(self._mv[:24 if n > 24 else n]))))
+            self._error("too_long", "line over %d bytes dropped: %r..."
+                        % (n, bytes(self._mv[:24 if n > 24 else n])))
             return
         buf = self._buf
         line = ""   # an empty line where a two-line URC's body belongs: the body is empty
@@ -447,12 +450,11 @@ class ATEngine:
                 return
             try:
                 line = str(self._mv[start:n], "utf-8")
+                if "\x00" in line:
+                    raise UnicodeError
             except UnicodeError:
-                self._error("binary", ("line is not text: %r"
-                                       % (bytes(self._mv[start:min(n, start + 32)]),)))
-                return
-            if "\x00" in line:
-                self._error("binary", ("line holds NUL bytes: %r" % (line[:32],)))
+                self._error("binary", "line is not text (bad UTF-8 or NUL): %r"
+                            % (bytes(self._mv[start:min(n, start + 32)]),))
                 return
             stats["lines"] += 1
             head = buf[start]
@@ -469,8 +471,8 @@ class ATEngine:
                     self._events.append(("data", line, b""))
                 elif count > self.max_data:
                     # more than a datagram can be: refuse it rather than swallow the stream
-                    self._error("data_too_long", ("%s announces %d bytes; the buffer holds %d"
-                                            % (line[:24], count, self.max_data)))
+                    self._error("data_too_long", "%s announces %d bytes, over max_data %d"
+                                % (line[:24], count, self.max_data))
                 else:
                     self._raw_left = self._raw_len = count
                     self._raw_header = line
@@ -506,8 +508,8 @@ class ATEngine:
                     cmd.lines.append(line)
                 elif len(cmd.lines) == self.max_lines:
                     cmd.lines.append(None)  # marks the cut; removed when the command ends
-                    self._error("response_too_long", ("%s: more than %d response lines, the rest dropped"
-                                                % (cmd.text, self.max_lines)))
+                    self._error("response_too_long", "%s: over %d response lines, rest dropped"
+                                % (cmd.text, self.max_lines))
                 return
         if known:
             args = line[pos + 1:].strip() if pos > 0 else ""
