@@ -17,13 +17,13 @@
 #   ("data", header, payload)  raw bytes announced by a header line (+IPD, +RECEIVE, +QIURC
 #       "recv", +QIRD, +CIPRXGET: 2): payload is exactly the announced number of bytes.
 #   ("stray", line)  a final result code with no command in flight.
-#   ("error", exc)  hostile input: exc is an instance of a typed ATInputError subclass
-#       (LineTooLong, BinaryLine, DataTooLong, ResponseTooLong). Counted in `stats`; the parser
+#   ("error", exc)  hostile input: exc is an ATError whose `kind` is "too_long", "binary",
+#       "data_too_long" or "response_too_long", the stats counter it is counted in; the parser
 #       carries on.
 #
 # receive_data() never raises: every byte sequence is either parsed or reported as an error
-# event. Misuse of the API (queue full, bad command, bad URC table) raises ATError subclasses or
-# ValueError.
+# event. Misuse of the API (queue full, bad command, bad URC table) raises ATError (kind
+# "queue_full" or "command") or ValueError.
 #
 # Memory (a card has tens of KB of heap, and every name in a loaded module is a qstr that stays
 # on the heap): the URC names are one bytes table, b"\nNAME\nNAME\n", searched with find (no
@@ -213,22 +213,21 @@ class ATEngine:
         if _LAST[0] == urcs and _LAST[1] == body_urcs:
             self.urcs, self._filter = _LAST[2], _LAST[3]   # the same tables as the last engine's
         else:
-            # two-line URCs are URCs too
+            # one pass over the names of both tables: a two-line URC is a URC too (added to the
+            # table unless already there); a 512-bit filter of the names' hashes (one bit each)
+            # tells most lines that are no URC so without searching the table (names one at a
+            # time, not split into a list)
             self.urcs = urcs
-            start = 1
-            while start < len(body_urcs):
-                end = body_urcs.find(b"\n", start)
-                if end > start and not _has(self.urcs, body_urcs[start:end].decode()):
-                    self.urcs += body_urcs[start:end + 1]
-                start = end + 1
-            # a 512-bit filter of the names' hashes (one bit each): most lines that are no URC
-            # are told so without searching the table (names one at a time, not split into a list)
             self._filter = bytearray(64)
+            both = urcs + body_urcs[1:]
             start = 1
-            while start < len(self.urcs):
-                end = self.urcs.find(b"\n", start)
+            while start < len(both):
+                end = both.find(b"\n", start)
                 if end > start:
-                    key = hash(self.urcs[start:end].decode()) & 511
+                    name = both[start:end].decode()
+                    if start >= len(urcs) and not _has(self.urcs, name):
+                        self.urcs += both[start:end + 1]
+                    key = hash(name) & 511
                     self._filter[key >> 3] |= 1 << (key & 7)
                 start = end + 1
             # remembered only once complete
