@@ -347,6 +347,7 @@ def _json_builder_source(kind: str, plan: tuple[FieldPlan, ...]) -> str | None:
     if any(f.twin is not None and f.name in _COORD_BOUNDS for f in plan):
         lines.append("    no_fix = m.get('fix') == NO_FIX")
     parts: list[str] = []  # pieces of the data object's text: literal text or {expression}
+    memos: list[str] = []  # module-level dicts: value -> twin text, for narrow integer fields
     values: list[str] = []
     for i, field in enumerate(plan):
         var = f"v{i}"
@@ -372,6 +373,12 @@ def _json_builder_source(kind: str, plan: tuple[FieldPlan, ...]) -> str | None:
         if field.twin is not None:
             twin_unknown = " or ".join(x for x in (unknown, "no_fix" if field.name in _COORD_BOUNDS else None) if x)
             twin = f"_float_text({var} / {field.divisor!r})"
+            if field.kind in _MEMO_KINDS:  # a narrow integer: its twin's text is memoised
+                lines.append(f"    {var}f = _twin_text_{i}.get({var})")
+                lines.append(f"    if {var}f is None:")
+                lines.append(f"        {var}f = _memo_twin(_twin_text_{i}, {var}, {field.divisor!r})")
+                memos.append(f"_twin_text_{i} = {{}}")
+                twin = f"{var}f"
             parts.append(f"{json.dumps(field.twin)}:%s")
             values.append(f"('null' if {twin_unknown} else {twin})" if twin_unknown else twin)
     names = [f.name for f in plan]
@@ -384,7 +391,21 @@ def _json_builder_source(kind: str, plan: tuple[FieldPlan, ...]) -> str | None:
     values.append("('true' if synced else 'false')")
     template = ",".join(parts).replace("%", "%%").replace("%%s", "%s").replace("%%d", "%d") + "}}"
     lines.append(f"    return head + {template!r} % ({', '.join(values)},)")
-    return "\n".join(lines) + "\n"
+    return "\n".join(memos + lines) + "\n"
+
+
+# Integer kinds narrow enough that a value -> twin text memo stays small (bounded anyway).
+_MEMO_KINDS = frozenset(("u8", "i8", "u16", "i16"))
+_TWIN_MEMO_MAX = 4096
+
+
+def _memo_twin(memo: dict[int, str], value: int, divisor: int) -> str:
+    """The twin's text (repr of value / divisor, as json.dumps writes a float), remembered."""
+    text = float.__repr__(value / divisor)
+    if len(memo) >= _TWIN_MEMO_MAX:
+        memo.clear()
+    memo[value] = text
+    return text
 
 
 def _compile_json_builders() -> dict[str, Any]:
@@ -398,7 +419,8 @@ def _compile_json_builders() -> dict[str, Any]:
         if source is None:
             continue
         namespace: dict[str, Any] = {"NO_FIX": NO_FIX, "_ENUM_TEXT": enum_text,
-                                     "_encode_text": encode_basestring, "_float_text": float.__repr__}
+                                     "_encode_text": encode_basestring, "_float_text": float.__repr__,
+                                     "_memo_twin": _memo_twin}
         exec(compile(source, f"<carecard event json {kind}>", "exec"), namespace)
         builders[kind] = namespace[f"_json_{kind}"]
     return builders
@@ -409,12 +431,17 @@ _HEAD = ('{"schema":%d,"id":"%%s-%%d","kind":"%%s","device":"%%s","counter":%%d,
          '"received_at":"%%s","data":{' % SCHEMA_VERSION)
 
 
+# (received_at, its iso_utc text) of the last event_record call: one tuple, replaced whole
+_received_memo: tuple[float, str] = (-1.0, "")
+
+
 def event_record(message: Mapping[str, Any], received_at: float) -> tuple[str, str]:
     """(event id, the event's JSON as the log stores it) for a message from
     carecard.protocol.decode_frame: the same as (event["id"], event_json(event)) for
     event = event_from_message(message, received_at), in a third of the time. Types that have
     no compiled template (track) and anything unexpected go through event_from_message. Raises
     EventError as event_from_message does."""
+    global _received_memo
     mtype = message.get("type") if type(message) is dict else None
     build = JSON_BUILDERS.get(mtype) if type(mtype) is str else None
     if build is not None and message.get("direction", "uplink") == "uplink" \
@@ -427,9 +454,14 @@ def event_record(message: Mapping[str, Any], received_at: float) -> tuple[str, s
             if type(device) is int and 0 <= device <= _U64_MAX and type(counter) is int and counter >= 0 \
                     and type(device_time) is int and device_time >= 0 and type(synced) is bool:
                 device = str(device)
+                memo = _received_memo  # a wake of the receiver stamps all its frames alike
+                if memo[0] == received_at:
+                    received_text = memo[1]
+                else:
+                    received_text = iso_utc(received_at, millis=True)
+                    _received_memo = (received_at, received_text)
                 head = _HEAD % (device, counter, mtype, device, counter,
-                                f'"{iso_utc(device_time)}"' if synced else "null",
-                                iso_utc(received_at, millis=True))
+                                f'"{iso_utc(device_time)}"' if synced else "null", received_text)
                 return f"{device}-{counter}", build(message, head, synced)
         except (KeyError, TypeError, ValueError):
             pass  # a missing or odd field: the general path says what is wrong

@@ -127,6 +127,10 @@ def is_fixed(kind: str) -> bool:
     return kind in FIXED_KINDS or kind.startswith("enum:")
 
 
+# The header keys decode_frame adds after the payload fields, in this order.
+_MESSAGE_TAIL = ("type", "direction", "device", "counter", "time", "clock_synced")
+
+
 class PackedFields(Construct):
     """A whole payload of fixed-size integer and enum fields, parsed with one struct call.
 
@@ -146,6 +150,8 @@ class PackedFields(Construct):
             (i, spec.ENUMS[kind[5:]], {label: code for code, label in enumerate(spec.ENUMS[kind[5:]])})
             for i, (_n, kind, _d) in enumerate(fields) if kind.startswith("enum:"))
         self.size = packer.size
+        # decode_frame's fast path: the payload's names then the header's, one dict(zip()) call
+        self.message_names = self.names + _MESSAGE_TAIL
 
     def _parse(self, stream, context, path):
         data = stream_read(stream, self.packer.size, path)
@@ -420,39 +426,68 @@ def encode_frame(message: Mapping[str, Any], key: KeySource) -> bytes:
     return frame
 
 
+_MIN_FRAME = spec.MIN_FRAME
+_MAX_FRAME = spec.MAX_FRAME
+_VERSION = spec.VERSION
+_TAG_LEN = spec.TAG_LEN
+_HEADER_LEN = spec.HEADER_LEN
+_FLAGS_UNKNOWN = ~spec.FLAGS_KNOWN
+_FLAG_CLOCK_UNSYNCED = spec.FLAG_CLOCK_UNSYNCED
+
+
 def decode_frame(frame: bytes, keys: KeySource) -> dict[str, Any]:
     """Check, authenticate, decrypt and parse one frame. Raises a ProtocolError subclass."""
     size = len(frame)
-    if size < spec.MIN_FRAME:
+    if size < _MIN_FRAME:
         raise TruncatedFrame(f"frame of {size} bytes is shorter than the minimum {spec.MIN_FRAME}")
-    if size > spec.MAX_FRAME:
+    if size > _MAX_FRAME:
         raise OversizeFrame(f"frame of {size} bytes exceeds the maximum {spec.MAX_FRAME}")
     version, code, flags, device, counter, time = _unpack_header(frame)
-    if version != spec.VERSION:
+    if version != _VERSION:
         raise BadVersion(f"protocol version {version} is not supported (this receiver speaks {spec.VERSION})")
     mtype = MESSAGE_CODES.get(code)
     if mtype is None:
         raise UnknownType(f"message type code {code} is not defined in protocol version {spec.VERSION}")
-    frame_keys = keys.get(device) if type(keys) is KeyRing else None
+    frame_keys = keys._keys.get(device) if type(keys) is KeyRing else None
     if frame_keys is None:
         frame_keys = _frame_keys_for(keys, device)
-    cut = size - spec.TAG_LEN
+    cut = size - _TAG_LEN
     body = frame[:cut]
     if not tags_equal(frame_keys.tag(body), frame[cut:]):
         raise BadTag(f"authentication failed for device {device} counter {counter}: "
                      "wrong key, corrupted or forged frame")
-    if flags & ~spec.FLAGS_KNOWN:
+    if flags & _FLAGS_UNKNOWN:
         raise MalformedFrame(f"device {device} counter {counter}: reserved flag bits 0x{flags:02x} set")
-    payload = frame_keys.crypt(device, counter, mtype.direction, body[spec.HEADER_LEN:])
+    payload = frame_keys.crypt(device, counter, mtype.direction, body[_HEADER_LEN:])
     packed = mtype.packed
-    try:
-        if packed is not None and len(payload) == packed.size:
-            message = packed.parse_exact(payload)
+    message = None
+    if packed is not None and len(payload) == packed.size:
+        # the hot path: one unpack, enum codes to labels, one dict with the header keys
+        values = packed.packer.unpack(payload)
+        if packed.enums:
+            values = list(values)
+            for i, labels, _codes in packed.enums:
+                code = values[i]
+                if code >= len(labels):
+                    break  # parse_exact below says which field, as a MalformedFrame
+                values[i] = labels[code]
+            else:
+                message = dict(zip(packed.message_names, (*values, mtype.name, mtype.direction_name, device,
+                                                          counter, time, not flags & _FLAG_CLOCK_UNSYNCED)))
         else:
-            message = _plain(mtype.payload.parse(payload))
-    except (ConstructError, UnicodeError, ValueError, OverflowError, TypeError) as exc:
-        raise MalformedFrame(f"{mtype.name} from device {device} counter {counter}: "
-                             f"payload does not parse: {type(exc).__name__}: {exc}") from None
+            message = dict(zip(packed.message_names, (*values, mtype.name, mtype.direction_name, device,
+                                                      counter, time, not flags & _FLAG_CLOCK_UNSYNCED)))
+    if message is None:
+        try:
+            if packed is not None and len(payload) == packed.size:
+                message = packed.parse_exact(payload)
+            else:
+                message = _plain(mtype.payload.parse(payload))
+        except (ConstructError, UnicodeError, ValueError, OverflowError, TypeError) as exc:
+            raise MalformedFrame(f"{mtype.name} from device {device} counter {counter}: "
+                                 f"payload does not parse: {type(exc).__name__}: {exc}") from None
+        message.update(type=mtype.name, direction=mtype.direction_name, device=device, counter=counter,
+                       time=time, clock_synced=not flags & _FLAG_CLOCK_UNSYNCED)
     if mtype.checks is None:
         _check_fields(mtype.fields, message, f"{mtype.name} from device {device} counter {counter}",
                       MalformedFrame)
@@ -461,8 +496,6 @@ def decode_frame(frame: bytes, keys: KeySource) -> dict[str, Any]:
             if not low <= message[name] <= high:
                 raise MalformedFrame(f"{mtype.name} from device {device} counter {counter}: "
                                      f"{name} {message[name]} is out of range")
-    message.update(type=mtype.name, direction=mtype.direction_name, device=device, counter=counter,
-                   time=time, clock_synced=not flags & spec.FLAG_CLOCK_UNSYNCED)
     return message
 
 

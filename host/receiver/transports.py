@@ -124,7 +124,8 @@ class UdpListener:
         recvfrom = sock.recvfrom
         handle = self.handle
         send = self.send
-        clock = time.time
+        # One clock reading per wake: the datagrams drained here were all waiting when it woke.
+        now = time.time()
         for _ in range(self.max_per_wake):
             try:
                 data, address = recvfrom(_RECV_SIZE)
@@ -133,7 +134,7 @@ class UdpListener:
             except OSError as exc:  # e.g. ECONNREFUSED from an ICMP error for an earlier ack
                 log.debug("UDP receive error on %s: %s", self.endpoint_text, exc)
                 continue
-            handle(data, send, address, address[0], "udp", clock())
+            handle(data, send, address, address[0], "udp", now)
         self.on_input()
 
     def send(self, data: bytes, address: Any) -> None:
