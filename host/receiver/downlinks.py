@@ -72,11 +72,13 @@ class AckEncoder:
 
     def __init__(self, keyring: KeyRing):
         self.keyring = keyring
+        # the ring's own dict lookup (a KeyRing is changed in place, never replaced)
+        self._keys_get = keyring._keys.get if type(keyring) is KeyRing else keyring.get
 
     def encode(self, device: int, counter: int, now: int, acked: int,
                commands: list[dict[str, Any]] | None = None) -> bytes:
         if not commands and _EMPTY_ACK is not None:
-            keys = self.keyring.get(device)
+            keys = self._keys_get(device)
             if keys is None:
                 raise InvalidMessage(f"no key for device {device}")
             body = _pack_header(_VERSION, _ACK_CODE, 0, device, counter, now) + \

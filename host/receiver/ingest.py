@@ -98,7 +98,8 @@ class Ingest:
         self.commands: dict[int, list[CommandRecord]] = {}
         self._finishing: set[int] = set()  # ids of commands finished in uncommitted batches
         self.last_seen: dict[int, float] = {}
-        self._stats: dict[int, list[Any]] = {}  # device -> [last_seen, last_counter, source, added]
+        # device -> [last_seen, last_counter, transport, address, added]
+        self._stats: dict[int, list[Any]] = {}
         self._stats_flushed = 0.0
         self.after_commit: list[Callable[[list[dict[str, Any]]], None]] = []  # the engine's seam
         # benchmark: (event log last seq, [received_at of each stored frame]) per commit
@@ -178,7 +179,8 @@ class Ingest:
             window = self.windows.get(device)
             if window is None:
                 window = self._load_window(device)
-            verdict = window.classify(counter, tag)
+            # above the highest counter seen is NEW: classify's first test, without the call
+            verdict = _NEW if counter > window.highest else window.classify(counter, tag)
             if verdict is _TOO_OLD:
                 stored = self.store.stored_tag(device, counter)
                 if stored is None:
@@ -201,13 +203,14 @@ class Ingest:
                 self._command_result(device, message, received_at)
             stats = self._stats.get(device)
             if stats is None:
-                self._stats[device] = [received_at, counter, (transport, address), 1]
+                self._stats[device] = [received_at, counter, transport, address, 1]
             else:
                 stats[0] = received_at
                 if counter > stats[1]:
                     stats[1] = counter
-                stats[2] = (transport, address)
-                stats[3] += 1
+                stats[2] = transport
+                stats[3] = address
+                stats[4] += 1
         elif verdict is _DUPLICATE:
             batch.duplicates += 1
         else:
@@ -375,7 +378,7 @@ class Ingest:
         batch = self.batch
         if self._stats and (force_stats or now - self._stats_flushed >= self.settings.device_stats_interval_s):
             batch.commit.device_stats = [
-                (device, s[0], s[1], f"{s[2][0]}:{_address_text(s[2][1])}", s[3])
+                (device, s[0], s[1], f"{s[2]}:{_address_text(s[3])}", s[4])
                 for device, s in self._stats.items()]
             self._stats = {}
             self._stats_flushed = now
