@@ -339,3 +339,19 @@ def test_event_record_compiles_every_fixed_type_and_falls_back_for_the_rest() ->
                 position_message(1) | {"direction": "downlink"}):
         with pytest.raises(ev.EventError):
             ev.event_record(bad, T0 + 0.5)
+
+
+@settings(max_examples=100, deadline=None)
+@given(messages=st.lists(uplink_messages(), min_size=1, max_size=6),
+       times=st.lists(st.sampled_from([T0 + 0.25, T0 + 0.2504, T0 + 1.0, 0.0, 2**32 - 1.5]),
+                      min_size=1, max_size=12))
+def test_event_record_with_one_clock_per_wake_is_exact(messages: list, times: list) -> None:
+    """The receiver stamps every frame of a wake alike and event_record memoises that stamp's
+    text (and narrow fields' twin texts): runs of equal and changing stamps stay exact."""
+    from carecard.host.eventlog import event_json
+
+    decoded = [_decoded(m) for m in messages]
+    for i, received in enumerate(times):
+        message = decoded[i % len(decoded)]
+        event = ev.event_from_message(message, received)
+        assert ev.event_record(message, received) == (event["id"], event_json(event))

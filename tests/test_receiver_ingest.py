@@ -309,3 +309,17 @@ def test_frame_tags_are_truncated_hmac_sha256(key: bytes, data: bytes) -> None:
     assert keys.mac_key == hmac.digest(key, spec.KDF_MAC, "sha256")
     assert keys.tag(data) == hmac.digest(keys.mac_key, data, "sha256")[: spec.TAG_LEN]
     assert keys.tag(data) == keys.tag(data)  # the pads' states are copied, never consumed
+
+
+def test_device_statistics_name_the_last_source_and_count_the_frames(harness: Harness) -> None:
+    card = card_of(harness)
+    harness.feed(card.frame(), source="10.0.0.1", address=("10.0.0.1", 5000))
+    harness.feed(card.frame(), source="10.0.0.9", address=("10.0.0.9", 6001))
+    harness.feed(card.frame(counter=2), source="10.0.0.9", address=("10.0.0.9", 6001))  # duplicate
+    batch = harness.ingest.take_batch(time.time(), force_stats=True)
+    assert batch is not None
+    harness.store.commit(batch.commit)
+    row = harness.store.connection.execute(
+        "SELECT last_counter, last_source, frames_stored FROM devices WHERE device = ?",
+        (card.device,)).fetchone()
+    assert row == (2, "udp:10.0.0.9:6001", 2)
