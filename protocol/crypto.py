@@ -21,6 +21,7 @@ _ONE_BLOCK = struct.Struct(">QIBBH")
 _TWO_BLOCKS = struct.Struct(">QIBBHQIBBH")
 _BLOCK_INDEX = [i.to_bytes(2, "big") for i in range((spec.MAX_FRAME + 15) // 16)]
 KEY_SIZES = (16, 32)
+_TAG_LEN = spec.TAG_LEN
 _SHA256_BLOCK = 64
 _IPAD = bytes(x ^ 0x36 for x in range(256))  # translate tables: key bytes XOR the HMAC pads
 _OPAD = bytes(x ^ 0x5C for x in range(256))
@@ -51,7 +52,7 @@ class FrameKeys:
         inner.update(data)
         outer = self._outer.copy()
         outer.update(inner.digest())
-        return outer.digest()[: spec.TAG_LEN]
+        return outer.digest()[:_TAG_LEN]
 
     def crypt(self, device: int, counter: int, direction: int, data: bytes) -> bytes:
         """AES-CTR encrypt or decrypt (the same operation)."""
@@ -69,5 +70,5 @@ class FrameKeys:
         return (int.from_bytes(data, "big") ^ int.from_bytes(stream[:n], "big")).to_bytes(n, "big")
 
 
-def tags_equal(a: bytes, b: bytes) -> bool:
-    return hmac.compare_digest(a, b)
+# Constant-time tag comparison: hmac.compare_digest itself (no Python wrapper on the hot path).
+tags_equal = hmac.compare_digest
