@@ -13,7 +13,8 @@ not acked within a second is sent again and counted). It runs twice, against:
 It prints frames/s for both and the ratio, and the p50/p99 time from datagram to sink (from the
 receiver's clock reading for the wake that read the datagram, one per wake, to the moment the
 SQLite sink's transaction holding its event returned). The receiver side is pinned to one CPU
-and the generator to another when the machine has two. Targets: at least 50 % of the baseline and 20,000 frames/s.
+and the generator to another when the machine has two. Targets: at least 50 % of the baseline
+and 20,000 frames/s.
 
 Nothing may be dropped: the generator counts the frames it had to send again (no ack within a
 second) and those never acked, and each run reports the kernel's UDP receive-buffer drops on the
