@@ -210,7 +210,7 @@ def _summary(data_dir: Path, device: int, snapshot: dict, ingest_db: Path, event
                             "WHERE device = ? ORDER BY counter", (device,)).fetchall()
         commands = conn.execute("SELECT seq, cmd, state, attempts, result FROM commands WHERE device = ?",
                                 (device,)).fetchall()
-        logged = conn.execute("SELECT COUNT(*) FROM event_log").fetchone()[0]
+        held = conn.execute("SELECT COUNT(*) FROM event_log").fetchone()[0]
     print(f"\nSQLite {ingest_db} table frames ({len(rows)} rows):")
     print("  counter  type            device time           bytes")
     for counter, mtype, device_time, _received, size in rows:
@@ -222,7 +222,15 @@ def _summary(data_dir: Path, device: int, snapshot: dict, ingest_db: Path, event
         with sqlite3.connect(events_db) as conn:
             for table in ("events", "positions", "alerts"):
                 sink_rows[table] = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-    print(f"event log: {logged} events; SQLite sink {events_db}: "
+    from carecard.host.eventlog import EventLog
+
+    reader = EventLog(ingest_db)
+    try:
+        appended = reader.last_seq()
+    finally:
+        reader.close()
+    print(f"event log: {appended} events appended, {appended - held} delivered to every sink and "
+          f"pruned, {held} still held; SQLite sink {events_db}: "
           + ", ".join(f"{table} {count}" for table, count in sink_rows.items()))
     try:
         from carecard.host.export import export_track
