@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from carecard.host.files import read_input_file
 from carecard.host.paths import DEFAULT_DATA_DIR
 
 # IANA's dynamic range (49152-65535) is never assigned to a service, and 61000+ is above Linux's
@@ -212,14 +213,7 @@ class _Table:
 
 def load_config(path: Path) -> ReceiverConfig:
     """Read and check a TOML configuration file. Raises ConfigError with a one-line reason."""
-    try:
-        raw_text = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"config file {path} is a directory") from None
-    except OSError as exc:
-        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    raw_text = read_input_file(path, ConfigError, where=f"config file {path}")
     try:
         document = tomllib.loads(raw_text.decode("utf-8"))
     except UnicodeDecodeError:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from carecard.host.files import read_input_file
 from carecard.host.keyfile import KeyFileError, load_keys, parse_key_hex, save_keys
 from carecard.host.receiver.downlinks import CommandError, check_command
 from carecard.host.receiver.store import Contact, DeviceRecord, SQLiteStore, StoreError, load_devices
@@ -292,17 +293,8 @@ def _csv_record(row: dict[str, str], where: str, check_digit: bool) -> DeviceSpe
 def read_records(path: Path, *, check_digit: bool = True) -> tuple[list[DeviceSpec], list[RecordProblem]]:
     """Parse a provisioning-records file. Returns (good records, problems), never raises for a
     bad record; raises RegistryError only when the file as a whole cannot be read."""
-    try:
-        size = path.stat().st_size
-        if size > MAX_IMPORT_BYTES:
-            raise RegistryError(f"{path}: {size} bytes is larger than {MAX_IMPORT_BYTES}: split it")
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise RegistryError(f"{path} does not exist") from None
-    except IsADirectoryError:
-        raise RegistryError(f"{path} is a directory, not a records file") from None
-    except OSError as exc:
-        raise RegistryError(f"{path} cannot be read: {exc.strerror}") from None
+    data = read_input_file(path, RegistryError, where=str(path),
+                           directory_note=", not a records file", max_bytes=MAX_IMPORT_BYTES)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
