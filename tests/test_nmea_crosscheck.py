@@ -227,6 +227,12 @@ class Tally:
     untimed: int = 0
     disagreements: list[str] = field(default_factory=list)
 
+    def record(self, name: str, fix: dict, problem: str | None) -> None:
+        if problem:
+            self.disagreements.append(f"{name} {iso_time(fix)}: {problem}")
+        else:
+            self.agree += 1
+
 
 def segment_sizes(path: Path, floor_days: int) -> list[int]:
     return [len(pynmeagps_epochs(seg, floor_days)) for seg in segments(path)]
@@ -310,15 +316,18 @@ def compare_gpsd(ours: list[dict], tpvs: dict[int, dict], name: str, sizes: list
             if gvalid != fix["valid"]:
                 problem = f"validity ours={fix['valid']} gpsd mode={ref.get('mode')}"
             elif gvalid:
-                dlat = abs(fix["lat_e7"] / 1e7 - ref["lat"])
-                dlon = abs(fix["lon_e7"] / 1e7 - ref["lon"])
-                if dlat > TOLERANCE_DEG or dlon > TOLERANCE_DEG:
-                    problem = f"position differs by {dlat:.2e}, {dlon:.2e} deg"
-            if problem:
-                tally.disagreements.append(f"{name} {iso_time(fix)}: {problem}")
-            else:
-                tally.agree += 1
+                problem = position_problem(fix, ref["lat"], ref["lon"])
+            tally.record(name, fix, problem)
     return tally
+
+
+def position_problem(fix: dict, lat: float, lon: float) -> str | None:
+    """Why our valid fix disagrees with a reference position, or None within the tolerance."""
+    dlat = abs(fix["lat_e7"] / 1e7 - lat)
+    dlon = abs(fix["lon_e7"] / 1e7 - lon)
+    if dlat > TOLERANCE_DEG or dlon > TOLERANCE_DEG:
+        return f"position differs by {dlat:.2e}, {dlon:.2e} deg"
+    return None
 
 
 def compare_pynmeagps(ours: list[dict], ref: list[dict], name: str) -> Tally:
@@ -334,14 +343,8 @@ def compare_pynmeagps(ours: list[dict], ref: list[dict], name: str) -> Tally:
         elif fix["valid"] != r["valid"]:
             problem = f"validity ours={fix['valid']} pynmeagps={r['valid']}"
         elif fix["valid"]:
-            dlat = abs(fix["lat_e7"] / 1e7 - r["lat"])
-            dlon = abs(fix["lon_e7"] / 1e7 - r["lon"])
-            if dlat > TOLERANCE_DEG or dlon > TOLERANCE_DEG:
-                problem = f"position differs by {dlat:.2e}, {dlon:.2e} deg"
-        if problem:
-            tally.disagreements.append(f"{name} {iso_time(fix)}: {problem}")
-        else:
-            tally.agree += 1
+            problem = position_problem(fix, r["lat"], r["lon"])
+        tally.record(name, fix, problem)
     return tally
 
 
