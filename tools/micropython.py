@@ -119,8 +119,14 @@ def fits_in_heap(code: str, heapsize: int, *, image: Path | None = None) -> bool
 
 
 def smallest_heap(code: str, *, low: int = 2048, high: int = 1 << 20, step: int = 256,
-                  image: Path | None = None) -> int:
-    """The smallest `-X heapsize` (to `step` bytes) at which `code` still completes."""
+                  image: Path | None = None, settle: int = 0) -> int:
+    """The smallest `-X heapsize` (to `step` bytes) at which `code` still completes.
+
+    Near the edge "fits" is not always monotonic (heap block layout: a size can fail while a
+    smaller one passes). With `settle`, the bisection's result is raised to the smallest size
+    from which every size up to `settle` bytes above it (in `step`s) completes.
+    """
+    floor = low
     if not fits_in_heap(code, high, image=image):
         raise MicroPythonError(f"workload does not complete even with a {high}-byte heap")
     while high - low > step:
@@ -129,7 +135,12 @@ def smallest_heap(code: str, *, low: int = 2048, high: int = 1 << 20, step: int 
             high = mid
         else:
             low = mid
-    return high
+    if not settle:
+        return high
+    size = high + settle
+    while size - step >= floor and fits_in_heap(code, size - step, image=image):
+        size -= step
+    return size
 
 
 class Batch:

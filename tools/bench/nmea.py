@@ -141,10 +141,8 @@ def speed(path: Path, rounds: int = 5, chunk: int = 256) -> dict[str, float]:
 
 
 def heap(path: Path, *, precompiled: bool) -> int:
-    """Smallest heap for the streaming workload, robustly: the MicroPython heap's block layout
-    makes "fits" non-monotonic near the edge (a size can fail while a smaller one passes), so
-    after the bisection the figure is raised to the smallest size from which every size up to
-    1 KB above the bisection result (in 128-byte steps) completes.
+    """Smallest heap for the streaming workload, robustly: every size from the figure to 1 KB
+    above it (in 128-byte steps) completes (see `smallest_heap(settle=...)`).
 
     precompiled=False imports nmea.py from source (the MicroPython compiler then needs most of
     the heap); True imports nmea.mpy built by mpy-cross, as a card should carry its libraries."""
@@ -157,13 +155,8 @@ def heap(path: Path, *, precompiled: bool) -> int:
 
 
 def _robust(code: str, image: Path | None = None) -> int:
-    found = micropython.smallest_heap(code, low=2048, high=256 * 1024, step=128, image=image)
-    top = found + 1024
-    size = top
-    while size - 128 >= 2048 and micropython.fits_in_heap(code, size - 128, image=image):
-        size -= 128
-    # every size from `size` to `top` fits; below `size` the first failure
-    return size
+    return micropython.smallest_heap(code, low=2048, high=256 * 1024, step=128, image=image,
+                                     settle=1024)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
