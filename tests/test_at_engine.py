@@ -60,7 +60,7 @@ for step in (None, 1, 2, 3, 7):
     feed(e, data, step)
     ev = events(e)
     assert ev == [("urc", "RING", "", None), ("urc", "+CMTI", '"SM",4', None),
-                  ("done", "AT+CREG?", "OK", ["+CREG: 0,1"], None)], (step, ev)
+                  ("done", "AT+CREG?", "OK", "+CREG: 0,1", None)], (step, ev)
     assert e.stats["echo"] == 1
 # the same +CREG name is a URC when no command asks for it
 e = at.ATEngine(urcs=URCS)
@@ -78,18 +78,18 @@ assert e.pending() == 6
 feed(e, b"\r\nERROR\r\n\r\n+CME ERROR: 13\r\n+CMS ERROR: 500\r\n+CME ERROR: unknown error\r\n"
         b"+CMS ERROR: Network timeout\r\nCOMMAND NOT SUPPORT\r\n")
 ev = events(e)
-assert ev == [("done", "AT+A", "ERROR", [], None), ("done", "AT+B", "CME", [], 13),
-              ("done", "AT+C", "CMS", [], 500), ("done", "AT+D", "CME", [], "unknown error"),
-              ("done", "AT+E", "CMS", [], "Network timeout"),
-              ("done", "AT+F", "COMMAND NOT SUPPORT", [], None)], ev
+assert ev == [("done", "AT+A", "ERROR", "", None), ("done", "AT+B", "CME", "", 13),
+              ("done", "AT+C", "CMS", "", 500), ("done", "AT+D", "CME", "", "unknown error"),
+              ("done", "AT+E", "CMS", "", "Network timeout"),
+              ("done", "AT+F", "COMMAND NOT SUPPORT", "", None)], ev
 # NO CARRIER ends a dial, but is a URC during any other command
 e = at.ATEngine(urcs=URCS)
 e.send(at.Command("ATD112;"))
 feed(e, b"\r\nNO CARRIER\r\n")
-assert events(e) == [("done", "ATD112;", "NO CARRIER", [], None)]
+assert events(e) == [("done", "ATD112;", "NO CARRIER", "", None)]
 e.send(at.Command("AT+CSQ", prefix="+CSQ"))
 feed(e, b"\r\nNO CARRIER\r\n+CSQ: 18,99\r\nOK\r\n")
-assert events(e) == [("urc", "NO CARRIER", "", None), ("done", "AT+CSQ", "OK", ["+CSQ: 18,99"], None)]
+assert events(e) == [("urc", "NO CARRIER", "", None), ("done", "AT+CSQ", "OK", "+CSQ: 18,99", None)]
 # a final with nothing in flight is reported, not dropped
 feed(e, b"OK\r\n")
 assert events(e) == [("stray", "OK")]
@@ -134,7 +134,7 @@ assert e.data_to_send() == b"AT+CSQ\r"   # retry 1
 e.tick((0x3FFFFF00 + 2000) & 0x3FFFFFFF)
 assert e.data_to_send() == b"AT+CSQ\r"   # retry 2
 e.tick((0x3FFFFF00 + 3000) & 0x3FFFFFFF)
-assert events(e) == [("done", "AT+CSQ", "TIMEOUT", [], None)]
+assert events(e) == [("done", "AT+CSQ", "TIMEOUT", "", None)]
 assert e.stats["timeouts"] == 1 and e.stats["retries"] == 2
 # a late answer after the timeout is reported as stray, and does not complete the next command
 feed(e, b"+CSQ: 20,99\r\nOK\r\n")
@@ -151,7 +151,7 @@ assert e.data_to_send() == b"AT+CMGS=23\r"
 feed(e, b"\r\n> ")                 # the prompt has no line end
 assert e.data_to_send() == b"0011000B91\x1a"
 feed(e, b"\r\n+CMGS: 12\r\n\r\nOK\r\n")
-assert events(e) == [("done", "AT+CMGS=23", "OK", ["+CMGS: 12"], None)]
+assert events(e) == [("done", "AT+CMGS=23", "OK", "+CMGS: 12", None)]
 # SIMCom socket send: OK, then +CIPSEND as a URC; prompt split over two reads
 e.send(at.Command("AT+CIPSEND=0,5", prefix="+CIPSEND", payload=b"a\r\nbc"))
 e.data_to_send()
@@ -159,14 +159,14 @@ feed(e, b"\r\n>")
 feed(e, b" ")
 assert e.data_to_send() == b"a\r\nbc"
 feed(e, b"\r\nOK\r\n\r\n+CIPSEND: 0,5,5\r\n")
-assert events(e) == [("done", "AT+CIPSEND=0,5", "OK", [], None), ("urc", "+CIPSEND", "0,5,5", None)]
+assert events(e) == [("done", "AT+CIPSEND=0,5", "OK", "", None), ("urc", "+CIPSEND", "0,5,5", None)]
 # Quectel: SEND OK ends a command that sent a payload
 e.send(at.Command("AT+QISEND=0,3", payload=b"xyz"))
 e.data_to_send()
 feed(e, b"> ")
 e.data_to_send()
 feed(e, b"\r\nSEND OK\r\n")
-assert events(e) == [("done", "AT+QISEND=0,3", "SEND OK", [], None)]
+assert events(e) == [("done", "AT+QISEND=0,3", "SEND OK", "", None)]
 # a '>' line when no prompt is expected is just text
 feed(e, b"> hello\r\n")
 assert events(e) == [("unknown", "> hello")]
@@ -206,19 +206,32 @@ feed(e, b"\x00\x00\xff\r\n" + b"\xc3\x28garbage\r\n" + b"A" * 200 + b"\r\n" + b"
         + b"\x00+CSQ: 9,99\r\nOK\r\n")
 ev = events(e)
 assert ev == [("error", "binary"), ("error", "too_long"), ("error", "binary"),
-              ("done", "AT+CSQ", "OK", ["+CSQ: 9,99"], None)], ev
+              ("done", "AT+CSQ", "OK", "+CSQ: 9,99", None)], ev
 assert e.stats["binary"] == 2 and e.stats["too_long"] == 1 and e.stats["noise"] >= 4
 # unknown lines are reported; a strict command reports foreign +X: lines as unknown URCs
 e.send(at.Command("AT+CSQ", prefix="+CSQ"))
 e.data_to_send()
 feed(e, b"+QFOO: 1\r\nsome text\r\nOK\r\nHello\r\n")
-assert events(e) == [("unknown", "+QFOO: 1"), ("done", "AT+CSQ", "OK", ["some text"], None),
+assert events(e) == [("unknown", "+QFOO: 1"), ("done", "AT+CSQ", "OK", "some text", None),
                      ("unknown", "Hello")]
 # a flood of response lines is bounded
 e = at.ATEngine(urcs=URCS, max_lines=4)
 e.send("AT+CLAC")
 feed(e, b"".join(b"L%d\r\n" % i for i in range(10)) + b"OK\r\n")
-assert events(e) == [("error", "response_too_long"), ("done", "AT+CLAC", "OK", ["L0", "L1", "L2", "L3"], None)]
+assert events(e) == [("error", "response_too_long"), ("done", "AT+CLAC", "OK", "L0\nL1\nL2\nL3", None)]
+# ... and so is its text: max_response bytes, whole lines only, "\n" between them
+e = at.ATEngine(urcs=URCS, max_response=20)
+e.send("AT+CLAC")
+feed(e, b"123456789\r\n123456789\r\n1\r\n+CREG: 3\r\nOK\r\n")
+assert events(e) == [("error", "response_too_long"), ("urc", "+CREG", "3", None),
+                     ("done", "AT+CLAC", "OK", "123456789\n123456789", None)]
+e.send("AT+CLAC")     # the next command starts with an empty response
+feed(e, b"12345678901234567890\r\nOK\r\n")
+assert events(e) == [("done", "AT+CLAC", "OK", "12345678901234567890", None)]
+e.send("AT+CLAC")
+feed(e, b"123456789012345678901\r\nOK\r\n")
+assert events(e) == [("error", "response_too_long"), ("done", "AT+CLAC", "OK", "", None)]
+assert e.stats["response_too_long"] == 2
 ''')
 
 
@@ -228,11 +241,22 @@ e = at.ATEngine(urcs=URCS)
 e.send("AT+A"); e.send("AT+B")
 feed(e, b"+CREG: 1")   # half a line in the buffer
 e.abort()
-assert events(e) == [("done", "AT+A", "ABORTED", [], None), ("done", "AT+B", "ABORTED", [], None)]
+assert events(e) == [("done", "AT+A", "ABORTED", "", None), ("done", "AT+B", "ABORTED", "", None)]
 feed(e, b"\r\n+CREG: 2\r\n")
 assert events(e) == [("urc", "+CREG", "2", None)]
+# the command in flight is reported with the response received so far
+e.send("AT+C"); e.send("AT+D")
+feed(e, b"first\r\nsecond\r\nthi")
+e.abort()
+assert events(e) == [("done", "AT+C", "ABORTED", "first\nsecond", None), ("done", "AT+D", "ABORTED", "", None)]
+assert e.stats["done"] == 4 and not e.busy and e.pending() == 0
+e.send(at.Command("AT+CSQ", prefix="+CSQ"))
+feed(e, b"+CSQ: 5,99\r\nOK\r\n")
+assert events(e) == [("done", "AT+CSQ", "OK", "+CSQ: 5,99", None)]
 assert at.prefixes_of("AT+CPIN?;+CSQ;+COPS=3,0;+creg?") == ("+CPIN", "+CSQ", "+COPS", "+CREG")
-assert at.split_args('"SM",4') == ["SM", "4"] and at.split_args('2,1,"0B,"0100701",7')[0] == "2"
+import modem
+assert modem.split_args('"SM",4') == ["SM", "4"] and modem.split_args('2,1,"0B,"0100701",7')[0] == "2"
+assert modem.first_line("a\nb") == "a" and modem.first_line("a") == "a" and modem.first_line("") == ""
 ''')
 
 
@@ -274,3 +298,33 @@ for profile in (modem_a7670.A7670, modem_ec800m.EC800M):
                 feed(e, other.encode() + b": y\r\n")
                 assert events(e) == [("unknown", other + ": y")], other
 ''')
+
+
+def test_longest_lines_the_driver_reads_fit_the_default_sizes(mpy):
+    # an SMS PDU in hex is at most 2 * (12 + 164) = 352 characters (SMSC address, TPDU): as a
+    # +CMT body and as the second line of a +CMGR response it is read whole with the default
+    # max_line and max_response; a line of max_line + 1 bytes is "too_long"; a datagram of the
+    # protocol's largest frame is read, one byte more is refused
+    run(mpy, r"""
+import ccspec
+pdu = b"0" * 24 + b"A" * 328
+assert len(pdu) == 352
+e = at.ATEngine(urcs=URCS)
+feed(e, b"\r\n+CMT: ,164\r\n" + pdu + b"\r\n")
+assert events(e) == [("urc", "+CMT", ",164", pdu.decode())]
+e.send(at.Command("AT+CMGR=3", prefix="+CMGR"))
+header = b'+CMGR: 0,"' + b"N" * 60 + b'",164'
+for step in (None, 7, 64):
+    feed(e, header + b"\r\n" + pdu + b"\r\n\r\nOK\r\n", step)
+    assert events(e) == [("done", "AT+CMGR=3", "OK", (header + b"\n" + pdu).decode(), None)]
+    e.send(at.Command("AT+CMGR=3", prefix="+CMGR"))
+longest = b"+CMGR: " + b"9" * (e.max_line - 7)
+feed(e, longest + b"\r\nOK\r\n")
+assert events(e) == [("done", "AT+CMGR=3", "OK", longest.decode(), None)]
+feed(e, longest + b"9\r\n+CREG: 1\r\n")
+assert events(e) == [("error", "too_long"), ("urc", "+CREG", "1", None)]
+assert e.max_data == ccspec.MAX_FRAME
+frame = bytes(range(256)) * 2
+feed(e, b"+IPD%d\r\n" % len(frame) + frame + b"+IPD513\r\n+CREG: 2\r\n")
+assert events(e) == [("data", "+IPD512", frame), ("error", "data_too_long"), ("urc", "+CREG", "2", None)]
+""")

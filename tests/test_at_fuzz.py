@@ -18,7 +18,7 @@ import sys, binascii, at
 # the kinds of error events (hostile input), each a counter of ATEngine.stats
 INPUT_KINDS = ("too_long", "binary", "data_too_long", "response_too_long")
 URCS = ("+CREG", "RING", "+CMTI", "+CMT", "VOICE CALL", "NO CARRIER", "+CPIN", "RECV FROM")
-FILLER = b"\r\n" * 800          # longer than any raw block the engine accepts (max_data 1536)
+FILLER = b"\r\n" * 800          # longer than any raw block the engine accepts (max_data 512)
 def check(garbage, chunk):
     e = at.ATEngine(urcs=URCS)
     e.send(at.Command("AT+CSQ", prefix="+CSQ", timeout_ms=1000))
@@ -56,7 +56,7 @@ def check(garbage, chunk):
             break
         evs.append(ev)
     if len(evs) != 2 or evs[0] != ("urc", "RING", "", None) or evs[1][0] != "done" \
-            or evs[1][2] != "OK" or evs[1][3] != ["+CSQ: 17,99"]:
+            or evs[1][2] != "OK" or evs[1][3] != "+CSQ: 17,99":
         return "bad: out of sync after garbage: %r" % (evs,)
     return "ok %d %d" % (n, errors)
 while True:

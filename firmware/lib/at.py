@@ -5,11 +5,12 @@
 # `data_to_send()` and parsed results out of `next_event()`. Nothing here touches a UART.
 #
 # Events (tuples, first item is the kind):
-#   ("done", cmd, status, lines, err)  a command finished. status is the final result code as
+#   ("done", cmd, status, text, err)  a command finished. status is the final result code as
 #       received ("OK", "ERROR", "NO CARRIER", "BUSY", "NO ANSWER", "NO DIALTONE", "CONNECT",
 #       "SEND OK", "SEND FAIL") or "CME" / "CMS" (err = the error number, or its text when the
 #       modem sends verbose errors) or "TIMEOUT" (after the retries) or "ABORTED" (by abort()).
-#       lines: the information text lines (str) that belonged to the command.
+#       text: the information text lines that belonged to the command, as one str with "\n"
+#       between lines ("" when there were none; text.split("\n") gives the lines).
 #   ("urc", name, args, body)  a known unsolicited result code: name is the text before the
 #       first ':' ("+CREG", "VOICE CALL", "RING"), args the rest, stripped; body is the line that
 #       follows for two-line URCs (+CMT, +CDS), else None.
@@ -29,13 +30,14 @@
 # on the heap): the URC names are one bytes table, b"\nNAME\nNAME\n", searched with find (no
 # dict, no per-name objects; a profile passes its table as such, a sequence of names is joined
 # into one), behind a 64-byte filter of the names' hashes that turns most other lines away
-# without a search; one preallocated buffer holds the line being received and, once its header
-# line has been taken out, the raw data it announces; lines become str once, when they are
-# complete, and are classified by their bytes; no str is indexed or iterated character by
+# without a search; one buffer, allocated once, holds the line being received (or, once its
+# header line has been taken out, the raw data it announces) and, in a region of its own, the
+# response of the command in flight as text (one str made of it when the command ends, not a
+# str per line); lines become str once, when they are complete, and are classified by their
+# bytes; no str is indexed or iterated character by
 # character (that interns each character); byte values are written as numbers (a const name is
 # a qstr too); the constructor's arguments are kept under their own names (one qstr for both).
 
-DEFAULT_TIMEOUT_MS = 5000
 
 
 class ATError(Exception):
@@ -79,29 +81,6 @@ def raw_length(line):
     return -1
 
 
-def split_args(args):
-    """Split "a,\"b,c\",d" into ["a", "b,c", "d"], quotes removed (robust to odd quotes)."""
-    # with find, not character by character (iterating a str interns each character it meets)
-    items = []
-    value = ""      # the current item's text before `start` (quotes taken out)
-    quoted = False
-    start = 0
-    while True:
-        pos = args.find('"', start)
-        stop = -1 if quoted else args.find(",", start)
-        if stop >= 0 and (pos < 0 or stop < pos):
-            items.append((value + args[start:stop]).strip())
-            value = ""
-            start = stop + 1
-        elif pos >= 0:
-            value += args[start:pos]
-            quoted = not quoted
-            start = pos + 1
-        else:
-            items.append((value + args[start:]).strip())
-            return items
-
-
 def _table(names):
     # the b"\nNAME\nNAME\n" table of a sequence of names, or of a table given as str or bytes
     if isinstance(names, str):
@@ -115,9 +94,8 @@ def _table(names):
 
 
 def _has(table, name):
-    # name (str) is one whole entry of the table (not a part of a longer name); bytes, so that
+    # name (bytes) is one whole entry of the table (not a part of a longer name); bytes, so that
     # find gives byte offsets and table[i] a number (no character indexing)
-    name = name.encode()
     n = len(name)
     pos = table.find(name, 1)
     while pos > 0:
@@ -139,7 +117,7 @@ class Command:
     tag: anything; handed back in the "done" event through `cmd.tag`.
     """
 
-    def __init__(self, text, prefix=None, timeout_ms=DEFAULT_TIMEOUT_MS, retries=0,
+    def __init__(self, text, prefix=None, timeout_ms=5000, retries=0,
                  payload=None, tag=None, strict=None):
         if not text or "\r" in text or "\n" in text:
             exc = ATError("AT command %r is empty or holds CR/LF" % (text,))
@@ -157,7 +135,6 @@ class Command:
         self.payload = payload
         self.tag = tag
         self.dial = text[:3].upper() == "ATD" or text.upper() == "ATA"
-        self.lines = []
         self.attempts = 0
 
     def __repr__(self):
@@ -190,6 +167,20 @@ class ATEngine:
     `current` is the command in flight (None when idle). The constructor's arguments stay as
     attributes of the same names (urcs and body_urcs as b"\\nNAME\\n" tables); read them, never
     assign them, nor `current`.
+
+    Sizes (bytes, all allocated once, in one buffer):
+      max_line      the longest line read; a longer one is dropped as "too_long". The default
+                    holds the longest line the driver must read: an SMS PDU in hex (a +CMT body,
+                    the second line of +CMGR) is at most 2 * (12 + 164) = 352 characters (SMSC
+                    address up to 12 octets, TPDU up to 164: 3GPP TS 23.040 9.2, TS 27.005 3.1),
+                    a +COPS=? operator list or a +CLCC line less (512 leaves room to spare).
+      max_data      the most raw bytes a data header may announce (a received datagram): the
+                    largest frame of the card's protocol, MAX_FRAME in protocol/spec.py (512;
+                    the modem driver passes it), or "data_too_long".
+      max_response  the response text of one command (its lines and a "\\n" between them); the
+                    default holds the driver's longest, an SMS read in PDU mode (a +CMGR header
+                    line and a 352-character PDU); the rest is dropped as "response_too_long",
+                    as are lines past max_lines.
     """
 
     # state that starts the same in every engine: class attributes until first set (an
@@ -205,31 +196,39 @@ class ATEngine:
     _await_prompt = False
     _deadline = 0
     now = 0
+    _rlen = 0           # bytes of response text of the command in flight
+    _rcount = 0         # its lines (max_lines + 1 once cut)
 
     def __init__(self, urcs=(), body_urcs=b"\n+CMT\n+CDS\n+CBM\n", raw=raw_length,
-                 max_line=1024, max_data=1536, queue_max=16, max_lines=48):
+                 max_line=512, max_data=512, queue_max=16, max_lines=48, max_response=512):
+        # first, while the heap still has room in one piece: one buffer for the line being
+        # received, then (its header line taken out) raw data, and after them the response text
+        # of the command in flight
+        self._buf = bytearray((max_line if max_line > max_data else max_data) + max_response)
+        self._mv = memoryview(self._buf)
         urcs = _table(urcs)
         body_urcs = _table(body_urcs)
         if _LAST[0] == urcs and _LAST[1] == body_urcs:
             self.urcs, self._filter = _LAST[2], _LAST[3]   # the same tables as the last engine's
         else:
-            # one pass over the names of both tables: a two-line URC is a URC too (added to the
-            # table unless already there); a 512-bit filter of the names' hashes (one bit each)
-            # tells most lines that are no URC so without searching the table (names one at a
-            # time, not split into a list)
+            # the names of both tables, one at a time (no list of them, no copy of a table): a
+            # two-line URC is a URC too (added to the table unless already there); a 512-bit
+            # filter of the names' hashes (one bit each) tells most lines that are no URC so
+            # without searching the table (hashed as bytes here, as str in _line: the same
+            # value on MicroPython)
             self.urcs = urcs
             self._filter = bytearray(64)
-            both = urcs + body_urcs[1:]
-            start = 1
-            while start < len(both):
-                end = both.find(b"\n", start)
-                if end > start:
-                    name = both[start:end].decode()
-                    if start >= len(urcs) and not _has(self.urcs, name):
-                        self.urcs += both[start:end + 1]
-                    key = hash(name) & 511
-                    self._filter[key >> 3] |= 1 << (key & 7)
-                start = end + 1
+            for table in (urcs, body_urcs):
+                start = 1
+                while start < len(table):
+                    end = table.find(b"\n", start)
+                    if end > start:
+                        name = table[start:end]
+                        if table is body_urcs and not _has(self.urcs, name):
+                            self.urcs += name + b"\n"
+                        key = hash(name) & 511
+                        self._filter[key >> 3] |= 1 << (key & 7)
+                    start = end + 1
             # remembered only once complete
             _LAST[0] = urcs
             _LAST[1] = body_urcs
@@ -241,9 +240,7 @@ class ATEngine:
         self.max_data = max_data
         self.queue_max = queue_max
         self.max_lines = max_lines
-        # one buffer: the line being received, then (its header line taken out) raw data
-        self._buf = bytearray(max_line if max_line > max_data else max_data)
-        self._mv = memoryview(self._buf)
+        self.max_response = max_response
         self._queue = []
         self._events = []
         self._out = []
@@ -273,17 +270,15 @@ class ATEngine:
         return len(self._queue) + (self.current is not None)
 
     def abort(self):
-        """Drop the command in flight and the queue (modem power-cycled): each gets "ABORTED"."""
+        """Drop the command in flight and the queue (modem power-cycled): each gets "ABORTED"
+        (the one in flight with the response text received so far)."""
         items = self._queue
+        self._queue = []
         if self.current is not None:
             items.insert(0, self.current)
-        self.current = None
-        self._queue = []
-        self._await_prompt = False
         for cmd in items:
-            if len(cmd.lines) > self.max_lines:
-                cmd.lines.pop()
-            self._events.append(("done", cmd, "ABORTED", cmd.lines, None))
+            self.current = cmd
+            self._finish("ABORTED", None)   # nothing queued: writes nothing, resets the response
         self._len = 0
         self._overflow = False
         self._raw_left = 0
@@ -292,18 +287,15 @@ class ATEngine:
         self._out = []
 
     def _write(self, cmd=None):
-        # write `cmd` again (a retry), or the next queued command, which goes in flight
+        # write `cmd` again (a retry), or the next queued command, which goes in flight; either
+        # way with an empty response
+        self._rlen = self._rcount = 0
         if cmd is None:
             if not self._queue:
                 self.current = None
                 return
             cmd = self.current = self._queue.pop(0)
         cmd.attempts += 1
-        # room for every response line (and the cut's marker) from the start, while the heap
-        # holds no line of this response: a long one then needs no bigger list among its lines
-        # on a fragmented heap (MicroPython keeps a list's room when it is emptied with del)
-        cmd.lines = [None] * (self.max_lines + 1)
-        del cmd.lines[:]
         self._await_prompt = cmd.payload is not None
         self._deadline = self.now + cmd.timeout_ms
         self._out.append(cmd.text.encode() + b"\r")
@@ -341,13 +333,14 @@ class ATEngine:
         return items.pop(0) if items else None
 
     def _finish(self, code, value):
-        # the command in flight ends with final result `code` (error number or text `value`)
-        cmd = self.current
-        if len(cmd.lines) > self.max_lines:
-            cmd.lines.pop()   # the None that marked a cut
+        # the command in flight ends with final result `code` (error number or text `value`),
+        # its response text made a str; the next queued command goes in flight
+        n = self._rlen
+        start = len(self._buf) - self.max_response
         self._await_prompt = False
         self.stats["done"] += 1
-        self._events.append(("done", cmd, code, cmd.lines, value))
+        self._events.append(("done", self.current, code,
+                             str(self._mv[start:start + n], "utf-8") if n else "", value))
         self._write()
 
     def _error(self, kind, message):
@@ -499,20 +492,31 @@ class ATEngine:
         else:
             # a URC name? The filter answers "no" for most lines without searching the table
             key = hash(name) & 511
-            known = self._filter[key >> 3] >> (key & 7) & 1 and _has(self.urcs, name)
+            known = self._filter[key >> 3] >> (key & 7) & 1 and _has(self.urcs, name.encode())
         if cmd is not None:
             # its response, unless a known URC (or, strict, any foreign "+NAME:" line)
             if not known and (name in cmd.prefixes or not (cmd.strict and head == 43 and pos > 0)):
-                if len(cmd.lines) < self.max_lines:
-                    cmd.lines.append(line)
-                elif len(cmd.lines) == self.max_lines:
-                    cmd.lines.append(None)  # marks the cut; removed when the command ends
-                    self._error("response_too_long", "%s: over %d response lines, rest dropped"
-                                % (cmd.text, self.max_lines))
+                # its text goes after the response so far ("\n" between lines) in the buffer's
+                # response region; what does not fit is dropped, reported once
+                count = self._rcount
+                length = self._rlen
+                size = n - start
+                if count < self.max_lines and length + size + 1 <= self.max_response + (not count):
+                    length += len(buf) - self.max_response
+                    if count:
+                        buf[length] = 10   # "\n"
+                        length += 1
+                    buf[length:length + size] = self._mv[start:n]
+                    self._rlen = length + size + self.max_response - len(buf)
+                    self._rcount = count + 1
+                elif count <= self.max_lines:
+                    self._rcount = self.max_lines + 1
+                    self._error("response_too_long", "%s: response over %d lines or %d bytes, "
+                                "rest dropped" % (cmd.text, self.max_lines, self.max_response))
                 return
         if known:
             args = line[pos + 1:].strip() if pos > 0 else ""
-            if _has(self.body_urcs, name):
+            if _has(self.body_urcs, name.encode()):
                 self._body_for = (name, args)
             else:
                 stats["urc"] += 1

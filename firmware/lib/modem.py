@@ -119,12 +119,45 @@ def _int(text, default=-1):
         return default
 
 
+def first_line(text):
+    """The first line of a command's response text (at.ATEngine's "done" event hands a
+    command's response lines as one str, "\n" between them)."""
+    end = text.find("\n")
+    return text if end < 0 else text[:end]
+
+
+def split_args(args):
+    """Split "a,\"b,c\",d" into ["a", "b,c", "d"], quotes removed (robust to odd quotes)."""
+    # with find, not character by character (iterating a str interns each character it meets)
+    items = []
+    value = ""      # the current item's text before `start` (quotes taken out)
+    quoted = False
+    start = 0
+    while True:
+        pos = args.find('"', start)
+        stop = -1 if quoted else args.find(",", start)
+        if stop >= 0 and (pos < 0 or stop < pos):
+            items.append((value + args[start:stop]).strip())
+            value = ""
+            start = stop + 1
+        elif pos >= 0:
+            value += args[start:pos]
+            quoted = not quoted
+            start = pos + 1
+        else:
+            items.append((value + args[start:]).strip())
+            return items
+
+
 class Modem:
     """The driver. See the module comment for actions and events."""
 
     def __init__(self, profile, apn="", pin=None, timing=None, max_timeouts=3, max_garbage=12,
                  max_power_cycles=3, ring_timeout_ms=45000, auto_read_sms=True,
-                 max_line=1024, max_data=1536):
+                 max_line=512, max_data=ccspec.MAX_FRAME):
+        # max_line, max_data: the AT engine's sizes (see at.ATEngine): the longest line to read
+        # (an SMS PDU in hex is at most 352 characters) and the largest datagram the card
+        # receives (a frame of its protocol, ccspec.MAX_FRAME)
         self.p = profile
         self.apn = apn
         self.pin = pin
@@ -227,7 +260,8 @@ class Modem:
             self._actions.append(("write", data))
 
     def cmd(self, text, prefix=None, timeout_ms=5000, retries=0, payload=None, done=None):
-        """Queue an AT command; `done(cmd, status, lines, err)` runs when it finishes."""
+        """Queue an AT command; `done(cmd, status, text, err)` runs when it finishes (text: its
+        response lines as one str, "\n" between them, as in at.ATEngine's "done" event)."""
         c = at.Command(text, prefix=prefix, timeout_ms=timeout_ms, retries=retries,
                        payload=payload, tag=done)
         if self._sleeping:
@@ -242,9 +276,10 @@ class Modem:
         """An application command; its result comes back as ("done", text, status, err)."""
         return self.cmd(text, prefix, timeout_ms, done=self._app_done)
 
-    def _app_done(self, c, status, lines, err):
-        for line in lines:
-            self._emit(("line", c.text, line))
+    def _app_done(self, c, status, text, err):
+        if text:
+            for line in text.split("\n"):
+                self._emit(("line", c.text, line))
         self._emit(("done", c.text, status, err))
 
     def _pump(self):
@@ -288,7 +323,7 @@ class Modem:
         self._set_state("probing")
         self.cmd("AT", timeout_ms=600, retries=1, done=self._probe_done)
 
-    def _probe_done(self, c, status, lines, err):
+    def _probe_done(self, c, status, text, err):
         if status == "OK":
             self._configure()
         elif status != "ABORTED":
@@ -313,7 +348,7 @@ class Modem:
             self._set_state("probing_boot")
             self.cmd("AT", timeout_ms=1000, retries=4, done=self._boot_probe_done)
 
-    def _boot_probe_done(self, c, status, lines, err):
+    def _boot_probe_done(self, c, status, text, err):
         if status == "OK":
             self._configure()
         elif status != "ABORTED":
@@ -369,12 +404,12 @@ class Modem:
             self.cmd(text, timeout_ms=2000, retries=1,
                      done=self._cfg_done_req if required else self._cfg_done_opt)
 
-    def _cfg_done_req(self, c, status, lines, err):
+    def _cfg_done_req(self, c, status, text, err):
         if status != "OK" and status != "ABORTED":
             self._cfg_failed.append((c.text, status, err, True))
         self._cfg_step(status)
 
-    def _cfg_done_opt(self, c, status, lines, err):
+    def _cfg_done_opt(self, c, status, text, err):
         if status != "ABORTED":
             if status != "OK":
                 self._cfg_failed.append((c.text, status, err, False))
@@ -396,11 +431,11 @@ class Modem:
         self._set_state("sim")
         self.cmd("AT+CPIN?", "+CPIN", timeout_ms=5000, done=self._sim_done)
 
-    def _sim_done(self, c, status, lines, err):
+    def _sim_done(self, c, status, text, err):
         if status == "ABORTED":
             return
-        if status == "OK" and lines:
-            value = lines[0][6:].strip()
+        if status == "OK" and text:
+            value = first_line(text)[6:].strip()
             if value == "READY":
                 self._emit(("sim", "ready"))
                 self._signal()
@@ -435,7 +470,7 @@ class Modem:
         if self.state == "sim":
             self._check_sim()
 
-    def _pin_done(self, c, status, lines, err):
+    def _pin_done(self, c, status, text, err):
         if status == "OK":
             self._timer("sim", 1000)
         elif status != "ABORTED":
@@ -455,9 +490,9 @@ class Modem:
     def query_signal(self):
         self.cmd("AT+CSQ", "+CSQ", done=self._csq_done)
 
-    def _csq_done(self, c, status, lines, err):
-        if status == "OK" and lines:
-            parts = lines[0][5:].split(",")
+    def _csq_done(self, c, status, text, err):
+        if status == "OK" and text:
+            parts = first_line(text)[5:].split(",")
             rssi = _int(parts[0].strip())
             self.rssi = csq_dbm(rssi)
             self._emit(("signal", self.rssi, rssi))
@@ -476,15 +511,15 @@ class Modem:
             return -1
         return _int(parts[idx].strip())
 
-    def _creg_done(self, c, status, lines, err):
-        if status == "OK" and lines:
-            self._reg_new[0] = self._stat_of(lines[0][6:], True)
+    def _creg_done(self, c, status, text, err):
+        if status == "OK" and text:
+            self._reg_new[0] = self._stat_of(first_line(text)[6:], True)
 
-    def _cereg_done(self, c, status, lines, err):
+    def _cereg_done(self, c, status, text, err):
         if status == "ABORTED":
             return
-        if status == "OK" and lines:
-            self._reg_new[1] = self._stat_of(lines[0][7:], True)
+        if status == "OK" and text:
+            self._reg_new[1] = self._stat_of(first_line(text)[7:], True)
         self._reg_update(self._reg_new[0], self._reg_new[1])
         if self.state != "registering":
             return
@@ -541,10 +576,10 @@ class Modem:
     def query_time(self):
         self.cmd("AT+CCLK?", "+CCLK", done=self._cclk_done)
 
-    def _cclk_done(self, c, status, lines, err):
-        if status == "OK" and lines:
+    def _cclk_done(self, c, status, text, err):
+        if status == "OK" and text:
             try:
-                unix, tz = parse_cclk(lines[0][6:])
+                unix, tz = parse_cclk(first_line(text)[6:])
             except ValueError as exc:
                 self._emit(("time", None, str(exc)))
                 return
@@ -665,7 +700,7 @@ class Modem:
         elif name == "RING" or name == "+CRING":
             self._incoming(None)
         elif name == "+CLIP":
-            parts = at.split_args(args)
+            parts = split_args(args)
             self._incoming(parts[0] if parts else None)
         elif name == "+CLCC":
             self._clcc(args)
@@ -695,7 +730,7 @@ class Modem:
         self._timer("ring", ring_timeout_ms or self.ring_timeout_ms)
         self.cmd("ATD%s;" % number, timeout_ms=20000, done=self._dial_done)
 
-    def _dial_done(self, c, status, lines, err):
+    def _dial_done(self, c, status, text, err):
         if status == "OK" or status == "CONNECT":
             return  # call progress comes as URCs
         if status == "ABORTED":
@@ -714,7 +749,7 @@ class Modem:
             raise ModemError("answer with no incoming call")
         self.cmd("ATA", timeout_ms=20000, done=self._ata_done)
 
-    def _ata_done(self, c, status, lines, err):
+    def _ata_done(self, c, status, text, err):
         if status == "OK" and self.call == _CALL_INCOMING:
             self._call_active()
         elif status not in ("OK", "ABORTED"):
@@ -727,7 +762,7 @@ class Modem:
         self._hangup_reason = reason
         self.cmd(self.p.HANGUP, timeout_ms=20000, done=self._hangup_done)
 
-    def _hangup_done(self, c, status, lines, err):
+    def _hangup_done(self, c, status, text, err):
         if status == "ABORTED":
             return
         if self.call != _CALL_IDLE:
@@ -737,7 +772,7 @@ class Modem:
                 self._emit(("hangup_failed", status, err))
                 self.cmd("AT+CHUP", timeout_ms=20000, done=self._chup_done)
 
-    def _chup_done(self, c, status, lines, err):
+    def _chup_done(self, c, status, text, err):
         if self.call != _CALL_IDLE and status == "OK":
             self._call_released("hangup")
 
@@ -759,7 +794,7 @@ class Modem:
             self._emit(("incoming", number))
 
     def _clcc(self, args):
-        parts = at.split_args(args)
+        parts = split_args(args)
         if len(parts) < 3:
             return
         stat = _int(parts[2])
@@ -854,16 +889,16 @@ class Modem:
         c.sms_tag = tag
         return c
 
-    def _cmgs_done(self, c, status, lines, err):
+    def _cmgs_done(self, c, status, text, err):
         tag = getattr(c, "sms_tag", None)
         if status == "OK":
-            mr = _int(lines[0][6:].strip()) if lines else -1
+            mr = _int(first_line(text)[6:].strip()) if text else -1
             self._emit(("sms_sent", mr, tag))
         else:
             self._emit(("sms_failed", err if err is not None else status, tag))
 
     def _cmti(self, args):
-        parts = at.split_args(args)
+        parts = split_args(args)
         mem = parts[0] if parts else ""
         index = _int(parts[1]) if len(parts) > 1 else -1
         self._emit(("sms_new", mem, index))
@@ -873,20 +908,21 @@ class Modem:
     def sms_read(self, index):
         self.cmd("AT+CMGR=%d" % index, ("+CMGR",), timeout_ms=10000, done=self._cmgr_done)
 
-    def _cmgr_done(self, c, status, lines, err):
-        if status != "OK" or not lines:
+    def _cmgr_done(self, c, status, text, err):
+        if status != "OK" or not text:
             if status != "ABORTED":
                 self._emit(("sms_read_failed", c.text, status, err))
             return
         index = _int(c.text[8:])
-        header = lines[0][6:].strip()
-        body = "\n".join(lines[1:]) if len(lines) > 1 else ""
+        end = text.find("\n")
+        header = first_line(text)[6:].strip()
+        body = text[end + 1:] if end >= 0 else ""   # the PDU (or text lines) after the header
         self._sms_event(index, header, body)
 
     def _sms_event(self, index, header, body):
         # PDU mode header: "<stat>,[<alpha>],<length>" / +CMT: "[<alpha>],<length>";
         # text mode header starts with a quoted status or originating address
-        parts = at.split_args(header)
+        parts = split_args(header)
         mode = "text"
         if parts and _int(parts[-1]) >= 0 and body and _is_hex(body):
             if len(parts) <= 3 and (header[:1] != '"' or len(parts) == 2):
@@ -903,7 +939,7 @@ class Modem:
             raise ModemError("sleep in state %s" % self.state)
         self.cmd(self.p.SLEEP_CMD, timeout_ms=2000, retries=1, done=self._sleep_done)
 
-    def _sleep_done(self, c, status, lines, err):
+    def _sleep_done(self, c, status, text, err):
         if status == "OK":
             self._actions.append(("dtr", 1))
             self._sleeping = True

@@ -65,22 +65,22 @@ class A7670(modem.Profile):
             m.cmd('AT+CGDCONT=1,"IP","%s"' % apn, timeout_ms=5000, done=self._cgdcont_done)
         m.cmd("AT+NETOPEN", "+NETOPEN", timeout_ms=30000, done=self._netopen_done)
 
-    def _cgdcont_done(self, c, status, lines, err):
+    def _cgdcont_done(self, c, status, text, err):
         if status not in ("OK", "ABORTED"):
             self._m._emit(("config_failed", c.text, status, err, False))
 
-    def _netopen_done(self, c, status, lines, err):
+    def _netopen_done(self, c, status, text, err):
         m = self._m
         if status == "ABORTED":
             return
         if status == "OK":
-            for line in lines:
+            for line in text.split("\n"):
                 if line.startswith("+NETOPEN:"):
                     self._netopen_code(m, line[9:].strip())
                     return
             m.net_pending(30000)  # "+NETOPEN: 0" follows as a URC
             return
-        for line in lines:
+        for line in text.split("\n"):
             if "already opened" in line:
                 self._ipaddr(m)
                 return
@@ -95,10 +95,10 @@ class A7670(modem.Profile):
     def _ipaddr(self, m):
         m.cmd("AT+IPADDR", "+IPADDR", timeout_ms=5000, done=self._ipaddr_done)
 
-    def _ipaddr_done(self, c, status, lines, err):
+    def _ipaddr_done(self, c, status, text, err):
         m = self._m
-        if status == "OK" and lines:
-            m.net_result(True, lines[0][8:].strip())
+        if status == "OK" and text:
+            m.net_result(True, modem.first_line(text)[8:].strip())
         elif status != "ABORTED":
             m.net_result(True, None)  # bearer up (NETOPEN said so), address unknown
 
@@ -106,9 +106,9 @@ class A7670(modem.Profile):
         m.cmd('AT+CIPOPEN=%d,"UDP",,,%d' % (_LINK, self.local_port), "+CIPOPEN",
               timeout_ms=30000, done=self._cipopen_done)
 
-    def _cipopen_done(self, c, status, lines, err):
+    def _cipopen_done(self, c, status, text, err):
         m = self._m
-        for line in lines:
+        for line in text.split("\n"):
             if line.startswith("+CIPOPEN:"):
                 self._cipopen_code(m, line[9:].strip())
                 return
@@ -128,9 +128,9 @@ class A7670(modem.Profile):
         m.cmd('AT+CIPSEND=%d,%d,"%s",%d' % (_LINK, len(payload), host, port), "+CIPSEND",
               timeout_ms=15000, payload=payload, done=self._cipsend_done)
 
-    def _cipsend_done(self, c, status, lines, err):
+    def _cipsend_done(self, c, status, text, err):
         m = self._m
-        for line in lines:
+        for line in text.split("\n"):
             if line.startswith("+CIPSEND:"):
                 self._cipsend_code(m, line[9:].strip())
                 return
@@ -148,7 +148,7 @@ class A7670(modem.Profile):
     def udp_close(self, m):
         m.cmd("AT+CIPCLOSE=%d" % _LINK, "+CIPCLOSE", timeout_ms=15000, done=self._cipclose_done)
 
-    def _cipclose_done(self, c, status, lines, err):
+    def _cipclose_done(self, c, status, text, err):
         if status != "ABORTED":
             self._m.udp_result("closed", "local")
 

@@ -60,21 +60,21 @@ class EC800M(modem.Profile):
         m.cmd("AT+QIACT=%d" % _CTX, timeout_ms=150000, done=self._qiact_done)
         m.net_pending(160000)
 
-    def _qicsgp_done(self, c, status, lines, err):
+    def _qicsgp_done(self, c, status, text, err):
         if status not in ("OK", "ABORTED"):
             self._m._emit(("config_failed", c.text, status, err, False))
 
-    def _qiact_done(self, c, status, lines, err):
+    def _qiact_done(self, c, status, text, err):
         if status == "ABORTED":
             return
         # ERROR also when the context is already active: ask what is active
         self._m.cmd("AT+QIACT?", "+QIACT", timeout_ms=5000, done=self._qiact_query_done)
 
-    def _qiact_query_done(self, c, status, lines, err):
+    def _qiact_query_done(self, c, status, text, err):
         m = self._m
         if status == "ABORTED":
             return
-        for line in lines:
+        for line in text.split("\n"):
             parts = line[7:].split(",")
             if len(parts) >= 4 and parts[0].strip() == str(_CTX) and parts[1].strip() == "1":
                 m.net_result(True, parts[3].strip().strip('"'))
@@ -85,8 +85,8 @@ class EC800M(modem.Profile):
         m.cmd('AT+QIOPEN=%d,%d,"UDP","%s",%d,0,1' % (_CTX, _ID, host, port), "+QIOPEN",
               timeout_ms=150000, done=self._qiopen_done)
 
-    def _qiopen_done(self, c, status, lines, err):
-        for line in lines:
+    def _qiopen_done(self, c, status, text, err):
+        for line in text.split("\n"):
             if line.startswith("+QIOPEN:"):
                 self._qiopen_code(line[8:].strip())
                 return
@@ -105,7 +105,7 @@ class EC800M(modem.Profile):
         m.cmd("AT+QISEND=%d,%d" % (_ID, len(payload)), timeout_ms=15000, payload=payload,
               done=self._qisend_done)
 
-    def _qisend_done(self, c, status, lines, err):
+    def _qisend_done(self, c, status, text, err):
         m = self._m
         if status == "SEND OK":
             m._emit(("udp_sent", len(c.payload)))
@@ -115,7 +115,7 @@ class EC800M(modem.Profile):
     def udp_close(self, m):
         m.cmd("AT+QICLOSE=%d" % _ID, timeout_ms=15000, done=self._qiclose_done)
 
-    def _qiclose_done(self, c, status, lines, err):
+    def _qiclose_done(self, c, status, text, err):
         if status != "ABORTED":
             self._m.udp_result("closed", "local")
 
