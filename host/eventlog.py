@@ -4,8 +4,11 @@ Writer side (the ingest, which owns DATA/carecard.sqlite in WAL mode): call
 `EventLog.ensure_schema(conn)` once, then `EventLog.append(conn, events)` INSIDE the transaction
 that stores the frames, so a frame is never acked without its event (persist before ack).
 Each event gets a monotonically increasing integer `seq` (SQLite AUTOINCREMENT: never reused,
-even after pruning). Appending an event whose id is already in the log is a no-op, so a
-retransmitted frame cannot create a second event.
+even after pruning). The log does not look ids up: each event is appended once by its writer.
+The ingest appends a frame's event in the transaction that inserts the frame into `frames`, whose
+(device, counter) key is UNIQUE, so a retransmitted frame can never log a second event. (An index
+on the event id would cost the ingest a random B-tree insert per frame and a dirty page per frame
+at every commit: about 4 us of its ~40 us per frame.)
 
 Reader side (the sinks): an `EventLog(path)` object with its own connection, used only for short
 autocommit reads (`events_after`, `last_seq`) and for the per-sink cursors.
@@ -45,7 +48,7 @@ BUSY_TIMEOUT_S = 5.0
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS event_log (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        event_id TEXT NOT NULL UNIQUE,
+        event_id TEXT NOT NULL,
         appended_at REAL NOT NULL,
         body TEXT NOT NULL
     )""",
@@ -56,15 +59,7 @@ _SCHEMA = (
     )""",
 )
 
-# Appends are plain multi-row INSERTs (a few statements per batch instead of one per event, and
-# no lookup of each id before its insert: the UNIQUE index on event_id makes the check anyway).
-# A statement that meets an id already in the log fails as a whole (SQLite backs out just that
-# statement, not the caller's transaction) and its rows are then appended one by one with the
-# idempotent form below, which skips the ids already there.
-# Not INSERT OR IGNORE: an ignored insert still advances the AUTOINCREMENT counter, which would
-# leave gaps and make `last_seq() - cursor` overstate a sink's lag.
-_INSERT_ONE = ("INSERT INTO event_log (event_id, appended_at, body) SELECT ?1, ?2, ?3 "
-               "WHERE NOT EXISTS (SELECT 1 FROM event_log WHERE event_id = ?1)")
+# Appends are plain multi-row INSERTs: a few statements per batch instead of one per event.
 _INSERT_ROWS = "INSERT INTO event_log (event_id, appended_at, body) VALUES "
 _LAST_SEQ = "SELECT seq FROM sqlite_sequence WHERE name = 'event_log'"
 
@@ -115,8 +110,25 @@ def insert_rows(conn: sqlite3.Connection, prefix: str, width: int, flat: list[An
             on_conflict(conn, [tuple(values[i:i + width]) for i in range(0, len(values), width)])
 
 
-def _append_one_by_one(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    conn.executemany(_INSERT_ONE, rows)
+def _drop_id_uniqueness(conn: sqlite3.Connection) -> None:
+    """Rebuild an event log of the first layout (UNIQUE event_id) without that index, in the
+    caller's transaction: same rows, same seqs, and the AUTOINCREMENT high mark kept, so no seq
+    is ever handed out twice (sink cursors stay valid)."""
+    row = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'event_log'").fetchone()
+    if row is None or "UNIQUE" not in row[0].upper():
+        return
+    top = conn.execute(_LAST_SEQ).fetchone()
+    conn.execute("DROP TABLE IF EXISTS event_log_upgrade")
+    conn.execute(_SCHEMA[0].replace("event_log (", "event_log_upgrade (", 1))
+    conn.execute("INSERT INTO event_log_upgrade (seq, event_id, appended_at, body) "
+                 "SELECT seq, event_id, appended_at, body FROM event_log ORDER BY seq")
+    conn.execute("DROP TABLE event_log")
+    conn.execute("ALTER TABLE event_log_upgrade RENAME TO event_log")
+    conn.execute("DELETE FROM sqlite_sequence WHERE name IN ('event_log', 'event_log_upgrade')")
+    if top is not None:
+        conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('event_log', ?)", (top[0],))
+    log.info("event log: rebuilt without the unique index on event_id (%s events kept)",
+             conn.execute("SELECT COUNT(*) FROM event_log").fetchone()[0])
 
 
 class EventLogError(RuntimeError):
@@ -184,18 +196,27 @@ class EventLog:
     def ensure_schema(conn: sqlite3.Connection) -> None:
         """Create the event log and cursor tables if missing. Idempotent; call once at start-up.
         Does not commit a transaction the caller has open (and needs none)."""
-        for statement in _SCHEMA:
-            conn.execute(statement)
-        if conn.in_transaction:
-            return
-        conn.commit()
+        own = not conn.in_transaction
+        if own:
+            conn.execute("BEGIN IMMEDIATE")
+        try:
+            _drop_id_uniqueness(conn)
+            for statement in _SCHEMA:
+                conn.execute(statement)
+        except BaseException:
+            if own:
+                conn.rollback()
+            raise
+        if own:
+            conn.commit()
 
     @staticmethod
     def append(conn: sqlite3.Connection, events: Iterable[Mapping[str, Any] | tuple[str, str]],
                *, now: float | None = None) -> int:
         """Append events in order inside the caller's open transaction (never commits it) and
         return the log's last seq. With no transaction open, runs in one of its own and commits.
-        Events whose id is already in the log are skipped (idempotent).
+        Every event given is appended (ids are not looked up: appending an event twice is the
+        writer's bug; see the module comment for how the ingest rules it out).
 
         An event is a mapping, or an (id, JSON text) pair already encoded as event_json would
         (carecard.host.events.event_record makes them for the receiver)."""
@@ -213,7 +234,7 @@ class EventLog:
             conn.execute("BEGIN IMMEDIATE")
         try:
             if flat:
-                insert_rows(conn, _INSERT_ROWS, 3, flat, _append_one_by_one)
+                insert_rows(conn, _INSERT_ROWS, 3, flat)
             row = conn.execute(_LAST_SEQ).fetchone()
         except BaseException:
             if own:

@@ -94,7 +94,9 @@ def stored_frames(data_dir: Path) -> tuple[list[tuple[int, int]], set[str]]:
     the sink would be an event lost."""
     with sqlite3.connect(ingest_db_path(data_dir)) as conn:
         frames = conn.execute("SELECT device, counter FROM frames").fetchall()
-        events = {row[0] for row in conn.execute("SELECT event_id FROM event_log")}
+        logged = [row[0] for row in conn.execute("SELECT event_id FROM event_log")]
+        events = set(logged)
+        assert len(events) == len(logged), "an event logged twice"
         cursor = conn.execute("SELECT MIN(seq) FROM event_log").fetchone()[0]
         head = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'event_log'").fetchone()
     pruned_upto = (cursor - 1) if cursor is not None else (head[0] if head else 0)
