@@ -86,9 +86,8 @@ STORE_SCHEMA = (
 POSITION_COLUMNS = ("lat", "lon", "lat_e7", "lon_e7", "alt_m", "hdop", "sats", "fix", "speed_ms", "course")
 
 # Multi-row INSERT prefixes (carecard.host.eventlog.insert_rows adds the VALUES groups) and the
-# width of their rows. Events already stored are left out before the insert (one lookup per
-# batch), so these never meet a stored id; OR IGNORE keeps a store written by another version
-# safe anyway.
+# width of their rows. OR IGNORE: a row whose key (event id, and index for positions) is
+# already stored is skipped, which makes a re-delivered event a no-op.
 _INSERT_EVENTS = "INSERT OR IGNORE INTO events (id, device, kind, t, time, received_at, body) VALUES "
 _EVENT_WIDTH = 7
 _INSERT_POSITIONS = ("INSERT OR IGNORE INTO positions (event_id, idx, device, source, t, time_estimated, "
@@ -96,7 +95,6 @@ _INSERT_POSITIONS = ("INSERT OR IGNORE INTO positions (event_id, idx, device, so
 _POSITION_WIDTH = 6 + len(POSITION_COLUMNS)
 _INSERT_ALERTS = "INSERT OR IGNORE INTO alerts (id, device, alert, t, time, details) VALUES "
 _ALERT_WIDTH = 6
-_LOOKUP_CHUNK = 500  # ids per "already stored?" query
 
 
 def open_store(path: Path, *, create: bool = True) -> sqlite3.Connection:
@@ -212,21 +210,19 @@ class SqliteSink(Sink):
         return self._conn
 
     def _store(self, entries: list[tuple[dict[str, Any], str | None]]) -> None:
-        """Store (event, JSON body or None) pairs in one transaction: events already stored are
-        skipped (with their positions and alerts: an event's rows are written once)."""
+        """Store (event, JSON body or None) pairs in one transaction. An event already stored (a
+        re-delivery) or repeated in the batch is stored once: every table's key holds its event
+        id and every insert is OR IGNORE, so its rows are skipped by the insert itself, with no
+        lookup first."""
         conn = self._open()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            stored = self._stored_ids(conn, entries)
             parse = _Times()
             events: list[Any] = []
             positions: list[Any] = []
             alerts: list[Any] = []
             for event, body in entries:
                 try:
-                    event_id = event["id"]
-                    if event_id in stored:
-                        continue  # stored by an earlier (re-)delivery, or earlier in this batch
                     # everything is read before anything is added, so a malformed event leaves
                     # no partial rows
                     row, extra, is_alert = self._rows(event, body, parse)
@@ -237,7 +233,6 @@ class SqliteSink(Sink):
                               event.get("id") if isinstance(event, dict) else event,
                               type(exc).__name__, exc)
                     continue
-                stored.add(event_id)
                 events.extend(row)
                 target = alerts if is_alert else positions
                 for extra_row in extra:
@@ -252,17 +247,6 @@ class SqliteSink(Sink):
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
-
-    @staticmethod
-    def _stored_ids(conn: sqlite3.Connection, entries: list[tuple[Any, str | None]]) -> set[Any]:
-        ids = list({event["id"] for event, _body in entries
-                    if isinstance(event, dict) and isinstance(event.get("id"), str)})
-        found: set[Any] = set()
-        for start in range(0, len(ids), _LOOKUP_CHUNK):
-            chunk = ids[start:start + _LOOKUP_CHUNK]
-            found.update(row[0] for row in conn.execute(
-                f"SELECT id FROM events WHERE id IN ({','.join('?' * len(chunk))})", chunk))
-        return found
 
     @staticmethod
     def _rows(event: dict[str, Any], body: str | None,
