@@ -148,6 +148,7 @@ class LogEntry(NamedTuple):
 # comes back from it as a float, so a float that large (|x| >= 2**63) sends the body through json
 # too. Both readers therefore give the same event for every body.
 _fast_loads = orjson.loads
+_fast_dumps = orjson.dumps
 _FastError = orjson.JSONDecodeError
 _WIDE = float(2 ** 63)
 
@@ -170,6 +171,15 @@ def parse_body(body: str) -> Any:
         value = _fast_loads(body)
     except (_FastError, TypeError):
         return json.loads(body)  # its verdict, and its error message
+    # The quick proof that nothing was widened: orjson writes the value back as exactly the
+    # stored text (the log's compact form). A widened integer would come back in float form, so
+    # an exact match rules it out (about 1 us, against 3 us for walking every value); any
+    # mismatch (other spacing, escapes, float spelling) just takes the walk below.
+    try:
+        if _fast_dumps(value) == body.encode():
+            return value
+    except (TypeError, UnicodeError, AttributeError):
+        pass
     if (type(value) is dict or type(value) is list) and _maybe_widened(value):
         return json.loads(body)
     if type(value) is float and (value >= _WIDE or value <= -_WIDE):
