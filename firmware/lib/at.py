@@ -34,9 +34,25 @@
 # header line has been taken out, the raw data it announces) and, in a region of its own, the
 # response of the command in flight as text (one str made of it when the command ends, not a
 # str per line); lines become str once, when they are complete, and are classified by their
-# bytes; no str is indexed or iterated character by
-# character (that interns each character); byte values are written as numbers (a const name is
-# a qstr too); the constructor's arguments are kept under their own names (one qstr for both).
+# bytes; final result codes are bytes tables too (a tuple of str costs an object per name); no
+# str is indexed or iterated character by character (that interns each character); byte values
+# are written as numbers (a public const name is a qstr too); the constructor's arguments are
+# kept under their own names (one qstr for both); the parser's own state is one list indexed by
+# private constants (no attribute name, no attribute table slot per item).
+
+from micropython import const
+
+# the parser's state, ATEngine._s: indices
+_LEN = const(0)         # bytes of the line being received (max_line + 1: it overflowed), or of
+                        # the raw data read so far
+_RAW = const(1)         # bytes of raw data announced by a header line (0: none being read)
+_SKIP_LF = const(2)     # 1: a CR ended the last line at the end of a chunk, swallow one LF
+_PROMPT = const(3)      # 1: the command in flight waits for the "> " prompt
+_DEADLINE = const(4)    # when the command in flight times out
+_RLEN = const(5)        # bytes of its response text (lines, a "\n" between them)
+_RCOUNT = const(6)      # its response lines (max_lines + 1 once cut)
+_HEADER = const(7)      # the header line of the raw data being read
+_BODY_FOR = const(8)    # (name, args) of a two-line URC waiting for its body
 
 
 
@@ -56,29 +72,26 @@ def ticks_diff(a, b):
     return ((a - b + 0x20000000) & 0x3FFFFFFF) - 0x20000000
 
 
-def _int(text, default=-1):
-    try:
-        return int(text)
-    except ValueError:
-        return default
-
-
 def raw_length(line):
     """Bytes of raw data announced by a header line, or -1 when `line` is no such header.
 
     SIMCom A76xx/SIM7600: "+IPD<n>", "+RECEIVE,<link>,<n>", "+CIPRXGET: 2,<link>,<n>,<rest>".
     Quectel EC800M/EC200: '+QIURC: "recv",<id>,<n>[,ip,port]', "+QIRD: <n>[,ip,port]".
     """
-    if line.startswith("+IPD"):
-        return _int(line[4:])
-    if line.startswith("+QIRD: "):
-        n = _int(line[7:].split(",")[0])
-        return n if n > 0 else -1
-    if (line.startswith("+RECEIVE,") or line.startswith("+CIPRXGET: 2,")
-            or line.startswith('+QIURC: "recv",')):
-        items = line.split(",")
-        return _int(items[2]) if len(items) >= 3 else -1
-    return -1
+    n = -1
+    try:
+        if line.startswith("+IPD"):
+            n = int(line[4:])
+        elif line.startswith("+QIRD: "):
+            n = int(line[7:].split(",")[0])
+            if n <= 0:   # "+QIRD: 0": nothing left to read
+                n = -1
+        elif (line.startswith("+RECEIVE,") or line.startswith("+CIPRXGET: 2,")
+                or line.startswith('+QIURC: "recv",')):
+            n = int(line.split(",")[2])
+    except (ValueError, IndexError):   # not a number, or no such item: no header
+        pass
+    return n
 
 
 def _table(names):
@@ -88,8 +101,7 @@ def _table(names):
     elif not isinstance(names, bytes):
         names = ("\n" + "\n".join(names) + "\n").encode()
     if not (names.startswith(b"\n") and names.endswith(b"\n")):
-        raise ValueError("a URC table is a sequence of names, or one bytes/str of names each "
-                         "followed by a newline, starting with a newline")
+        raise ValueError("bad URC table: want names or b\"\\nNAME\\nNAME\\n\"")
     return names
 
 
@@ -177,35 +189,19 @@ class ATEngine:
       max_data      the most raw bytes a data header may announce (a received datagram): the
                     largest frame of the card's protocol, MAX_FRAME in protocol/spec.py (512;
                     the modem driver passes it), or "data_too_long".
-      max_response  the response text of one command (its lines and a "\\n" between them); the
+      max_response  the response text of one command (its lines, a "\\n" between them); the
                     default holds the driver's longest, an SMS read in PDU mode (a +CMGR header
                     line and a 352-character PDU); the rest is dropped as "response_too_long",
                     as are lines past max_lines.
     """
-
-    # state that starts the same in every engine: class attributes until first set (an
-    # instance's attribute table then holds only what the engine has used)
-    _len = 0
-    _overflow = False
-    _raw_left = 0       # raw bytes still to read
-    _raw_len = 0        # raw bytes announced
-    _raw_header = None
-    _skip_lf = False    # a CR ended the header: swallow one LF before raw data
-    _body_for = None    # (name, args) of a two-line URC waiting for its body
-    current = None
-    _await_prompt = False
-    _deadline = 0
-    now = 0
-    _rlen = 0           # bytes of response text of the command in flight
-    _rcount = 0         # its lines (max_lines + 1 once cut)
 
     def __init__(self, urcs=(), body_urcs=b"\n+CMT\n+CDS\n+CBM\n", raw=raw_length,
                  max_line=512, max_data=512, queue_max=16, max_lines=48, max_response=512):
         # first, while the heap still has room in one piece: one buffer for the line being
         # received, then (its header line taken out) raw data, and after them the response text
         # of the command in flight
-        self._buf = bytearray((max_line if max_line > max_data else max_data) + max_response)
-        self._mv = memoryview(self._buf)
+        self._buf = memoryview(bytearray((max_line if max_line > max_data else max_data)
+                                         + max_response))   # sliced without copies
         urcs = _table(urcs)
         body_urcs = _table(body_urcs)
         if _LAST[0] == urcs and _LAST[1] == body_urcs:
@@ -241,9 +237,12 @@ class ATEngine:
         self.queue_max = queue_max
         self.max_lines = max_lines
         self.max_response = max_response
+        self.current = None
+        self.now = 0
+        self._s = [0, 0, 0, 0, 0, 0, 0, None, None]   # see _LEN ... _BODY_FOR
         self._queue = []
         self._events = []
-        self._out = []
+        self._out = None   # bytes to write
         self.stats = {"lines": 0, "urc": 0, "unknown": 0, "echo": 0, "stray": 0,
                       "too_long": 0, "binary": 0, "data_too_long": 0, "response_too_long": 0,
                       "noise": 0, "data": 0, "timeouts": 0, "retries": 0, "done": 0}
@@ -279,42 +278,39 @@ class ATEngine:
         for cmd in items:
             self.current = cmd
             self._finish("ABORTED", None)   # nothing queued: writes nothing, resets the response
-        self._len = 0
-        self._overflow = False
-        self._raw_left = 0
-        self._body_for = None
-        self._skip_lf = False
-        self._out = []
+        s = self._s
+        s[_LEN] = s[_RAW] = s[_SKIP_LF] = 0
+        s[_HEADER] = s[_BODY_FOR] = None
+        self._out = None
 
     def _write(self, cmd=None):
         # write `cmd` again (a retry), or the next queued command, which goes in flight; either
         # way with an empty response
-        self._rlen = self._rcount = 0
+        s = self._s
+        s[_RLEN] = s[_RCOUNT] = 0
         if cmd is None:
             if not self._queue:
                 self.current = None
                 return
             cmd = self.current = self._queue.pop(0)
         cmd.attempts += 1
-        self._await_prompt = cmd.payload is not None
-        self._deadline = self.now + cmd.timeout_ms
-        self._out.append(cmd.text.encode() + b"\r")
+        s[_PROMPT] = cmd.payload is not None
+        s[_DEADLINE] = self.now + cmd.timeout_ms
+        data = cmd.text.encode() + b"\r"
+        # one bytes object for all that data_to_send has not taken yet (most often one write)
+        self._out = data if self._out is None else self._out + data
 
     def data_to_send(self):
         """Bytes to write to the modem, or None."""
-        items = self._out
-        if not items:
-            return None
-        if len(items) == 1:
-            return items.pop()
-        self._out = []
-        return b"".join(items)
+        data = self._out
+        self._out = None
+        return data
 
     def tick(self, now):
         """Advance the clock; a command past its deadline is retried or ends with TIMEOUT."""
         self.now = now
         cmd = self.current
-        if cmd is not None and ticks_diff(now, self._deadline) >= 0:
+        if cmd is not None and ticks_diff(now, self._s[_DEADLINE]) >= 0:
             if cmd.attempts <= cmd.retries:
                 self.stats["retries"] += 1
                 self._write(cmd)
@@ -326,7 +322,7 @@ class ATEngine:
         """Milliseconds until the command in flight times out (None when idle)."""
         if self.current is None:
             return None
-        return max(0, ticks_diff(self._deadline, self.now))
+        return max(0, ticks_diff(self._s[_DEADLINE], self.now))
 
     def next_event(self):
         items = self._events
@@ -335,12 +331,13 @@ class ATEngine:
     def _finish(self, code, value):
         # the command in flight ends with final result `code` (error number or text `value`),
         # its response text made a str; the next queued command goes in flight
-        n = self._rlen
+        s = self._s
+        n = s[_RLEN]
         start = len(self._buf) - self.max_response
-        self._await_prompt = False
+        s[_PROMPT] = 0
         self.stats["done"] += 1
         self._events.append(("done", self.current, code,
-                             str(self._mv[start:start + n], "utf-8") if n else "", value))
+                             str(self._buf[start:start + n], "utf-8") if n else "", value))
         self._write()
 
     def _error(self, kind, message):
@@ -357,25 +354,30 @@ class ATEngine:
         pos = 0
         v = memoryview(data)
         buf = self._buf
+        s = self._s
+        stats = self.stats
         while pos < n:
-            if self._skip_lf:
-                self._skip_lf = False
+            if s[_SKIP_LF]:
+                s[_SKIP_LF] = 0
                 if data[pos] == 10:   # LF
                     pos += 1
                     continue
-            count = self._raw_left
+            length = s[_LEN]
+            count = s[_RAW]
             if count:
                 # raw data announced by a header line: exactly that many bytes, whatever they are
+                count -= length
                 if count > n - pos:
                     count = n - pos
-                start = self._raw_len - self._raw_left
-                buf[start:start + count] = v[pos:pos + count]
+                buf[length:length + count] = v[pos:pos + count]
                 pos += count
-                self._raw_left -= count
-                if not self._raw_left:
-                    self.stats["data"] += 1
-                    self._events.append(("data", self._raw_header, bytes(self._mv[:self._raw_len])))
-                    self._raw_header = None
+                length += count
+                s[_LEN] = length
+                if length == s[_RAW]:
+                    stats["data"] += 1
+                    self._events.append(("data", s[_HEADER], bytes(self._buf[:length])))
+                    s[_LEN] = s[_RAW] = 0
+                    s[_HEADER] = None
                 continue
             # the end of this line: the first CR or LF from pos
             stop = data.find(b"\n", pos)
@@ -383,28 +385,28 @@ class ATEngine:
             if end >= 0:
                 stop = end
             end = stop if stop >= 0 else n
-            length = self._len
             if end > pos:
-                if end - pos > self.max_line - length:
-                    if self.max_line > length:
-                        buf[length:self.max_line] = v[pos:pos + self.max_line - length]
-                    length = self.max_line
-                    self._overflow = True
+                count = self.max_line
+                if end - pos > count - length:
+                    if count > length:
+                        buf[length:count] = v[pos:pos + count - length]
+                    length = count + 1   # overflowed: dropped when it ends
                 else:
                     buf[length:length + end - pos] = v[pos:end]
                     length += end - pos
-                if self._await_prompt and length and buf[0] == 62:   # ">"
-                    # "> " from the modem: write the payload, drop the prompt from the line
-                    start = 2 if length > 1 and buf[1] == 32 else 1
-                    length -= start
-                    if length > 0:
-                        buf[0:length] = buf[start:start + length]
-                    else:
-                        length = 0
-                    self._await_prompt = False
-                    self._out.append(self.current.payload)
-                    self._deadline = self.now + self.current.timeout_ms
-                self._len = length
+                    if s[_PROMPT] and buf[0] == 62:   # ">"
+                        # "> " from the modem: write the payload, drop the prompt from the line
+                        start = 2 if length > 1 and buf[1] == 32 else 1
+                        length -= start
+                        if length > 0:
+                            buf[0:length] = buf[start:start + length]
+                        else:
+                            length = 0
+                        s[_PROMPT] = 0
+                        start = self.current.payload
+                        self._out = start if self._out is None else self._out + start
+                        s[_DEADLINE] = self.now + self.current.timeout_ms
+                s[_LEN] = length
             if stop < 0:
                 return
             pos = stop + 1
@@ -413,118 +415,120 @@ class ATEngine:
                     if data[pos] == 10:
                         pos += 1
                 else:
-                    self._skip_lf = True   # first thing next chunk
-            if length or self._overflow or self._body_for is not None:
-                self._line(length)
+                    s[_SKIP_LF] = 1   # first thing next chunk
+            if not length and s[_BODY_FOR] is None:
+                continue   # an empty line
+            s[_LEN] = 0
 
-    def _line(self, n):
-        # a line ended: classify the n bytes in the buffer
-        self._len = 0
-        stats = self.stats
-        if self._overflow:
-            self._overflow = False
-            n = self.max_line
-            self._error("too_long", "line over %d bytes dropped: %r..."
-                        % (n, bytes(self._mv[:24 if n > 24 else n])))
-            return
-        buf = self._buf
-        line = ""   # an empty line where a two-line URC's body belongs: the body is empty
-        head = 0    # the line's first byte (a number: indexing a str would intern a character)
-        if n:
-            start = 0
-            while start < n and (buf[start] == 0 or buf[start] == 0xFF):
-                start += 1
-            if start:
-                stats["noise"] += start
-            while n > start and buf[n - 1] == 32:   # trailing spaces
-                n -= 1
-            if n <= start:
-                return
-            try:
-                line = str(self._mv[start:n], "utf-8")
-                if "\x00" in line:
-                    raise UnicodeError
-            except UnicodeError:
-                self._error("binary", "line is not text (bad UTF-8 or NUL): %r"
-                            % (bytes(self._mv[start:min(n, start + 32)]),))
-                return
-            stats["lines"] += 1
-            head = buf[start]
-        if self._body_for is not None:
-            name, args = self._body_for
-            self._body_for = None
-            stats["urc"] += 1
-            self._events.append(("urc", name, args, line))
-            return
-        if head == 43 and self.raw is not None:   # "+": maybe a raw data header
-            count = self.raw(line)
-            if count >= 0:
-                if count == 0:
-                    self._events.append(("data", line, b""))
-                elif count > self.max_data:
+            # ---- a line ended: classify its `length` bytes in the buffer
+            if length > self.max_line:
+                self._error("too_long", "line over %d bytes dropped: %r..."
+                            % (self.max_line, bytes(self._buf[:min(24, self.max_line)])))
+                continue
+            line = ""   # an empty line where a two-line URC's body belongs: the body is empty
+            head = 0    # its first byte (a number: indexing a str would intern a character)
+            if length:
+                start = 0
+                while start < length and (buf[start] == 0 or buf[start] == 0xFF):
+                    start += 1
+                if start:
+                    stats["noise"] += start
+                while length > start and buf[length - 1] == 32:   # trailing spaces
+                    length -= 1
+                if length <= start:
+                    continue
+                try:
+                    line = str(self._buf[start:length], "utf-8")
+                    if "\x00" in line:
+                        raise UnicodeError
+                except UnicodeError:
+                    self._error("binary", "line is not text (bad UTF-8 or NUL): %r"
+                                % (bytes(self._buf[start:min(length, start + 32)]),))
+                    continue
+                stats["lines"] += 1
+                head = buf[start]
+            if s[_BODY_FOR] is not None:
+                name, args = s[_BODY_FOR]
+                s[_BODY_FOR] = None
+                stats["urc"] += 1
+                self._events.append(("urc", name, args, line))
+                continue
+            if head == 43 and self.raw is not None:   # "+": maybe a raw data header
+                count = self.raw(line)
+                if count > self.max_data:
                     # more than a datagram can be: refuse it rather than swallow the stream
                     self._error("data_too_long", "%s announces %d bytes, over max_data %d"
                                 % (line[:24], count, self.max_data))
+                    continue
+                if count == 0:
+                    self._events.append(("data", line, b""))
+                    continue
+                if count > 0:
+                    s[_RAW] = count
+                    s[_HEADER] = line
+                    continue
+            if (head == 65 or head == 97) and length - start > 1 and buf[start + 1] | 32 == 116:
+                stats["echo"] += 1   # "AT", "at": our own command echoed (ATE1), or host-side echo
+                continue
+            end = line.find(":")
+            name = line[:end] if end > 0 else line
+            cmd = self.current
+            # a final result code: "+CME ERROR: <err>", "+CMS ERROR: <err>" or a whole line
+            # (bytes tables, as the URCs: a tuple of str costs an object per name)
+            final = False
+            if head == 43:
+                final = name == "+CME ERROR" or name == "+CMS ERROR"
+            elif end < 0:
+                key = line.encode()
+                final = _has(b"\nOK\nERROR\nCOMMAND NOT SUPPORT\n", key) or cmd is not None and (
+                    cmd.dial and _has(b"\nNO CARRIER\nBUSY\nNO ANSWER\nNO DIALTONE\nCONNECT\n", key)
+                    or cmd.payload is not None and _has(b"\nSEND OK\nSEND FAIL\n", key))
+            if final and cmd is not None:
+                if head == 43:
+                    args = line[end + 1:].strip()
+                    try:
+                        args = int(args)   # the error number, else its text (verbose errors)
+                    except ValueError:
+                        pass
+                    self._finish(name[1:4], args)   # "CME" / "CMS"
                 else:
-                    self._raw_left = self._raw_len = count
-                    self._raw_header = line
-                return
-        if (head == 65 or head == 97) and n - start > 1 and buf[start + 1] | 32 == 116:   # "AT", "at"
-            stats["echo"] += 1  # our own command echoed (ATE1), or host-side echo
-            return
-        pos = line.find(":")
-        name = line[:pos] if pos > 0 else line
-        cmd = self.current
-        if cmd is not None:
-            if head != 43:   # no "+": maybe a final result code
-                if (line in ("OK", "ERROR", "COMMAND NOT SUPPORT")
-                        or cmd.dial and line in ("NO CARRIER", "BUSY", "NO ANSWER", "NO DIALTONE",
-                                                 "CONNECT")
-                        or cmd.payload is not None and line in ("SEND OK", "SEND FAIL")):
                     self._finish(line, None)
-                    return
-            elif name in ("+CME ERROR", "+CMS ERROR"):
-                args = line[pos + 1:].strip()
-                self._finish(name[1:4], _int(args, args))   # "CME" / "CMS"
-                return
-        if cmd is not None and name in cmd.prefixes:
-            known = False
-        else:
-            # a URC name? The filter answers "no" for most lines without searching the table
-            key = hash(name) & 511
-            known = self._filter[key >> 3] >> (key & 7) & 1 and _has(self.urcs, name.encode())
-        if cmd is not None:
-            # its response, unless a known URC (or, strict, any foreign "+NAME:" line)
-            if not known and (name in cmd.prefixes or not (cmd.strict and head == 43 and pos > 0)):
-                # its text goes after the response so far ("\n" between lines) in the buffer's
-                # response region; what does not fit is dropped, reported once
-                count = self._rcount
-                length = self._rlen
-                size = n - start
-                if count < self.max_lines and length + size + 1 <= self.max_response + (not count):
-                    length += len(buf) - self.max_response
+                continue
+            if cmd is not None and name in cmd.prefixes:
+                known = False
+            else:
+                # a URC name? The filter answers "no" for most lines without searching the table
+                key = hash(name) & 511
+                known = self._filter[key >> 3] >> (key & 7) & 1 and _has(self.urcs, name.encode())
+            if cmd is not None and not known and (
+                    name in cmd.prefixes or not (cmd.strict and head == 43 and end > 0)):
+                # its response (not a known URC, nor, strict, a foreign "+NAME:" line): its text
+                # goes after the response so far and a "\n", in the buffer's response region;
+                # what does not fit is dropped, reported once
+                count = s[_RCOUNT]
+                key = s[_RLEN] + (count > 0)   # where it goes (after a "\n" unless first)
+                length -= start                # its bytes
+                if count < self.max_lines and key + length <= self.max_response:
+                    s[_RLEN] = key + length
+                    s[_RCOUNT] = count + 1
+                    key += len(buf) - self.max_response
                     if count:
-                        buf[length] = 10   # "\n"
-                        length += 1
-                    buf[length:length + size] = self._mv[start:n]
-                    self._rlen = length + size + self.max_response - len(buf)
-                    self._rcount = count + 1
+                        buf[key - 1] = 10   # "\n"
+                    buf[key:key + length] = self._buf[start:start + length]
                 elif count <= self.max_lines:
-                    self._rcount = self.max_lines + 1
+                    s[_RCOUNT] = self.max_lines + 1
                     self._error("response_too_long", "%s: response over %d lines or %d bytes, "
                                 "rest dropped" % (cmd.text, self.max_lines, self.max_response))
-                return
-        if known:
-            args = line[pos + 1:].strip() if pos > 0 else ""
-            if _has(self.body_urcs, name.encode()):
-                self._body_for = (name, args)
+            elif known:
+                args = line[end + 1:].strip() if end > 0 else ""
+                if _has(self.body_urcs, name.encode()):
+                    s[_BODY_FOR] = (name, args)
+                else:
+                    stats["urc"] += 1
+                    self._events.append(("urc", name, args, None))
+            elif final:   # with no command in flight
+                stats["stray"] += 1
+                self._events.append(("stray", line))
             else:
-                stats["urc"] += 1
-                self._events.append(("urc", name, args, None))
-        elif cmd is None and (line in ("OK", "ERROR", "COMMAND NOT SUPPORT")
-                              or name in ("+CME ERROR", "+CMS ERROR")):
-            stats["stray"] += 1
-            self._events.append(("stray", line))
-        else:
-            stats["unknown"] += 1
-            self._events.append(("unknown", line))
+                stats["unknown"] += 1
+                self._events.append(("unknown", line))
