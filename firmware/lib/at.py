@@ -38,7 +38,9 @@
 # str is indexed or iterated character by character (that interns each character); byte values
 # are written as numbers (a public const name is a qstr too); the constructor's arguments are
 # kept under their own names (one qstr for both); the parser's own state is one list indexed by
-# private constants (no attribute name, no attribute table slot per item).
+# private constants (no attribute name, no attribute table slot per item); every function costs
+# about 100 bytes once loaded, so line classification lives inside receive_data. Sizes: see
+# ATEngine (max_line, max_data, max_response).
 
 from micropython import const
 
@@ -55,7 +57,6 @@ _HEADER = const(7)      # the header line of the raw data being read
 _BODY_FOR = const(8)    # (name, args) of a two-line URC waiting for its body
 
 
-
 class ATError(Exception):
     """Every error raised or reported by the AT engine; `kind` tells which (one class, not one
     per kind: each class costs heap on a card). Raised on misuse: "queue_full" (send() while the
@@ -63,7 +64,7 @@ class ATError(Exception):
     ("error", exc), never raised, for hostile or broken input from the modem, with kind the name
     of its counter in ATEngine.stats: "too_long" (a line longer than max_line), "binary" (not
     text, or NUL bytes), "data_too_long" (raw data announced beyond max_data),
-    "response_too_long" (more than max_lines response lines)."""
+    "response_too_long" (a response over max_lines lines or max_response bytes)."""
 
 
 def ticks_diff(a, b):
@@ -243,6 +244,8 @@ class ATEngine:
         self._queue = []
         self._events = []
         self._out = None   # bytes to write
+        # counters: input lines, events by kind ("done": every "done" event, aborted ones too),
+        # input errors by kind, noise bytes, retries, timeouts
         self.stats = {"lines": 0, "urc": 0, "unknown": 0, "echo": 0, "stray": 0,
                       "too_long": 0, "binary": 0, "data_too_long": 0, "response_too_long": 0,
                       "noise": 0, "data": 0, "timeouts": 0, "retries": 0, "done": 0}
