@@ -150,6 +150,7 @@ def test_jsonl_lines_are_the_logs_json_and_batch_defaults_by_type(tmp_path: Path
     assert out.read_text(encoding="utf-8").split("\n") == [event_json(e) for e in events] + [""]
     assert [json.loads(line) for line in out.read_text(encoding="utf-8").split("\n")[:-1]] == events
     assert (sinks.runner("sqlite").batch_size, sinks.runner("jsonl").batch_size) == (5000, 100)
+    assert (sinks.runner("sqlite").linger, sinks.runner("jsonl").linger) == (0.25, 0.0)
     assert sinks.runner("sqlite").queue_size >= sinks.runner("sqlite").batch_size
 
 
@@ -196,6 +197,45 @@ def test_partial_delivery_advances_the_cursor(tmp_path: Path) -> None:
     asyncio.run(main())
     assert gate.received == [status_event(n)["id"] for n in range(1, 31)]
     assert sinks.stats()["gate"]["failures"] == 1
+
+
+def test_linger_gathers_a_trickle_full_batches_go_at_once_and_stop_never_waits(tmp_path: Path) -> None:
+    """With a linger, events arriving one by one are delivered together once the oldest has waited
+    the linger; a full batch goes at once; stopping delivers what is queued without waiting."""
+    gate = GateSink()
+    sinks, log, writer = _sinkset(tmp_path, [], gate, linger=0.3)
+    slow = GateSink("slow")
+    from carecard.host.sinks.base import SinkRunner
+    sinks.runners.append(SinkRunner(slow, log, sinks._io, cursor_executor=sinks._cursor_io,
+                                    batch_size=20, queue_size=50, linger=60.0, **FAST))
+
+    async def until(check: Any) -> None:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not check():
+            await asyncio.sleep(0.01)
+
+    async def main() -> tuple[int, int, float]:
+        await sinks.start()
+        for n in range(1, 6):  # a trickle, well within the first event's linger
+            sinks.notify(EventLog.append(writer, [status_event(n)]))
+            await asyncio.sleep(0.01)
+        trickle_attempts = gate.attempts  # nothing delivered yet: the batch lingers
+        await until(lambda: len(gate.received) == 5)
+        sinks.notify(EventLog.append(writer, [status_event(n) for n in range(6, 26)]))  # 20: full
+        await until(lambda: len(slow.received) >= 20)
+        full_batch = len(slow.received)  # the 60 s linger did not hold a full batch
+        started = time.monotonic()
+        await sinks.stop(drain_timeout=5)  # 5 events still lingering in "slow": delivered now
+        return trickle_attempts, full_batch, time.monotonic() - started
+
+    trickle_attempts, full_batch, stop_seconds = asyncio.run(main())
+    assert trickle_attempts == 0
+    assert gate.received[:5] == [status_event(n)["id"] for n in range(1, 6)]
+    assert gate.attempts <= 3  # the trickle of 5 went out together (then the burst of 20)
+    assert full_batch >= 20
+    assert slow.received == [status_event(n)["id"] for n in range(1, 26)]
+    assert stop_seconds < 5
+    assert log.cursors() == {"gate": 25, "slow": 25}
 
 
 def test_stop_with_a_dead_sink_is_bounded_and_leaves_other_tasks_alone(tmp_path: Path) -> None:
@@ -342,6 +382,7 @@ def test_sigkill_then_restart_loses_nothing(tmp_path: Path) -> None:
     ([{"type": "sqlite"}, {"type": "sqlite"}], 'sinks[1] (type "sqlite")', "name"),
     ([{"type": "sqlite", "batch_size": 0}], 'sinks[0] (type "sqlite")', "batch_size"),
     ([{"type": "sqlite", "retry_max": "soon"}], 'sinks[0] (type "sqlite")', "retry_max"),
+    ([{"type": "sqlite", "linger_ms": -1}], 'sinks[0] (type "sqlite")', "linger_ms"),
     ([{"type": "sqlite", "pathh": "x"}], 'sinks[0] (type "sqlite")', "pathh"),
     ([{"type": "jsonl", "fsync": "always"}], 'sinks[0] (type "jsonl")', "fsync"),
     ([{"type": "webhook", "secret": "s" * 16}], 'sinks[0] (type "webhook")', "url"),

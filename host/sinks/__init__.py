@@ -12,7 +12,8 @@ Configuration: a list of `[[sinks]]` tables (see docs/events.md). Keys common to
 sink's cursor, so renaming a sink starts it afresh), `start` ("earliest": a new sink replays the
 whole log, the default; "latest": only new events), `batch_size` (100; SQLite 5000), `queue_size`
 (1000; SQLite 10000),
-`retry_min` (0.5 s), `retry_max` (30 s). No configuration at all (None): the SQLite sink only.
+`retry_min` (0.5 s), `retry_max` (30 s), `linger_ms` (0; SQLite 250: how long a batch that is not
+full may wait for more events). No configuration at all (None): the SQLite sink only.
 """
 
 from __future__ import annotations
@@ -81,11 +82,13 @@ def _runner_from_table(raw: Any, index: int, data_dir: Path, eventlog: EventLog,
     retry_min = table.float("retry_min", DEFAULT_RETRY_MIN, minimum=0.001, maximum=3600)
     retry_max = table.float("retry_max", DEFAULT_RETRY_MAX, minimum=0.001, maximum=86400)
     start = table.str("start", "earliest", choices=("earliest", "latest"))
+    linger_ms = table.float("linger_ms", sink_type.default_linger_ms, minimum=0, maximum=60_000)
     sink = sink_type.from_config(table, data_dir, name)
     table.check_unknown()
     return SinkRunner(sink, eventlog, io_executor, cursor_executor=cursor_executor,
                       batch_size=batch_size, queue_size=queue_size,
-                      retry_min=retry_min, retry_max=retry_max, start=start or "earliest")
+                      retry_min=retry_min, retry_max=retry_max, start=start or "earliest",
+                      linger=linger_ms / 1000)
 
 
 class SinkSet:
