@@ -301,12 +301,18 @@ for profile in (modem_a7670.A7670, modem_ec800m.EC800M):
 
 
 def test_longest_lines_the_driver_reads_fit_the_default_sizes(mpy):
-    # an SMS PDU in hex is at most 2 * (12 + 164) = 352 characters (SMSC address, TPDU): as a
-    # +CMT body and as the second line of a +CMGR response it is read whole with the default
-    # max_line and max_response; a line of max_line + 1 bytes is "too_long"; a datagram of the
-    # protocol's largest frame is read, one byte more is refused
+    # a USSD answer with 182 UCS-2 characters (728 hex digits) is read whole; an SMS PDU in hex
+    # is at most 2 * (12 + 164) = 352 characters (SMSC address, TPDU): as a +CMT body and as the
+    # second line of a +CMGR response it is read whole with the default max_line and
+    # max_response; a line of max_line + 1 bytes is "too_long"; a datagram of the protocol's
+    # largest frame is read, one byte more is refused
     run(mpy, r"""
 import ccspec
+import modem_a7670
+e = at.ATEngine(urcs=modem_a7670.A7670.URCS)
+cusd = b'+CUSD: 1,"' + b"4F60" * 182 + b'",72'
+feed(e, b"\r\n" + cusd + b"\r\n", 64)
+assert events(e) == [("urc", "+CUSD", cusd[7:].decode(), None)], events(e)
 pdu = b"0" * 24 + b"A" * 328
 assert len(pdu) == 352
 e = at.ATEngine(urcs=URCS)
@@ -318,9 +324,12 @@ for step in (None, 7, 64):
     feed(e, header + b"\r\n" + pdu + b"\r\n\r\nOK\r\n", step)
     assert events(e) == [("done", "AT+CMGR=3", "OK", (header + b"\n" + pdu).decode(), None)]
     e.send(at.Command("AT+CMGR=3", prefix="+CMGR"))
-longest = b"+CMGR: " + b"9" * (e.max_line - 7)
+longest = b"+CMGR: " + b"9" * (e.max_response - 7)   # a response holds at most max_response
 feed(e, longest + b"\r\nOK\r\n")
 assert events(e) == [("done", "AT+CMGR=3", "OK", longest.decode(), None)]
+longest = b"+CREG: " + b"9" * (e.max_line - 7)
+feed(e, longest + b"\r\n")
+assert events(e) == [("urc", "+CREG", longest[7:].decode(), None)]
 feed(e, longest + b"9\r\n+CREG: 1\r\n")
 assert events(e) == [("error", "too_long"), ("urc", "+CREG", "1", None)]
 assert e.max_data == ccspec.MAX_FRAME

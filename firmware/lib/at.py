@@ -183,10 +183,13 @@ class ATEngine:
 
     Sizes (bytes, all allocated once, in one buffer):
       max_line      the longest line read; a longer one is dropped as "too_long". The default
-                    holds the longest line the driver must read: an SMS PDU in hex (a +CMT body,
-                    the second line of +CMGR) is at most 2 * (12 + 164) = 352 characters (SMSC
-                    address up to 12 octets, TPDU up to 164: 3GPP TS 23.040 9.2, TS 27.005 3.1),
-                    a +COPS=? operator list or a +CLCC line less (512 leaves room to spare).
+                    holds the longest line the driver must read: a +CUSD (USSD) answer with a
+                    UCS-2 string of up to 182 characters is 4 * 182 = 728 hex digits plus
+                    `+CUSD: 1,"",72` (3GPP TS 27.007 7.15, TS 23.038 6.1.2.3; the Quectel M35
+                    capture in shared/data/at/gammu has a 566-byte one); an SMS PDU in hex (a
+                    +CMT body, the second line of +CMGR) is at most 2 * (12 + 164) = 352
+                    (SMSC address up to 12 octets, TPDU up to 164: TS 23.040 9.2, TS 27.005
+                    3.1); +COPS=? and +CLCC lines are shorter.
       max_data      the most raw bytes a data header may announce (a received datagram): the
                     largest frame of the card's protocol, MAX_FRAME in protocol/spec.py (512;
                     the modem driver passes it), or "data_too_long".
@@ -197,7 +200,7 @@ class ATEngine:
     """
 
     def __init__(self, urcs=(), body_urcs=b"\n+CMT\n+CDS\n+CBM\n", raw=raw_length,
-                 max_line=512, max_data=512, queue_max=16, max_lines=48, max_response=512):
+                 max_line=768, max_data=512, queue_max=16, max_lines=48, max_response=512):
         # first, while the heap still has room in one piece: one buffer for the line being
         # received, then (its header line taken out) raw data, and after them the response text
         # of the command in flight

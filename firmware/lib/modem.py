@@ -154,10 +154,10 @@ class Modem:
 
     def __init__(self, profile, apn="", pin=None, timing=None, max_timeouts=3, max_garbage=12,
                  max_power_cycles=3, ring_timeout_ms=45000, auto_read_sms=True,
-                 max_line=512, max_data=ccspec.MAX_FRAME):
+                 max_line=None, max_data=ccspec.MAX_FRAME):
         # max_line, max_data: the AT engine's sizes (see at.ATEngine): the longest line to read
-        # (an SMS PDU in hex is at most 352 characters) and the largest datagram the card
-        # receives (a frame of its protocol, ccspec.MAX_FRAME)
+        # (None: the engine's default, sized for the longest the driver reads, a USSD answer)
+        # and the largest datagram the card receives (a frame of its protocol, ccspec.MAX_FRAME)
         self.p = profile
         self.apn = apn
         self.pin = pin
@@ -173,8 +173,10 @@ class Modem:
         self.max_power_cycles = max_power_cycles
         self.ring_timeout_ms = ring_timeout_ms
         self.auto_read_sms = auto_read_sms
-        self.at = at.ATEngine(urcs=profile.URCS, raw=profile.raw_length,
-                              max_line=max_line, max_data=max_data)
+        sizes = {"max_data": max_data}
+        if max_line is not None:
+            sizes["max_line"] = max_line
+        self.at = at.ATEngine(urcs=profile.URCS, raw=profile.raw_length, **sizes)
         profile.attach(self)
         self.state = "off"
         self.now = 0

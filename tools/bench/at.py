@@ -161,8 +161,8 @@ READ_SIZE = 64
 _LOOP_CODE = r'''
 import at
 
-def replay_lines(lines, sink, max_line=1024):
-    e = at.ATEngine(urcs=URCS, max_line=max_line)
+def replay_lines(lines, sink):
+    e = at.ATEngine(urcs=URCS)   # the engine's own sizes, as the modem driver builds it
     now = 0
     start = True        # the next piece starts a line
     lines = iter(lines)
