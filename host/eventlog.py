@@ -31,13 +31,14 @@ commit in flight makes it wait a few microseconds instead of failing with SQLITE
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping, NamedTuple
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple
 
 import orjson
 
@@ -108,6 +109,23 @@ def insert_rows(conn: sqlite3.Connection, prefix: str, width: int, flat: list[An
             if on_conflict is None:
                 raise
             on_conflict(conn, [tuple(values[i:i + width]) for i in range(0, len(values), width)])
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """Inside the caller's open transaction (left open), or else in one of its own: committed at
+    the end, rolled back on an error."""
+    own = not conn.in_transaction
+    if own:
+        conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if own:
+            conn.rollback()
+        raise
+    if own:
+        conn.commit()
 
 
 def _drop_id_uniqueness(conn: sqlite3.Connection) -> None:
@@ -206,19 +224,10 @@ class EventLog:
     def ensure_schema(conn: sqlite3.Connection) -> None:
         """Create the event log and cursor tables if missing. Idempotent; call once at start-up.
         Does not commit a transaction the caller has open (and needs none)."""
-        own = not conn.in_transaction
-        if own:
-            conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(conn):
             _drop_id_uniqueness(conn)
             for statement in _SCHEMA:
                 conn.execute(statement)
-        except BaseException:
-            if own:
-                conn.rollback()
-            raise
-        if own:
-            conn.commit()
 
     @staticmethod
     def append(conn: sqlite3.Connection, events: Iterable[Mapping[str, Any] | tuple[str, str]],
@@ -239,19 +248,10 @@ class EventLog:
                 add((event[0], stamp, event[1]))
             else:
                 add((event["id"], stamp, encode(event)))
-        own = not conn.in_transaction
-        if own:
-            conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(conn):
             if flat:
                 insert_rows(conn, _INSERT_ROWS, 3, flat)
             row = conn.execute(_LAST_SEQ).fetchone()
-        except BaseException:
-            if own:
-                conn.rollback()
-            raise
-        if own:
-            conn.commit()
         return row[0] if row else 0
 
     @staticmethod
