@@ -48,3 +48,36 @@ def test_compiled_card_image_ships_bytecode_that_runs(mpy, tmp_path):
     assert list((lib / "hwjson").glob("*.json")), "hardware data missing from the image"
     out = mpy.run("import ccproto, hwdata\nprint(ccproto.__file__)", image=image)
     assert out.strip().endswith("ccproto.mpy")
+
+
+_RESIDENT = "import gc\ngc.collect()\nbefore = gc.mem_alloc()\nimport at\ngc.collect()\nprint(at.__file__, gc.mem_alloc() - before)\n"
+
+
+def test_flash_simulation_runs_mpy_in_place_off_the_heap(mpy, tmp_path):
+    """rom=: the folder's files sit in a ROMFS image outside the GC heap, mounted at /rom and
+    first on the path; a module imported from it runs in place (its bytecode and constants take
+    no heap), so it costs much less heap than the same .mpy loaded from a filesystem, and the
+    image itself is not on the heap either (a heap smaller than the image still imports it)."""
+    import shutil
+
+    from carecard.tools.cardimage import romfs_image
+
+    image = mpy.card_image(compiled=True)
+    rom = tmp_path / "rom"
+    rom.mkdir()
+    shutil.copyfile(image / "lib" / "at.mpy", rom / "at.mpy")
+    (rom / "data").mkdir()
+    (rom / "data" / "note.txt").write_bytes(b"in flash")
+    where, in_flash = mpy.run(_RESIDENT, image=image, rom=rom).split()
+    assert where == "/rom/at.mpy"
+    where_ram, in_ram = mpy.run(_RESIDENT, image=image).split()
+    assert where_ram.endswith("lib/at.mpy")
+    assert int(in_flash) < int(in_ram) / 1.5, (in_flash, in_ram)
+    assert mpy.run("print(open('/rom/data/note.txt').read())", rom=rom).strip() == "in flash"
+    padding = tmp_path / "big"
+    padding.mkdir()
+    (padding / "blob.bin").write_bytes(bytes(range(256)) * 128)  # a 32 KB image, a 16 KB heap
+    assert len(romfs_image(padding)) > 32 * 1024
+    out = mpy.run("f = open('/rom/blob.bin', 'rb')\nf.seek(32767)\nprint(f.read(1)[0])", rom=padding,
+                  heapsize=16 * 1024)
+    assert out.strip() == "255"

@@ -16,7 +16,12 @@ def test_bench_prints_rates_ratio_and_heaps(capsys, shared_data, mpy):
     assert re.search(r"parser \(sentences -> fixes\): +[\d,]+ sentences/s", out)
     assert re.search(r"baseline \(line \+ checksum\): +[\d,]+ sentences/s", out)
     assert re.search(r"ratio: the parser takes [\d.]+x", out)
-    assert "nmea.mpy" in out and "from source" in out
+    assert "nmea.mpy" in out and "from source" in out and "in flash" in out
+
+
+def test_parser_in_flash_streams_the_largest_capture_in_less_than_in_ram(shared_data, mpy, tmp_path):
+    path = bench.largest_capture()
+    assert bench.heap(path, precompiled=True, rom=tmp_path / "rom") < bench.heap(path, precompiled=True)
 
 
 def test_precompiled_parser_streams_the_largest_capture_in_16k(shared_data, mpy):

@@ -90,3 +90,28 @@ def build_card_image(dest: Path, compiled: bool = False) -> Path:
 def micropython_path(image: Path) -> str:
     """MICROPYPATH for running the image on the unix port: like a card, `/lib` then `/`."""
     return f"{image / 'lib'}:{image}"
+
+
+def romfs_image(folder: Path) -> bytes:
+    """The files under `folder` as a ROMFS image, as `mpremote romfs build` makes it for a card's
+    ROMFS partition (MicroPython 1.25+: a read-only, memory-mapped filesystem from which .mpy
+    files run in place, their bytecode and constants staying in flash instead of the heap).
+    Written with mpremote's own writer; files and folders in sorted order (reproducible)."""
+    from mpremote.romfs import VfsRomWriter
+
+    writer = VfsRomWriter()
+
+    def add(directory: Path) -> None:
+        for entry in sorted(directory.iterdir()):
+            if entry.is_dir():
+                writer.opendir(entry.name)
+                add(entry)
+                writer.closedir()
+            else:
+                writer.mkfile(entry.name, entry.read_bytes())
+
+    if not folder.is_dir():
+        raise CardImageError(f"{folder} is not a folder: nothing to put in a ROMFS image")
+    add(folder)
+    return bytes(writer.finalise())
+

@@ -8,7 +8,9 @@ by the benchmarks. Two ways in:
 - `Batch`: one long-lived interpreter that reads a request line on stdin and answers a line on
   stdout, so thousands of cases cost one start-up.
 
-`heapsize` (bytes) runs with `-X heapsize=`, a card-sized heap.
+`heapsize` (bytes) runs with `-X heapsize=`, a card-sized heap. `rom` (a folder) simulates a
+card's flash: its files become a ROMFS image mounted at /rom, first on the path, from which .mpy
+modules run in place (see `_FLASH_SETUP`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from carecard.tools.cardimage import build_card_image, micropython_path
+from carecard.tools.cardimage import build_card_image, micropython_path, romfs_image
 
 
 class MicroPythonError(RuntimeError):
@@ -57,10 +59,48 @@ def card_image(compiled: bool = False) -> Path:
     return _image_cache[variant]
 
 
-def _env(image: Path | None) -> dict[str, str]:
-    env = dict(os.environ)
+def _env(image: Path | None, rom_size: int = 0) -> dict[str, str]:
+    env = {_ROM_VARIABLE: "F" * rom_size} if rom_size else {}  # first: see _FLASH_SETUP
+    env.update((key, value) for key, value in os.environ.items() if key != _ROM_VARIABLE)
     env["MICROPYPATH"] = micropython_path(image or card_image())
     return env
+
+
+# A card's libraries can ship in a ROMFS partition of its flash (MicroPython 1.25+), mapped into
+# memory: .mpy files imported from it run in place, so their bytecode and constants take no
+# heap, as with frozen modules. The unix port has VfsRom but no flash, and a script can address
+# no memory outside the GC heap but its environment strings (no ffi, no mmap). So the runner
+# puts a placeholder variable first in the environment, as long as the image; the setup module
+# below finds it (/proc/self/stat ends with env_start, env_end, exit_code), copies the image
+# into it (through a 256-byte window: the heap never holds the image) and mounts it at /rom.
+# The module then removes itself, so only the mount stays on the heap (a few dozen bytes).
+_ROM_VARIABLE = "CARECARD_ROM"
+_FLASH_SETUP = """\
+import sys, vfs, uctypes
+
+def _mount(image, size):
+    key = b"CARECARD_ROM="
+    with open("/proc/self/stat", "rb") as f:
+        stat = f.read()
+    start = int(stat[stat.rfind(b")") + 2:].split()[-3]) + len(key)
+    if uctypes.bytes_at(start - len(key), len(key)) != key:
+        raise OSError("flash simulation: CARECARD_ROM is not the first environment variable")
+    rom = memoryview(uctypes.bytearray_at(start, size))
+    n = 0
+    with open(image, "rb") as f:
+        while n < size:
+            got = f.readinto(rom[n:n + 256])
+            if not got:
+                break
+            n += got
+    if n != size:
+        raise OSError("flash simulation: %d of %d image bytes read" % (n, size))
+    vfs.mount(vfs.VfsRom(rom), "/rom")
+    sys.path.insert(0, "/rom")
+
+_mount(IMAGE, SIZE)
+del sys.modules["_flash"]
+"""
 
 
 def _argv(heapsize: int | None) -> list[str]:
@@ -87,16 +127,30 @@ def run(
     stdin: bytes | None = None,
     timeout: float = 60.0,
     image: Path | None = None,
+    rom: Path | None = None,
 ) -> str:
-    """Run `code` on MicroPython with the card image on its path; return stdout as text."""
+    """Run `code` on MicroPython with the card image on its path; return stdout as text.
+    With `rom`, the files of that folder are in simulated flash at /rom, first on the path."""
+    rom_size = 0
+    if rom is not None:
+        data = romfs_image(rom)
+        rom_size = len(data)
+        code = "import _flash\n" + code
     script = _write_script(code)
+    folder = os.path.dirname(script)
+    if rom is not None:
+        image_path = os.path.join(folder, "rom.img")
+        with open(image_path, "wb") as handle:
+            handle.write(data)
+        with open(os.path.join(folder, "_flash.py"), "w", encoding="utf-8") as handle:
+            handle.write(_FLASH_SETUP.replace("IMAGE, SIZE", f"{image_path!r}, {rom_size}"))
     try:
         proc = subprocess.run(
             _argv(heapsize) + [script],
             input=stdin,
             capture_output=True,
             timeout=timeout,
-            env=_env(image),
+            env=_env(image, rom_size),
         )
     finally:
         shutil.rmtree(os.path.dirname(script), ignore_errors=True)
@@ -109,17 +163,17 @@ def run(
     return out
 
 
-def fits_in_heap(code: str, heapsize: int, *, image: Path | None = None) -> bool:
+def fits_in_heap(code: str, heapsize: int, *, image: Path | None = None, rom: Path | None = None) -> bool:
     """True when `code` completes with a heap of `heapsize` bytes."""
     try:
-        run(code, heapsize=heapsize, image=image)
+        run(code, heapsize=heapsize, image=image, rom=rom)
     except MicroPythonError:
         return False
     return True
 
 
 def smallest_heap(code: str, *, low: int = 2048, high: int = 1 << 20, step: int = 256,
-                  image: Path | None = None, settle: int = 0) -> int:
+                  image: Path | None = None, settle: int = 0, rom: Path | None = None) -> int:
     """The smallest `-X heapsize` (to `step` bytes) at which `code` still completes.
 
     Near the edge "fits" is not always monotonic (heap block layout: a size can fail while a
@@ -127,18 +181,18 @@ def smallest_heap(code: str, *, low: int = 2048, high: int = 1 << 20, step: int 
     from which every size up to `settle` bytes above it (in `step`s) completes.
     """
     floor = low
-    if not fits_in_heap(code, high, image=image):
+    if not fits_in_heap(code, high, image=image, rom=rom):
         raise MicroPythonError(f"workload does not complete even with a {high}-byte heap")
     while high - low > step:
         mid = (low + high) // 2
-        if fits_in_heap(code, mid, image=image):
+        if fits_in_heap(code, mid, image=image, rom=rom):
             high = mid
         else:
             low = mid
     if not settle:
         return high
     size = high + settle
-    while size - step >= floor and fits_in_heap(code, size - step, image=image):
+    while size - step >= floor and fits_in_heap(code, size - step, image=image, rom=rom):
         size -= step
     return size
 
