@@ -14,7 +14,7 @@ import pytest
 
 from carecard.tools.bench.at import feed_image, largest_capture, load_captures, rom_folder
 
-# `carecard bench at` measures 19.1 KB with MicroPython 1.29 (unix port, 64-bit; every size from
+# `carecard bench at` measures 19.2 KB loaded into RAM, MicroPython 1.29 (unix port, 64-bit; every size from
 # 19.3 KB up completes); the margin covers allocator placement, a regression (a dict of URC
 # names, a str per response line, per-line interning, an exception class per error kind) does
 # not fit
