@@ -10,8 +10,10 @@ from pathlib import Path
 
 
 def read_input_file(path: Path, error: type[Exception], *, where: str,
-                    directory_note: str = "", max_bytes: int | None = None) -> bytes:
-    """The file's bytes, or `error(...)`: missing, a directory, unreadable or too large."""
+                    directory_note: str = "", missing_note: str = "",
+                    max_bytes: int | None = None) -> bytes:
+    """The file's bytes, or `error(...)`: missing, a directory, unreadable or too large. The
+    notes are added to those two messages (what to do instead)."""
     try:
         if max_bytes is not None:
             size = path.stat().st_size
@@ -19,7 +21,7 @@ def read_input_file(path: Path, error: type[Exception], *, where: str,
                 raise error(f"{where}: {size} bytes is larger than {max_bytes}: split it")
         return path.read_bytes()
     except FileNotFoundError:
-        raise error(f"{where} does not exist") from None
+        raise error(f"{where} does not exist{missing_note}") from None
     except IsADirectoryError:
         raise error(f"{where} is a directory{directory_note}") from None
     except OSError as exc:

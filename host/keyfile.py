@@ -14,6 +14,7 @@ import os
 import stat
 from pathlib import Path
 
+from carecard.host.files import read_input_file
 from carecard.protocol.crypto import KEY_SIZES
 
 FORMAT_VERSION = 1
@@ -43,16 +44,12 @@ def parse_device_id(text: str | int, where: str = "device id") -> int:
 
 
 def load_keys(path: Path) -> dict[int, bytes]:
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise KeyFileError(f"key file {path} does not exist: create it with `carecard devices add` "
-                           "or point --keys at the right file") from None
-    except OSError as exc:
-        raise KeyFileError(f"key file {path} cannot be read: {exc.strerror}") from None
+    raw = read_input_file(path, KeyFileError, where=f"key file {path}",
+                          missing_note=": create it with `carecard devices add` or point --keys "
+                          "at the right file")
     try:
         document = json.loads(raw)
-    except ValueError as exc:
+    except ValueError as exc:  # not UTF-8 (UnicodeDecodeError is a ValueError) or not JSON
         raise KeyFileError(f"key file {path}: not valid JSON (line {getattr(exc, 'lineno', '?')})") from None
     if not isinstance(document, dict) or not isinstance(document.get("keys"), dict):
         raise KeyFileError(f'key file {path}: expected {{"version": 1, "keys": {{IMEI: HEX}}}}')

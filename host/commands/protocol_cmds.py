@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from carecard.host.cli import CommandError
+from carecard.host.files import read_input_file
 from carecard.host.keyfile import KeyFileError, load_keys, parse_key_hex
 from carecard.protocol import (
     KeyRing,
@@ -74,14 +75,12 @@ def _read_input(positional: str | None, path: Path | None, what: str) -> bytes:
         raise CommandError(f"give the {what} either as an argument or with --file, not both")
     if positional is not None:
         return positional.encode()
+    if path is not None:
+        return read_input_file(path, CommandError, where=f"--file {path}", max_bytes=MAX_INPUT)
     try:
-        if path is not None:
-            with path.open("rb") as handle:
-                data = handle.read(MAX_INPUT + 1)
-        else:
-            data = sys.stdin.buffer.read(MAX_INPUT + 1)
+        data = sys.stdin.buffer.read(MAX_INPUT + 1)
     except OSError as exc:
-        raise CommandError(f"cannot read {path}: {exc.strerror}") from None
+        raise CommandError(f"cannot read standard input: {exc.strerror}") from None
     if len(data) > MAX_INPUT:
         raise CommandError(f"input larger than {MAX_INPUT} bytes")
     return data
