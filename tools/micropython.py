@@ -110,6 +110,14 @@ def _argv(heapsize: int | None) -> list[str]:
     return argv
 
 
+def flash_folder(image: Path, modules: tuple[str, ...], folder: Path) -> Path:
+    """A folder for `rom=`: the named modules' .mpy files from a compiled card image's lib/."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in modules:
+        shutil.copyfile(image / "lib" / f"{name}.mpy", folder / f"{name}.mpy")
+    return folder
+
+
 def _write_script(code: str) -> str:
     """The script in a private folder: MicroPython puts the script's folder first on its path,
     so a shared folder such as /tmp could shadow the card image's modules."""

@@ -357,10 +357,7 @@ def feed_image(folder: Path, precompiled: bool, urcs: bytes | None = None) -> Pa
 
 def rom_folder(image: Path, folder: Path) -> Path:
     """The precompiled parser and feed module of a feed image, as the files of a ROMFS image."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in ("at.mpy", "atfeed.mpy"):
-        shutil.copyfile(image / "lib" / name, folder / name)
-    return folder
+    return micropython.flash_folder(image, ("at", "atfeed"), folder)
 
 
 def largest_capture(captures: list[tuple[str, bytes]]) -> int:

@@ -17,7 +17,6 @@ several times the parser's heap).
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import tempfile
 from pathlib import Path
@@ -145,7 +144,7 @@ def speed(path: Path, rounds: int = 5, chunk: int = 256) -> dict[str, float]:
 
 
 # the modules of the heap workload, as they would sit in a card's ROMFS
-_ROM_MODULES = ("nmea.mpy", "civil.mpy")
+_ROM_MODULES = ("nmea", "civil")
 
 
 def heap(path: Path, *, precompiled: bool, rom: Path | None = None) -> int:
@@ -161,9 +160,7 @@ def heap(path: Path, *, precompiled: bool, rom: Path | None = None) -> int:
         return _robust(code)
     image = micropython.card_image(compiled=True)
     if rom is not None:
-        rom.mkdir(parents=True, exist_ok=True)
-        for name in _ROM_MODULES:
-            shutil.copyfile(image / "lib" / name, rom / name)
+        micropython.flash_folder(image, _ROM_MODULES, rom)
     expected = "/rom/nmea.mpy" if rom is not None else ".mpy"
     micropython.run(f"import nmea\nassert nmea.__file__.endswith({expected!r}), nmea.__file__\n",
                     image=image, rom=rom)
