@@ -5,7 +5,8 @@ builds the construct codec from it and adds authentication, encryption, replay d
 stream framing. Public API:
 
     encode_frame(message, key) -> bytes
-    decode_frame(frame, keys) -> dict          keys: a key, a KeyRing, a mapping or a callable
+    decode_frame(frame, keys[, opened]) -> dict  keys: a key, a KeyRing, a mapping or a callable
+    parse_opened(opened) -> dict               an opened frame (header + decrypted payload) again
     peek_header(frame), frame_tag(frame)
     KeyRing, FrameKeys
     ReplayWindow, Verdict                      duplicates versus replays, per device
@@ -22,6 +23,7 @@ from carecard.protocol.codec import (
     decode_frame,
     encode_frame,
     frame_tag,
+    parse_opened,
     peek_header,
 )
 from carecard.protocol.crypto import FrameKeys
@@ -44,7 +46,7 @@ from carecard.protocol.replay import ReplayWindow, Verdict
 
 __all__ = [
     "spec", "MESSAGE_CODES", "MESSAGE_TYPES", "FrameHeader", "KeyRing", "FrameKeys",
-    "decode_frame", "encode_frame", "frame_tag", "peek_header",
+    "decode_frame", "parse_opened", "encode_frame", "frame_tag", "peek_header",
     "BadTag", "BadVersion", "FramingError", "InvalidKey", "InvalidMessage", "MalformedFrame",
     "OversizeFrame", "ProtocolError", "ReplayedFrame", "TruncatedFrame", "UnknownDevice",
     "UnknownType", "StreamDeframer", "encode_stream_frame", "ReplayWindow", "Verdict",

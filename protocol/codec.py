@@ -435,8 +435,12 @@ _FLAGS_UNKNOWN = ~spec.FLAGS_KNOWN
 _FLAG_CLOCK_UNSYNCED = spec.FLAG_CLOCK_UNSYNCED
 
 
-def decode_frame(frame: bytes, keys: KeySource) -> dict[str, Any]:
-    """Check, authenticate, decrypt and parse one frame. Raises a ProtocolError subclass."""
+def decode_frame(frame: bytes, keys: KeySource, opened: list[bytes] | None = None) -> dict[str, Any]:
+    """Check, authenticate, decrypt and parse one frame. Raises a ProtocolError subclass.
+
+    With a list `opened`, the opened frame is appended to it once the frame is authentic: its
+    header followed by the decrypted payload (no tag). `parse_opened` gives the same message
+    back from it, with no key: the compact form in which the receiver logs a frame's event."""
     size = len(frame)
     if size < _MIN_FRAME:
         raise TruncatedFrame(f"frame of {size} bytes is shorter than the minimum {spec.MIN_FRAME}")
@@ -459,6 +463,35 @@ def decode_frame(frame: bytes, keys: KeySource) -> dict[str, Any]:
     if flags & _FLAGS_UNKNOWN:
         raise MalformedFrame(f"device {device} counter {counter}: reserved flag bits 0x{flags:02x} set")
     payload = frame_keys.crypt(device, counter, mtype.direction, body[_HEADER_LEN:])
+    if opened is not None:
+        opened.append(body[:_HEADER_LEN] + payload)
+    return _message(mtype, payload, device, counter, time, flags)
+
+
+def parse_opened(opened: bytes) -> dict[str, Any]:
+    """The message of an opened frame (as decode_frame hands it out: header and decrypted payload,
+    authenticated when it was decoded). Raises a ProtocolError subclass for anything else."""
+    if not isinstance(opened, (bytes, bytearray)):
+        raise MalformedFrame(f"an opened frame is bytes, not {type(opened).__name__}")
+    size = len(opened)
+    if size < _HEADER_LEN:
+        raise TruncatedFrame(f"opened frame of {size} bytes is shorter than the header ({_HEADER_LEN})")
+    if size > _MAX_FRAME:
+        raise OversizeFrame(f"opened frame of {size} bytes exceeds the maximum {spec.MAX_FRAME}")
+    version, code, flags, device, counter, time = _unpack_header(opened)
+    if version != _VERSION:
+        raise BadVersion(f"protocol version {version} is not supported (this receiver speaks {spec.VERSION})")
+    mtype = MESSAGE_CODES.get(code)
+    if mtype is None:
+        raise UnknownType(f"message type code {code} is not defined in protocol version {spec.VERSION}")
+    if flags & _FLAGS_UNKNOWN:
+        raise MalformedFrame(f"device {device} counter {counter}: reserved flag bits 0x{flags:02x} set")
+    return _message(mtype, bytes(opened[_HEADER_LEN:]), device, counter, time, flags)
+
+
+def _message(mtype: MessageType, payload: bytes, device: int, counter: int, time: int,
+             flags: int) -> dict[str, Any]:
+    """The message dict of a decrypted payload: fields, enum labels, header keys; checked."""
     packed = mtype.packed
     message = None
     if packed is not None and len(payload) == packed.size:

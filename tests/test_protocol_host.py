@@ -24,6 +24,7 @@ from carecard.protocol import (
     decode_frame,
     encode_frame,
     frame_tag,
+    parse_opened,
     spec,
 )
 from carecard.protocol.codec import MESSAGE_TYPES, PackedFields, fields_struct
@@ -44,6 +45,37 @@ def test_every_message_round_trips(msg, key):
     frame = encode_frame(msg, key)
     assert spec.MIN_FRAME <= len(frame) <= spec.MAX_FRAME
     assert decode_frame(frame, key) == labelled(msg)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(message(), KEYS)
+def test_an_opened_frame_parses_to_the_same_message_without_a_key(msg, key):
+    """decode_frame hands out the opened frame (header + decrypted payload, no tag): parse_opened
+    gives the same message from it; the key is needed no more."""
+    frame = encode_frame(msg, key)
+    opened: list[bytes] = []
+    decoded = decode_frame(frame, key, opened)
+    assert len(opened) == 1 and len(opened[0]) == len(frame) - spec.TAG_LEN
+    assert parse_opened(opened[0]) == decoded == labelled(msg)
+
+
+@given(st.binary(max_size=600))
+def test_random_opened_bytes_are_rejected_with_a_typed_error(data):
+    try:
+        parse_opened(data)
+    except ProtocolError as exc:
+        assert exc.reason and str(exc)
+
+
+def test_an_inauthentic_frame_hands_out_nothing():
+    frame = bytearray(encode_frame(POSITION, KEY))
+    frame[-1] ^= 1
+    opened: list[bytes] = []
+    with pytest.raises(BadTag):
+        decode_frame(bytes(frame), KEY, opened)
+    assert opened == []
+    with pytest.raises(MalformedFrame):
+        parse_opened("not bytes")  # type: ignore[arg-type]
 
 
 @settings(max_examples=100)
