@@ -42,6 +42,8 @@ from typing import Any, Iterable, Iterator, Mapping, NamedTuple
 
 import orjson
 
+from carecard.protocol import ProtocolError, parse_opened
+
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_S = 5.0
@@ -51,7 +53,9 @@ _SCHEMA = (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
         event_id TEXT NOT NULL,
         appended_at REAL NOT NULL,
-        body TEXT NOT NULL
+        body TEXT NOT NULL,
+        opened BLOB,
+        received_at REAL
     )""",
     """CREATE TABLE IF NOT EXISTS sink_cursor (
         name TEXT PRIMARY KEY,
@@ -60,8 +64,12 @@ _SCHEMA = (
     )""",
 )
 
+# Columns added after the first layout (a frame's event logged as its opened frame).
+_ADDED_COLUMNS = (("opened", "BLOB"), ("received_at", "REAL"))
+
 # Appends are plain multi-row INSERTs: a few statements per batch instead of one per event.
-_INSERT_ROWS = "INSERT INTO event_log (event_id, appended_at, body) VALUES "
+_INSERT_ROWS = "INSERT INTO event_log (event_id, appended_at, body, opened, received_at) VALUES "
+_ROW_WIDTH = 5
 _LAST_SEQ = "SELECT seq FROM sqlite_sequence WHERE name = 'event_log'"
 
 # Rows per multi-row INSERT statement: the largest chunk, then powers of two for the rest, so a
@@ -153,11 +161,58 @@ class EventLogError(RuntimeError):
     """The event log cannot be opened or read (missing file or tables, corrupt row)."""
 
 
-class LogEntry(NamedTuple):
-    seq: int
-    appended_at: float  # host Unix time when the event was appended (for lag in seconds)
-    event: dict[str, Any]
-    body: str = ""  # the event's JSON as stored (event_json(event)), for sinks that forward it
+class FrameEvent(NamedTuple):
+    """A frame's event as the ingest logs it: the opened frame (carecard.protocol.decode_frame's
+    header and decrypted payload, about 40 bytes) and when it was received, instead of the event's
+    JSON (about 420 bytes). Whoever reads it makes the JSON (carecard.host.events.event_record: the
+    same text the ingest would have made) only if it needs it."""
+
+    id: str
+    opened: bytes
+    received_at: float
+
+
+class LogEntry:
+    """One event read from the log, in order.
+
+    `seq`; `appended_at` (host Unix time of the append, for lag in seconds); `body`, the event's
+    JSON (event_json(event)); `event`, the event as a dict. A frame's event (logged as a
+    FrameEvent) also has `message` (the decoded message) and `received_at`, and makes its body
+    and event when first asked for them (a sink that stores the message's fields never pays for
+    the JSON), and `opened`, the opened frame as logged; for other events these are None."""
+
+    __slots__ = ("seq", "appended_at", "message", "opened", "received_at", "_event", "_body")
+
+    def __init__(self, seq: int, appended_at: float, event: dict[str, Any] | None = None,
+                 body: str | None = None, *, message: dict[str, Any] | None = None,
+                 opened: bytes | None = None, received_at: float | None = None):
+        self.seq = seq
+        self.appended_at = appended_at
+        self.message = message
+        self.opened = opened
+        self.received_at = received_at
+        self._event = event
+        self._body = body
+
+    @property
+    def body(self) -> str:
+        if self._body is None:
+            if self.message is not None:
+                from carecard.host.events import event_record
+
+                self._body = event_record(self.message, self.received_at)[1]
+            else:
+                self._body = event_json(self._event) if self._event is not None else ""
+        return self._body
+
+    @property
+    def event(self) -> dict[str, Any]:
+        if self._event is None:
+            self._event = parse_body(self.body)
+        return self._event
+
+    def __repr__(self) -> str:
+        return f"LogEntry(seq={self.seq}, event={self.event!r})"
 
 
 # Reading the log: orjson's parser (in C, about three times faster than json's scanner on these
@@ -228,6 +283,10 @@ class EventLog:
             _drop_id_uniqueness(conn)
             for statement in _SCHEMA:
                 conn.execute(statement)
+            have = {row[1] for row in conn.execute("PRAGMA table_info(event_log)")}
+            for name, kind in _ADDED_COLUMNS:
+                if name not in have:  # a log of an earlier layout: its rows keep their JSON
+                    conn.execute(f"ALTER TABLE event_log ADD COLUMN {name} {kind}")
 
     @staticmethod
     def append(conn: sqlite3.Connection, events: Iterable[Mapping[str, Any] | tuple[str, str]],
@@ -237,20 +296,23 @@ class EventLog:
         Every event given is appended (ids are not looked up: appending an event twice is the
         writer's bug; see the module comment for how the ingest rules it out).
 
-        An event is a mapping, or an (id, JSON text) pair already encoded as event_json would
-        (carecard.host.events.event_record makes them for the receiver)."""
+        An event is a FrameEvent (what the receiver logs for a frame), a mapping, or an
+        (id, JSON text) pair already encoded as event_json would."""
         stamp = time.time() if now is None else now
         flat: list[Any] = []
         add = flat.extend
         encode = _encode
         for event in events:
-            if type(event) is tuple:
-                add((event[0], stamp, event[1]))
+            kind = type(event)
+            if kind is FrameEvent:
+                add((event[0], stamp, "", event[1], event[2]))
+            elif kind is tuple:
+                add((event[0], stamp, event[1], None, None))
             else:
-                add((event["id"], stamp, encode(event)))
+                add((event["id"], stamp, encode(event), None, None))
         with _transaction(conn):
             if flat:
-                insert_rows(conn, _INSERT_ROWS, 3, flat)
+                insert_rows(conn, _INSERT_ROWS, _ROW_WIDTH, flat)
             row = conn.execute(_LAST_SEQ).fetchone()
         return row[0] if row else 0
 
@@ -334,13 +396,25 @@ class EventLog:
         """Up to `limit` log entries with seq > `seq`, in order."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT seq, appended_at, body FROM event_log WHERE seq > ? ORDER BY seq LIMIT ?",
-                (seq, limit),
+                "SELECT seq, appended_at, body, opened, received_at FROM event_log "
+                "WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit),
             ).fetchall()
         entries = []
         parse = parse_body
         add = entries.append
-        for row_seq, appended_at, body in rows:
+        for row_seq, appended_at, body, opened, received_at in rows:
+            if opened is not None:
+                try:  # a frame's event: its message now (so a bad row fails here, not in a sink)
+                    message = parse_opened(opened)
+                except ProtocolError as exc:
+                    raise EventLogError(f"{self.path}: event log row seq {row_seq} is not an opened "
+                                        f"frame: {exc}") from None
+                if type(received_at) is not float:
+                    raise EventLogError(f"{self.path}: event log row seq {row_seq} has no "
+                                        "received_at for its frame")
+                add(LogEntry(row_seq, appended_at, message=message, opened=bytes(opened),
+                             received_at=received_at))
+                continue
             try:
                 event = parse(body)
             except (ValueError, TypeError) as exc:

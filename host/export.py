@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from carecard.host.events import iso_utc, parse_iso_utc
+from carecard.host.events import EventError, event_from_message, iso_utc, parse_iso_utc
 from carecard.host.paths import events_db_path
+from carecard.protocol import ProtocolError, parse_opened
 
 FORMATS = ("geojson", "gpx", "csv")
 GPX_NS = "http://www.topografix.com/GPX/1/1"
@@ -140,14 +141,24 @@ def iter_events(conn: sqlite3.Connection, device: str | None = None, kind: str |
     extra, more = _range(since, until)
     where += extra
     params += more
+    # a frame's event is stored as its opened frame (body ''): its event is made again from it
+    have = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+    columns = "body, opened, received_unix" if "opened" in have else "body, NULL, NULL"
     if limit is None:
-        sql = f"SELECT body FROM events {where} ORDER BY t, rowid"
+        sql = f"SELECT {columns} FROM events {where} ORDER BY t, rowid"
     else:
-        sql = (f"SELECT body FROM (SELECT body, t, rowid AS r FROM events {where} "
+        sql = (f"SELECT {columns} FROM (SELECT *, rowid AS r FROM events {where} "
                "ORDER BY t DESC, rowid DESC LIMIT ?) ORDER BY t, r")
         params.append(limit)
-    for (body,) in conn.execute(sql, params):
-        yield json.loads(body)
+    for body, opened, received_unix in conn.execute(sql, params):
+        if opened is not None:
+            try:
+                yield event_from_message(parse_opened(opened), received_unix)
+            except (ProtocolError, EventError) as exc:
+                raise QueryError(f"a stored event cannot be read back ({exc}): the store is damaged "
+                                 "or from another version") from None
+        else:
+            yield json.loads(body)
 
 
 def _props(point: TrackPoint) -> dict[str, Any]:

@@ -287,3 +287,60 @@ def test_sqlite_sink_batch_time_memo_gives_the_same_times(tmp_path: Path) -> Non
     assert stored_t == {event["id"]: event_time(event) for event in events}
     expected = {row[0]: row for event in events for row in position_rows(event)}
     assert stored_pos == expected and len(expected) == len(events)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(msg=__import__("protocol_strategies").message(direction="uplink"),
+       received_at=st.floats(1_600_000_000, 2_000_000_000))
+def test_a_frames_event_stored_from_its_message_equals_the_one_stored_from_its_json(msg, received_at):
+    """The receiver logs a frame's event as its opened frame; the store writes its rows from the
+    message and keeps the opened frame instead of the JSON. For every uplink type (unsynced
+    clocks, no fix, unknown values included) that gives the same columns and positions as
+    storing the event's JSON, and reading it back gives the same event."""
+    from carecard.host.eventlog import LogEntry, event_json
+    from carecard.host.events import event_record
+    from carecard.host.sinks.sqlite_store import _Times
+    from carecard.protocol import decode_frame, encode_frame, parse_opened
+
+    key = bytes(range(16))
+    opened: list[bytes] = []
+    message = decode_frame(encode_frame(msg, key), key, opened)
+    entry = LogEntry(1, 0.0, message=message, opened=opened[0], received_at=received_at)
+    row, positions, is_alert = SqliteSink._frame_rows(entry, _Times())
+    event = event_from_message(message, received_at)
+    json_row, json_positions, _ = SqliteSink._rows(event, event_json(event), _Times())
+    assert not is_alert
+    assert row[:6] == json_row[:6] and positions == json_positions
+    assert row[6] == "" and row[7] == opened[0] and row[8] == received_at
+    assert event_record(parse_opened(row[7]), row[8])[1] == json_row[6] == entry.body
+    assert entry.event == event
+
+
+def test_events_from_the_receiver_read_back_as_made_from_their_frames(tmp_path: Path, capsys) -> None:
+    """Frames through the real ingest, log and SQLite sink: `carecard events` prints each frame's
+    event exactly as made from the decoded frame (the store keeps the opened frame, not JSON)."""
+    from carecard.host.eventlog import FrameEvent
+    from carecard.protocol import decode_frame, encode_frame
+
+    key = bytes(range(16))
+    frames = [encode_frame({**position_message(n), "type": "position"}, key) for n in range(1, 6)]
+    writer = EventLog.connect_writer(ingest_db_path(tmp_path))
+    expected = []
+    for n, frame in enumerate(frames):
+        opened: list[bytes] = []
+        message = decode_frame(frame, key, opened)
+        received = T0 + 0.125 * n + 1000
+        expected.append(event_from_message(message, received))
+        EventLog.append(writer, [FrameEvent(expected[-1]["id"], opened[0], received)])
+
+    async def deliver() -> None:
+        sinks = SinkSet.from_config(None, tmp_path, EventLog(ingest_db_path(tmp_path)))
+        await sinks.start()
+        await sinks.stop(drain_timeout=10)
+
+    asyncio.run(deliver())
+    assert main(["events", "--data", str(tmp_path)]) == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert printed == expected
+    with sqlite3.connect(events_db_path(tmp_path)) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM events WHERE body = '' AND opened IS NOT NULL").fetchone()[0] == 5

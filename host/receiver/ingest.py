@@ -24,7 +24,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
-from carecard.host.events import EventError, event_record
+from carecard.host.eventlog import FrameEvent
+from carecard.host.events import event_from_message
 from carecard.host.receiver.budget import RejectBudget
 from carecard.host.receiver.config import BudgetSettings, DownlinkSettings, IngestSettings
 from carecard.host.receiver.downlinks import AckEncoder, wire_command
@@ -36,7 +37,7 @@ from carecard.host.receiver.store import (
     DeviceRecord,
     Store,
 )
-from carecard.protocol import KeyRing, ProtocolError, ReplayWindow, Verdict, decode_frame, spec
+from carecard.protocol import KeyRing, ProtocolError, ReplayWindow, Verdict, decode_frame, parse_opened, spec
 from carecard.protocol.codec import HEADER_STRUCT
 from carecard.protocol.errors import InvalidMessage
 
@@ -159,8 +160,9 @@ class Ingest:
         if source in self.budget.over and not self._authentic(frame):
             self._rejected["over_budget"] += 1
             return "over_budget"
+        opened: list[bytes] = []
         try:
-            message = decode_frame(frame, self.keyring)
+            message = decode_frame(frame, self.keyring, opened)
         except ProtocolError as exc:
             return self._reject(exc.reason, source, str(exc))
         if message["direction"] != "uplink":
@@ -188,11 +190,9 @@ class Ingest:
                                         "than the replay window and not stored: rejected as a replay")
                 verdict = _DUPLICATE if _compare(stored, tag) else Verdict.REUSED
         if verdict is _NEW:
-            try:
-                event = event_record(message, received_at)  # (id, JSON text) as the log keeps it
-            except EventError as exc:  # a bug: decoded messages always make events
-                log.error("event error: %s", exc)
-                return self._reject("internal_error", source, str(exc))
+            # the event as the log keeps it: the opened frame, not JSON (a sink makes the JSON
+            # if it needs it: the same text, carecard.host.events.event_record)
+            event = FrameEvent(f"{device}-{counter}", opened[0], received_at)
             self.pending[key] = tag
             mtype = message["type"]
             commit = batch.commit
@@ -413,8 +413,7 @@ class Ingest:
             m.commands_finished[state] += 1
         self._finishing.difference_update(batch.finished_ids)
         if self.after_commit and batch.commit.events:
-            events = [json.loads(event[1]) if type(event) is tuple else event
-                      for event in batch.commit.events]
+            events = [_event_dict(event) for event in batch.commit.events]
             for hook in self.after_commit:
                 try:
                     hook(events)
@@ -442,6 +441,15 @@ class Ingest:
     @property
     def open_command_count(self) -> int:
         return sum(len(c) for c in self.commands.values())
+
+
+def _event_dict(event: Any) -> dict[str, Any]:
+    """An event of a batch (a FrameEvent, an (id, JSON) pair or a dict) as a dict."""
+    if type(event) is FrameEvent:
+        return event_from_message(parse_opened(event.opened), event.received_at)
+    if type(event) is tuple:
+        return json.loads(event[1])
+    return event
 
 
 def _address_text(address: Any) -> str:

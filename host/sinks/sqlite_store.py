@@ -3,7 +3,12 @@
 A separate file from the ingest database, so queries and this sink never contend with the ingest
 writer. Tables (all keyed on the event id, so at-least-once delivery never creates duplicates):
 
-    events(id PK, device, kind, t, time, received_at, body)      every event, body = the JSON
+    events(id PK, device, kind, t, time, received_at, body,      every event: body = the JSON,
+           opened, received_unix)                                or, for a frame's event, '' and
+                                                                 the opened frame with the exact
+                                                                 receive time (the JSON is made
+                                                                 from them when read:
+                                                                 carecard.host.export)
     positions(event_id, idx, device, source, t, time_estimated,   one row per position:
               lat, lon, lat_e7, lon_e7, alt_m, hdop, sats, fix,   `position` and `sos` messages
               speed_ms, course)                                   with a fix, and every track point
@@ -19,7 +24,10 @@ Indexes: (device, t) on all three tables, (kind, t) and (t) on events.
 
 Each batch (up to 5000 events by default) is one transaction with synchronous=FULL, written with
 multi-row INSERTs: when deliver() returns, the batch is on disk (the runner advances its cursor
-only then). The events' JSON is the event log's own text (LogEntry.body), not encoded again.
+only then). A frame's event is stored from its message (LogEntry.message): its columns and
+positions straight from the decoded fields, and the opened frame instead of the JSON, so the
+store never makes, parses or writes the JSON of the frames it stores (about 420 bytes each).
+Other events (alerts) keep their JSON, the event log's own text.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from carecard.host.eventlog import LogEntry, event_json, insert_rows
-from carecard.host.events import ALERT_KIND, NO_FIX, parse_iso_utc
+from carecard.host.events import ALERT_KIND, DATA_BUILDERS, NO_FIX, EventError, iso_utc, parse_iso_utc
 from carecard.host.paths import events_db_path
 from carecard.host.sinks.base import Sink, SinkError, SinkTable
 
@@ -45,7 +53,9 @@ STORE_SCHEMA = (
         t REAL NOT NULL,
         time TEXT,
         received_at TEXT NOT NULL,
-        body TEXT NOT NULL
+        body TEXT NOT NULL,
+        opened BLOB,
+        received_unix REAL
     )""",
     "CREATE INDEX IF NOT EXISTS events_device_t ON events (device, t)",
     "CREATE INDEX IF NOT EXISTS events_kind_t ON events (kind, t)",
@@ -88,8 +98,11 @@ POSITION_COLUMNS = ("lat", "lon", "lat_e7", "lon_e7", "alt_m", "hdop", "sats", "
 # Multi-row INSERT prefixes (carecard.host.eventlog.insert_rows adds the VALUES groups) and the
 # width of their rows. OR IGNORE: a row whose key (event id, and index for positions) is
 # already stored is skipped, which makes a re-delivered event a no-op.
-_INSERT_EVENTS = "INSERT OR IGNORE INTO events (id, device, kind, t, time, received_at, body) VALUES "
-_EVENT_WIDTH = 7
+_INSERT_EVENTS = ("INSERT OR IGNORE INTO events (id, device, kind, t, time, received_at, body, opened, "
+                  "received_unix) VALUES ")
+_EVENT_WIDTH = 9
+# Columns added after the first layout of `events` (a store of that layout gains them on open).
+_ADDED_EVENT_COLUMNS = (("opened", "BLOB"), ("received_unix", "REAL"))
 _INSERT_POSITIONS = ("INSERT OR IGNORE INTO positions (event_id, idx, device, source, t, time_estimated, "
                      + ", ".join(POSITION_COLUMNS) + ") VALUES ")
 _POSITION_WIDTH = 6 + len(POSITION_COLUMNS)
@@ -111,6 +124,10 @@ def open_store(path: Path, *, create: bool = True) -> sqlite3.Connection:
         conn.execute("PRAGMA wal_autocheckpoint=8192")
         for statement in STORE_SCHEMA:
             conn.execute(statement)
+        have = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+        for name, kind in _ADDED_EVENT_COLUMNS:
+            if name not in have:
+                conn.execute(f"ALTER TABLE events ADD COLUMN {name} {kind}")
     return conn
 
 
@@ -119,12 +136,20 @@ _POSITION_KINDS = frozenset(("position", "sos", "track"))
 
 class _Times:
     """parse_iso_utc with a memo for one batch: a batch holds many events with the same
-    received_at (the receiver stamps them to the millisecond) and card times (whole seconds)."""
+    received_at (the receiver stamps them to the millisecond) and card times (whole seconds);
+    `iso` the same for writing a receive time as text."""
 
-    __slots__ = ("memo",)
+    __slots__ = ("memo", "texts")
 
     def __init__(self) -> None:
         self.memo: dict[str, float] = {}
+        self.texts: dict[float, str] = {}
+
+    def iso(self, received_at: float) -> str:
+        text = self.texts.get(received_at)
+        if text is None:
+            text = self.texts[received_at] = iso_utc(received_at, millis=True)
+        return text
 
     def __call__(self, text: Any) -> float:
         if type(text) is str:
@@ -214,11 +239,10 @@ class SqliteSink(Sink):
             self._conn = open_store(self.path)
         return self._conn
 
-    def _store(self, entries: list[tuple[dict[str, Any], str | None]]) -> None:
-        """Store (event, JSON body or None) pairs in one transaction. An event already stored (a
-        re-delivery) or repeated in the batch is stored once: every table's key holds its event
-        id and every insert is OR IGNORE, so its rows are skipped by the insert itself, with no
-        lookup first."""
+    def _store(self, entries: list[LogEntry]) -> None:
+        """Store log entries in one transaction. An event already stored (a re-delivery) or
+        repeated in the batch is stored once: every table's key holds its event id and every
+        insert is OR IGNORE, so its rows are skipped by the insert itself, with no lookup first."""
         conn = self._open()
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -226,14 +250,18 @@ class SqliteSink(Sink):
             events: list[Any] = []
             positions: list[Any] = []
             alerts: list[Any] = []
-            for event, body in entries:
+            for entry in entries:
                 try:
                     # everything is read before anything is added, so a malformed event leaves
                     # no partial rows
-                    row, extra, is_alert = self._rows(event, body, parse)
-                except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                    if entry.message is not None:
+                        row, extra, is_alert = self._frame_rows(entry, parse)
+                    else:
+                        row, extra, is_alert = self._rows(entry.event, entry.body or None, parse)
+                except (KeyError, TypeError, ValueError, AttributeError, EventError) as exc:
                     # not a schema-1 event: keep the rest of the batch flowing, count and log it
                     self.malformed += 1
+                    event = entry.message if entry.message is not None else entry.event
                     log.error("sink %s: event %r not stored: malformed (%s: %s)", self.name,
                               event.get("id") if isinstance(event, dict) else event,
                               type(exc).__name__, exc)
@@ -260,11 +288,35 @@ class SqliteSink(Sink):
         if body is None:
             body = event_json(event)
         t = event_time(event, parse)
-        row = (event["id"], event["device"], event["kind"], t, event["time"], event["received_at"], body)
+        row = (event["id"], event["device"], event["kind"], t, event["time"], event["received_at"], body,
+               None, None)
         if event["kind"] == ALERT_KIND:
             data = event["data"]
             details = json.dumps(data.get("details", {}), ensure_ascii=False, separators=(",", ":"))
             return row, [(event["id"], event["device"], data["alert"], t, event["time"], details)], True
+        return row, position_rows(event, parse), False
+
+    @staticmethod
+    def _frame_rows(entry: LogEntry, parse: Any) -> tuple[tuple[Any, ...], list[tuple[Any, ...]], bool]:
+        """The events row and the positions rows of a frame's event, from its message: the same
+        values the event's JSON would give (carecard.host.events builds both from one plan)."""
+        message, received_at = entry.message, entry.received_at
+        assert message is not None and received_at is not None
+        kind = message["type"]
+        build = DATA_BUILDERS.get(kind) if type(kind) is str else None
+        if build is None or message["direction"] != "uplink":
+            raise EventError(f"{kind!r} ({message['direction']}) is not an uplink message")
+        device = str(message["device"])
+        event_id = f"{device}-{message['counter']}"
+        synced = message["clock_synced"]
+        time_text = iso_utc(message["time"]) if synced else None
+        received_text = parse.iso(received_at)
+        t = parse(time_text or received_text)
+        row = (event_id, device, kind, t, time_text, received_text, "", entry.opened, received_at)
+        if kind not in _POSITION_KINDS:
+            return row, [], False
+        event = {"id": event_id, "kind": kind, "device": device, "time": time_text,
+                 "received_at": received_text, "data": build(message, synced)}
         return row, position_rows(event, parse), False
 
     async def start(self) -> None:
@@ -274,12 +326,12 @@ class SqliteSink(Sink):
             raise SinkError(f"cannot open {self.path}: {exc}") from exc
 
     async def deliver(self, events: list[dict[str, Any]]) -> None:
-        await self._deliver([(event, None) for event in events])
+        await self._deliver([LogEntry(0, 0.0, event) for event in events])
 
     async def deliver_entries(self, entries: list[LogEntry]) -> None:
-        await self._deliver([(entry.event, entry.body or None) for entry in entries])
+        await self._deliver(entries)
 
-    async def _deliver(self, entries: list[tuple[dict[str, Any], str | None]]) -> None:
+    async def _deliver(self, entries: list[LogEntry]) -> None:
         try:
             await self.run_io(self._store, entries)
         except sqlite3.Error as exc:
