@@ -8,7 +8,8 @@ even after pruning). The log does not look ids up: each event is appended once b
 The ingest appends a frame's event in the transaction that inserts the frame into `frames`, whose
 (device, counter) key is UNIQUE, so a retransmitted frame can never log a second event. (An index
 on the event id would cost the ingest a random B-tree insert per frame and a dirty page per frame
-at every commit: about 4 us of its ~40 us per frame.)
+at every commit: about 4 us of its ~40 us per frame.) A frame's event is logged as a FrameEvent
+(its opened frame, not its JSON); readers make the JSON when they need it (LogEntry).
 
 Reader side (the sinks): an `EventLog(path)` object with its own connection, used only for short
 autocommit reads (`events_after`, `last_seq`) and for the per-sink cursors.
