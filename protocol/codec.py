@@ -435,23 +435,31 @@ _FLAGS_UNKNOWN = ~spec.FLAGS_KNOWN
 _FLAG_CLOCK_UNSYNCED = spec.FLAG_CLOCK_UNSYNCED
 
 
+def _header(data: bytes, what: str, minimum: int) -> tuple[MessageType, int, int, int, int]:
+    """(message type, flags, device, counter, time) of a frame's header, its size and version
+    checked first. Raises TruncatedFrame, OversizeFrame, BadVersion or UnknownType."""
+    size = len(data)
+    if size < minimum:
+        raise TruncatedFrame(f"{what} of {size} bytes is shorter than the minimum {minimum}")
+    if size > _MAX_FRAME:
+        raise OversizeFrame(f"{what} of {size} bytes exceeds the maximum {spec.MAX_FRAME}")
+    version, code, flags, device, counter, time = _unpack_header(data)
+    if version != _VERSION:
+        raise BadVersion(f"protocol version {version} is not supported (this receiver speaks {spec.VERSION})")
+    mtype = MESSAGE_CODES.get(code)
+    if mtype is None:
+        raise UnknownType(f"message type code {code} is not defined in protocol version {spec.VERSION}")
+    return mtype, flags, device, counter, time
+
+
 def decode_frame(frame: bytes, keys: KeySource, opened: list[bytes] | None = None) -> dict[str, Any]:
     """Check, authenticate, decrypt and parse one frame. Raises a ProtocolError subclass.
 
     With a list `opened`, the opened frame is appended to it once the frame is authentic: its
     header followed by the decrypted payload (no tag). `parse_opened` gives the same message
     back from it, with no key: the compact form in which the receiver logs a frame's event."""
+    mtype, flags, device, counter, time = _header(frame, "frame", _MIN_FRAME)
     size = len(frame)
-    if size < _MIN_FRAME:
-        raise TruncatedFrame(f"frame of {size} bytes is shorter than the minimum {spec.MIN_FRAME}")
-    if size > _MAX_FRAME:
-        raise OversizeFrame(f"frame of {size} bytes exceeds the maximum {spec.MAX_FRAME}")
-    version, code, flags, device, counter, time = _unpack_header(frame)
-    if version != _VERSION:
-        raise BadVersion(f"protocol version {version} is not supported (this receiver speaks {spec.VERSION})")
-    mtype = MESSAGE_CODES.get(code)
-    if mtype is None:
-        raise UnknownType(f"message type code {code} is not defined in protocol version {spec.VERSION}")
     frame_keys = keys._keys.get(device) if type(keys) is KeyRing else None
     if frame_keys is None:
         frame_keys = _frame_keys_for(keys, device)
@@ -473,17 +481,7 @@ def parse_opened(opened: bytes) -> dict[str, Any]:
     authenticated when it was decoded). Raises a ProtocolError subclass for anything else."""
     if not isinstance(opened, (bytes, bytearray)):
         raise MalformedFrame(f"an opened frame is bytes, not {type(opened).__name__}")
-    size = len(opened)
-    if size < _HEADER_LEN:
-        raise TruncatedFrame(f"opened frame of {size} bytes is shorter than the header ({_HEADER_LEN})")
-    if size > _MAX_FRAME:
-        raise OversizeFrame(f"opened frame of {size} bytes exceeds the maximum {spec.MAX_FRAME}")
-    version, code, flags, device, counter, time = _unpack_header(opened)
-    if version != _VERSION:
-        raise BadVersion(f"protocol version {version} is not supported (this receiver speaks {spec.VERSION})")
-    mtype = MESSAGE_CODES.get(code)
-    if mtype is None:
-        raise UnknownType(f"message type code {code} is not defined in protocol version {spec.VERSION}")
+    mtype, flags, device, counter, time = _header(opened, "opened frame", _HEADER_LEN)
     if flags & _FLAGS_UNKNOWN:
         raise MalformedFrame(f"device {device} counter {counter}: reserved flag bits 0x{flags:02x} set")
     return _message(mtype, bytes(opened[_HEADER_LEN:]), device, counter, time, flags)
