@@ -238,6 +238,21 @@ def _convert_point(point: Mapping[str, Any], synced: bool) -> dict[str, Any]:
 # docstring states; tests compare it with a direct interpretation of the plans for every type.
 
 
+def _field_source(field: FieldPlan, var: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """The rules for one integer field, as code: the lines that turn `var` (its raw value) into
+    the event's (its "unknown" sentinel to None) and the data keys it gives with their
+    expressions (its own name; its human-unit twin, None when unknown or, for coordinates,
+    without a fix: `no_fix`)."""
+    lines = []
+    if field.sentinel is not None:
+        lines += [f"    if {var} == {field.sentinel!r}:", f"        {var} = None"]
+    items = [(field.name, var)]
+    if field.twin is not None:
+        unknown = f"{var} is None or no_fix" if field.name in _COORD_BOUNDS else f"{var} is None"
+        items.append((field.twin, f"(None if {unknown} else {var} / {field.divisor!r})"))
+    return lines, items
+
+
 def _data_builder_source(kind: str, plan: tuple[FieldPlan, ...]) -> str:
     lines = [f"def _data_{kind}(m, synced):"]
     if any(f.twin is not None and f.name in _COORD_BOUNDS for f in plan):
@@ -250,14 +265,9 @@ def _data_builder_source(kind: str, plan: tuple[FieldPlan, ...]) -> str:
             lines.append(f"    {var} = [_convert_point(p, synced) for p in {var}]")
             items.append(f"{field.name!r}: {var}")
             continue
-        if field.sentinel is not None:
-            lines.append(f"    if {var} == {field.sentinel!r}:")
-            lines.append(f"        {var} = None")
-        items.append(f"{field.name!r}: {var}")
-        if field.twin is not None:
-            unknown = f"{var} is None or no_fix" if field.name in _COORD_BOUNDS else f"{var} is None"
-            value = f"(None if {unknown} else {var} / {field.divisor!r})"
-            items.append(f"{field.twin!r}: {value}")
+        field_lines, field_items = _field_source(field, var)
+        lines += field_lines
+        items += [f"{key!r}: {expr}" for key, expr in field_items]
     names = [f.name for f in plan]
     if all(part in names for part in _FW_PARTS):
         parts = ", ".join(f"v{names.index(part)}" for part in _FW_PARTS)
@@ -281,6 +291,36 @@ def _compile_data_builders() -> dict[str, Any]:
 
 
 DATA_BUILDERS: dict[str, Any] = _compile_data_builders()
+
+_PICKERS: dict[tuple[str, tuple[str, ...]], Any] = {}
+
+
+def data_picker(kind: str, keys: tuple[str, ...]) -> Any:
+    """A function `pick(message) -> tuple`: the values the event's `data` would hold under `keys`
+    (None for a key the type does not have), compiled from the same rules as the event itself
+    but computing only those keys, for a store that takes a few columns from many messages.
+    None for a type whose fields are not all integers and labels (track)."""
+    found = _PICKERS.get((kind, keys))
+    if found is not None or (kind, keys) in _PICKERS:
+        return found
+    plan = PLANS[kind]
+    picker = None
+    if all(f.kind != "track" for f in plan):
+        lines = ["def _pick(m):", "    no_fix = m.get('fix') == NO_FIX"]
+        exprs: dict[str, str] = {}
+        for i, field in enumerate(plan):
+            field_lines, field_items = _field_source(field, f"v{i}")
+            if not any(key in keys for key, _expr in field_items):
+                continue
+            lines.append(f"    v{i} = m[{field.name!r}]")
+            lines += field_lines
+            exprs.update(field_items)
+        lines.append("    return (" + "".join(f"{exprs.get(key, 'None')}, " for key in keys) + ")")
+        namespace: dict[str, Any] = {"NO_FIX": NO_FIX}
+        exec(compile("\n".join(lines) + "\n", f"<carecard data picker {kind}>", "exec"), namespace)
+        picker = namespace["_pick"]
+    _PICKERS[(kind, keys)] = picker
+    return picker
 _MAX_U32 = 2**32
 
 

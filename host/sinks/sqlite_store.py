@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from carecard.host.eventlog import LogEntry, event_json, insert_rows
-from carecard.host.events import ALERT_KIND, DATA_BUILDERS, NO_FIX, EventError, iso_utc, parse_iso_utc
+from carecard.host.events import (ALERT_KIND, DATA_BUILDERS, NO_FIX, EventError, data_picker, iso_utc,
+                                  parse_iso_utc)
 from carecard.host.paths import events_db_path
 from carecard.host.sinks.base import Sink, SinkError, SinkTable
 
@@ -132,6 +133,8 @@ def open_store(path: Path, *, create: bool = True) -> sqlite3.Connection:
 
 
 _POSITION_KINDS = frozenset(("position", "sos", "track"))
+# what a frame's position row takes from the event's data (see SqliteSink._frame_rows)
+_PICKED = POSITION_COLUMNS + ("fix_age_s",)
 
 
 class _Times:
@@ -315,9 +318,20 @@ class SqliteSink(Sink):
         row = (event_id, device, kind, t, time_text, received_text, "", entry.opened, received_at)
         if kind not in _POSITION_KINDS:
             return row, [], False
-        event = {"id": event_id, "kind": kind, "device": device, "time": time_text,
-                 "received_at": received_text, "data": build(message, synced)}
-        return row, position_rows(event, parse), False
+        pick = data_picker(kind, _PICKED)
+        if pick is None:  # a track: its points, through the event's own data
+            event = {"id": event_id, "kind": kind, "device": device, "time": time_text,
+                     "received_at": received_text, "data": build(message, synced)}
+            return row, position_rows(event, parse), False
+        values = pick(message)  # POSITION_COLUMNS, then fix_age_s
+        if values[7] == NO_FIX or values[0] is None or values[1] is None:
+            return row, [], False
+        age = values[10] or 0
+        if synced:
+            fix_t, estimated = float(message["time"] - age), 0
+        else:
+            fix_t, estimated = parse(received_text) - age, 1
+        return row, [(event_id, 0, device, kind, fix_t, estimated) + values[:10]], False
 
     async def start(self) -> None:
         try:
