@@ -135,6 +135,7 @@ def open_store(path: Path, *, create: bool = True) -> sqlite3.Connection:
 _POSITION_KINDS = frozenset(("position", "sos", "track"))
 # what a frame's position row takes from the event's data (see SqliteSink._frame_rows)
 _PICKED = POSITION_COLUMNS + ("fix_age_s",)
+_POSITION_PICKERS = {kind: data_picker(kind, _PICKED) for kind in _POSITION_KINDS}
 
 
 class _Times:
@@ -306,29 +307,33 @@ class SqliteSink(Sink):
         message, received_at = entry.message, entry.received_at
         assert message is not None and received_at is not None
         kind = message["type"]
-        build = DATA_BUILDERS.get(kind) if type(kind) is str else None
-        if build is None or message["direction"] != "uplink":
+        if kind not in DATA_BUILDERS or message["direction"] != "uplink":
             raise EventError(f"{kind!r} ({message['direction']}) is not an uplink message")
         device = str(message["device"])
         event_id = f"{device}-{message['counter']}"
         synced = message["clock_synced"]
-        time_text = iso_utc(message["time"]) if synced else None
         received_text = parse.iso(received_at)
-        t = parse(time_text or received_text)
+        if synced:
+            device_time = message["time"]
+            time_text = iso_utc(device_time)
+            t = float(device_time)  # the time text, read back
+        else:
+            time_text = None
+            t = parse(received_text)
         row = (event_id, device, kind, t, time_text, received_text, "", entry.opened, received_at)
         if kind not in _POSITION_KINDS:
             return row, [], False
-        pick = data_picker(kind, _PICKED)
+        pick = _POSITION_PICKERS[kind]
         if pick is None:  # a track: its points, through the event's own data
             event = {"id": event_id, "kind": kind, "device": device, "time": time_text,
-                     "received_at": received_text, "data": build(message, synced)}
+                     "received_at": received_text, "data": DATA_BUILDERS[kind](message, synced)}
             return row, position_rows(event, parse), False
         values = pick(message)  # POSITION_COLUMNS, then fix_age_s
         if values[7] == NO_FIX or values[0] is None or values[1] is None:
             return row, [], False
         age = values[10] or 0
         if synced:
-            fix_t, estimated = float(message["time"] - age), 0
+            fix_t, estimated = float(device_time - age), 0
         else:
             fix_t, estimated = parse(received_text) - age, 1
         return row, [(event_id, 0, device, kind, fix_t, estimated) + values[:10]], False
