@@ -35,6 +35,7 @@ import select
 import socket
 import sqlite3
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -142,8 +143,12 @@ def generator_main(argv: list[str]) -> int:
     recv = sock.recv
     header_len = spec.HEADER_LEN
     down = spec.DIR_DOWNLINK
-    outstanding: dict[tuple[int, int], int] = {}
-    sent_at: collections.deque[tuple[float, tuple[int, int]]] = collections.deque()
+    unpack_ack = struct.Struct(">QI").unpack_from  # the ack's device and downlink counter
+    # lean bookkeeping (the generator shares a CPU with the sinks): a frame is known by one
+    # integer, device << 32 | counter, and sends are remembered per burst, not per frame
+    key_of = [device << 32 | counter for device, counter, _frame in frames]
+    outstanding: dict[int, int] = {}  # key -> frame index, until acked
+    sent_at: collections.deque[tuple[float, int, int]] = collections.deque()  # (when, first, count)
     total = len(frames)
     next_index = acked = retransmits = bad_acks = 0
     started = time.time()
@@ -154,12 +159,13 @@ def generator_main(argv: list[str]) -> int:
     wait.register(sock, select.POLLIN)
     while acked < total:
         now = time.time()
+        first = next_index
         while len(outstanding) < window and next_index < total:
-            device, counter, frame = frames[next_index]
-            send(frame)
-            outstanding[(device, counter)] = next_index
-            sent_at.append((now, (device, counter)))
+            send(frames[next_index][2])
+            outstanding[key_of[next_index]] = next_index
             next_index += 1
+        if next_index > first:
+            sent_at.append((now, first, next_index - first))
         got = 0
         while True:
             try:
@@ -168,25 +174,24 @@ def generator_main(argv: list[str]) -> int:
                 break
             got += 1
             try:
-                device = int.from_bytes(data[3:11], "big")
-                dl_counter = int.from_bytes(data[11:15], "big")
-                k = keys[device]
-                uplink = int.from_bytes(k.crypt(device, dl_counter, down, data[header_len:header_len + 4]), "big")
-                if outstanding.pop((device, uplink), None) is not None:
+                device, dl_counter = unpack_ack(data, 3)
+                uplink = int.from_bytes(keys[device].crypt(device, dl_counter, down,
+                                                           data[header_len:header_len + 4]), "big")
+                if outstanding.pop(device << 32 | uplink, None) is not None:
                     acked += 1
-            except (KeyError, ValueError, IndexError):
+            except (KeyError, ValueError, IndexError, struct.error):
                 bad_acks += 1
         if not got:
             wait.poll(50)
         if now - last_check >= 0.1:
             last_check = now
-            while sent_at and now - sent_at[0][0] > 1.0:
-                _t, key = sent_at.popleft()
-                index = outstanding.get(key)
-                if index is not None:
-                    send(frames[index][2])
-                    retransmits += 1
-                    sent_at.append((now, key))
+            while sent_at and now - sent_at[0][0] > 1.0:  # not acked within a second: again
+                _when, first, count = sent_at.popleft()
+                for index in range(first, first + count):
+                    if key_of[index] in outstanding:
+                        send(frames[index][2])
+                        retransmits += 1
+                        sent_at.append((now, index, 1))
             if now > deadline:
                 break
     finished = time.time()
