@@ -234,6 +234,42 @@ class MessageType(NamedTuple):
     checks: tuple | None  # (field, low, high) checks after parsing; None = full _check_fields
     packed: PackedFields | None  # fixed layouts: parsed without a stream
     direction_name: str
+    # fixed layouts: (payload, device, counter, time, synced) -> the checked message, or None
+    # when an enum code is undefined (the general path then says which); see _message_builder
+    build_message: Callable[..., dict[str, Any] | None] | None = None
+
+
+def _out_of_range(type_name: str, device: int, counter: int, field: str, value: int) -> None:
+    raise MalformedFrame(f"{type_name} from device {device} counter {counter}: {field} {value} is out of range")
+
+
+def _message_builder(name: str, direction_name: str, packed: PackedFields,
+                     checks: tuple) -> Callable[..., dict[str, Any] | None]:
+    """The receiver's hot path for one fixed-layout type, compiled from its layout: one unpack,
+    enum labels by index, the coordinate bounds, one dict display with the header keys. The same
+    message as parse_exact plus the header keys (a test compares them for every type)."""
+    fields = [f"v{i}" for i in range(len(packed.names))]
+    lines = ["def _build(payload, device, counter, time, synced):",
+             f"    {', '.join(fields)}{',' if len(fields) == 1 else ''} = _unpack(payload)" if fields else
+             "    _unpack(payload)"]
+    values = list(fields)
+    for i, labels, _codes in packed.enums:
+        lines.append(f"    if v{i} >= {len(labels)}:")
+        lines.append("        return None")
+        values[i] = f"_labels_{i}[v{i}]"
+    for field, low, high in checks:
+        i = packed.names.index(field)
+        lines.append(f"    if not {low!r} <= v{i} <= {high!r}:")
+        lines.append(f"        _out_of_range({name!r}, device, counter, {field!r}, v{i})")
+    items = [f"{n!r}: {v}" for n, v in zip(packed.names, values)]
+    items += [f"'type': {name!r}", f"'direction': {direction_name!r}", "'device': device",
+              "'counter': counter", "'time': time", "'clock_synced': synced"]
+    lines.append("    return {" + ", ".join(items) + "}")
+    namespace: dict[str, Any] = {"_unpack": packed.packer.unpack, "_out_of_range": _out_of_range}
+    for i, labels, _codes in packed.enums:
+        namespace[f"_labels_{i}"] = labels
+    exec(compile("\n".join(lines) + "\n", f"<carecard message builder {name}>", "exec"), namespace)
+    return namespace["_build"]
 
 
 def _decode_checks(fields: tuple) -> tuple | None:
@@ -250,9 +286,12 @@ MESSAGE_CODES: dict[int, MessageType] = {}
 for _direction, _table in ((spec.DIR_UPLINK, spec.UPLINK), (spec.DIR_DOWNLINK, spec.DOWNLINK)):
     for _code, _name, _fields in _table:
         _payload = payload_construct(_fields)
-        _mt = MessageType(_code, _name, _direction, _fields, _payload.compile(),
-                          _decode_checks(_fields), _payload if isinstance(_payload, PackedFields) else None,
-                          "uplink" if _direction == spec.DIR_UPLINK else "downlink")
+        _packed = _payload if isinstance(_payload, PackedFields) else None
+        _direction_name = "uplink" if _direction == spec.DIR_UPLINK else "downlink"
+        _checks = _decode_checks(_fields)
+        _mt = MessageType(_code, _name, _direction, _fields, _payload.compile(), _checks, _packed,
+                          _direction_name,
+                          _message_builder(_name, _direction_name, _packed, _checks) if _packed else None)
         MESSAGE_TYPES[_name] = _mt
         MESSAGE_CODES[_code] = _mt
 
@@ -491,43 +530,28 @@ def _message(mtype: MessageType, payload: bytes, device: int, counter: int, time
              flags: int) -> dict[str, Any]:
     """The message dict of a decrypted payload: fields, enum labels, header keys; checked."""
     packed = mtype.packed
-    message = None
-    if packed is not None and len(payload) == packed.size:
-        # the hot path: one unpack, enum codes to labels, one dict with the header keys
-        values = packed.packer.unpack(payload)
-        if packed.enums:
-            values = list(values)
-            for i, labels, _codes in packed.enums:
-                code = values[i]
-                if code >= len(labels):
-                    break  # parse_exact below says which field, as a MalformedFrame
-                values[i] = labels[code]
-            else:
-                message = dict(zip(packed.message_names, (*values, mtype.name, mtype.direction_name, device,
-                                                          counter, time, not flags & _FLAG_CLOCK_UNSYNCED)))
-        else:
-            message = dict(zip(packed.message_names, (*values, mtype.name, mtype.direction_name, device,
-                                                      counter, time, not flags & _FLAG_CLOCK_UNSYNCED)))
-    if message is None:
-        try:
-            if packed is not None and len(payload) == packed.size:
-                message = packed.parse_exact(payload)
-            else:
-                message = _plain(mtype.payload.parse(payload))
-        except (ConstructError, UnicodeError, ValueError, OverflowError, TypeError) as exc:
-            raise MalformedFrame(f"{mtype.name} from device {device} counter {counter}: "
-                                 f"payload does not parse: {type(exc).__name__}: {exc}") from None
-        message.update(type=mtype.name, direction=mtype.direction_name, device=device, counter=counter,
-                       time=time, clock_synced=not flags & _FLAG_CLOCK_UNSYNCED)
+    fixed = packed is not None and len(payload) == packed.size
+    if fixed:
+        # the hot path: one compiled function (None: an undefined enum code, said below)
+        message = mtype.build_message(payload, device, counter, time, not flags & _FLAG_CLOCK_UNSYNCED)
+        if message is not None:
+            return message
+    try:
+        message = packed.parse_exact(payload) if fixed else _plain(mtype.payload.parse(payload))
+    except (ConstructError, UnicodeError, ValueError, OverflowError, TypeError) as exc:
+        raise MalformedFrame(f"{mtype.name} from device {device} counter {counter}: "
+                             f"payload does not parse: {type(exc).__name__}: {exc}") from None
+    message.update(type=mtype.name, direction=mtype.direction_name, device=device, counter=counter,
+                   time=time, clock_synced=not flags & _FLAG_CLOCK_UNSYNCED)
     if mtype.checks is None:
         _check_fields(mtype.fields, message, f"{mtype.name} from device {device} counter {counter}",
                       MalformedFrame)
     else:
         for name, low, high in mtype.checks:
             if not low <= message[name] <= high:
-                raise MalformedFrame(f"{mtype.name} from device {device} counter {counter}: "
-                                     f"{name} {message[name]} is out of range")
+                _out_of_range(mtype.name, device, counter, name, message[name])
     return message
+
 
 
 def _plain(value: Any) -> Any:

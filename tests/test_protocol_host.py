@@ -245,3 +245,27 @@ def test_replay_window_never_accepts_a_counter_twice(counters, size):
     for counter in stored:
         if counter > window.highest - size:
             assert restored.classify(counter, counter.to_bytes(8, "big")) is Verdict.DUPLICATE
+
+
+@pytest.mark.parametrize("name", [n for n, mt in MESSAGE_TYPES.items() if mt.packed is not None])
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_compiled_message_builder_equals_the_packed_parse(name, data):
+    """Every fixed-layout type's compiled builder gives parse_exact's message plus the header
+    keys, None for an undefined enum code (the general path then names it) and MalformedFrame
+    for coordinates out of bounds."""
+    mtype = MESSAGE_TYPES[name]
+    payload = data.draw(st.binary(min_size=mtype.packed.size, max_size=mtype.packed.size))
+    synced = data.draw(st.booleans())
+    try:
+        expected = mtype.packed.parse_exact(payload)
+    except Exception:
+        assert mtype.build_message(payload, 1, 2, 3, synced) is None
+        return
+    expected.update(type=name, direction=mtype.direction_name, device=1, counter=2, time=3,
+                    clock_synced=synced)
+    if any(not low <= expected[f] <= high for f, low, high in mtype.checks):
+        with pytest.raises(MalformedFrame, match="out of range"):
+            mtype.build_message(payload, 1, 2, 3, synced)
+        return
+    assert mtype.build_message(payload, 1, 2, 3, synced) == expected
