@@ -149,8 +149,8 @@ def test_jsonl_lines_are_the_logs_json_and_batch_defaults_by_type(tmp_path: Path
     asyncio.run(run())
     assert out.read_text(encoding="utf-8").split("\n") == [event_json(e) for e in events] + [""]
     assert [json.loads(line) for line in out.read_text(encoding="utf-8").split("\n")[:-1]] == events
-    assert (sinks.runner("sqlite").batch_size, sinks.runner("jsonl").batch_size) == (5000, 100)
-    assert (sinks.runner("sqlite").linger, sinks.runner("jsonl").linger) == (0.25, 0.0)
+    assert (sinks.runner("sqlite").batch_size, sinks.runner("jsonl").batch_size) == (10000, 100)
+    assert (sinks.runner("sqlite").linger, sinks.runner("jsonl").linger) == (1.0, 0.0)
     assert sinks.runner("sqlite").queue_size >= sinks.runner("sqlite").batch_size
 
 

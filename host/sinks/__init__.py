@@ -10,9 +10,9 @@
 Configuration: a list of `[[sinks]]` tables (see docs/events.md). Keys common to every type:
 `type` (required: sqlite, jsonl, mqtt, webhook), `name` (default: the type; unique; it keys the
 sink's cursor, so renaming a sink starts it afresh), `start` ("earliest": a new sink replays the
-whole log, the default; "latest": only new events), `batch_size` (100; SQLite 5000), `queue_size`
-(1000; SQLite 10000),
-`retry_min` (0.5 s), `retry_max` (30 s), `linger_ms` (0; SQLite 250: how long a batch that is not
+whole log, the default; "latest": only new events), `batch_size` (100; SQLite 10000), `queue_size`
+(1000; SQLite 20000),
+`retry_min` (0.5 s), `retry_max` (30 s), `linger_ms` (0; SQLite 1000: how long a batch that is not
 full may wait for more events). No configuration at all (None): the SQLite sink only.
 """
 
