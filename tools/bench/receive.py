@@ -588,7 +588,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"  baseline (receive, verify+decode, ack, discard): {base['rate']:,.0f} frames/s "
           f"({base['acked']} acked in {base['seconds']:.2f} s, {base['retransmits']} retransmitted, "
           f"{_drops_text(base['drops'])}; {base['cpu_us']:.1f} us CPU per frame; "
-          f"generator {1e6 * base.get('cpu_s', 0.0) / max(1, base['acked']):.1f} us)")
+          f"generator {1e6 * base.get('cpu_s', 0.0) / max(1, base['acked']):.1f} us, busy "
+          f"{base.get('cpu_s', 0.0) / max(base['seconds'], 1e-9):.0%} of its CPU: near 100%, the "
+          f"generator, not the baseline, set this ceiling)")
     print(f"  receiver (SQLite WAL synchronous={args.durability.upper()}, event log, "
           f"{'no sink' if args.no_sink else 'SQLite sink'}):")
     print(f"    acked:            {full['rate']:,.0f} frames/s ({full['acked']} in {full['seconds']:.2f} s, "
