@@ -200,8 +200,9 @@ def test_partial_delivery_advances_the_cursor(tmp_path: Path) -> None:
 
 
 def test_linger_gathers_a_trickle_full_batches_go_at_once_and_stop_never_waits(tmp_path: Path) -> None:
-    """With a linger, events arriving one by one are delivered together once the oldest has waited
-    the linger; a full batch goes at once; stopping delivers what is queued without waiting."""
+    """With a linger, events arriving one by one are delivered together, once the log has been
+    quiet a moment or the oldest has waited the linger; a full batch goes at once; stopping
+    delivers what is queued without waiting."""
     gate = GateSink()
     sinks, log, writer = _sinkset(tmp_path, [], gate, linger=0.3)
     slow = GateSink("slow")
@@ -224,18 +225,23 @@ def test_linger_gathers_a_trickle_full_batches_go_at_once_and_stop_never_waits(t
         sinks.notify(EventLog.append(writer, [status_event(n) for n in range(6, 26)]))  # 20: full
         await until(lambda: len(slow.received) >= 20)
         full_batch = len(slow.received)  # the 60 s linger did not hold a full batch
+        # the 5 left in "slow" go once the log has been quiet a moment, not after 60 s
+        quiet_started = time.monotonic()
+        await until(lambda: len(slow.received) == 25)
+        quiet_seconds = time.monotonic() - quiet_started
+        sinks.notify(EventLog.append(writer, [status_event(26)]))
         started = time.monotonic()
-        await sinks.stop(drain_timeout=5)  # 5 events still lingering in "slow": delivered now
-        return trickle_attempts, full_batch, time.monotonic() - started
+        await sinks.stop(drain_timeout=5)  # one event just appended, lingering: delivered now
+        return trickle_attempts, full_batch, quiet_seconds, time.monotonic() - started
 
-    trickle_attempts, full_batch, stop_seconds = asyncio.run(main())
+    trickle_attempts, full_batch, quiet_seconds, stop_seconds = asyncio.run(main())
     assert trickle_attempts == 0
     assert gate.received[:5] == [status_event(n)["id"] for n in range(1, 6)]
-    assert gate.attempts <= 3  # the trickle of 5 went out together (then the burst of 20)
-    assert full_batch >= 20
-    assert slow.received == [status_event(n)["id"] for n in range(1, 26)]
+    assert gate.attempts <= 4  # the trickle of 5 went out together (then the burst, then 26)
+    assert full_batch >= 20 and quiet_seconds < 5
+    assert slow.received == [status_event(n)["id"] for n in range(1, 27)]
     assert stop_seconds < 5
-    assert log.cursors() == {"gate": 25, "slow": 25}
+    assert log.cursors() == {"gate": 26, "slow": 26}
 
 
 def test_stop_with_a_dead_sink_is_bounded_and_leaves_other_tasks_alone(tmp_path: Path) -> None:

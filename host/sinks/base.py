@@ -44,6 +44,7 @@ DEFAULT_RETRY_MAX = 30.0
 DEFAULT_CURSOR_INTERVAL = 0.25
 DEFAULT_POLL_INTERVAL = 1.0
 DEFAULT_LINGER_MS = 0.0  # deliver what is queued at once
+LINGER_QUIET_S = 0.1  # a lingering batch goes once the log has had no new event this long
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -340,13 +341,17 @@ class SinkRunner:
             await self._persist(force=False)
 
     async def _lingered(self) -> bool:
-        """With a linger, a batch that is not full waits until its oldest event has been in the
-        log `linger` seconds (or until new events arrive, to look again), so that under load
-        deliveries are few and large: a SQLite commit costs about as much for 500 events as for
-        5000. Stopping never waits. Returns whether it waited."""
+        """With a linger, a batch that is not full waits for more events, so that under load
+        deliveries are few and large (a SQLite commit costs about as much for 500 events as for
+        5000): until its oldest event has been in the log `linger` seconds, or until the log has
+        been quiet for LINGER_QUIET_S (no event appended since: the burst is over, nothing is
+        gained by waiting). New events end a wait early, to look again. Stopping never waits.
+        Returns whether it waited."""
         if not self.linger or self._draining or len(self._queue) >= self.batch_size:
             return False
-        wait = self._queue[0].appended_at + self.linger - time.time()
+        queue = self._queue
+        until = min(queue[0].appended_at + self.linger, queue[-1].appended_at + LINGER_QUIET_S)
+        wait = until - time.time()
         if wait <= 0:
             return False
         self.state = "lingering"
