@@ -220,8 +220,8 @@ class SqliteSink(Sink):
     # a commit take about 20 us of the sink's CPU per event, 5000 about 26, a few hundred far
     # more). Under load a batch waits up to a second to fill (10,000 events at 10,000 frames/s);
     # queries then see an event at most about a second late (0.1 s once the log goes quiet:
-    # base.LINGER_QUIET_S). The MQTT and webhook sinks, which
-    # take alerts to people, deliver at once.
+    # base.LINGER_QUIET_S). The MQTT and webhook sinks, which take alerts to people, deliver at
+    # once.
     default_batch_size = 10000
     default_queue_size = 20000
     default_linger_ms = 1000.0
