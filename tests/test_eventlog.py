@@ -13,9 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from carecard.host.eventlog import EventLog, EventLogError, event_json, insert_rows, multi_row_chunks, parse_body
+from carecard.host.events import event_from_message
 from carecard.host.paths import DEFAULT_DATA_DIR, events_db_path, ingest_db_path
 
-from eventgen import position_event
+from eventgen import DEVICE, T0, position_event, position_message
 
 
 def test_paths() -> None:
@@ -247,3 +248,42 @@ def test_entries_after_keeps_wide_integers_exact(tmp_path: Path) -> None:
         (entry,) = log.entries_after(0)
     assert entry.event == event and type(entry.event["big"]) is int
     writer.close()
+
+
+def test_a_damaged_opened_frame_in_the_log_is_a_clear_error_naming_its_row(tmp_path: Path) -> None:
+    """A frame's event is logged as its opened frame; a row whose bytes are not one (a damaged
+    file) stops the reader with an error that names the row, instead of a wrong event."""
+    from carecard.host.eventlog import FrameEvent
+
+    db = tmp_path / "c.sqlite"
+    writer = EventLog.connect_writer(db)
+    EventLog.append(writer, [position_event(1), FrameEvent("861234567890123-2", b"\x01\x02garbage", 1.5)])
+    with EventLog(db) as reader:
+        assert reader.entries_after(0, 1)[0].event == position_event(1)  # the good row before it
+        with pytest.raises(EventLogError, match="seq 2 is not an opened frame"):
+            reader.entries_after(0)
+
+
+def test_a_log_of_the_json_only_layout_gains_the_frame_columns_and_keeps_its_rows(tmp_path: Path) -> None:
+    from carecard.host.eventlog import FrameEvent
+    from carecard.protocol import decode_frame, encode_frame
+
+    db = tmp_path / "c.sqlite"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("""CREATE TABLE event_log (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL, appended_at REAL NOT NULL,
+        body TEXT NOT NULL)""")
+    conn.execute("INSERT INTO event_log (event_id, appended_at, body) VALUES (?, 0, ?)",
+                 (position_event(1)["id"], event_json(position_event(1))))
+    conn.close()
+    writer = EventLog.connect_writer(db)
+    key = bytes(range(16))
+    opened: list[bytes] = []
+    decoded = decode_frame(encode_frame(position_message(2), key), key, opened)
+    EventLog.append(writer, [FrameEvent(f"{DEVICE}-2", opened[0], T0 + 121.25)])
+    with EventLog(db) as reader:
+        first, second = reader.entries_after(0)
+    assert first.event == position_event(1) and first.message is None
+    assert second.message == decoded
+    assert second.event == event_from_message(decoded, T0 + 121.25)
+    assert second.body == event_json(second.event)

@@ -344,3 +344,42 @@ def test_events_from_the_receiver_read_back_as_made_from_their_frames(tmp_path: 
     assert printed == expected
     with sqlite3.connect(events_db_path(tmp_path)) as conn:
         assert conn.execute("SELECT COUNT(*) FROM events WHERE body = '' AND opened IS NOT NULL").fetchone()[0] == 5
+
+
+def test_a_store_of_the_json_only_layout_gains_the_columns_and_a_damaged_frame_is_one_line(
+        tmp_path: Path, capsys) -> None:
+    """A query store made before frames were kept as opened frames (events.body only) gains the
+    columns when the sink opens it and serves old and new events alike; a stored opened frame
+    that does not parse (a damaged file) is one clear line from `carecard events`."""
+    from carecard.host.eventlog import FrameEvent, event_json
+    from carecard.protocol import decode_frame, encode_frame
+
+    path = events_db_path(tmp_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = event_from_message(position_message(1), T0 + 61.5)
+    with sqlite3.connect(path) as conn:
+        conn.execute("""CREATE TABLE events (id TEXT PRIMARY KEY, device TEXT NOT NULL, kind TEXT NOT NULL,
+            t REAL NOT NULL, time TEXT, received_at TEXT NOT NULL, body TEXT NOT NULL)""")
+        conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     (old["id"], old["device"], old["kind"], T0 + 60.0, old["time"], old["received_at"],
+                      event_json(old)))
+    key = bytes(range(16))
+    opened: list[bytes] = []
+    new_message = decode_frame(encode_frame(position_message(2), key), key, opened)
+    writer = EventLog.connect_writer(ingest_db_path(tmp_path))
+    EventLog.append(writer, [FrameEvent(f"{DEVICE}-2", opened[0], T0 + 121.25)])
+
+    async def deliver() -> None:
+        sinks = SinkSet.from_config(None, tmp_path, EventLog(ingest_db_path(tmp_path)))
+        await sinks.start()
+        await sinks.stop(drain_timeout=10)
+
+    asyncio.run(deliver())
+    assert main(["events", "--data", str(tmp_path)]) == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert printed == [old, event_from_message(new_message, T0 + 121.25)]
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE events SET opened = ? WHERE id = ?", (b"\x07damaged", f"{DEVICE}-2"))
+    assert main(["events", "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot be read back" in err and "Traceback" not in err
