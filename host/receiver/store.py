@@ -110,7 +110,8 @@ class CommitBatch:
     """Everything one ingest transaction makes durable."""
 
     frames: list[tuple] = field(default_factory=list)  # FRAME_COLUMNS
-    # events in frame order: dicts, or (id, JSON text) pairs (EventLog.append takes both)
+    # events in frame order: FrameEvents (what the ingest logs), dicts or (id, JSON text) pairs
+    # (EventLog.append takes all three)
     events: list[Any] = field(default_factory=list)
     # (device, last_seen, last_counter, last_source, frames_added)
     device_stats: list[tuple] = field(default_factory=list)
