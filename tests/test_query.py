@@ -140,15 +140,15 @@ def test_sqlite_sink_large_batches_from_the_log_match_event_by_event_delivery(tm
         await sink.start()
         for event in events:
             await sink.deliver([event])
-        bad = [{"id": "x-1"}, "not an event", {"id": "x-2", "kind": "position", "device": "1", "time": None,
-                                               "received_at": "yesterday", "data": {}}]
+        bad = [{"id": "x-1"}, "not an event", None, {"id": "x-2", "kind": "position", "device": "1",
+                                                     "time": None, "received_at": "yesterday", "data": {}}]
         await sink.deliver(bad + events[:50] + bad)  # again, with malformed events around
         await sink.close()
         return sink.malformed
 
     stats = asyncio.run(from_log())
     assert stats["delivered"] == len(events) and stats["malformed"] == 0  # the repeats too
-    assert asyncio.run(one_by_one()) == 6
+    assert asyncio.run(one_by_one()) == 8
     by_log, by_one = _dump(events_db_path(log_dir)), _dump(events_db_path(one_dir))
     assert by_log == by_one
     assert len(by_log["events"]) == len(events) - 4 and len(by_log["positions"]) > 450

@@ -212,6 +212,18 @@ def event_time(event: Mapping[str, Any], parse: Any = parse_iso_utc) -> float:
     return parse(event["time"] or event["received_at"])
 
 
+def _label(entry: LogEntry) -> str:
+    """How a log message names an event that could not be stored (its id when it has one)."""
+    try:
+        event = entry.message if entry.message is not None else entry.event
+    except (ValueError, TypeError):  # not even readable as JSON
+        return f"at seq {entry.seq}"
+    if isinstance(event, dict):
+        counter = event.get("counter")
+        return repr(event.get("id") or f"{event.get('device')}-{counter}")
+    return repr(event)
+
+
 class SqliteSink(Sink):
     type_name = "sqlite"
     # Large batches, gathered by waiting: a commit writes every index page the batch touched,
@@ -264,10 +276,8 @@ class SqliteSink(Sink):
                 except (KeyError, TypeError, ValueError, AttributeError, EventError) as exc:
                     # not a schema-1 event: keep the rest of the batch flowing, count and log it
                     self.malformed += 1
-                    event = entry.message if entry.message is not None else entry.event
-                    log.error("sink %s: event %r not stored: malformed (%s: %s)", self.name,
-                              event.get("id") if isinstance(event, dict) else event,
-                              type(exc).__name__, exc)
+                    log.error("sink %s: event %s not stored: malformed (%s: %s)", self.name,
+                              _label(entry), type(exc).__name__, exc)
                     continue
                 events.extend(row)
                 target = alerts if is_alert else positions
