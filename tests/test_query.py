@@ -107,6 +107,18 @@ def test_sqlite_sink_is_idempotent(tmp_path: Path) -> None:
     assert store.execute("SELECT COUNT(*) FROM alerts").fetchone()[0] == 1
 
 
+def _deliver_log(data_dir: Path) -> dict:
+    """Run the default sinks (the SQLite store) over the event log in `data_dir` until it is
+    delivered; the SQLite sink's stats."""
+    async def run() -> dict:
+        sinks = SinkSet.from_config(None, data_dir, EventLog(ingest_db_path(data_dir)))
+        await sinks.start()
+        await sinks.stop(drain_timeout=10)
+        return sinks.stats()["sqlite"]
+
+    return asyncio.run(run())
+
+
 def _dump(path: Path) -> dict[str, list[tuple]]:
     with sqlite3.connect(path) as store:
         return {table: store.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
@@ -129,12 +141,6 @@ def test_sqlite_sink_large_batches_from_the_log_match_event_by_event_delivery(tm
     writer = EventLog.connect_writer(ingest_db_path(log_dir))
     EventLog.append(writer, events)
 
-    async def from_log() -> dict:
-        sinks = SinkSet.from_config([{"type": "sqlite"}], log_dir, EventLog(ingest_db_path(log_dir)))
-        await sinks.start()
-        await sinks.stop(drain_timeout=10)
-        return sinks.stats()["sqlite"]
-
     async def one_by_one() -> int:
         sink = SqliteSink("sqlite", events_db_path(one_dir))
         await sink.start()
@@ -146,7 +152,7 @@ def test_sqlite_sink_large_batches_from_the_log_match_event_by_event_delivery(tm
         await sink.close()
         return sink.malformed
 
-    stats = asyncio.run(from_log())
+    stats = _deliver_log(log_dir)
     assert stats["delivered"] == len(events) and stats["malformed"] == 0  # the repeats too
     assert asyncio.run(one_by_one()) == 8
     by_log, by_one = _dump(events_db_path(log_dir)), _dump(events_db_path(one_dir))
@@ -333,12 +339,7 @@ def test_events_from_the_receiver_read_back_as_made_from_their_frames(tmp_path: 
         expected.append(event_from_message(message, received))
         EventLog.append(writer, [FrameEvent(expected[-1]["id"], opened[0], received)])
 
-    async def deliver() -> None:
-        sinks = SinkSet.from_config(None, tmp_path, EventLog(ingest_db_path(tmp_path)))
-        await sinks.start()
-        await sinks.stop(drain_timeout=10)
-
-    asyncio.run(deliver())
+    _deliver_log(tmp_path)
     assert main(["events", "--data", str(tmp_path)]) == 0
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert printed == expected
@@ -369,12 +370,7 @@ def test_a_store_of_the_json_only_layout_gains_the_columns_and_a_damaged_frame_i
     writer = EventLog.connect_writer(ingest_db_path(tmp_path))
     EventLog.append(writer, [FrameEvent(f"{DEVICE}-2", opened[0], T0 + 121.25)])
 
-    async def deliver() -> None:
-        sinks = SinkSet.from_config(None, tmp_path, EventLog(ingest_db_path(tmp_path)))
-        await sinks.start()
-        await sinks.stop(drain_timeout=10)
-
-    asyncio.run(deliver())
+    _deliver_log(tmp_path)
     assert main(["events", "--data", str(tmp_path)]) == 0
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert printed == [old, event_from_message(new_message, T0 + 121.25)]
