@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEM_FILES = [ROOT / "firmware/lib/at.py", *sorted((ROOT / "firmware/lib").glob("modem*.py"))]

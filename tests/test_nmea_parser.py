@@ -11,7 +11,6 @@ import datetime as dt
 import json
 from fractions import Fraction
 from functools import reduce
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings

@@ -27,10 +27,6 @@ from typing import Any, Mapping
 
 from carecard.host.eventlog import EventLog
 from carecard.host.sinks.base import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_CURSOR_INTERVAL,
-    DEFAULT_POLL_INTERVAL,
-    DEFAULT_QUEUE_SIZE,
     DEFAULT_RETRY_MAX,
     DEFAULT_RETRY_MIN,
     ConfigError,
