@@ -21,7 +21,7 @@ from carecard.host.eventlog import EventLog
 from carecard.host.events import alert_event, event_from_message
 from carecard.host.export import export_track
 from carecard.host.paths import events_db_path, ingest_db_path
-from carecard.host.sinks import SinkSet, SqliteSink
+from carecard.host.sinks import SinkError, SinkSet, SqliteSink
 
 from eventgen import DEVICE, T0, position_message, status_event
 
@@ -379,3 +379,79 @@ def test_a_store_of_the_json_only_layout_gains_the_columns_and_a_damaged_frame_i
     assert main(["events", "--data", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot be read back" in err and "Traceback" not in err
+
+
+# The query store's first layout (keys on the event id), as carecard wrote it before layout 2.
+_LAYOUT_0 = (
+    """CREATE TABLE events (id TEXT PRIMARY KEY, device TEXT NOT NULL, kind TEXT NOT NULL,
+        t REAL NOT NULL, time TEXT, received_at TEXT NOT NULL, body TEXT NOT NULL, opened BLOB,
+        received_unix REAL)""",
+    "CREATE INDEX events_device_t ON events (device, t)",
+    """CREATE TABLE positions (event_id TEXT NOT NULL, idx INTEGER NOT NULL, device TEXT NOT NULL,
+        source TEXT NOT NULL, t REAL NOT NULL, time_estimated INTEGER NOT NULL, lat REAL NOT NULL,
+        lon REAL NOT NULL, lat_e7 INTEGER NOT NULL, lon_e7 INTEGER NOT NULL, alt_m INTEGER,
+        hdop REAL, sats INTEGER, fix TEXT, speed_ms REAL, course REAL, PRIMARY KEY (event_id, idx))""",
+    "CREATE INDEX positions_device_t ON positions (device, t)",
+)
+
+
+def test_a_store_of_the_first_layout_is_rebuilt_keeping_its_rows_and_order(tmp_path: Path) -> None:
+    """A query store keyed on event ids (layout 0) is rebuilt when the sink opens it: every row
+    and rowid kept, the unique (device, t, ...) indexes made, events it already holds are still
+    not stored twice, and the queries answer as from a store made in the new layout."""
+    events = _scenario()
+    fresh = tmp_path / "fresh"
+    old = tmp_path / "old"
+
+    async def deliver(data: Path, batch: list[dict]) -> None:
+        sink = SqliteSink("sqlite", events_db_path(data))
+        await sink.start()
+        await sink.deliver(batch)
+        await sink.close()
+
+    asyncio.run(deliver(fresh, events))
+    path = events_db_path(old)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path) as conn:  # the first half, stored the old way, in reverse order
+        for statement in _LAYOUT_0:
+            conn.execute(statement)
+        for event in reversed(events[:9]):
+            row, extra, is_alert = SqliteSink._rows(event, None)
+            assert not is_alert
+            conn.execute(f"INSERT INTO events VALUES ({','.join('?' * len(row))})", row)
+            for position in extra:
+                conn.execute(f"INSERT INTO positions VALUES ({','.join('?' * len(position))})", position)
+        before = conn.execute("SELECT rowid, id FROM events ORDER BY rowid").fetchall()
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 0
+    conn.close()
+
+    asyncio.run(deliver(old, events))  # everything: the first half again, and the rest
+
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("SELECT rowid, id FROM events ORDER BY rowid LIMIT 9").fetchall() == before
+        unique = {row[1] for row in conn.execute("PRAGMA index_list(events)") if row[2]}
+        assert unique == {"events_device_t"}
+        unique = {row[1] for row in conn.execute("PRAGMA index_list(positions)") if row[2]}
+        assert unique == {"positions_device_t"}
+    assert _dump(path) == _dump(events_db_path(fresh))
+    for data in (old, fresh):
+        assert main(["track", str(DEVICE), "--data", str(data), "--format", "csv",
+                     "--output", str(data / "track.csv")]) == 0
+    assert (old / "track.csv").read_text() == (fresh / "track.csv").read_text()
+
+
+def test_a_store_of_a_newer_layout_is_refused_with_the_fix(tmp_path: Path) -> None:
+    path = events_db_path(tmp_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    sink = SqliteSink("sqlite", path)
+
+    async def start() -> None:
+        await sink.start()
+
+    with pytest.raises(SinkError, match=r"layout 99.*upgrade carecard"):
+        asyncio.run(start())
+    sink.release_io()

@@ -25,6 +25,7 @@ import abc
 import asyncio
 import collections
 import concurrent.futures
+import itertools
 import logging
 import math
 import random
@@ -317,7 +318,7 @@ class SinkRunner:
                 continue
             if await self._lingered():
                 continue  # woken by new events, or the linger ran out: look again
-            batch = [self._queue[i] for i in range(min(self.batch_size, len(self._queue)))]
+            batch = list(itertools.islice(self._queue, self.batch_size))
             try:
                 if not self._sink_started:
                     await self.sink.start()

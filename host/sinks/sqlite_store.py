@@ -3,7 +3,7 @@
 A separate file from the ingest database, so queries and this sink never contend with the ingest
 writer. Tables (all keyed on the event id, so at-least-once delivery never creates duplicates):
 
-    events(id PK, device, kind, t, time, received_at, body,      every event: body = the JSON,
+    events(id, device, kind, t, time, received_at, body,         every event: body = the JSON,
            opened, received_unix)                                or, for a frame's event, '' and
                                                                  the opened frame with the exact
                                                                  receive time (the JSON is made
@@ -20,7 +20,13 @@ writer. Tables (all keyed on the event id, so at-least-once delivery never creat
   unknown: the message time), the point's own time for track points. When the card's clock was
   not synced, the time is estimated from received_at minus the seconds-since-boot difference
   (time_estimated = 1).
-Indexes: (device, t) on all three tables, (kind, t) and (t) on events.
+Indexes: UNIQUE (device, t, id) on events and (device, t, event_id, idx) on positions, which
+serve the per-device time-range queries and make a re-delivered event a no-op (its t is computed
+from the event itself, so the same event always has the same key); (kind, t) and (t) on events;
+(device, t) on alerts. Why not a key on the id alone: every frame then cost the store two random
+B-tree inserts per table (the id index and the device index), and a batch's commit wrote both
+indexes' pages; this layout (2, in PRAGMA user_version) has one per table. Stores of the first
+layout are rebuilt when the sink opens them (_upgrade), keeping their rows and rowids.
 
 Each batch (up to 10,000 events by default) is one transaction with synchronous=FULL, written with
 multi-row INSERTs: when deliver() returns, the batch is on disk (the runner advances its cursor
@@ -46,9 +52,11 @@ from carecard.host.sinks.base import Sink, SinkError, SinkTable
 
 log = logging.getLogger("carecard.host.sinks")
 
-STORE_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS events (
-        id TEXT PRIMARY KEY,
+# The layout written by this version (PRAGMA user_version of the store); 0 is the first one.
+STORE_LAYOUT = 2
+
+_EVENTS_TABLE = """CREATE TABLE IF NOT EXISTS {name} (
+        id TEXT NOT NULL,
         device TEXT NOT NULL,
         kind TEXT NOT NULL,
         t REAL NOT NULL,
@@ -57,11 +65,8 @@ STORE_SCHEMA = (
         body TEXT NOT NULL,
         opened BLOB,
         received_unix REAL
-    )""",
-    "CREATE INDEX IF NOT EXISTS events_device_t ON events (device, t)",
-    "CREATE INDEX IF NOT EXISTS events_kind_t ON events (kind, t)",
-    "CREATE INDEX IF NOT EXISTS events_t ON events (t)",
-    """CREATE TABLE IF NOT EXISTS positions (
+    )"""
+_POSITIONS_TABLE = """CREATE TABLE IF NOT EXISTS {name} (
         event_id TEXT NOT NULL,
         idx INTEGER NOT NULL,
         device TEXT NOT NULL,
@@ -77,10 +82,16 @@ STORE_SCHEMA = (
         sats INTEGER,
         fix TEXT,
         speed_ms REAL,
-        course REAL,
-        PRIMARY KEY (event_id, idx)
-    )""",
-    "CREATE INDEX IF NOT EXISTS positions_device_t ON positions (device, t)",
+        course REAL
+    )"""
+
+STORE_SCHEMA = (
+    _EVENTS_TABLE.format(name="events"),
+    "CREATE UNIQUE INDEX IF NOT EXISTS events_device_t ON events (device, t, id)",
+    "CREATE INDEX IF NOT EXISTS events_kind_t ON events (kind, t)",
+    "CREATE INDEX IF NOT EXISTS events_t ON events (t)",
+    _POSITIONS_TABLE.format(name="positions"),
+    "CREATE UNIQUE INDEX IF NOT EXISTS positions_device_t ON positions (device, t, event_id, idx)",
     """CREATE TABLE IF NOT EXISTS alerts (
         id TEXT PRIMARY KEY,
         device TEXT NOT NULL,
@@ -111,25 +122,66 @@ _INSERT_ALERTS = "INSERT OR IGNORE INTO alerts (id, device, alert, t, time, deta
 _ALERT_WIDTH = 6
 
 
-def open_store(path: Path, *, create: bool = True) -> sqlite3.Connection:
-    """Open (and with create=True, create) the query store."""
-    if create:
-        path.parent.mkdir(parents=True, exist_ok=True)
+class StoreLayoutError(RuntimeError):
+    """The query store was written by a newer carecard (or is not a query store)."""
+
+
+def open_store(path: Path) -> sqlite3.Connection:
+    """Open the query store, creating it or bringing an older layout up to this one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
-    if create:
+    try:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
-        # every batch touches the id and device indexes all over: keep them in memory, and
-        # checkpoint less often than SQLite's default (1000 pages)
+        # every batch touches the device indexes all over: keep them in memory, and checkpoint
+        # less often than SQLite's default (1000 pages)
         conn.execute("PRAGMA cache_size=-65536")
         conn.execute("PRAGMA wal_autocheckpoint=8192")
-        for statement in STORE_SCHEMA:
-            conn.execute(statement)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            layout = conn.execute("PRAGMA user_version").fetchone()[0]
+            if layout > STORE_LAYOUT:
+                raise StoreLayoutError(f"query store {path} has layout {layout}; this version of "
+                                       f"carecard writes up to {STORE_LAYOUT}: upgrade carecard")
+            if layout < STORE_LAYOUT:
+                _upgrade(conn, path)
+            for statement in STORE_SCHEMA:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {STORE_LAYOUT}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _upgrade(conn: sqlite3.Connection, path: Path) -> None:
+    """Rebuild `events` and `positions` of an earlier layout (keys on the event id) as this
+    layout's tables, in the caller's transaction: same rows, same rowids (events are listed in
+    (t, rowid) order), the new unique indexes made by STORE_SCHEMA afterwards."""
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "events" in tables:
         have = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
-        for name, kind in _ADDED_EVENT_COLUMNS:
+        for name, kind in _ADDED_EVENT_COLUMNS:  # the JSON-only layout: its rows keep their JSON
             if name not in have:
                 conn.execute(f"ALTER TABLE events ADD COLUMN {name} {kind}")
-    return conn
+    for table, create in (("events", _EVENTS_TABLE), ("positions", _POSITIONS_TABLE)):
+        if table not in tables:
+            continue
+        columns = ", ".join(row[1] for row in conn.execute(
+            f"PRAGMA table_info({table})").fetchall())
+        count = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+        log.info("query store %s: rebuilding %s (%d rows) in layout %d", path, table, count,
+                 STORE_LAYOUT)
+        conn.execute(f"DROP TABLE IF EXISTS {table}_upgrade")
+        conn.execute(create.format(name=f"{table}_upgrade"))
+        conn.execute(f"INSERT INTO {table}_upgrade (rowid, {columns}) "
+                     f"SELECT rowid, {columns} FROM {table} ORDER BY rowid")
+        conn.execute(f"DROP TABLE {table}")
+        conn.execute(f"ALTER TABLE {table}_upgrade RENAME TO {table}")
 
 
 _POSITION_KINDS = frozenset(("position", "sos", "track"))
@@ -141,18 +193,25 @@ _POSITION_PICKERS = {kind: data_picker(kind, _PICKED) for kind in _POSITION_KIND
 class _Times:
     """parse_iso_utc with a memo for one batch: a batch holds many events with the same
     received_at (the receiver stamps them to the millisecond) and card times (whole seconds);
-    `iso` the same for writing a receive time as text."""
+    `iso` and `iso_second` the same for writing a receive time or a card time as text."""
 
-    __slots__ = ("memo", "texts")
+    __slots__ = ("memo", "texts", "seconds")
 
     def __init__(self) -> None:
         self.memo: dict[str, float] = {}
         self.texts: dict[float, str] = {}
+        self.seconds: dict[int, str] = {}
 
     def iso(self, received_at: float) -> str:
         text = self.texts.get(received_at)
         if text is None:
             text = self.texts[received_at] = iso_utc(received_at, millis=True)
+        return text
+
+    def iso_second(self, unix: int) -> str:
+        text = self.seconds.get(unix)
+        if text is None:
+            text = self.seconds[unix] = iso_utc(unix)
         return text
 
     def __call__(self, text: Any) -> float:
@@ -324,7 +383,7 @@ class SqliteSink(Sink):
         received_text = parse.iso(received_at)
         if synced:
             device_time = message["time"]
-            time_text = iso_utc(device_time)
+            time_text = parse.iso_second(device_time)
             t = float(device_time)  # the time text, read back
         else:
             time_text = None
@@ -350,7 +409,7 @@ class SqliteSink(Sink):
     async def start(self) -> None:
         try:
             await self.run_io(self._open)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError, StoreLayoutError) as exc:
             raise SinkError(f"cannot open {self.path}: {exc}") from exc
 
     async def deliver(self, events: list[dict[str, Any]]) -> None:
@@ -362,7 +421,7 @@ class SqliteSink(Sink):
     async def _deliver(self, entries: list[LogEntry]) -> None:
         try:
             await self.run_io(self._store, entries)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError, StoreLayoutError) as exc:
             raise SinkError(f"cannot store in {self.path}: {exc}") from exc
 
     def stats(self) -> dict[str, Any]:
