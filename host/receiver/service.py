@@ -30,6 +30,7 @@ from carecard.host.receiver.config import ReceiverConfig
 from carecard.host.receiver.ingest import Ingest, PendingBatch
 from carecard.host.receiver.metrics import Metrics, MetricsServer
 from carecard.host.receiver.registry import keys_path, load_key_file
+from carecard.host.receiver.runtime import tune_gc
 from carecard.host.receiver.sinkproc import SinkProcess, SinkProcessError
 from carecard.host.receiver.store import SQLiteStore, StoreError
 from carecard.host.receiver.transports import SerialListener, TcpListener, TransportError, UdpListener
@@ -108,6 +109,7 @@ class Receiver:
                     pass
             await self._close_resources()
             raise
+        tune_gc()
         self._started = True
         self.ready.set()
 

@@ -196,6 +196,7 @@ class SinkProcess:
 async def _child(config: dict[str, Any]) -> int:
     from carecard.host.eventlog import EventLog
     from carecard.host.paths import ingest_db_path
+    from carecard.host.receiver.runtime import tune_gc
     from carecard.host.sinks import ConfigError, SinkSet
 
     out = sys.stdout
@@ -212,7 +213,7 @@ async def _child(config: dict[str, Any]) -> int:
         out.flush()
         return 2
     await sinks.start()
-    _tune_gc()
+    tune_gc(freeze=True)
     out.write(f"ready {json.dumps(sinks.names)}\n")
     out.flush()
 
@@ -267,23 +268,6 @@ async def _child(config: dict[str, Any]) -> int:
     out.flush()
     eventlog.close()
     return 0
-
-
-# The sinks allocate several objects per event (its log entry, message, rows) and keep up to a
-# queue's worth alive, so the collector's default gen-0 threshold (700) runs a collection every few
-# events and keeps re-scanning the queue: about 6% of the process's CPU under load. Nearly all of
-# it is freed by reference counting; the rarer collections still catch any cycles.
-GC_THRESHOLDS = (10_000, 50, 50)
-
-
-def _tune_gc() -> None:
-    """Move what start-up made (modules, sinks, connections) out of the collector's sight and
-    collect less often (GC_THRESHOLDS)."""
-    import gc
-
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _first_line() -> bytes:
