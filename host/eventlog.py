@@ -120,6 +120,18 @@ def insert_rows(conn: sqlite3.Connection, prefix: str, width: int, flat: list[An
             on_conflict(conn, [tuple(values[i:i + width]) for i in range(0, len(values), width)])
 
 
+def rebuild_table(conn: sqlite3.Connection, table: str, create_upgrade: str, columns: str,
+                  order_by: str) -> None:
+    """Replace `table` by the table that `create_upgrade` makes (named `{table}_upgrade` there),
+    in the caller's transaction: `columns` of every row copied in `order_by` order, the old table
+    and its indexes dropped, the new one renamed to `table`. The caller makes the indexes again."""
+    conn.execute(f"DROP TABLE IF EXISTS {table}_upgrade")
+    conn.execute(create_upgrade)
+    conn.execute(f"INSERT INTO {table}_upgrade ({columns}) SELECT {columns} FROM {table} ORDER BY {order_by}")
+    conn.execute(f"DROP TABLE {table}")
+    conn.execute(f"ALTER TABLE {table}_upgrade RENAME TO {table}")
+
+
 @contextlib.contextmanager
 def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
     """Inside the caller's open transaction (left open), or else in one of its own: committed at
@@ -145,12 +157,8 @@ def _drop_id_uniqueness(conn: sqlite3.Connection) -> None:
     if row is None or "UNIQUE" not in row[0].upper():
         return
     top = conn.execute(_LAST_SEQ).fetchone()
-    conn.execute("DROP TABLE IF EXISTS event_log_upgrade")
-    conn.execute(_SCHEMA[0].replace("event_log (", "event_log_upgrade (", 1))
-    conn.execute("INSERT INTO event_log_upgrade (seq, event_id, appended_at, body) "
-                 "SELECT seq, event_id, appended_at, body FROM event_log ORDER BY seq")
-    conn.execute("DROP TABLE event_log")
-    conn.execute("ALTER TABLE event_log_upgrade RENAME TO event_log")
+    rebuild_table(conn, "event_log", _SCHEMA[0].replace("event_log (", "event_log_upgrade (", 1),
+                  "seq, event_id, appended_at, body", "seq")
     conn.execute("DELETE FROM sqlite_sequence WHERE name IN ('event_log', 'event_log_upgrade')")
     if top is not None:
         conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('event_log', ?)", (top[0],))

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from carecard.host.eventlog import EventLog, insert_rows
+from carecard.host.eventlog import EventLog, insert_rows, rebuild_table
 
 log = logging.getLogger("carecard.receiver.store")
 
@@ -331,12 +331,8 @@ def _upgrade_frames(conn: sqlite3.Connection, path: Path) -> None:
     count = conn.execute("SELECT COUNT(*) FROM frames").fetchone()[0]
     log.info("database %s: converting the frames table (%d frames) to the append-order layout",
              path, count)
-    columns = ", ".join(FRAME_COLUMNS)
-    conn.execute("DROP TABLE IF EXISTS frames_upgrade")
-    conn.execute(_FRAMES_TABLE.format(name="frames_upgrade"))
-    conn.execute(f"INSERT INTO frames_upgrade ({columns}) SELECT {columns} FROM frames ORDER BY received_at")
-    conn.execute("DROP TABLE frames")
-    conn.execute("ALTER TABLE frames_upgrade RENAME TO frames")
+    rebuild_table(conn, "frames", _FRAMES_TABLE.format(name="frames_upgrade"), ", ".join(FRAME_COLUMNS),
+                  "received_at")
     conn.execute(_FRAMES_INDEX)
 
 

@@ -1,7 +1,8 @@
 """SQLite query store (the embedded default sink): DATA/events.sqlite.
 
 A separate file from the ingest database, so queries and this sink never contend with the ingest
-writer. Tables (all keyed on the event id, so at-least-once delivery never creates duplicates):
+writer. Tables (each with a unique key that holds the event id, so at-least-once delivery never
+creates duplicates):
 
     events(id, device, kind, t, time, received_at, body,         every event: body = the JSON,
            opened, received_unix)                                or, for a frame's event, '' and
@@ -44,7 +45,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Mapping
 
-from carecard.host.eventlog import LogEntry, event_json, insert_rows
+from carecard.host.eventlog import LogEntry, event_json, insert_rows, rebuild_table
 from carecard.host.events import (ALERT_KIND, DATA_BUILDERS, NO_FIX, EventError, data_picker, iso_utc,
                                   parse_iso_utc)
 from carecard.host.paths import events_db_path
@@ -176,12 +177,7 @@ def _upgrade(conn: sqlite3.Connection, path: Path) -> None:
         count = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
         log.info("query store %s: rebuilding %s (%d rows) in layout %d", path, table, count,
                  STORE_LAYOUT)
-        conn.execute(f"DROP TABLE IF EXISTS {table}_upgrade")
-        conn.execute(create.format(name=f"{table}_upgrade"))
-        conn.execute(f"INSERT INTO {table}_upgrade (rowid, {columns}) "
-                     f"SELECT rowid, {columns} FROM {table} ORDER BY rowid")
-        conn.execute(f"DROP TABLE {table}")
-        conn.execute(f"ALTER TABLE {table}_upgrade RENAME TO {table}")
+        rebuild_table(conn, table, create.format(name=f"{table}_upgrade"), f"rowid, {columns}", "rowid")
 
 
 _POSITION_KINDS = frozenset(("position", "sos", "track"))
