@@ -68,6 +68,7 @@ def build_config(args: argparse.Namespace) -> ReceiverConfig:
 
 def run(args: argparse.Namespace) -> int:
     from carecard.host.receiver.logs import setup_logging
+    from carecard.host.receiver.runtime import tune_gc
     from carecard.host.receiver.service import StartupError, serve
 
     config = build_config(args)
@@ -84,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         await serve(config, stop)
 
+    tune_gc()
     try:
         asyncio.run(main())
     except StartupError as exc:

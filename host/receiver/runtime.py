@@ -5,6 +5,10 @@ thousands alive for a while (a commit's batch, a sink's queue). With the collect
 gen-0 threshold (700) a collection runs every few frames and keeps re-scanning those live
 objects: about 6% of the sink process's CPU under load (measured with callgrind). Nearly all of it
 is freed by reference counting anyway; the rarer collections still catch cycles.
+
+Process-wide settings, so they are made by the processes' entry points (`carecard receive`, the
+sink process, `carecard bench receive` for its baseline and receiver alike), never by a library
+object that may share its process with other work (tests, embedding code).
 """
 
 from __future__ import annotations

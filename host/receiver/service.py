@@ -30,7 +30,6 @@ from carecard.host.receiver.config import ReceiverConfig
 from carecard.host.receiver.ingest import Ingest, PendingBatch
 from carecard.host.receiver.metrics import Metrics, MetricsServer
 from carecard.host.receiver.registry import keys_path, load_key_file
-from carecard.host.receiver.runtime import tune_gc
 from carecard.host.receiver.sinkproc import SinkProcess, SinkProcessError
 from carecard.host.receiver.store import SQLiteStore, StoreError
 from carecard.host.receiver.transports import SerialListener, TcpListener, TransportError, UdpListener
@@ -109,7 +108,6 @@ class Receiver:
                     pass
             await self._close_resources()
             raise
-        tune_gc()
         self._started = True
         self.ready.set()
 

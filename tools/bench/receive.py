@@ -550,9 +550,11 @@ def _load() -> str:
 
 def run(args: argparse.Namespace) -> int:
     from carecard.host.cli import CommandError
+    from carecard.host.receiver.runtime import tune_gc
 
     if args.devices < 1 or args.frames < args.devices or args.window < 1 or args.runs < 1:
         raise CommandError("--devices >= 1, --frames >= --devices, --window >= 1 and --runs >= 1 required")
+    tune_gc()  # as `carecard receive` runs; for the baseline too, so both run alike
     cpus = sorted(os.sched_getaffinity(0))
     cpu_receiver = cpu_gen = None
     if not args.no_pin and len(cpus) >= 2:
