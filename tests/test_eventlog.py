@@ -287,3 +287,32 @@ def test_a_log_of_the_json_only_layout_gains_the_frame_columns_and_keeps_its_row
     assert second.message == decoded
     assert second.event == event_from_message(decoded, T0 + 121.25)
     assert second.body == event_json(second.event)
+
+
+_STORE_VALUES = """
+import json, sqlite3, sys
+conn = sqlite3.connect(":memory:")
+conn.execute("CREATE TABLE t (v)")
+values = [b"", bytes(range(256)), None, True, False, bytearray(b"ab"), memoryview(b"cd"), 0, -1,
+          2**63 - 1, 1.5, "text", "\\u00e9"]
+conn.executemany("INSERT INTO t VALUES (?)", [(v,) for v in values])
+print(json.dumps(conn.execute("SELECT typeof(v), quote(v) FROM t ORDER BY rowid").fetchall()))
+"""
+
+
+def test_identity_adapters_store_exactly_what_sqlite3_stores_without_them() -> None:
+    """The adapters registered by carecard.host.eventlog (to spare sqlite3's failing adaptation
+    lookup per bytes/None/bool parameter) change nothing that is stored: the same values give the
+    same types and contents here as in an interpreter that never imported carecard."""
+    import subprocess
+    import sys
+
+    assert sqlite3.adapters[(bytes, sqlite3.PrepareProtocol)] is bytes
+    assert sqlite3.adapters[(type(None), sqlite3.PrepareProtocol)] is not None
+    assert sqlite3.adapters[(bool, sqlite3.PrepareProtocol)] is int
+    with_adapters = subprocess.run([sys.executable, "-c", "import carecard.host.eventlog\n" + _STORE_VALUES],
+                                   capture_output=True, text=True, check=True).stdout
+    without = subprocess.run([sys.executable, "-c", _STORE_VALUES], capture_output=True, text=True,
+                             check=True).stdout
+    assert json.loads(with_adapters) == json.loads(without)
+    assert [kind for kind, _value in json.loads(without)][:5] == ["blob", "blob", "null", "integer", "integer"]

@@ -244,6 +244,39 @@ def test_linger_gathers_a_trickle_full_batches_go_at_once_and_stop_never_waits(t
     assert log.cursors() == {"gate": 26, "slow": 26}
 
 
+def test_a_lingering_batch_goes_at_once_when_the_writer_says_it_is_idle(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """notify(idle=True): the writer has nothing more coming, so a batch lingering for more events
+    goes now; events logged after that point linger again."""
+    import carecard.host.sinks.base as base
+
+    monkeypatch.setattr(base, "LINGER_QUIET_S", 60.0)  # only the idle hint can end these waits
+    gate = GateSink()
+    sinks, log, writer = _sinkset(tmp_path, [], gate, linger=60.0)
+
+    async def main() -> tuple[int, int, list[int]]:
+        await sinks.start()
+        sinks.notify(EventLog.append(writer, [status_event(n) for n in range(1, 4)]))
+        await asyncio.sleep(0.3)
+        lingering = len(gate.received)
+        sinks.notify(EventLog.append(writer, [status_event(n) for n in range(4, 6)]), idle=True)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(gate.received) < 5:
+            await asyncio.sleep(0.01)
+        attempts = gate.attempts
+        sinks.notify(EventLog.append(writer, [status_event(6)]))  # after the idle point: lingers
+        await asyncio.sleep(0.3)
+        later = [len(gate.received)]
+        await sinks.stop(drain_timeout=5)
+        return lingering, attempts, later
+
+    lingering, attempts, later = asyncio.run(main())
+    assert lingering == 0
+    assert attempts == 1  # the five went together
+    assert later == [5]
+    assert gate.received == [status_event(n)["id"] for n in range(1, 7)]
+
+
 def test_stop_with_a_dead_sink_is_bounded_and_leaves_other_tasks_alone(tmp_path: Path) -> None:
     gate = GateSink()
     gate.down = True

@@ -451,7 +451,8 @@ class Receiver:
                 send(ack, address)
             self.metrics.acks_sent += len(acks)
             if last_seq and self.sinks is not None:
-                self.sinks.notify(last_seq)
+                # idle: nothing collected meanwhile, so a sink lingering for more gains nothing
+                self.sinks.notify(last_seq, idle=not len(ingest.batch))
         self._inflight_done.set()
         if self._paused:
             self._paused = False

@@ -12,6 +12,8 @@ Parent <-> child protocol, one line each way per message (the child's stdin and 
     parent -> child   {"data_dir": ..., "sinks": [...] | null, "log_format": ..., "log_level": ...,
                        "log_file": ... | null}
                       n SEQ            events up to SEQ are committed (SinkSet.notify)
+                      i SEQ            the same, and the ingest has nothing more collecting
+                                       (SinkSet.notify(idle=True): lingering batches go now)
                       stop SECONDS     drain for at most SECONDS, stop, exit 0
     child -> parent   ready NAMES_JSON | error MESSAGE
                       s STATS_JSON     SinkSet.stats() plus "at" (Unix time) and "prunable"
@@ -61,6 +63,7 @@ class SinkProcess:
         self._stats: dict[str, dict[str, Any]] = {}
         self._prunable = 0
         self._pending: int | None = None
+        self._pending_idle = False
         self._flush_scheduled = False
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -137,12 +140,14 @@ class SinkProcess:
             except (SinkProcessError, OSError) as exc:
                 log.error("sink process did not restart: %s", exc)
 
-    def notify(self, last_seq: int | None = None) -> None:
-        """Events up to `last_seq` are committed. Never blocks (a pipe write, coalesced)."""
+    def notify(self, last_seq: int | None = None, *, idle: bool = False) -> None:
+        """Events up to `last_seq` are committed (`idle`: and nothing more is collecting). Never
+        blocks (a pipe write, coalesced: the last call says whether the ingest is idle)."""
         if last_seq is not None:
             self._pending = max(self._pending or 0, last_seq)
         elif self._pending is None:
             self._pending = 0
+        self._pending_idle = idle
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:
@@ -156,7 +161,7 @@ class SinkProcess:
         if proc is None or proc.stdin is None or proc.returncode is not None or self._pending is None:
             return
         try:
-            proc.stdin.write(f"n {self._pending}\n".encode())
+            proc.stdin.write(f"{'i' if self._pending_idle else 'n'} {self._pending}\n".encode())
         except (ConnectionError, RuntimeError):
             pass
 
@@ -229,9 +234,9 @@ async def _child(config: dict[str, Any]) -> int:
             line = await reader.readline()
             if not line:  # the parent is gone: drain and stop
                 break
-            if line.startswith(b"n "):
+            if line.startswith((b"n ", b"i ")):
                 try:
-                    sinks.notify(int(line[2:]))
+                    sinks.notify(int(line[2:]), idle=line.startswith(b"i "))
                 except ValueError:
                     sinks.notify()
             elif line.startswith(b"stop"):

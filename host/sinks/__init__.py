@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import threading
 from pathlib import Path
@@ -144,18 +145,19 @@ class SinkSet:
         log.info("sinks started: %s", ", ".join(f"{r.name} ({r.sink.type_name}, cursor {r.cursor})"
                                                 for r in self.runners) or "none")
 
-    def notify(self, last_seq: int | None = None) -> None:
+    def notify(self, last_seq: int | None = None, *, idle: bool = False) -> None:
         """New events were committed to the log (up to `last_seq` if given). Never blocks; safe to
-        call from the event loop or from another thread."""
+        call from the event loop or from another thread. `idle`: the writer has nothing more
+        collecting after `last_seq`, so lingering batches may go now (SinkRunner.notify)."""
         loop = self._loop
         if loop is None:
             return
         if threading.get_ident() == self._loop_thread:
             for runner in self.runners:
-                runner.notify(last_seq)
+                runner.notify(last_seq, idle=idle)
         else:
             for runner in self.runners:
-                loop.call_soon_threadsafe(runner.notify, last_seq)
+                loop.call_soon_threadsafe(functools.partial(runner.notify, last_seq, idle=idle))
 
     async def stop(self, drain_timeout: float = 5.0) -> None:
         """Drain what the log holds into every sink for up to `drain_timeout` seconds (all sinks

@@ -228,6 +228,7 @@ class SinkRunner:
         self._persisted = 0
         self._persisted_at = 0.0
         self._head = 0
+        self._idle_head = 0  # the writer was idle after this seq (notify(idle=True))
         self._more = True
         self.state = "stopped"
         self.delivered = 0
@@ -255,10 +256,15 @@ class SinkRunner:
         self.state = "starting"
         self._task = asyncio.create_task(self._run(), name=f"carecard-sink-{self.name}")
 
-    def notify(self, head: int | None = None) -> None:
-        """New events are in the log (up to `head` if given). Never blocks."""
-        if head is not None and head > self._head:
-            self._head = head
+    def notify(self, head: int | None = None, *, idle: bool = False) -> None:
+        """New events are in the log (up to `head` if given). Never blocks. `idle`: the writer
+        has nothing more coming after `head` for now, so a lingering batch that reaches it goes
+        at once (waiting would only add latency)."""
+        if head is not None:
+            if head > self._head:
+                self._head = head
+            if idle and head > self._idle_head:
+                self._idle_head = head
         self._wake.set()
 
     async def stop(self, drain_timeout: float) -> None:
@@ -346,11 +352,13 @@ class SinkRunner:
         deliveries are few and large (a SQLite commit costs about as much for 500 events as for
         5000): until its oldest event has been in the log `linger` seconds, or until the log has
         been quiet for LINGER_QUIET_S (no event appended since: the burst is over, nothing is
-        gained by waiting). New events end a wait early, to look again. Stopping never waits.
-        Returns whether it waited."""
-        if not self.linger or self._draining or len(self._queue) >= self.batch_size:
-            return False
+        gained by waiting), or at once when the writer said it is idle after the newest queued
+        event (notify(idle=True)). New events end a wait early, to look again. Stopping never
+        waits. Returns whether it waited."""
         queue = self._queue
+        if (not self.linger or self._draining or len(queue) >= self.batch_size
+                or queue[-1].seq <= self._idle_head):
+            return False
         until = min(queue[0].appended_at + self.linger, queue[-1].appended_at + LINGER_QUIET_S)
         wait = until - time.time()
         if wait <= 0:
