@@ -307,7 +307,7 @@ def test_identity_adapters_store_exactly_what_sqlite3_stores_without_them() -> N
     import subprocess
     import sys
 
-    assert sqlite3.adapters[(bytes, sqlite3.PrepareProtocol)] is bytes
+    assert sqlite3.adapters[(bytes, sqlite3.PrepareProtocol)] is bytes.__bytes__
     assert sqlite3.adapters[(type(None), sqlite3.PrepareProtocol)] is not None
     assert sqlite3.adapters[(bool, sqlite3.PrepareProtocol)] is int
     with_adapters = subprocess.run([sys.executable, "-c", "import carecard.host.eventlog\n" + _STORE_VALUES],
