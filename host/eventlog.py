@@ -1,15 +1,15 @@
 """The durable event log: every event, in order, in the ingest database; the sinks read it.
 
 Writer side (the ingest, which owns DATA/carecard.sqlite in WAL mode): call
-`EventLog.ensure_schema(conn)` once, then `EventLog.append(conn, events)` INSIDE the transaction
-that stores the frames, so a frame is never acked without its event (persist before ack).
-Each event gets a monotonically increasing integer `seq` (SQLite AUTOINCREMENT: never reused,
-even after pruning). The log does not look ids up: each event is appended once by its writer.
-The ingest appends a frame's event in the transaction that inserts the frame into `frames`, whose
-(device, counter) key is UNIQUE, so a retransmitted frame can never log a second event. (An index
-on the event id would cost the ingest a random B-tree insert per frame and a dirty page per frame
-at every commit: about 4 us of its ~40 us per frame.) A frame's event is logged as a FrameEvent
-(its opened frame, not its JSON); readers make the JSON when they need it (LogEntry).
+`EventLog.ensure_schema(conn)` once, then, INSIDE the batch's transaction,
+`EventLog.append_frames(conn, rows)` for its frames and `EventLog.append(conn, events)` for
+other events, so a frame is never acked without its event (persist before ack). Each event gets
+a monotonically increasing integer `seq` (SQLite AUTOINCREMENT: never reused, even after
+pruning). The log does not look ids up: each event is appended once by its writer. A frame's row
+is also the frame's archive, unique on (device, counter), so a retransmitted frame can never log
+a second event. (An index on the event id would cost the ingest a random B-tree insert per frame
+and a dirty page per frame at every commit.) A frame's event is logged as its opened frame, not
+its JSON; readers make the JSON when they need it (LogEntry).
 
 Reader side (the sinks): an `EventLog(path)` object with its own connection, used only for short
 autocommit reads (`events_after`, `last_seq`) and for the per-sink cursors.
@@ -69,6 +69,17 @@ def register_identity_adapters() -> None:
 
 register_identity_adapters()
 
+# A frame's row in the log is also the frame's archive: besides its event (the opened frame), it
+# holds the frame as received, under a unique (device, counter) index, and the view `frames`
+# shows those columns. One row per frame, written once: the ingest's replay checks, the archive
+# and the sinks' hand-over are the same row (a separate frames table cost a second row, a second
+# B-tree and pruning the event's copy). Rows of other events (device NULL) are pruned once every
+# sink has delivered them; frame rows are kept (the archive). A frames table of an earlier layout
+# is folded in on open (_fold_frames_table).
+FRAME_COLUMNS = ("device", "counter", "tag", "type", "device_time", "received_at", "transport", "frame")
+# What append_frames takes per frame: FRAME_COLUMNS, then the opened frame.
+FRAME_ROW = FRAME_COLUMNS + ("opened",)
+
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS event_log (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -76,7 +87,14 @@ _SCHEMA = (
         appended_at REAL NOT NULL,
         body TEXT NOT NULL,
         opened BLOB,
-        received_at REAL
+        received_at REAL,
+        device INTEGER,
+        counter INTEGER,
+        tag BLOB,
+        type TEXT,
+        device_time INTEGER,
+        transport TEXT,
+        frame BLOB
     )""",
     """CREATE TABLE IF NOT EXISTS sink_cursor (
         name TEXT PRIMARY KEY,
@@ -84,21 +102,36 @@ _SCHEMA = (
         updated_at REAL NOT NULL
     )""",
 )
+# After the columns exist (a log of an earlier layout gains them first).
+_INDEXES = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS event_log_frame ON event_log (device, counter) WHERE device IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS event_log_prunable ON event_log (seq) WHERE device IS NULL",
+    f"CREATE VIEW IF NOT EXISTS frames AS SELECT {', '.join(FRAME_COLUMNS)} FROM event_log "
+    "WHERE device IS NOT NULL",
+)
 
-# Columns added after the first layout (a frame's event logged as its opened frame).
-_ADDED_COLUMNS = (("opened", "BLOB"), ("received_at", "REAL"))
+# Columns added after the first layout: a frame's event logged as its opened frame, then the
+# frame's archive columns.
+_ADDED_COLUMNS = (("opened", "BLOB"), ("received_at", "REAL"), ("device", "INTEGER"), ("counter", "INTEGER"),
+                  ("tag", "BLOB"), ("type", "TEXT"), ("device_time", "INTEGER"), ("transport", "TEXT"),
+                  ("frame", "BLOB"))
 
 # Appends are plain multi-row INSERTs: a few statements per batch instead of one per event.
 _INSERT_ROWS = "INSERT INTO event_log (event_id, appended_at, body, opened, received_at) VALUES "
 _ROW_WIDTH = 5
+# A frame's row: no event id or JSON of its own (readers make both from the opened frame), the
+# append time (?1) shared by the statement.
+_INSERT_FRAMES = (f"INSERT INTO event_log (event_id, body, appended_at, {', '.join(FRAME_ROW)}) VALUES ")
+_FRAME_GROUP = "('', '', ?1, " + ", ".join("{%d}" % i for i in range(len(FRAME_ROW))) + ")"
+_FRAME_WIDTH = len(FRAME_ROW)
 _LAST_SEQ = "SELECT seq FROM sqlite_sequence WHERE name = 'event_log'"
 
 # Rows per multi-row INSERT statement: the largest chunk, then powers of two for the rest, so a
-# connection caches at most 8 statement texts per table. (128 rows of 8 columns = 1024 SQL
+# connection caches at most 8 statement texts per table. (128 rows of 9 columns = 1152 SQL
 # variables, far below SQLite's limit of 32766.)
 MULTI_ROW_CHUNK = 128
 _CHUNKS = tuple(1 << i for i in range(MULTI_ROW_CHUNK.bit_length() - 1, -1, -1))
-_statements: dict[tuple[str, int, int], str] = {}
+_statements: dict[tuple[str, int, int, str | None, int], str] = {}
 
 
 def multi_row_chunks(rows: int) -> list[tuple[int, int]]:
@@ -113,27 +146,36 @@ def multi_row_chunks(rows: int) -> list[tuple[int, int]]:
     return out
 
 
-def insert_statement(prefix: str, width: int, rows: int) -> str:
-    """`prefix` ("INSERT INTO t (a, b) VALUES ") followed by `rows` groups of `width` ?s."""
-    key = (prefix, width, rows)
+def insert_statement(prefix: str, width: int, rows: int, group: str | None = None,
+                     shared: int = 0) -> str:
+    """`prefix` ("INSERT INTO t (a, b) VALUES ") followed by `rows` groups of `width` ?s; or, with
+    `group`, by `rows` copies of that VALUES group, whose `{0}`..`{width-1}` become the row's own
+    numbered parameters, after the `shared` ones (?1..?shared, which every group may name)."""
+    key = (prefix, width, rows, group, shared)
     sql = _statements.get(key)
     if sql is None:
-        group = "(" + ",".join("?" * width) + ")"
-        sql = _statements[key] = prefix + ",".join([group] * rows)
+        if group is None:
+            one = "(" + ",".join("?" * width) + ")"
+            sql = prefix + ",".join([one] * rows)
+        else:
+            sql = prefix + ",".join(group.format(*[f"?{shared + row * width + i + 1}" for i in range(width)])
+                                    for row in range(rows))
+        _statements[key] = sql
     return sql
 
 
 def insert_rows(conn: sqlite3.Connection, prefix: str, width: int, flat: list[Any],
-                on_conflict: Any = None) -> None:
+                on_conflict: Any = None, *, group: str | None = None, shared: tuple[Any, ...] = ()) -> None:
     """Insert the rows laid end to end in `flat` (`width` values each, in order) with multi-row
-    INSERT statements. A statement that fails with an IntegrityError is backed out by SQLite as a
-    whole; `on_conflict(conn, rows)` then gets its rows (as tuples) to insert another way, or,
-    without it, the error propagates."""
+    INSERT statements (`group` and `shared`: see insert_statement). A statement that fails with
+    an IntegrityError is backed out by SQLite as a whole; `on_conflict(conn, rows)` then gets its
+    rows (as tuples) to insert another way, or, without it, the error propagates."""
     execute = conn.execute
     for start, size in multi_row_chunks(len(flat) // width):
         values = flat[start * width:(start + size) * width]
         try:
-            execute(insert_statement(prefix, width, size), values)
+            execute(insert_statement(prefix, width, size, group, len(shared)),
+                    [*shared, *values] if shared else values)
         except sqlite3.IntegrityError:
             if on_conflict is None:
                 raise
@@ -167,6 +209,27 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
         raise
     if own:
         conn.commit()
+
+
+def _fold_frames_table(conn: sqlite3.Connection) -> None:
+    """Move the rows of a frames table of an earlier layout (before the log held the frames) into
+    the log, in the caller's transaction, and drop the table (the view `frames` takes its name).
+    They become archive rows: the frame's columns, no event (their events, if not yet delivered,
+    are still in the log as rows of their own), and seqs of 0 and below, in arrival order, so
+    that no reader of events ever meets them (events start at seq 1) and the log's
+    AUTOINCREMENT high mark is untouched. Uniqueness of (device, counter) carries over."""
+    row = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'frames'").fetchone()
+    if row is None:
+        return
+    # the first layout was WITHOUT ROWID, keyed on (device, counter): no arrival order but the time
+    order = "received_at, device, counter" if "WITHOUT ROWID" in row[0].upper() else "rowid"
+    count = conn.execute("SELECT COUNT(*) FROM frames").fetchone()[0]
+    columns = ", ".join(FRAME_COLUMNS)
+    conn.execute(f"INSERT INTO event_log (seq, event_id, appended_at, body, {columns}) "
+                 f"SELECT ROW_NUMBER() OVER (ORDER BY {order}) - ?, '', received_at, '', {columns} "
+                 f"FROM frames ORDER BY {order}", (count,))
+    conn.execute("DROP TABLE frames")
+    log.info("event log: the frames table (%d frames) folded into the log as its archive rows", count)
 
 
 def _drop_id_uniqueness(conn: sqlite3.Connection) -> None:
@@ -314,8 +377,27 @@ class EventLog:
                 conn.execute(statement)
             have = {row[1] for row in conn.execute("PRAGMA table_info(event_log)")}
             for name, kind in _ADDED_COLUMNS:
-                if name not in have:  # a log of an earlier layout: its rows keep their JSON
+                if name not in have:  # a log of an earlier layout: its rows stay as they were
                     conn.execute(f"ALTER TABLE event_log ADD COLUMN {name} {kind}")
+            _fold_frames_table(conn)
+            for statement in _INDEXES:
+                conn.execute(statement)
+
+    @staticmethod
+    def append_frames(conn: sqlite3.Connection, frames: list[tuple[Any, ...]], *,
+                      now: float | None = None) -> int:
+        """Append one row per frame (FRAME_ROW: the archive columns, then the opened frame), in
+        order, inside the caller's open transaction (never commits it), and return the log's
+        last seq; with no transaction open, runs in one of its own. A frame whose (device,
+        counter) is already in the log fails the statement with sqlite3.IntegrityError (the
+        caller rolls back: the ingest's replay checks never send one)."""
+        stamp = time.time() if now is None else now
+        with _transaction(conn):
+            if frames:
+                insert_rows(conn, _INSERT_FRAMES, _FRAME_WIDTH, [value for row in frames for value in row],
+                            group=_FRAME_GROUP, shared=(stamp,))
+            row = conn.execute(_LAST_SEQ).fetchone()
+        return row[0] if row else 0
 
     @staticmethod
     def append(conn: sqlite3.Connection, events: Iterable[Mapping[str, Any] | tuple[str, str]],
@@ -348,12 +430,13 @@ class EventLog:
     @staticmethod
     def prune(conn: sqlite3.Connection, upto_seq: int, *, max_rows: int = 10_000) -> int:
         """Delete at most `max_rows` of the oldest events with seq <= upto_seq (pass
-        SinkSet.prunable_seq(): what every sink has delivered). Runs in the caller's transaction
-        if one is open. Returns the number of rows deleted; call again while it returns max_rows.
-        (One range delete on the seq, the table's rowid: the log has no gaps, so the range
-        [oldest, oldest + max_rows) holds max_rows events unless the log ends first.)"""
+        SinkSet.prunable_seq(): what every sink has delivered), except frames' rows, which are
+        the frame archive. Runs in the caller's transaction if one is open. Returns the number of
+        rows deleted; call again while it returns max_rows. (The rows it may delete are the ones
+        of the partial index event_log_prunable: found without reading the frames' rows.)"""
         cursor = conn.execute(
-            "DELETE FROM event_log WHERE seq <= ? AND seq < (SELECT MIN(seq) FROM event_log) + ?",
+            "DELETE FROM event_log WHERE seq IN (SELECT seq FROM event_log WHERE device IS NULL "
+            "AND seq <= ? ORDER BY seq LIMIT ?)",
             (upto_seq, max_rows),
         )
         if not conn.in_transaction:
@@ -465,7 +548,7 @@ class EventLog:
     def first_seq(self) -> int:
         """The seq of the oldest event still in the log (0 when empty)."""
         with self._lock:
-            row = self._conn.execute("SELECT MIN(seq) FROM event_log").fetchone()
+            row = self._conn.execute("SELECT MIN(seq) FROM event_log WHERE seq > 0").fetchone()
         return int(row[0]) if row and row[0] is not None else 0
 
     # --- cursors ----------------------------------------------------------------------------

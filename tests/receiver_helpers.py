@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from carecard.host.eventlog import EventLog
 from carecard.host.paths import ingest_db_path
 from carecard.host.receiver.config import BudgetSettings, DownlinkSettings, IngestSettings
 from carecard.host.receiver.ingest import Ingest
@@ -116,8 +117,12 @@ class Harness:
             return conn.execute("SELECT device, counter FROM frames ORDER BY device, counter").fetchall()
 
     def events(self) -> list[str]:
-        with sqlite3.connect(ingest_db_path(self.data_dir)) as conn:
-            return [row[0] for row in conn.execute("SELECT event_id FROM event_log ORDER BY seq")]
+        """The ids of the events in the log, in order (as the sinks read them)."""
+        log = EventLog(ingest_db_path(self.data_dir))
+        try:
+            return [event["id"] for _seq, event in log.events_after(0, 1_000_000)]
+        finally:
+            log.close()
 
 
 def udp_client(timeout: float = 2.0) -> socket.socket:

@@ -30,8 +30,8 @@ def test_append_is_part_of_the_callers_transaction(tmp_path: Path) -> None:
     writer = EventLog.connect_writer(db)
     reader = EventLog(db)
     writer.execute("BEGIN IMMEDIATE")
-    writer.execute("CREATE TABLE frames (n INTEGER)")
-    writer.execute("INSERT INTO frames VALUES (1)")
+    writer.execute("CREATE TABLE other (n INTEGER)")
+    writer.execute("INSERT INTO other VALUES (1)")
     assert EventLog.append(writer, [position_event(1), position_event(2)]) == 2
     assert reader.last_seq() == 0 and reader.events_after(0) == []  # not committed yet
     writer.execute("ROLLBACK")
@@ -49,8 +49,8 @@ def test_python_default_isolation_level(tmp_path: Path) -> None:
     db = tmp_path / "c.sqlite"
     EventLog.connect_writer(db).close()
     conn = sqlite3.connect(db)
-    conn.execute("CREATE TABLE IF NOT EXISTS frames (n INTEGER)")
-    conn.execute("INSERT INTO frames VALUES (1)")
+    conn.execute("CREATE TABLE IF NOT EXISTS other (n INTEGER)")
+    conn.execute("INSERT INTO other VALUES (1)")
     EventLog.append(conn, [position_event(1)])
     reader = EventLog(db)
     assert reader.last_seq() == 0
@@ -111,8 +111,10 @@ def test_log_of_the_first_layout_loses_its_id_index_and_keeps_its_seqs(tmp_path:
     writer = EventLog.connect_writer(db)
     sql = writer.execute("SELECT sql FROM sqlite_master WHERE name = 'event_log'").fetchone()[0]
     assert "UNIQUE" not in sql.upper()
-    assert writer.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' "
-                          "AND tbl_name = 'event_log'").fetchone()[0] == 0
+    # no index on the event id: only the frames' (device, counter) and the prunable rows' seqs
+    assert {name for (name,) in writer.execute("SELECT name FROM sqlite_master WHERE type = 'index' "
+                                              "AND tbl_name = 'event_log'")} == {"event_log_frame",
+                                                                                 "event_log_prunable"}
     with EventLog(db) as reader:
         assert [(seq, e["counter"]) for seq, e in reader.events_after(0)] == [(3, 3), (4, 4), (5, 5)]
         assert reader.last_seq() == 7
@@ -316,3 +318,59 @@ def test_identity_adapters_store_exactly_what_sqlite3_stores_without_them() -> N
                              check=True).stdout
     assert json.loads(with_adapters) == json.loads(without)
     assert [kind for kind, _value in json.loads(without)][:5] == ["blob", "blob", "null", "integer", "integer"]
+
+
+def _frame_row(device: int, counter: int) -> tuple:
+    """A FRAME_ROW as the ingest hands it over (archive columns, then an opened frame)."""
+    from carecard.protocol import decode_frame, encode_frame
+
+    message = position_message(counter, device=device)
+    frame = encode_frame(message, bytes(16))
+    opened: list[bytes] = []
+    decode_frame(frame, bytes(16), opened)
+    return (device, counter, frame[-8:], "position", message["time"], T0 + counter, "udp", frame, opened[0])
+
+
+def test_frames_rows_are_the_archive_unique_and_never_pruned(tmp_path: Path) -> None:
+    """append_frames writes one row per frame: the sinks read it as the frame's event, the
+    `frames` view shows it as the archive, (device, counter) is unique, and pruning takes the
+    other events' rows only."""
+    db = tmp_path / "c.sqlite"
+    writer = EventLog.connect_writer(db)
+    EventLog.append(writer, [position_event(1)])
+    assert EventLog.append_frames(writer, [_frame_row(DEVICE, 2), _frame_row(DEVICE, 3)]) == 3
+    EventLog.append(writer, [position_event(4)])
+    with pytest.raises(sqlite3.IntegrityError):
+        EventLog.append_frames(writer, [_frame_row(DEVICE, 5), _frame_row(DEVICE, 3)])
+    assert writer.execute("SELECT device, counter, type, transport FROM frames").fetchall() == [
+        (DEVICE, 2, "position", "udp"), (DEVICE, 3, "position", "udp")]
+    log = EventLog(db)
+    assert [(seq, event["id"]) for seq, event in log.events_after(0)] == [
+        (1, position_event(1)["id"]), (2, f"{DEVICE}-2"), (3, f"{DEVICE}-3"), (4, position_event(4)["id"])]
+    assert log.events_after(1)[0][1] == event_from_message(position_message(2), T0 + 2)
+    assert EventLog.prune(writer, 4) == 2
+    assert [row[0] for row in writer.execute("SELECT seq FROM event_log")] == [2, 3]
+    assert log.first_seq() == 2 and log.last_seq() == 4
+    log.close()
+    writer.close()
+
+
+def test_the_hot_queries_use_their_indexes(tmp_path: Path) -> None:
+    """The ingest's replay lookups go through the frames' unique index and pruning through the
+    partial index of prunable rows: neither reads the whole log (the archive of every frame)."""
+    from carecard.host.receiver.store import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "c.sqlite")
+    conn = store.connection
+
+    def plan(sql: str, params: tuple) -> str:
+        return " | ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+
+    assert "USING INDEX event_log_frame (device=?)" in plan(
+        "SELECT counter, tag FROM frames WHERE device = ? ORDER BY counter DESC LIMIT ?", (1, 64))
+    assert "USING INDEX event_log_frame (device=? AND counter=?)" in plan(
+        "SELECT tag FROM frames WHERE device = ? AND counter = ?", (1, 2))
+    assert "USING INDEX event_log_prunable" in plan(
+        "DELETE FROM event_log WHERE seq IN (SELECT seq FROM event_log WHERE device IS NULL "
+        "AND seq <= ? ORDER BY seq LIMIT ?)", (5, 10))
+    store.close()

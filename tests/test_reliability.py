@@ -23,6 +23,7 @@ from typing import Callable
 
 import pytest
 
+from carecard.host.eventlog import EventLog
 from carecard.host.paths import ingest_db_path
 from carecard.protocol import decode_frame
 
@@ -94,16 +95,20 @@ def stored_frames(data_dir: Path) -> tuple[list[tuple[int, int]], set[str]]:
     the sink would be an event lost."""
     with sqlite3.connect(ingest_db_path(data_dir)) as conn:
         frames = conn.execute("SELECT device, counter FROM frames").fetchall()
-        logged = [row[0] for row in conn.execute("SELECT event_id FROM event_log")]
-        events = set(logged)
-        assert len(events) == len(logged), "an event logged twice"
-        cursor = conn.execute("SELECT MIN(seq) FROM event_log").fetchone()[0]
+        kept = conn.execute("SELECT COUNT(*) FROM event_log WHERE seq > 0").fetchone()[0]
         head = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'event_log'").fetchone()
-    pruned_upto = (cursor - 1) if cursor is not None else (head[0] if head else 0)
-    if pruned_upto:
+    log = EventLog(ingest_db_path(data_dir))
+    try:
+        logged = [event["id"] for _seq, event in log.events_after(0, 10_000_000)]
+    finally:
+        log.close()
+    events = set(logged)
+    assert len(events) == len(logged), "an event logged twice"
+    pruned = (head[0] if head else 0) - kept  # seqs are handed out without gaps
+    if pruned:
         with sqlite3.connect(data_dir / "events.sqlite") as conn:
             delivered = {row[0] for row in conn.execute("SELECT id FROM events")}
-        assert len(delivered) >= pruned_upto, "events pruned from the log that the sink never got"
+        assert len(delivered) >= pruned, "events pruned from the log that the sink never got"
         events |= delivered
     return frames, events
 
@@ -293,19 +298,23 @@ def test_sinks_in_the_receiver_process_work_too(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("sinks_in", ["process", "thread"])
 def test_event_log_is_pruned_only_up_to_what_every_sink_delivered(tmp_path: Path, sinks_in: str) -> None:
-    """Two sinks, the webhook's endpoint failing (503, retried): the SQLite sink delivers
-    everything, yet nothing is pruned. The endpoint recovers: once both delivered, the log is
-    pruned. It fails again: the new events stay in the log. At every look, the log still holds every event after the
-    lowest persisted cursor, and in the end both sinks got every event exactly in order."""
+    """Two sinks, the webhook's endpoint failing (503, retried). Besides the cards' frames, other
+    events are logged (as the inactivity engine's alerts will be): the SQLite sink delivers
+    everything, yet nothing is pruned. The endpoint recovers: once both delivered, the other
+    events' rows are pruned, the frames' rows (the frame archive) never. It fails again: the
+    new events stay in the log. At every look, the log still holds every event after the lowest
+    persisted cursor, and in the end both sinks got every event exactly in order."""
     from carecard.host.receiver.config import Endpoint, ReceiverConfig
     from carecard.host.receiver.service import ReceiverThread
 
     from brokers import FlakyHTTPServer
+    from eventgen import status_event
 
     keys = provision(tmp_path, 3)
     cards = {d: Card(d, k) for d, k in keys.items()}
     frames = make_frames(cards, 30)  # 90 frames
     first, second = frames[:60], frames[60:]
+    others = [status_event(n) for n in range(1, 31)]  # events of no frame, from another device
     up = False
     server = FlakyHTTPServer(lambda _n, _e: 200 if up else 503)
     config = ReceiverConfig(udp=[Endpoint("127.0.0.1", 0)], data_dir=tmp_path, log_level="error",
@@ -317,20 +326,27 @@ def test_event_log_is_pruned_only_up_to_what_every_sink_delivered(tmp_path: Path
     checks = 0
 
     def log_state() -> tuple[int, int, int]:
-        """(events in the log, lowest seq in it, lowest persisted cursor), checked: every event
-        after the lowest persisted cursor is still in the log."""
+        """(frames' rows, other events' rows, the lowest seq of those), checked: every event after
+        the lowest persisted cursor is still in the log."""
         nonlocal checks
         with sqlite3.connect(db) as conn:
-            count, low, high = conn.execute("SELECT COUNT(*), MIN(seq), MAX(seq) FROM event_log").fetchone()
             cursors = dict(conn.execute("SELECT name, seq FROM sink_cursor").fetchall())
+            lowest = min(cursors.get("sqlite", 0), cursors.get("webhook", 0))
+            above = conn.execute("SELECT COUNT(*) FROM event_log WHERE seq > ?", (lowest,)).fetchone()[0]
             head = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'event_log'").fetchone()
-        lowest = min(cursors.get("sqlite", 0), cursors.get("webhook", 0))
-        if count:
-            assert low <= lowest + 1 and high == head[0] and count == high - low + 1
-        else:
-            assert head is None or lowest >= head[0]
+            framed = conn.execute("SELECT COUNT(*) FROM event_log WHERE device IS NOT NULL").fetchone()[0]
+            other, low = conn.execute("SELECT COUNT(*), MIN(seq) FROM event_log WHERE device IS NULL").fetchone()
+        assert above == max(0, (head[0] if head else 0) - lowest), "an undelivered event was pruned"
         checks += 1
-        return count, low or 0, lowest
+        return framed, other, low or 0
+
+    def log_others(batch: list[dict]) -> None:
+        writer = EventLog.connect_writer(db)
+        try:
+            head = EventLog.append(writer, batch)
+        finally:
+            writer.close()
+        rt.call(lambda: receiver.sinks.notify(head))
 
     def wait_for(what: Callable[[], bool], seconds: float = 20) -> None:
         deadline = time.monotonic() + seconds
@@ -345,29 +361,36 @@ def test_event_log_is_pruned_only_up_to_what_every_sink_delivered(tmp_path: Path
         def delivered(name: str) -> int:
             return rt.call(receiver.sink_delivered).get(name, 0)
 
-        sender = Sender(cards, first, receiver.udp_ports[0])
+        sender = Sender(cards, first[:30], receiver.udp_ports[0])
         wait_for(lambda: sender.step() or sender.done())
-        wait_for(lambda: delivered("sqlite") == len(first))
+        log_others(others[:20])
+        sender = Sender(cards, first[30:], receiver.udp_ports[0])
+        wait_for(lambda: sender.step() or sender.done())
+        wait_for(lambda: delivered("sqlite") == 80)
         time.sleep(1.5)  # a few maintenance ticks and prune intervals
-        assert log_state()[0] == len(first), "nothing may be pruned while the webhook lags"
+        assert log_state()[:2] == (60, 20), "nothing may be pruned while the webhook lags"
         up = True  # the endpoint recovers
-        wait_for(lambda: delivered("webhook") == len(first))
-        wait_for(lambda: log_state()[0] == 0)  # everything delivered by both: pruned
+        wait_for(lambda: delivered("webhook") == 80)
+        wait_for(lambda: log_state()[1] == 0)  # the other events, delivered by both: pruned
+        assert log_state()[0] == 60  # the frames' rows stay: they are the frame archive
         up = False  # fails again
         sender = Sender(cards, second, receiver.udp_ports[0])
         wait_for(lambda: sender.step() or sender.done())
-        wait_for(lambda: delivered("sqlite") == len(frames))
+        log_others(others[20:])
+        wait_for(lambda: delivered("sqlite") == 120)
         time.sleep(1.5)
-        count, low, _lowest = log_state()
-        assert (count, low) == (len(second), len(first) + 1), "only what both sinks delivered is pruned"
+        framed, other, low = log_state()
+        assert (framed, other, low) == (90, 10, 111), "only what both sinks delivered is pruned"
         pruned = receiver.metrics.events_pruned
         up = True
-        wait_for(lambda: delivered("webhook") == len(frames))
-        wait_for(lambda: log_state()[0] == 0)
+        wait_for(lambda: delivered("webhook") == 120)
+        wait_for(lambda: log_state()[1] == 0)
+        assert log_state()[0] == 90
     server.close()
-    assert pruned == len(first) and checks > 10
-    ids = [f"{d}-{c}" for d, c, _f in frames]
+    assert pruned == 20 and checks > 10
+    frame_ids = [f"{d}-{c}" for d, c, _f in frames]
+    ids = frame_ids[:30] + [e["id"] for e in others[:20]] + frame_ids[30:] + [e["id"] for e in others[20:]]
     with sqlite3.connect(tmp_path / "events.sqlite") as conn:
         assert {row[0] for row in conn.execute("SELECT id FROM events")} == set(ids)
     got = [r["event"]["id"] for r in server.accepted]
-    assert [i for i in got if i in ids[60:]] == ids[60:]  # the second webhook run, in order
+    assert [i for i in got if i in ids[80:]] == ids[80:]  # the second webhook run, in order

@@ -24,7 +24,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
-from carecard.host.eventlog import FrameEvent
 from carecard.host.events import event_from_message
 from carecard.host.receiver.budget import RejectBudget
 from carecard.host.receiver.config import BudgetSettings, DownlinkSettings, IngestSettings
@@ -190,15 +189,14 @@ class Ingest:
                                         "than the replay window and not stored: rejected as a replay")
                 verdict = _DUPLICATE if _compare(stored, tag) else Verdict.REUSED
         if verdict is _NEW:
-            # the event as the log keeps it: the opened frame, not JSON (a sink makes the JSON
-            # if it needs it: the same text, carecard.host.events.event_record)
-            event = FrameEvent(f"{device}-{counter}", opened[0], received_at)
             self.pending[key] = tag
             mtype = message["type"]
             commit = batch.commit
+            # FRAME_ROW: the frame's archive columns and its event as the log keeps it, the
+            # opened frame, not JSON (a sink makes the JSON if it needs it: the same text,
+            # carecard.host.events.event_record)
             commit.frames.append((device, counter, tag, mtype, message["time"], received_at,
-                                  transport, frame))
-            commit.events.append(event)
+                                  transport, frame, opened[0]))
             if mtype == "command_result":
                 self._command_result(device, message, received_at)
             stats = self._stats.get(device)
@@ -392,7 +390,7 @@ class Ingest:
         the acks to send."""
         pending = self.pending
         windows = self.windows
-        frames = batch.commit.frames  # rows of FRAME_COLUMNS: device, counter, tag, type, ...
+        frames = batch.commit.frames  # rows of FRAME_ROW: device, counter, tag, type, ...
         stored = self.metrics.frames_stored
         for row in frames:
             device, counter, tag = row[0], row[1], row[2]
@@ -412,8 +410,9 @@ class Ingest:
         for state in batch.finished:
             m.commands_finished[state] += 1
         self._finishing.difference_update(batch.finished_ids)
-        if self.after_commit and batch.commit.events:
-            events = [_event_dict(event) for event in batch.commit.events]
+        if self.after_commit and (frames or batch.commit.events):
+            events = [event_from_message(parse_opened(row[8]), row[5]) for row in frames]
+            events += [_event_dict(event) for event in batch.commit.events]
             for hook in self.after_commit:
                 try:
                     hook(events)
@@ -444,9 +443,7 @@ class Ingest:
 
 
 def _event_dict(event: Any) -> dict[str, Any]:
-    """An event of a batch (a FrameEvent, an (id, JSON) pair or a dict) as a dict."""
-    if type(event) is FrameEvent:
-        return event_from_message(parse_opened(event.opened), event.received_at)
+    """An event of a batch other than a frame's (an (id, JSON) pair or a dict) as a dict."""
     if type(event) is tuple:
         return json.loads(event[1])
     return event

@@ -13,7 +13,9 @@ SQLite layout (DATA/carecard.sqlite, WAL mode, shared with carecard.host.eventlo
             last_source, frames_stored, downlink_reserved, next_command_seq)
     contacts(device, key, number, name)
     frames(device, counter, tag, type, device_time, received_at, transport, frame)
-                                       rows in arrival order (rowid), unique on (device, counter)
+                                       a view of the event log's frame rows (carecard.host.
+                                       eventlog): one row per frame, in arrival order (seq),
+                                       unique on (device, counter)
     commands(id, device, seq, cmd, args, state, attempts, created_at, updated_at,
              first_sent_at, last_sent_at, result, detail)
 
@@ -32,11 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from carecard.host.eventlog import EventLog, insert_rows, rebuild_table
+from carecard.host.eventlog import EventLog
 
 log = logging.getLogger("carecard.receiver.store")
 
-SCHEMA_VERSION = 1
+# 1: frames in a table of their own; 2: the frames' rows are the event log's (a view `frames`)
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 10.0
 
 # Command states. Open: still to be delivered. Final: the card answered, or we gave up.
@@ -46,7 +49,6 @@ FINAL_STATES = RESULT_STATES + ("failed", "expired", "cancelled")
 
 COMMAND_UPDATE_COLUMNS = ("state", "attempts", "first_sent_at", "last_sent_at", "result", "detail",
                           "updated_at", "id")
-FRAME_COLUMNS = ("device", "counter", "tag", "type", "device_time", "received_at", "transport", "frame")
 
 
 class StoreError(RuntimeError):
@@ -109,9 +111,10 @@ class CommandRecord:
 class CommitBatch:
     """Everything one ingest transaction makes durable."""
 
-    frames: list[tuple] = field(default_factory=list)  # FRAME_COLUMNS
-    # events in frame order: FrameEvents (what the ingest logs), dicts or (id, JSON text) pairs
-    # (EventLog.append takes all three)
+    # one row per frame, in order: FRAME_ROW (the archive columns, then the opened frame), each
+    # the frame's event too (EventLog.append_frames)
+    frames: list[tuple] = field(default_factory=list)
+    # other events, logged after the batch's frames: dicts or (id, JSON text) pairs (EventLog.append)
     events: list[Any] = field(default_factory=list)
     # (device, last_seen, last_counter, last_source, frames_added)
     device_stats: list[tuple] = field(default_factory=list)
@@ -182,23 +185,6 @@ class Store(abc.ABC):
         ...
 
 
-# Frames are stored in arrival order (an ordinary rowid table, so a batch appends to the end of
-# it) with a unique index on (device, counter). The first layout, a WITHOUT ROWID table keyed on
-# (device, counter), scattered every batch over the whole table: with many devices each commit
-# rewrote a page of ~40 rows for nearly every frame, three times the CPU per frame of this one.
-# Databases with the first layout are converted when the store opens them (_upgrade_frames).
-_FRAMES_TABLE = """CREATE TABLE IF NOT EXISTS {name} (
-        device INTEGER NOT NULL,
-        counter INTEGER NOT NULL,
-        tag BLOB NOT NULL,
-        type TEXT NOT NULL,
-        device_time INTEGER NOT NULL,
-        received_at REAL NOT NULL,
-        transport TEXT NOT NULL,
-        frame BLOB NOT NULL
-    )"""
-_FRAMES_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS frames_device_counter ON frames (device, counter)"
-
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
     """CREATE TABLE IF NOT EXISTS devices (
@@ -222,8 +208,6 @@ _SCHEMA = (
         name TEXT NOT NULL,
         PRIMARY KEY (device, key)
     ) WITHOUT ROWID""",
-    _FRAMES_TABLE.format(name="frames"),
-    _FRAMES_INDEX,
     """CREATE TABLE IF NOT EXISTS commands (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         device INTEGER NOT NULL,
@@ -243,9 +227,6 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS commands_by_device ON commands (device, id)",
 )
 
-_INSERT_FRAME = f"INSERT INTO frames ({', '.join(FRAME_COLUMNS)}) VALUES ({', '.join('?' * len(FRAME_COLUMNS))})"
-_INSERT_FRAMES = f"INSERT INTO frames ({', '.join(FRAME_COLUMNS)}) VALUES "
-_FRAME_WIDTH = len(FRAME_COLUMNS)
 _DEVICE_STATS = (
     "INSERT INTO devices (device, name, created_at, updated_at, last_seen, last_counter, last_source, "
     "frames_stored) VALUES (?1, '', ?2, ?2, ?2, ?3, ?4, ?5) "
@@ -275,9 +256,9 @@ def _command(row: Sequence[Any]) -> CommandRecord:
                          *row[5:])
 
 
-# The writer's page cache holds the indexes that every batch touches all over (frames by device
-# and counter, the event log by event id): with SQLite's default 2 MB they are read back from the
-# file at every commit once there are a few thousand devices.
+# The writer's page cache holds the index that every batch touches all over (the frames' unique
+# (device, counter) index in the event log): with SQLite's default 2 MB its pages are read back
+# from the file at every commit once there are a few thousand devices.
 WRITER_CACHE_KIB = 65536
 # Checkpoint the WAL into the database every this many pages (SQLite's default is 1000): hot
 # index pages rewritten by many commits are copied once per checkpoint, not once per 4 MB.
@@ -303,7 +284,6 @@ def connect(path: Path, durability: str = "full") -> sqlite3.Connection:
 def ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
     try:
         conn.execute("BEGIN IMMEDIATE")
-        _upgrade_frames(conn, path)
         for statement in _SCHEMA:
             conn.execute(statement)
         row = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
@@ -314,26 +294,15 @@ def ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
             conn.execute("ROLLBACK")
             raise StoreError(f"database {path} has schema version {row[0]}; this version of carecard "
                              f"reads up to {SCHEMA_VERSION}: upgrade carecard")
+        elif row[0] < SCHEMA_VERSION:  # EventLog.ensure_schema converts what is older, below
+            log.info("database %s: upgrading from schema version %s to %s", path, row[0], SCHEMA_VERSION)
+            conn.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'", (SCHEMA_VERSION,))
         EventLog.ensure_schema(conn)
         conn.execute("COMMIT")
     except sqlite3.DatabaseError as exc:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise StoreError(f"database {path} is not usable: {exc}") from None
-
-
-def _upgrade_frames(conn: sqlite3.Connection, path: Path) -> None:
-    """Convert a frames table of the first layout (WITHOUT ROWID) to the current one, in the
-    caller's transaction: same columns, same rows (in their key order), same uniqueness."""
-    row = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'frames'").fetchone()
-    if row is None or "WITHOUT ROWID" not in row[0].upper():
-        return
-    count = conn.execute("SELECT COUNT(*) FROM frames").fetchone()[0]
-    log.info("database %s: converting the frames table (%d frames) to the append-order layout",
-             path, count)
-    rebuild_table(conn, "frames", _FRAMES_TABLE.format(name="frames_upgrade"), ", ".join(FRAME_COLUMNS),
-                  "received_at")
-    conn.execute(_FRAMES_INDEX)
 
 
 class SQLiteStore(Store):
@@ -370,11 +339,9 @@ class SQLiteStore(Store):
         self._write_lock.acquire()
         try:
             conn.execute("BEGIN IMMEDIATE")
-            if batch.frames:
-                # multi-row statements; a frame already stored is a primary-key violation that
-                # fails the batch (the ingest never sends one: its replay windows sort them out)
-                insert_rows(conn, _INSERT_FRAMES, _FRAME_WIDTH,
-                            [value for row in batch.frames for value in row])
+            # multi-row statements; a frame already stored violates the unique (device, counter)
+            # index and fails the batch (the ingest never sends one: its replay windows sort them out)
+            last_seq = EventLog.append_frames(conn, batch.frames) if batch.frames else 0
             if batch.downlink_reserved:
                 now = time.time()
                 conn.executemany(_RESERVE, [(d, r, now) for d, r in batch.downlink_reserved.items()])
@@ -387,7 +354,7 @@ class SQLiteStore(Store):
                 conn.executemany("INSERT INTO contacts (device, key, number, name) VALUES (?, ?, ?, ?)",
                                  [(device, c.key, c.number, c.name) for c in contacts])
             self._prune = (batch.prune_upto, batch.prune_max_rows or 10_000) if batch.prune_upto else None
-            return EventLog.append(conn, batch.events) if batch.events else 0
+            return EventLog.append(conn, batch.events) if batch.events else last_seq
         except BaseException as exc:
             self._rollback()
             self._write_lock.release()

@@ -433,11 +433,10 @@ def _dropped(before: int | None) -> int | None:
 def stage_costs(args: argparse.Namespace, count: int = 20_000) -> list[tuple[str, str, float]]:
     """CPU microseconds per frame of each stage of the receiver's hot path, one thread, on the
     benchmark's own frames: (stage, whose code, us)."""
-    from carecard.host.eventlog import EventLog, FrameEvent
+    from carecard.host.eventlog import EventLog
     from carecard.host.events import event_record
     from carecard.host.receiver.downlinks import AckEncoder
-    from carecard.protocol import parse_opened
-    from carecard.protocol import KeyRing, decode_frame
+    from carecard.protocol import KeyRing, decode_frame, parse_opened
 
     devices = device_ids(min(args.devices, 1000), 900_000)
     frames = _encode_all(devices, args.seed, count)
@@ -455,14 +454,12 @@ def stage_costs(args: argparse.Namespace, count: int = 20_000) -> list[tuple[str
     messages = timed("decode_frame (authenticate, decrypt, parse; keeps the opened frame)", "protocol",
                      lambda: [decode_frame(f, ring, opened) for _d, _c, f in frames])
     now = time.time()
-    events = [FrameEvent(f"{m['device']}-{m['counter']}", o, now) for m, o in zip(messages, opened)]
     timed("ack encode (fresh counter, AES-CTR, HMAC)", "receiver",
           lambda: [encoder.encode(m["device"], i + 1, int(now), m["counter"]) for i, m in enumerate(messages)])
-    rows = [(m["device"], m["counter"], f[-8:], m["type"], m["time"], now, "udp", f)
-            for m, (_d, _c, f) in zip(messages, frames)]
+    rows = [(m["device"], m["counter"], f[-8:], m["type"], m["time"], now, "udp", f, o)
+            for m, (_d, _c, f), o in zip(messages, frames, opened)]
     with tempfile.TemporaryDirectory(prefix="carecard-stages-") as tmp:
-        from carecard.host.eventlog import insert_rows
-        from carecard.host.receiver.store import _FRAME_WIDTH, _INSERT_FRAMES, connect, ensure_schema
+        from carecard.host.receiver.store import connect, ensure_schema
 
         path = Path(tmp) / "stages.sqlite"
         conn = connect(path, args.durability)
@@ -475,11 +472,8 @@ def stage_costs(args: argparse.Namespace, count: int = 20_000) -> list[tuple[str
                 fn(i)
                 conn.execute("COMMIT")
 
-        timed("frames insert (+ BEGIN/COMMIT per 500)", "receiver",
-              lambda: run_batches(lambda i: insert_rows(conn, _INSERT_FRAMES, _FRAME_WIDTH,
-                                                        [v for row in rows[i:i + batch] for v in row])))
-        timed("EventLog.append of the opened frames (+ BEGIN/COMMIT per 500)", "eventlog",
-              lambda: run_batches(lambda i: EventLog.append(conn, events[i:i + batch])))
+        timed("EventLog.append_frames: one row per frame, its archive and event (+ BEGIN/COMMIT "
+              "per 500)", "eventlog", lambda: run_batches(lambda i: EventLog.append_frames(conn, rows[i:i + batch])))
         conn.close()
     # on the sinks' side (their process), for a sink that forwards JSON (MQTT, webhook, JSON lines)
     again = timed("parse_opened (a sink's reader: the message from the opened frame)", "sinks",
