@@ -55,7 +55,7 @@ class ReplayWindow:
 
     def accept(self, counter: int, tag: bytes) -> None:
         """Record a frame that was stored."""
-        self._recent[counter] = bytes(tag)
+        self._recent[counter] = tag if type(tag) is bytes else bytes(tag)  # a private copy
         if counter > self.highest:
             self.highest = counter
             if len(self._recent) > 2 * self.size:
