@@ -123,8 +123,9 @@ class Metrics:
                [({"state": s}, n) for s, n in sorted(self.commands_finished.items())])
         family("stream_garbage_total", "counter", "Stream framing problems (TCP, serial), by reason.",
                [({"transport": t, "reason": r}, n) for (t, r), n in sorted(self.stream_garbage.items())])
-        family("event_log_pruned_total", "counter", "Events pruned from the event log after every "
-               "sink delivered them.", [({}, self.events_pruned)])
+        family("event_log_pruned_total", "counter", "Events other than frames' pruned from the event "
+               "log after every sink delivered them (a frame's row is its archive).",
+               [({}, self.events_pruned)])
         for name, (help_text, read) in sorted(self.gauges.items()):
             try:
                 value = read()

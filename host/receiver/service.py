@@ -42,11 +42,11 @@ MAINTENANCE_INTERVAL_S = 1.0
 EXPIRE_INTERVAL_S = 60.0
 SUMMARY_INTERVAL_S = 60.0
 BACKLOG_FACTOR = 8  # pause reading when the collecting batch is this many times batch_max_frames
-# Event log pruning: at most one prune per commit and per PRUNE_INTERVAL_S, of at most
-# PRUNE_MAX_ROWS events (a few ms of SQLite work on the writer thread), up to what every sink
-# has delivered and persisted (SinkSet.prunable_seq). That removes up to 10x PRUNE_MAX_ROWS
-# events a second, more than ingest can append, so the log stays at about what the slowest sink
-# still has to deliver.
+# Event log pruning (of the events that are not frames': a frame's row is its archive): at most
+# one prune per commit and per PRUNE_INTERVAL_S, of at most PRUNE_MAX_ROWS events (a few ms of
+# SQLite work on the writer thread), up to what every sink has delivered and persisted
+# (SinkSet.prunable_seq). That removes up to 10x PRUNE_MAX_ROWS events a second, more than ingest
+# can append, so those events stay at about what the slowest sink still has to deliver.
 PRUNE_INTERVAL_S = 0.1
 PRUNE_MAX_ROWS = 8192
 
@@ -84,7 +84,7 @@ class Receiver:
         self._inflight_done: asyncio.Event | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._paused = False
-        self._pruned_upto = 0  # every event up to this seq is gone from the log
+        self._pruned_upto = 0  # every prunable event (not a frame's) up to this seq is gone
         self._prune_due = 0.0  # monotonic time of the next allowed prune
         self._tasks: list[asyncio.Task[Any]] = []
         self._started = False
@@ -353,8 +353,9 @@ class Receiver:
         m.gauge("batch_collecting_frames", "Frames waiting for the next commit.", lambda: len(ingest.batch))
         if self.sinks is not None:
             m.sink_stats = self.sinks.stats
-        m.gauge("event_log_pruned_upto", "Every event up to this seq has been pruned from the log "
-                "(all sinks delivered it).", lambda: self._pruned_upto)
+        m.gauge("event_log_pruned_upto", "Every event up to this seq other than a frame's (frames' "
+                "rows are the archive) has been pruned from the log (all sinks delivered it).",
+                lambda: self._pruned_upto)
 
     # --- group commit -----------------------------------------------------------------------------
 
