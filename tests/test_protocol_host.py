@@ -47,6 +47,19 @@ def test_every_message_round_trips(msg, key):
     assert decode_frame(frame, key) == labelled(msg)
 
 
+def test_a_message_too_large_for_a_frame_is_refused() -> None:
+    """A track of MAX_TRACK_POINTS points of large values does not fit MAX_FRAME: the encoder
+    refuses it with a typed error naming both sizes (the message strategies leave such
+    messages out of the round trips)."""
+    points = [{"time": 4_000_000_000 - i * 7919, "lat_e7": (-1) ** i * (spec.LAT_E7_MAX - i),
+               "lon_e7": (-1) ** (i + 1) * (spec.LON_E7_MAX - i)} for i in range(spec.MAX_TRACK_POINTS)]
+    msg = {"type": "track", "device": 861234567890123, "counter": 7, "time": 1_800_000_000,
+           "clock_synced": True, "points": points}
+    with pytest.raises(InvalidMessage, match=rf"track: encoded frame of \d+ bytes exceeds {spec.MAX_FRAME}"):
+        encode_frame(msg, bytes(16))
+    assert encode_frame({**msg, "points": points[:10]}, bytes(16))  # fewer points fit
+
+
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(message(), KEYS)
 def test_an_opened_frame_parses_to_the_same_message_without_a_key(msg, key):

@@ -395,3 +395,86 @@ def test_device_statistics_name_the_last_source_and_count_the_frames(harness: Ha
         "SELECT last_counter, last_source, frames_stored FROM devices WHERE device = ?",
         (card.device,)).fetchone()
     assert row == (2, "udp:10.0.0.9:6001", 2)
+
+
+_OPS = st.lists(st.one_of(
+    st.tuples(st.just("new"), st.integers(0, 1)),         # a card sends its next frame
+    st.tuples(st.just("again"), st.integers(0, 10_000)),  # an earlier frame, sent again
+    st.tuples(st.just("take"), st.just(0)),               # the writer takes the batch
+    st.tuples(st.just("commit"), st.just(0)),             # ... and its commit succeeds
+    st.tuples(st.just("fail"), st.just(0)),               # ... or fails
+), max_size=60)
+
+
+@settings(max_examples=100, deadline=None)
+@given(ops=_OPS)
+def test_any_interleaving_of_frames_retransmissions_and_commits_keeps_persist_before_ack(
+        ops: list[tuple[str, int]]) -> None:
+    """Whatever the order of new frames, retransmissions (of committed frames, of frames whose
+    batch is committing, of frames whose commit failed) and commits that succeed or fail: an
+    ack only ever names a frame already stored, no frame is stored twice, and once the cards
+    have sent everything again every frame is stored and acked."""
+    import sqlite3
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        harness = Harness(Path(tmp), provision(Path(tmp), 2))
+        try:
+            _interleave(harness, ops)
+        finally:
+            harness.store.close()
+
+
+def _interleave(harness: Harness, ops: list[tuple[str, int]]) -> None:
+    import sqlite3
+
+    cards = [card_of(harness, 0), card_of(harness, 1)]
+    sent: list[tuple[int, int, bytes]] = []  # (device, counter, frame bytes) in sending order
+    acked: set[tuple[int, int]] = set()
+    inflight = None
+    db = ingest_db_path(harness.data_dir)
+
+    def stored() -> set[tuple[int, int]]:
+        with sqlite3.connect(db) as conn:
+            return set(conn.execute("SELECT device, counter FROM frames"))
+
+    def commit(batch: object) -> None:
+        last_seq = harness.store.commit(batch.commit)  # a frame stored twice would raise here
+        now_stored = stored()
+        for _send, _address, ack in harness.ingest.committed(batch, last_seq, 0.0):
+            owners = []
+            for card in cards:
+                try:
+                    owners.append((card.device, card.ack(ack)["acked"]))
+                except Exception:  # another card's ack: its key does not open it
+                    continue
+            assert len(owners) == 1
+            assert owners[0] in now_stored, "an ack for a frame not stored"
+            acked.add(owners[0])
+
+    for op, arg in ops:
+        if op == "new":
+            card = cards[arg]
+            frame = card.frame("position" if card.counter % 3 else "status")
+            sent.append((card.device, card.counter, frame))
+            assert harness.feed(frame) is None
+        elif op == "again" and sent:
+            assert harness.feed(sent[arg % len(sent)][2]) is None
+        elif op == "take" and inflight is None:
+            inflight = harness.ingest.take_batch(time.time())
+        elif op == "commit" and inflight is not None:
+            commit(inflight)
+            inflight = None
+        elif op == "fail" and inflight is not None:
+            harness.ingest.failed(inflight, StoreError("disk full"))
+            inflight = None
+    if inflight is not None:
+        commit(inflight)
+    for _device, _counter, frame in sent:  # the cards send again whatever was not acked
+        assert harness.feed(frame) is None
+    batch = harness.ingest.take_batch(time.time())
+    if batch is not None:
+        commit(batch)
+    everything = {(device, counter) for device, counter, _frame in sent}
+    assert stored() == everything
+    assert acked == everything

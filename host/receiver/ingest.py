@@ -6,8 +6,10 @@ a writer thread, and calls `committed()` (or `failed()`), which hands back the a
 
 - a frame is acked only once its batch is committed (persist before ack), duplicates included:
   a retransmission of a frame still in an uncommitted batch waits for that batch;
-- per device, a ReplayWindow (restored lazily from the store) sorts NEW, DUPLICATE (ack again,
-  store nothing), REUSED (reject: replay) and TOO_OLD (asks the store: same tag = duplicate);
+- per device, a ReplayWindow (restored lazily from the store; it takes a new frame at once, so
+  it also knows the frames of batches not yet committed, and a failed commit resets it) sorts
+  NEW, DUPLICATE (ack again, store nothing), REUSED (reject: replay) and TOO_OLD (asks the store:
+  same tag = duplicate);
 - every ack has a fresh downlink counter (strictly increasing per device, reserved in blocks in
   the same transaction, so a crash never makes the receiver reuse one) and the device's open
   commands; `command_result` uplinks close commands in the same transaction;
@@ -90,7 +92,6 @@ class Ingest:
         self.clock = clock
         self.encoder = AckEncoder(keyring)
         self.windows: dict[int, ReplayWindow] = {}
-        self.pending: dict[tuple[int, int], bytes] = {}
         self.batch = PendingBatch()
         self.devices: dict[int, DeviceRecord] = {}
         self.dl_next: dict[int, int] = {}
@@ -144,7 +145,6 @@ class Ingest:
     def reset(self) -> None:
         """After a failed commit: forget everything derived from uncommitted state."""
         self.windows.clear()
-        self.pending.clear()
         self.batch = PendingBatch()
         self._finishing.clear()
         self.load_registry(self.store.load_devices(), self.store.open_commands(), from_store=True)
@@ -171,25 +171,22 @@ class Ingest:
         device = message["device"]
         counter = message["counter"]
         tag = frame[-_TAG_LEN:]
-        key = (device, counter)
         batch = self.batch
-        seen = self.pending.get(key)
-        if seen is not None:
-            verdict = _DUPLICATE if _compare(seen, tag) else Verdict.REUSED
-        else:
-            window = self.windows.get(device)
-            if window is None:
-                window = self._load_window(device)
-            # above the highest counter seen is NEW: classify's first test, without the call
-            verdict = _NEW if counter > window.highest else window.classify(counter, tag)
-            if verdict is _TOO_OLD:
-                stored = self.store.stored_tag(device, counter)
-                if stored is None:
-                    return self._reject("replay", source, f"device {device} counter {counter} is older "
-                                        "than the replay window and not stored: rejected as a replay")
-                verdict = _DUPLICATE if _compare(stored, tag) else Verdict.REUSED
+        window = self.windows.get(device)
+        if window is None:
+            window = self._load_window(device)
+        # above the highest counter seen is NEW: classify's first test, without the call
+        verdict = _NEW if counter > window.highest else window.classify(counter, tag)
+        if verdict is _TOO_OLD:
+            stored = self.store.stored_tag(device, counter)
+            if stored is None:
+                return self._reject("replay", source, f"device {device} counter {counter} is older "
+                                    "than the replay window and not stored: rejected as a replay")
+            verdict = _DUPLICATE if _compare(stored, tag) else Verdict.REUSED
         if verdict is _NEW:
-            self.pending[key] = tag
+            # into the window now, before its batch commits: a retransmission meanwhile is a
+            # duplicate, whose ack waits for a later commit (a failed commit resets the windows)
+            window.accept(counter, tag)
             mtype = message["type"]
             commit = batch.commit
             # FRAME_ROW: the frame's archive columns and its event as the log keeps it, the
@@ -388,16 +385,9 @@ class Ingest:
     def committed(self, batch: PendingBatch, last_seq: int, seconds: float) -> list[tuple[Sender, Any, bytes]]:
         """The batch is durable: remember its frames, count, run the engine hooks, and return
         the acks to send."""
-        pending = self.pending
-        windows = self.windows
         frames = batch.commit.frames  # rows of FRAME_ROW: device, counter, tag, type, ...
         stored = self.metrics.frames_stored
         for row in frames:
-            device, counter, tag = row[0], row[1], row[2]
-            pending.pop((device, counter), None)
-            window = windows.get(device)
-            if window is not None:
-                window.accept(counter, tag)
             stored[row[3]] += 1
         if self.trace is not None and batch.commit.frames:
             self.trace.append((last_seq, [row[5] for row in batch.commit.frames]))
@@ -431,7 +421,6 @@ class Ingest:
         except Exception as exc:  # the store is unusable; keep going, the next commit will tell
             log.error("cannot reload state from the store: %s", exc)
             self.windows.clear()
-            self.pending.clear()
             self.batch = PendingBatch()
 
     def devices_seen_since(self, since: float) -> int:
