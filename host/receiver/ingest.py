@@ -19,7 +19,6 @@ a writer thread, and calls `committed()` (or `failed()`), which hands back the a
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import time
 from collections import defaultdict
@@ -400,9 +399,8 @@ class Ingest:
         for state in batch.finished:
             m.commands_finished[state] += 1
         self._finishing.difference_update(batch.finished_ids)
-        if self.after_commit and (frames or batch.commit.events):
+        if self.after_commit and frames:
             events = [event_from_message(parse_opened(row[8]), row[5]) for row in frames]
-            events += [_event_dict(event) for event in batch.commit.events]
             for hook in self.after_commit:
                 try:
                     hook(events)
@@ -429,13 +427,6 @@ class Ingest:
     @property
     def open_command_count(self) -> int:
         return sum(len(c) for c in self.commands.values())
-
-
-def _event_dict(event: Any) -> dict[str, Any]:
-    """An event of a batch other than a frame's (an (id, JSON) pair or a dict) as a dict."""
-    if type(event) is tuple:
-        return json.loads(event[1])
-    return event
 
 
 def _address_text(address: Any) -> str:

@@ -114,8 +114,6 @@ class CommitBatch:
     # one row per frame, in order: FRAME_ROW (the archive columns, then the opened frame), each
     # the frame's event too (EventLog.append_frames)
     frames: list[tuple] = field(default_factory=list)
-    # other events, logged after the batch's frames: dicts or (id, JSON text) pairs (EventLog.append)
-    events: list[Any] = field(default_factory=list)
     # (device, last_seen, last_counter, last_source, frames_added)
     device_stats: list[tuple] = field(default_factory=list)
     downlink_reserved: dict[int, int] = field(default_factory=dict)
@@ -129,7 +127,7 @@ class CommitBatch:
     prune_max_rows: int = 0
 
     def __bool__(self) -> bool:
-        return bool(self.frames or self.events or self.device_stats or self.downlink_reserved
+        return bool(self.frames or self.device_stats or self.downlink_reserved
                     or self.commands or self.contacts or self.prune_upto)
 
 
@@ -339,9 +337,6 @@ class SQLiteStore(Store):
         self._write_lock.acquire()
         try:
             conn.execute("BEGIN IMMEDIATE")
-            # multi-row statements; a frame already stored violates the unique (device, counter)
-            # index and fails the batch (the ingest never sends one: its replay windows sort them out)
-            last_seq = EventLog.append_frames(conn, batch.frames) if batch.frames else 0
             if batch.downlink_reserved:
                 now = time.time()
                 conn.executemany(_RESERVE, [(d, r, now) for d, r in batch.downlink_reserved.items()])
@@ -354,7 +349,9 @@ class SQLiteStore(Store):
                 conn.executemany("INSERT INTO contacts (device, key, number, name) VALUES (?, ?, ?, ?)",
                                  [(device, c.key, c.number, c.name) for c in contacts])
             self._prune = (batch.prune_upto, batch.prune_max_rows or 10_000) if batch.prune_upto else None
-            return EventLog.append(conn, batch.events) if batch.events else last_seq
+            # multi-row statements; a frame already stored violates the unique (device, counter)
+            # index and fails the batch (the ingest never sends one: its replay windows sort them out)
+            return EventLog.append_frames(conn, batch.frames) if batch.frames else 0
         except BaseException as exc:
             self._rollback()
             self._write_lock.release()
@@ -425,13 +422,6 @@ class SQLiteStore(Store):
 
     def transaction(self) -> "_Transaction":
         return _Transaction(self._writer, self._write_lock, self.path)
-
-    def counts(self) -> dict[str, int]:
-        conn = self._reader
-        out = {}
-        for table in ("devices", "frames", "commands", "event_log"):
-            out[table] = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-        return out
 
 
 class _Transaction:
