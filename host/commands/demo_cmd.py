@@ -210,8 +210,9 @@ def _summary(data_dir: Path, device: int, snapshot: dict, ingest_db: Path, event
                             "WHERE device = ? ORDER BY counter", (device,)).fetchall()
         commands = conn.execute("SELECT seq, cmd, state, attempts, result FROM commands WHERE device = ?",
                                 (device,)).fetchall()
-        held = conn.execute("SELECT COUNT(*) FROM event_log").fetchone()[0]
-    print(f"\nSQLite {ingest_db} table frames ({len(rows)} rows):")
+        framed, others = conn.execute("SELECT COUNT(device), COUNT(*) - COUNT(device) FROM event_log "
+                                      "WHERE seq > 0").fetchone()
+    print(f"\nSQLite {ingest_db} view frames ({len(rows)} rows):")
     print("  counter  type            device time           bytes")
     for counter, mtype, device_time, _received, size in rows:
         print(f"  {counter:7d}  {mtype:<14}  {time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(device_time))}  {size:5d}")
@@ -229,8 +230,9 @@ def _summary(data_dir: Path, device: int, snapshot: dict, ingest_db: Path, event
         appended = reader.last_seq()
     finally:
         reader.close()
-    print(f"event log: {appended} events appended, {appended - held} delivered to every sink and "
-          f"pruned, {held} still held; SQLite sink {events_db}: "
+    print(f"event log: {appended} events appended: {framed} frames' (kept: each is also the frame's "
+          f"archive), {others} other events still held, {appended - framed - others} pruned once every "
+          f"sink had them; SQLite sink {events_db}: "
           + ", ".join(f"{table} {count}" for table, count in sink_rows.items()))
     try:
         from carecard.host.export import export_track
