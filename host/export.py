@@ -100,15 +100,13 @@ def device_known(conn: sqlite3.Connection, device: str) -> bool:
     return conn.execute("SELECT 1 FROM events WHERE device = ? LIMIT 1", (device,)).fetchone() is not None
 
 
-def _range(since: float | None, until: float | None) -> tuple[str, list[Any]]:
-    sql, params = "", []
-    if since is not None:
-        sql += " AND t >= ?"
-        params.append(since)
-    if until is not None:
-        sql += " AND t <= ?"
-        params.append(until)
-    return sql, params
+def _conditions(*terms: tuple[str, Any], since: float | None = None,
+                until: float | None = None) -> tuple[str, list[Any]]:
+    """The WHERE clause's tail, `AND term` for each (SQL term with one ?, value) whose value is
+    not None and for the time range (inclusive), and its parameters in order."""
+    terms += (("t >= ?", since), ("t <= ?", until))
+    given = [(term, value) for term, value in terms if value is not None]
+    return "".join(f" AND {term}" for term, _value in given), [value for _term, value in given]
 
 
 def track_points(conn: sqlite3.Connection, device: str, since: float | None = None,
@@ -116,7 +114,7 @@ def track_points(conn: sqlite3.Connection, device: str, since: float | None = No
     """Positions of `device` between `since` and `until` (Unix s, inclusive), oldest first."""
     if not device_known(conn, device):
         raise QueryError(f"unknown device {device}: no events stored for it")
-    extra, params = _range(since, until)
+    extra, params = _conditions(since=since, until=until)
     rows = conn.execute(
         "SELECT t, time_estimated, device, lat, lon, alt_m, hdop, sats, fix, speed_ms, course, "
         f"source, event_id FROM positions WHERE device = ?{extra} ORDER BY t, event_id, idx",
@@ -131,16 +129,8 @@ def iter_events(conn: sqlite3.Connection, device: str | None = None, kind: str |
     """Stored events, oldest first; with `limit`, the most recent `limit` of them."""
     if device is not None and not device_known(conn, device):
         raise QueryError(f"unknown device {device}: no events stored for it")
-    where, params = "WHERE 1 = 1", []
-    if device is not None:
-        where += " AND device = ?"
-        params.append(device)
-    if kind is not None:
-        where += " AND kind = ?"
-        params.append(kind)
-    extra, more = _range(since, until)
-    where += extra
-    params += more
+    extra, params = _conditions(("device = ?", device), ("kind = ?", kind), since=since, until=until)
+    where = "WHERE 1 = 1" + extra
     # a frame's event is stored as its opened frame (body ''): its event is made again from it
     have = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
     columns = "body, opened, received_unix" if "opened" in have else "body, NULL, NULL"
