@@ -164,6 +164,13 @@ READ_SIZE = 64
 _LOOP_CODE = r'''
 import at
 
+def drain(e, sink):
+    while True:
+        data = e.next_event()
+        if data is None:
+            return
+        sink(data)
+
 def replay_lines(lines, sink):
     e = at.ATEngine(urcs=URCS)   # the engine's own sizes, as the modem driver builds it
     now = 0
@@ -194,21 +201,13 @@ def replay_lines(lines, sink):
         if start:
             now += 1
             e.tick(now)
-        while True:
-            data = e.next_event()
-            if data is None:
-                break
-            sink(data)
+        drain(e, sink)
     if not start:
         now += 1
         e.tick(now)
     now += 1000000
     e.tick(now)
-    while True:
-        data = e.next_event()
-        if data is None:
-            break
-        sink(data)
+    drain(e, sink)
     return e
 
 def file_lines(name, n=%d):
