@@ -388,8 +388,8 @@ class Ingest:
         stored = self.metrics.frames_stored
         for row in frames:
             stored[row[3]] += 1
-        if self.trace is not None and batch.commit.frames:
-            self.trace.append((last_seq, [row[5] for row in batch.commit.frames]))
+        if self.trace is not None and frames:
+            self.trace.append((last_seq, [row[5] for row in frames]))
         m = self.metrics
         m.duplicates += batch.duplicates
         m.commits += 1
