@@ -178,3 +178,82 @@ def test_ack_without_commands_fast_path_is_byte_identical_to_the_codec(device: i
                                  "acked": acked, "commands": []}, key)
     message = decode_frame(fast, ring)
     assert (message["type"], message["acked"], message["commands"]) == ("ack", acked, [])
+
+
+def test_a_replayed_frame_never_uses_up_commands_nor_draws_a_larger_ack(tmp_path: Path) -> None:
+    """A captured uplink resent 20 times from another address: every ack it draws is no larger
+    than the frame and carries no command; no command changes state or counts an attempt, so
+    the real card still gets them all. Retransmissions from the card's own (last verified)
+    address are acked with the open commands, still without counting an attempt."""
+    device, key = next(iter(provision(tmp_path, 1).items()))
+    contacts = [{"key": k, "number": "+861380000000" + str(k), "name": "名字" * 8} for k in range(1, 5)]
+    seqs = [queue(tmp_path, device, "set_contacts", {"contacts": contacts}),
+            queue(tmp_path, device, "locate_now"),
+            queue(tmp_path, device, "reboot", {"delay_s": 5})]
+    h = Harness(tmp_path, {device: key})
+    card = Card(device, key)
+    home = ("10.0.0.1", 5000)
+    captured = card.frame("command_result", seq=999, result="done")  # the smallest uplink: 30 bytes
+    assert h.feed(captured, address=home) is None
+    (first,) = h.commit()
+    assert [c["seq"] for c in card.ack(first)["commands"]] == seqs
+    attacker = ("192.0.2.66", 4444)
+    for _ in range(20):
+        assert h.feed(captured, source=attacker[0], address=attacker) is None
+        for ack in h.commit():
+            assert len(ack) <= len(captured)
+            assert card.ack(ack)["commands"] == []
+    assert all(address == home for address, _ack in h.sent)  # no ack fits in 30 bytes
+    bigger = card.frame("status")
+    h.feed(bigger, address=home)
+    h.commit()
+    for _ in range(20):
+        h.feed(bigger, source=attacker[0], address=attacker)
+        for ack in h.commit():
+            assert len(ack) <= len(bigger) and card.ack(ack)["commands"] == []
+    assert sum(address == attacker for address, _ack in h.sent) == 20
+    assert h.feed(bigger, address=home) is None  # the card retransmits: its commands, no attempt
+    (again,) = h.commit()
+    assert [c["seq"] for c in card.ack(again)["commands"]] == seqs
+    assert {c.seq: (c.state, c.attempts) for c in commands(tmp_path, device)} == {
+        seq: ("sent", 2) for seq in seqs}
+    assert h.metrics.duplicates == 41 and h.metrics.acks_withheld == 20
+    # the real card's next frame carries every command still (and counts the attempt)
+    assert [c["seq"] for c in round_trip(h, card)["commands"]] == seqs
+    assert {c.attempts for c in commands(tmp_path, device)} == {3}
+    h.store.close()
+
+
+def test_a_duplicate_after_a_restart_is_acked_with_commands_only_at_the_stored_address(tmp_path: Path) -> None:
+    device, key = next(iter(provision(tmp_path, 1).items()))
+    seq = queue(tmp_path, device, "locate_now")
+    h = Harness(tmp_path, {device: key})
+    card = Card(device, key)
+    frame = card.frame("status")
+    h.feed(frame, address=("10.0.0.7", 6000))
+    h.commit()  # the first commit writes the device statistics, the last source among them
+    h.reopen()  # a restarted receiver: the last verified address comes from the registry
+    h.feed(frame, address=("10.0.0.7", 6000))
+    h.feed(frame, source="192.0.2.1", address=("192.0.2.1", 6000))
+    home, elsewhere = (card.ack(ack) for ack in h.commit())
+    assert [c["seq"] for c in home["commands"]] == [seq] and elsewhere["commands"] == []
+    assert [(c.state, c.attempts) for c in commands(tmp_path, device)] == [("sent", 1)]
+    h.store.close()
+
+
+def test_attempts_count_only_commands_that_went_out_in_an_ack(tmp_path: Path) -> None:
+    device, key = next(iter(provision(tmp_path, 1).items()))
+    big = [{"key": k, "number": "+" + "8" * 20, "name": "名" * 21} for k in range(1, 5)]
+    contacts = [queue(tmp_path, device, "set_contacts", {"contacts": big}) for _ in range(3)]
+    locate = queue(tmp_path, device, "locate_now")
+    h = Harness(tmp_path, {device: key})
+    card = Card(device, key)
+    for _ in range(5):
+        assert [c["seq"] for c in round_trip(h, card)["commands"]] == [contacts[0]]
+    attempts = {c.seq: (c.state, c.attempts) for c in commands(tmp_path, device)}
+    assert attempts == {contacts[0]: ("sent", 5), contacts[1]: ("queued", 0), contacts[2]: ("queued", 0),
+                        locate: ("queued", 0)}
+    assert h.metrics.commands_sent == 5
+    round_trip(h, card, "command_result", seq=contacts[0], result="done")
+    assert [c["seq"] for c in round_trip(h, card)["commands"]] == [contacts[1]]
+    h.store.close()

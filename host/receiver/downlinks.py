@@ -60,6 +60,8 @@ def _empty_ack_packer() -> struct.Struct | None:
 
 
 _EMPTY_ACK = _empty_ack_packer()
+# Bytes of an ack without commands: header, acked counter, command count, tag.
+EMPTY_ACK_SIZE = spec.MIN_FRAME + len(_ACK.payload.build({"acked": 0, "commands": []}))
 _pack_header = HEADER_STRUCT.pack
 _ACK_CODE = _ACK.code
 _DOWN = spec.DIR_DOWNLINK

@@ -28,7 +28,7 @@ from typing import Any, Callable, Hashable
 from carecard.host.events import event_from_message
 from carecard.host.receiver.budget import RejectBudget
 from carecard.host.receiver.config import BudgetSettings, DownlinkSettings, IngestSettings
-from carecard.host.receiver.downlinks import AckEncoder, wire_command
+from carecard.host.receiver.downlinks import EMPTY_ACK_SIZE, AckEncoder, wire_command
 from carecard.host.receiver.metrics import Metrics
 from carecard.host.receiver.store import (
     CommandRecord,
@@ -55,6 +55,11 @@ _NEW = Verdict.NEW
 _DUPLICATE = Verdict.DUPLICATE
 _TOO_OLD = Verdict.TOO_OLD
 _RESULT_STATES = frozenset(spec.ENUMS["command_result"])
+# What an ack carries (Ingest._ack): a new frame's ack sends the open commands and counts an
+# attempt; a retransmission's ack to the card's own address repeats them without counting.
+_SEND = 0
+_REPEAT = 1
+_NO_COMMANDS = 2
 
 # A reply target: `send(ack_bytes, address)`; returns nothing, never raises for a lost peer.
 Sender = Callable[[bytes, Any], None]
@@ -98,6 +103,8 @@ class Ingest:
         self.commands: dict[int, list[CommandRecord]] = {}
         self._finishing: set[int] = set()  # ids of commands finished in uncommitted batches
         self.last_seen: dict[int, float] = {}
+        # device -> (transport, address) of its last new frame, kept when statistics are flushed
+        self._verified: dict[int, tuple[str, Any]] = {}
         # device -> [last_seen, last_counter, transport, address, added]
         self._stats: dict[int, list[Any]] = {}
         self._stats_flushed = 0.0
@@ -206,7 +213,7 @@ class Ingest:
                 stats[3] = address
                 stats[4] += 1
         elif verdict is _DUPLICATE:
-            batch.duplicates += 1
+            return self._duplicate(frame, reply, address, transport, device, counter, received_at)
         else:
             return self._reject("replay", source, f"device {device} counter {counter} was already "
                                 "used for another frame: rejected as a replay")
@@ -220,6 +227,41 @@ class Ingest:
         if not batch.started:
             batch.started = received_at
         return None
+
+    def _duplicate(self, frame: bytes, reply: Sender, address: Any, transport: str, device: int,
+                   counter: int, received_at: float) -> None:
+        """A frame already seen: acked again, but a replay is bit-identical to the card's own
+        retransmission, so nothing about it may change state. Commands ride along (without
+        counting an attempt) only to the card's last verified address (the source of its last
+        new frame); elsewhere the ack is empty, and withheld on UDP when even that would be
+        larger than the frame (no amplification toward a spoofed source)."""
+        batch = self.batch
+        batch.duplicates += 1
+        self.last_seen[device] = received_at
+        verified = self._is_verified_address(device, transport, address)
+        if not verified and transport == "udp" and len(frame) < EMPTY_ACK_SIZE:
+            self.metrics.acks_withheld += 1
+            return None
+        try:
+            ack = self._ack(device, counter, received_at, _REPEAT if verified else _NO_COMMANDS)
+        except (InvalidMessage, OverflowError) as exc:
+            log.error("cannot make the ack for device %s counter %s: %s", device, counter, exc)
+            return None
+        batch.acks.append((reply, address, ack))
+        if not batch.started:
+            batch.started = received_at
+        return None
+
+    def _is_verified_address(self, device: int, transport: str, address: Any) -> bool:
+        """Did the device's last new (authentic, never seen) frame come from this address?"""
+        stats = self._stats.get(device)  # new frames since the last statistics flush
+        if stats is not None:
+            return stats[3] == address and stats[2] == transport
+        known = self._verified.get(device)
+        if known is not None:
+            return known == (transport, address)
+        record = self.devices.get(device)  # after a restart: what the registry stored
+        return record is not None and record.last_source == f"{transport}:{_address_text(address)}"
 
     def _authentic(self, frame: bytes) -> bool:
         """Cheap check for sources over budget: does the frame carry a valid tag?"""
@@ -257,7 +299,10 @@ class Ingest:
 
     # --- acks and commands ----------------------------------------------------------------------
 
-    def _ack(self, device: int, acked: int, now: float) -> bytes:
+    def _ack(self, device: int, acked: int, now: float, commands_mode: int = 0) -> bytes:
+        """The ack of `acked` with a fresh downlink counter. `commands_mode`: _SEND (a new frame:
+        open commands go out and count an attempt), _REPEAT (a retransmission from the card's
+        address: they go out, nothing counted) or _NO_COMMANDS."""
         counter = self.dl_next.get(device)
         if counter is None:  # a device with a key but no registry row yet
             counter = 1
@@ -269,50 +314,65 @@ class Ingest:
             self.dl_reserved[device] = reserve
             self.batch.commit.downlink_reserved[device] = reserve
         self.dl_next[device] = counter + 1
-        commands = self._commands_for_ack(device, now) if device in self.commands else None
         stamp = int(now)
+        if commands_mode == _NO_COMMANDS or device not in self.commands:
+            return self.encoder.encode(device, counter, stamp, acked)
+        commands = self._commands_for_ack(device, now, commands_mode == _SEND)
         if not commands:
             return self.encoder.encode(device, counter, stamp, acked)
         while True:
             try:
-                return self.encoder.encode(device, counter, stamp, acked,
-                                           [wire_command(c, stamp) for c in commands])
+                ack = self.encoder.encode(device, counter, stamp, acked,
+                                          [wire_command(c, stamp) for c in commands])
+                break
             except InvalidMessage:
                 if len(commands) == 1:
                     raise
                 commands.pop()  # too large together: the rest go in later acks
+        if commands_mode == _SEND:
+            self._mark_sent(commands, now)
+        return ack
 
-    def _commands_for_ack(self, device: int, now: float) -> list[CommandRecord]:
+    def _commands_for_ack(self, device: int, now: float, finish: bool) -> list[CommandRecord]:
+        """The open commands an ack may carry, oldest first. `finish`: expire or fail those past
+        their limits (a new frame's ack); otherwise only skip them (changing nothing)."""
         open_commands = self.commands.get(device) or []
         settings = self.downlinks
         out: list[CommandRecord] = []
         still_open: list[CommandRecord] = []
-        batch = self.batch
         for command in open_commands:
             if now - command.created_at > settings.expire_after_s:
-                self._finish(command, "expired", None, now,
-                             f"not confirmed within {settings.expire_after_s:g} s")
+                if finish:
+                    self._finish(command, "expired", None, now,
+                                 f"not confirmed within {settings.expire_after_s:g} s")
                 continue
             if command.attempts >= settings.max_attempts:
-                self._finish(command, "failed", None, now,
-                             f"sent in {command.attempts} acks without a command_result")
+                if finish:
+                    self._finish(command, "failed", None, now,
+                                 f"sent in {command.attempts} acks without a command_result")
                 continue
             still_open.append(command)
             if len(out) < settings.max_commands_per_ack:
-                command.attempts += 1
-                command.state = "sent"
-                if command.first_sent_at is None:
-                    command.first_sent_at = now
-                command.last_sent_at = now
-                command.updated_at = now
-                batch.commit.commands.append(command.update_row())
-                batch.commands_sent += 1
                 out.append(command)
-        if still_open:
-            self.commands[device] = still_open
-        else:
-            self.commands.pop(device, None)
+        if finish:
+            if still_open:
+                self.commands[device] = still_open
+            else:
+                self.commands.pop(device, None)
         return out
+
+    def _mark_sent(self, commands: list[CommandRecord], now: float) -> None:
+        """These commands went out in an ack: one attempt each."""
+        batch = self.batch
+        for command in commands:
+            command.attempts += 1
+            command.state = "sent"
+            if command.first_sent_at is None:
+                command.first_sent_at = now
+            command.last_sent_at = now
+            command.updated_at = now
+            batch.commit.commands.append(command.update_row())
+            batch.commands_sent += 1
 
     def _finish(self, command: CommandRecord, state: str, result: str | None, now: float,
                 detail: str | None) -> None:
@@ -374,6 +434,9 @@ class Ingest:
             batch.commit.device_stats = [
                 (device, s[0], s[1], f"{s[2]}:{_address_text(s[3])}", s[4])
                 for device, s in self._stats.items()]
+            verified = self._verified
+            for device, s in self._stats.items():
+                verified[device] = (s[2], s[3])
             self._stats = {}
             self._stats_flushed = now
         if not batch.acks and not batch.commit:

@@ -5,7 +5,7 @@ owns them). Gauges are read at scrape time through callbacks. `GET /metrics` ret
 format 0.0.4; `GET /healthz` returns `ok`.
 
 Names (all prefixed `carecard_`): frames_received_total{transport}, frames_stored_total{type},
-frames_duplicate_total, frames_rejected_total{reason}, acks_sent_total, ack_send_errors_total,
+frames_duplicate_total, frames_rejected_total{reason}, acks_sent_total, ack_send_errors_total, acks_withheld_total,
 commits_total, commit_failures_total, commit_seconds_sum/_count, batch_frames_sum,
 commands_sent_total, commands_finished_total{state}, stream_garbage_total{transport,reason},
 event_log_pruned_total, and the gauges devices_registered, devices_seen_last_hour, sources_over_budget,
@@ -54,6 +54,7 @@ class Metrics:
         self.rejected: dict[str, int] = defaultdict(int)
         self.acks_sent = 0
         self.ack_send_errors = 0
+        self.acks_withheld = 0
         self.commits = 0
         self.commit_failures = 0
         self.commit_seconds = 0.0
@@ -82,6 +83,7 @@ class Metrics:
             "received": dict(self.frames_received), "stored": dict(self.frames_stored),
             "duplicates": self.duplicates, "rejected": dict(self.rejected),
             "acks_sent": self.acks_sent, "ack_send_errors": self.ack_send_errors,
+            "acks_withheld": self.acks_withheld,
             "commits": self.commits, "commit_failures": self.commit_failures,
             "commands_sent": self.commands_sent, "commands_finished": dict(self.commands_finished),
             "events_pruned": self.events_pruned,
@@ -109,6 +111,9 @@ class Metrics:
                [({}, self.acks_sent)])
         family("ack_send_errors_total", "counter", "Acks that could not be sent (socket error).",
                [({}, self.ack_send_errors)])
+        family("acks_withheld_total", "counter", "Duplicates from an address other than the card's "
+               "last verified one not acked: the ack would be larger than the frame.",
+               [({}, self.acks_withheld)])
         family("commits_total", "counter", "Ingest transactions committed.", [({}, self.commits)])
         family("commit_failures_total", "counter", "Ingest transactions that failed (nothing acked).",
                [({}, self.commit_failures)])
