@@ -394,3 +394,29 @@ def test_event_log_is_pruned_only_up_to_what_every_sink_delivered(tmp_path: Path
         assert {row[0] for row in conn.execute("SELECT id FROM events")} == set(ids)
     got = [r["event"]["id"] for r in server.accepted]
     assert [i for i in got if i in ids[80:]] == ids[80:]  # the second webhook run, in order
+
+
+def test_sink_process_exits_quietly_when_the_receiver_is_killed(tmp_path: Path) -> None:
+    """SIGKILL the receiver: its sink process notices (stdin closes), drains, and exits with one
+    log line saying so; no traceback (its stdout pipe to the dead receiver is broken)."""
+    import json
+    import signal
+
+    from receiver_helpers import exchange, udp_client
+
+    keys = provision(tmp_path, 1)
+    card = Card(*next(iter(keys.items())))
+    receiver = ReceiverProcess(tmp_path)
+    client = udp_client()
+    for _ in range(3):
+        assert exchange(client, receiver.udp_port, card.frame()) is not None
+    pid = receiver.proc.pid
+    (child,) = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    receiver.proc.send_signal(signal.SIGKILL)
+    # the sink process holds the same stderr: it reaches EOF only when that process is gone too
+    _out, err = receiver.proc.communicate(timeout=30)
+    assert not Path(f"/proc/{child}/cmdline").exists() or not Path(f"/proc/{child}/cmdline").read_bytes()
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    records = [json.loads(line) for line in err.splitlines()]  # every line a log record
+    gone = [r for r in records if r.get("logger", "").startswith("carecard.receiver.sink")]
+    assert len(gone) == 1 and "receiver is gone" in gone[0]["msg"], gone

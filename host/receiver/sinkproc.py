@@ -22,7 +22,8 @@ Parent <-> child protocol, one line each way per message (the child's stdin and 
                       stopped
 
 The child ignores SIGINT (a Ctrl-C in the terminal reaches the whole process group; the parent
-decides) and stops by itself, draining, when its stdin closes (the parent died). If the child dies,
+decides) and stops by itself, draining, when its stdin closes (the parent died): one log line says
+so, and its writes to the dead parent's pipe are dropped, never a traceback. If the child dies,
 the parent logs it and starts another one after a second: sinks resume from their cursors.
 """
 
@@ -198,41 +199,67 @@ class SinkProcess:
 
 # --- the child -----------------------------------------------------------------------------------
 
+class _ParentPipe:
+    """The child's stdout to the receiver. Once the receiver is gone (killed: the pipe is broken)
+    writes are dropped, and stdout points at /dev/null so that the interpreter's last flush at
+    exit does not raise either."""
+
+    def __init__(self, stream: Any):
+        self.stream = stream
+        self.gone = False
+
+    def send(self, text: str) -> None:
+        if self.gone:
+            return
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):  # BrokenPipeError: the receiver died
+            self.gone = True
+            import os
+
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, self.stream.fileno())
+                os.close(devnull)
+            except (OSError, ValueError):
+                pass
+
+
 async def _child(config: dict[str, Any]) -> int:
     from carecard.host.eventlog import EventLog
     from carecard.host.paths import ingest_db_path
     from carecard.host.receiver.runtime import tune_gc
     from carecard.host.sinks import ConfigError, SinkSet
 
-    out = sys.stdout
+    out = _ParentPipe(sys.stdout)
     data_dir = Path(config["data_dir"])
     try:
         eventlog = EventLog(ingest_db_path(data_dir))
         sinks = SinkSet.from_config(config.get("sinks"), data_dir, eventlog)
     except ConfigError as exc:
-        out.write(f"error {exc}\n")
-        out.flush()
+        out.send(f"error {exc}\n")
         return 2
     except Exception as exc:
-        out.write(f"error sinks: {exc}\n")
-        out.flush()
+        out.send(f"error sinks: {exc}\n")
         return 2
     await sinks.start()
     tune_gc(freeze=True)
-    out.write(f"ready {json.dumps(sinks.names)}\n")
-    out.flush()
+    out.send(f"ready {json.dumps(sinks.names)}\n")
 
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 16)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     done = asyncio.Event()
     drain_timeout = 5.0
+    orphaned = False
 
     async def commands() -> None:
-        nonlocal drain_timeout
+        nonlocal drain_timeout, orphaned
         while True:
             line = await reader.readline()
             if not line:  # the parent is gone: drain and stop
+                orphaned = True
                 break
             if line.startswith((b"n ", b"i ")):
                 try:
@@ -258,8 +285,7 @@ async def _child(config: dict[str, Any]) -> int:
             now = time.time()
             if cursors != last_cursors or now - last_sent >= STATS_HEARTBEAT_S:
                 last_cursors, last_sent = cursors, now
-                out.write("s " + json.dumps({**stats, "at": now, "prunable": prunable}, default=str) + "\n")
-                out.flush()
+                out.send("s " + json.dumps({**stats, "at": now, "prunable": prunable}, default=str) + "\n")
 
     tasks = [asyncio.create_task(commands()), asyncio.create_task(report())]
     await done.wait()
@@ -267,11 +293,12 @@ async def _child(config: dict[str, Any]) -> int:
     tasks[1].cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     stats = sinks.stats()
-    out.write("s " + json.dumps({**stats, "at": time.time(), "prunable": sinks.prunable_seq()},
-                                default=str) + "\n")
-    out.write("stopped\n")
-    out.flush()
+    out.send("s " + json.dumps({**stats, "at": time.time(), "prunable": sinks.prunable_seq()},
+                               default=str) + "\n" + "stopped\n")
     eventlog.close()
+    if orphaned:
+        log.warning("the receiver is gone (its pipe closed): sinks drained and stopped, sink process "
+                    "exiting; delivered up to %s", {name: s.get("cursor") for name, s in stats.items()})
     return 0
 
 
