@@ -9,12 +9,11 @@ A decoded uplink message (carecard.protocol.decode_frame) becomes one event:
 `data` is derived from the field list in protocol/spec.py, never from a copy of it:
 
 - every payload field keeps its spec name and raw value (integers with unit suffixes, enums as
-  their names), except that a field's "unknown" sentinel (spec.UNKNOWN_U8/U16/I8, recognised from
-  the field's own description in the spec) becomes null;
-- fields with a unit suffix also get a human-unit twin, by the rules in UNIT_SUFFIXES:
-  `lat_e7` -> `lat` (degrees), `hdop_x10` -> `hdop`, `course_x10` -> `course` (degrees),
-  `speed_cms` -> `speed_ms` (m/s), `battery_mv` -> `battery_v` (volts); the twin is null when the
-  raw value is unknown, and `lat`/`lon` are null when the message says it has no fix;
+  their names), except that a field's "unknown" value (its rule in spec.FIELDS) becomes null;
+- fields whose rule names a human unit (spec.FIELDS "human") also get that twin: `lat_e7` ->
+  `lat` (degrees), `hdop_x10` -> `hdop`, `course_x10` -> `course` (degrees), `speed_cms` ->
+  `speed_ms` (m/s), `battery_mv` -> `battery_v` (volts); the twin is null when the raw value is
+  unknown, and for fields that need a fix (`lat`/`lon`) when the message says it has no fix;
 - track points become {"time", "device_time", "lat", "lon", "lat_e7", "lon_e7"};
 - `device_time` (the header's raw time) and `clock_synced` are kept; when the card's clock was not
   synced the header time is seconds since boot, so the event's `time` is null.
@@ -33,27 +32,13 @@ from datetime import datetime, timezone
 from typing import Any, Mapping, NamedTuple
 
 from carecard.protocol import spec
+from carecard.protocol.codec import field_rule, value_bounds
 
 SCHEMA_VERSION = 1
 ALERT_KIND = "alert"
 
-# (raw suffix, human suffix, divisor): `name<raw suffix>` gets a twin `name<human suffix>` equal
-# to the raw integer divided by `divisor`.
-UNIT_SUFFIXES: tuple[tuple[str, str, int], ...] = (
-    ("_e7", "", 10_000_000),  # 1e-7 degree -> degree
-    ("_x10", "", 10),  # tenths -> units (hdop, course in degrees)
-    ("_cms", "_ms", 100),  # cm/s -> m/s
-    ("_mv", "_v", 1000),  # millivolts -> volts
-)
-
-# Sentinel values by field kind; a field uses one when its spec description mentions it.
-_SENTINEL_BY_KIND = {"u8": spec.UNKNOWN_U8, "u16": spec.UNKNOWN_U16, "i8": spec.UNKNOWN_I8}
-
 # The "no fix" label of the fix enum: positions carried with it have no valid coordinates.
 NO_FIX = spec.ENUMS["fix"][0]
-
-# Coordinate bounds by raw field name (the protocol's own limits).
-_COORD_BOUNDS = {"lat_e7": spec.LAT_E7_MAX, "lon_e7": spec.LON_E7_MAX}
 
 _ALERT_KIND_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 _ISO_Z_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$"
@@ -68,32 +53,26 @@ class FieldPlan(NamedTuple):
     name: str
     kind: str
     doc: str
-    sentinel: int | None
+    sentinel: int | None  # the raw value meaning "unknown" (null in the event)
     twin: str | None  # human-unit twin's name
     divisor: int
-
-
-def _sentinel(kind: str, doc: str) -> int | None:
-    value = _SENTINEL_BY_KIND.get(kind)
-    if value is None:
-        return None
-    if re.search(r"(?<![\d.-])" + re.escape(str(value)) + r"(?![\d.])", doc):
-        return value
-    return None
+    needs_fix: bool  # the twin is null when the message has no fix
 
 
 def _twin(name: str) -> tuple[str | None, int]:
-    for raw, human, divisor in UNIT_SUFFIXES:
-        if name.endswith(raw) and len(name) > len(raw):
-            return name[: -len(raw)] + human, divisor
-    return None, 1
+    human = field_rule(name).get("human")
+    if human is None:
+        return None, 1
+    return human[0], human[1]
 
 
 def _plan(fields: tuple) -> tuple[FieldPlan, ...]:
     plans = []
     for name, kind, doc in fields:
+        rule = field_rule(name)
         twin, divisor = _twin(name)
-        plans.append(FieldPlan(name, kind, doc, _sentinel(kind, doc), twin, divisor))
+        plans.append(FieldPlan(name, kind, doc, rule.get("unknown"), twin, divisor,
+                               bool(rule.get("needs_fix"))))
     return tuple(plans)
 
 
@@ -248,14 +227,14 @@ def _field_source(field: FieldPlan, var: str) -> tuple[list[str], list[tuple[str
         lines += [f"    if {var} == {field.sentinel!r}:", f"        {var} = None"]
     items = [(field.name, var)]
     if field.twin is not None:
-        unknown = f"{var} is None or no_fix" if field.name in _COORD_BOUNDS else f"{var} is None"
+        unknown = f"{var} is None or no_fix" if field.needs_fix else f"{var} is None"
         items.append((field.twin, f"(None if {unknown} else {var} / {field.divisor!r})"))
     return lines, items
 
 
 def _data_builder_source(kind: str, plan: tuple[FieldPlan, ...]) -> str:
     lines = [f"def _data_{kind}(m, synced):"]
-    if any(f.twin is not None and f.name in _COORD_BOUNDS for f in plan):
+    if any(f.twin is not None and f.needs_fix for f in plan):
         lines.append("    no_fix = m.get('fix') == NO_FIX")
     items = []
     for i, field in enumerate(plan):
@@ -384,7 +363,7 @@ def _json_builder_source(kind: str, plan: tuple[FieldPlan, ...]) -> str | None:
     if any(f.kind == "track" for f in plan):
         return None
     lines = [f"def _json_{kind}(m, head, synced):"]
-    if any(f.twin is not None and f.name in _COORD_BOUNDS for f in plan):
+    if any(f.twin is not None and f.needs_fix for f in plan):
         lines.append("    no_fix = m.get('fix') == NO_FIX")
     parts: list[str] = []  # pieces of the data object's text: literal text or {expression}
     memos: list[str] = []  # module-level dicts: value -> twin text, for narrow integer fields
@@ -411,7 +390,7 @@ def _json_builder_source(kind: str, plan: tuple[FieldPlan, ...]) -> str | None:
             parts.append(f"{key}:%d")
             values.append(var)
         if field.twin is not None:
-            twin_unknown = " or ".join(x for x in (unknown, "no_fix" if field.name in _COORD_BOUNDS else None) if x)
+            twin_unknown = " or ".join(x for x in (unknown, "no_fix" if field.needs_fix else None) if x)
             twin = f"_float_text({var} / {field.divisor!r})"
             if field.kind in _MEMO_KINDS:  # a narrow integer: its twin's text is memoised
                 lines.append(f"    {var}f = _twin_text_{i}.get({var})")
@@ -596,10 +575,14 @@ def _field_schemas(field: FieldPlan) -> dict[str, Any]:
                            "items": point, "description": field.doc}
     else:
         low, high = _int_range(kind)
-        if field.name in _COORD_BOUNDS:
-            low, high = -_COORD_BOUNDS[field.name], _COORD_BOUNDS[field.name]
+        bounds = value_bounds(field.name)
+        if bounds is not None:
+            low, high = bounds[0], bounds[1]
         raw: dict[str, Any] = {"type": "integer", "minimum": low, "maximum": high}
+        rule = field_rule(field.name)
         doc = field.doc
+        if "unit" in rule:
+            doc += f" ({rule['unit']})"
         if field.sentinel is not None:
             raw = _nullable(raw)
             doc += f"; null when the card sent {field.sentinel} (unknown)"
@@ -607,11 +590,13 @@ def _field_schemas(field: FieldPlan) -> dict[str, Any]:
         out[field.name] = raw
         if field.twin is not None:
             twin: dict[str, Any] = {"type": "number"}
-            if field.name in _COORD_BOUNDS:
+            if bounds is not None:
                 twin["minimum"], twin["maximum"] = low / field.divisor, high / field.divisor
             twin = _nullable(twin)
-            twin["description"] = f"{field.name} / {field.divisor} (human units); null when unknown"
-            if field.name in _COORD_BOUNDS:
+            unit = rule["human"][2]
+            twin["description"] = (f"{field.name} / {field.divisor}" + (f" ({unit})" if unit else "")
+                                   + "; null when unknown")
+            if field.needs_fix:
                 twin["description"] += " or without a fix"
             out[field.twin] = twin
     return out

@@ -13,7 +13,8 @@ Formats:
 - CSV: a header line, then one row per position: time, time_estimated, device, lat, lon, alt_m,
   hdop, sats, fix, speed_ms, course, source, event_id.
 Positions are ordered by time. `time` is ISO 8601 UTC; estimated times (the card's clock was not
-synced) are flagged.
+synced) are flagged. Unknown values (spec.FIELDS) are null in GeoJSON, empty in CSV and left out of
+GPX; a fix whose age is unknown has no time and is not in the store's positions, so not here.
 """
 
 from __future__ import annotations

@@ -70,30 +70,58 @@ INTEGER_RANGES: dict[str, tuple[int, int]] = {
 Text = PascalString(Int8ub, "utf8")
 
 
+_POINT_NAMES = tuple(name for name, _kind, _doc in spec.TRACK_POINT)
+
+
 class TrackAdapter(Adapter):
-    """Points as absolute {time, lat_e7, lon_e7} in Python, zigzag-varint differences on the wire."""
+    """Points as absolute {time, lat_e7, lon_e7} (spec.TRACK_POINT) in Python, zigzag LEB128
+    differences from the previous point (the first from zeros) on the wire."""
 
     def _decode(self, obj, context, path):
         time = lat = lon = 0
         points = []
+        t_name, lat_name, lon_name = _POINT_NAMES
         for step in obj:
             time += step.dt
             lat += step.dlat
             lon += step.dlon
-            points.append({"time": time, "lat_e7": lat, "lon_e7": lon})
+            points.append({t_name: time, lat_name: lat, lon_name: lon})
         return points
 
     def _encode(self, obj, context, path):
         time = lat = lon = 0
         steps = []
+        t_name, lat_name, lon_name = _POINT_NAMES
         for point in obj:
-            steps.append({"dt": point["time"] - time, "dlat": point["lat_e7"] - lat,
-                          "dlon": point["lon_e7"] - lon})
-            time, lat, lon = point["time"], point["lat_e7"], point["lon_e7"]
+            steps.append({"dt": point[t_name] - time, "dlat": point[lat_name] - lat,
+                          "dlon": point[lon_name] - lon})
+            time, lat, lon = point[t_name], point[lat_name], point[lon_name]
         return steps
 
 
 Track = TrackAdapter(PrefixedArray(Int8ub, Struct("dt" / ZigZag, "dlat" / ZigZag, "dlon" / ZigZag)))
+_NO_RULE: dict[str, Any] = {}
+
+
+def field_rule(name: str) -> dict[str, Any]:
+    """The value rule of a field (spec.FIELDS; empty when it has none)."""
+    return spec.FIELDS.get(name, _NO_RULE)
+
+
+def value_bounds(name: str) -> tuple[int, int, int | None] | None:
+    """(min, max, unknown value or None) of a field whose rule narrows its range, else None."""
+    rule = field_rule(name)
+    if "min" not in rule and "max" not in rule:
+        return None
+    return rule["min"], rule["max"], rule.get("unknown")
+
+
+def _range_text(name: str, low: int, high: int) -> str:
+    human = field_rule(name).get("human")
+    if human is None:
+        return f"{low}..{high}"
+    _twin, divisor, unit = human
+    return f"{low / divisor:g}..{high / divisor:g} {unit}".rstrip()
 
 
 def enum_construct(name: str) -> Construct:
@@ -231,7 +259,7 @@ class MessageType(NamedTuple):
     direction: int  # spec.DIR_UPLINK or spec.DIR_DOWNLINK
     fields: tuple
     payload: Construct  # compiled where construct can compile it
-    checks: tuple | None  # (field, low, high) checks after parsing; None = full _check_fields
+    checks: tuple | None  # (field, low, high, unknown) checks after parsing; None = full _check_fields
     packed: PackedFields | None  # fixed layouts: parsed without a stream
     direction_name: str
     # fixed layouts: (payload, device, counter, time, synced) -> the checked message, or None
@@ -240,7 +268,9 @@ class MessageType(NamedTuple):
 
 
 def _out_of_range(type_name: str, device: int, counter: int, field: str, value: int) -> None:
-    raise MalformedFrame(f"{type_name} from device {device} counter {counter}: {field} {value} is out of range")
+    low, high, _unknown = value_bounds(field)  # type: ignore[misc]
+    raise MalformedFrame(f"{type_name} from device {device} counter {counter}: {field} {value} "
+                         f"is out of range ({_range_text(field, low, high)})")
 
 
 def _message_builder(name: str, direction_name: str, packed: PackedFields,
@@ -257,9 +287,12 @@ def _message_builder(name: str, direction_name: str, packed: PackedFields,
         lines.append(f"    if v{i} >= {len(labels)}:")
         lines.append("        return None")
         values[i] = f"_labels_{i}[v{i}]"
-    for field, low, high in checks:
+    for field, low, high, unknown in checks:
         i = packed.names.index(field)
-        lines.append(f"    if not {low!r} <= v{i} <= {high!r}:")
+        allowed = f"{low!r} <= v{i} <= {high!r}"
+        if unknown is not None:
+            allowed += f" or v{i} == {unknown!r}"
+        lines.append(f"    if not ({allowed}):")
         lines.append(f"        _out_of_range({name!r}, device, counter, {field!r}, v{i})")
     items = [f"{n!r}: {v}" for n, v in zip(packed.names, values)]
     items += [f"'type': {name!r}", f"'direction': {direction_name!r}", "'device': device",
@@ -273,12 +306,13 @@ def _message_builder(name: str, direction_name: str, packed: PackedFields,
 
 
 def _decode_checks(fields: tuple) -> tuple | None:
-    """Fixed layouts need only the coordinate bounds checked after parsing (enums are checked
-    by PackedFields, integer widths by the layout); variable layouts get the full check."""
+    """Fixed layouts need only their fields' narrower ranges (spec.FIELDS) checked after parsing
+    (enums are checked by PackedFields, integer widths by the layout): (name, min, max, unknown)
+    for each; variable layouts get the full check (None)."""
     if not all(is_fixed(kind) for _n, kind, _d in fields):
         return None
-    bounds = {"lat_e7": spec.LAT_E7_MAX, "lon_e7": spec.LON_E7_MAX}
-    return tuple((name, -bounds[name], bounds[name]) for name, _k, _d in fields if name in bounds)
+    return tuple((name, *bounds) for name, _k, _d in fields
+                 if (bounds := value_bounds(name)) is not None)
 
 
 MESSAGE_TYPES: dict[str, MessageType] = {}
@@ -369,10 +403,9 @@ def _check_fields(fields: tuple, values: Mapping[str, Any], where: str, error: t
             lo, hi = INTEGER_RANGES[kind]
             if type(value) is not int or not lo <= value <= hi:
                 raise error(f"{here}: {value!r} is not an integer in {lo}..{hi} ({kind})")
-            if name == "lat_e7" and not -spec.LAT_E7_MAX <= value <= spec.LAT_E7_MAX:
-                raise error(f"{here}: {value} is outside -90..90 degrees")
-            if name == "lon_e7" and not -spec.LON_E7_MAX <= value <= spec.LON_E7_MAX:
-                raise error(f"{here}: {value} is outside -180..180 degrees")
+            bounds = value_bounds(name)
+            if bounds is not None and not bounds[0] <= value <= bounds[1] and value != bounds[2]:
+                raise error(f"{here}: {value} is outside {_range_text(name, bounds[0], bounds[1])}")
         elif kind.startswith("enum:"):
             labels = spec.ENUMS[kind[5:]]
             if isinstance(value, str) and value in labels:
@@ -391,7 +424,7 @@ def _check_fields(fields: tuple, values: Mapping[str, Any], where: str, error: t
             for i, point in enumerate(value):
                 if not isinstance(point, Mapping):
                     raise error(f"{here}[{i}]: expected a point object")
-                _check_fields(_TRACK_POINT, point, f"{here}[{i}]", error)
+                _check_fields(spec.TRACK_POINT, point, f"{here}[{i}]", error)
         elif kind.startswith("list:"):
             if not isinstance(value, list) or len(value) > spec.MAX_CONTACTS:
                 raise error(f"{here}: expected a list of at most {spec.MAX_CONTACTS} items")
@@ -407,9 +440,6 @@ def _check_fields(fields: tuple, values: Mapping[str, Any], where: str, error: t
                     raise error(f"{here}[{i}]: cmd must be one of {', '.join(COMMAND_FIELDS)}")
                 _check_fields((("seq", "u16", ""),) + COMMAND_FIELDS[command["cmd"]], command,
                               f"{here}[{i}]", error)
-
-
-_TRACK_POINT = (("time", "u32", ""), ("lat_e7", "i32", ""), ("lon_e7", "i32", ""))
 
 
 # --- frames ----------------------------------------------------------------------------------
@@ -547,8 +577,8 @@ def _message(mtype: MessageType, payload: bytes, device: int, counter: int, time
         _check_fields(mtype.fields, message, f"{mtype.name} from device {device} counter {counter}",
                       MalformedFrame)
     else:
-        for name, low, high in mtype.checks:
-            if not low <= message[name] <= high:
+        for name, low, high, unknown in mtype.checks:
+            if not low <= message[name] <= high and message[name] != unknown:
                 _out_of_range(mtype.name, device, counter, name, message[name])
     return message
 

@@ -5,13 +5,15 @@
 
 from __future__ import annotations
 
+import json
+
 from carecard.protocol import spec
-from carecard.protocol.codec import INTEGERS, encode_frame
+from carecard.protocol.codec import INTEGERS, Track, encode_frame
 
 SIZES = {"u8": 1, "u16": 2, "u32": 4, "u64": 8, "i8": 1, "i16": 2, "i32": 4}
 KIND_TEXT = {
     "str": "u8 length + UTF-8",
-    "track": "u8 count + zigzag varint deltas",
+    "track": "u8 count + points (see Track encoding)",
     "commands": "u8 count + commands",
 }
 
@@ -21,6 +23,9 @@ EXAMPLE_POSITION = {
     "lat_e7": 249012345, "lon_e7": 1184567890, "alt_m": 30, "hdop_x10": 9, "sats": 8,
     "fix": "3d", "fix_age_s": 3, "speed_cms": 120, "course_x10": 900,
 }
+
+EXAMPLE_TRACK = [{"time": 1764374400, "lat_e7": 249012345, "lon_e7": 1184567890},
+                 {"time": 1764374430, "lat_e7": 249012400, "lon_e7": 1184567800}]
 
 
 def _kind_text(kind: str) -> str:
@@ -33,8 +38,30 @@ def _kind_text(kind: str) -> str:
     return KIND_TEXT[kind]
 
 
-def _table(fields: tuple, start: int | None) -> list[str]:
-    lines = ["| offset | size | field | type | meaning |", "| --- | --- | --- | --- | --- |"]
+TEXT_RULES = {"phone": "an optional leading `+`, then digits 0-9 only (empty: no number)"}
+
+
+def _values_text(name: str) -> str:
+    """The field's rule in spec.FIELDS as table text: range, unknown value, human unit, text."""
+    rule = spec.FIELDS.get(name, {})
+    parts = []
+    if "min" in rule:
+        parts.append(f"{rule['min']}..{rule['max']}")
+    if "unknown" in rule:
+        parts.append(f"{rule['unknown']} = unknown")
+    if "human" in rule:
+        twin, divisor, unit = rule["human"]
+        parts.append(f"/ {divisor} = `{twin}`" + (f" ({unit})" if unit else ""))
+    if "needs_fix" in rule:
+        parts.append("meaningless without a fix")
+    if "text" in rule:
+        parts.append(TEXT_RULES[rule["text"]])
+    return "; ".join(parts)
+
+
+def _table(fields: tuple, start: int | None, *, varints: bool = False) -> list[str]:
+    lines = ["| offset | size | field | type | unit | values | meaning |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     offset = start
     for name, kind, doc in fields:
         if kind.startswith("enum:"):
@@ -42,9 +69,31 @@ def _table(fields: tuple, start: int | None) -> list[str]:
         else:
             size = SIZES.get(kind)
         where = "" if offset is None else str(offset)
-        lines.append(f"| {where} | {size if size else 'var'} | `{name}` | {_kind_text(kind)} | {doc} |")
+        unit = spec.FIELDS.get(name, {}).get("unit", "")
+        lines.append(f"| {where} | {'varint' if varints else size if size else 'var'} | `{name}` | {_kind_text(kind)} | {unit} "
+                     f"| {_values_text(name)} | {doc} |")
         offset = None if offset is None or size is None else offset + size
     return lines
+
+
+def _track_encoding() -> list[str]:
+    names = ", ".join(f"`{name}`" for name, _kind, _doc in spec.TRACK_POINT)
+    return [
+        "## Track encoding", "",
+        f"A `track` field is a u8 count (1 to {spec.MAX_TRACK_POINTS}), then for each point, oldest",
+        f"first, three varints: the differences of {names} from the previous point. The first",
+        "point's differences are from 0, 0, 0 (so its varints hold its absolute values).",
+        "",
+        "- zigzag mapping of a difference `n` to an unsigned integer: `2n` when `n >= 0`, `-2n - 1`",
+        "  when `n < 0` (0, -1, 1, -2, 2 ... become 0, 1, 2, 3, 4 ...);",
+        "- varint: unsigned LEB128, 7 bits a byte, least significant group first; the high bit",
+        "  (0x80) of a byte says another byte follows.",
+        "",
+        "Point fields (each written as the varint of its zigzag-mapped difference):", "",
+        *_table(spec.TRACK_POINT, None, varints=True), "",
+        "Example: the points below encode as the payload bytes after them (before encryption).", "",
+        "```", json.dumps(EXAMPLE_TRACK), Track.build(EXAMPLE_TRACK).hex(" "), "```", "",
+    ]
 
 
 def _payload_size(fields: tuple) -> int | None:
@@ -105,6 +154,7 @@ def render() -> str:
         out += [f"### `{name}` (code {code})", ""]
         out += _table(fields, None) if fields else ["No fields."]
         out += [""]
+    out += _track_encoding()
     out += ["## Structures", ""]
     for name, fields in spec.STRUCTS.items():
         out += [f"### `{name}`", "", *_table(fields, None), ""]

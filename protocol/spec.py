@@ -18,9 +18,11 @@ All integers are big-endian. Field kinds:
     u8 u16 u32 u64 i8 i16 i32   fixed-size integers
     enum:NAME                   u8 holding an index into ENUMS[NAME]
     str                         u8 byte length, then UTF-8 text
-    track                       u8 count, then per point three zigzag varints: the differences of
-                                time (Unix s), lat_e7, lon_e7 from the previous point (the first
-                                point's differences are from 0, 0, 0)
+    track                       u8 count, then per point (TRACK_POINT) three varints: the
+                                differences of time, lat_e7, lon_e7 from the previous point, the
+                                first point's from 0, 0, 0; each difference n zigzag-mapped to
+                                2n (n >= 0) or -2n - 1 (n < 0), then written as unsigned LEB128
+                                (7 bits a byte, least significant first, high bit = more follow)
     list:NAME                   u8 count, then items laid out as STRUCTS[NAME]
     commands                    u8 count, then per command: seq u16, code u8, fields of COMMANDS
 """
@@ -49,14 +51,44 @@ DIR_DOWNLINK = 1
 KDF_ENC = b"carecard-v1 enc"
 KDF_MAC = b"carecard-v1 mac"
 
-# Sentinels for "not known" in fixed-size fields.
-UNKNOWN_U8 = 255
-UNKNOWN_U16 = 65535
-UNKNOWN_I8 = -128
-
 # Geographic limits of scaled coordinates (1e-7 degree).
 LAT_E7_MAX = 900000000
 LON_E7_MAX = 1800000000
+
+# What a field's value means, beyond its byte layout, by field name: a name means the same in every
+# message, command, structure and track point that has it. The host's codec and the card's encoder
+# and decoder enforce the ranges and text rules; host events, stores and docs take units, unknown
+# values and human units from here. Keys of a rule (each optional):
+#   unit       what one step of the raw integer is
+#   min, max   the allowed range (inclusive) when narrower than the field's kind
+#   unknown    the raw value that means "not known" (allowed besides min..max): null in host
+#              events, never stored as a value
+#   human      (name, divisor, unit): the host's twin field in human units, raw value / divisor
+#   needs_fix  the value means nothing when the message's `fix` is "none" (its twin is null then)
+FIELDS = {
+    "time": {"unit": "s"},
+    "lat_e7": {"unit": "1e-7 degree", "min": -LAT_E7_MAX, "max": LAT_E7_MAX,
+               "human": ("lat", 10000000, "degree"), "needs_fix": True},
+    "lon_e7": {"unit": "1e-7 degree", "min": -LON_E7_MAX, "max": LON_E7_MAX,
+               "human": ("lon", 10000000, "degree"), "needs_fix": True},
+    "alt_m": {"unit": "m"},
+    "hdop_x10": {"unit": "0.1", "unknown": 255, "human": ("hdop", 10, "")},
+    "fix_age_s": {"unit": "s", "unknown": 65535},
+    "speed_cms": {"unit": "cm/s", "human": ("speed_ms", 100, "m/s")},
+    "course_x10": {"unit": "0.1 degree", "human": ("course", 10, "degree")},
+    "battery_mv": {"unit": "mV", "human": ("battery_v", 1000, "V")},
+    "battery_pct": {"unit": "%", "unknown": 255},
+    "rssi_dbm": {"unit": "dBm", "unknown": -128},
+    "ring_s": {"unit": "s"},
+    "talk_s": {"unit": "s"},
+    "response_s": {"unit": "s"},
+    "timeout_s": {"unit": "s"},
+    "position_s": {"unit": "s"},
+    "status_s": {"unit": "s"},
+    "gnss_timeout_s": {"unit": "s"},
+    "unix": {"unit": "s"},
+    "delay_s": {"unit": "s"},
+}
 
 HEADER = (
     ("version", "u8", "protocol version (1)"),
@@ -65,6 +97,13 @@ HEADER = (
     ("device", "u64", "device id: the modem's IMEI as an integer"),
     ("counter", "u32", "per-device monotonic frame counter, one per direction"),
     ("time", "u32", "Unix seconds (UTC) when the message was made"),
+)
+
+# The fields of one track point (kind `track`), in their order on the wire.
+TRACK_POINT = (
+    ("time", "u32", "Unix time (UTC), or time since boot when the clock is not synced"),
+    ("lat_e7", "i32", "latitude"),
+    ("lon_e7", "i32", "longitude"),
 )
 
 ENUMS = {
@@ -102,23 +141,23 @@ UPLINK = (
         ("modem", "enum:modem", "modem profile in use"),
     )),
     (2, "status", (
-        ("battery_mv", "u16", "battery voltage, millivolts"),
-        ("battery_pct", "u8", "state of charge, percent (255 unknown)"),
+        ("battery_mv", "u16", "battery voltage"),
+        ("battery_pct", "u8", "state of charge"),
         ("charging", "enum:charging", "charger state"),
-        ("rssi_dbm", "i8", "signal strength, dBm (-128 unknown)"),
+        ("rssi_dbm", "i8", "signal strength"),
         ("motion_count", "u16", "key presses and motion events since the last status"),
         ("outbox_depth", "u16", "messages waiting in the card's outbox"),
     )),
     (3, "position", (
-        ("lat_e7", "i32", "latitude, 1e-7 degree"),
-        ("lon_e7", "i32", "longitude, 1e-7 degree"),
-        ("alt_m", "i16", "altitude above mean sea level, metres"),
-        ("hdop_x10", "u8", "horizontal dilution of precision x10 (255 unknown or >= 25.5)"),
+        ("lat_e7", "i32", "latitude"),
+        ("lon_e7", "i32", "longitude"),
+        ("alt_m", "i16", "altitude above mean sea level"),
+        ("hdop_x10", "u8", "horizontal dilution of precision (unknown also when >= 25.5)"),
         ("sats", "u8", "satellites used in the fix"),
         ("fix", "enum:fix", "fix type"),
-        ("fix_age_s", "u16", "seconds from the fix to this message (65535 = older)"),
-        ("speed_cms", "u16", "ground speed, cm/s"),
-        ("course_x10", "u16", "course over ground, 0.1 degree"),
+        ("fix_age_s", "u16", "time from the fix to this message (unknown: older or none)"),
+        ("speed_cms", "u16", "ground speed"),
+        ("course_x10", "u16", "course over ground"),
     )),
     (4, "track", (
         ("points", "track", "positions, oldest first: time, lat_e7, lon_e7"),
@@ -127,26 +166,26 @@ UPLINK = (
         ("key", "u8", "key pressed, 1-4"),
         ("number", "str", "number dialled"),
         ("outcome", "enum:call_outcome", "how the call ended"),
-        ("ring_s", "u16", "seconds of ringing"),
-        ("talk_s", "u16", "seconds connected"),
+        ("ring_s", "u16", "time ringing"),
+        ("talk_s", "u16", "time connected"),
     )),
     (6, "sos", (
         ("trigger", "enum:sos_trigger", "what raised the SOS"),
-        ("lat_e7", "i32", "last known latitude, 1e-7 degree (0 without a fix)"),
-        ("lon_e7", "i32", "last known longitude, 1e-7 degree (0 without a fix)"),
+        ("lat_e7", "i32", "last known latitude (0 without a fix)"),
+        ("lon_e7", "i32", "last known longitude (0 without a fix)"),
         ("fix", "enum:fix", "fix type of that position"),
-        ("fix_age_s", "u16", "age of that position, seconds (65535 = older or none)"),
-        ("battery_pct", "u8", "state of charge, percent (255 unknown)"),
+        ("fix_age_s", "u16", "age of that position (unknown: older or none)"),
+        ("battery_pct", "u8", "state of charge"),
     )),
     (7, "checkin", (
         ("prompt_id", "u16", "the check-in prompt answered"),
         ("answer", "enum:checkin_answer", "the elder's answer"),
-        ("response_s", "u16", "seconds from prompt to answer"),
+        ("response_s", "u16", "time from prompt to answer"),
     )),
     (8, "power", (
         ("event", "enum:power_event", "battery or charger event"),
-        ("battery_mv", "u16", "battery voltage, millivolts"),
-        ("battery_pct", "u8", "state of charge, percent (255 unknown)"),
+        ("battery_mv", "u16", "battery voltage"),
+        ("battery_pct", "u8", "state of charge"),
     )),
     (9, "command_result", (
         ("seq", "u16", "sequence number of the downlink command"),
@@ -166,20 +205,20 @@ COMMANDS = (
     (1, "locate_now", ()),
     (2, "checkin_prompt", (
         ("prompt_id", "u16", "identifies the prompt in the answer"),
-        ("timeout_s", "u16", "seconds to wait for the elder's answer"),
+        ("timeout_s", "u16", "how long to wait for the elder's answer"),
     )),
     (3, "set_intervals", (
-        ("position_s", "u32", "seconds between position reports"),
-        ("status_s", "u32", "seconds between status reports"),
-        ("gnss_timeout_s", "u16", "longest GNSS acquisition, seconds"),
+        ("position_s", "u32", "time between position reports"),
+        ("status_s", "u32", "time between status reports"),
+        ("gnss_timeout_s", "u16", "longest GNSS acquisition"),
     )),
     (4, "set_contacts", (
         ("contacts", "list:contact", "the numbers behind keys 1-4"),
     )),
     (5, "set_time", (
-        ("unix", "u32", "current Unix time, seconds"),
+        ("unix", "u32", "current Unix time"),
     )),
     (6, "reboot", (
-        ("delay_s", "u16", "seconds before rebooting"),
+        ("delay_s", "u16", "delay before rebooting"),
     )),
 )

@@ -9,11 +9,11 @@ from hypothesis import strategies as st
 
 from carecard.host.events import event_from_message
 from carecard.protocol import spec
+from carecard.protocol.codec import value_bounds
 
 DEVICE = 861234567890123
 T0 = 1764374400  # 2025-11-29T00:00:00Z
 
-_BOUNDS = {"lat_e7": spec.LAT_E7_MAX, "lon_e7": spec.LON_E7_MAX}
 
 
 def _int_kind(kind: str) -> st.SearchStrategy[int]:
@@ -24,8 +24,11 @@ def _int_kind(kind: str) -> st.SearchStrategy[int]:
 
 
 def field_strategy(name: str, kind: str) -> st.SearchStrategy[Any]:
-    if name in _BOUNDS:
-        return st.integers(-_BOUNDS[name], _BOUNDS[name])
+    bounds = value_bounds(name)
+    if bounds is not None:
+        low, high, unknown = bounds
+        allowed = st.integers(low, high)
+        return allowed if unknown is None else st.one_of(allowed, st.just(unknown))
     if kind.startswith("enum:"):
         return st.sampled_from(spec.ENUMS[kind[5:]])
     if kind == "str":

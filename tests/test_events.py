@@ -35,7 +35,7 @@ def test_committed_schema_is_generated_from_the_spec() -> None:
         "`.venv/bin/python -m carecard.host.events > docs/event.schema.json`")
 
 
-def test_sentinels_are_read_from_the_spec_descriptions() -> None:
+def test_unknown_values_are_the_spec_field_rules() -> None:
     found = {(kind, f.name): f.sentinel for kind, plan in ev.PLANS.items() for f in plan if f.sentinel is not None}
     assert found == {
         ("status", "battery_pct"): 255, ("status", "rssi_dbm"): -128,

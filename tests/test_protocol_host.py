@@ -27,7 +27,7 @@ from carecard.protocol import (
     parse_opened,
     spec,
 )
-from carecard.protocol.codec import MESSAGE_TYPES, PackedFields, fields_struct
+from carecard.protocol.codec import INTEGER_RANGES, MESSAGE_TYPES, PackedFields, fields_struct
 
 from protocol_strategies import KEYS, labelled, message
 
@@ -266,7 +266,7 @@ def test_replay_window_never_accepts_a_counter_twice(counters, size):
 def test_compiled_message_builder_equals_the_packed_parse(name, data):
     """Every fixed-layout type's compiled builder gives parse_exact's message plus the header
     keys, None for an undefined enum code (the general path then names it) and MalformedFrame
-    for coordinates out of bounds."""
+    for values outside their ranges in spec.FIELDS (coordinates)."""
     mtype = MESSAGE_TYPES[name]
     payload = data.draw(st.binary(min_size=mtype.packed.size, max_size=mtype.packed.size))
     synced = data.draw(st.booleans())
@@ -277,8 +277,47 @@ def test_compiled_message_builder_equals_the_packed_parse(name, data):
         return
     expected.update(type=name, direction=mtype.direction_name, device=1, counter=2, time=3,
                     clock_synced=synced)
-    if any(not low <= expected[f] <= high for f, low, high in mtype.checks):
+    if any(not low <= expected[f] <= high and expected[f] != unknown
+           for f, low, high, unknown in mtype.checks):
         with pytest.raises(MalformedFrame, match="out of range"):
             mtype.build_message(payload, 1, 2, 3, synced)
         return
     assert mtype.build_message(payload, 1, 2, 3, synced) == expected
+
+
+def _all_fields() -> list[tuple[str, str, str]]:
+    fields = list(spec.HEADER) + list(spec.TRACK_POINT)
+    for rows in (spec.UPLINK, spec.DOWNLINK, spec.COMMANDS):
+        for _code, _name, row_fields in rows:
+            fields += row_fields
+    for struct_fields in spec.STRUCTS.values():
+        fields += struct_fields
+    return fields
+
+
+def test_field_rules_are_consistent_with_the_layouts():
+    """spec.FIELDS: every rule names a field that exists, a name has one kind everywhere, ranges
+    and unknown values fit that kind, an unknown value lies outside the allowed range."""
+    kinds: dict[str, set[str]] = {}
+    for name, kind, _doc in _all_fields():
+        kinds.setdefault(name, set()).add(kind)
+    allowed_keys = {"unit", "min", "max", "unknown", "human", "needs_fix", "text"}
+    for name, rule in spec.FIELDS.items():
+        assert name in kinds, f"spec.FIELDS names {name!r}, which no field has"
+        assert len(kinds[name]) == 1, f"{name} has several kinds: {kinds[name]}"
+        assert set(rule) <= allowed_keys, f"{name}: unknown rule keys {set(rule) - allowed_keys}"
+        (kind,) = kinds[name]
+        if kind in INTEGER_RANGES:
+            low, high = INTEGER_RANGES[kind]
+            if "min" in rule or "max" in rule:
+                assert low <= rule["min"] <= rule["max"] <= high, name
+                low, high = rule["min"], rule["max"]
+            if "unknown" in rule:
+                assert INTEGER_RANGES[kind][0] <= rule["unknown"] <= INTEGER_RANGES[kind][1], name
+                if "min" in rule:
+                    assert not low <= rule["unknown"] <= high, name
+            if "human" in rule:
+                twin, divisor, unit = rule["human"]
+                assert twin.isidentifier() and divisor > 0 and isinstance(unit, str), name
+        else:
+            assert set(rule) <= {"text"}, f"{name} ({kind}): only text rules apply to text"

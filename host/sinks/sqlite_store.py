@@ -17,9 +17,11 @@ creates duplicates):
 
 `t` is Unix seconds (REAL) used for time-range queries:
 - events: the card's time when its clock was synced, else the host's received_at;
-- positions: the time of the fix: message time minus fix_age_s for `position`/`sos` (fix_age_s
-  unknown: the message time), the point's own time for track points. When the card's clock was
-  not synced, the time is estimated from received_at minus the seconds-since-boot difference
+- positions: the time of the fix: message time minus fix_age_s for `position`/`sos`, the point's
+  own time for track points. A `position`/`sos` whose fix age is unknown (spec.FIELDS: the fix is
+  older than the field can say, or there is none) has no known time and is no point of the track:
+  it has no row here (its event keeps it, with fix_age_s null). When the card's clock was not
+  synced, the time is estimated from received_at minus the seconds-since-boot difference
   (time_estimated = 1).
 Indexes: UNIQUE (device, t, id) on events and (device, t, event_id, idx) on positions, which
 serve the per-device time-range queries and make a re-delivered event a no-op (its t is computed
@@ -220,8 +222,8 @@ class _Times:
 
 
 def _fix_time(event: Mapping[str, Any], data: Mapping[str, Any], received: float) -> tuple[float, int]:
-    """The position's time (Unix s) and whether it is estimated."""
-    age = data.get("fix_age_s") or 0
+    """The position's time (Unix s) and whether it is estimated; its fix age must be known."""
+    age = data["fix_age_s"]
     if data.get("clock_synced", True) and event.get("time"):
         return float(data["device_time"] - age), 0
     return received - age, 1
@@ -247,7 +249,8 @@ def position_rows(event: Mapping[str, Any], parse: Any = parse_iso_utc) -> list[
     data = event.get("data") or {}
     rows = []
     if kind != "track":
-        if data.get("fix") == NO_FIX or data.get("lat") is None or data.get("lon") is None:
+        if data.get("fix") == NO_FIX or data.get("lat") is None or data.get("lon") is None \
+                or data.get("fix_age_s") is None:  # no fix, or its time is not known
             return []
         t, estimated = _fix_time(event, data, received)
         rows.append((event["id"], 0, event["device"], kind, t, estimated) + _position_values(data))
@@ -393,9 +396,9 @@ class SqliteSink(Sink):
                      "received_at": received_text, "data": DATA_BUILDERS[kind](message, synced)}
             return row, position_rows(event, parse), False
         values = pick(message)  # POSITION_COLUMNS, then fix_age_s
-        if values[7] == NO_FIX or values[0] is None or values[1] is None:
-            return row, [], False
-        age = values[10] or 0
+        age = values[10]
+        if values[7] == NO_FIX or values[0] is None or values[1] is None or age is None:
+            return row, [], False  # no fix, or its time is not known (as position_rows)
         if synced:
             fix_t, estimated = float(device_time - age), 0
         else:
