@@ -206,3 +206,61 @@ def test_sigterm_commits_acks_and_exits_zero(tmp_path: Path) -> None:
     # the SQLite sink drained before exit
     with sqlite3.connect(tmp_path / "events.sqlite") as conn:
         assert conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 5
+
+
+def test_healthz_says_ok_only_when_ready(tmp_path: Path) -> None:
+    """/healthz is 200 only once every listener accepts, the store is open and the sink process
+    is up; while the sink process is down (killed, not yet restarted) it is 503."""
+    import asyncio
+    import signal
+
+    from carecard.host.receiver.service import Receiver
+
+    provision(tmp_path, 1)
+    config = config_for(tmp_path, udp=[Endpoint("127.0.0.1", 0)], tcp=[Endpoint("127.0.0.1", 0)],
+                        metrics=Endpoint("127.0.0.1", 0))
+
+    async def healthz(port: int) -> int:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        answer = await reader.read()
+        writer.close()
+        return int(answer.split()[1])
+
+    async def tcp_accepts(port: int) -> bool:
+        try:
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return False
+        writer.close()
+        return True
+
+    async def main() -> None:
+        receiver = Receiver(config)
+        starting = asyncio.create_task(receiver.start())
+        while not starting.done():
+            server = receiver.metrics_server
+            if server is None or not server.port:
+                await asyncio.sleep(0.001)
+                continue
+            if await healthz(server.port) == 200:
+                assert await tcp_accepts(receiver.tcp_ports[0]), "/healthz said ok before TCP accepted"
+                assert receiver.sinks is not None and receiver.sinks.pid is not None
+        await starting
+        assert receiver.metrics_server is not None
+        port = receiver.metrics_server.port
+        try:
+            assert await healthz(port) == 200
+            first = receiver.sinks.pid
+            os.kill(first, signal.SIGKILL)
+            seen = []
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and not (503 in seen and seen[-1] == 200):
+                seen.append(await healthz(port))
+                await asyncio.sleep(0.01)
+            assert 503 in seen, "the sink process was down, /healthz kept saying ok"
+            assert seen[-1] == 200 and receiver.sinks.pid != first
+        finally:
+            await receiver.shutdown()
+
+    asyncio.run(main())

@@ -2,7 +2,7 @@
 
 Counters are plain attributes and dicts bumped on the hot path (no locks: the event loop thread
 owns them). Gauges are read at scrape time through callbacks. `GET /metrics` returns the text
-format 0.0.4; `GET /healthz` returns `ok`.
+format 0.0.4; `GET /healthz` returns `ok` (200) when the service is ready, else 503 and why.
 
 Names (all prefixed `carecard_`): frames_received_total{transport}, frames_stored_total{type},
 frames_duplicate_total, frames_rejected_total{reason}, acks_sent_total, ack_send_errors_total, acks_withheld_total,
@@ -177,10 +177,13 @@ class MetricsServer:
     """GET /metrics and /healthz on a loopback (or any) address. Tiny and strict: one request per
     connection, headers bounded, slow clients timed out."""
 
-    def __init__(self, metrics: Metrics, host: str, port: int):
+    def __init__(self, metrics: Metrics, host: str, port: int,
+                 not_ready: Callable[[], str | None] | None = None):
         self.metrics = metrics
         self.host = host
         self.port = port
+        # None when the service is ready, else why not: /healthz answers 503 with it
+        self.not_ready = not_ready
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self) -> None:
@@ -193,6 +196,15 @@ class MetricsServer:
             await self._server.wait_closed()
             self._server = None
 
+    def _not_ready(self) -> str | None:
+        if self.not_ready is None:
+            return None
+        try:
+            return self.not_ready()
+        except Exception as exc:  # a broken check must not pass for ready
+            log.exception("readiness check failed")
+            return f"readiness check failed: {exc}"
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5.0)
@@ -204,7 +216,11 @@ class MetricsServer:
             elif path == "/metrics":
                 status, body, ctype = "200 OK", self.metrics.render(), CONTENT_TYPE
             elif path in ("/healthz", "/"):
-                status, body, ctype = "200 OK", "ok\n", "text/plain"
+                reason = self._not_ready()
+                if reason is None:
+                    status, body, ctype = "200 OK", "ok\n", "text/plain"
+                else:
+                    status, body, ctype = "503 Service Unavailable", f"not ready: {reason}\n", "text/plain"
             else:
                 status, body, ctype = "404 Not Found", "try /metrics\n", "text/plain"
             data = body.encode("utf-8")

@@ -88,6 +88,7 @@ class Receiver:
         self._prune_due = 0.0  # monotonic time of the next allowed prune
         self._tasks: list[asyncio.Task[Any]] = []
         self._started = False
+        self._stopping = False
         self._closed = False
         self.ready = threading.Event()
 
@@ -163,7 +164,8 @@ class Receiver:
             self.serial.append(serial)
             self._open(serial.open)
         if config.metrics is not None:
-            self.metrics_server = MetricsServer(self.metrics, config.metrics.host, config.metrics.port)
+            self.metrics_server = MetricsServer(self.metrics, config.metrics.host, config.metrics.port,
+                                                not_ready=self.not_ready)
             try:
                 await self.metrics_server.start()
             except OSError as exc:
@@ -220,6 +222,22 @@ class Receiver:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
+
+    def not_ready(self) -> str | None:
+        """None when the receiver is ready (every listener bound and accepting, the store open,
+        the sinks up), else why not (GET /healthz)."""
+        if self._stopping or self._closed:
+            return "stopping"
+        if not self._started:
+            return "starting"
+        if self.store is None:
+            return "store closed"
+        if not getattr(self.sinks, "up", True):
+            return "sink process down (restarting)"
+        for tcp in self.tcp:
+            if not tcp.serving:
+                return f"TCP {tcp.endpoint} not accepting"
+        return None
 
     # --- keys and registry ------------------------------------------------------------------------
 
@@ -482,6 +500,7 @@ class Receiver:
         """Stop reading, commit and ack what was collected, drain the sinks, close everything."""
         if self._closed:
             return
+        self._stopping = True
         log.info("receiver stopping: committing and acking what was received, draining sinks")
         for listener in self.udp:
             listener.handle = _drop_frame

@@ -166,6 +166,11 @@ class SinkProcess:
         except (ConnectionError, RuntimeError):
             pass
 
+    @property
+    def up(self) -> bool:
+        """The sink process is running (started and not exited)."""
+        return self._proc is not None and self._proc.returncode is None
+
     def prunable_seq(self) -> int:
         """What every sink has delivered and persisted, as the sink process last reported it
         (SinkSet.prunable_seq; 0 before its first report). Persisted cursors never go back, so a

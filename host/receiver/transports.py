@@ -193,6 +193,11 @@ class TcpListener:
         text = str(Endpoint(str(self.address[0]), self.address[1]) if self.address else self.endpoint)
         log.info("listening on TCP %s", text, extra={"fields": {"transport": "tcp", "address": text}})
 
+    @property
+    def serving(self) -> bool:
+        """Listening and accepting connections."""
+        return self.server is not None and self.server.is_serving() and not self._stopping
+
     def pause(self) -> None:
         self._stopping = True
         if self.server is not None:
