@@ -2,7 +2,8 @@
 
 The module reads its curve, thresholds, filter constants, ADC divider and the modem's VBAT minimum
 from hardware/*.json through the card image; these tests read the same files on CPython to know
-what to expect, so no figure is written twice.
+what to expect, so no figure is written twice; except the OCV curve, which is also checked
+against the numbers of the source the data cites, written out here.
 """
 
 from __future__ import annotations
@@ -115,11 +116,23 @@ def test_battery_loads_its_data_through_the_card_image(mpy):
     assert out.split() == [str(CURVE[0][0]), str(CURVE[-1][0]), "100", "ok", "None", "False"]
 
 
+# The source battery_lipo.json cites for its curve, written out here so that the test does not
+# check the data against itself: meshtastic/firmware src/power.h @00a75c55, the default
+# (Li-ion/LiPo) `OCV_ARRAY`, 100 % down to 0 % in 10 % steps.
+SOURCE_OCV_MV = (4190, 4050, 3990, 3890, 3800, 3720, 3630, 3530, 3420, 3300, 3100)
+SOURCE_CURVE = [(mv, 100 - 10 * i) for i, mv in enumerate(SOURCE_OCV_MV)]
+
+
+def test_curve_data_is_the_cited_source():
+    assert "meshtastic/firmware src/power.h" in BATTERY["ocv_curve"]["source"]
+    assert "00a75c55de539493e9ceb13076b382e77a03d7db" in BATTERY["ocv_curve"]["source"]
+    assert sorted(tuple(p) for p in CURVE) == sorted(SOURCE_CURVE)
+
+
 def test_percent_matches_the_published_points_and_exact_interpolation(card):
-    points = [mv for mv, _ in CURVE]
-    got = card.run([["pct", mv] for mv in points])
-    assert got == [p for _, p in CURVE]
-    # The design brief's four quoted points.
+    got = card.run([["pct", mv] for mv, _ in SOURCE_CURVE])
+    assert got == [pct for _, pct in SOURCE_CURVE]
+    # The design brief's four quoted points (of the same table).
     assert card.run([["pct", 4190], ["pct", 3720], ["pct", 3420], ["pct", 3100]]) == [100, 50, 20, 0]
     every = list(range(2500, 4600))
     assert card.run([["pct", mv] for mv in every]) == [ref_percent(mv) for mv in every]
