@@ -336,3 +336,138 @@ frame = bytes(range(256)) * 2
 feed(e, b"+IPD%d\r\n" % len(frame) + frame + b"+IPD513\r\n+CREG: 2\r\n")
 assert events(e) == [("data", "+IPD512", frame), ("error", "data_too_long"), ("urc", "+CREG", "2", None)]
 """)
+
+
+def test_only_the_echo_of_the_command_in_flight_is_dropped(mpy):
+    # text that merely starts with "AT" (an SMS saying "At home", a +CMGR text line) is data,
+    # not echo: only a line equal to the command just written, before its response, is its echo
+    run(mpy, r'''
+e = at.ATEngine(urcs=URCS)
+e.send(at.Command("AT+CMGR=3", prefix="+CMGR"))
+assert e.data_to_send() == b"AT+CMGR=3\r"
+feed(e, b'AT+CMGR=3\r\r\n+CMGR: "REC READ","+8613800000000",,"24/01/01,12:00:00+32"\r\n'
+        b"At home, all fine\r\nAT+CMGR=3\r\natm card\r\n\r\nOK\r\n")
+ev = events(e)
+assert ev == [("done", "AT+CMGR=3", "OK", '+CMGR: "REC READ","+8613800000000",,"24/01/01,12:00:00+32"\n'
+               "At home, all fine\nAT+CMGR=3\natm card", None)], ev
+assert e.stats["echo"] == 1
+# a two-line URC's body, and a line with nothing in flight, are never echo
+feed(e, b'+CMT: "+8613800000000","","24/01/01,12:00:00+32"\r\nAt home\r\nATTENTION\r\n')
+assert events(e) == [("urc", "+CMT", '"+8613800000000","","24/01/01,12:00:00+32"', "At home"),
+                     ("unknown", "ATTENTION")]
+# the echo of another command (one that timed out) is not this command's echo
+e.send(at.Command("AT+CSQ", prefix="+CSQ", strict=False))
+e.data_to_send()
+feed(e, b"AT+CREG?\r\r\n+CSQ: 9,99\r\nOK\r\n")
+assert events(e) == [("done", "AT+CSQ", "OK", "AT+CREG?\n+CSQ: 9,99", None)]
+assert e.stats["echo"] == 1
+''')
+
+
+def test_prompt_after_noise_and_escape_when_the_prompt_never_comes(mpy):
+    run(mpy, r'''
+e = at.ATEngine(urcs=URCS)
+e.send(at.Command("AT+CMGS=23", prefix="+CMGS", payload=b"0011000B91\x1a", timeout_ms=1000))
+e.send(at.Command("AT+CSQ", prefix="+CSQ"))
+assert e.data_to_send() == b"AT+CMGS=23\r"
+feed(e, b"\r\n\x00> ")             # a noise byte before the prompt
+assert e.data_to_send() == b"0011000B91\x1a"
+feed(e, b"\r\n+CMGS: 12\r\n\r\nOK\r\n")
+assert events(e) == [("done", "AT+CMGS=23", "OK", "+CMGS: 12", None)]
+assert e.data_to_send() == b"AT+CSQ\r"
+feed(e, b"\r\n+CSQ: 9,99\r\n\r\nOK\r\n")
+assert events(e) == [("done", "AT+CSQ", "OK", "+CSQ: 9,99", None)]
+# noise and the prompt in separate reads
+e.send(at.Command("AT+CMGS=23", prefix="+CMGS", payload=b"00\x1a", timeout_ms=1000))
+e.data_to_send()
+feed(e, b"\r\n\xff\x00")
+feed(e, b">")
+feed(e, b" ")
+assert e.data_to_send() == b"00\x1a"
+feed(e, b"\r\n+CMGS: 13\r\n\r\nOK\r\n")
+assert events(e) == [("done", "AT+CMGS=23", "OK", "+CMGS: 13", None)]
+# the prompt never comes: the modem may still be waiting for the text, and would take the next
+# command as that text, so ESC (0x1B) goes out before anything else; the modem's answer to the
+# ESC ends the command (TIMEOUT), not the next one
+e = at.ATEngine(urcs=URCS)
+e.tick(0)
+e.send(at.Command("AT+CMGS=23", prefix="+CMGS", payload=b"00\x1a", timeout_ms=1000))
+e.send(at.Command("AT+CSQ", prefix="+CSQ"))
+assert e.data_to_send() == b"AT+CMGS=23\r"
+e.tick(1000)
+assert e.data_to_send() == b"\x1b"
+assert events(e) == []
+feed(e, b"\r\nOK\r\n")
+assert events(e) == [] and e.data_to_send() is None
+e.tick(1010)
+assert events(e) == [("done", "AT+CMGS=23", "TIMEOUT", "", None)]
+assert e.data_to_send() == b"AT+CSQ\r"
+feed(e, b"\r\n+CSQ: 9,99\r\n\r\nOK\r\n")
+assert events(e) == [("done", "AT+CSQ", "OK", "+CSQ: 9,99", None)]
+# no answer to the ESC either: the command times out a little later; a retry is written after
+# the ESC, never before it
+e.send(at.Command("AT+CMGS=23", prefix="+CMGS", payload=b"00\x1a", timeout_ms=1000, retries=1))
+e.send(at.Command("AT+CSQ", prefix="+CSQ"))
+assert e.data_to_send() == b"AT+CMGS=23\r"
+e.tick(2010)
+assert e.data_to_send() == b"\x1b"
+e.tick(5000)
+assert e.data_to_send() == b"AT+CMGS=23\r"      # the retry
+e.tick(6000)
+assert e.data_to_send() == b"\x1b"
+e.tick(9000)
+assert events(e) == [("done", "AT+CMGS=23", "TIMEOUT", "", None)]
+assert e.data_to_send() == b"AT+CSQ\r"
+assert e.stats["timeouts"] == 2 and e.stats["retries"] == 1
+# a prompt that did come: no ESC when the command later times out (the text was sent)
+e = at.ATEngine(urcs=URCS)
+e.tick(0)
+e.send(at.Command("AT+CMGS=23", prefix="+CMGS", payload=b"00\x1a", timeout_ms=1000))
+e.data_to_send()
+feed(e, b"\r\n> ")
+assert e.data_to_send() == b"00\x1a"
+e.tick(1000)
+assert events(e) == [("done", "AT+CMGS=23", "TIMEOUT", "", None)] and e.data_to_send() is None
+''')
+
+
+def test_input_cut_short_by_silence_does_not_swallow_what_follows(mpy):
+    # a modem that reboots in the middle of raw data, of a line or between a two-line URC and
+    # its body: after a second with no byte (seen across ticks) the parser drops the cut input
+    # as a typed error and is back in step for the boot URC and the next command's answer
+    run(mpy, r'''
+e = at.ATEngine(urcs=URCS)
+e.tick(0)
+feed(e, b"\r\n+IPD100\r\n0123456789")
+e.tick(10)
+e.tick(500)
+assert events(e) == []
+e.tick(1010)
+assert events(e) == [("error", "cut")], e.stats
+e.tick(5000)
+feed(e, b"\r\n*ATREADY: 1\r\n")
+e.send(at.Command("AT+CSQ", prefix="+CSQ"))
+e.data_to_send()
+feed(e, b"\r\n+CSQ: 9,99\r\n\r\nOK\r\n")
+assert events(e) == [("urc", "*ATREADY", "1", None), ("done", "AT+CSQ", "OK", "+CSQ: 9,99", None)]
+# half a line, then silence, then a line with no line end before it
+feed(e, b"+CRE")
+e.tick(6000)
+e.tick(7000)
+feed(e, b"OK\r\n")
+assert events(e) == [("error", "cut"), ("stray", "OK")]
+# a two-line URC whose body never came
+feed(e, b"+CMT: ,24\r\n")
+e.tick(8000)
+e.tick(9000)
+feed(e, b"+CREG: 1\r\n")
+assert events(e) == [("error", "cut"), ("urc", "+CREG", "1", None)]
+assert e.stats["cut"] == 3
+# slow data is not cut while bytes keep coming between ticks, however long the ticks apart
+feed(e, b"+IPD4\r\nab")
+e.tick(15000)
+feed(e, b"c")
+e.tick(20000)
+feed(e, b"d")
+assert events(e) == [("data", "+IPD4", b"abcd")], e.stats
+''')

@@ -14,11 +14,12 @@ import pytest
 
 from carecard.tools.bench.at import feed_image, largest_capture, load_captures, rom_folder
 
-# `carecard bench at` measures 19.2 KB loaded into RAM, MicroPython 1.29 (unix port, 64-bit; every size from
-# 19.3 KB up completes); the margin covers allocator placement, a regression (a dict of URC
+# `carecard bench at` measures 20.0 KB loaded into RAM, MicroPython 1.29 (unix port, 64-bit; every size from
+# 20.0 KB up completes); the margin covers allocator placement and the longer temporary paths
+# (module file names are on the heap) of parallel test workers; a regression (a dict of URC
 # names, a str per response line, per-line interning, an exception class per error kind) does
 # not fit
-HEAP_BOUND = 20 * 1024
+HEAP_BOUND = 21 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def image(tmp_path_factory):
 def test_in_flash_as_a_card_ships_it_the_largest_capture_fits_in_16k(shared_data, mpy, image, tmp_path):
     """The issue's target: with at.mpy and the feed module in the card's flash (a ROMFS, run in
     place), the largest capture replays completely in 16 KB, with the same events as unlimited
-    (`carecard bench at` measures 13.6 KB)."""
+    (`carecard bench at` measures 13.7 KB)."""
     captures = load_captures(shared_data)
     path = tmp_path / "capture.txt"
     path.write_bytes(captures[largest_capture(captures)][1])

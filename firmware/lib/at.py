@@ -19,8 +19,21 @@
 #       "recv", +QIRD, +CIPRXGET: 2): payload is exactly the announced number of bytes.
 #   ("stray", line)  a final result code with no command in flight.
 #   ("error", exc)  hostile input: exc is an ATError whose `kind` is "too_long", "binary",
-#       "data_too_long" or "response_too_long", the stats counter it is counted in; the parser
-#       carries on.
+#       "data_too_long", "response_too_long" or "cut", the stats counter it is counted in; the
+#       parser carries on.
+#
+# Echo: a line equal to the command in flight, before any line of its response, is that
+# command's echo (ATE1, or before ATE0 takes effect) and is dropped; any other line, whatever it
+# starts with ("At home" in an SMS text), is parsed as what it is.
+# Input cut short: when a line, raw data announced by a header, or the body of a two-line URC
+# stops arriving (a modem that reboots mid-transfer) and no byte comes between two ticks
+# _STALE_MS apart, what was received is dropped as "cut", so the next lines (RDY, an OK) are
+# read as lines, not as the rest of the cut data.
+# Prompt: the "> " prompt is recognised after noise bytes (0x00, 0xFF); when a command that waits
+# for it times out without it, ESC (0x1B) is written first (the modem may be waiting for the text
+# and would take the next command as that), and the command stays in flight until the modem's
+# answer to the ESC (or _ESC_GUARD_MS) and the next tick, so that answer ends it ("TIMEOUT"),
+# not the command after it.
 #
 # receive_data() never raises: every byte sequence is either parsed or reported as an error
 # event. Misuse of the API (queue full, bad command, bad URC table) raises ATError (kind
@@ -55,6 +68,16 @@ _RLEN = const(5)        # bytes of its response text (lines, a "\n" between them
 _RCOUNT = const(6)      # its response lines (max_lines + 1 once cut)
 _HEADER = const(7)      # the header line of the raw data being read
 _BODY_FOR = const(8)    # (name, args) of a two-line URC waiting for its body
+_FED = const(9)         # 1: bytes came in since the last tick
+_FED_AT = const(10)     # the tick that last saw bytes come in
+
+# _PROMPT values: the command in flight waits for the prompt; it timed out waiting and ESC went
+_WAIT_PROMPT = const(1)
+_ESCAPED = const(2)
+
+_STALE_MS = const(1000)      # silence in the middle of input that makes it "cut" (at 9600 baud a
+                             # 512-byte datagram takes 0.53 s; a booting modem is silent ~11 s)
+_ESC_GUARD_MS = const(500)   # how long the modem's answer to an ESC is waited for
 
 
 class ATError(Exception):
@@ -64,7 +87,8 @@ class ATError(Exception):
     ("error", exc), never raised, for hostile or broken input from the modem, with kind the name
     of its counter in ATEngine.stats: "too_long" (a line longer than max_line), "binary" (not
     text, or NUL bytes), "data_too_long" (raw data announced beyond max_data),
-    "response_too_long" (a response over max_lines lines or max_response bytes)."""
+    "response_too_long" (a response over max_lines lines or max_response bytes), "cut" (a
+    line, raw data or a two-line URC's body that stopped arriving: see the module comment)."""
 
 
 def ticks_diff(a, b):
@@ -243,7 +267,7 @@ class ATEngine:
         self.max_response = max_response
         self.current = None
         self.now = 0
-        self._s = [0, 0, 0, 0, 0, 0, 0, None, None]   # see _LEN ... _BODY_FOR
+        self._s = [0, 0, 0, 0, 0, 0, 0, None, None, 0, 0]   # see _LEN ... _FED_AT
         self._queue = []
         self._events = []
         self._out = None   # bytes to write
@@ -251,7 +275,7 @@ class ATEngine:
         # input errors by kind, noise bytes, retries, timeouts
         self.stats = {"lines": 0, "urc": 0, "unknown": 0, "echo": 0, "stray": 0,
                       "too_long": 0, "binary": 0, "data_too_long": 0, "response_too_long": 0,
-                      "noise": 0, "data": 0, "timeouts": 0, "retries": 0, "done": 0}
+                      "cut": 0, "noise": 0, "data": 0, "timeouts": 0, "retries": 0, "done": 0}
 
     # ---- commands ---------------------------------------------------------------------------
     def send(self, cmd):
@@ -313,11 +337,26 @@ class ATEngine:
         return data
 
     def tick(self, now):
-        """Advance the clock; a command past its deadline is retried or ends with TIMEOUT."""
+        """Advance the clock; a command past its deadline is retried or ends with TIMEOUT
+        (after an ESC when it still waited for the prompt); input cut short is dropped."""
         self.now = now
+        s = self._s
+        if s[_FED]:
+            s[_FED] = 0
+            s[_FED_AT] = now
+        elif ((s[_LEN] or s[_RAW] or s[_BODY_FOR] is not None)
+                and ticks_diff(now, s[_FED_AT]) >= _STALE_MS):
+            self._error("cut", "input stopped after %d bytes of %s (modem reset?): dropped "
+                        "after %d ms of silence" % (s[_LEN], s[_HEADER] or "a line", _STALE_MS))
+            s[_LEN] = s[_RAW] = 0
+            s[_HEADER] = s[_BODY_FOR] = None
         cmd = self.current
-        if cmd is not None and ticks_diff(now, self._s[_DEADLINE]) >= 0:
-            if cmd.attempts <= cmd.retries:
+        if cmd is not None and ticks_diff(now, s[_DEADLINE]) >= 0:
+            if s[_PROMPT] == _WAIT_PROMPT:
+                s[_PROMPT] = _ESCAPED
+                s[_DEADLINE] = now + _ESC_GUARD_MS
+                self._out = b"\x1b" if self._out is None else b"\x1b" + self._out
+            elif cmd.attempts <= cmd.retries:
                 self.stats["retries"] += 1
                 self._write(cmd)
             else:
@@ -362,6 +401,8 @@ class ATEngine:
         buf = self._buf
         s = self._s
         stats = self.stats
+        if n:
+            s[_FED] = 1
         while pos < n:
             if s[_SKIP_LF]:
                 s[_SKIP_LF] = 0
@@ -400,18 +441,24 @@ class ATEngine:
                 else:
                     buf[length:length + end - pos] = v[pos:end]
                     length += end - pos
-                    if s[_PROMPT] and buf[0] == 62:   # ">"
-                        # "> " from the modem: write the payload, drop the prompt from the line
-                        start = 2 if length > 1 and buf[1] == 32 else 1
-                        length -= start
-                        if length > 0:
-                            buf[0:length] = buf[start:start + length]
-                        else:
-                            length = 0
-                        s[_PROMPT] = 0
-                        start = self.current.payload
-                        self._out = start if self._out is None else self._out + start
-                        s[_DEADLINE] = self.now + self.current.timeout_ms
+                    if s[_PROMPT] == _WAIT_PROMPT:
+                        start = 0
+                        while start < length and (buf[start] == 0 or buf[start] == 0xFF):
+                            start += 1   # noise before the prompt
+                        if start < length and buf[start] == 62:   # ">"
+                            # "> " from the modem: write the payload, drop the prompt (and the
+                            # noise before it) from the line
+                            stats["noise"] += start
+                            start += 2 if length > start + 1 and buf[start + 1] == 32 else 1
+                            length -= start
+                            if length > 0:
+                                buf[0:length] = buf[start:start + length]
+                            else:
+                                length = 0
+                            s[_PROMPT] = 0
+                            start = self.current.payload
+                            self._out = start if self._out is None else self._out + start
+                            s[_DEADLINE] = self.now + self.current.timeout_ms
                 s[_LEN] = length
             if stop < 0:
                 return
@@ -473,12 +520,12 @@ class ATEngine:
                     s[_RAW] = count
                     s[_HEADER] = line
                     continue
-            if (head == 65 or head == 97) and length - start > 1 and buf[start + 1] | 32 == 116:
-                stats["echo"] += 1   # "AT", "at": our own command echoed (ATE1), or host-side echo
+            cmd = self.current
+            if cmd is not None and not s[_RCOUNT] and line == cmd.text:
+                stats["echo"] += 1   # the command in flight echoed (ATE1)
                 continue
             end = line.find(":")
             name = line[:end] if end > 0 else line
-            cmd = self.current
             # a final result code: "+CME ERROR: <err>", "+CMS ERROR: <err>" or a whole line
             # (bytes tables, as the URCs: a tuple of str costs an object per name)
             final = False
@@ -490,7 +537,11 @@ class ATEngine:
                     cmd.dial and _has(b"\nNO CARRIER\nBUSY\nNO ANSWER\nNO DIALTONE\nCONNECT\n", key)
                     or cmd.payload is not None and _has(b"\nSEND OK\nSEND FAIL\n", key))
             if final and cmd is not None:
-                if head == 43:
+                if s[_PROMPT] == _ESCAPED:
+                    # the modem's answer to our ESC: the command timed out at the next tick
+                    s[_PROMPT] = 0
+                    s[_DEADLINE] = self.now
+                elif head == 43:
                     args = line[end + 1:].strip()
                     try:
                         args = int(args)   # the error number, else its text (verbose errors)
