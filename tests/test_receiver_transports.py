@@ -264,3 +264,58 @@ def test_healthz_says_ok_only_when_ready(tmp_path: Path) -> None:
             await receiver.shutdown()
 
     asyncio.run(main())
+
+
+def test_idle_tcp_connections_from_one_address_never_lock_out_another(tmp_path: Path) -> None:
+    """One address opening many idle connections keeps only its newest few (its idlest are
+    closed), and when the receiver is full, a connection from an address with none gets in by
+    closing the idlest connection of the address with the most. Several loopback source addresses
+    (127.0.0.x) stand for different hosts."""
+    devices = provision(tmp_path, 1)
+    card = Card(*next(iter(devices.items())))
+    config = config_for(tmp_path, tcp=[Endpoint("127.0.0.1", 0)])
+    config.tcp_settings.max_connections = 12
+    config.tcp_settings.max_connections_per_address = 4
+    with ReceiverThread(config) as rt:
+        port = rt.receiver.tcp_ports[0]
+        listener = rt.receiver.tcp[0]
+
+        def connect_from(host: str) -> socket.socket:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.settimeout(5)
+            sock.bind((host, 0))
+            sock.connect(("127.0.0.1", port))
+            return sock
+
+        def closed_by_receiver(sock: socket.socket) -> bool:
+            try:
+                return sock.recv(1) == b""
+            except ConnectionResetError:
+                return True
+
+        def wait_open(count: int) -> None:
+            deadline = time.monotonic() + 10
+            while rt.call(lambda: len(listener.connections)) != count and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert rt.call(lambda: len(listener.connections)) == count
+
+        flood = [connect_from("127.0.0.2") for _ in range(10)]
+        assert all(closed_by_receiver(sock) for sock in flood[:6])  # the idlest six, oldest first
+        wait_open(4)
+        others = [connect_from(f"127.0.0.{host}") for host in (3, 4) for _ in range(4)]
+        wait_open(12)  # full
+        active = others[0]
+        active.sendall(encode_stream_frame(card.frame()))
+        assert len(read_stream_acks(active, 1)) == 1
+        with connect_from("127.0.0.9") as gateway:  # an address with no connection gets in
+            gateway.sendall(encode_stream_frame(card.frame()))
+            (ack,) = read_stream_acks(gateway, 1)
+            assert card.ack(ack)["acked"] == card.counter
+            assert closed_by_receiver(flood[6])  # the idlest of the busiest addresses made room
+            wait_open(12)
+            active.sendall(encode_stream_frame(card.frame()))  # the active connection stayed
+            assert len(read_stream_acks(active, 1)) == 1
+        for sock in flood + others:
+            sock.close()
+        evicted = rt.receiver.metrics.tcp_evicted
+    assert evicted == 7

@@ -75,6 +75,7 @@ class DownlinkSettings:
 @dataclass
 class TcpSettings:
     max_connections: int = 1024
+    max_connections_per_address: int = 32
     idle_timeout_s: float = 900.0
 
 
@@ -284,6 +285,8 @@ def config_from_mapping(document: Mapping[str, Any], where: str, base_dir: Path 
     tcp = _Table(top.get("tcp", {}), f"{where} [tcp]")
     t = config.tcp_settings
     t.max_connections = tcp.number("max_connections", t.max_connections, 1, 1_000_000, integer=True)
+    t.max_connections_per_address = tcp.number("max_connections_per_address", t.max_connections_per_address,
+                                               1, 1_000_000, integer=True)
     t.idle_timeout_s = tcp.number("idle_timeout_s", t.idle_timeout_s, 1, 7 * 86400)
     tcp.check()
 

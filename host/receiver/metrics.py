@@ -8,7 +8,7 @@ Names (all prefixed `carecard_`): frames_received_total{transport}, frames_store
 frames_duplicate_total, frames_rejected_total{reason}, acks_sent_total, ack_send_errors_total, acks_withheld_total,
 commits_total, commit_failures_total, commit_seconds_sum/_count, batch_frames_sum,
 commands_sent_total, commands_finished_total{state}, stream_garbage_total{transport,reason},
-event_log_pruned_total, and the gauges devices_registered, devices_seen_last_hour, sources_over_budget,
+tcp_connections_evicted_total, event_log_pruned_total, and the gauges devices_registered, devices_seen_last_hour, sources_over_budget,
 tcp_connections, commands_open, sink_queue_depth{sink}, sink_lag_events{sink},
 sink_lag_seconds{sink}, sink_delivered_total{sink}, sink_failures_total{sink}, sink_up{sink},
 event_log_pruned_upto, uptime_seconds.
@@ -63,6 +63,7 @@ class Metrics:
         self.commands_finished: dict[str, int] = defaultdict(int)
         self.stream_garbage: dict[tuple[str, str], int] = defaultdict(int)
         self.events_pruned = 0
+        self.tcp_evicted = 0
         self.gauges: dict[str, tuple[str, Callable[[], Any]]] = {}
         self.sink_stats: Callable[[], dict[str, dict[str, Any]]] | None = None
 
@@ -86,7 +87,7 @@ class Metrics:
             "acks_withheld": self.acks_withheld,
             "commits": self.commits, "commit_failures": self.commit_failures,
             "commands_sent": self.commands_sent, "commands_finished": dict(self.commands_finished),
-            "events_pruned": self.events_pruned,
+            "events_pruned": self.events_pruned, "tcp_evicted": self.tcp_evicted,
         }
 
     def render(self) -> str:
@@ -128,6 +129,9 @@ class Metrics:
                [({"state": s}, n) for s, n in sorted(self.commands_finished.items())])
         family("stream_garbage_total", "counter", "Stream framing problems (TCP, serial), by reason.",
                [({"transport": t, "reason": r}, n) for (t, r), n in sorted(self.stream_garbage.items())])
+        family("tcp_connections_evicted_total", "counter", "TCP connections closed to make room for a "
+               "new one (the idlest of an address at its limit, or of the address with the most).",
+               [({}, self.tcp_evicted)])
         family("event_log_pruned_total", "counter", "Events other than frames' pruned from the event "
                "log after every sink delivered them (a frame's row is its archive).",
                [({}, self.events_pruned)])

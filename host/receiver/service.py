@@ -153,6 +153,7 @@ class Receiver:
         for endpoint in config.tcp:
             tcp = TcpListener(endpoint, handle, self._on_input, self.metrics, ingest.budget.charge,
                               max_connections=config.tcp_settings.max_connections,
+                              max_per_address=config.tcp_settings.max_connections_per_address,
                               idle_timeout=config.tcp_settings.idle_timeout_s)
             self.tcp.append(tcp)
             try:

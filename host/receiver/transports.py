@@ -5,7 +5,9 @@
   (cheaper than one callback per datagram), then the service is told to batch.
 - TCP: the stream framing of carecard.protocol.framing (COBS + CRC-32) both ways; one
   StreamDeframer per connection resynchronises after garbage; a connection whose garbage is over
-  its source's budget, idle too long, or not reading its acks is closed.
+  its source's budget, idle too long, or not reading its acks is closed; an address at its
+  connection limit, or a full listener, makes room by closing the idlest connection (of that
+  address, or of the address with the most), so a new address always gets in.
 - Serial (pyserial; a gateway modem or a card on USB): the same framing, read by a thread that
   hands bytes to the event loop; acks written by a second thread; the port is reopened after it
   disappears (USB unplugged).
@@ -159,17 +161,23 @@ class TcpListener:
 
     def __init__(self, endpoint: Endpoint, handle: Handle, on_input: OnInput, metrics: Metrics,
                  charge: Callable[[Any], bool], *, max_connections: int = 1024,
-                 idle_timeout: float = 900.0, max_unsent: int = 256 * 1024):
+                 max_per_address: int = 32, idle_timeout: float = 900.0,
+                 max_unsent: int = 256 * 1024):
         self.endpoint = endpoint
         self.handle = handle
         self.on_input = on_input
         self.metrics = metrics
         self.charge = charge
         self.max_connections = max_connections
+        self.max_per_address = max_per_address
         self.idle_timeout = idle_timeout
         self.max_unsent = max_unsent
         self.server: asyncio.base_events.Server | None = None
-        self.connections: set[asyncio.StreamWriter] = set()
+        # open connection -> [source address, monotonic time of its last data (or of its accept)]
+        self.connections: dict[asyncio.StreamWriter, list[Any]] = {}
+        self._by_source: dict[Any, set[asyncio.StreamWriter]] = {}
+        self._evictions_logged = 0.0
+        self._evictions_unlogged = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self.address: tuple[Any, ...] | None = None
@@ -209,14 +217,15 @@ class TcpListener:
             self._tasks.add(task)
         peer = writer.get_extra_info("peername") or ("?", 0)
         source = peer[0]
-        if self._stopping or len(self.connections) >= self.max_connections:
-            log.warning("TCP connection from %s refused: %d connections open (max_connections)",
-                        source, len(self.connections))
+        if self._stopping:
             writer.close()
             if task is not None:
                 self._tasks.discard(task)
             return
-        self.connections.add(writer)
+        self._make_room(source)
+        state = [source, time.monotonic()]
+        self.connections[writer] = state
+        self._by_source.setdefault(source, set()).add(writer)
         deframer = StreamDeframer()
         transport = writer.transport
 
@@ -240,6 +249,7 @@ class TcpListener:
                     break
                 if not data:
                     break
+                state[1] = time.monotonic()
                 deframer.receive_data(data)
                 now = time.time()
                 over = False
@@ -256,11 +266,57 @@ class TcpListener:
                     break
         except (ConnectionError, OSError) as exc:
             log.debug("TCP peer %s: %s", source, exc)
+        except asyncio.CancelledError:  # closing the listener
+            pass
         finally:
-            self.connections.discard(writer)
+            self._forget(writer)
             writer.close()
             if task is not None:
                 self._tasks.discard(task)
+
+    def _forget(self, writer: asyncio.StreamWriter) -> None:
+        state = self.connections.pop(writer, None)
+        if state is not None:
+            same = self._by_source.get(state[0])
+            if same is not None:
+                same.discard(writer)
+                if not same:
+                    del self._by_source[state[0]]
+
+    def _make_room(self, source: Any) -> None:
+        """Before taking a connection from `source`: if that address has `max_per_address` open,
+        close its idlest; if the listener is full, close the idlest connection of the address
+        with the most. So one address can never hold more than its share, and a connection from
+        an address with none always gets in."""
+        same = self._by_source.get(source)
+        if same is not None and len(same) >= self.max_per_address:
+            self._evict(self._idlest(same), f"{source} has {len(same)} connections open "
+                        "(max_connections_per_address)")
+        elif len(self.connections) >= self.max_connections:
+            most = max(len(group) for group in self._by_source.values())
+            busiest = [w for group in self._by_source.values() if len(group) == most for w in group]
+            victim = self._idlest(busiest)
+            self._evict(victim, f"{len(self.connections)} connections open (max_connections); "
+                        f"{self.connections[victim][0]} has the most ({most})")
+
+    def _idlest(self, writers: Any) -> asyncio.StreamWriter:
+        connections = self.connections
+        return min(writers, key=lambda w: connections[w][1])
+
+    def _evict(self, writer: asyncio.StreamWriter, why: str) -> None:
+        source, last = self.connections[writer]
+        self._forget(writer)
+        writer.transport.abort()
+        self.metrics.tcp_evicted += 1
+        # logged as a sample (a flood would otherwise log a line per connection); counted always
+        now = time.monotonic()
+        if now - self._evictions_logged >= 10.0:
+            log.warning("TCP connection from %s closed to make room (idle %.0f s): %s; %d more "
+                        "closed since the last message", source, now - last, why, self._evictions_unlogged)
+            self._evictions_logged = now
+            self._evictions_unlogged = 0
+        else:
+            self._evictions_unlogged += 1
 
     async def close(self) -> None:
         self.pause()
