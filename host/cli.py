@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "carecard.host.commands.devices_cmds",
     "carecard.host.commands.send_cmd",
     "carecard.host.commands.demo_cmd",
+    "carecard.host.commands.check_cmd",
 ]
 
 

@@ -319,3 +319,43 @@ def test_idle_tcp_connections_from_one_address_never_lock_out_another(tmp_path: 
             sock.close()
         evicted = rt.receiver.metrics.tcp_evicted
     assert evicted == 7
+
+
+def damage_oldest_frames_page(data_dir: Path) -> int:
+    """Overwrite the b-tree page of the oldest frames with noise (a failing disk, a bad copy);
+    the newest frames, which the receiver reads first, stay readable. Returns the page number."""
+    path = ingest_db_path(data_dir)
+    with sqlite3.connect(path) as conn:
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        page = conn.execute("SELECT MIN(pageno) FROM dbstat WHERE name = 'event_log' "
+                            "AND pagetype = 'leaf'").fetchone()[0]
+    conn.close()
+    assert not Path(f"{path}-wal").exists() or Path(f"{path}-wal").stat().st_size == 0
+    with open(path, "r+b") as file:
+        file.seek((page - 1) * page_size)
+        file.write(bytes([0x5A, 0xA5]) * (page_size // 4))
+    return page
+
+
+def test_damaged_database_pages_are_refused_at_start_and_found_by_check(tmp_path: Path) -> None:
+    from receiver_helpers import Harness
+
+    devices = provision(tmp_path, 1)
+    card = Card(*next(iter(devices.items())))
+    h = Harness(tmp_path, devices)
+    for _ in range(300):
+        h.feed(card.frame())
+    h.commit()
+    h.store.close()
+    healthy = run_cli("check", "--data", str(tmp_path))
+    assert healthy.returncode == 0, healthy.stderr
+    assert "carecard.sqlite: ok" in healthy.stdout
+    damage_oldest_frames_page(tmp_path)
+    full = run_cli("check", "--data", str(tmp_path))
+    assert full.returncode == 1
+    assert "carecard.sqlite: damaged" in full.stdout and "table event_log: " in full.stdout
+    assert "backup" in full.stderr
+    start = run_cli("receive", "--data", str(tmp_path), "--udp", "127.0.0.1:0", timeout=60)
+    assert start.returncode == 1
+    (line,) = start.stderr.strip().splitlines()
+    assert "carecard.sqlite is damaged" in line and "carecard check" in line and "backup" in line

@@ -31,7 +31,7 @@ from carecard.host.receiver.ingest import Ingest, PendingBatch
 from carecard.host.receiver.metrics import Metrics, MetricsServer
 from carecard.host.receiver.registry import keys_path, load_key_file
 from carecard.host.receiver.sinkproc import SinkProcess, SinkProcessError
-from carecard.host.receiver.store import SQLiteStore, StoreError
+from carecard.host.receiver.store import SQLiteStore, StoreError, check_database, recovery_steps
 from carecard.host.receiver.transports import SerialListener, TcpListener, TransportError, UdpListener
 from carecard.protocol import KeyRing
 
@@ -120,6 +120,7 @@ class Receiver:
             raise StartupError(f"data folder {self.data_dir}: cannot create it: {exc.strerror}") from None
         self._take_lock()
         self._load_keys(startup=True)
+        self._check_database()
         try:
             self.store = SQLiteStore(ingest_db_path(self.data_dir), config.ingest.durability)
         except StoreError as exc:
@@ -197,6 +198,19 @@ class Receiver:
                  if self.metrics_server else "",
                  extra={"fields": {"config": config.source, "metrics_port": self.metrics_server.port
                                    if self.metrics_server else None}})
+
+    def _check_database(self) -> None:
+        """A damaged page must stop the receiver before it acks anything on top of it: SQLite's
+        quick check of every page (O(size) reads, once at start-up)."""
+        path = ingest_db_path(self.data_dir)
+        if not path.exists():
+            return
+        problems = check_database(path)
+        if problems:
+            more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+            raise StartupError(f"database {path} is damaged (quick_check: {problems[0]}{more}); "
+                               f"`carecard check --data {self.data_dir}` lists every problem; "
+                               f"{recovery_steps(path)}")
 
     @staticmethod
     def _open(opener: Callable[[], None]) -> None:

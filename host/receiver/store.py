@@ -303,6 +303,56 @@ def ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
         raise StoreError(f"database {path} is not usable: {exc}") from None
 
 
+def check_database(path: Path, *, full: bool = False, limit: int = 100) -> list[str]:
+    """What SQLite's own check finds wrong in the file at `path` ([] when it is sound): `PRAGMA
+    quick_check` (every page and b-tree: O(size), at start-up), or with `full` `PRAGMA
+    integrity_check` (also every index against its table). Opened read-only: safe while a
+    receiver runs."""
+    pragma = "integrity_check" if full else "quick_check"
+    try:
+        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True,
+                               timeout=BUSY_TIMEOUT_S)
+    except sqlite3.DatabaseError as exc:
+        return [f"cannot be opened: {exc}"]
+    try:
+        problems, error = _run_check(conn, f"PRAGMA {pragma}({int(limit)})")
+        if error is None:
+            return [] if problems == ["ok"] else problems
+        # Some damage fails the check itself (and Python's sqlite3 then drops the rows it had):
+        # check table by table to say where.
+        try:
+            tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")]
+        except sqlite3.DatabaseError as exc:
+            return [f"the schema cannot be read: {exc}"]
+        for table in tables:
+            found, failed = _run_check(conn, f"PRAGMA {pragma}(\"{table.replace(chr(34), chr(34) * 2)}\")")
+            if failed is not None:
+                problems.append(f"table {table}: {failed}")
+            elif found != ["ok"]:
+                problems.extend(f"table {table}: {problem}" for problem in found)
+        return problems or [f"{pragma} failed: {error}"]
+    finally:
+        conn.close()
+
+
+def _run_check(conn: sqlite3.Connection, sql: str) -> tuple[list[str], str | None]:
+    rows: list[str] = []
+    try:
+        for row in conn.execute(sql):
+            if not str(row[0]).startswith("*** in database"):
+                rows.append(str(row[0]))
+    except sqlite3.DatabaseError as exc:
+        return rows, str(exc)
+    return rows, None
+
+
+def recovery_steps(path: Path) -> str:
+    """How to get a damaged ingest database back (docs/receiver.md, "A damaged database")."""
+    return (f"stop the receiver, keep a copy of the data folder, put the latest backup of {path.name} "
+            f"in its place (removing {path.name}-wal and {path.name}-shm) and check it with "
+            "`carecard check` (docs/receiver.md, \"A damaged database\")")
+
+
 class SQLiteStore(Store):
     """The embedded default. One writer connection (the ingest's writer thread or an admin
     command), one reader connection for the event loop's lookups."""

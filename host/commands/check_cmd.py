@@ -1,0 +1,48 @@
+"""`carecard check`: a full check of the data folder's SQLite files for damage (docs/receiver.md,
+"A damaged database"). Exit status 0 when every file is sound, 1 when one is damaged."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from carecard.host.cli import CommandError
+from carecard.host.paths import DEFAULT_DATA_DIR, events_db_path, ingest_db_path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "check",
+        help="check the data folder's databases for damaged pages (SQLite integrity_check)",
+        description="Run SQLite's full integrity check on the ingest database and the SQLite "
+                    "sink's query store: every page, b-tree and index. Safe while the receiver "
+                    "runs (read-only). Exit status 1 if anything is damaged, with the recovery "
+                    "steps. The receiver itself runs the quicker quick_check at every start.",
+    )
+    parser.add_argument("--data", metavar="DIR", help=f"data folder (default ./{DEFAULT_DATA_DIR})")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from carecard.host.receiver.store import check_database, recovery_steps
+
+    data_dir = Path(args.data or DEFAULT_DATA_DIR)
+    files = [path for path in (ingest_db_path(data_dir), events_db_path(data_dir)) if path.exists()]
+    if not files:
+        raise CommandError(f"no database in {data_dir} ({ingest_db_path(data_dir).name} missing): "
+                           "pass the data folder with --data", status=1)
+    damaged = []
+    for path in files:
+        problems = check_database(path, full=True)
+        if problems:
+            damaged.append(path)
+            print(f"{path.name}: damaged, {len(problems)} problem{'s' if len(problems) > 1 else ''}"
+                  f"{' (the first 100)' if len(problems) >= 100 else ''}:")
+            for problem in problems:
+                print(f"  {problem}")
+        else:
+            print(f"{path.name}: ok")
+    for path in damaged:
+        print(f"carecard check: {path} is damaged: {recovery_steps(path)}", file=sys.stderr)
+    return 1 if damaged else 0
