@@ -1,7 +1,8 @@
 """The modem driver (firmware/lib/modem.py + the A7670 and EC800M profiles) on MicroPython,
 against a scripted modem that answers each command as the real ones do (replies taken from the
 captures in ../shared/data/at/ where they exist). Bring-up, SIM states, registration (denied,
-SMS-only), network time, UDP, voice call outcomes, SMS, sleep/wake, recovery."""
+SMS-only), network time, UDP, voice call outcomes and hang-up, SMS, sleep/wake, recovery, and
+reboots of the modem while it is up."""
 
 from __future__ import annotations
 
@@ -83,7 +84,8 @@ A7670_UP = {
     "AT+IPADDR": b"\r\n+IPADDR: 10.4.112.219\r\n\r\nOK\r\n",
 }
 def a7670_up(extra=None, **kw):
-    r = dict(A7670_UP)
+    # a modem that is off: each Sim its own copy of the reply lists (popped as they are used)
+    r = dict((k, list(v) if isinstance(v, list) else v) for k, v in A7670_UP.items())
     if extra:
         r.update(extra)
     s = Sim(modem_a7670.A7670(), r, apn="cmnet", **kw)
@@ -206,6 +208,8 @@ except modem.ModemError as exc:
 CALL = r'''
 s = a7670_up()
 s.m.features["dtmf"] = True
+# AT+CHUP as the A7672SA notes show a hang-up: OK, then the call's end as URCs
+s.replies["AT+CHUP"] = b'\r\nOK\r\n\r\n+CLCC: 1,0,6,0,0,"10086",129\r\nNO CARRIER\r\n\r\nVOICE CALL: END: 000000\r\n'
 s.take()
 '''
 
@@ -215,9 +219,12 @@ s.take()
     ('s.feed(b"\\r\\n+CLCC: 1,0,2,0,0,\\"10086\\",129\\r\\n+CLCC: 1,0,3,0,0,\\"10086\\",129\\r\\n")\n'
      's.run(3000)\ns.feed(b"\\r\\nVOICE CALL: BEGIN\\r\\n")\ns.run(2000)\ns.feed(b"\\r\\n+RXDTMF: 1\\r\\n")\n'
      's.run(4000)\ns.feed(b"\\r\\nVOICE CALL:END:000006\\r\\n")', "confirmed"),
-    # VOICE CALL: BEGIN at ring-back, no key press: only "answered"
+    # VOICE CALL: BEGIN and +CLCC "active" at ring-back (A76xx on real networks), no key press:
+    # the ring timeout still runs out, the call is hung up, and it is not "answered"
+    ('s.feed(b"\\r\\nVOICE CALL: BEGIN\\r\\n+CLCC: 1,0,0,0,0,\\"10086\\",129\\r\\n")\ns.run(46000)', "no_answer"),
+    # ... and ended by the far end before that: still not "answered"
     ('s.feed(b"\\r\\nVOICE CALL: BEGIN\\r\\n+CLCC: 1,0,0,0,0,\\"10086\\",129\\r\\n")\ns.run(4000)\n'
-     's.feed(b"\\r\\nNO CARRIER\\r\\n\\r\\nVOICE CALL: END: 000004\\r\\n")', "answered"),
+     's.feed(b"\\r\\nNO CARRIER\\r\\n\\r\\nVOICE CALL: END: 000004\\r\\n")', "rejected"),
     ('s.feed(b"\\r\\nBUSY\\r\\n")', "busy"),
     ('s.feed(b"\\r\\n+CLCC: 1,0,3,0,0,\\"10086\\",129\\r\\n")\ns.feed(b"\\r\\nNO ANSWER\\r\\n")', "no_answer"),
     ('s.feed(b"\\r\\n+CLCC: 1,0,3,0,0,\\"10086\\",129\\r\\n")\ns.run(46000)', "no_answer"),   # our ring timeout
@@ -234,8 +241,94 @@ def test_call_outcomes(mpy, script, outcome):
     assert len(ends) == 1 and ends[0][1] == outcome, events
     if outcome == "confirmed":
         assert ("dtmf", "1") in events and ends[0][3] == 6   # talk seconds from BEGIN to END
-    if script.endswith("s.run(46000)"):
-        assert "ATH" in cmds
+    assert outcome != "answered"   # an outgoing call is never "answered" on the modem's word
+    if script.endswith("s.run(46000)"):   # the ring timeout hung up, with AT+CHUP
+        assert cmds[-1] == "AT+CHUP" and ends[0][4] == "released"
+    else:
+        assert "AT+CHUP" not in cmds or outcome == "cancelled"
+
+
+def test_ring_back_keeps_the_ring_timeout_until_a_key_confirms(mpy):
+    # A7672SA on a real network: +CLCC 2, 3, then 0 with VOICE CALL: BEGIN and +COLP at
+    # ring-back, and nothing more when (if) the callee answers (shared/data/at/unattributed)
+    out = mpy_events(mpy, CALL + r'''
+RINGBACK = (b'\r\n+CLCC: 1,0,2,0,0,"10086",129\r\n\r\n+CLCC: 1,0,3,0,0,"10086",129\r\n'
+            b'\r\nVOICE CALL: BEGIN\r\n\r\n+CLCC: 1,0,0,0,0,"10086",129\r\n\r\n+COLP: "10086",129\r\n')
+s.m.dial("10086")
+s.run(300)
+s.feed(RINGBACK)
+s.run(44000)                      # 44.3 s after dialling: still within the 45 s ring timeout
+show("AT+CHUP" in s.cmds(), s.take())
+s.run(1500)                       # the ring timeout: hung up, and the end confirmed
+show(s.cmds()[-1], s.take())
+s.writes = []
+s.m.dial("10086")
+s.run(300)
+s.feed(RINGBACK)
+s.run(10000)
+s.feed(b"\r\n+RXDTMF: 5\r\n")     # the callee pressed a key: now someone is on the line
+s.run(50000)
+show("AT+CHUP" in s.cmds(), s.take())
+s.feed(b"\r\nVOICE CALL:END:000060\r\n")
+show(s.take())
+s.writes = []
+s.m.dial("10086", ring_timeout_ms=0)   # no ring timeout: the application ends the call
+s.run(300)
+s.feed(RINGBACK)
+s.run(100000)
+show(s.cmds())
+s.feed(b"\r\nNO CARRIER\r\n\r\nVOICE CALL: END: 000100\r\n")
+show([e for e in s.take() if e[0] == "call_end"])
+''')
+    hung_up, events = out[0], out[1]
+    assert not hung_up and ("call", "active", "10086") in events
+    assert not [e for e in events if e[0] == "call_end"]
+    assert out[2] == "AT+CHUP"
+    ends = [e for e in out[3] if e[0] == "call_end"]
+    assert [e[1] for e in ends] == ["no_answer"] and ("call", "idle", "10086") in out[3]
+    assert not out[4] and ("dtmf", "5") in out[5]
+    assert not [e for e in out[5] if e[0] == "call_end"]
+    assert out[6][-1][:2] == ("call_end", "confirmed") and out[6][-1][3] == 60
+    assert out[7] == ["ATD10086;"]
+    # ended by the far end, never confirmed: not "answered" (the modem's "active" is kept as
+    # talk time and its words as the detail)
+    assert out[8] == [("call_end", "rejected", 0, 100, "NO CARRIER")]
+
+
+def test_hang_up_ends_the_call_only_when_the_modem_confirms_it(mpy):
+    # "OK" to a hang-up command is not the end (ATH does nothing to a voice call once
+    # AT+CVHU=0 is lost): the end is +CLCC stat 6, VOICE CALL: END (either spelling), NO
+    # CARRIER, or AT+CLCC listing no call; until then the other hang-up command is tried
+    out = mpy_events(mpy, CALL + r'''
+s.replies["AT+CHUP"] = b"\r\nOK\r\n"
+s.replies["ATH"] = b"\r\nOK\r\n"
+s.replies["AT+CLCC"] = [b'\r\n+CLCC: 1,0,3,0,0,"10086",129\r\n\r\nOK\r\n', b"\r\nOK\r\n"]
+s.m.dial("10086")
+s.run(300)
+s.feed(b'\r\n+CLCC: 1,0,3,0,0,"10086",129\r\n')
+s.run(1000)
+s.writes = []
+s.take()
+s.m.hangup()
+s.run(1000)
+show(s.cmds(), [e for e in s.take() if e[0] in ("call", "call_end")])
+s.run(5000)                       # no end within 5 s: ask; still listed: ATH
+show(s.cmds(), [e for e in s.take() if e[0] in ("call", "call_end")])
+s.feed(b"\r\nVOICE CALL:END:000000\r\n")
+show([e for e in s.take() if e[0] == "call_end"])
+s.writes = []
+s.m.dial("10086")
+s.run(300)
+s.feed(b'\r\n+CLCC: 1,0,3,0,0,"10086",129\r\n')
+s.m.hangup()
+s.run(6000)                       # OK, no URC; AT+CLCC lists no call: ended
+show(s.cmds(), [e for e in s.take() if e[0] == "call_end"])
+''')
+    assert out[0] == ["AT+CHUP"] and out[1] == []
+    assert out[2] == ["AT+CHUP", "AT+CLCC", "ATH"] and out[3] == []
+    assert out[4] == [("call_end", "cancelled", 7, 0, "END:000000")]
+    assert out[5] == ["ATD10086;", "AT+CHUP", "AT+CLCC"]
+    assert out[6] == [("call_end", "cancelled", 5, 0, "hangup")]
 
 
 def test_outcome_names_come_from_the_protocol(mpy):
@@ -438,3 +531,90 @@ show(s.m.state, s.take()[-2:])
 ''')
     assert out[0][0] == ("dtmf", "1") and out[0][1][:2] == ("call_end", "confirmed")
     assert out[1] == "off" and ("powered_down", "POWERED DOWN") in out[2]
+
+
+def test_modem_reboot_while_ready_reinitialises_at_once(mpy):
+    # a brown-out on a transmit burst restarts the modem: its boot URCs while the driver is up
+    # are a reboot: counted, reported, every setting applied again at once
+    out = mpy_events(mpy, r"""
+s = a7670_up({'AT+CIPOPEN=0,"UDP",,,50000': b"\r\nOK\r\n\r\n+CIPOPEN: 0,0\r\n"})
+s.m.udp_open("1.2.3.4", 5000)
+s.run(200)
+s.feed(b"\r\n+CPIN: READY\r\n\r\nSMS DONE\r\n\r\nPB DONE\r\n")   # the bring-up's own boot tail
+s.run(100)
+show(s.m.reboots, s.m.state)
+s.take()
+s.writes = []
+s.feed(b"\r\nRDY\r\n")
+s.run(3000)
+show(s.take(), s.cmds(), s.m.state, s.m.reboots)
+s.feed(b"\r\n*ATREADY: 1\r\n\r\n+CPIN: READY\r\n")
+s.run(3000)
+s.feed(b"\r\nSMS DONE\r\n")       # the reboot's own tail: no new reboot
+s.run(100)
+show(s.m.reboots, s.m.state)
+s.feed(b"\r\nSMS DONE\r\n")       # once more since the last boot: it restarted, RDY lost
+s.run(3000)
+show(s.m.reboots, s.m.state)
+s.take()
+s.run(61000)
+s.feed(b"\r\n+CPIN: READY\r\n")   # long after the last boot
+s.run(3000)
+show(s.m.reboots, s.m.state, [e for e in s.take() if e[0] == "modem_reboot"])
+""")
+    assert out[0] == 0 and out[1] == "ready"
+    events, cmds = out[2], out[3]
+    assert ("modem_reboot", "RDY", 1) in events
+    assert ("udp", "closed", "modem_reboot") in events and ("net", False, "modem_reboot") in events
+    for cmd in ("ATE0", "AT+CMEE=1", "AT+CVHU=0", "AT+CLIP=1", "AT+CLCC=1", "AT+CMGF=0",
+                "AT+CNMI=2,1,0,0,0", "AT+CREG=1", "AT+CEREG=1", "AT+CPIN?", "AT+CREG?", "AT+NETOPEN"):
+        assert cmd in cmds, cmd
+    assert cmds[0] == "ATE0"               # at once: no probing, no waiting for a timeout
+    assert events.index(("modem_reboot", "RDY", 1)) < events.index(("ready",))
+    assert out[4] == "ready" and out[5] == 1
+    assert out[6] == 2 and out[7] == "ready"
+    assert out[8] == 3 and out[9] == "ready"
+    assert out[10] == 4 and out[11] == "ready"
+    assert out[12] == [("modem_reboot", "+CPIN", 4)]
+
+
+def test_reboot_in_the_middle_of_received_data_is_seen(mpy):
+    # the reboot cuts a datagram short: the parser drops the cut data after a second of
+    # silence, so the modem's RDY is read as RDY (not as the rest of the data) and the driver
+    # re-initialises; a call in progress ends as failed
+    out = mpy_events(mpy, CALL + r"""
+s.m.dial("10086")
+s.run(300)
+s.feed(b"\r\nRECV FROM:1.2.3.4:5000\r\n+IPD100\r\n0123456789")
+s.run(2000)
+s.feed(b"\r\nRDY\r\n")
+s.run(3000)
+show([e for e in s.take() if e[0] in ("at_error", "modem_reboot", "call_end", "udp_recv", "ready")], s.m.state)
+""")
+    events, state = out
+    assert events[0] == ("at_error", "cut")
+    assert events[1] == ("modem_reboot", "RDY", 1)
+    assert events[2][:2] == ("call_end", "failed") and events[2][4] == "modem_reboot"
+    assert ("ready",) in events and state == "ready"
+    assert not [e for e in events if e[0] == "udp_recv"]
+
+
+def test_ec800m_reboot_and_quectel_boot_urcs(mpy):
+    out = mpy_events(mpy, EC800M + r"""
+s.feed(b"\r\n+CPIN: READY\r\n\r\n+QIND: SMS DONE\r\n\r\n+QIND: PB DONE\r\n")
+s.run(100)
+show(s.m.reboots)
+s.take()
+s.writes = []
+s.feed(b"\r\n+QIND: PB DONE\r\n")
+s.run(3000)
+show(s.m.reboots, s.m.state, s.cmds()[:3], [e for e in s.take() if e[0] == "modem_reboot"])
+s.feed(b"\r\nRDY\r\n")
+s.run(3000)
+show(s.m.reboots, s.m.state)
+""")
+    assert out[0] == 0
+    assert out[1] == 1 and out[2] == "ready"
+    assert out[3] == ["ATE0", "AT+CMEE=1", 'AT+QURCCFG="urcport","uart1"']
+    assert out[4] == [("modem_reboot", "PB DONE", 1)]
+    assert out[5] == 2 and out[6] == "ready"

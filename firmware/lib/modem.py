@@ -18,13 +18,41 @@
 # ("udp", "open"|"closed"|"failed", detail), ("udp_sent", n), ("udp_recv", payload, remote),
 # ("call", state, number), ("incoming", number), ("dtmf", digit),
 # ("call_end", outcome, ring_s, talk_s, detail), ("missed_call", text),
+# ("hangup_failed", command or "still up", status, err),
 # ("sms_sent", mr, tag), ("sms_failed", err, tag), ("sms_new", mem, index),
 # ("sms", mode, index, header, body)  mode "pdu" (body = PDU hex) or "text",
 # ("sleep",), ("awake",), ("ri",), ("recovery", reason, count), ("failed", reason),
+# ("modem_reboot", urc, count) (see "Modem reboots" below),
 # ("urc", name, args, body) for URCs no handler wanted, ("unknown", line), ("at_error", exc),
 # ("done", text, status, err) for commands sent with `command()`.
 #
 # Call outcomes are the protocol's names (ccspec.ENUMS["call_outcome"]).
+#
+# Outgoing calls: the modem's "active" (VOICE CALL: BEGIN, +CLCC stat 0, +COLP) is NOT an answer.
+# A76xx modems report it at ring-back on real networks, before anyone picks up (design.md
+# section 5; shared/data/at/unattributed). So an outgoing call counts as ringing until the
+# callee confirms with a key (DTMF, ("dtmf", digit) events; features["dtmf"] says whether the
+# modem reports keys): the ring timeout keeps running through the modem's "active" and hangs
+# the call up unless confirmed. The outcome is `confirmed` after a key, `no_answer` when the ring
+# timeout ran out (or the network said NO ANSWER), `rejected` when the far end ended it
+# unconfirmed (the modem's "active" changes nothing: its time counts as talk_s, and detail
+# keeps the modem's words), `busy`, `cancelled` (hung up by the application) or `failed`;
+# never `answered`.
+# `answered` is only for an incoming call this card answered (ATA). A call that must not be
+# hung up unconfirmed (the application asks for confirmation itself) is dialled with
+# ring_timeout_ms=0: no ring timeout; the application ends it with hangup().
+# Hanging up: the profile's HANGUPS commands are tried in turn (AT+CHUP first where the modem has
+# it: ATH ends a voice call only while AT+CVHU=0 holds); "OK" to them is not taken as the end:
+# the end is confirmed by +CLCC stat 6, VOICE CALL: END (either spelling), NO CARRIER, or an
+# AT+CLCC query that no longer lists the call.
+#
+# Modem reboots: a modem that restarts by itself (a brown-out on a transmit burst) loses every
+# setting the driver made. Its boot URCs give it away: RDY / *ATREADY (the profile's READY_URCS)
+# once it was up, or +CPIN: READY, SMS DONE, PB DONE (+QIND: ...) once the SIM was ready, when
+# the same one already came since the last boot or _BOOT_TAIL_MS after it (a boot's own tail of
+# URCs comes within seconds). The driver then ends what the reboot ended (commands in flight:
+# ABORTED; a call: failed; the bearer and socket: down), emits ("modem_reboot", urc, count)
+# (count: Modem.reboots) and re-initialises at once, as after a power-on.
 import at
 import ccspec
 from civil import days_from_civil, valid_date
@@ -63,6 +91,18 @@ _CALL_ALERTING = const(2)
 _CALL_ACTIVE = const(3)
 _CALL_INCOMING = const(4)
 CALL_STATES = ("idle", "dialing", "alerting", "active", "incoming")
+
+_HANGUP_CONFIRM_MS = const(5000)   # after a hang-up command, the end is waited for this long
+                                   # before the driver asks the modem (AT+CLCC)
+_HANGUP_TRIES = const(3)           # hang-up commands sent before "hangup_failed"
+_BOOT_TAIL_MS = const(60000)      # a boot's +CPIN: READY / SMS DONE / PB DONE come within this
+                                   # after its RDY (A7670: 1.5 s to 8 s in issue 299's capture)
+
+# states in which the modem was up: a boot URC there means it restarted
+_UP_STATES = ("configuring", "sim", "sim_locked", "no_sim", "registering", "denied",
+              "no_network", "net", "ready")
+# states past the SIM check: a boot's tail URCs there are checked
+_SIM_UP_STATES = ("registering", "denied", "no_network", "net", "ready")
 
 
 class ModemError(Exception):
@@ -189,6 +229,10 @@ class Modem:
         self._cycles = 0         # power cycles since the last successful bring-up
         self._reg_deadline = 0
         self._sim_deadline = 0
+        self._boot_at = 0        # when the modem last booted (or was found on)
+        self._boot_seen = 0      # its boot tail URCs since then (bits: 1 +CPIN: READY,
+                                 # 2 SMS DONE, 4 PB DONE)
+        self.reboots = 0         # restarts of its own detected
         self.features = {"voice": True, "sms": True, "dtmf": False}
         self.reg = (0, 0)
         self.registered = False
@@ -204,7 +248,9 @@ class Modem:
         self._t_dial = 0
         self._t_active = None
         self._confirmed = False
+        self._outgoing = False
         self._hangup_reason = None
+        self._hangups = 0
 
     # ---- board-facing ------------------------------------------------------------------------
     def next_action(self):
@@ -327,12 +373,14 @@ class Modem:
 
     def _probe_done(self, c, status, text, err):
         if status == "OK":
+            self._booted()   # found on: it may have just booted
             self._configure()
         elif status != "ABORTED":
             self._timeouts = 0
             self._pulse_on()
 
     def _pulse_on(self):
+        self._booted()
         self._set_state("booting")
         self._actions.append(("dtr", 0))
         self._actions.append(("pwrkey", self.t_pwrkey_on))
@@ -344,7 +392,15 @@ class Modem:
             self._set_state("probing_boot")
             self.cmd("AT", timeout_ms=1000, retries=4, done=self._boot_probe_done)
 
-    def _ready_urc(self):
+    def _booted(self):
+        self._boot_at = self.now
+        self._boot_seen = 0
+
+    def _ready_urc(self, name):
+        if self.state in _UP_STATES:
+            self._rebooted(name)
+            return
+        self._booted()
         if self.state == "booting":
             self._cancel("boot")
             self._set_state("probing_boot")
@@ -376,6 +432,37 @@ class Modem:
         if getattr(self, "_cycle_pending", False):
             self._cycle_pending = False
             self._pulse_on()
+
+    def _boot_tail(self, name, bit):
+        # +CPIN: READY, SMS DONE or PB DONE (bit: which): the tail of a boot, or of a reboot
+        if self.state in _SIM_UP_STATES and (
+                self._boot_seen & bit or at.ticks_diff(self.now, self._boot_at) > _BOOT_TAIL_MS):
+            self._rebooted(name)
+        self._boot_seen |= bit
+
+    def _rebooted(self, name):
+        # the modem restarted by itself: all it had is gone; re-initialise (see the module comment)
+        self.reboots += 1
+        self._emit(("modem_reboot", name, self.reboots))
+        self._booted()
+        self._set_state("configuring")   # first: URCs after this one see the new state
+        self.at.abort()
+        self._end_call_now(FAILED, "modem_reboot")
+        self._timers = {}
+        if self._sleeping:
+            self._sleeping = False
+            self._actions.append(("dtr", 0))   # it restarts awake (sleep mode off)
+        self.registered = False
+        if self.udp_state != "closed":
+            self.udp_result("closed", "modem_reboot")
+        if self.net_up:
+            self.net_up = False
+            self._emit(("net", False, "modem_reboot"))
+        self._configure()
+        held = self._held
+        self._held = []
+        for c in held:
+            self.at.send(c)
 
     def _recover(self, reason):
         self._cycles += 1
@@ -667,12 +754,13 @@ class Modem:
         if self.p.on_urc(self, name, args, body):
             return
         if name in self.p.READY_URCS:
-            self._ready_urc()
+            self._ready_urc(name)
         elif name == "+CPIN":
             if args == "READY":
                 if self.state == "sim":
                     self._cancel("sim")
                     self._check_sim()
+                self._boot_tail(name, 1)
             elif args in ("SIM REMOVED", "NOT INSERTED"):
                 self._sim_absent()
             else:
@@ -711,11 +799,19 @@ class Modem:
         elif name == "+CEER":
             self._emit(("call_cause", args.strip('"')))
         else:
+            if name == "SMS DONE":
+                self._boot_tail(name, 2)
+            elif name == "PB DONE":
+                self._boot_tail(name, 4)
             self._emit(("urc", name, args, body))
 
     # ---- voice -------------------------------------------------------------------------------
     def dial(self, number, ring_timeout_ms=None):
-        """Place a voice call. Ends with ("call_end", outcome, ring_s, talk_s, detail)."""
+        """Place a voice call. Ends with ("call_end", outcome, ring_s, talk_s, detail).
+
+        Unless the callee confirms with a key within ring_timeout_ms (default: the driver's
+        ring_timeout_ms; 0: none), the call is hung up and ends as no_answer, whatever the
+        modem says meanwhile (see the module comment)."""
         if not self.features["voice"]:
             raise ModemError("this modem variant has no voice calls")
         if self.call != _CALL_IDLE:
@@ -727,9 +823,13 @@ class Modem:
         self._t_dial = self.now
         self._t_active = None
         self._confirmed = False
+        self._outgoing = True
         self._hangup_reason = None
         self._emit(("call", "dialing", number))
-        self._timer("ring", ring_timeout_ms or self.ring_timeout_ms)
+        if ring_timeout_ms is None:
+            ring_timeout_ms = self.ring_timeout_ms
+        if ring_timeout_ms:
+            self._timer("ring", ring_timeout_ms)
         self.cmd("ATD%s;" % number, timeout_ms=20000, done=self._dial_done)
 
     def _dial_done(self, c, status, text, err):
@@ -758,28 +858,52 @@ class Modem:
             self._end_call_now(FAILED, status)
 
     def hangup(self, reason="cancel"):
-        """Hang up (ATH, effective because the profile set AT+CVHU=0 at bring-up)."""
-        if self.call == _CALL_IDLE:
-            return
-        self._hangup_reason = reason
-        self.cmd(self.p.HANGUP, timeout_ms=20000, done=self._hangup_done)
+        """Hang up; the call ends (call_end) when the modem confirms it (module comment)."""
+        if self.call == _CALL_IDLE or self._hangups:
+            return   # no call, or a hang-up already under way
+        if self._hangup_reason is None:
+            self._hangup_reason = reason
+        self._send_hangup()
+
+    def _send_hangup(self):
+        # the profile's hang-up commands in turn; then wait for the end to be confirmed
+        commands = self.p.HANGUPS
+        self.cmd(commands[self._hangups % len(commands)], timeout_ms=20000,
+                 done=self._hangup_done)
+        self._hangups += 1
 
     def _hangup_done(self, c, status, text, err):
-        if status == "ABORTED":
+        if status == "ABORTED" or self.call == _CALL_IDLE:
             return
-        if self.call != _CALL_IDLE:
-            if status == "OK":
-                self._call_released("hangup")
-            else:
-                self._emit(("hangup_failed", status, err))
-                self.cmd("AT+CHUP", timeout_ms=20000, done=self._chup_done)
+        if status != "OK":
+            self._emit(("hangup_failed", c.text, status, err))
+        self._timer("hangup", _HANGUP_CONFIRM_MS)
 
-    def _chup_done(self, c, status, text, err):
-        if self.call != _CALL_IDLE and status == "OK":
-            self._call_released("hangup")
+    def _t_hangup(self):
+        if self.call != _CALL_IDLE:
+            self.cmd("AT+CLCC", "+CLCC", timeout_ms=5000, done=self._clcc_query_done)
+
+    def _clcc_query_done(self, c, status, text, err):
+        if status == "ABORTED" or self.call == _CALL_IDLE:
+            return
+        if status == "OK":
+            listed = False
+            for line in text.split("\n"):
+                parts = split_args(line[6:]) if line.startswith("+CLCC:") else ()
+                if len(parts) > 2 and _int(parts[2]) != 6:
+                    listed = True
+            if not listed:
+                self._call_released("hangup")   # the modem lists no call any more
+                return
+        if self._hangups < _HANGUP_TRIES:
+            self._send_hangup()
+        else:
+            self._hangups = 0   # given up; hangup() may try again
+            self._emit(("hangup_failed", "still up", status, err))
 
     def _t_ring(self):
-        if self.call in (_CALL_DIALING, _CALL_ALERTING):
+        if self._outgoing and not self._confirmed and self.call in (
+                _CALL_DIALING, _CALL_ALERTING, _CALL_ACTIVE):
             self.hangup("ring_timeout")
 
     def _incoming(self, number):
@@ -788,6 +912,7 @@ class Modem:
             self._t_dial = self.now
             self._t_active = None
             self._confirmed = False
+            self._outgoing = False
             self._hangup_reason = None
             self.call_number = number
             self._emit(("incoming", number))
@@ -815,22 +940,21 @@ class Modem:
             self._call_active()
 
     def _call_active(self):
+        # the modem says the call is connected: for an outgoing call that may be ring-back, so
+        # the ring timeout keeps running (module comment)
         if self.call == _CALL_ACTIVE:
             return
         self.call = _CALL_ACTIVE
         self._t_active = self.now
-        self._cancel("ring")
         self._emit(("call", "active", self.call_number))
 
     def dtmf_received(self, digit):
-        """Profile: the far end pressed a key. During an active call that confirms the call."""
+        """Profile: the far end pressed a key: someone is on the line, the call is confirmed."""
         self._emit(("dtmf", digit))
-        if self.call == _CALL_ACTIVE:
+        if self.call in (_CALL_DIALING, _CALL_ALERTING, _CALL_ACTIVE):
+            self._call_active()   # even if the modem did not say active
             self._confirmed = True
-        elif self.call in (_CALL_DIALING, _CALL_ALERTING):
-            # a key press proves someone is on the line even if the modem did not say active
-            self._call_active()
-            self._confirmed = True
+            self._cancel("ring")
 
     def call_ended(self, detail):
         """Profile: the modem reported the end of the call (VOICE CALL: END etc.)."""
@@ -844,16 +968,17 @@ class Modem:
             outcome = BUSY
         elif detail == "NO ANSWER":
             outcome = NO_ANSWER
-        elif c == _CALL_ACTIVE:
-            outcome = CONFIRMED if self._confirmed else ANSWERED
+        elif self._confirmed:
+            outcome = CONFIRMED
+        elif not self._outgoing:
+            # answered by this card (ATA), else the caller gave up or we declined
+            outcome = ANSWERED if c == _CALL_ACTIVE else CANCELLED
         elif self._hangup_reason == "ring_timeout":
             outcome = NO_ANSWER
         elif self._hangup_reason is not None:
             outcome = CANCELLED
-        elif c == _CALL_INCOMING:
-            outcome = CANCELLED  # the caller gave up before we answered
-        elif c == _CALL_ALERTING:
-            outcome = REJECTED
+        elif c == _CALL_ALERTING or c == _CALL_ACTIVE:
+            outcome = REJECTED   # ended by the far end, unconfirmed (still ringing for us)
         else:
             outcome = FAILED
         self._end_call_now(outcome, detail)
@@ -869,7 +994,9 @@ class Modem:
             ring_ms = at.ticks_diff(end, self._t_dial)
             talk_ms = 0
         self.call = _CALL_IDLE
+        self._hangups = 0
         self._cancel("ring")
+        self._cancel("hangup")
         self._emit(("call", "idle", self.call_number))
         self._emit(("call_end", outcome, ring_ms // 1000, talk_ms // 1000, detail))
 
@@ -987,7 +1114,7 @@ class Profile:
       URCS         names of its unsolicited result codes (text before the first ':'), as one
                    table b"\nNAME\nNAME\n" (at.ATEngine's table form: no object per name)
       READY_URCS   URCs that mean "booted, UART ready"
-      HANGUP       the hang-up command
+      HANGUPS      the hang-up commands, tried in turn until the modem confirms the end
       SLEEP_CMD    the command that enables DTR-controlled sleep
       raw_length   line -> number of raw bytes that follow it, or -1 (at.raw_length)
     """
@@ -996,7 +1123,7 @@ class Profile:
     HW_NAME = None
     URCS = b"\n"
     READY_URCS = ("RDY",)
-    HANGUP = "ATH"
+    HANGUPS = ("ATH",)
     SLEEP_CMD = "AT+CSCLK=1"
     raw_length = staticmethod(at.raw_length)
 

@@ -23,7 +23,9 @@ class A7670(modem.Profile):
     NAME = "a7670"
     HW_NAME = "modem_a7670"
     READY_URCS = ("*ATREADY", "RDY")
-    HANGUP = "ATH"
+    # AT+CHUP ends a voice call whatever AT+CVHU says; ATH (with AT+CVHU=0, set at bring-up)
+    # as the second try (SIMCom A76xx AT manual)
+    HANGUPS = ("AT+CHUP", "ATH")
     SLEEP_CMD = "AT+CSCLK=1"
     # its URC names as one table, b"\nNAME\nNAME\n" (at.ATEngine searches it with find: no
     # per-name objects on the heap)

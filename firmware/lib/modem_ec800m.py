@@ -22,7 +22,9 @@ class EC800M(modem.Profile):
     NAME = "ec800m"
     HW_NAME = "modem_ec800m"
     READY_URCS = ("RDY",)
-    HANGUP = "ATH"
+    # AT+CHUP ends a voice call; ATH (with AT+CVHU=0, set at bring-up) as the second try
+    # (Quectel EC200x/EC800x AT commands manual)
+    HANGUPS = ("AT+CHUP", "ATH")
     SLEEP_CMD = "AT+QSCLK=1"
     # its URC names as one table, b"\nNAME\nNAME\n" (at.ATEngine searches it with find: no
     # per-name objects on the heap)
@@ -136,6 +138,12 @@ class EC800M(modem.Profile):
             else:
                 m._emit(("urc", name, args, body))
             return True
+        if name == "+QIND":
+            word = args.strip('"')
+            if word == "SMS DONE" or word == "PB DONE":
+                m._urc(word, "", body)   # the boot URCs the A7670 sends bare
+                return True
+            return False
         if name == "+QTONEDET":
             code = modem._int(args.strip())
             if 32 < code < 127:
