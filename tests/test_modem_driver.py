@@ -618,3 +618,25 @@ show(s.m.reboots, s.m.state)
     assert out[3] == ["ATE0", "AT+CMEE=1", 'AT+QURCCFG="urcport","uart1"']
     assert out[4] == [("modem_reboot", "PB DONE", 1)]
     assert out[5] == 2 and out[6] == "ready"
+
+
+def test_hang_up_that_never_takes_is_reported_and_can_be_retried(mpy):
+    out = mpy_events(mpy, CALL + r"""
+s.replies["AT+CHUP"] = b"\r\nOK\r\n"
+s.replies["ATH"] = b"\r\nOK\r\n"
+s.replies["AT+CLCC"] = b'\r\n+CLCC: 1,0,0,0,0,"10086",129\r\n\r\nOK\r\n'
+s.m.dial("10086")
+s.run(300)
+s.writes = []
+s.take()
+s.m.hangup()
+s.run(20000)
+show(s.cmds(), [e for e in s.take() if e[0] in ("hangup_failed", "call_end")], s.m.call)
+s.writes = []
+s.m.hangup()
+s.run(100)
+show(s.cmds())
+""")
+    assert out[0] == ["AT+CHUP", "AT+CLCC", "ATH", "AT+CLCC", "AT+CHUP", "AT+CLCC"]
+    assert out[1] == [("hangup_failed", "still up", "OK", None)] and out[2] != 0   # still up
+    assert out[3] == ["AT+CHUP"]
