@@ -359,3 +359,40 @@ def test_damaged_database_pages_are_refused_at_start_and_found_by_check(tmp_path
     assert start.returncode == 1
     (line,) = start.stderr.strip().splitlines()
     assert "carecard.sqlite is damaged" in line and "carecard check" in line and "backup" in line
+
+
+@pytest.mark.parametrize("loss", ["deleted", "emptied"])
+def test_lost_replay_history_beside_kept_keys_is_refused_unless_accepted(tmp_path: Path, loss: str) -> None:
+    """keys.json kept, carecard.sqlite deleted or emptied: the receiver refuses to start (recorded
+    frames would be stored as new, downlink counters reused). With --accept-lost-history it starts
+    and every downlink counter jumps past any value used before."""
+    devices = provision(tmp_path, 1)
+    card = Card(*next(iter(devices.items())))
+    recorded = card.frame()
+    receiver = ReceiverProcess(tmp_path)
+    client = udp_client()
+    used = [card.ack(exchange(client, receiver.udp_port, frame))["counter"]
+            for frame in (recorded, card.frame(), card.frame())]
+    assert receiver.terminate()[0] == 0
+    db = ingest_db_path(tmp_path)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    if loss == "deleted":
+        db.unlink()
+    else:
+        db.write_bytes(b"")
+    refused = run_cli("receive", "--data", str(tmp_path), "--udp", "127.0.0.1:0", timeout=60)
+    assert refused.returncode == 1
+    (line,) = refused.stderr.strip().splitlines()
+    assert "no replay and counter history" in line and str(card.device) in line
+    assert "--accept-lost-history" in line and "backup" in line
+    from carecard.host.receiver.service import DOWNLINK_JUMP
+
+    receiver = ReceiverProcess(tmp_path, "--accept-lost-history")
+    ack = card.ack(exchange(client, receiver.udp_port, card.frame()))
+    assert ack["counter"] > DOWNLINK_JUMP > max(used)
+    assert any("--accept-lost-history" in r.get("msg", "") for r in receiver.log)
+    assert receiver.terminate()[0] == 0
+    receiver = ReceiverProcess(tmp_path)  # the history is there again: no flag needed
+    assert card.ack(exchange(client, receiver.udp_port, card.frame()))["counter"] > ack["counter"]
+    assert receiver.terminate()[0] == 0

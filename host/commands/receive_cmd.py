@@ -40,6 +40,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at /metrics")
     parser.add_argument("--log-format", choices=LOG_FORMATS, help="text (key=value) or json lines")
     parser.add_argument("--log-level", choices=LOG_LEVELS)
+    parser.add_argument("--accept-lost-history", action="store_true",
+                        help="start although the database lost the replay and counter history of "
+                             "devices that have keys (deleted, emptied, or restored from a backup): "
+                             "every downlink counter jumps 2^24 ahead so none is reused, but frames "
+                             "recorded before the loss can be stored again as new (docs/receiver.md)")
     parser.set_defaults(func=run)
 
 
@@ -62,6 +67,7 @@ def build_config(args: argparse.Namespace) -> ReceiverConfig:
         config.log_format = args.log_format
     if args.log_level:
         config.log_level = args.log_level
+    config.accept_lost_history = bool(args.accept_lost_history)
     config.ensure_listener()
     return config
 

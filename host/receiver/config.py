@@ -96,6 +96,9 @@ class ReceiverConfig:
     downlinks: DownlinkSettings = field(default_factory=DownlinkSettings)
     tcp_settings: TcpSettings = field(default_factory=TcpSettings)
     sinks: list[dict[str, Any]] | None = None  # None: the sinks' default (SQLite only)
+    # start although devices with keys have no replay and counter history in the database (it was
+    # lost or restored from a backup): a flag only (--accept-lost-history), never a file key
+    accept_lost_history: bool = False
     source: str = "defaults"  # where this came from, for the start-up log
 
     def ensure_listener(self) -> None:

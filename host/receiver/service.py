@@ -49,6 +49,10 @@ BACKLOG_FACTOR = 8  # pause reading when the collecting batch is this many times
 # can append, so those events stay at about what the slowest sink still has to deliver.
 PRUNE_INTERVAL_S = 0.1
 PRUNE_MAX_ROWS = 8192
+# --accept-lost-history moves every device's downlink counter this far past what the database
+# holds: more acks than a card gets in decades (one a minute for 31 years) since the backup, or
+# 4096 restarts' reservations (ingest.DOWNLINK_BLOCK).
+DOWNLINK_JUMP = 1 << 24
 
 
 class StartupError(RuntimeError):
@@ -125,6 +129,7 @@ class Receiver:
             self.store = SQLiteStore(ingest_db_path(self.data_dir), config.ingest.durability)
         except StoreError as exc:
             raise StartupError(str(exc)) from None
+        self._check_history()
         ingest = self.ingest = Ingest(self.store, self.keyring, self.metrics, settings=config.ingest,
                                       budget=config.budget, downlinks=config.downlinks)
         self._generation = self.store.generation()
@@ -198,6 +203,38 @@ class Receiver:
                  if self.metrics_server else "",
                  extra={"fields": {"config": config.source, "metrics_port": self.metrics_server.port
                                    if self.metrics_server else None}})
+
+    def _check_history(self) -> None:
+        """Keys without their replay and counter history (the database deleted, emptied or
+        replaced): recorded frames would be stored as new and downlink counters used again, so
+        refuse, unless the operator accepts it (then every downlink counter jumps ahead)."""
+        store = self.store
+        assert store is not None
+        try:
+            lost = store.devices_without_history(self._raw_keys)
+            if self.config.accept_lost_history:
+                exhausted = store.jump_downlink_counters(self._raw_keys, DOWNLINK_JUMP)
+        except StoreError as exc:
+            raise StartupError(str(exc)) from None
+        path = store.path
+        if self.config.accept_lost_history:
+            log.warning("--accept-lost-history: downlink counters of every device moved %d ahead; "
+                        "%d devices with keys had no replay history in %s (frames recorded before "
+                        "the loss can be stored again as new until the cards' counters pass them)",
+                        DOWNLINK_JUMP, len(lost), path)
+            for device in exhausted:
+                log.error("device %s: its downlink counters are used up: provision it again with a "
+                          "new key and reset the card's counters", device)
+            return
+        if lost:
+            raise StartupError(
+                f"{len(lost)} device{'s' if len(lost) > 1 else ''} with keys in "
+                f"{keys_path(self.data_dir)} {'have' if len(lost) > 1 else 'has'} no replay and counter "
+                f"history in {path} (e.g. {lost[0]}; was the database deleted, emptied or replaced?): "
+                "recorded frames would be stored as new and downlink counters used again. Put the "
+                "database back or restore its latest backup; if it is gone for good, start once with "
+                "--accept-lost-history, which moves every downlink counter ahead "
+                "(docs/receiver.md, \"Lost history\")")
 
     def _check_database(self) -> None:
         """A damaged page must stop the receiver before it acks anything on top of it: SQLite's

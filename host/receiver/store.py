@@ -41,6 +41,7 @@ log = logging.getLogger("carecard.receiver.store")
 # 1: frames in a table of their own; 2: the frames' rows are the event log's (a view `frames`)
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 10.0
+U32_MAX = 0xFFFFFFFF  # the largest downlink counter
 
 # Command states. Open: still to be delivered. Final: the card answered, or we gave up.
 OPEN_STATES = ("queued", "sent")
@@ -349,8 +350,10 @@ def _run_check(conn: sqlite3.Connection, sql: str) -> tuple[list[str], str | Non
 def recovery_steps(path: Path) -> str:
     """How to get a damaged ingest database back (docs/receiver.md, "A damaged database")."""
     return (f"stop the receiver, keep a copy of the data folder, put the latest backup of {path.name} "
-            f"in its place (removing {path.name}-wal and {path.name}-shm) and check it with "
-            "`carecard check` (docs/receiver.md, \"A damaged database\")")
+            f"in its place (removing {path.name}-wal and {path.name}-shm), check it with "
+            "`carecard check`, and start once with `carecard receive --accept-lost-history` (a backup "
+            "is behind: every downlink counter must jump ahead) (docs/receiver.md, \"A damaged "
+            "database\")")
 
 
 class SQLiteStore(Store):
@@ -443,6 +446,37 @@ class SQLiteStore(Store):
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
+
+    def devices_without_history(self, keyed: Iterable[int]) -> list[int]:
+        """Devices whose replay and counter history is not in this database: a device with a key
+        but no registry row (every device is added with one: `carecard devices add`), or a row
+        that counts stored frames of which none is left."""
+        known = {row[0] for row in self._reader.execute("SELECT device FROM devices")}
+        lost = {device for device in keyed if device not in known}
+        lost.update(row[0] for row in self._reader.execute(
+            "SELECT device FROM devices AS d WHERE frames_stored > 0 "
+            "AND NOT EXISTS (SELECT 1 FROM frames AS f WHERE f.device = d.device)"))
+        return sorted(lost)
+
+    def jump_downlink_counters(self, devices: Iterable[int], jump: int) -> list[int]:
+        """Move the downlink counter reservation of every registered device, and of `devices`
+        (given a row if they have none), `jump` ahead, capped at the largest u32. Returns the
+        devices whose counters are now exhausted."""
+        now = time.time()
+        with self._write_lock:
+            conn = self._writer
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("UPDATE devices SET downlink_reserved = MIN(downlink_reserved + ?, ?)",
+                             (jump, U32_MAX))
+                conn.executemany(_RESERVE, [(device, min(jump, U32_MAX), now) for device in devices])
+                exhausted = [row[0] for row in conn.execute(
+                    "SELECT device FROM devices WHERE downlink_reserved >= ? ORDER BY device", (U32_MAX,))]
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise StoreError(f"cannot write to {self.path}: {exc}") from None
+        return exhausted
 
     def generation(self) -> int:
         row = self._reader.execute("SELECT value FROM meta WHERE name = 'registry_generation'").fetchone()
