@@ -5,9 +5,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the suite talks to as real peers: the MQTT broker and gpsd's decoder.
 DEBS := mosquitto:mosquitto gpsdecode:gpsd-clients
+# Debian packages without a command of their own: 32-bit gcc for the card-like MicroPython port.
+DEB_LIBS := gcc-multilib
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup debs demo test bench clean
+.PHONY: setup debs port32 demo test bench clean
 
 setup: $(STAMP)
 
@@ -20,16 +22,23 @@ $(STAMP): pyproject.toml
 debs:
 	@missing=""; for pair in $(DEBS); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \
 	  command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing="$$missing $$pkg"; done; \
+	for pkg in $(DEB_LIBS); do dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "ok installed" \
+	  || missing="$$missing $$pkg"; done; \
 	if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
+
+# The 32-bit MicroPython unix port like the card's, built from ../shared/vendor into .venv once
+# (rebuilt when the vendored source changes; about 40 s).
+port32: setup debs
+	$(BIN)/python -m carecard.tools.port32
 
 demo: setup
 	$(BIN)/carecard demo
 
-test: setup debs
+test: setup debs port32
 	$(BIN)/python -m pytest -q -n 2 tests
 
-bench: setup
+bench: setup port32
 	for name in protocol nmea at receive; do $(BIN)/carecard bench $$name || exit 1; done
 
 clean:

@@ -81,3 +81,24 @@ def test_flash_simulation_runs_mpy_in_place_off_the_heap(mpy, tmp_path):
     out = mpy.run("f = open('/rom/blob.bin', 'rb')\nf.seek(32767)\nprint(f.read(1)[0])", rom=padding,
                   heapsize=16 * 1024)
     assert out.strip() == "255"
+
+
+def test_each_interpreter_has_its_word_size(mpy, request):
+    """`mpy` runs each firmware test twice: on the PyPI port (64-bit) and on the 32-bit build
+    like the card's, where small ints end at 2**30 - 1 (a longitude in Fujian in 1e-7 degree is
+    past it)."""
+    bits = {"mpy64": 64, "mpy32": 32}[request.node.callspec.params["mpy"]]
+    assert mpy.current().bits == bits
+    out = mpy.run("import sys, micropython\nx = 1184567890\ny = 0\nkind = 'big'\n"
+                  "micropython.heap_lock()\ntry:\n    y = x + 1\n    kind = 'small'\n"
+                  "except MemoryError:\n    pass\nmicropython.heap_unlock()\n"
+                  "print(sys.maxsize, kind)\n")
+    assert out.split() == ([str(2**63 - 1), "small"] if bits == 64 else [str(2**31 - 1), "big"])
+
+
+def test_running_micropython_outside_the_mpy_fixture_is_refused():
+    """A test must request `mpy` to run firmware code, so that it runs on both interpreters."""
+    from carecard.tools import micropython
+
+    with pytest.raises(micropython.MicroPythonNotFound, match="request the `mpy` fixture"):
+        micropython.run("print(1)")

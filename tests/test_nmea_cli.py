@@ -23,6 +23,7 @@ def records(proc: subprocess.CompletedProcess) -> list[dict]:
     return [json.loads(line) for line in proc.stdout.splitlines()]
 
 
+@pytest.mark.usefixtures("mpy")  # the parser runs on both interpreters
 def test_fix_epochs_as_json_lines(shared_data):
     proc = carecard("nmea", str(shared_data / "nmea" / "mt3339.log"), "--not-before", "2000-01-01")
     assert proc.returncode == 0, proc.stderr
@@ -42,6 +43,7 @@ def test_fix_epochs_as_json_lines(shared_data):
     assert "197 skipped bytes" in summary[0]  # the capture's comment header
 
 
+@pytest.mark.usefixtures("mpy")  # the parser runs on both interpreters
 def test_fractional_seconds_and_speed_in_metres_per_second(shared_data):
     proc = carecard("nmea", str(shared_data / "nmea" / "quectel-l76k-nmea.log"))
     assert proc.returncode == 0, proc.stderr
@@ -53,6 +55,7 @@ def test_fractional_seconds_and_speed_in_metres_per_second(shared_data):
     assert all(isinstance(r["speed"], float) for r in moving)
 
 
+@pytest.mark.usefixtures("mpy")  # the parser runs on both interpreters
 def test_no_fix_capture_has_null_positions(shared_data):
     path = next((shared_data / "nmea").glob("simcom_a7670*.nmea"))
     proc = carecard("nmea", str(path), "--not-before", "2020-01-01")
@@ -65,12 +68,14 @@ def test_no_fix_capture_has_null_positions(shared_data):
     assert "truncated" in proc.stderr
 
 
+@pytest.mark.usefixtures("mpy")  # the parser runs on both interpreters
 def test_untimed_epochs_print_null_time(shared_data):
     proc = carecard("nmea", str(shared_data / "nmea" / "bt451.log"), "--not-before", "2000-01-01")
     assert proc.returncode == 0
     assert sum(r["time"] is None for r in records(proc)) == 4
 
 
+@pytest.mark.usefixtures("mpy")  # the parser runs on both interpreters
 def test_binary_garbage_is_summarised_not_fatal(tmp_path):
     path = tmp_path / "garbage.bin"
     path.write_bytes(bytes(range(256)) * 20)
@@ -100,6 +105,7 @@ def test_bad_option_values_are_rejected(shared_data):
     assert proc.returncode == 2 and "--chunk" in proc.stderr
 
 
+@pytest.mark.usefixtures("mpy")  # the parser runs on both interpreters
 def test_chunk_size_does_not_change_the_output(shared_data):
     path = str(shared_data / "nmea" / "neo-m8n.log")
     one = carecard("nmea", path, "--chunk", "1")

@@ -39,13 +39,22 @@ while True:
     try:
         if op == "parse":
             p = NMEAParser(req["nb"]) if req.get("nb") is not None else NMEAParser()
-            data = binascii.unhexlify(req["hex"])
             out = []
-            prev = 0
-            for c in req.get("cuts", []) + [len(data)]:
-                p.receive_data(data[prev:c])
-                prev = c
-                drain(p, out)
+            if "path" in req:
+                with open(req["path"], "rb") as f:
+                    while True:
+                        piece = f.read(4096)
+                        if not piece:
+                            break
+                        p.receive_data(piece)
+                        drain(p, out)
+            else:
+                data = binascii.unhexlify(req["hex"])
+                prev = 0
+                for c in req.get("cuts", []) + [len(data)]:
+                    p.receive_data(data[prev:c])
+                    prev = c
+                    drain(p, out)
             if req.get("flush", True):
                 p.flush()
                 drain(p, out)
@@ -68,13 +77,26 @@ while True:
 
 
 class NMEAService:
-    def __init__(self, batch):
+    """Large inputs (whole captures) go through a file, read by the service in 4 KB pieces: as
+    hex on one request line they would need several contiguous copies of hundreds of KB on the
+    interpreter's heap (the 32-bit port's default heap is 1 MB), the harness's need, not the
+    parser's."""
+
+    LARGE = 32 * 1024
+
+    def __init__(self, batch, scratch):
         self.batch = batch
+        self.scratch = scratch
 
     def parse(self, data: bytes, cuts: list[int] | None = None, not_before: int | None = 0,
               flush: bool = True) -> tuple[list[dict], dict, str | None]:
-        req = {"op": "parse", "hex": data.hex(), "cuts": sorted(cuts or []), "nb": not_before,
-               "flush": flush}
+        req = {"op": "parse", "nb": not_before, "flush": flush}
+        if len(data) > self.LARGE and not cuts:
+            path = self.scratch / "input.nmea"
+            path.write_bytes(data)
+            req["path"] = str(path)
+        else:
+            req.update(hex=data.hex(), cuts=sorted(cuts or []))
         ans = json.loads(self.batch.call(json.dumps(req)))
         assert "crash" not in ans, f"parser crashed on MicroPython: {ans['crash']}"
         fixes = [dict(zip(FIX_FIELDS, f)) for f in ans["fixes"]]
@@ -87,9 +109,9 @@ class NMEAService:
 
 
 @pytest.fixture(scope="module")
-def nmea(mpy):
+def nmea(mpy, tmp_path_factory):
     with mpy.Batch(SERVICE) as batch:
-        yield NMEAService(batch)
+        yield NMEAService(batch, tmp_path_factory.mktemp("nmea-service"))
 
 
 def sentence(body: str, lower: bool = False) -> bytes:
@@ -484,3 +506,64 @@ print(p.sentences, p.bad_checksum, p.truncated, p.unknown)
     assert len(not_decoded) >= 3  # GLL, VTG, ZDA (and TXT)
     out = mpy.run(code).split()
     assert out == [str(2 * len(sentences)), "2", "2", str(2 * len(not_decoded))]
+
+
+# Places whose coordinates in 1e-7 degree are beyond the 32-bit port's small ints (|v| >
+# 1,073,741,823: east or west of 107.37 degrees) and within them, in every hemisphere, at the
+# poles and the antimeridian, with minutes that round up into the next degree.
+PLACES = {
+    "nanan-fujian": ("2457.12345", "N", "11835.67891", "E"),
+    "fujian-8-decimals": ("2457.12345678", "N", "11835.67891234", "E"),
+    "seattle": ("4739.71890", "N", "12219.58362", "W"),
+    "sydney": ("3351.12345", "S", "15112.34567", "E"),
+    "buenos-aires": ("3436.12345", "S", "05822.54321", "W"),
+    "greenwich": ("5128.67890", "N", "00000.12345", "W"),
+    "east-of-antimeridian": ("1504.12345", "S", "17959.99999", "E"),
+    "antimeridian-west": ("6530.00000", "N", "18000.00000", "W"),
+    "north-pole": ("9000.00000", "N", "04500.00000", "E"),
+    "near-south-pole": ("8959.9999999", "S", "13959.9999999", "W"),
+    "rounds-into-next-degree": ("2459.99999999", "N", "11859.99999999", "E"),
+}
+
+
+def _e7(value: str, hemisphere: str, degree_digits: int) -> int:
+    minutes, _, frac = value[degree_digits:].partition(".")
+    v = expected_e7(int(value[:degree_digits]), int(minutes), frac)
+    return -v if hemisphere in "SW" else v
+
+
+@pytest.mark.parametrize("place", list(PLACES))
+def test_no_heap_allocation_per_sentence_anywhere_on_earth(mpy, place):
+    """GGA, GSA, GSV and RMC at the place go through the parser with the heap locked, whole and
+    in 7-byte pieces: nothing is allocated per sentence at any coordinate (on the 32-bit port a
+    longitude in 1e-7 degree beyond 107.37 degrees is not a small int). The Fix then carries the
+    exact coordinates."""
+    lat, ns, lon, ew = PLACES[place]
+    epoch = (sentence(f"GNGGA,031500.000,{lat},{ns},{lon},{ew},1,09,1.1,12.3,M,-4.1,M,,")
+             + sentence("GNGSA,A,3,02,07,14,15,17,20,22,30,,,,,1.5,1.1,1.2,1")
+             + sentence("GPGSV,3,1,11,02,45,123,40,07,30,210,35,14,60,045,42,15,12,300,20,0")
+             + sentence(f"GNRMC,031500.000,A,{lat},{ns},{lon},{ew},1.25,123.4,041226,,,A,V"))
+    code = f"""
+import micropython
+from nmea import NMEAParser
+p = NMEAParser()
+epoch = {epoch!r}
+pieces = [epoch[i:i + 7] for i in range(0, len(epoch), 7)]
+for feed in ([epoch], pieces):
+    k = 0
+    count = len(feed)
+    micropython.heap_lock()
+    try:
+        while k < count:  # (a for loop would allocate its iterator)
+            p.receive_data(feed[k])
+            k += 1
+    finally:
+        micropython.heap_unlock()
+    p.flush()
+    fix = p.next_event()
+    print(fix.valid, fix.lat_e7, fix.lon_e7, fix.time)
+print(p.sentences, p.malformed)
+"""
+    out = mpy.run(code).split("\n")
+    want = f"True {_e7(lat, ns, 2)} {_e7(lon, ew, 3)} {int(dt.datetime(2026, 12, 4, 3, 15, tzinfo=dt.timezone.utc).timestamp())}"
+    assert out[:3] == [want, want, "8 0"]

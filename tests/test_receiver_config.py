@@ -95,6 +95,7 @@ def test_newer_database_schema_is_refused(tmp_path: Path) -> None:
         SQLiteStore(ingest_db_path(tmp_path / "junk"))
 
 
+@pytest.mark.usefixtures("mpy")  # the virtual card runs on both interpreters
 def test_demo_runs_on_micropython_and_tells_what_was_stored(tmp_path: Path) -> None:
     result = run_cli("demo", "--data", str(tmp_path / "demo"), timeout=60)
     assert result.returncode == 0, result.stderr

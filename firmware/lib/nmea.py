@@ -82,12 +82,14 @@ _E_GSA_MODE = const(13)
 _E_SPEED = const(14)
 _E_COURSE = const(15)
 _E_VIEW = const(16)
-_EPOCH0 = (0, -1, -1, False, None, None, None, None, -1, 0, -1, 0, 0, 0, None, None, -1)
-_N_EPOCH = const(17)
+_E_LAT7 = const(17)   # _E_LAT/_E_LON hold whole degrees (None: no position), these the rest
+_E_LON7 = const(18)   # in 1e-7 degree (see _coord)
+_EPOCH0 = (0, -1, -1, False, None, None, None, None, -1, 0, -1, 0, 0, 0, None, None, -1, 0, 0)
+_N_EPOCH = const(19)
 # Kept across epochs, after the epoch's slots: the last known date and its time of day (for
 # epochs without a date of their own, GGA-only receivers).
-_LAST_DAYS = const(17)
-_LAST_TOD = const(18)
+_LAST_DAYS = const(19)
+_LAST_TOD = const(20)
 
 _BYTES = (bytes, bytearray)  # built once: a tuple literal in receive_data would allocate
 
@@ -176,12 +178,16 @@ def _fixed(b, s, e, nd):
     return -v if neg else v
 
 
-def _coord(b, s, e, hs, he, pos, neg, maxdeg):
-    """NMEA (d)ddmm.mmmm plus hemisphere field -> signed 1e-7 degree, None when empty."""
+def _coord(b, s, e, hs, he, pos, neg, maxdeg, out, i):
+    """NMEA (d)ddmm.mmmm plus hemisphere field -> signed whole degrees into out[i] and the
+    signed rest in 1e-7 degree into out[i + 1]; False when empty.
+
+    Two parts because the value in 1e-7 degree is not a small int on a 32-bit port beyond
+    107.37 degrees (all of Fujian): it is put together only once per epoch, with its Fix."""
     if s >= e:
         if hs < he:
             raise ValueError
-        return None
+        return False
     if he - hs != 1:
         raise ValueError
     h = b[hs]
@@ -222,10 +228,18 @@ def _coord(b, s, e, hs, he, pos, neg, maxdeg):
     mins = ip - deg * 100
     if mins >= 60 or deg > maxdeg:
         raise ValueError
-    v = deg * 10000000 + (mins * 10000000 + frac + 30) // 60
-    if v > maxdeg * 10000000:
+    rest = (mins * 10000000 + frac + 30) // 60  # 1e-7 degree, 0..10,000,000
+    if rest >= 10000000:  # 59.99999995' and up round into the next degree
+        deg += 1
+        rest -= 10000000
+    if deg > maxdeg or (deg == maxdeg and rest):
         raise ValueError
-    return -v if h == neg else v
+    if h == neg:
+        deg = -deg
+        rest = -rest
+    out[i] = deg
+    out[i + 1] = rest
+    return True
 
 
 def _tod(b, s, e):
@@ -300,6 +314,7 @@ class NMEAParser:
         self._state = _OUT
         self._n = 0
         self._e = list(_EPOCH0) + [-1, -1]
+        self._c = [0, 0, 0, 0]    # a sentence's coordinates before they join the epoch
 
     def reset(self):
         """Forget buffered bytes and the open epoch (receiver power-cycled). Counters stay."""
@@ -502,16 +517,16 @@ class NMEAParser:
             raise ValueError
         f = self._f
         tod = _tod(b, f[0] + 1, f[1])
-        lat = _coord(b, f[1] + 1, f[2], f[2] + 1, f[3], 78, 83, 90)
-        lon = _coord(b, f[3] + 1, f[4], f[4] + 1, f[5], 69, 87, 180)
+        c = self._c
+        lat = _coord(b, f[1] + 1, f[2], f[2] + 1, f[3], 78, 83, 90, c, 0)
+        lon = _coord(b, f[3] + 1, f[4], f[4] + 1, f[5], 69, 87, 180, c, 2)
         q = _uint(b, f[5] + 1, f[6])
         sats = _uint(b, f[6] + 1, f[7])
         hdop = _fixed(b, f[7] + 1, f[8], 1)
         alt = _fixed(b, f[8] + 1, f[9], 0)
         self._join(_GGA, tod)
-        if lat is not None and lon is not None:
-            self._e[_E_LAT] = lat
-            self._e[_E_LON] = lon
+        if lat and lon:
+            self._position(c)
         self._e[_E_QUALITY] = q
         self._e[_E_SATS] = sats
         if hdop is not None:
@@ -525,8 +540,9 @@ class NMEAParser:
         f = self._f
         tod = _tod(b, f[0] + 1, f[1])
         st = b[f[1] + 1] if f[2] - f[1] == 2 else 0
-        lat = _coord(b, f[2] + 1, f[3], f[3] + 1, f[4], 78, 83, 90)
-        lon = _coord(b, f[4] + 1, f[5], f[5] + 1, f[6], 69, 87, 180)
+        c = self._c
+        lat = _coord(b, f[2] + 1, f[3], f[3] + 1, f[4], 78, 83, 90, c, 0)
+        lon = _coord(b, f[4] + 1, f[5], f[5] + 1, f[6], 69, 87, 180, c, 2)
         kn = _fixed(b, f[6] + 1, f[7], 3)
         course = _fixed(b, f[7] + 1, f[8], 1)
         faa = 0
@@ -551,9 +567,8 @@ class NMEAParser:
             self._set_days(days)
         self._e[_E_STATUS] = st
         self._e[_E_FAA] = faa
-        if lat is not None and lon is not None:
-            self._e[_E_LAT] = lat
-            self._e[_E_LON] = lon
+        if lat and lon:
+            self._position(c)
         if kn is not None:
             # knots (x1000) -> cm/s: 1 kn = 1852 m / 3600 s = 463/9 cm/s
             self._e[_E_SPEED] = (kn * 463 + 4500) // 9000
@@ -596,6 +611,13 @@ class NMEAParser:
             if v >= 0:
                 self._e[_E_MASK] |= _GSV
                 self._e[_E_VIEW] = v if self._e[_E_VIEW] < 0 else self._e[_E_VIEW] + v
+
+    def _position(self, c):
+        e = self._e
+        e[_E_LAT] = c[0]
+        e[_E_LAT7] = c[1]
+        e[_E_LON] = c[2]
+        e[_E_LON7] = c[3]
 
     def _set_days(self, days):
         nb = self.not_before_days
@@ -660,8 +682,8 @@ class NMEAParser:
             sats = self._e[_E_GSA_SATS] if m & _GSA else None
         self._events.append(Fix(
             t, ms, valid, fix,
-            lat if valid else None,
-            self._e[_E_LON] if valid else None,
+            lat * 10000000 + self._e[_E_LAT7] if valid else None,
+            self._e[_E_LON] * 10000000 + self._e[_E_LON7] if valid else None,
             self._e[_E_ALT], hdop, sats, self._e[_E_SPEED], self._e[_E_COURSE],
             q if m & _GGA and q >= 0 else None,
             chr(self._e[_E_STATUS]) if self._e[_E_STATUS] else None,
