@@ -13,7 +13,7 @@ from carecard.hardware.power import DutyCycle, PowerDataError, load, weekly_budg
 
 HARDWARE = Path(__file__).resolve().parent.parent / "hardware"
 ALL_JSON = sorted(HARDWARE.glob("*.json"))
-MINE = ["battery_lipo.json", "power.json", "pins_carecard_s3.json"]
+MINE = ["battery_lipo.json", "power.json", "pins_carecard_s3.json", "accel_lis2dh12.json"]
 
 
 def _load(name: str) -> dict:
