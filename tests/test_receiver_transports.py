@@ -396,3 +396,45 @@ def test_lost_replay_history_beside_kept_keys_is_refused_unless_accepted(tmp_pat
     receiver = ReceiverProcess(tmp_path)  # the history is there again: no flag needed
     assert card.ack(exchange(client, receiver.udp_port, card.frame()))["counter"] > ack["counter"]
     assert receiver.terminate()[0] == 0
+
+
+def test_a_damaged_database_without_a_backup_is_salvaged_and_the_receiver_goes_on(tmp_path: Path) -> None:
+    """No backup: `carecard check --salvage` copies every readable row into a new file; moved in
+    place it checks ok, and the receiver starts on it with --accept-lost-history: the frames that
+    survived are still known (their replays rejected or acked as duplicates), counters go on."""
+    import shutil
+
+    from receiver_helpers import Harness
+
+    devices = provision(tmp_path, 1)
+    card = Card(*next(iter(devices.items())))
+    h = Harness(tmp_path, devices)
+    frames = [card.frame() for _ in range(300)]
+    for frame in frames:
+        h.feed(frame)
+    h.commit()
+    h.store.close()
+    damage_oldest_frames_page(tmp_path)
+    salvage = run_cli("check", "--data", str(tmp_path), "--salvage")
+    assert salvage.returncode == 1, salvage.stderr  # the original is still damaged
+    salvaged = tmp_path / "carecard.salvaged.sqlite"
+    assert "event_log:" in salvage.stdout and "damaged part skipped" in salvage.stdout
+    assert "--accept-lost-history" in salvage.stderr
+    with sqlite3.connect(salvaged) as conn:
+        kept = [row[0] for row in conn.execute("SELECT counter FROM frames ORDER BY counter")]
+        assert conn.execute("SELECT COUNT(*) FROM devices").fetchone()[0] == 1
+        assert conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'event_log'").fetchall() == [(300,)]
+    conn.close()
+    assert 200 < len(kept) < 300 and kept[-1] == 300 and kept == sorted(set(kept))
+    db = ingest_db_path(tmp_path)
+    shutil.move(db, tmp_path / "damaged.sqlite")
+    shutil.move(salvaged, db)
+    assert run_cli("check", "--data", str(tmp_path)).returncode == 0
+    receiver = ReceiverProcess(tmp_path, "--accept-lost-history")
+    client = udp_client()
+    assert card.ack(exchange(client, receiver.udp_port, frames[-1]))["acked"] == 300  # a duplicate
+    client.sendto(frames[0], ("127.0.0.1", receiver.udp_port))  # lost and below the window: a replay
+    # datagrams are handled in order: an ack for the replay would come before this one's
+    assert card.ack(exchange(client, receiver.udp_port, card.frame()))["acked"] == 301
+    assert receiver.terminate()[0] == 0
+    assert stored(tmp_path)[-1] == (card.device, 301, "udp")

@@ -21,11 +21,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "steps. The receiver itself runs the quicker quick_check at every start.",
     )
     parser.add_argument("--data", metavar="DIR", help=f"data folder (default ./{DEFAULT_DATA_DIR})")
+    parser.add_argument("--salvage", action="store_true",
+                        help="when the ingest database is damaged, copy every row that can still be "
+                             "read into DIR/carecard.salvaged.sqlite (for when there is no backup)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from carecard.host.receiver.store import check_database, recovery_steps
+    from carecard.host.receiver.store import (
+        StoreError,
+        check_database,
+        recovery_steps,
+        salvage_database,
+        salvage_path,
+    )
 
     data_dir = Path(args.data or DEFAULT_DATA_DIR)
     files = [path for path in (ingest_db_path(data_dir), events_db_path(data_dir)) if path.exists()]
@@ -43,6 +52,19 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  {problem}")
         else:
             print(f"{path.name}: ok")
+    ingest = ingest_db_path(data_dir)
+    if args.salvage and ingest in damaged:
+        target = salvage_path(ingest)
+        try:
+            tables = salvage_database(ingest, target)
+        except StoreError as exc:
+            raise CommandError(f"cannot salvage {ingest}: {exc}", status=1) from None
+        print(f"salvaged into {target}:")
+        for table, (rows, complete) in tables.items():
+            print(f"  {table}: {rows} row{'' if rows == 1 else 's'}"
+                  f"{'' if complete else ' (a damaged part skipped: rows lost)'}")
+    elif args.salvage:
+        print(f"{ingest.name} is not damaged: nothing to salvage")
     for path in damaged:
         print(f"carecard check: {path} is damaged: {recovery_steps(path)}", file=sys.stderr)
     return 1 if damaged else 0

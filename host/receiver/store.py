@@ -347,13 +347,125 @@ def _run_check(conn: sqlite3.Connection, sql: str) -> tuple[list[str], str | Non
     return rows, None
 
 
+def salvage_database(source: Path, target: Path) -> dict[str, tuple[int, bool]]:
+    """Copy what can still be read of a damaged SQLite database `source` into a new file
+    `target`: its schema, then each table's rows in rowid order, forward until a damaged page
+    stops the read, then backward from the end down to it (rows between two damaged parts are
+    lost). Returns {table: (rows copied, whether every row was read)}. Raises StoreError when
+    the schema itself cannot be read or `target` exists."""
+    if target.exists():
+        raise StoreError(f"{target} exists already: move it away first")
+    try:
+        src = sqlite3.connect(f"{Path(source).resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"cannot open {source}: {exc}") from None
+    try:
+        try:
+            schema = src.execute("SELECT type, name, sql FROM sqlite_schema WHERE sql IS NOT NULL "
+                                 "AND name NOT LIKE 'sqlite_%' ORDER BY rowid").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"the schema of {source} cannot be read ({exc}): restore a backup") from None
+        out = sqlite3.connect(target, isolation_level=None)
+        try:
+            out.execute("BEGIN")
+            tables = [(name, sql) for kind, name, sql in schema if kind == "table"]
+            for _name, sql in tables:
+                out.execute(sql)
+            result: dict[str, tuple[int, bool]] = {}
+            for name in [name for name, _sql in tables] + ["sqlite_sequence"]:
+                try:
+                    rows, complete = _readable_rows(src, name)
+                except sqlite3.OperationalError:  # no sqlite_sequence: no AUTOINCREMENT table
+                    continue
+                if name == "sqlite_sequence":  # filled by the copies above: never lower it
+                    for _rowid, table, seq in rows:
+                        if not out.execute("UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = ?",
+                                           (seq, table)).rowcount:
+                            out.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (table, seq))
+                elif rows:
+                    marks = ", ".join("?" * (len(rows[0]) - 1))
+                    out.executemany(f"INSERT INTO {_quoted(name)} VALUES ({marks})", [r[1:] for r in rows])
+                result[name] = (len(rows), complete)
+            for kind, _name, sql in schema:
+                if kind != "table":
+                    out.execute(sql)
+            out.execute("COMMIT")
+        except BaseException:
+            out.close()
+            target.unlink(missing_ok=True)
+            raise
+        out.close()
+        return result
+    finally:
+        src.close()
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _readable_rows(conn: sqlite3.Connection, table: str, chunk: int = 512) -> tuple[list[tuple], bool]:
+    """(rowid, *columns) of every row that can be read, and whether that is all of them."""
+    name = _quoted(table)
+    if conn.execute("SELECT 1 FROM sqlite_schema WHERE name = ? AND sql LIKE '%WITHOUT ROWID%'",
+                    (table,)).fetchone():
+        try:
+            return [(None, *row) for row in conn.execute(f"SELECT * FROM {name}")], True
+        except sqlite3.DatabaseError:
+            return [], False
+
+    def read(sql: str, bound: int, limit: int, other: int | None = None) -> list[tuple] | None:
+        try:
+            args = (bound, limit) if other is None else (bound, other, limit)
+            return conn.execute(sql, args).fetchall()
+        except sqlite3.DatabaseError:
+            return None
+
+    forward = f"SELECT rowid, * FROM {name} WHERE rowid > ? ORDER BY rowid LIMIT ?"
+    rows: list[tuple] = []
+    low = -(1 << 63)
+    size = chunk
+    while True:
+        got = read(forward, low, size)
+        if got is None and size > 1:
+            size = 1  # a damaged page ahead: row by row up to it
+            continue
+        if got is None:
+            break
+        if not got:
+            return rows, True
+        rows.extend(got)
+        low = got[-1][0]
+    backward = f"SELECT rowid, * FROM {name} WHERE rowid < ? AND rowid > ? ORDER BY rowid DESC LIMIT ?"
+    tail: list[tuple] = []
+    high = (1 << 63) - 1
+    size = chunk
+    while True:
+        got = read(backward, high, size, low)
+        if got is None and size > 1:
+            size = 1
+            continue
+        if not got:
+            break
+        tail.extend(got)
+        high = got[-1][0]
+    rows.extend(reversed(tail))
+    return rows, False
+
+
 def recovery_steps(path: Path) -> str:
     """How to get a damaged ingest database back (docs/receiver.md, "A damaged database")."""
     return (f"stop the receiver, keep a copy of the data folder, put the latest backup of {path.name} "
-            f"in its place (removing {path.name}-wal and {path.name}-shm), check it with "
-            "`carecard check`, and start once with `carecard receive --accept-lost-history` (a backup "
-            "is behind: every downlink counter must jump ahead) (docs/receiver.md, \"A damaged "
+            f"in its place (or, without one, what `carecard check --salvage` could read: "
+            f"{salvage_path(path).name}), removing {path.name}-wal and {path.name}-shm, check it with "
+            "`carecard check`, and start once with `carecard receive --accept-lost-history` (what is "
+            "back is behind: every downlink counter must jump ahead) (docs/receiver.md, \"A damaged "
             "database\")")
+
+
+def salvage_path(path: Path) -> Path:
+    """Where `carecard check --salvage` writes what it could read of `path`."""
+    return path.with_name(f"{path.stem}.salvaged{path.suffix}")
 
 
 class SQLiteStore(Store):
