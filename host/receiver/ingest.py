@@ -315,7 +315,7 @@ class Ingest:
             self.batch.commit.downlink_reserved[device] = reserve
         self.dl_next[device] = counter + 1
         stamp = int(now)
-        if commands_mode == _NO_COMMANDS or device not in self.commands:
+        if device not in self.commands or commands_mode == _NO_COMMANDS:  # the usual case first
             return self.encoder.encode(device, counter, stamp, acked)
         commands = self._commands_for_ack(device, now, commands_mode == _SEND)
         if not commands:
