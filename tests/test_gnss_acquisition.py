@@ -257,3 +257,56 @@ def test_profiles_cite_a_source_for_every_figure():
         power = json.loads((hw / "power.json").read_text())["figures"]
         for key in doc["power_figures"]:
             assert key in power and power[key]["source"], (name, key)
+
+
+def _sentence(body: str) -> bytes:
+    checksum = 0
+    for ch in body.encode():
+        checksum ^= ch
+    return f"${body}*{checksum:02X}\r\n".encode()
+
+
+FUJIAN_EPOCH = (_sentence("GNGGA,031500.000,2457.12345,N,11835.67891,E,1,09,1.1,12.3,M,-4.1,M,,")
+                + _sentence("GNGSA,A,3,02,07,14,15,17,20,22,30,,,,,1.5,1.1,1.2,1")
+                + _sentence("GNRMC,031500.000,A,2457.12345,N,11835.67891,E,1.25,123.4,041226,,,A,V"))
+
+
+@pytest.mark.parametrize("where", ["fujian", "seattle-capture"])
+@pytest.mark.parametrize("clock_ms", [5_000, 20 * 86_400_000])  # 20 days: past 2**30 ms
+def test_feeding_and_polling_allocate_nothing(mpy, l76k, where, clock_ms):
+    """With the heap locked, an epoch's sentences and the polls between them go through the
+    controller at a clock past 2**30 ms (12.4 days of uptime: no small int on the 32-bit port)
+    and at coordinates whose 1e-7 degree values are no small ints either: nothing allocates.
+    Only a closed epoch (its Fix) and the result allocate."""
+    if where == "fujian":
+        epoch = FUJIAN_EPOCH
+    else:
+        lines = l76k.splitlines(True)
+        start = next(i for i, line in enumerate(lines) if line.startswith(b"$GNGGA"))
+        end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith(b"$GNGGA"))
+        epoch = b"".join(lines[start:end])
+    code = f"""
+import micropython, hwdata, gnss
+acq = gnss.FixAcquisition(hwdata.load("gnss_l76k"))
+t0 = {clock_ms}
+acq.start(t0)
+while acq.next_event() is not None:
+    pass
+epoch = {epoch!r}
+pieces = [epoch[i:i + 64] for i in range(0, len(epoch), 64)]
+count = len(pieces)
+now = [t0 + 1000, t0 + 1500]
+k = 0
+micropython.heap_lock()
+try:
+    while k < count:
+        acq.receive_data(pieces[k], now[0])
+        acq.poll(now[1])
+        k += 1
+finally:
+    micropython.heap_unlock()
+acq.poll(t0 + 10 ** 6)
+acq.parser.flush()
+print(acq.acquiring, [e if isinstance(e, str) else e.status for e in (acq.next_event(), acq.next_event())])
+"""
+    assert mpy.run(code).strip() == "False ['gnss_power_off', 'fix']"

@@ -6,12 +6,18 @@ from __future__ import annotations
 import argparse
 import re
 
+from carecard.tools import micropython
 from carecard.tools.bench import nmea as bench
 
 
-def test_bench_prints_rates_ratio_and_heaps(capsys, shared_data, mpy):
-    assert bench.run(argparse.Namespace(rounds=1, chunk=256, capture=None)) == 0
+def test_bench_prints_rates_ratio_and_heaps(capsys, shared_data, card_port):
+    """Speed on the PyPI port; the heaps on both ports (the bench selects each in turn)."""
+    with micropython.using(micropython.pypi_port()):
+        assert bench.run(argparse.Namespace(rounds=1, chunk=256, capture=None)) == 0
     out = capsys.readouterr().out
+    assert re.search(r"64-bit +32-bit \(card\)", out)
+    assert re.search(r"in flash \(ROMFS.*\) +[\d,]+ +[\d,]+$", out, re.M)
+    assert "target (16384 bytes) met on the card's 32-bit port" in out
     assert "quectel-l76k-nmea.log" in out and "2280 checksum-valid sentences" in out
     assert re.search(r"parser \(sentences -> fixes\): +[\d,]+ sentences/s", out)
     assert re.search(r"baseline \(line \+ checksum\): +[\d,]+ sentences/s", out)

@@ -87,6 +87,7 @@ class FixAcquisition:
         self.ignored_bytes = 0        # bytes received while not acquiring
         self._t0 = 0
         self._timeout = 0
+        self._deadline = 0            # _t0 + _timeout, computed once: see poll()
         self._hot = False
         self._good = 0
         self._epochs = 0
@@ -114,6 +115,7 @@ class FixAcquisition:
         self._state = _ACQUIRING
         self._t0 = now_ms
         self._timeout = timeout
+        self._deadline = now_ms + timeout
         self._hot = hot
         self._good = 0
         self._epochs = 0
@@ -150,7 +152,9 @@ class FixAcquisition:
             self.poll(now_ms)
 
     def poll(self, now_ms):
-        if self._state == _ACQUIRING and now_ms - self._t0 >= self._timeout:
+        # a comparison, not a subtraction: past 2**30 ms (12.4 days of uptime) the clock is no
+        # small int on a 32-bit card, and arithmetic on it would allocate at every poll
+        if self._state == _ACQUIRING and now_ms >= self._deadline:
             # the last epoch may be complete but not yet closed: give it its chance
             self.parser.flush()
             while self._state == _ACQUIRING:

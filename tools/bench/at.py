@@ -38,6 +38,7 @@ from pathlib import Path
 
 from carecard.host.cli import CommandError
 from carecard.tools import micropython
+from carecard.tools.bench import heap_rows, on_both_ports
 
 # ---------------------------------------------------------------------------------------------
 # Captures -> UART bytes. Only host-side artefacts are removed (headers we added, serial-monitor
@@ -408,19 +409,24 @@ def run(args: argparse.Namespace) -> int:
         mpy_image = feed_image(folder, True, urcs)
         src_image = feed_image(folder, False, urcs)
         rom = rom_folder(mpy_image, folder / "rom")
-        heap_rom = _heaps(mpy_image, paths[largest], rom)
-        heap_mpy = _heaps(mpy_image, paths[largest])
-        heap_src = _heaps(src_image, paths[largest])
-        resident = {}
-        for label, where_from in (("rom", rom), ("mpy", None)):
-            where, *figures = micropython.run(_RESIDENT, image=mpy_image, rom=where_from).split()
-            expected = "/rom/at.mpy" if where_from else ".mpy"
-            if not where.endswith(expected):
-                raise CommandError(f"the {label} measurement loaded {where}, not {expected}")
-            resident[label] = figures
+
+        def heaps() -> tuple[dict[str, int], dict[str, int], dict[str, int], dict[str, list[str]]]:
+            resident = {}
+            for label, where_from in (("rom", rom), ("mpy", None)):
+                where, *figures = micropython.run(_RESIDENT, image=mpy_image, rom=where_from).split()
+                expected = "/rom/at.mpy" if where_from else ".mpy"
+                if not where.endswith(expected):
+                    raise CommandError(f"the {label} measurement loaded {where}, not {expected}")
+                resident[label] = figures
+            return (_heaps(mpy_image, paths[largest], rom), _heaps(mpy_image, paths[largest]),
+                    _heaps(src_image, paths[largest]), resident)
+
+        speed_port = micropython.current().name
+        measured = list(on_both_ports(heaps))
+    ports = [port for port, _ in measured]
     cap_name, cap_len = captures[largest][0], len(captures[largest][1])
     print(f"AT captures: {len(captures)} files, {sum(len(c[1]) for c in captures)} bytes, "
-          f"{args.rounds} rounds on the MicroPython unix port")
+          f"{args.rounds} rounds on the MicroPython unix port ({speed_port})")
     med = statistics.median
     print(f"parser (at.ATEngine + replay loop): {total} lines per repeat: {med(cpu):,.0f} lines per "
           f"CPU second (median of {args.repeats}; best {cpu[-1]:,.0f}); wall clock median "
@@ -429,20 +435,28 @@ def run(args: argparse.Namespace) -> int:
           f"CPU second (best {base_cpu[-1]:,.0f}); wall clock median {med(base_wall):,.0f} lines/s")
     print(f"ratio: parser is {med(base_cpu) / med(cpu):.1f}x slower per line than the bare baseline "
           f"(CPU time)")
-    print(f"smallest heap (-X heapsize, {_HEAP_STEP}-byte steps) for the largest capture, {cap_name} "
-          f"({cap_len} bytes), read in {READ_SIZE}-byte pieces; target 16384:")
-    for label, h in (("in flash (.mpy in a ROMFS, run in place: as a card ships its libraries)", heap_rom),
-                     ("loaded into RAM (.mpy on a read-write filesystem)", heap_mpy),
-                     ("from source (.py, compiled on the device)", heap_src)):
-        print(f"  {label}: {h['full']} bytes")
-        print(f"    import: {h['import']} bytes (at alone {h['at']}; with the URC table and the "
-              f"feed loop {h['import']}); parse: {h['full'] - h['import']} bytes more")
-    print(f"  the interpreter alone (an empty script) needs {heap_mpy['runtime']} bytes")
-    print(f"  target (16384 bytes) {'met' if heap_rom['full'] <= 16384 else 'NOT met'} as a card ships "
-          f"the parser ({heap_rom['full']} bytes); loaded into RAM it needs {heap_mpy['full']}")
-    for label, (base_alloc, res_at, res_feed, res_engine) in (("in flash", resident["rom"]),
-                                                              ("loaded into RAM", resident["mpy"])):
-        print(f"resident after gc.collect(), {label}: at module {res_at} bytes, URC table + feed "
-              f"loop {res_feed} bytes, one ATEngine as the feed loop builds it {res_engine} bytes "
-              f"(interpreter {base_alloc} bytes)")
+    rows = []
+    for i, label in enumerate(("in flash (.mpy in a ROMFS, run in place: as a card ships it)",
+                               "loaded into RAM (.mpy on a read-write filesystem)",
+                               "from source (.py, compiled on the device)")):
+        hs = [figures[i] for _, figures in measured]
+        rows += [(label, [h["full"] for h in hs]),
+                 ("  import at", [h["at"] for h in hs]),
+                 ("  import at + URC table + feed loop", [h["import"] for h in hs]),
+                 ("  parse (more than import)", [h["full"] - h["import"] for h in hs])]
+    rows.append(("the interpreter alone (an empty script)", [f[1]["runtime"] for _, f in measured]))
+    print(heap_rows(f"smallest heap in bytes (-X heapsize, {_HEAP_STEP}-byte steps) replaying the "
+                    f"largest capture, {cap_name} ({cap_len} bytes), read in {READ_SIZE}-byte pieces; "
+                    "target 16384 on the card, whose figures are the 32-bit port's:", rows, ports))
+    card_rom, card_mpy = measured[-1][1][0]["full"], measured[-1][1][1]["full"]
+    print(f"  target (16384 bytes) {'met' if card_rom <= 16384 else 'NOT met'} on the card's 32-bit "
+          f"port as a card ships the parser ({card_rom} bytes); loaded into RAM it needs {card_mpy}")
+    res_rows = []
+    for key, label in (("rom", "in flash"), ("mpy", "loaded into RAM")):
+        figures = [[int(x) for x in f[3][key]] for _, f in measured]
+        res_rows += [(f"{label}: at module", [f[1] for f in figures]),
+                     (f"{label}: URC table + feed loop", [f[2] for f in figures]),
+                     (f"{label}: one ATEngine as the feed loop builds it", [f[3] for f in figures]),
+                     (f"{label}: the interpreter", [f[0] for f in figures])]
+    print(heap_rows("resident bytes after gc.collect():", res_rows, ports))
     return 0

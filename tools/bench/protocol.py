@@ -20,6 +20,7 @@ from carecard.host.cli import CommandError
 from carecard.protocol import KeyRing, decode_frame, encode_frame
 from carecard.protocol.doc import EXAMPLE_KEY, EXAMPLE_POSITION
 from carecard.tools import micropython
+from carecard.tools.bench import heap_rows, on_both_ports
 
 CARD_ENCODE = """
 import time, ccproto
@@ -74,13 +75,22 @@ def run(args: argparse.Namespace) -> int:
     print(f"baseline unpack+hmac: {base_rate:,.0f} frames/s ({1e6 / base_rate:.2f} us/frame)")
     print(f"ratio (time per frame, codec/baseline): {base_rate / codec_rate:.2f}x (target <= 3x)")
     card_rate = int(micropython.run(CARD_ENCODE % args.card_frames).strip())
-    print(f"card encode on MicroPython unix port: {card_rate:,} frames/s")
-    heap = micropython.smallest_heap(CARD_ENCODE % 100)
+    print(f"card encode on MicroPython unix port ({micropython.current().name}): {card_rate:,} frames/s")
     image = micropython.card_image(compiled=True)
-    heap_mpy = micropython.smallest_heap(CARD_ENCODE % 100, image=image)
-    with tempfile.TemporaryDirectory(prefix="carecard-bench-protocol-") as tmp:
-        rom = micropython.flash_folder(image, ("ccproto", "cccrypto", "ccspec"), Path(tmp))
-        heap_rom = micropython.smallest_heap(CARD_ENCODE % 100, image=image, rom=rom)
-    print(f"card codec smallest heap (import + 100 encodes): {heap_rom:,} bytes with the .mpy files "
-          f"in flash (ROMFS, as a card ships them), {heap_mpy:,} loaded into RAM, {heap:,} from source")
+
+    def heaps() -> list[int]:
+        workload = CARD_ENCODE % 100
+        with tempfile.TemporaryDirectory(prefix="carecard-bench-protocol-") as tmp:
+            rom = micropython.flash_folder(image, ("ccproto", "cccrypto", "ccspec"), Path(tmp))
+            heap_rom = micropython.smallest_heap(workload, image=image, rom=rom)
+        return [heap_rom, micropython.smallest_heap(workload, image=image),
+                micropython.smallest_heap(workload)]
+
+    measured = list(on_both_ports(heaps))
+    labels = ["the .mpy files in flash (ROMFS, as a card ships them)", "the .mpy files loaded into RAM",
+              "from source (compiled on the device)"]
+    print(heap_rows("card codec smallest heap in bytes (import + 100 position frames encoded; the "
+                    "card's figures are the 32-bit port's):",
+                    [(label, [figures[i] for _, figures in measured]) for i, label in enumerate(labels)],
+                    [port for port, _ in measured]))
     return 0
