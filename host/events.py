@@ -555,6 +555,11 @@ def _field_schemas(field: FieldPlan) -> dict[str, Any]:
         out[field.name] = {"enum": list(spec.ENUMS[kind[5:]]), "description": field.doc}
     elif kind == "str":
         out[field.name] = {"type": "string", "maxLength": spec.MAX_STR, "description": field.doc}
+        text_rule = field_rule(field.name).get("text")
+        if text_rule is not None:
+            first_only, anywhere = spec.TEXT_RULES[text_rule]
+            out[field.name]["pattern"] = (f"^[{re.escape(first_only)}]?" if first_only else "^") + \
+                f"[{re.escape(anywhere)}]*$"
     elif kind == "track":
         point = {
             "type": "object",

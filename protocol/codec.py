@@ -116,6 +116,20 @@ def value_bounds(name: str) -> tuple[int, int, int | None] | None:
     return rule["min"], rule["max"], rule.get("unknown")
 
 
+def text_problem(name: str, value: str) -> str | None:
+    """What breaks the field's text rule (spec.FIELDS "text", spec.TEXT_RULES), or None."""
+    rule = field_rule(name).get("text")
+    if rule is None:
+        return None
+    first_only, anywhere = spec.TEXT_RULES[rule]
+    for i, char in enumerate(value):
+        if char not in anywhere and not (i == 0 and char in first_only):
+            allowed = (f"an optional leading {first_only!r}, then " if first_only else "") + \
+                f"only {anywhere!r}"
+            return f"character {char!r} at {i} is not allowed in a {rule} text ({allowed})"
+    return None
+
+
 def _range_text(name: str, low: int, high: int) -> str:
     human = field_rule(name).get("human")
     if human is None:
@@ -416,8 +430,15 @@ def _check_fields(fields: tuple, values: Mapping[str, Any], where: str, error: t
         elif kind == "str":
             if not isinstance(value, str):
                 raise error(f"{here}: expected text, got {type(value).__name__}")
-            if len(value.encode("utf-8")) > spec.MAX_STR:
+            try:
+                size = len(value.encode("utf-8"))
+            except UnicodeError:  # a lone surrogate
+                raise error(f"{here}: not encodable as UTF-8") from None
+            if size > spec.MAX_STR:
                 raise error(f"{here}: longer than {spec.MAX_STR} bytes of UTF-8")
+            problem = text_problem(name, value)
+            if problem is not None:
+                raise error(f"{here}: {value!r}: {problem}")
         elif kind == "track":
             if not isinstance(value, list) or not 1 <= len(value) <= spec.MAX_TRACK_POINTS:
                 raise error(f"{here}: expected 1..{spec.MAX_TRACK_POINTS} points")

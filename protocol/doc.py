@@ -38,7 +38,11 @@ def _kind_text(kind: str) -> str:
     return KIND_TEXT[kind]
 
 
-TEXT_RULES = {"phone": "an optional leading `+`, then digits 0-9 only (empty: no number)"}
+def _text_rule_text(name: str) -> str:
+    first_only, anywhere = spec.TEXT_RULES[name]
+    lead = f"an optional leading `{first_only}`, then " if len(first_only) == 1 else \
+        (f"one optional leading character of `{first_only}`, then " if first_only else "")
+    return f"{name} text: {lead}only characters of `{anywhere}` (may be empty)"
 
 
 def _values_text(name: str) -> str:
@@ -55,7 +59,7 @@ def _values_text(name: str) -> str:
     if "needs_fix" in rule:
         parts.append("meaningless without a fix")
     if "text" in rule:
-        parts.append(TEXT_RULES[rule["text"]])
+        parts.append(_text_rule_text(rule["text"]))
     return "; ".join(parts)
 
 

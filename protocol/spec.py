@@ -65,6 +65,7 @@ LON_E7_MAX = 1800000000
 #              events, never stored as a value
 #   human      (name, divisor, unit): the host's twin field in human units, raw value / divisor
 #   needs_fix  the value means nothing when the message's `fix` is "none" (its twin is null then)
+#   text       a name in TEXT_RULES: the characters the text may hold
 FIELDS = {
     "time": {"unit": "s"},
     "lat_e7": {"unit": "1e-7 degree", "min": -LAT_E7_MAX, "max": LAT_E7_MAX,
@@ -88,6 +89,15 @@ FIELDS = {
     "gnss_timeout_s": {"unit": "s"},
     "unix": {"unit": "s"},
     "delay_s": {"unit": "s"},
+    "key": {"min": 1, "max": MAX_CONTACTS},
+    "number": {"text": "phone"},
+}
+
+# Text rules: name -> (characters allowed only as the first one, characters allowed anywhere).
+# A phone number goes into the modem's dial command: an optional leading "+", then ASCII digits
+# (empty: no number behind the key).
+TEXT_RULES = {
+    "phone": ("+", "0123456789"),
 }
 
 HEADER = (
@@ -124,8 +134,8 @@ ENUMS = {
 
 STRUCTS = {
     "contact": (
-        ("key", "u8", "key number 1-4"),
-        ("number", "str", "phone number, digits and an optional leading +"),
+        ("key", "u8", "key number"),
+        ("number", "str", "phone number"),
         ("name", "str", "name shown to the technician (UTF-8)"),
     ),
 }
@@ -163,7 +173,7 @@ UPLINK = (
         ("points", "track", "positions, oldest first: time, lat_e7, lon_e7"),
     )),
     (5, "call", (
-        ("key", "u8", "key pressed, 1-4"),
+        ("key", "u8", "key pressed"),
         ("number", "str", "number dialled"),
         ("outcome", "enum:call_outcome", "how the call ended"),
         ("ring_s", "u16", "time ringing"),

@@ -32,7 +32,11 @@ def field_strategy(name: str, kind: str) -> st.SearchStrategy[Any]:
     if kind.startswith("enum:"):
         return st.sampled_from(spec.ENUMS[kind[5:]])
     if kind == "str":
-        return st.text(max_size=20)
+        rule = spec.FIELDS.get(name, {}).get("text")
+        if rule is None:
+            return st.text(max_size=20)
+        first_only, anywhere = spec.TEXT_RULES[rule]
+        return st.tuples(st.sampled_from(["", *first_only]), st.text(alphabet=anywhere, max_size=20)).map("".join)
     if kind == "track":
         point = st.fixed_dictionaries({"time": st.integers(0, 2**32 - 1),
                                        "lat_e7": field_strategy("lat_e7", "i32"),

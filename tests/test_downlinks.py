@@ -125,6 +125,20 @@ def test_commands_are_checked_when_queued(tmp_path: Path) -> None:
     assert commands(tmp_path, device) == []
 
 
+@pytest.mark.parametrize("contact, text", [
+    ({"key": 9, "number": "+8613800138000", "name": "x"}, "key: 9 is outside 1..4"),
+    ({"key": 0, "number": "+8613800138000", "name": "x"}, "key: 0 is outside 1..4"),
+    ({"key": 1, "number": "+8613800138000;ATH", "name": "x"}, "number"),
+    ({"key": 1, "number": "13800138000\r\nAT+CFUN=0", "name": "x"}, "number"),
+    ({"key": 1, "number": "1+3800", "name": "x"}, "number"),
+    ({"key": 1, "number": "\u0661\u0662", "name": "x"}, "number"),  # digits, but not ASCII
+])
+def test_the_downlink_encoder_refuses_a_contact_the_card_must_not_dial(contact: dict, text: str) -> None:
+    """A number goes into the modem's ATD command on the card: only digits and a leading +."""
+    with pytest.raises(CommandError, match=text):
+        check_command("set_contacts", {"contacts": [contact]})
+
+
 def test_send_while_the_receiver_runs(tmp_path: Path) -> None:
     device, key = next(iter(provision(tmp_path, 1).items()))
     card = Card(device, key)

@@ -29,7 +29,7 @@ from carecard.protocol import (
 )
 from carecard.protocol.codec import INTEGER_RANGES, MESSAGE_TYPES, PackedFields, fields_struct
 
-from protocol_strategies import KEYS, labelled, message
+from protocol_strategies import KEYS, invalid_message, labelled, message, unchecked_frame
 
 KEY = bytes(range(16))
 POSITION = {
@@ -321,3 +321,21 @@ def test_field_rules_are_consistent_with_the_layouts():
                 assert twin.isidentifier() and divisor > 0 and isinstance(unit, str), name
         else:
             assert set(rule) <= {"text"}, f"{name} ({kind}): only text rules apply to text"
+
+
+CALL = {"type": "call", "device": 861234567890123, "counter": 8, "time": 1764374400, "key": 1,
+        "number": "+8613800138000", "outcome": "busy", "ring_s": 20, "talk_s": 0}
+
+
+@pytest.mark.parametrize("bad", [{"key": 9}, {"key": 0}, {"number": "+86;ATH"}, {"number": "1+2"}])
+def test_host_decoder_rejects_an_authentic_frame_breaking_a_field_rule(bad):
+    assert decode_frame(unchecked_frame(CALL, KEY), KEY)["key"] == 1
+    error = _reject(unchecked_frame({**CALL, **bad}, KEY), KEY)
+    assert isinstance(error, MalformedFrame) and ("key" in str(error) or "number" in str(error))
+
+
+@settings(max_examples=200, deadline=None)
+@given(invalid_message(direction="uplink"))
+def test_host_encoder_refuses_every_invalid_message_with_its_typed_error(msg):
+    with pytest.raises(InvalidMessage):
+        encode_frame(msg, KEY)

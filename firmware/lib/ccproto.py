@@ -1,7 +1,9 @@
 # The card's protocol codec. Every layout comes from ccspec (protocol/spec.py, the one definition,
 # read at import); nothing here lists a field. It writes uplink frames into one preallocated
 # buffer and reads downlink frames (acks with commands). The host's construct codec produces the
-# same bytes: tests check it on this interpreter.
+# same bytes: tests check it on this interpreter. The encoder refuses (InvalidMessage) every value
+# the host would reject, by the same rules (ccspec.FIELDS, TEXT_RULES): the host never acks such a
+# frame, and an outbox retrying it would jam behind it.
 import struct
 
 try:
@@ -23,7 +25,8 @@ _RANGES = {
     "u8": (0, 0xFF), "u16": (0, 0xFFFF), "u32": (0, 0xFFFFFFFF), "u64": (0, 0xFFFFFFFFFFFFFFFF),
     "i8": (-0x80, 0x7F), "i16": (-0x8000, 0x7FFF), "i32": (-0x80000000, 0x7FFFFFFF),
 }
-_POINT = ("time", "lat_e7", "lon_e7")
+_RULES = ccspec.FIELDS
+_POINT = tuple(f[0] for f in ccspec.TRACK_POINT)
 
 
 class ProtoError(ValueError):
@@ -32,6 +35,28 @@ class ProtoError(ValueError):
     def __init__(self, reason, message):
         super().__init__(message)
         self.reason = reason
+
+
+class InvalidMessage(ProtoError):
+    """A message given to the encoder breaks a rule of the protocol (the caller's error)."""
+
+    def __init__(self, message):
+        ProtoError.__init__(self, "invalid_message", message)
+
+
+def _rule_problem(name, value):
+    # What breaks the field's rule (range, or text as UTF-8 bytes), or None.
+    rule = _RULES.get(name)
+    if rule is None:
+        return None
+    if "min" in rule and not rule["min"] <= value <= rule["max"] and value != rule.get("unknown"):
+        return "%s: %d is outside %d..%d" % (name, value, rule["min"], rule["max"])
+    if "text" in rule:
+        first, anywhere = ccspec.TEXT_RULES[rule["text"]]
+        for i in range(len(value)):
+            if chr(value[i]) not in anywhere and (i or chr(value[i]) not in first):
+                return "%s: byte %d is not allowed in a %s text" % (name, i, rule["text"])
+    return None
 
 
 def _table(rows):
@@ -77,8 +102,29 @@ def _write_zigzag(buf, pos, value):
 
 def _check_int(kind, name, value):
     low, high = _RANGES[kind]
-    if not isinstance(value, int) or value < low or value > high:
-        raise ProtoError("invalid_message", "%s: %r is not an integer in %d..%d" % (name, value, low, high))
+    if type(value) is not int or value < low or value > high:
+        raise InvalidMessage("%s: %r is not an integer in %d..%d" % (name, value, low, high))
+    problem = _rule_problem(name, value)
+    if problem:
+        raise InvalidMessage(problem)
+
+
+def _text_bytes(name, value):
+    # str, or UTF-8 bytes (a number read from flash): the host reads UTF-8 only
+    if isinstance(value, str):
+        data = value.encode()
+    else:
+        try:
+            data = bytes(value)
+            str(data, "utf-8")
+        except (TypeError, UnicodeError):
+            raise InvalidMessage("%s: not UTF-8 text" % name)
+    if len(data) > ccspec.MAX_STR:
+        raise InvalidMessage("%s: longer than %d bytes" % (name, ccspec.MAX_STR))
+    problem = _rule_problem(name, data)
+    if problem:
+        raise InvalidMessage(problem)
+    return data
 
 
 def _write_fields(buf, pos, fields, values):
@@ -86,7 +132,7 @@ def _write_fields(buf, pos, fields, values):
         try:
             value = values[name]
         except KeyError:
-            raise ProtoError("invalid_message", "field %s missing" % name)
+            raise InvalidMessage("field %s missing" % name)
         if kind in _CODES:
             _check_int(kind, name, value)
             _need(buf, pos, _SIZES[kind])
@@ -96,17 +142,15 @@ def _write_fields(buf, pos, fields, values):
             codes = _ENUM_CODES[kind[5:]]
             if isinstance(value, str):
                 if value not in codes:
-                    raise ProtoError("invalid_message", "%s: unknown value %s" % (name, value))
+                    raise InvalidMessage("%s: unknown value %s" % (name, value))
                 value = codes[value]
-            elif not isinstance(value, int) or value < 0 or value >= len(codes):
-                raise ProtoError("invalid_message", "%s: unknown value %r" % (name, value))
+            elif type(value) is not int or value < 0 or value >= len(codes):
+                raise InvalidMessage("%s: unknown value %r" % (name, value))
             _need(buf, pos, 1)
             buf[pos] = value
             pos += 1
         elif kind == "str":
-            data = value.encode("utf-8") if isinstance(value, str) else value
-            if len(data) > ccspec.MAX_STR:
-                raise ProtoError("invalid_message", "%s: longer than %d bytes" % (name, ccspec.MAX_STR))
+            data = _text_bytes(name, value)
             _need(buf, pos, 1 + len(data))
             buf[pos] = len(data)
             buf[pos + 1: pos + 1 + len(data)] = data
@@ -116,7 +160,7 @@ def _write_fields(buf, pos, fields, values):
         elif kind.startswith("list:"):
             item_fields = ccspec.STRUCTS[kind[5:]]
             if len(value) > ccspec.MAX_CONTACTS:
-                raise ProtoError("invalid_message", "%s: more than %d items" % (name, ccspec.MAX_CONTACTS))
+                raise InvalidMessage("%s: more than %d items" % (name, ccspec.MAX_CONTACTS))
             _need(buf, pos, 1)
             buf[pos] = len(value)
             pos += 1
@@ -124,25 +168,26 @@ def _write_fields(buf, pos, fields, values):
                 pos = _write_fields(buf, pos, item_fields, item)
         else:
             # `commands` only travel downlink: the card never writes them.
-            raise ProtoError("invalid_message", "%s: the card cannot encode %s" % (name, kind))
+            raise InvalidMessage("%s: the card cannot encode %s" % (name, kind))
     return pos
 
 
 def _write_track(buf, pos, name, points):
-    if not 1 <= len(points) <= ccspec.MAX_TRACK_POINTS:
-        raise ProtoError("invalid_message", "%s: 1..%d points" % (name, ccspec.MAX_TRACK_POINTS))
+    if not isinstance(points, (list, tuple)) or not 1 <= len(points) <= ccspec.MAX_TRACK_POINTS:
+        raise InvalidMessage("%s: 1..%d points" % (name, ccspec.MAX_TRACK_POINTS))
     _need(buf, pos, 1)
     buf[pos] = len(points)
     pos += 1
     prev_t = prev_lat = prev_lon = 0
+    t_name, lat_name, lon_name = _POINT
     for point in points:
-        if isinstance(point, dict):
-            t, lat, lon = point["time"], point["lat_e7"], point["lon_e7"]
-        else:
-            t, lat, lon = point
-        _check_int("u32", "time", t)
-        _check_int("i32", "lat_e7", lat)
-        _check_int("i32", "lon_e7", lon)
+        try:
+            t, lat, lon = (point[t_name], point[lat_name], point[lon_name]) if isinstance(point, dict) else point
+        except (KeyError, TypeError, ValueError):
+            raise InvalidMessage("%s: a point is %s, %s, %s" % (name, t_name, lat_name, lon_name))
+        _check_int("u32", t_name, t)
+        _check_int("i32", lat_name, lat)
+        _check_int("i32", lon_name, lon)
         pos = _write_zigzag(buf, pos, t - prev_t)
         pos = _write_zigzag(buf, pos, lat - prev_lat)
         pos = _write_zigzag(buf, pos, lon - prev_lon)
@@ -154,6 +199,7 @@ class Encoder:
     """Uplink frames for one device, written into one buffer (valid until the next encode)."""
 
     def __init__(self, device, key, crypto=None):
+        _check_int("u64", "device", device)
         self.device = device
         self.crypto = crypto or FrameCrypto(key)
         self._buf = bytearray(ccspec.MAX_FRAME)
@@ -164,6 +210,8 @@ class Encoder:
             code, fields = _UP_BY_NAME[mtype]
         except KeyError:
             raise ProtoError("unknown_type", "no uplink message %s" % mtype)
+        if not isinstance(values, dict):
+            raise InvalidMessage("%s: fields must be a dict" % mtype)
         _check_int("u32", "counter", counter)
         _check_int("u32", "time", time)
         buf = self._buf
@@ -213,8 +261,11 @@ def _read_fields(reader, fields):
     out = {}
     for name, kind, _doc in fields:
         if kind in _CODES:
-            size = _SIZES[kind]
-            out[name] = struct.unpack_from(">" + _CODES[kind], reader.buf, reader.take(size))[0]
+            value = struct.unpack_from(">" + _CODES[kind], reader.buf, reader.take(_SIZES[kind]))[0]
+            problem = _rule_problem(name, value)
+            if problem:
+                raise ProtoError("malformed", problem)
+            out[name] = value
         elif kind.startswith("enum:"):
             labels = ccspec.ENUMS[kind[5:]]
             code = reader.buf[reader.take(1)]
@@ -228,8 +279,9 @@ def _read_fields(reader, fields):
                 out[name] = str(bytes(reader.buf[start: start + n]), "utf-8")
             except UnicodeError:
                 raise ProtoError("malformed", "%s: not UTF-8" % name)
-            if n > ccspec.MAX_STR:
-                raise ProtoError("malformed", "%s: longer than %d bytes" % (name, ccspec.MAX_STR))
+            problem = _rule_problem(name, reader.buf[start: start + n])
+            if n > ccspec.MAX_STR or problem:
+                raise ProtoError("malformed", problem or "%s: longer than %d bytes" % (name, ccspec.MAX_STR))
         elif kind.startswith("list:"):
             count = reader.buf[reader.take(1)]
             if count > ccspec.MAX_CONTACTS:
