@@ -1,14 +1,17 @@
 """The `carecard` command. Each subcommand lives in its own module with a `register(subparsers)`.
 
 Only this entry point (and the modules' `run` functions it dispatches to) prints or exits; library
-code raises typed errors, converted here into one line on stderr and a non-zero exit status.
+code raises typed errors, converted here into one line on stderr and a non-zero exit status
+(EXIT_STATUS_HELP: 0 done, 1 failed, 2 usage).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import sqlite3
 import sys
+from typing import NoReturn
 
 # Each module defines `register(subparsers)`, which adds its subcommand(s) and sets `func` on the
 # parser to a callable taking the parsed args and returning an exit status.
@@ -25,19 +28,62 @@ COMMAND_MODULES = [
 ]
 
 
-class CommandError(Exception):
-    """A user-facing error: printed as one line, exit status 2 (or `status`)."""
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_STATUS_HELP = """\
+exit status:
+  0  done
+  1  failed: a file or folder is missing, unreadable, read-only or damaged; input was rejected;
+     nothing was found; the receiver could not start
+  2  usage: an unknown command or option, a missing or malformed argument, a value out of its
+     range
 
-    def __init__(self, message: str, status: int = 2):
+Errors are one line on stderr. `carecard COMMAND --help` describes a command.
+"""
+
+
+class CommandError(Exception):
+    """A user-facing error: printed as one line, exit status 2 (usage; or `status`)."""
+
+    def __init__(self, message: str, status: int = EXIT_USAGE):
         super().__init__(message)
         self.status = status
 
 
+class CommandFailed(CommandError):
+    """A user-facing error of a command that ran and failed: exit status 1."""
+
+    def __init__(self, message: str):
+        super().__init__(message, EXIT_FAILED)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line naming the command and where its help is, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError, version as package_version
+
+    try:
+        return package_version("carecard")
+    except PackageNotFoundError:
+        return "unknown (not installed: run `make setup`)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="carecard",
-        description="CareCard host suite: protocol tools, receiver, provisioning, simulation.",
+        description="CareCard host suite: the receiver, the device registry and downlink commands,\n"
+                    "track and event queries, frame and NMEA tools, a demo with a virtual card,\n"
+                    "benchmarks.",
+        epilog=EXIT_STATUS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"carecard {version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
@@ -48,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
     try:
         return int(args.func(args) or 0)
     except CommandError as exc:
@@ -59,6 +105,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as exc:
+        # A file-system failure no command turned into its own message yet: still one line,
+        # naming the file.
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"carecard {args.command}:{where} {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except sqlite3.Error as exc:
+        print(f"carecard {args.command}: database error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

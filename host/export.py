@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from carecard.host.events import EventError, event_from_message, iso_utc, parse_iso_utc
+from carecard.host.files import connect_readonly
 from carecard.host.paths import events_db_path
 from carecard.protocol import ProtocolError, parse_opened
 
@@ -89,10 +90,11 @@ def open_store(data_dir: Path | str) -> sqlite3.Connection:
     if not path.is_file():
         raise QueryError(f"{path} does not exist: the receiver has not stored any event there yet "
                          "(is the SQLite sink configured?)")
+    conn = connect_readonly(path, QueryError, where=str(path))
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
         conn.execute("SELECT 1 FROM events LIMIT 1").fetchall()
     except sqlite3.Error as exc:
+        conn.close()
         raise QueryError(f"cannot read {path}: {exc}") from None
     return conn
 

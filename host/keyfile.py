@@ -47,10 +47,17 @@ def load_keys(path: Path) -> dict[int, bytes]:
     raw = read_input_file(path, KeyFileError, where=f"key file {path}",
                           missing_note=": create it with `carecard devices add` or point --keys "
                           "at the right file")
+    expected = '{"version": 1, "keys": {IMEI: HEX}}'
     try:
-        document = json.loads(raw)
-    except ValueError as exc:  # not UTF-8 (UnicodeDecodeError is a ValueError) or not JSON
-        raise KeyFileError(f"key file {path}: not valid JSON (line {getattr(exc, 'lineno', '?')})") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise KeyFileError(f"key file {path}: binary data, not a key file (a key file is JSON "
+                           f"text: {expected})") from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise KeyFileError(f"key file {path}: not valid JSON at line {exc.lineno} column "
+                           f"{exc.colno}: {exc.msg} (a key file is {expected})") from None
     if not isinstance(document, dict) or not isinstance(document.get("keys"), dict):
         raise KeyFileError(f'key file {path}: expected {{"version": 1, "keys": {{IMEI: HEX}}}}')
     if document.get("version") != FORMAT_VERSION:

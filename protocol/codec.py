@@ -482,6 +482,15 @@ def peek_header(frame: bytes) -> FrameHeader:
     return FrameHeader(*HEADER_STRUCT.unpack_from(frame))
 
 
+def checked_header(frame: bytes) -> dict[str, Any]:
+    """The clear header, unauthenticated, after the checks decode_frame makes before it needs a
+    key (size, version, message type): type and direction by name. Raises what _header raises."""
+    mtype, flags, device, counter, time = _header(frame, "frame", _MIN_FRAME)
+    return {"type": mtype.name, "direction": mtype.direction_name, "device": device,
+            "counter": counter, "time": time, "clock_synced": not flags & spec.FLAG_CLOCK_UNSYNCED,
+            "flags": flags}
+
+
 def frame_tag(frame: bytes) -> bytes:
     """The authentication tag: with (device, counter) it identifies a frame's content."""
     return bytes(frame[-spec.TAG_LEN:])

@@ -83,12 +83,15 @@ FIELDS = {
     "ring_s": {"unit": "s"},
     "talk_s": {"unit": "s"},
     "response_s": {"unit": "s"},
-    "timeout_s": {"unit": "s"},
-    "position_s": {"unit": "s"},
-    "status_s": {"unit": "s"},
-    "gnss_timeout_s": {"unit": "s"},
+    # Downlink settings: an answer window an elder can use, report intervals from a minute (what
+    # a fix and a send take) to a week (the battery lasts about that), a GNSS acquisition from a
+    # hot start to ten cold ones, a reboot delay long enough to confirm it first.
+    "timeout_s": {"unit": "s", "min": 10, "max": 3600},
+    "position_s": {"unit": "s", "min": 60, "max": 604800},
+    "status_s": {"unit": "s", "min": 60, "max": 604800},
+    "gnss_timeout_s": {"unit": "s", "min": 5, "max": 600},
     "unix": {"unit": "s"},
-    "delay_s": {"unit": "s"},
+    "delay_s": {"unit": "s", "min": 1, "max": 3600},
     "key": {"min": 1, "max": MAX_CONTACTS},
     "number": {"text": "phone"},
 }

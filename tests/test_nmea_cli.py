@@ -76,12 +76,31 @@ def test_untimed_epochs_print_null_time(shared_data):
 
 
 @pytest.mark.usefixtures("mpy")  # the parser runs on both interpreters
-def test_binary_garbage_is_summarised_not_fatal(tmp_path):
-    path = tmp_path / "garbage.bin"
-    path.write_bytes(bytes(range(256)) * 20)
+@pytest.mark.parametrize("content", [bytes(range(256)) * 20, b""], ids=["garbage", "empty"])
+def test_no_sentence_found_is_one_line_and_a_failure(tmp_path, content):
+    path = tmp_path / "capture.bin"
+    path.write_bytes(content)
     proc = carecard("nmea", str(path))
-    assert proc.returncode == 0 and proc.stdout == ""
-    assert "0 sentences" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "no NMEA sentence found" in proc.stderr
+    assert f"{len(content)} bytes skipped" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.usefixtures("mpy")  # the parser runs on both interpreters
+def test_week_rollover_by_the_default_floor_is_said_on_stderr(shared_data):
+    capture = str(shared_data / "nmea" / "mt3339.log")
+    moved = carecard("nmea", capture)
+    assert moved.returncode == 0 and "30 week-rollover dates corrected" in moved.stderr
+    assert "30 fix dates before the card's floor (2024-01-01)" in moved.stderr
+    assert "moved forward by 1024 weeks" in moved.stderr
+    kept = carecard("nmea", capture, "--not-before", "1990-01-01")
+    assert kept.returncode == 0 and "0 week-rollover dates corrected" in kept.stderr
+    assert "moved forward" not in kept.stderr
+
+
+def test_a_chunk_larger_than_a_uart_read_is_a_usage_error(shared_data):
+    proc = carecard("nmea", "--chunk", "100000000", str(shared_data / "nmea" / "mt3339.log"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "1-65536" in proc.stderr
 
 
 @pytest.mark.parametrize("make", ["missing", "directory", "dangling"])
@@ -92,7 +111,7 @@ def test_unreadable_capture_is_one_clear_line(tmp_path, make):
     elif make == "dangling":
         target.symlink_to(tmp_path / "gone.log")
     proc = carecard("nmea", str(target))
-    assert proc.returncode == 2
+    assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("carecard nmea: ") and str(target) in lines[0]
     assert "Traceback" not in proc.stderr and proc.stdout == ""

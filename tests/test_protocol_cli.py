@@ -108,16 +108,16 @@ def test_protocol_doc_is_current():
 
 
 def test_unreadable_inputs_are_one_line_that_names_the_file(tmp_path: Path, capsys) -> None:
-    """A missing or unreadable --file or key file: exit 2, one line naming it and what to do."""
+    """A missing or unreadable --file or key file: exit 1, one line naming it and what to do."""
     bad_keys = tmp_path / "keys.json"
     bad_keys.write_bytes(b"\xff\xfe not json")
     cases = [
         (["decode", "--key", KEY_HEX, "--file", str(tmp_path / "nope.bin")], "--file", "does not exist"),
         (["decode", "--key", KEY_HEX, "--file", str(tmp_path)], "--file", "is a directory"),
         (["decode", "--keys", str(tmp_path / "nope.json"), "00"], "key file", "carecard devices add"),
-        (["decode", "--keys", str(bad_keys), "00"], "key file", "not valid JSON"),
+        (["decode", "--keys", str(bad_keys), "00"], "key file", "binary data, not a key file"),
     ]
     for argv, what, why in cases:
-        assert main(argv) == 2, argv
+        assert main(argv) == 1, argv
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and what in err and why in err and "Traceback" not in err, err

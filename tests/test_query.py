@@ -215,7 +215,7 @@ def test_events_command(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> N
 @pytest.mark.parametrize("argv, message", [
     (["track", str(DEVICE), "--since", "last tuesday"], "is not an ISO 8601"),
     (["track", "123456", "--format", "csv"], "unknown device 123456"),
-    (["track", "IMEI-1"], "is not a device id"),
+    (["track", "IMEI-1"], "no device named 'IMEI-1': give the IMEI or a registered name"),
     (["track", str(DEVICE), "--since", "2025-12-01", "--until", "2025-11-01"], "--since is after --until"),
     (["events", "--limit", "0"], "--limit must be at least 1"),
     (["events", "42"], "unknown device 42"),
@@ -229,14 +229,14 @@ def test_bad_arguments_give_one_line(data_dir: Path, capsys: pytest.CaptureFixtu
 
 def test_missing_data_folder_and_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     status, _, err = _cli(capsys, "track", str(DEVICE), "--data", str(tmp_path / "nope"))
-    assert status == 2 and "data folder" in err and "does not exist" in err
+    assert status == 1 and "data folder" in err and "does not exist" in err
     status, _, err = _cli(capsys, "events", "--data", str(tmp_path))
-    assert status == 2 and "events.sqlite does not exist" in err
+    assert status == 1 and "events.sqlite does not exist" in err
     (tmp_path / "events.sqlite").write_bytes(b"garbage" * 200)
     status, _, err = _cli(capsys, "events", "--data", str(tmp_path))
-    assert status == 2 and "cannot read" in err and len(err.strip().splitlines()) == 1
+    assert status == 1 and "not a usable SQLite database" in err and len(err.strip().splitlines()) == 1
     status, _, err = _cli(capsys, "track", str(DEVICE), "--data", str(tmp_path), "-o", str(tmp_path))
-    assert status == 2 and len(err.strip().splitlines()) == 1
+    assert status == 1 and len(err.strip().splitlines()) == 1
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -376,7 +376,7 @@ def test_a_store_of_the_json_only_layout_gains_the_columns_and_a_damaged_frame_i
     assert printed == [old, event_from_message(new_message, T0 + 121.25)]
     with sqlite3.connect(path) as conn:
         conn.execute("UPDATE events SET opened = ? WHERE id = ?", (b"\x07damaged", f"{DEVICE}-2"))
-    assert main(["events", "--data", str(tmp_path)]) == 2
+    assert main(["events", "--data", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot be read back" in err and "Traceback" not in err
 

@@ -22,14 +22,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "bench", help="run a benchmark and print its figures",
         description="Benchmarks: " + ", ".join(sorted(BENCHMARKS)) + ". "
                     "`carecard bench NAME --help` shows a benchmark's options.")
-    parser.add_argument("bench", metavar="NAME", choices=sorted(BENCHMARKS))
+    parser.add_argument("bench", metavar="NAME", nargs="?", help="one of " + ", ".join(sorted(BENCHMARKS)))
     parser.add_argument("options", nargs=argparse.REMAINDER, help="options of that benchmark")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from carecard.host.cli import CommandError, OneLineParser
+
+    names = ", ".join(sorted(BENCHMARKS))
+    if args.bench is None:
+        raise CommandError(f"give a benchmark name: {names} (`carecard bench NAME --help` shows "
+                           "its options)")
+    if args.bench not in BENCHMARKS:
+        raise CommandError(f"no benchmark named {args.bench!r}: the benchmarks are {names}")
     # Imported only when run, so one benchmark's dependencies never break the rest of the CLI.
     module = importlib.import_module(BENCHMARKS[args.bench])
-    parser = argparse.ArgumentParser(prog=f"carecard bench {args.bench}", description=module.__doc__)
+    parser = OneLineParser(prog=f"carecard bench {args.bench}", description=module.__doc__)
     module.add_arguments(parser)
     return int(module.run(parser.parse_args(args.options)) or 0)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from carecard.host.cli import CommandError
-from carecard.host.paths import DEFAULT_DATA_DIR, events_db_path, ingest_db_path
+from carecard.host.commands.datadir import add_data_options, data_dir_of
+from carecard.host.paths import events_db_path, ingest_db_path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "runs (read-only). Exit status 1 if anything is damaged, with the recovery "
                     "steps. The receiver itself runs the quicker quick_check at every start.",
     )
-    parser.add_argument("--data", metavar="DIR", help=f"data folder (default ./{DEFAULT_DATA_DIR})")
+    add_data_options(parser)
     parser.add_argument("--salvage", action="store_true",
                         help="when the ingest database is damaged, copy every row that can still be "
                              "read into DIR/carecard.salvaged.sqlite (for when there is no backup)")
@@ -36,11 +36,12 @@ def run(args: argparse.Namespace) -> int:
         salvage_path,
     )
 
-    data_dir = Path(args.data or DEFAULT_DATA_DIR)
+    data = data_dir_of(args)
+    data_dir = data.path
     files = [path for path in (ingest_db_path(data_dir), events_db_path(data_dir)) if path.exists()]
     if not files:
-        raise CommandError(f"no database in {data_dir} ({ingest_db_path(data_dir).name} missing): "
-                           "pass the data folder with --data", status=1)
+        raise CommandError(f"no database in {data_dir} ({data.source}; {ingest_db_path(data_dir).name} "
+                           "missing): pass the data folder with --data", status=1)
     damaged = []
     for path in files:
         problems = check_database(path, full=True)

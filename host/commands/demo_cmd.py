@@ -14,12 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import shutil
 import sqlite3
+import sys
 import time
 from pathlib import Path
 
-from carecard.host.cli import CommandError
+from carecard.host.cli import CommandError, CommandFailed
 
 DEMO_MARKER = ".carecard-demo"
 DEMO_IMEI_BODY = 86123456789012  # the demo card's IMEI without its check digit
@@ -95,7 +97,9 @@ again = ack_for(status)
 print("card: status again    #%%-2d (retransmission, same bytes) -> %%s" %% (state["counter"], describe(again)))
 for i in range(1, 6):
     position(i, "(walk) ")
-points = [{"time": T0 + 300 + 10 * k, "lat_e7": 249612600 + 180 * k, "lon_e7": 1183918800 + 210 * k}
+# the track holds the last minute's points, all before the time of the frame that carries them
+track_time = T0 + (state["counter"] + 1) * 30
+points = [{"time": track_time - 60 + 10 * k, "lat_e7": 249612600 + 180 * k, "lon_e7": 1183918800 + 210 * k}
           for k in range(6)]
 send("track", {"points": points}, "(6 points) ")
 send("call", {"key": 1, "number": "+8613800000001", "outcome": "confirmed", "ring_s": 9, "talk_s": 74},
@@ -121,12 +125,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _prepare(data_dir: Path) -> None:
-    if data_dir.exists() and any(data_dir.iterdir()):
-        if not (data_dir / DEMO_MARKER).exists():
-            raise CommandError(f"{data_dir} is not empty and is not a demo folder: pass another --data")
-        shutil.rmtree(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    (data_dir / DEMO_MARKER).write_text("created by `carecard demo`; emptied by the next demo run\n")
+    """An empty demo folder at `data_dir`: created, or emptied when an earlier demo made it."""
+    from carecard.host.paths import DataDir, DataDirError, check_data_dir
+
+    data = DataDir(data_dir, "--data")
+    try:
+        check_data_dir(data, must_exist=False)
+        if data_dir.exists() and any(data_dir.iterdir()):
+            if not (data_dir / DEMO_MARKER).exists():
+                raise CommandFailed(f"{data_dir} is not empty and is not a demo folder: pass another --data")
+            check_data_dir(data, write=True)
+            shutil.rmtree(data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (data_dir / DEMO_MARKER).write_text("created by `carecard demo`; emptied by the next demo run\n")
+    except DataDirError as exc:
+        raise CommandFailed(str(exc)) from None
+    except OSError as exc:
+        raise CommandFailed(f"cannot prepare the demo folder {data_dir}: {exc.strerror}") from None
+
+
+def carecard_command() -> str:
+    """The `carecard` command as a fresh shell finds it: the bare name when PATH reaches this
+    installation through a link outside its environment (as `pipx install .` makes); else the
+    script beside this interpreter (a venv's bin/, on PATH only while it is activated)."""
+    beside = Path(sys.executable).parent / "carecard"
+    found = shutil.which("carecard")
+    if (found and beside.exists() and Path(found).resolve() == beside.resolve()
+            and Path(found).parent.resolve() != beside.parent.resolve()):
+        return "carecard"
+    return str(beside) if beside.exists() else "carecard"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -189,10 +216,13 @@ def run(args: argparse.Namespace) -> int:
         root.setLevel(old_level)
 
     _summary(data_dir, device, snapshot, ingest_db_path(data_dir), events_db_path(data_dir))
+    # Absolute paths, so the hints work pasted into any shell, .venv activated or not.
+    carecard = shlex.quote(carecard_command())
+    folder = shlex.quote(str(data_dir.resolve()))
     print(f"\ndemo finished in {time.monotonic() - started:.1f} s. Look around:")
-    print(f"  carecard devices --data {data_dir}")
-    print(f"  carecard events --data {data_dir}")
-    print(f"  carecard track {device} --data {data_dir} --format gpx")
+    print(f"  {carecard} devices --data {folder}")
+    print(f"  {carecard} events --data {folder}")
+    print(f"  {carecard} track {device} --data {folder} --format gpx")
     return 0
 
 

@@ -1,31 +1,35 @@
 """`carecard devices`: list, add and import devices (names, contacts, SIM details, keys).
 
-    carecard devices [--data DIR] [--json] [--all]
+    carecard devices [--data DIR] [--config FILE] [--json] [--all]
     carecard devices add IMEI --name NAME [--key HEX | --generate-key] [--contact 1:+86...:Name ...]
                      [--iccid ICCID] [--phone NUMBER] [--replace] [--print-key]
-    carecard devices import FILE [--replace]        (docs/provisioning-records.md)
+    carecard devices import FILE [--replace] [--json]   (docs/provisioning-records.md)
 
-All of them work while a receiver runs on the same data folder: it picks the changes up.
+All of them work while a receiver runs on the same data folder: it picks the changes up. Listing
+only reads, so it works on a read-only data folder too.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any
 
 from carecard.host.cli import CommandError
-from carecard.host.paths import DEFAULT_DATA_DIR, ingest_db_path
+from carecard.host.commands.datadir import (
+    add_data_options,
+    data_dir_of,
+    open_ingest_readonly,
+    resolve_device,
+)
+from carecard.host.paths import DataDir, ingest_db_path
 
 RECENT_FINISHED_S = 86400
-
-
-def _data_arg(parser: argparse.ArgumentParser, top: bool) -> None:
-    parser.add_argument("--data", metavar="DIR", default=None if top else argparse.SUPPRESS,
-                        help="data folder (default ./data)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "devices", help="list, add and import devices (names, contacts, keys)",
         description="List the registered devices with their last frame and pending commands, or "
                     "add/import devices. Works while the receiver runs.")
-    _data_arg(parser, True)
+    add_data_options(parser)
     parser.add_argument("--json", action="store_true", help="print JSON (one object per device)")
     parser.add_argument("--all", action="store_true", help="show every command, not only open and recent ones")
     parser.set_defaults(func=run_list)
@@ -54,50 +58,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="print the key (hex) on stdout, to provision the card with it")
     add.add_argument("--no-check-digit", action="store_true",
                      help="accept an IMEI whose Luhn check digit is wrong (test devices)")
-    _data_arg(add, False)
+    add_data_options(add, top=False)
     add.set_defaults(func=run_add)
 
     imp = sub.add_parser("import", help="import a provisioning-records file (JSON lines or CSV)")
     imp.add_argument("file", help="records file (docs/provisioning-records.md)")
     imp.add_argument("--replace", action="store_true", help="re-provision devices already registered")
-    _data_arg(imp, False)
+    imp.add_argument("--json", action="store_true",
+                     help="print one JSON object: imported IMEIs and the bad records")
+    add_data_options(imp, top=False)
     imp.set_defaults(func=run_import)
 
 
-def data_dir_of(args: argparse.Namespace) -> Path:
-    return Path(getattr(args, "data", None) or DEFAULT_DATA_DIR)
-
-
-def open_store(data_dir: Path, *, create: bool) -> Any:
+def open_store(data: DataDir) -> Any:
+    """The ingest database opened for writing (created when missing); one-line errors."""
     from carecard.host.receiver.store import SQLiteStore, StoreError
 
-    path = ingest_db_path(data_dir)
-    if not create and not path.exists():
-        raise CommandError(f"no database in {data_dir} ({path.name} missing): add a device first "
-                           "or pass the right --data", status=1)
     try:
-        return SQLiteStore(path, readonly_lookups=False)
+        return SQLiteStore(ingest_db_path(data.path), readonly_lookups=False)
     except StoreError as exc:
-        raise CommandError(str(exc), status=1) from None
+        raise CommandError(f"{exc} (data folder from {data.source})", status=1) from None
 
 
-def resolve_device(store: Any, text: str) -> int:
-    """An IMEI, or the exact name of one registered device."""
-    from carecard.host.receiver.store import load_devices
+def display_width(text: str) -> int:
+    """Columns `text` takes in a terminal: wide and full-width characters (Chinese) take two."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 0 if unicodedata.combining(ch) else 1
+               for ch in text)
 
-    devices = load_devices(store.connection)
-    value = text.strip()
-    if value.isdigit():
-        device = int(value)
-        if device not in devices or not devices[device].name:
-            raise CommandError(f"device {value} is not registered (carecard devices add)", status=1)
-        return device
-    matches = [d for d, record in devices.items() if record.name == value]
-    if len(matches) == 1:
-        return matches[0]
-    if matches:
-        raise CommandError(f"{len(matches)} devices are named {value!r}: give the IMEI", status=1)
-    raise CommandError(f"no device named {value!r}: give the IMEI or a registered name", status=1)
+
+def pad(text: str, width: int) -> str:
+    return text + " " * max(0, width - display_width(text))
 
 
 def _iso(stamp: float | None) -> str:
@@ -111,13 +101,16 @@ def run_list(args: argparse.Namespace) -> int:
     from carecard.host.receiver.registry import KeyFileError, load_key_file
     from carecard.host.receiver.store import list_commands, load_devices
 
-    data_dir = data_dir_of(args)
-    store = open_store(data_dir, create=False)
+    data = data_dir_of(args)
+    data_dir = data.path
+    conn = open_ingest_readonly(data)
     try:
-        devices = load_devices(store.connection)
-        commands = list_commands(store.connection)
+        devices = load_devices(conn)
+        commands = list_commands(conn)
+    except sqlite3.Error as exc:
+        raise CommandError(f"cannot read {ingest_db_path(data_dir)}: {exc}", status=1) from None
     finally:
-        store.close()
+        conn.close()
     try:
         keyed = set(load_key_file(data_dir))
     except KeyFileError as exc:
@@ -159,9 +152,9 @@ def run_list(args: argparse.Namespace) -> int:
                       "-" if not record or record.last_counter is None else str(record.last_counter),
                       str(record.frames_stored if record else 0), "yes" if device in keyed else "NO"))
         extra[len(table) - 1] = [describe(c) for c in by_device.get(device, [])]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    widths = [max(display_width(row[i]) for row in table) for i in range(len(header))]
     for index, row in enumerate(table):
-        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+        print("  ".join(pad(cell, widths[i]) for i, cell in enumerate(row)).rstrip())
         for line in extra.get(index, []):
             print(f"    command {line}")
     return 0
@@ -182,7 +175,6 @@ def run_add(args: argparse.Namespace) -> int:
     from carecard.host.keyfile import KeyFileError, parse_key_hex
     from carecard.host.receiver.store import StoreError
 
-    data_dir = data_dir_of(args)
     try:
         device = parse_imei(args.imei, "IMEI", check_digit=not args.no_check_digit)
         name = parse_name(args.name, "--name")
@@ -195,12 +187,16 @@ def run_add(args: argparse.Namespace) -> int:
         key = generate_key() if args.generate_key else parse_key_hex(args.key, "--key")
     except (RegistryError, KeyFileError) as exc:
         raise CommandError(str(exc)) from None
-    store = open_store(data_dir, create=True)
+    data = data_dir_of(args, write=True, must_exist=False)
+    data_dir = data.path
+    store = open_store(data)
     try:
         add_devices(store, data_dir, [DeviceSpec(device, name, key, contacts, iccid, phone)],
                     replace=args.replace)
     except (RegistryError, StoreError) as exc:
         raise CommandError(str(exc), status=1) from None
+    except OSError as exc:
+        raise CommandError(f"cannot write in {data_dir}: {exc.strerror}", status=1) from None
     finally:
         store.close()
     print(f"{'re-provisioned' if args.replace else 'added'} device {device} ({name}), "
@@ -211,36 +207,33 @@ def run_add(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from carecard.host.receiver.registry import RegistryError, add_devices, read_records
-    from carecard.host.receiver.store import StoreError
+    from carecard.host.keyfile import KeyFileError
+    from carecard.host.receiver.registry import RegistryError, add_devices, load_key_file, read_records
+    from carecard.host.receiver.store import StoreError, load_devices
 
-    data_dir = data_dir_of(args)
     try:
-        good, problems = read_records(Path(args.file))
+        good, records_problems = read_records(Path(args.file))
     except RegistryError as exc:
         raise CommandError(str(exc), status=1) from None
-    for problem in problems:
-        print(f"{problem}", file=sys.stderr)
+    problems = [str(problem) for problem in records_problems]
     if good:
-        store = open_store(data_dir, create=True)
+        data = data_dir_of(args, write=True, must_exist=False)
+        data_dir = data.path
+        store = open_store(data)
         try:
             # Devices already registered are bad records too (unless --replace): report them all,
             # then import the rest in one transaction.
-            from carecard.host.receiver.registry import load_key_file
-            from carecard.host.receiver.store import load_devices
-
             if not args.replace:
                 registered = {d for d, r in load_devices(store.connection).items() if r.name}
                 try:
                     registered |= set(load_key_file(data_dir))
-                except Exception:
-                    pass
+                except KeyFileError:
+                    pass  # add_devices refuses with the reason below
                 kept = []
                 for spec_ in good:
                     if spec_.device in registered:
-                        problem = f"{spec_.where}: imei {spec_.device} is already registered (use --replace)"
-                        problems.append(problem)  # type: ignore[arg-type]
-                        print(problem, file=sys.stderr)
+                        problems.append(f"{spec_.where}: imei {spec_.device} is already registered "
+                                        "(use --replace)")
                     else:
                         kept.append(spec_)
                 good = kept
@@ -248,8 +241,17 @@ def run_import(args: argparse.Namespace) -> int:
                 add_devices(store, data_dir, good, replace=args.replace)
         except (RegistryError, StoreError) as exc:
             raise CommandError(f"nothing imported: {exc}", status=1) from None
+        except OSError as exc:
+            raise CommandError(f"nothing imported: cannot write in {data_dir}: {exc.strerror}",
+                               status=1) from None
         finally:
             store.close()
-    print(f"imported {len(good)} devices from {args.file}; {len(problems)} bad records"
-          + (" (listed above)" if problems else ""))
+    if args.json:
+        print(json.dumps({"file": str(args.file), "imported": [str(s.device) for s in good],
+                          "bad_records": problems}, ensure_ascii=False))
+    else:
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        print(f"imported {len(good)} devices from {args.file}; {len(problems)} bad records"
+              + (" (listed above)" if problems else ""))
     return 1 if problems else 0

@@ -56,6 +56,7 @@ with open(%(path)r, "rb") as fh:
         drain()
 p.flush()
 drain()
+print("N " + str(p.not_before_days))
 print("S " + json.dumps([getattr(p, k) for k in %(counters)r]))
 """
 
@@ -68,6 +69,11 @@ class CaptureError(Exception):
 class Decoded:
     fixes: list[dict[str, Any]]
     counters: dict[str, int]
+    not_before_days: int = 0  # the parser's rollover floor (days since 1970-01-01)
+
+    @property
+    def not_before(self) -> dt.date:
+        return dt.date(1970, 1, 1) + dt.timedelta(days=self.not_before_days)
 
 
 def decode_capture(path: Path | str, *, not_before_days: int | None = None, chunk: int = 64,
@@ -94,15 +100,18 @@ def decode_capture(path: Path | str, *, not_before_days: int | None = None, chun
     out = micropython.run(code, heapsize=heapsize)
     fixes: list[dict[str, Any]] = []
     counters: dict[str, int] = {}
+    not_before = 0
     for line in out.splitlines():
         if line.startswith("F "):
             fixes.append(dict(zip(FIX_FIELDS, json.loads(line[2:]))))
+        elif line.startswith("N "):
+            not_before = int(line[2:])
         elif line.startswith("S "):
             counters = dict(zip(COUNTERS, json.loads(line[2:])))
     if not counters:
         raise micropython.MicroPythonError(f"parser driver printed no summary:\n{out[-2000:]}")
     log.debug("decoded %s: %d fixes, %s", path, len(fixes), counters)
-    return Decoded(fixes, counters)
+    return Decoded(fixes, counters, not_before)
 
 
 def iso_time(fix: dict[str, Any]) -> str | None:
@@ -141,6 +150,21 @@ def _date_days(text: str) -> int:
     return (day - dt.date(1970, 1, 1)).days
 
 
+# A UART driver's read buffer on the card is a few hundred bytes; 64 KB is already far more than
+# a card's heap holds.
+MAX_CHUNK = 65536
+
+
+def _chunk_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of bytes") from None
+    if not 1 <= value <= MAX_CHUNK:
+        raise argparse.ArgumentTypeError(f"{value} is out of range 1-{MAX_CHUNK} bytes")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "nmea",
@@ -154,27 +178,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="dates before this are GPS week rollovers and move forward by 1024 weeks "
         "(default: the card's own floor, 2024-01-01); give an old date to decode old logs",
     )
-    parser.add_argument("--chunk", type=int, default=64,
-                        help="bytes per receive_data() call, like a UART read (default 64)")
+    parser.add_argument("--chunk", type=_chunk_size, default=64,
+                        help=f"bytes per receive_data() call, like a UART read, 1-{MAX_CHUNK} "
+                             "(default 64)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from carecard.host.cli import CommandError
+    from carecard.host.cli import CommandFailed
 
-    if args.chunk < 1:
-        raise CommandError("--chunk must be at least 1 byte")
     try:
         decoded = decode_capture(args.file, not_before_days=args.not_before, chunk=args.chunk)
-    except CaptureError as exc:
-        raise CommandError(str(exc)) from None
-    except micropython.MicroPythonNotFound as exc:
-        raise CommandError(str(exc)) from None
+    except (CaptureError, micropython.MicroPythonNotFound) as exc:
+        raise CommandFailed(str(exc)) from None
+    except micropython.MicroPythonError as exc:
+        lines = [line for line in str(exc).splitlines() if line.strip() and not line.startswith("---")]
+        reason = next((line for line in reversed(lines) if "Error" in line), lines[-1] if lines else "")
+        raise CommandFailed(f"{args.file}: the parser failed on MicroPython: {reason.strip()}") from None
+    c = decoded.counters
+    if not c["sentences"] and not decoded.fixes:
+        raise CommandFailed(f"{args.file}: no NMEA sentence found ({c['skipped_bytes']} bytes "
+                            f"skipped, {c['bad_checksum']} bad checksums, {c['truncated']} "
+                            "truncated): is it a GNSS receiver's raw output?")
     out = sys.stdout
     for fix in decoded.fixes:
         out.write(json.dumps(fix_record(fix)) + "\n")
     out.flush()
-    c = decoded.counters
     rollovers = sum(1 for f in decoded.fixes if f["rollover"])
     print(
         f"{args.file}: {c['epochs']} epochs, {c['sentences']} sentences, "
@@ -183,4 +212,9 @@ def run(args: argparse.Namespace) -> int:
         f"{c['unknown']} not decoded, {rollovers} week-rollover dates corrected",
         file=sys.stderr,
     )
+    if rollovers and args.not_before is None:
+        print(f"{args.file}: note: {rollovers} fix dates before the card's floor "
+              f"({decoded.not_before.isoformat()}) were taken as GPS week rollovers and moved forward by 1024 "
+              "weeks (about 19.6 years); for an older capture give --not-before with a date before "
+              "it was recorded", file=sys.stderr)
     return 0

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-from pathlib import Path
 
-from carecard.host.cli import CommandError
+from carecard.host.cli import EXIT_FAILED, CommandError
+from carecard.host.commands.datadir import DATA_HELP
+from carecard.host.paths import DEFAULT_CONFIG_PATH, DataDirError, check_data_dir, config_path, resolve_data_dir
 from carecard.host.receiver.config import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -27,7 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run the host receiver: frames in over UDP/TCP/serial, stored, acked, sent to the sinks",
         description="Run the host receiver. With no configuration it listens on UDP "
                     f"{DEFAULT_HOST}:{DEFAULT_PORT} and keeps everything in ./data. Flags override "
-                    "the configuration file (docs/receiver.md). Stops cleanly on SIGTERM or Ctrl-C.",
+                    "the configuration file, CARECARD_DATA overrides its data_dir "
+                    "(docs/receiver.md). Stops cleanly on SIGTERM or Ctrl-C.",
     )
     parser.add_argument("--udp", action="append", metavar="HOST:PORT",
                         help=f"listen for UDP frames (repeatable; default {DEFAULT_HOST}:{DEFAULT_PORT})")
@@ -35,8 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="listen for TCP connections with the stream framing (repeatable)")
     parser.add_argument("--serial", action="append", metavar="DEVICE[:BAUD]",
                         help="read frames from a serial port with the stream framing (repeatable)")
-    parser.add_argument("--data", metavar="DIR", help="data folder (default ./data)")
-    parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    parser.add_argument("--data", metavar="DIR", help=DATA_HELP)
+    parser.add_argument("--config", metavar="FILE",
+                        help=f"TOML configuration file (default ./{DEFAULT_CONFIG_PATH} when it exists)")
     parser.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at /metrics")
     parser.add_argument("--log-format", choices=LOG_FORMATS, help="text (key=value) or json lines")
     parser.add_argument("--log-level", choices=LOG_LEVELS)
@@ -49,20 +52,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def build_config(args: argparse.Namespace) -> ReceiverConfig:
+    """The configuration file (--config, else ./carecard.toml when it exists) with the flags over
+    it. A bad flag is a usage error (2); a bad file or data folder a failure (1)."""
     try:
-        config = load_config(Path(args.config)) if args.config else ReceiverConfig()
-        if args.udp:
-            config.udp = [parse_endpoint(text, "--udp") for text in args.udp]
-        if args.tcp:
-            config.tcp = [parse_endpoint(text, "--tcp") for text in args.tcp]
-        if args.serial:
-            config.serial = [parse_serial(text, "--serial") for text in args.serial]
-        if args.metrics:
-            config.metrics = parse_endpoint(args.metrics, "--metrics", default_port=None)
+        udp = [parse_endpoint(text, "--udp") for text in args.udp or []]
+        tcp = [parse_endpoint(text, "--tcp") for text in args.tcp or []]
+        serial = [parse_serial(text, "--serial") for text in args.serial or []]
+        metrics = parse_endpoint(args.metrics, "--metrics", default_port=None) if args.metrics else None
     except ConfigError as exc:
-        raise CommandError(str(exc), status=1) from None
-    if args.data:
-        config.data_dir = Path(args.data)
+        raise CommandError(str(exc)) from None
+    try:
+        path = config_path(args.config)
+        config = load_config(path) if path is not None else ReceiverConfig()
+        data = resolve_data_dir(args.data, path, loaded=config)
+        check_data_dir(data, write=True, must_exist=False)
+    except (ConfigError, DataDirError) as exc:
+        raise CommandError(str(exc), status=EXIT_FAILED) from None
+    config.udp = udp or config.udp
+    config.tcp = tcp or config.tcp
+    config.serial = serial or config.serial
+    config.metrics = metrics or config.metrics
+    config.data_dir = data.path
     if args.log_format:
         config.log_format = args.log_format
     if args.log_level:

@@ -9,7 +9,8 @@ next frame and is repeated until the card confirms it (see `carecard devices` fo
     carecard send DEVICE reboot [--delay S]
     carecard send DEVICE cancel SEQ
 
-DEVICE is the IMEI or the registered name.
+DEVICE is the IMEI or the registered name. Every value is checked against its range in
+protocol/spec.py (FIELDS) before it is queued.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import argparse
 import json
 import math
 from importlib import resources
-from typing import Any
+from typing import Any, Callable
 
 from carecard.host.cli import CommandError
-from carecard.host.commands.devices_cmds import data_dir_of, open_store, resolve_device
+from carecard.host.commands.datadir import add_data_options, data_dir_of, resolve_device
+from carecard.host.commands.devices_cmds import open_store
+from carecard.protocol import spec
 
 DEFAULT_CHECKIN_TIMEOUT_S = 300  # five minutes for the elder to press a key
 DEFAULT_REBOOT_DELAY_S = 10  # time for the card to confirm before it restarts
@@ -37,14 +40,35 @@ def default_gnss_timeout_s() -> int:
     return max(30, math.ceil(2 * slowest / 1000))
 
 
-def _seconds(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("seconds cannot be negative")
-    return value
+KIND_RANGES = {"u8": (0, 0xFF), "u16": (0, 0xFFFF), "u32": (0, 0xFFFFFFFF)}
+
+
+def field_range(command: str, field: str) -> tuple[int, int]:
+    """The allowed values of a downlink command's field: its rule in spec.FIELDS, else its kind."""
+    from carecard.protocol.codec import value_bounds
+
+    bounds = value_bounds(field)
+    if bounds is not None:
+        return bounds[0], bounds[1]
+    kinds = {name: kind for _code, cmd, fields in spec.COMMANDS if cmd == command
+             for name, kind, _doc in fields}
+    return KIND_RANGES[kinds[field]]
+
+
+def _in_range(command: str, field: str, unit: str = " seconds") -> Callable[[str], int]:
+    """An argparse type: a whole number within the field's range."""
+    low, high = field_range(command, field)
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range: {field} is {low}-{high}{unit}")
+        return value
+
+    return parse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -53,30 +77,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Queue a command. It goes out in the ack of the card's next frame and is repeated "
                     "until the card confirms it; `carecard devices` shows its state.")
     parser.add_argument("device", help="IMEI or registered name")
-    parser.add_argument("--data", metavar="DIR", default=None, help="data folder (default ./data)")
+    add_data_options(parser)
+    parser.add_argument("--json", action="store_true", help="print the queued command as JSON")
     sub = parser.add_subparsers(dest="send_command", metavar="COMMAND", required=True)
 
     sub.add_parser("locate", help="ask for a position report now (locate_now)")
     checkin = sub.add_parser("checkin", help="ask the elder to press a key (checkin_prompt)")
-    checkin.add_argument("--timeout", type=_seconds, default=DEFAULT_CHECKIN_TIMEOUT_S,
-                         help=f"seconds to wait for the answer (default {DEFAULT_CHECKIN_TIMEOUT_S})")
-    checkin.add_argument("--prompt-id", type=int, default=None, help="prompt id (default: the command seq)")
+    low, high = field_range("checkin_prompt", "timeout_s")
+    checkin.add_argument("--timeout", type=_in_range("checkin_prompt", "timeout_s"),
+                         default=DEFAULT_CHECKIN_TIMEOUT_S,
+                         help=f"seconds to wait for the answer, {low}-{high} "
+                              f"(default {DEFAULT_CHECKIN_TIMEOUT_S})")
+    checkin.add_argument("--prompt-id", type=_in_range("checkin_prompt", "prompt_id", ""),
+                         default=None, help="prompt id (default: the command seq)")
     intervals = sub.add_parser("intervals", help="set the reporting intervals (set_intervals)")
-    intervals.add_argument("--position", type=_seconds, required=True, help="seconds between position reports")
-    intervals.add_argument("--status", type=_seconds, required=True, help="seconds between status reports")
-    intervals.add_argument("--gnss-timeout", type=_seconds, default=None,
-                           help="longest GNSS acquisition in seconds (default: twice the slowest "
-                                "cold-start fix time in hardware/gnss_*.json)")
+    for option, field, what in (("--position", "position_s", "seconds between position reports"),
+                                ("--status", "status_s", "seconds between status reports")):
+        low, high = field_range("set_intervals", field)
+        intervals.add_argument(option, type=_in_range("set_intervals", field), required=True,
+                               help=f"{what}, {low}-{high}")
+    low, high = field_range("set_intervals", "gnss_timeout_s")
+    intervals.add_argument("--gnss-timeout", type=_in_range("set_intervals", "gnss_timeout_s"),
+                           default=None,
+                           help=f"longest GNSS acquisition in seconds, {low}-{high} (default: twice "
+                                "the slowest cold-start fix time in hardware/gnss_*.json)")
     contacts = sub.add_parser("contacts", help="set the numbers behind keys 1-4 (set_contacts)")
     contacts.add_argument("contact", nargs="+", metavar="KEY:NUMBER:NAME")
     sub.add_parser("time", help="set the card's clock to the receiver's time when the ack is made")
     reboot = sub.add_parser("reboot", help="restart the card")
-    reboot.add_argument("--delay", type=_seconds, default=DEFAULT_REBOOT_DELAY_S,
-                        help=f"seconds before restarting (default {DEFAULT_REBOOT_DELAY_S})")
+    low, high = field_range("reboot", "delay_s")
+    reboot.add_argument("--delay", type=_in_range("reboot", "delay_s"), default=DEFAULT_REBOOT_DELAY_S,
+                        help=f"seconds before restarting, {low}-{high} (default {DEFAULT_REBOOT_DELAY_S})")
     cancel = sub.add_parser("cancel", help="cancel a queued or sent command")
     cancel.add_argument("seq", type=int, help="the command's seq (see `carecard devices`)")
     for sub_parser in sub.choices.values():
         sub_parser.add_argument("--data", metavar="DIR", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        sub_parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        sub_parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                                help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
 
 
@@ -113,22 +151,26 @@ def run(args: argparse.Namespace) -> int:
     from carecard.host.receiver.downlinks import CommandError as QueueError, cancel_command, describe, queue_command
     from carecard.host.receiver.store import StoreError
 
-    data_dir = data_dir_of(args)
-    store = open_store(data_dir, create=False)
+    if args.send_command != "cancel":
+        name, fields = command_from_args(args)
+    data = data_dir_of(args, write=True)
+    store = open_store(data)
     try:
-        device = resolve_device(store, args.device)
+        device = resolve_device(store.connection, args.device)
         try:
             if args.send_command == "cancel":
                 command = cancel_command(store, device, args.seq)
-                print(f"device {device}: {describe(command)}")
-                return 0
-            name, fields = command_from_args(args)
-            command = queue_command(store, device, name, fields)
-        except QueueError as exc:
-            raise CommandError(str(exc), status=1) from None
-        except StoreError as exc:
+            else:
+                command = queue_command(store, device, name, fields)
+        except (QueueError, StoreError) as exc:
             raise CommandError(str(exc), status=1) from None
     finally:
         store.close()
-    print(f"queued for device {device}: {describe(command)} (goes out with the ack of its next frame)")
+    if args.json:
+        print(json.dumps({"device": str(device), "seq": command.seq, "cmd": command.cmd,
+                          "args": command.args, "state": command.state}, ensure_ascii=False))
+    elif args.send_command == "cancel":
+        print(f"device {device}: {describe(command)}")
+    else:
+        print(f"queued for device {device}: {describe(command)} (goes out with the ack of its next frame)")
     return 0

@@ -163,6 +163,10 @@ def parse_serial(text: str, where: str) -> SerialPort:
         device, baud = head, int(tail)
         if not 50 <= baud <= 4_000_000:
             raise ConfigError(f"{where}: {value!r}: baud rate {baud} is out of range 50-4000000")
+    elif sep and "/" not in tail and not Path(value).exists():
+        # A device path may hold colons (/dev/serial/by-path/...:1.0-port0); such a path exists.
+        raise ConfigError(f"{where}: {value!r}: baud rate {tail!r} is not a number "
+                          "(DEVICE[:BAUD], e.g. /dev/ttyUSB0:115200)")
     if not device:
         raise ConfigError(f"{where}: {value!r}: empty device name")
     return SerialPort(device, baud)
