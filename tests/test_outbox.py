@@ -530,7 +530,7 @@ def test_frames_stay_on_flash_not_in_the_heap(mpy, tmp_path):
         assert mpy.run(code, image=image).strip() == "20"
         figures[size] = mpy.smallest_heap(code, low=2048, high=256 * 1024, step=256, image=image)
         path.unlink(missing_ok=True)
-    print(f"outbox heap (40 entries, 64-bit unix port): {figures[16]} B with 16-byte frames, "
+    print(f"outbox heap (40 entries, {mpy.current().name} unix port): {figures[16]} B with 16-byte frames, "
           f"{figures[480]} B with 480-byte frames")
     # 40 x 464 more bytes of frames (18.5 KB) would show if they were held
     assert figures[480] - figures[16] < 2048
