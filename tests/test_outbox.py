@@ -87,7 +87,7 @@ def state(box):
             "frames": [binascii.hexlify(box.read(c)).decode() for c in box.counters()],
             "file_bytes": box.file_bytes, "live_bytes": box.live_bytes, "evicted": box.evicted,
             "refused": box.refused, "unknown_acks": box.unknown_acks, "torn_bytes": box.torn_bytes,
-            "compactions": box.compactions}
+            "compactions": box.compactions, "due_all": box.due(1 << 40)}
 
 box = None
 while True:
@@ -489,6 +489,8 @@ def test_any_sequence_of_appends_acks_reboots_and_cuts_keeps_the_invariants(mpy,
             assert state is not None
             assert list(zip(state["counters"], state["prios"], state["frames"])) == model
             assert len(model) <= entries
+            # everything waiting is due eventually, SOS first, then calls, then routine, in order
+            assert state["due_all"] == [c for p in (SOS, CALL, ROUTINE) for c, q, _ in model if q == p]
             assert state["live_bytes"] == sum(4 + 5 + len(f) // 2 + 4 for _, _, f in model)
             assert state["live_bytes"] <= limit
         final = card.open("p.log", entries=entries, bytes=limit)
