@@ -2,10 +2,10 @@
 
 Writer side (the ingest, which owns DATA/carecard.sqlite in WAL mode): call
 `EventLog.ensure_schema(conn)` once, then, INSIDE the batch's transaction,
-`EventLog.append_frames(conn, rows)` for its frames and `EventLog.append(conn, events)` for
-other events, so a frame is never acked without its event (persist before ack). Each event gets
-a monotonically increasing integer `seq` (SQLite AUTOINCREMENT: never reused, even after
-pruning). The log does not look ids up: each event is appended once by its writer. A frame's row
+`EventLog.append_frames(conn, rows)` for its frames, so a frame is never acked without its event
+(persist before ack); events that are not frames' (the alert engine's alerts) go in with
+`EventLog.append(conn, events)`. Each event gets a monotonically increasing integer `seq`
+(SQLite AUTOINCREMENT: never reused, even after pruning). The log does not look ids up: each event is appended once by its writer. A frame's row
 is also the frame's archive, unique on (device, counter), so a retransmitted frame can never log
 a second event. (An index on the event id would cost the ingest a random B-tree insert per frame
 and a dirty page per frame at every commit.) A frame's event is logged as its opened frame, not
@@ -19,8 +19,7 @@ through this reader connection in one-row, one-statement transactions (BEGIN IMM
 microseconds holding the write lock, at most a few times a second per sink, with
 synchronous=NORMAL: no fsync of their own). Why the same database rather than cursor files: the
 cursor and the log it points into move together (a restored, replaced or moved data folder never
-pairs a cursor with another log), the future shared-database backend keeps them together for
-free, and with WAL the writer is never blocked by readers; the only contention is those tiny
+pairs a cursor with another log), a shared database keeps them together for free, and with WAL the writer is never blocked by readers; the only contention is those tiny
 cursor commits, which the ingest writer absorbs through its busy_timeout. A cursor commit lost to
 a power failure (synchronous=NORMAL) only moves the cursor back: events are delivered again
 (at-least-once), never lost.
@@ -39,10 +38,11 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, NamedTuple
+from typing import Any, Iterable, Iterator, Mapping
 
 import orjson
 
+from carecard.host.events import event_json, event_record
 from carecard.protocol import ProtocolError, parse_opened
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,8 @@ def _null(_value: None) -> None:
 # three per stored frame. An adapter found in the registry is called instead (b.__bytes__() is
 # b, int(True) is 1, and None stays NULL), so what is stored is unchanged (tests/test_eventlog.py).
 # (bytes.__bytes__ rather than bytes: a method call, a third of the cost of calling the type.)
-# Process-wide, like every sqlite3 adapter; registered on import by every module that writes.
+# Process-wide, like every sqlite3 adapter: registered on import of this module, which every
+# writer of the log imports.
 def register_identity_adapters() -> None:
     sqlite3.register_adapter(bytes, bytes.__bytes__)
     sqlite3.register_adapter(bool, int)
@@ -73,9 +74,8 @@ register_identity_adapters()
 # holds the frame as received, under a unique (device, counter) index, and the view `frames`
 # shows those columns. One row per frame, written once: the ingest's replay checks, the archive
 # and the sinks' hand-over are the same row (a separate frames table cost a second row, a second
-# B-tree and pruning the event's copy). Rows of other events (device NULL) are pruned once every
-# sink has delivered them; frame rows are kept (the archive). A frames table of an earlier layout
-# is folded in on open (_fold_frames_table).
+# B-tree and pruning the event's copy). Rows of other events (device NULL: alerts) are pruned
+# once every sink has delivered them; frame rows are kept (the archive).
 FRAME_COLUMNS = ("device", "counter", "tag", "type", "device_time", "received_at", "transport", "frame")
 # What append_frames takes per frame: FRAME_COLUMNS, then the opened frame.
 FRAME_ROW = FRAME_COLUMNS + ("opened",)
@@ -102,19 +102,12 @@ _SCHEMA = (
         updated_at REAL NOT NULL
     )""",
 )
-# After the columns exist (a log of an earlier layout gains them first).
 _INDEXES = (
     "CREATE UNIQUE INDEX IF NOT EXISTS event_log_frame ON event_log (device, counter) WHERE device IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS event_log_prunable ON event_log (seq) WHERE device IS NULL",
     f"CREATE VIEW IF NOT EXISTS frames AS SELECT {', '.join(FRAME_COLUMNS)} FROM event_log "
     "WHERE device IS NOT NULL",
 )
-
-# Columns added after the first layout: a frame's event logged as its opened frame, then the
-# frame's archive columns.
-_ADDED_COLUMNS = (("opened", "BLOB"), ("received_at", "REAL"), ("device", "INTEGER"), ("counter", "INTEGER"),
-                  ("tag", "BLOB"), ("type", "TEXT"), ("device_time", "INTEGER"), ("transport", "TEXT"),
-                  ("frame", "BLOB"))
 
 # Appends are plain multi-row INSERTs: a few statements per batch instead of one per event.
 _INSERT_ROWS = "INSERT INTO event_log (event_id, appended_at, body, opened, received_at) VALUES "
@@ -182,18 +175,6 @@ def insert_rows(conn: sqlite3.Connection, prefix: str, width: int, flat: list[An
             on_conflict(conn, [tuple(values[i:i + width]) for i in range(0, len(values), width)])
 
 
-def rebuild_table(conn: sqlite3.Connection, table: str, create_upgrade: str, columns: str,
-                  order_by: str) -> None:
-    """Replace `table` by the table that `create_upgrade` makes (named `{table}_upgrade` there),
-    in the caller's transaction: `columns` of every row copied in `order_by` order, the old table
-    and its indexes dropped, the new one renamed to `table`. The caller makes the indexes again."""
-    conn.execute(f"DROP TABLE IF EXISTS {table}_upgrade")
-    conn.execute(create_upgrade)
-    conn.execute(f"INSERT INTO {table}_upgrade ({columns}) SELECT {columns} FROM {table} ORDER BY {order_by}")
-    conn.execute(f"DROP TABLE {table}")
-    conn.execute(f"ALTER TABLE {table}_upgrade RENAME TO {table}")
-
-
 @contextlib.contextmanager
 def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
     """Inside the caller's open transaction (left open), or else in one of its own: committed at
@@ -211,65 +192,16 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
         conn.commit()
 
 
-def _fold_frames_table(conn: sqlite3.Connection) -> None:
-    """Move the rows of a frames table of an earlier layout (before the log held the frames) into
-    the log, in the caller's transaction, and drop the table (the view `frames` takes its name).
-    They become archive rows: the frame's columns, no event (their events, if not yet delivered,
-    are still in the log as rows of their own), and seqs of 0 and below, in arrival order, so
-    that no reader of events ever meets them (events start at seq 1) and the log's
-    AUTOINCREMENT high mark is untouched. Uniqueness of (device, counter) carries over."""
-    row = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'frames'").fetchone()
-    if row is None:
-        return
-    # the first layout was WITHOUT ROWID, keyed on (device, counter): no arrival order but the time
-    order = "received_at, device, counter" if "WITHOUT ROWID" in row[0].upper() else "rowid"
-    count = conn.execute("SELECT COUNT(*) FROM frames").fetchone()[0]
-    columns = ", ".join(FRAME_COLUMNS)
-    conn.execute(f"INSERT INTO event_log (seq, event_id, appended_at, body, {columns}) "
-                 f"SELECT ROW_NUMBER() OVER (ORDER BY {order}) - ?, '', received_at, '', {columns} "
-                 f"FROM frames ORDER BY {order}", (count,))
-    conn.execute("DROP TABLE frames")
-    log.info("event log: the frames table (%d frames) folded into the log as its archive rows", count)
-
-
-def _drop_id_uniqueness(conn: sqlite3.Connection) -> None:
-    """Rebuild an event log of the first layout (UNIQUE event_id) without that index, in the
-    caller's transaction: same rows, same seqs, and the AUTOINCREMENT high mark kept, so no seq
-    is ever handed out twice (sink cursors stay valid)."""
-    row = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'event_log'").fetchone()
-    if row is None or "UNIQUE" not in row[0].upper():
-        return
-    top = conn.execute(_LAST_SEQ).fetchone()
-    rebuild_table(conn, "event_log", _SCHEMA[0].replace("event_log (", "event_log_upgrade (", 1),
-                  "seq, event_id, appended_at, body", "seq")
-    conn.execute("DELETE FROM sqlite_sequence WHERE name IN ('event_log', 'event_log_upgrade')")
-    if top is not None:
-        conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('event_log', ?)", (top[0],))
-    log.info("event log: rebuilt without the unique index on event_id (%s events kept)",
-             conn.execute("SELECT COUNT(*) FROM event_log").fetchone()[0])
-
-
 class EventLogError(RuntimeError):
     """The event log cannot be opened or read (missing file or tables, corrupt row)."""
-
-
-class FrameEvent(NamedTuple):
-    """A frame's event as the ingest logs it: the opened frame (carecard.protocol.decode_frame's
-    header and decrypted payload, about 40 bytes) and when it was received, instead of the event's
-    JSON (about 420 bytes). Whoever reads it makes the JSON (carecard.host.events.event_record: the
-    same text the ingest would have made) only if it needs it."""
-
-    id: str
-    opened: bytes
-    received_at: float
 
 
 class LogEntry:
     """One event read from the log, in order.
 
     `seq`; `appended_at` (host Unix time of the append, for lag in seconds); `body`, the event's
-    JSON (event_json(event)); `event`, the event as a dict. A frame's event (logged as a
-    FrameEvent) also has `message` (the decoded message) and `received_at`, and makes its body
+    JSON (event_json(event)); `event`, the event as a dict. A frame's event (logged as its
+    opened frame by append_frames) also has `message` (the decoded message) and `received_at`, and makes its body
     and event when first asked for them (a sink that stores the message's fields never pays for
     the JSON), and `opened`, the opened frame as logged; for other events these are None."""
 
@@ -290,8 +222,6 @@ class LogEntry:
     def body(self) -> str:
         if self._body is None:
             if self.message is not None:
-                from carecard.host.events import event_record
-
                 self._body = event_record(self.message, self.received_at)[1]
             else:
                 self._body = event_json(self._event) if self._event is not None else ""
@@ -351,16 +281,6 @@ def parse_body(body: str) -> Any:
         return json.loads(body)
     return value
 
-# The log's JSON: compact, UTF-8 as is, no NaN or infinity. One encoder object, made once.
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
-
-
-def event_json(event: Mapping[str, Any]) -> str:
-    """An event as the log stores it (and as sinks that forward JSON send it): compact JSON,
-    non-ASCII text as is, key order kept. Raises ValueError for NaN or infinity."""
-    return _encode(event)
-
-
 class EventLog:
     """Reader of the event log (and keeper of the sink cursors). Thread-safe: one connection
     guarded by a lock, meant to be used from worker threads, never from the event loop."""
@@ -372,15 +292,7 @@ class EventLog:
         """Create the event log and cursor tables if missing. Idempotent; call once at start-up.
         Does not commit a transaction the caller has open (and needs none)."""
         with _transaction(conn):
-            _drop_id_uniqueness(conn)
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            have = {row[1] for row in conn.execute("PRAGMA table_info(event_log)")}
-            for name, kind in _ADDED_COLUMNS:
-                if name not in have:  # a log of an earlier layout: its rows stay as they were
-                    conn.execute(f"ALTER TABLE event_log ADD COLUMN {name} {kind}")
-            _fold_frames_table(conn)
-            for statement in _INDEXES:
+            for statement in _SCHEMA + _INDEXES:
                 conn.execute(statement)
 
     @staticmethod
@@ -400,27 +312,17 @@ class EventLog:
         return row[0] if row else 0
 
     @staticmethod
-    def append(conn: sqlite3.Connection, events: Iterable[Mapping[str, Any] | tuple[str, str]],
+    def append(conn: sqlite3.Connection, events: Iterable[Mapping[str, Any]],
                *, now: float | None = None) -> int:
-        """Append events in order inside the caller's open transaction (never commits it) and
-        return the log's last seq. With no transaction open, runs in one of its own and commits.
-        Every event given is appended (ids are not looked up: appending an event twice is the
-        writer's bug; see the module comment for how the ingest rules it out).
-
-        An event is a FrameEvent (what the receiver logs for a frame), a mapping, or an
-        (id, JSON text) pair already encoded as event_json would."""
+        """Append events that are not frames' (the alert engine's alerts: events.alert_event) in
+        order inside the caller's open transaction (never commits it) and return the log's last
+        seq. With no transaction open, runs in one of its own and commits. Every event given is
+        appended (ids are not looked up: appending an event twice is the writer's bug)."""
         stamp = time.time() if now is None else now
         flat: list[Any] = []
         add = flat.extend
-        encode = _encode
         for event in events:
-            kind = type(event)
-            if kind is FrameEvent:
-                add((event[0], stamp, "", event[1], event[2]))
-            elif kind is tuple:
-                add((event[0], stamp, event[1], None, None))
-            else:
-                add((event["id"], stamp, encode(event), None, None))
+            add((event["id"], stamp, event_json(event), None, None))
         with _transaction(conn):
             if flat:
                 insert_rows(conn, _INSERT_ROWS, _ROW_WIDTH, flat)

@@ -1,4 +1,4 @@
-"""Versioned host events: what the receiver hands to its sinks (and, later, the alert engine).
+"""Versioned host events: what the receiver hands to its sinks and the alert engine.
 
 A decoded uplink message (carecard.protocol.decode_frame) becomes one event:
 
@@ -18,7 +18,7 @@ A decoded uplink message (carecard.protocol.decode_frame) becomes one event:
 - `device_time` (the header's raw time) and `clock_synced` are kept; when the card's clock was not
   synced the header time is seconds since boot, so the event's `time` is null.
 
-Alerts (from the inactivity engine, a later issue) are built by `alert_event`. The schema is
+Alerts (from the inactivity engine) are built by `alert_event`. The schema is
 documented in docs/events.md and as JSON Schema in docs/event.schema.json, which is generated
 from this module: `python -m carecard.host.events > docs/event.schema.json`.
 """
@@ -303,6 +303,16 @@ def data_picker(kind: str, keys: tuple[str, ...]) -> Any:
 _MAX_U32 = 2**32
 
 
+# The log's JSON: compact, UTF-8 as is, no NaN or infinity. One encoder object, made once.
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def event_json(event: Mapping[str, Any]) -> str:
+    """An event as the log stores it (and as sinks that forward JSON send it): compact JSON,
+    non-ASCII text as is, key order kept. Raises ValueError for NaN or infinity."""
+    return _encode(event)
+
+
 def event_from_message(message: Mapping[str, Any], received_at: float) -> dict[str, Any]:
     """A decoded uplink message (carecard.protocol.decode_frame) -> a schema-1 event.
 
@@ -484,8 +494,6 @@ def event_record(message: Mapping[str, Any], received_at: float) -> tuple[str, s
                 return f"{device}-{counter}", build(message, head, synced)
         except (KeyError, TypeError, ValueError):
             pass  # a missing or odd field: the general path says what is wrong
-    from carecard.host.eventlog import event_json
-
     event = event_from_message(message, received_at)
     return event["id"], event_json(event)
 

@@ -343,9 +343,6 @@ for _direction, _table in ((spec.DIR_UPLINK, spec.UPLINK), (spec.DIR_DOWNLINK, s
         MESSAGE_TYPES[_name] = _mt
         MESSAGE_CODES[_code] = _mt
 
-HEADER_KEYS = ("type", "device", "counter", "time", "clock_synced", "direction", "version", "flags")
-
-
 # --- keys ------------------------------------------------------------------------------------
 
 KeySource = Union[bytes, bytearray, FrameKeys, Mapping[int, Any], Callable[[int], Any]]
@@ -356,6 +353,10 @@ class KeyRing:
 
     def __init__(self, keys: Mapping[int, bytes | FrameKeys] | None = None):
         self._keys: dict[int, FrameKeys] = {}
+        # `get(device)`: the keys of a device, or None. The dict's own method, bound once: the
+        # receiver looks a key up for every frame and every ack (the dict is changed in place,
+        # never replaced).
+        self.get: Callable[[int], FrameKeys | None] = self._keys.get
         for device, key in (keys or {}).items():
             self.add(device, key)
 
@@ -364,9 +365,6 @@ class KeyRing:
 
     def remove(self, device: int) -> None:
         self._keys.pop(device, None)
-
-    def get(self, device: int) -> FrameKeys | None:
-        return self._keys.get(device)
 
     def __contains__(self, device: object) -> bool:
         return device in self._keys
@@ -559,7 +557,7 @@ def decode_frame(frame: bytes, keys: KeySource, opened: list[bytes] | None = Non
     back from it, with no key: the compact form in which the receiver logs a frame's event."""
     mtype, flags, device, counter, time = _header(frame, "frame", _MIN_FRAME)
     size = len(frame)
-    frame_keys = keys._keys.get(device) if type(keys) is KeyRing else None
+    frame_keys = keys.get(device) if type(keys) is KeyRing else None
     if frame_keys is None:
         frame_keys = _frame_keys_for(keys, device)
     cut = size - _TAG_LEN

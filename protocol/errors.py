@@ -65,12 +65,3 @@ class FramingError(ProtocolError):
     """Stream framing problem (garbage, bad checksum, oversize chunk)."""
 
     reason = "framing"
-
-
-ALL_REASONS = tuple(
-    cls.reason
-    for cls in (
-        TruncatedFrame, OversizeFrame, BadVersion, UnknownType, UnknownDevice, BadTag,
-        MalformedFrame, ReplayedFrame, InvalidMessage, InvalidKey, FramingError,
-    )
-)

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from carecard.host.eventlog import EventLog, EventLogError, event_json, insert_rows, multi_row_chunks, parse_body
+from carecard.host.eventlog import EventLog, EventLogError, insert_rows, multi_row_chunks, parse_body
+from carecard.host.events import event_json
 from carecard.host.events import event_from_message
 from carecard.host.paths import DEFAULT_DATA_DIR, events_db_path, ingest_db_path
 
@@ -87,41 +88,6 @@ def test_large_appends_in_the_callers_transaction(tmp_path_factory: pytest.TempP
     assert [entry.seq for entry in got] == list(range(1, len(counters) + 1))
     assert [entry.event["counter"] for entry in got] == counters
     assert all(entry.body == event_json(entry.event) for entry in got)
-    writer.close()
-
-
-def test_log_of_the_first_layout_loses_its_id_index_and_keeps_its_seqs(tmp_path: Path) -> None:
-    """A log written with UNIQUE(event_id) (the first layout) is rebuilt without the index on
-    open: same rows and seqs, and the AUTOINCREMENT high mark kept even after pruning, so a seq
-    is never handed out twice."""
-    db = tmp_path / "c.sqlite"
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("""CREATE TABLE event_log (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        event_id TEXT NOT NULL UNIQUE,
-        appended_at REAL NOT NULL,
-        body TEXT NOT NULL
-    )""")
-    for n in range(1, 8):
-        conn.execute("INSERT INTO event_log (event_id, appended_at, body) VALUES (?, 0, ?)",
-                     (position_event(n)["id"], event_json(position_event(n))))
-    conn.execute("DELETE FROM event_log WHERE seq >= 6")  # the newest two pruned/lost: mark stays 7
-    conn.execute("DELETE FROM event_log WHERE seq <= 2")  # the oldest pruned
-    conn.close()
-    writer = EventLog.connect_writer(db)
-    sql = writer.execute("SELECT sql FROM sqlite_master WHERE name = 'event_log'").fetchone()[0]
-    assert "UNIQUE" not in sql.upper()
-    # no index on the event id: only the frames' (device, counter) and the prunable rows' seqs
-    assert {name for (name,) in writer.execute("SELECT name FROM sqlite_master WHERE type = 'index' "
-                                              "AND tbl_name = 'event_log'")} == {"event_log_frame",
-                                                                                 "event_log_prunable"}
-    with EventLog(db) as reader:
-        assert [(seq, e["counter"]) for seq, e in reader.events_after(0)] == [(3, 3), (4, 4), (5, 5)]
-        assert reader.last_seq() == 7
-    assert EventLog.append(writer, [position_event(8)]) == 8
-    EventLog.ensure_schema(writer)  # idempotent: nothing to rebuild the second time
-    with EventLog(db) as reader:
-        assert [seq for seq, _e in reader.events_after(0)] == [3, 4, 5, 8]
     writer.close()
 
 
@@ -255,40 +221,15 @@ def test_entries_after_keeps_wide_integers_exact(tmp_path: Path) -> None:
 def test_a_damaged_opened_frame_in_the_log_is_a_clear_error_naming_its_row(tmp_path: Path) -> None:
     """A frame's event is logged as its opened frame; a row whose bytes are not one (a damaged
     file) stops the reader with an error that names the row, instead of a wrong event."""
-    from carecard.host.eventlog import FrameEvent
-
     db = tmp_path / "c.sqlite"
     writer = EventLog.connect_writer(db)
-    EventLog.append(writer, [position_event(1), FrameEvent("861234567890123-2", b"\x01\x02garbage", 1.5)])
+    EventLog.append(writer, [position_event(1)])
+    EventLog.append_frames(writer, [(DEVICE, 2, bytes(8), "position", 0, 1.5, "udp", b"frame",
+                                     b"\x01\x02garbage")])
     with EventLog(db) as reader:
         assert reader.entries_after(0, 1)[0].event == position_event(1)  # the good row before it
         with pytest.raises(EventLogError, match="seq 2 is not an opened frame"):
             reader.entries_after(0)
-
-
-def test_a_log_of_the_json_only_layout_gains_the_frame_columns_and_keeps_its_rows(tmp_path: Path) -> None:
-    from carecard.host.eventlog import FrameEvent
-    from carecard.protocol import decode_frame, encode_frame
-
-    db = tmp_path / "c.sqlite"
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("""CREATE TABLE event_log (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL, appended_at REAL NOT NULL,
-        body TEXT NOT NULL)""")
-    conn.execute("INSERT INTO event_log (event_id, appended_at, body) VALUES (?, 0, ?)",
-                 (position_event(1)["id"], event_json(position_event(1))))
-    conn.close()
-    writer = EventLog.connect_writer(db)
-    key = bytes(range(16))
-    opened: list[bytes] = []
-    decoded = decode_frame(encode_frame(position_message(2), key), key, opened)
-    EventLog.append(writer, [FrameEvent(f"{DEVICE}-2", opened[0], T0 + 121.25)])
-    with EventLog(db) as reader:
-        first, second = reader.entries_after(0)
-    assert first.event == position_event(1) and first.message is None
-    assert second.message == decoded
-    assert second.event == event_from_message(decoded, T0 + 121.25)
-    assert second.body == event_json(second.event)
 
 
 _STORE_VALUES = """

@@ -312,7 +312,7 @@ def _decoded(message: dict) -> dict:
        sentinels=st.booleans(), no_fix=st.booleans())
 def test_event_record_is_the_logs_text_of_the_event(message: dict, received: float, sentinels: bool,
                                                     no_fix: bool) -> None:
-    from carecard.host.eventlog import event_json
+    from carecard.host.events import event_json
 
     if sentinels:
         for field in ev.PLANS[message["type"]]:
@@ -326,7 +326,7 @@ def test_event_record_is_the_logs_text_of_the_event(message: dict, received: flo
 
 
 def test_event_record_compiles_every_fixed_type_and_falls_back_for_the_rest() -> None:
-    from carecard.host.eventlog import event_json
+    from carecard.host.events import event_json
 
     assert set(ev.JSON_BUILDERS) == {k for k, plan in ev.PLANS.items() if all(f.kind != "track" for f in plan)}
     track = {"type": "track", "direction": "uplink", "device": DEVICE, "counter": 9, "time": T0,
@@ -348,7 +348,7 @@ def test_event_record_compiles_every_fixed_type_and_falls_back_for_the_rest() ->
 def test_event_record_with_one_clock_per_wake_is_exact(messages: list, times: list) -> None:
     """The receiver stamps every frame of a wake alike and event_record memoises that stamp's
     text (and narrow fields' twin texts): runs of equal and changing stamps stay exact."""
-    from carecard.host.eventlog import event_json
+    from carecard.host.events import event_json
 
     decoded = [_decoded(m) for m in messages]
     for i, received in enumerate(times):

@@ -21,7 +21,7 @@ from carecard.host.eventlog import EventLog
 from carecard.host.events import alert_event, event_from_message
 from carecard.host.export import export_track
 from carecard.host.paths import events_db_path, ingest_db_path
-from carecard.host.sinks import SinkError, SinkSet, SqliteSink
+from carecard.host.sinks import SinkError, SinkSet, SQLiteSink
 
 from eventgen import DEVICE, T0, position_message, status_event
 
@@ -91,7 +91,7 @@ def test_store_tables(data_dir: Path) -> None:
 
 
 def test_sqlite_sink_is_idempotent(tmp_path: Path) -> None:
-    sink = SqliteSink("sqlite", events_db_path(tmp_path))
+    sink = SQLiteSink("sqlite", events_db_path(tmp_path))
     events = _scenario()
 
     async def run() -> None:
@@ -142,7 +142,7 @@ def test_sqlite_sink_large_batches_from_the_log_match_event_by_event_delivery(tm
     EventLog.append(writer, events)
 
     async def one_by_one() -> int:
-        sink = SqliteSink("sqlite", events_db_path(one_dir))
+        sink = SQLiteSink("sqlite", events_db_path(one_dir))
         await sink.start()
         for event in events:
             await sink.deliver([event])
@@ -246,7 +246,7 @@ def test_any_track_exports_to_files_the_readers_accept(tmp_path_factory: pytest.
                                                        points: list[tuple[int, int]]) -> None:
     data = tmp_path_factory.mktemp("q")
     message = _msg("track", 1, points=[{"time": T0 + i, "lat_e7": la, "lon_e7": lo} for i, (la, lo) in enumerate(points)])
-    sink = SqliteSink("sqlite", events_db_path(data))
+    sink = SQLiteSink("sqlite", events_db_path(data))
 
     async def run() -> None:
         await sink.deliver([event_from_message(message, T0 + 100)])
@@ -278,7 +278,7 @@ def test_sqlite_sink_batch_time_memo_gives_the_same_times(tmp_path: Path) -> Non
             event["received_at"] = event["received_at"][:19] + "+00:00"  # not the memo's fast form
         events.append(event)
     bad = dict(events[0], id="bad-1", received_at="2025-13-40T00:00:00Z")
-    sink = SqliteSink("sqlite", tmp_path / "events.sqlite")
+    sink = SQLiteSink("sqlite", tmp_path / "events.sqlite")
 
     async def run() -> None:
         await sink.start()
@@ -303,8 +303,8 @@ def test_a_frames_event_stored_from_its_message_equals_the_one_stored_from_its_j
     message and keeps the opened frame instead of the JSON. For every uplink type (unsynced
     clocks, no fix, unknown values included) that gives the same columns and positions as
     storing the event's JSON, and reading it back gives the same event."""
-    from carecard.host.eventlog import LogEntry, event_json
-    from carecard.host.events import event_record
+    from carecard.host.eventlog import LogEntry
+    from carecard.host.events import event_json, event_record
     from carecard.host.sinks.sqlite_store import _Times
     from carecard.protocol import decode_frame, encode_frame, parse_opened
 
@@ -312,9 +312,9 @@ def test_a_frames_event_stored_from_its_message_equals_the_one_stored_from_its_j
     opened: list[bytes] = []
     message = decode_frame(encode_frame(msg, key), key, opened)
     entry = LogEntry(1, 0.0, message=message, opened=opened[0], received_at=received_at)
-    row, positions, is_alert = SqliteSink._frame_rows(entry, _Times())
+    row, positions, is_alert = SQLiteSink._frame_rows(entry, _Times())
     event = event_from_message(message, received_at)
-    json_row, json_positions, _ = SqliteSink._rows(event, event_json(event), _Times())
+    json_row, json_positions, _ = SQLiteSink._rows(event, event_json(event), _Times())
     assert not is_alert
     assert row[:6] == json_row[:6] and positions == json_positions
     assert row[6] == "" and row[7] == opened[0] and row[8] == received_at
@@ -322,10 +322,15 @@ def test_a_frames_event_stored_from_its_message_equals_the_one_stored_from_its_j
     assert entry.event == event
 
 
+def _frame_row(frame: bytes, message: dict, opened: bytes, received_at: float) -> tuple:
+    """A frame's row of the event log (eventlog.FRAME_ROW), as the ingest appends it."""
+    return (message["device"], message["counter"], frame[-8:], message["type"], message["time"],
+            received_at, "udp", frame, opened)
+
+
 def test_events_from_the_receiver_read_back_as_made_from_their_frames(tmp_path: Path, capsys) -> None:
     """Frames through the real ingest, log and SQLite sink: `carecard events` prints each frame's
     event exactly as made from the decoded frame (the store keeps the opened frame, not JSON)."""
-    from carecard.host.eventlog import FrameEvent
     from carecard.protocol import decode_frame, encode_frame
 
     key = bytes(range(16))
@@ -337,7 +342,7 @@ def test_events_from_the_receiver_read_back_as_made_from_their_frames(tmp_path: 
         message = decode_frame(frame, key, opened)
         received = T0 + 0.125 * n + 1000
         expected.append(event_from_message(message, received))
-        EventLog.append(writer, [FrameEvent(expected[-1]["id"], opened[0], received)])
+        EventLog.append_frames(writer, [_frame_row(frame, message, opened[0], received)])
 
     _deliver_log(tmp_path)
     assert main(["events", "--data", str(tmp_path)]) == 0
@@ -352,7 +357,7 @@ def test_a_store_of_the_json_only_layout_gains_the_columns_and_a_damaged_frame_i
     """A query store made before frames were kept as opened frames (events.body only) gains the
     columns when the sink opens it and serves old and new events alike; a stored opened frame
     that does not parse (a damaged file) is one clear line from `carecard events`."""
-    from carecard.host.eventlog import FrameEvent, event_json
+    from carecard.host.events import event_json
     from carecard.protocol import decode_frame, encode_frame
 
     path = events_db_path(tmp_path)
@@ -366,9 +371,10 @@ def test_a_store_of_the_json_only_layout_gains_the_columns_and_a_damaged_frame_i
                       event_json(old)))
     key = bytes(range(16))
     opened: list[bytes] = []
-    new_message = decode_frame(encode_frame(position_message(2), key), key, opened)
+    new_frame = encode_frame(position_message(2), key)
+    new_message = decode_frame(new_frame, key, opened)
     writer = EventLog.connect_writer(ingest_db_path(tmp_path))
-    EventLog.append(writer, [FrameEvent(f"{DEVICE}-2", opened[0], T0 + 121.25)])
+    EventLog.append_frames(writer, [_frame_row(new_frame, new_message, opened[0], T0 + 121.25)])
 
     _deliver_log(tmp_path)
     assert main(["events", "--data", str(tmp_path)]) == 0
@@ -404,7 +410,7 @@ def test_a_store_of_the_first_layout_is_rebuilt_keeping_its_rows_and_order(tmp_p
     old = tmp_path / "old"
 
     async def deliver(data: Path, batch: list[dict]) -> None:
-        sink = SqliteSink("sqlite", events_db_path(data))
+        sink = SQLiteSink("sqlite", events_db_path(data))
         await sink.start()
         await sink.deliver(batch)
         await sink.close()
@@ -416,7 +422,7 @@ def test_a_store_of_the_first_layout_is_rebuilt_keeping_its_rows_and_order(tmp_p
         for statement in _LAYOUT_0:
             conn.execute(statement)
         for event in reversed(events[:9]):
-            row, extra, is_alert = SqliteSink._rows(event, None)
+            row, extra, is_alert = SQLiteSink._rows(event, None)
             assert not is_alert
             conn.execute(f"INSERT INTO events VALUES ({','.join('?' * len(row))})", row)
             for position in extra:
@@ -447,7 +453,7 @@ def test_a_store_of_a_newer_layout_is_refused_with_the_fix(tmp_path: Path) -> No
     with sqlite3.connect(path) as conn:
         conn.execute("PRAGMA user_version = 99")
     conn.close()
-    sink = SqliteSink("sqlite", path)
+    sink = SQLiteSink("sqlite", path)
 
     async def start() -> None:
         await sink.start()

@@ -231,102 +231,17 @@ def test_event_log_holds_every_committed_frame_in_order(harness: Harness) -> Non
     assert {e["kind"] for e in events} == {"position", "status"}
 
 
-# The ingest database before the frames moved into the event log (schema version 1): a frames
-# table of its own (`rowid`: in arrival order; `without rowid`: the first layout, keyed on
-# device and counter) and a log whose frame events carry only the opened frame.
-_OLD_FRAMES = {
-    "rowid": """CREATE TABLE frames (device INTEGER NOT NULL, counter INTEGER NOT NULL,
-        tag BLOB NOT NULL, type TEXT NOT NULL, device_time INTEGER NOT NULL,
-        received_at REAL NOT NULL, transport TEXT NOT NULL, frame BLOB NOT NULL)""",
-    "without rowid": """CREATE TABLE frames (device INTEGER NOT NULL, counter INTEGER NOT NULL,
-        tag BLOB NOT NULL, type TEXT NOT NULL, device_time INTEGER NOT NULL,
-        received_at REAL NOT NULL, transport TEXT NOT NULL, frame BLOB NOT NULL,
-        PRIMARY KEY (device, counter)) WITHOUT ROWID""",
-}
-_OLD_EVENT_LOG = """CREATE TABLE event_log (seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id TEXT NOT NULL, appended_at REAL NOT NULL, body TEXT NOT NULL, opened BLOB,
-    received_at REAL)"""
-
-
-def _as_schema_version_1(db: Path, frames_layout: str, pruned_upto: int) -> list[tuple]:
-    """Rewrite an ingest database as schema version 1 had it, its log pruned up to
-    `pruned_upto` (as after the sinks delivered that far); returns the frames' rows."""
+def test_a_database_of_a_development_schema_is_refused_with_the_fix(tmp_path: Path) -> None:
     import sqlite3
 
-    with sqlite3.connect(db, isolation_level=None) as conn:
-        conn.execute("BEGIN")
-        frames = conn.execute("SELECT device, counter, tag, type, device_time, received_at, transport, "
-                              "frame FROM event_log WHERE device IS NOT NULL ORDER BY seq").fetchall()
-        events = conn.execute("SELECT seq, device || '-' || counter, appended_at, opened, received_at "
-                              "FROM event_log WHERE device IS NOT NULL AND seq > ? ORDER BY seq",
-                              (pruned_upto,)).fetchall()
-        top = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'event_log'").fetchone()[0]
-        conn.execute("DROP VIEW frames")
-        conn.execute("DROP TABLE event_log")
-        conn.execute(_OLD_EVENT_LOG)
-        conn.executemany("INSERT INTO event_log VALUES (?, ?, ?, '', ?, ?)", events)
-        conn.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'event_log'", (top,))
-        conn.execute(_OLD_FRAMES[frames_layout])
-        conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS frames_device_counter ON frames (device, counter)")
-        conn.executemany("INSERT INTO frames VALUES (?, ?, ?, ?, ?, ?, ?, ?)", frames)
-        conn.execute("UPDATE meta SET value = 1 WHERE name = 'schema_version'")
-        conn.execute("COMMIT")
-    return frames
+    from carecard.host.receiver.store import SQLiteStore, StoreError
 
-
-@pytest.mark.parametrize("frames_layout", ["rowid", "without rowid"])
-def test_a_database_with_a_frames_table_is_folded_into_the_log_on_open(tmp_path: Path, frames_layout: str) -> None:
-    """A database of schema version 1 (frames in a table of their own) is converted when the
-    store opens it: every frame is in the archive (the `frames` view) with its uniqueness, the
-    events the sinks had not delivered are still there under their seqs, the replay windows
-    carry on (a retransmission is a duplicate), and new frames get seqs after the old ones."""
-    import sqlite3
-
-    devices = provision(tmp_path, 2)
-    h = Harness(tmp_path, devices)
-    a, b = card_of(h, 0), card_of(h, 1)
-    for _ in range(5):
-        h.feed(a.frame())
-        h.feed(b.frame("status"))
-    h.commit()
-    h.store.close()
+    provision(tmp_path, 1)
     db = ingest_db_path(tmp_path)
-    old_frames = _as_schema_version_1(db, frames_layout, pruned_upto=6)
-    h = Harness(tmp_path, devices)  # opens and converts
-    try:
-        with sqlite3.connect(db) as conn:
-            assert conn.execute("SELECT type FROM sqlite_master WHERE name = 'frames'").fetchone() == ("view",)
-            assert conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone() == (2,)
-            archive = conn.execute("SELECT device, counter, tag, type, device_time, received_at, "
-                                   "transport, frame FROM event_log WHERE device IS NOT NULL "
-                                   "ORDER BY seq").fetchall()
-            assert sorted(conn.execute("SELECT * FROM frames").fetchall()) == sorted(old_frames)
-            if frames_layout == "rowid":  # arrival order kept (the first layout had none)
-                assert archive == old_frames
-            assert conn.execute("SELECT MAX(seq) FROM event_log WHERE device IS NOT NULL").fetchone() == (0,)
-            with pytest.raises(sqlite3.IntegrityError):
-                conn.execute("INSERT INTO event_log (event_id, appended_at, body, device, counter) "
-                             "VALUES ('', 0, '', ?, 1)", (a.device,))
-        # the four events not yet delivered: the same ids under the same seqs
-        assert h.events() == [f"{a.device}-4", f"{b.device}-4", f"{a.device}-5", f"{b.device}-5"]
-        assert h.feed(a.frame(counter=3)) is None  # a retransmission: acked, not stored
-        assert h.feed(a.frame()) is None  # counter 6: new
-        acks = h.commit()
-        assert len(acks) == 2
-        assert h.frames() == sorted([(a.device, n) for n in range(1, 7)] + [(b.device, n) for n in range(1, 6)])
-        log = EventLog(db)
-        try:
-            assert [seq for seq, _e in log.events_after(0)] == [7, 8, 9, 10, 11]
-            assert log.events_after(10)[0][1]["id"] == f"{a.device}-6"
-            assert log.first_seq() == 7
-        finally:
-            log.close()
-        # pruning takes the delivered events' rows, never a frame's
-        with sqlite3.connect(db, isolation_level=None) as conn:
-            assert EventLog.prune(conn, 11) == 4
-            assert len(conn.execute("SELECT * FROM frames").fetchall()) == 11
-    finally:
-        h.store.close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE meta SET value = 1 WHERE name = 'schema_version'")
+    with pytest.raises(StoreError, match=r"schema version 1, .*no release wrote: start with a new data folder"):
+        SQLiteStore(db)
 
 
 def test_a_database_of_a_newer_schema_is_refused_with_the_fix(tmp_path: Path) -> None:
@@ -342,14 +257,12 @@ def test_a_database_of_a_newer_schema_is_refused_with_the_fix(tmp_path: Path) ->
         SQLiteStore(db)
 
 
-def test_engine_hooks_get_the_committed_events_as_objects(harness: Harness) -> None:
-    """The inactivity engine's seam: after a commit, and only then, hooks get that commit's events
-    as dicts, the same as in the log (and as event_from_message makes them)."""
-    from carecard.host.events import event_from_message
-    from carecard.protocol import decode_frame
-
-    calls: list[list[dict]] = []
-    harness.ingest.after_commit.append(calls.append)
+def test_the_commit_observer_sees_each_commits_frames_only_after_it(harness: Harness) -> None:
+    """The benchmark's latency probe: after a commit, and only then, the observer gets the event
+    log's last seq and that commit's frame rows (FRAME_ROW), in order; nothing when no frame
+    was stored."""
+    calls: list[tuple[int, list[tuple]]] = []
+    harness.ingest.commit_observer = lambda last_seq, rows: calls.append((last_seq, list(rows)))
     a = card_of(harness, 0)
     frames = [a.frame(), a.frame("status"), a.frame()]
     received = time.time()
@@ -358,9 +271,11 @@ def test_engine_hooks_get_the_committed_events_as_objects(harness: Harness) -> N
     assert calls == []
     harness.commit()
     with EventLog(ingest_db_path(harness.data_dir)) as log:
-        logged = [event for _seq, event in log.events_after(0)]
-    expected = [event_from_message(decode_frame(f, harness.devices[a.device]), received) for f in frames]
-    assert calls == [logged] == [expected]
+        last_seq = log.last_seq()
+    ((seq, rows),) = calls
+    assert seq == last_seq == 3
+    assert [(row[0], row[1], row[5], row[7]) for row in rows] == [(a.device, n, received, f)
+                                                                    for n, f in enumerate(frames, 1)]
     harness.commit()  # nothing new: no call
     assert len(calls) == 1
 

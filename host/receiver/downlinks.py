@@ -74,8 +74,7 @@ class AckEncoder:
 
     def __init__(self, keyring: KeyRing):
         self.keyring = keyring
-        # the ring's own dict lookup (a KeyRing is changed in place, never replaced)
-        self._keys_get = keyring._keys.get if type(keyring) is KeyRing else keyring.get
+        self._keys_get = keyring.get
 
     def encode(self, device: int, counter: int, now: int, acked: int,
                commands: list[dict[str, Any]] | None = None) -> bytes:

@@ -1,8 +1,9 @@
 """The ingest pipeline: frame in -> verdict, and after the commit, ack bytes and events out.
 
 Sans-I/O apart from the store's lookups: transports call `handle()` with each frame and where to
-send its ack; the service takes batches with `take_batch()`, commits them with `Store.commit` in
-a writer thread, and calls `committed()` (or `failed()`), which hands back the acks to send. So:
+send its ack; the service takes batches with `take_batch()`, writes them with `Store.prepare` and
+commits them with `Store.finish` in a writer thread, and calls `committed()` (or `failed()`),
+which hands back the acks to send. So:
 
 - a frame is acked only once its batch is committed (persist before ack), duplicates included:
   a retransmission of a frame still in an uncommitted batch waits for that batch;
@@ -25,7 +26,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
-from carecard.host.events import event_from_message
 from carecard.host.receiver.budget import RejectBudget
 from carecard.host.receiver.config import BudgetSettings, DownlinkSettings, IngestSettings
 from carecard.host.receiver.downlinks import EMPTY_ACK_SIZE, AckEncoder, wire_command
@@ -37,7 +37,7 @@ from carecard.host.receiver.store import (
     DeviceRecord,
     Store,
 )
-from carecard.protocol import KeyRing, ProtocolError, ReplayWindow, Verdict, decode_frame, parse_opened, spec
+from carecard.protocol import KeyRing, ProtocolError, ReplayWindow, Verdict, decode_frame, spec
 from carecard.protocol.codec import HEADER_STRUCT
 from carecard.protocol.errors import InvalidMessage
 
@@ -85,7 +85,7 @@ class Ingest:
     def __init__(self, store: Store, keyring: KeyRing, metrics: Metrics, *,
                  settings: IngestSettings | None = None, budget: BudgetSettings | None = None,
                  downlinks: DownlinkSettings | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.monotonic):
         self.store = store
         self.keyring = keyring
         self.metrics = metrics
@@ -93,7 +93,7 @@ class Ingest:
         budget = budget or BudgetSettings()
         self.downlinks = downlinks or DownlinkSettings()
         self.budget = RejectBudget(budget.rejects_per_second, budget.burst, budget.max_sources)
-        self.clock = clock
+        self.clock = clock  # seconds, for the rate of the rejection log lines
         self.encoder = AckEncoder(keyring)
         self.windows: dict[int, ReplayWindow] = {}
         self.batch = PendingBatch()
@@ -108,9 +108,8 @@ class Ingest:
         # device -> [last_seen, last_counter, transport, address, added]
         self._stats: dict[int, list[Any]] = {}
         self._stats_flushed = 0.0
-        self.after_commit: list[Callable[[list[dict[str, Any]]], None]] = []  # the engine's seam
-        # benchmark: (event log last seq, [received_at of each stored frame]) per commit
-        self.trace: list[tuple[int, list[float]]] | None = None
+        # called after each commit that stored frames: (event log last seq, the frames' rows)
+        self.commit_observer: Callable[[int, list[tuple]], None] | None = None
         self._rejected = metrics.rejected
         self._received = metrics.frames_received
         self._rejects_logged = 0.0
@@ -281,7 +280,7 @@ class Ingest:
             log.debug("rejected frame from %s: %s: %s", source, reason, detail)
         elif within:
             # a rate-limited sample at info level, the totals are in the metrics
-            now = time.monotonic()
+            now = self.clock()
             if now - self._rejects_logged >= 10.0:
                 log.info("rejected frame from %s: %s (%s); %d more rejections since the last "
                          "message", source, reason, detail, self._reject_log_count)
@@ -445,14 +444,13 @@ class Ingest:
         return batch
 
     def committed(self, batch: PendingBatch, last_seq: int, seconds: float) -> list[tuple[Sender, Any, bytes]]:
-        """The batch is durable: remember its frames, count, run the engine hooks, and return
-        the acks to send."""
+        """The batch is durable: count, and return the acks to send."""
         frames = batch.commit.frames  # rows of FRAME_ROW: device, counter, tag, type, ...
         stored = self.metrics.frames_stored
         for row in frames:
             stored[row[3]] += 1
-        if self.trace is not None and frames:
-            self.trace.append((last_seq, [row[5] for row in frames]))
+        if self.commit_observer is not None and frames:
+            self.commit_observer(last_seq, frames)
         m = self.metrics
         m.duplicates += batch.duplicates
         m.commits += 1
@@ -462,13 +460,6 @@ class Ingest:
         for state in batch.finished:
             m.commands_finished[state] += 1
         self._finishing.difference_update(batch.finished_ids)
-        if self.after_commit and frames:
-            events = [event_from_message(parse_opened(row[8]), row[5]) for row in frames]
-            for hook in self.after_commit:
-                try:
-                    hook(events)
-                except Exception:
-                    log.exception("after-commit hook failed")
         return batch.acks
 
     def failed(self, batch: PendingBatch, error: BaseException) -> None:

@@ -625,12 +625,6 @@ class Receiver:
             return {}
         return {name: int(s.get("delivered") or 0) for name, s in self.sinks.stats().items()}
 
-    def add_event_hook(self, hook: Callable[[list[dict[str, Any]]], None]) -> None:
-        """The engine's seam: `hook(events)` runs in the event loop after every commit with the
-        events that commit made durable (never for uncommitted frames)."""
-        assert self.ingest is not None
-        self.ingest.after_commit.append(hook)
-
 
 async def serve(config: ReceiverConfig, stop: asyncio.Event,
                 started: Callable[[Receiver], None] | None = None) -> Receiver:

@@ -38,7 +38,7 @@ from carecard.host.eventlog import EventLog
 
 log = logging.getLogger("carecard.receiver.store")
 
-# 1: frames in a table of their own; 2: the frames' rows are the event log's (a view `frames`)
+# The layout of the tables below and of carecard.host.eventlog's (frames are the log's rows).
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 10.0
 U32_MAX = 0xFFFFFFFF  # the largest downlink counter
@@ -46,7 +46,6 @@ U32_MAX = 0xFFFFFFFF  # the largest downlink counter
 # Command states. Open: still to be delivered. Final: the card answered, or we gave up.
 OPEN_STATES = ("queued", "sent")
 RESULT_STATES = ("done", "rejected", "unsupported", "bad_value")  # spec.ENUMS["command_result"]
-FINAL_STATES = RESULT_STATES + ("failed", "expired", "cancelled")
 
 COMMAND_UPDATE_COLUMNS = ("state", "attempts", "first_sent_at", "last_sent_at", "result", "detail",
                           "updated_at", "id")
@@ -293,9 +292,10 @@ def ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
             conn.execute("ROLLBACK")
             raise StoreError(f"database {path} has schema version {row[0]}; this version of carecard "
                              f"reads up to {SCHEMA_VERSION}: upgrade carecard")
-        elif row[0] < SCHEMA_VERSION:  # EventLog.ensure_schema converts what is older, below
-            log.info("database %s: upgrading from schema version %s to %s", path, row[0], SCHEMA_VERSION)
-            conn.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'", (SCHEMA_VERSION,))
+        elif row[0] < SCHEMA_VERSION:
+            conn.execute("ROLLBACK")
+            raise StoreError(f"database {path} has schema version {row[0]}, a layout of carecard's "
+                             "development that no release wrote: start with a new data folder")
         EventLog.ensure_schema(conn)
         conn.execute("COMMIT")
     except sqlite3.DatabaseError as exc:
@@ -684,10 +684,3 @@ def list_commands(conn: sqlite3.Connection, device: int | None = None, *,
     if limit:
         rows.reverse()
     return [_command(row) for row in rows]
-
-
-def frame_rows(conn: sqlite3.Connection, device: int | None = None) -> Iterable[tuple]:
-    sql = "SELECT device, counter, type, device_time, received_at, transport, length(frame) FROM frames"
-    if device is not None:
-        return conn.execute(sql + " WHERE device = ? ORDER BY counter", (device,))
-    return conn.execute(sql + " ORDER BY device, counter")

@@ -40,18 +40,18 @@ from carecard.host.sinks.base import (
 )
 from carecard.host.sinks.jsonl import JsonLinesSink
 from carecard.host.sinks.mqtt import MqttSink
-from carecard.host.sinks.sqlite_store import SqliteSink
+from carecard.host.sinks.sqlite_store import SQLiteSink
 from carecard.host.sinks.webhook import WebhookSink
 
 __all__ = [
     "ConfigError", "JsonLinesSink", "MqttSink", "SINK_TYPES", "Sink", "SinkError", "SinkRunner",
-    "SinkSet", "SinkTable", "SinkUnavailable", "SqliteSink", "WebhookSink",
+    "SinkSet", "SinkTable", "SinkUnavailable", "SQLiteSink", "WebhookSink",
 ]
 
 log = logging.getLogger("carecard.host.sinks")
 
 SINK_TYPES: dict[str, type[Sink]] = {
-    cls.type_name: cls for cls in (SqliteSink, JsonLinesSink, MqttSink, WebhookSink)
+    cls.type_name: cls for cls in (SQLiteSink, JsonLinesSink, MqttSink, WebhookSink)
 }
 
 DEFAULT_SINKS: list[dict[str, Any]] = [{"type": "sqlite"}]

@@ -47,8 +47,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Mapping
 
-from carecard.host.eventlog import LogEntry, event_json, insert_rows, rebuild_table
-from carecard.host.events import (ALERT_KIND, DATA_BUILDERS, NO_FIX, EventError, data_picker, iso_utc,
+from carecard.host.eventlog import LogEntry, insert_rows
+from carecard.host.events import (ALERT_KIND, DATA_BUILDERS, NO_FIX, EventError, data_picker, event_json, iso_utc,
                                   parse_iso_utc)
 from carecard.host.paths import events_db_path
 from carecard.host.sinks.base import Sink, SinkError, SinkTable
@@ -129,7 +129,7 @@ class StoreLayoutError(RuntimeError):
     """The query store was written by a newer carecard (or is not a query store)."""
 
 
-def open_store(path: Path) -> sqlite3.Connection:
+def open_query_store(path: Path) -> sqlite3.Connection:
     """Open the query store, creating it or bringing an older layout up to this one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
@@ -161,6 +161,18 @@ def open_store(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def rebuild_table(conn: sqlite3.Connection, table: str, create_upgrade: str, columns: str,
+                  order_by: str) -> None:
+    """Replace `table` by the table that `create_upgrade` makes (named `{table}_upgrade` there),
+    in the caller's transaction: `columns` of every row copied in `order_by` order, the old table
+    and its indexes dropped, the new one renamed to `table`. The caller makes the indexes again."""
+    conn.execute(f"DROP TABLE IF EXISTS {table}_upgrade")
+    conn.execute(create_upgrade)
+    conn.execute(f"INSERT INTO {table}_upgrade ({columns}) SELECT {columns} FROM {table} ORDER BY {order_by}")
+    conn.execute(f"DROP TABLE {table}")
+    conn.execute(f"ALTER TABLE {table}_upgrade RENAME TO {table}")
+
+
 def _upgrade(conn: sqlite3.Connection, path: Path) -> None:
     """Rebuild `events` and `positions` of an earlier layout (keys on the event id) as this
     layout's tables, in the caller's transaction: same rows, same rowids (events are listed in
@@ -183,7 +195,7 @@ def _upgrade(conn: sqlite3.Connection, path: Path) -> None:
 
 
 _POSITION_KINDS = frozenset(("position", "sos", "track"))
-# what a frame's position row takes from the event's data (see SqliteSink._frame_rows)
+# what a frame's position row takes from the event's data (see SQLiteSink._frame_rows)
 _PICKED = POSITION_COLUMNS + ("fix_age_s",)
 _POSITION_PICKERS = {kind: data_picker(kind, _PICKED) for kind in _POSITION_KINDS}
 
@@ -282,7 +294,7 @@ def _label(entry: LogEntry) -> str:
     return repr(event)
 
 
-class SqliteSink(Sink):
+class SQLiteSink(Sink):
     type_name = "sqlite"
     # Large batches, gathered by waiting: a commit writes every index page the batch touched,
     # and with many devices nearly every row lands on a page of its own in the indexes keyed by
@@ -303,13 +315,13 @@ class SqliteSink(Sink):
         self.malformed = 0
 
     @classmethod
-    def from_config(cls, table: SinkTable, data_dir: Path, name: str) -> "SqliteSink":
+    def from_config(cls, table: SinkTable, data_dir: Path, name: str) -> "SQLiteSink":
         path = table.str("path")
         return cls(name, Path(path) if path else events_db_path(data_dir))
 
     def _open(self) -> sqlite3.Connection:
         if self._conn is None:
-            self._conn = open_store(self.path)
+            self._conn = open_query_store(self.path)
         return self._conn
 
     def _store(self, entries: list[LogEntry]) -> None:

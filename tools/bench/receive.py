@@ -331,7 +331,11 @@ def run_receiver(args: argparse.Namespace, cpu_gen: int | None, data_dir: Path) 
         poller = threading.Thread(target=poll, daemon=True)
         poller.start()
     assert receiver.ingest is not None
-    receiver_thread.call(lambda: setattr(receiver.ingest, "trace", trace))
+
+    def observe(last_seq: int, frames: list[tuple]) -> None:
+        trace.append((last_seq, [row[5] for row in frames]))
+
+    receiver_thread.call(lambda: setattr(receiver.ingest, "commit_observer", observe))
     generator = Generator(receiver.udp_ports[0], args, first, cpu_gen)
     sink_pid = getattr(receiver.sinks, "pid", None)
     cpu, sink_cpu = process_cpu(), process_cpu(sink_pid) if sink_pid else 0.0
