@@ -11,6 +11,7 @@ stream framing. Public API:
     KeyRing, FrameKeys
     ReplayWindow, Verdict                      duplicates versus replays, per device
     encode_stream_frame(frame) -> bytes, StreamDeframer    framing for TCP / serial
+    ack.AckEncoder, ack.EMPTY_ACK_SIZE         the receiver's acks (a fast path for empty ones)
     ProtocolError and its subclasses (errors.py), each with a stable `reason`
 """
 

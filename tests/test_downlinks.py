@@ -182,12 +182,11 @@ def test_ack_without_commands_fast_path_is_byte_identical_to_the_codec(device: i
                                                                       acked: int, key: bytes) -> None:
     """The common ack (no command) is packed with one struct derived from the spec's ack fields,
     not through the construct codec: it must be the codec's bytes exactly, and decode as an ack."""
-    from carecard.host.receiver import downlinks
-    from carecard.protocol import KeyRing, decode_frame, encode_frame
+    from carecard.protocol import KeyRing, ack, decode_frame, encode_frame
 
-    assert downlinks._EMPTY_ACK is not None, "the fast path must be in use"
+    assert ack._EMPTY_ACK is not None, "the fast path must be in use"
     ring = KeyRing({device: key})
-    fast = downlinks.AckEncoder(ring).encode(device, counter, now, acked)
+    fast = ack.AckEncoder(ring).encode(device, counter, now, acked)
     assert fast == encode_frame({"type": "ack", "device": device, "counter": counter, "time": now,
                                  "acked": acked, "commands": []}, key)
     message = decode_frame(fast, ring)

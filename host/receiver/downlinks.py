@@ -1,13 +1,9 @@
-"""Downlink commands and acks.
+"""The downlink command queue.
 
 A command is queued by `carecard send` (`queue_command`), goes out in the ack of the card's next
 uplink, and is repeated in every later ack until the card confirms it with a `command_result`
-uplink. Its state (docs/receiver.md):
-
-    queued -> sent (attempts n) -> done | rejected | unsupported | bad_value   (the card's answer)
-                                -> failed    (max_attempts acks carried it, no answer)
-                                -> expired   (older than expire_after_s, no answer)
-    queued | sent -> cancelled                (carecard send --cancel SEQ)
+uplink. Its states and transitions are command_lifecycle's (docs/receiver.md); acks are encoded
+by carecard.protocol.ack.
 
 Commands are the ones of protocol/spec.py COMMANDS; their fields are checked by the protocol
 codec itself (an ack holding the command is encoded at queue time), so a command that would not
@@ -18,75 +14,25 @@ encode, or would not fit a frame alone, is refused when it is queued, not when t
 from __future__ import annotations
 
 import json
-import struct
 import time
 from typing import Any, Mapping
 
-from carecard.protocol import FrameKeys, InvalidMessage, KeyRing, encode_frame, spec
-from carecard.protocol.codec import HEADER_STRUCT, MESSAGE_TYPES, _STRUCT_CODES
-from carecard.host.receiver.store import CommandRecord, SQLiteStore, StoreError
+from carecard.host.receiver import command_lifecycle as lifecycle
+from carecard.host.receiver.command_lifecycle import CommandRecord, CommandStateError
+from carecard.host.receiver.store import UPDATE_COMMAND, SQLiteStore, list_commands
+from carecard.protocol import FrameKeys, InvalidMessage, encode_frame, spec
 
 COMMAND_NAMES = tuple(name for _code, name, _fields in spec.COMMANDS)
 COMMAND_FIELDS = {name: fields for _code, name, fields in spec.COMMANDS}
 # Fields the receiver fills in when it makes the ack, not when the command is queued.
 FILLED_AT_SEND = {"set_time": ("unix",)}
 
-_ACK = MESSAGE_TYPES["ack"]
 _VALIDATION_KEY = FrameKeys(bytes(16))
 _VALIDATION_DEVICE = 1
 
 
 class CommandError(ValueError):
     """A command cannot be queued (unknown device, bad value, too large); the message says why."""
-
-
-def _empty_ack_packer() -> struct.Struct | None:
-    """The ack payload with no commands as one struct, derived from the spec's ack fields and
-    checked against the construct codec (the one definition stays the definition)."""
-    codes = []
-    for name, kind, _doc in _ACK.fields:
-        if kind in _STRUCT_CODES:
-            codes.append(_STRUCT_CODES[kind])
-        elif kind == "commands":
-            codes.append("B")  # the count, 0
-        else:
-            return None
-    packer = struct.Struct(">" + "".join(codes))
-    sample = {"acked": 0x01020304, "commands": []}
-    if packer.pack(*[sample[name] if kind != "commands" else 0 for name, kind, _d in _ACK.fields]) \
-            != _ACK.payload.build(sample):
-        return None
-    return packer
-
-
-_EMPTY_ACK = _empty_ack_packer()
-# Bytes of an ack without commands: header, acked counter, command count, tag.
-EMPTY_ACK_SIZE = spec.MIN_FRAME + len(_ACK.payload.build({"acked": 0, "commands": []}))
-_pack_header = HEADER_STRUCT.pack
-_ACK_CODE = _ACK.code
-_DOWN = spec.DIR_DOWNLINK
-_VERSION = spec.VERSION
-
-
-class AckEncoder:
-    """Encodes acks with the receiver's keys. Acks without commands take a fast path (one header
-    pack, AES-CTR, HMAC); acks with commands go through the full codec (validated)."""
-
-    def __init__(self, keyring: KeyRing):
-        self.keyring = keyring
-        self._keys_get = keyring.get
-
-    def encode(self, device: int, counter: int, now: int, acked: int,
-               commands: list[dict[str, Any]] | None = None) -> bytes:
-        if not commands and _EMPTY_ACK is not None:
-            keys = self._keys_get(device)
-            if keys is None:
-                raise InvalidMessage(f"no key for device {device}")
-            body = _pack_header(_VERSION, _ACK_CODE, 0, device, counter, now) + \
-                keys.crypt(device, counter, _DOWN, _EMPTY_ACK.pack(acked, 0))
-            return body + keys.tag(body)
-        return encode_frame({"type": "ack", "device": device, "counter": counter, "time": now,
-                             "acked": acked, "commands": commands or []}, self.keyring)
 
 
 def wire_command(command: CommandRecord, now: int) -> dict[str, Any]:
@@ -143,30 +89,27 @@ def queue_command(store: SQLiteStore, device: int, cmd: str, args: Mapping[str, 
                      (counter + 1, stamp, device))
         cursor = conn.execute(
             "INSERT INTO commands (device, seq, cmd, args, state, attempts, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, 'queued', 0, ?, ?)",
-            (device, seq, cmd, json.dumps(stored, ensure_ascii=False), stamp, stamp))
+            "VALUES (?, ?, ?, ?, ?, 0, ?, ?)",
+            (device, seq, cmd, json.dumps(stored, ensure_ascii=False), lifecycle.QUEUED, stamp, stamp))
         command_id = cursor.lastrowid
-    return CommandRecord(command_id, device, seq, cmd, stored, "queued", 0, stamp, stamp)
+    return CommandRecord(command_id, device, seq, cmd, stored, lifecycle.QUEUED, 0, stamp, stamp)
 
 
 def cancel_command(store: SQLiteStore, device: int, seq: int, *, now: float | None = None) -> CommandRecord:
+    """Cancel the device's latest command with this seq, if it is still open."""
     stamp = time.time() if now is None else now
     with store.transaction() as conn:
-        row = conn.execute(
-            "SELECT id, state FROM commands WHERE device = ? AND seq = ? ORDER BY id DESC LIMIT 1",
-            (device, seq)).fetchone()
-        if row is None:
+        found = [command for command in list_commands(conn, device) if command.seq == seq]
+        if not found:
             raise CommandError(f"device {device} has no command with seq {seq}")
-        if row[1] not in ("queued", "sent"):
-            raise CommandError(f"command {seq} of device {device} is already {row[1]}")
-        conn.execute("UPDATE commands SET state = 'cancelled', updated_at = ?, detail = ? WHERE id = ?",
-                     (stamp, "cancelled by the operator", row[0]))
-    from carecard.host.receiver.store import list_commands
-
-    for command in list_commands(store.connection, device):
-        if command.id == row[0]:
-            return command
-    raise StoreError(f"command {seq} of device {device} vanished")  # pragma: no cover
+        command = found[-1]
+        try:
+            change = lifecycle.cancel(command, stamp)
+        except CommandStateError as exc:
+            raise CommandError(str(exc)) from None
+        conn.execute(UPDATE_COMMAND, change)
+    lifecycle.apply(command, change)
+    return command
 
 
 def describe(command: CommandRecord) -> str:
@@ -174,7 +117,7 @@ def describe(command: CommandRecord) -> str:
     args = " ".join(f"{k}={json.dumps(v, ensure_ascii=False) if not isinstance(v, (int, float)) else v}"
                     for k, v in command.args.items())
     state = command.state
-    if command.state == "sent":
+    if command.state == lifecycle.SENT:
         state = f"sent x{command.attempts}"
     elif command.result is None and command.detail:
         state = f"{command.state} ({command.detail})"

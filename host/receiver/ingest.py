@@ -28,16 +28,13 @@ from typing import Any, Callable, Hashable
 
 from carecard.host.receiver.budget import RejectBudget
 from carecard.host.receiver.config import BudgetSettings, DownlinkSettings, IngestSettings
-from carecard.host.receiver.downlinks import EMPTY_ACK_SIZE, AckEncoder, wire_command
+from carecard.host.receiver.downlinks import wire_command
 from carecard.host.receiver.metrics import Metrics
-from carecard.host.receiver.store import (
-    CommandRecord,
-    CommitBatch,
-    Contact,
-    DeviceRecord,
-    Store,
-)
+from carecard.host.receiver import command_lifecycle as lifecycle
+from carecard.host.receiver.command_lifecycle import CommandRecord
+from carecard.host.receiver.store import CommitBatch, Contact, DeviceRecord, Store
 from carecard.protocol import KeyRing, ProtocolError, ReplayWindow, Verdict, decode_frame, spec
+from carecard.protocol.ack import EMPTY_ACK_SIZE, AckEncoder
 from carecard.protocol.codec import HEADER_STRUCT
 from carecard.protocol.errors import InvalidMessage
 
@@ -54,7 +51,6 @@ _compare = hmac.compare_digest
 _NEW = Verdict.NEW
 _DUPLICATE = Verdict.DUPLICATE
 _TOO_OLD = Verdict.TOO_OLD
-_RESULT_STATES = frozenset(spec.ENUMS["command_result"])
 # What an ack carries (Ingest._ack): a new frame's ack sends the open commands and counts an
 # attempt; a retransmission's ack to the card's own address repeats them without counting.
 _SEND = 0
@@ -340,15 +336,10 @@ class Ingest:
         out: list[CommandRecord] = []
         still_open: list[CommandRecord] = []
         for command in open_commands:
-            if now - command.created_at > settings.expire_after_s:
+            change = lifecycle.expire(command, now, settings.expire_after_s, settings.max_attempts)
+            if change is not None:
                 if finish:
-                    self._finish(command, "expired", None, now,
-                                 f"not confirmed within {settings.expire_after_s:g} s")
-                continue
-            if command.attempts >= settings.max_attempts:
-                if finish:
-                    self._finish(command, "failed", None, now,
-                                 f"sent in {command.attempts} acks without a command_result")
+                    self._finish(command, change)
                 continue
             still_open.append(command)
             if len(out) < settings.max_commands_per_ack:
@@ -364,39 +355,30 @@ class Ingest:
         """These commands went out in an ack: one attempt each."""
         batch = self.batch
         for command in commands:
-            command.attempts += 1
-            command.state = "sent"
-            if command.first_sent_at is None:
-                command.first_sent_at = now
-            command.last_sent_at = now
-            command.updated_at = now
-            batch.commit.commands.append(command.update_row())
+            change = lifecycle.on_ack(command, now)
+            lifecycle.apply(command, change)
+            batch.commit.commands.append(change)
             batch.commands_sent += 1
 
-    def _finish(self, command: CommandRecord, state: str, result: str | None, now: float,
-                detail: str | None) -> None:
-        command.state = state
-        command.result = result
-        command.detail = detail
-        command.updated_at = now
-        self.batch.commit.commands.append(command.update_row())
-        self.batch.finished.append(state)
+    def _finish(self, command: CommandRecord, change: lifecycle.CommandChange) -> None:
+        lifecycle.apply(command, change)
+        self.batch.commit.commands.append(change)
+        self.batch.finished.append(change.state)
         self.batch.finished_ids.append(command.id)
         self._finishing.add(command.id)
-        log.info("command %s #%d for device %s: %s%s", command.cmd, command.seq, command.device, state,
-                 f" ({detail})" if detail else "")
+        log.info("command %s #%d for device %s: %s%s", command.cmd, command.seq, command.device,
+                 change.state, f" ({change.detail})" if change.detail else "")
 
     def _command_result(self, device: int, message: dict[str, Any], now: float) -> None:
         seq, result = message["seq"], message["result"]
         open_commands = self.commands.get(device) or []
         for command in open_commands:
             if command.seq == seq:
-                state = result if result in _RESULT_STATES else "rejected"
-                self._finish(command, state, result, now, None)
+                self._finish(command, lifecycle.on_result(command, result, now))
                 open_commands.remove(command)
                 if not open_commands:
                     self.commands.pop(device, None)
-                if state == "done" and command.cmd == "set_contacts":
+                if command.state == lifecycle.DONE and command.cmd == "set_contacts":
                     contacts = [Contact(c["key"], c["number"], c["name"])
                                 for c in command.args.get("contacts", [])]
                     self.batch.commit.contacts.append((device, contacts))
@@ -410,8 +392,9 @@ class Ingest:
         for device in list(self.commands):
             keep = []
             for command in self.commands[device]:
-                if now - command.created_at > limit:
-                    self._finish(command, "expired", None, now, f"not confirmed within {limit:g} s")
+                change = lifecycle.expire(command, now, limit)
+                if change is not None:
+                    self._finish(command, change)
                 else:
                     keep.append(command)
             if keep:

@@ -35,6 +35,13 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from carecard.host.eventlog import EventLog
+from carecard.host.receiver.command_lifecycle import (
+    CHANGE_COLUMNS,
+    OPEN_STATES,
+    CommandChange,
+    CommandRecord,
+    states_sql,
+)
 
 log = logging.getLogger("carecard.receiver.store")
 
@@ -42,14 +49,6 @@ log = logging.getLogger("carecard.receiver.store")
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 10.0
 U32_MAX = 0xFFFFFFFF  # the largest downlink counter
-
-# Command states. Open: still to be delivered. Final: the card answered, or we gave up.
-OPEN_STATES = ("queued", "sent")
-RESULT_STATES = ("done", "rejected", "unsupported", "bad_value")  # spec.ENUMS["command_result"]
-
-COMMAND_UPDATE_COLUMNS = ("state", "attempts", "first_sent_at", "last_sent_at", "result", "detail",
-                          "updated_at", "id")
-
 
 class StoreError(RuntimeError):
     """The store cannot be opened, read or written; the message says which file and why."""
@@ -82,32 +81,6 @@ class DeviceRecord:
 
 
 @dataclass
-class CommandRecord:
-    id: int
-    device: int
-    seq: int
-    cmd: str
-    args: dict[str, Any]
-    state: str
-    attempts: int = 0
-    created_at: float = 0.0
-    updated_at: float = 0.0
-    first_sent_at: float | None = None
-    last_sent_at: float | None = None
-    result: str | None = None
-    detail: str | None = None
-
-    @property
-    def is_open(self) -> bool:
-        return self.state in OPEN_STATES
-
-    def update_row(self) -> tuple:
-        """This command's changeable columns, in COMMAND_UPDATE_COLUMNS order."""
-        return (self.state, self.attempts, self.first_sent_at, self.last_sent_at, self.result,
-                self.detail, self.updated_at, self.id)
-
-
-@dataclass
 class CommitBatch:
     """Everything one ingest transaction makes durable."""
 
@@ -117,8 +90,8 @@ class CommitBatch:
     # (device, last_seen, last_counter, last_source, frames_added)
     device_stats: list[tuple] = field(default_factory=list)
     downlink_reserved: dict[int, int] = field(default_factory=dict)
-    # command changes, in order: COMMAND_UPDATE_COLUMNS (snapshots taken when they changed)
-    commands: list[tuple] = field(default_factory=list)
+    # command changes, in order (command_lifecycle.CommandChange: the row, CHANGE_COLUMNS)
+    commands: list[CommandChange] = field(default_factory=list)
     # contacts confirmed by the card (set_contacts done): (device, [Contact, ...])
     contacts: list[tuple[int, list[Contact]]] = field(default_factory=list)
     # prune the event log up to this seq (what every sink has delivered), at most
@@ -237,9 +210,10 @@ _RESERVE = (
     "VALUES (?1, '', ?3, ?3, ?2) "
     "ON CONFLICT(device) DO UPDATE SET downlink_reserved = MAX(downlink_reserved, ?2)"
 )
-_UPDATE_COMMAND = (
-    "UPDATE commands SET state = ?, attempts = ?, first_sent_at = ?, last_sent_at = ?, result = ?, "
-    "detail = ?, updated_at = ? WHERE id = ? AND state IN ('queued', 'sent')"
+# A command's change (CHANGE_COLUMNS, the id last); only an open command changes.
+UPDATE_COMMAND = (
+    "UPDATE commands SET " + ", ".join(f"{column} = ?" for column in CHANGE_COLUMNS[:-1])
+    + f" WHERE id = ? AND state IN {states_sql(OPEN_STATES)}"
 )
 _COMMAND_COLUMNS = ("id, device, seq, cmd, args, state, attempts, created_at, updated_at, "
                     "first_sent_at, last_sent_at, result, detail")
@@ -508,7 +482,7 @@ class SQLiteStore(Store):
             if batch.device_stats:
                 conn.executemany(_DEVICE_STATS, batch.device_stats)
             if batch.commands:
-                conn.executemany(_UPDATE_COMMAND, batch.commands)
+                conn.executemany(UPDATE_COMMAND, batch.commands)
             for device, contacts in batch.contacts:
                 conn.execute("DELETE FROM contacts WHERE device = ?", (device,))
                 conn.executemany("INSERT INTO contacts (device, key, number, name) VALUES (?, ?, ?, ?)",
@@ -599,7 +573,7 @@ class SQLiteStore(Store):
 
     def open_commands(self) -> list[CommandRecord]:
         rows = self._reader.execute(
-            f"SELECT {_COMMAND_COLUMNS} FROM commands WHERE state IN ('queued', 'sent') ORDER BY id"
+            f"SELECT {_COMMAND_COLUMNS} FROM commands WHERE state IN {states_sql(OPEN_STATES)} ORDER BY id"
         ).fetchall()
         return [_command(row) for row in rows]
 
@@ -673,7 +647,7 @@ def list_commands(conn: sqlite3.Connection, device: int | None = None, *,
         where.append("device = ?")
         params.append(device)
     if open_only:
-        where.append("state IN ('queued', 'sent')")
+        where.append(f"state IN {states_sql(OPEN_STATES)}")
     sql = f"SELECT {_COMMAND_COLUMNS} FROM commands"
     if where:
         sql += " WHERE " + " AND ".join(where)

@@ -230,7 +230,7 @@ class Generator:
 # --- the baseline receiver ----------------------------------------------------------------------
 
 def run_baseline(args: argparse.Namespace, cpu_gen: int | None) -> dict[str, Any]:
-    from carecard.host.receiver.downlinks import AckEncoder
+    from carecard.protocol.ack import AckEncoder
     from carecard.protocol import KeyRing, ProtocolError, decode_frame
 
     devices = device_ids(args.devices, 0)
@@ -439,7 +439,7 @@ def stage_costs(args: argparse.Namespace, count: int = 20_000) -> list[tuple[str
     benchmark's own frames: (stage, whose code, us)."""
     from carecard.host.eventlog import EventLog
     from carecard.host.events import event_record
-    from carecard.host.receiver.downlinks import AckEncoder
+    from carecard.protocol.ack import AckEncoder
     from carecard.protocol import KeyRing, decode_frame, parse_opened
 
     devices = device_ids(min(args.devices, 1000), 900_000)
