@@ -110,6 +110,51 @@ def _payload_size(fields: tuple) -> int | None:
     return total
 
 
+def _resync_size() -> int:
+    fields = next(fields for _code, name, fields in spec.DOWNLINK if name == "resync")
+    return spec.HEADER_LEN + (_payload_size(fields) or 0) + spec.TAG_LEN
+
+
+def _counters() -> list[str]:
+    """The counter rules across reboots (uplink blocks, resync, downlinks applied once)."""
+    return [
+        "## Counters across reboots", "",
+        "Each direction has its own counter per device, and a counter is used once, ever: the host",
+        "stores a frame once and acks its retransmissions (same counter, same tag) again; a counter",
+        "used again with other content is not stored.", "",
+        "**Uplink counter, reserved in blocks** (the card: `firmware/lib/counter.py`). The card keeps",
+        "one number in flash, a limit L: every counter below L may have been used. Before it uses a",
+        "counter c >= L it writes L = c + block, so flash is written once per block of frames, not",
+        "per frame. At boot it continues from L and reserves the next block at once: a reboot skips",
+        "at most the rest of a block and never reuses a counter. The record (magic, L, CRC-32) is",
+        "replaced atomically (temp file, then rename); a missing or corrupt record starts from 0,",
+        "and resync recovers.", "",
+        "**Resync.** A frame that authenticates but whose counter the host has seen with other",
+        "content, or that is older than the host's replay window and not stored, can only come from",
+        "the key holder: a card that lost its counter. Its frames would otherwise be rejected",
+        "forever, unacked. The host does not store it and answers with `resync` (instead of an",
+        "`ack`, with the next downlink counter): `rejected` = the frame's counter, `next_counter` =",
+        "one above the highest counter the host has seen from the card. The card moves its counter",
+        "up to `next_counter` (never down: a replayed old `resync` changes nothing) and sends the",
+        "message again under a new counter. A retransmission of a stored frame is acked, never",
+        f"resynced. A `resync` frame is {_resync_size()} bytes; it goes to an address other than the",
+        "card's last verified one only when it is no larger than the frame that drew it.", "",
+        "**Downlinks applied once.** The card keeps a second limit D the same way: every downlink",
+        "counter below D may have been applied. It applies a downlink only when its counter is at",
+        "least its lowest (D at boot, then one above the last applied), and persists D past the",
+        "counter before applying it. A recorded downlink replayed after a reboot (a `reboot`",
+        "command, `set_time`, a power cut) has a counter below D: rejected as a replay, never",
+        "applied twice. The host's downlink counters only rise, per device (reserved in blocks in",
+        "its store, so a host restart never reuses one either). Since D can be ahead of them after",
+        "a reboot, the card's `hello` carries `downlink_min` = D and the host continues from there",
+        "(above it); the card sends `hello` first after every boot, before its outbox.", "",
+        "A card whose downlink record is lost (a flash fault) starts again from 0: until it",
+        "applies its first downlink after that, a recorded downlink could be applied once more;",
+        "the first one it applies (the host's counter, above every recorded one) closes that gap.",
+        "",
+    ]
+
+
 def render() -> str:
     out = [
         "# CareCard wire protocol, version %d" % spec.VERSION,
@@ -135,7 +180,8 @@ def render() -> str:
         f"- `tag = HMAC-SHA256(mac_key, header | encrypted payload)[:{spec.TAG_LEN}]`",
         "- each direction has its own strictly increasing counter; the host recognises a",
         "  retransmission (same counter, same tag: acked again, stored once) and rejects a reused",
-        "  counter with other content as a replay.",
+        "  counter with other content (not stored: a card that lost its counter is told the next",
+        "  one to use, see Counters across reboots).",
         "",
         "### Header",
         "",
@@ -170,7 +216,7 @@ def render() -> str:
             f"- track: 1 to {spec.MAX_TRACK_POINTS} points; commands per ack: at most {spec.MAX_COMMANDS};"
             f" contacts: at most {spec.MAX_CONTACTS}",
             f"- latitude within +-{spec.LAT_E7_MAX} and longitude within +-{spec.LON_E7_MAX} (1e-7 degree)",
-            "", "## Example", "",
+            "", *_counters(), "## Example", "",
             f"A position frame with key `{EXAMPLE_KEY.hex()}`:", "", "```"]
     frame = encode_frame(EXAMPLE_POSITION, EXAMPLE_KEY)
     out += [str(EXAMPLE_POSITION).replace("'", '"'), f"{frame.hex()}  ({len(frame)} bytes)", "```", ""]

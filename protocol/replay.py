@@ -5,12 +5,14 @@ byte for byte until it is acked. So, for a frame that authenticated:
 
     counter above everything seen              NEW        store it, ack it
     counter seen, same tag                     DUPLICATE  a retransmission: ack again, store nothing
-    counter seen, different tag                REUSED     same counter, other content: a replay or
-                                                          a card that lost its counter; reject
+    counter seen, different tag                REUSED     same counter, other content: only the
+                                                          key holder makes that, a card that lost
+                                                          its counter; not stored (the receiver
+                                                          answers with a `resync`)
     counter within the window, not seen        NEW        reordered by the network: store it
     counter older than the window              TOO_OLD    not known here: the caller asks its store
                                                           (a late retransmission of a stored frame
-                                                          is a DUPLICATE), otherwise rejects it
+                                                          is a DUPLICATE), otherwise as REUSED
 
 A replayed copy of a genuine frame is, by construction, indistinguishable from a retransmission
 and is harmless: it is acked again and stored once.

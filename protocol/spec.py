@@ -27,7 +27,7 @@ All integers are big-endian. Field kinds:
     commands                    u8 count, then per command: seq u16, code u8, fields of COMMANDS
 """
 
-VERSION = 1
+VERSION = 2
 
 # Frame-level limits and layout.
 HEADER_LEN = 19
@@ -104,7 +104,7 @@ TEXT_RULES = {
 }
 
 HEADER = (
-    ("version", "u8", "protocol version (1)"),
+    ("version", "u8", "protocol version (VERSION: the one in docs/protocol.md's title)"),
     ("type", "u8", "message type code"),
     ("flags", "u8", "bit 0: clock not yet synced, `time` is seconds since boot"),
     ("device", "u64", "device id: the modem's IMEI as an integer"),
@@ -152,6 +152,8 @@ UPLINK = (
         ("reset_cause", "enum:reset_cause", "why the card (re)started"),
         ("config_version", "u16", "version of the provisioned configuration"),
         ("modem", "enum:modem", "modem profile in use"),
+        ("downlink_min", "u32", "lowest downlink counter the card applies (those below may have "
+                                "been applied before this boot): the host continues from it"),
     )),
     (2, "status", (
         ("battery_mv", "u16", "battery voltage"),
@@ -210,6 +212,13 @@ DOWNLINK = (
     (128, "ack", (
         ("acked", "u32", "counter of the uplink frame acknowledged"),
         ("commands", "commands", "commands for the card, applied in order"),
+    )),
+    # The answer to an authentic uplink whose counter the host has already seen with other
+    # content (or that is older than its replay window and not stored): a card that lost its
+    # counter. The frame is not stored; the card continues from next_counter and sends again.
+    (129, "resync", (
+        ("rejected", "u32", "counter of the uplink frame not stored (already used)"),
+        ("next_counter", "u32", "uplink counter to continue from: every one below it is used"),
     )),
 )
 

@@ -132,7 +132,7 @@ def test_unsynced_clock_keeps_device_time_only(validator: jsonschema.Draft202012
 def test_hello_gets_a_version_string() -> None:
     message = {"type": "hello", "direction": "uplink", "device": DEVICE, "counter": 1, "time": T0,
                "clock_synced": True, "fw_major": 1, "fw_minor": 4, "fw_patch": 12,
-               "reset_cause": "watchdog", "config_version": 3, "modem": "a7670"}
+               "reset_cause": "watchdog", "config_version": 3, "modem": "a7670", "downlink_min": 0}
     assert ev.event_from_message(message, T0)["data"]["fw_version"] == "1.4.12"
 
 

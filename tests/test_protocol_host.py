@@ -339,3 +339,11 @@ def test_host_decoder_rejects_an_authentic_frame_breaking_a_field_rule(bad):
 def test_host_encoder_refuses_every_invalid_message_with_its_typed_error(msg):
     with pytest.raises(InvalidMessage):
         encode_frame(msg, KEY)
+
+
+def test_a_frame_of_the_previous_protocol_version_is_rejected_clearly():
+    """Version 2 added the counter recovery (hello.downlink_min, resync); no card speaks 1."""
+    frame = encode_frame(POSITION, KEY)
+    error = _reject(bytes([spec.VERSION - 1]) + frame[1:], KEY)
+    assert isinstance(error, BadVersion)
+    assert str(error) == f"protocol version {spec.VERSION - 1} is not supported (this receiver speaks {spec.VERSION})"

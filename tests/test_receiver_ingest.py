@@ -14,7 +14,7 @@ from carecard.host.paths import ingest_db_path
 from carecard.host.receiver.config import BudgetSettings
 from carecard.host.receiver.ingest import DOWNLINK_BLOCK
 from carecard.host.receiver.store import StoreError
-from carecard.protocol import encode_frame, spec
+from carecard.protocol import decode_frame, encode_frame, spec
 
 from receiver_helpers import Card, Harness, provision
 
@@ -35,7 +35,7 @@ def card_of(h: Harness, index: int = 0) -> Card:
 def test_new_frame_is_stored_with_its_event_and_acked_only_after_commit(harness: Harness) -> None:
     card = card_of(harness)
     assert harness.feed(card.frame("hello", fw_major=1, fw_minor=2, fw_patch=3, reset_cause="power_on",
-                                   config_version=1, modem="a7670")) is None
+                                   config_version=1, modem="a7670", downlink_min=0)) is None
     assert harness.sent == []  # nothing acked before the commit
     assert harness.frames() == []
     acks = harness.commit()
@@ -121,9 +121,11 @@ def test_windows_and_downlink_counters_survive_a_restart(tmp_path: Path) -> None
     before = max(card.ack(a)["counter"] for a in acks)
     h.reopen()
     assert h.feed(frames[2]) is None  # duplicate, known from the store
-    assert h.feed(card.frame(counter=3, lat_e7=5)) == "replay"
-    after = [card.ack(a)["counter"] for a in h.commit()]
-    assert after and min(after) > before
+    assert h.feed(card.frame(counter=3, lat_e7=5)) == "replay"  # answered with a resync
+    answers = [decode_frame(a, card.key) for a in h.commit()]
+    assert [a["type"] for a in answers] == ["ack", "resync"]
+    after = [a["counter"] for a in answers]
+    assert min(after) > before
     # after a restart the receiver starts above everything it may have used
     assert min(after) > DOWNLINK_BLOCK - 1 or before < DOWNLINK_BLOCK
     assert h.frames() == [(card.device, c) for c in range(1, 6)]

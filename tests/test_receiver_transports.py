@@ -16,7 +16,7 @@ import pytest
 from carecard.host.paths import ingest_db_path
 from carecard.host.receiver.config import Endpoint, ReceiverConfig, SerialPort
 from carecard.host.receiver.service import ReceiverThread, StartupError
-from carecard.protocol import StreamDeframer, encode_stream_frame
+from carecard.protocol import StreamDeframer, decode_frame, encode_stream_frame
 from carecard.protocol.framing import StreamFrame
 
 from receiver_helpers import Card, ReceiverProcess, exchange, provision, run_cli, udp_client
@@ -433,8 +433,9 @@ def test_a_damaged_database_without_a_backup_is_salvaged_and_the_receiver_goes_o
     receiver = ReceiverProcess(tmp_path, "--accept-lost-history")
     client = udp_client()
     assert card.ack(exchange(client, receiver.udp_port, frames[-1]))["acked"] == 300  # a duplicate
-    client.sendto(frames[0], ("127.0.0.1", receiver.udp_port))  # lost and below the window: a replay
-    # datagrams are handled in order: an ack for the replay would come before this one's
+    # lost and below the window: not stored; answered as a card that lost its counter would be
+    resync = decode_frame(exchange(client, receiver.udp_port, frames[0]), card.key)
+    assert resync["type"] == "resync" and resync["rejected"] == 1 and resync["next_counter"] == 301
     assert card.ack(exchange(client, receiver.udp_port, card.frame()))["acked"] == 301
     assert receiver.terminate()[0] == 0
     assert stored(tmp_path)[-1] == (card.device, 301, "udp")

@@ -89,7 +89,7 @@ def apply_commands():
         send("command_result", {"seq": cmd["seq"], "result": result}, "(%%s) " %% result)
 
 send("hello", {"fw_major": 0, "fw_minor": 1, "fw_patch": 0, "reset_cause": "power_on",
-               "config_version": 1, "modem": "a7670"})
+               "config_version": 1, "modem": "a7670", "downlink_min": 0})
 apply_commands()
 status, first = send("status", {"battery_mv": 4020, "battery_pct": 88, "charging": "discharging",
                                 "rssi_dbm": -79, "motion_count": 12, "outbox_depth": 0})

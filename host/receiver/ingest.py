@@ -9,8 +9,12 @@ which hands back the acks to send. So:
   a retransmission of a frame still in an uncommitted batch waits for that batch;
 - per device, a ReplayWindow (restored lazily from the store; it takes a new frame at once, so
   it also knows the frames of batches not yet committed, and a failed commit resets it) sorts
-  NEW, DUPLICATE (ack again, store nothing), REUSED (reject: replay) and TOO_OLD (asks the store:
-  same tag = duplicate);
+  NEW, DUPLICATE (ack again, store nothing), REUSED and TOO_OLD (asks the store: same tag =
+  duplicate); an authentic frame whose counter was used for other content, or is older than the
+  window and not stored, comes from a card that lost its counter: it is not stored, and the
+  card gets a `resync` telling it the next counter to use (docs/protocol.md);
+- a `hello` carries the lowest downlink counter the card still applies: the device's downlink
+  counter continues from there;
 - every ack has a fresh downlink counter (strictly increasing per device, reserved in blocks in
   the same transaction, so a crash never makes the receiver reuse one) and the device's open
   commands; `command_result` uplinks close commands in the same transaction;
@@ -33,9 +37,9 @@ from carecard.host.receiver.metrics import Metrics
 from carecard.host.receiver import command_lifecycle as lifecycle
 from carecard.host.receiver.command_lifecycle import CommandRecord
 from carecard.host.receiver.store import CommitBatch, Contact, DeviceRecord, Store
-from carecard.protocol import KeyRing, ProtocolError, ReplayWindow, Verdict, decode_frame, spec
+from carecard.protocol import KeyRing, ProtocolError, ReplayWindow, Verdict, decode_frame, encode_frame, spec
 from carecard.protocol.ack import EMPTY_ACK_SIZE, AckEncoder
-from carecard.protocol.codec import HEADER_STRUCT
+from carecard.protocol.codec import HEADER_STRUCT, MESSAGE_TYPES
 from carecard.protocol.errors import InvalidMessage
 
 log = logging.getLogger("carecard.receiver.ingest")
@@ -44,6 +48,7 @@ log = logging.getLogger("carecard.receiver.ingest")
 DOWNLINK_BLOCK = 4096
 _U32_MAX = 0xFFFFFFFF
 _TAG_LEN = spec.TAG_LEN
+RESYNC_SIZE = spec.MIN_FRAME + MESSAGE_TYPES["resync"].packed.size  # a resync frame's bytes
 _MIN_FRAME = spec.MIN_FRAME
 _MAX_FRAME = spec.MAX_FRAME
 _unpack_header = HEADER_STRUCT.unpack_from
@@ -181,8 +186,10 @@ class Ingest:
         if verdict is _TOO_OLD:
             stored = self.store.stored_tag(device, counter)
             if stored is None:
-                return self._reject("replay", source, f"device {device} counter {counter} is older "
-                                    "than the replay window and not stored: rejected as a replay")
+                # never stored: its own (lost) frame, or a captured one replayed by anyone
+                return self._resync(frame, reply, address, source, transport, device, counter,
+                                    received_at, window, "is older than the replay window and not stored",
+                                    anyone=True)
             verdict = _DUPLICATE if _compare(stored, tag) else Verdict.REUSED
         if verdict is _NEW:
             # into the window now, before its batch commits: a retransmission meanwhile is a
@@ -197,6 +204,8 @@ class Ingest:
                                   transport, frame, opened[0]))
             if mtype == "command_result":
                 self._command_result(device, message, received_at)
+            elif mtype == "hello":
+                self._downlink_from(device, message["downlink_min"])
             stats = self._stats.get(device)
             if stats is None:
                 self._stats[device] = [received_at, counter, transport, address, 1]
@@ -208,10 +217,13 @@ class Ingest:
                 stats[3] = address
                 stats[4] += 1
         elif verdict is _DUPLICATE:
+            if message["type"] == "hello":
+                self._downlink_from(device, message["downlink_min"])
             return self._duplicate(frame, reply, address, transport, device, counter, received_at)
         else:
-            return self._reject("replay", source, f"device {device} counter {counter} was already "
-                                "used for another frame: rejected as a replay")
+            # other content under a used counter: only the key holder can make it
+            return self._resync(frame, reply, address, source, transport, device, counter,
+                                received_at, window, "was already used for another frame")
         self.last_seen[device] = received_at
         try:
             ack = self._ack(device, counter, received_at)
@@ -246,6 +258,58 @@ class Ingest:
         if not batch.started:
             batch.started = received_at
         return None
+
+    def _resync(self, frame: bytes, reply: Sender, address: Any, source: Hashable, transport: str,
+                device: int, counter: int, received_at: float, window: ReplayWindow, why: str,
+                anyone: bool = False) -> str:
+        """An authentic frame not stored because its counter is used: counted as a replay, and
+        answered (after the batch commits) with a `resync` naming the next counter to use. With
+        `anyone` (a frame that may be a replayed capture), to an address other than the card's
+        last verified one only when the resync is no larger than the frame."""
+        reason = self._reject("replay", source, f"device {device} counter {counter} {why}: not "
+                              "stored, the card is told the next counter to use")
+        next_counter = window.highest + 1
+        if next_counter > _U32_MAX:
+            log.error("device %s has used every uplink counter: it needs a new key", device)
+            return reason
+        if anyone and transport == "udp" and len(frame) < RESYNC_SIZE \
+                and not self._is_verified_address(device, transport, address):
+            self.metrics.acks_withheld += 1
+            return reason
+        try:
+            answer = encode_frame({"type": "resync", "device": device,
+                                   "counter": self._downlink_counter(device),
+                                   "time": int(received_at), "rejected": counter,
+                                   "next_counter": next_counter}, self.keyring)
+        except (InvalidMessage, OverflowError) as exc:
+            log.error("cannot make the resync for device %s counter %s: %s", device, counter, exc)
+            return reason
+        batch = self.batch
+        batch.acks.append((reply, address, answer))
+        if not batch.started:
+            batch.started = received_at
+        return reason
+
+    def _downlink_from(self, device: int, lowest: int) -> None:
+        """The card applies downlinks from counter `lowest` on (its `hello`): never send below."""
+        if self.dl_next.get(device, 1) < lowest:
+            self.dl_next[device] = lowest
+            self.dl_reserved.setdefault(device, 0)
+
+    def _downlink_counter(self, device: int) -> int:
+        """A fresh downlink counter for `device`, reserved in the store in blocks (in this batch)."""
+        counter = self.dl_next.get(device)
+        if counter is None:  # a device with a key but no registry row yet
+            counter = 1
+            self.dl_reserved[device] = 0
+        if counter > self.dl_reserved[device]:
+            reserve = min(counter + DOWNLINK_BLOCK - 1, _U32_MAX)
+            if counter > _U32_MAX:
+                raise OverflowError(f"device {device}: the downlink counter is exhausted")
+            self.dl_reserved[device] = reserve
+            self.batch.commit.downlink_reserved[device] = reserve
+        self.dl_next[device] = counter + 1
+        return counter
 
     def _is_verified_address(self, device: int, transport: str, address: Any) -> bool:
         """Did the device's last new (authentic, never seen) frame come from this address?"""
@@ -298,17 +362,7 @@ class Ingest:
         """The ack of `acked` with a fresh downlink counter. `commands_mode`: _SEND (a new frame:
         open commands go out and count an attempt), _REPEAT (a retransmission from the card's
         address: they go out, nothing counted) or _NO_COMMANDS."""
-        counter = self.dl_next.get(device)
-        if counter is None:  # a device with a key but no registry row yet
-            counter = 1
-            self.dl_reserved[device] = 0
-        if counter > self.dl_reserved[device]:
-            reserve = min(counter + DOWNLINK_BLOCK - 1, _U32_MAX)
-            if counter > _U32_MAX:
-                raise OverflowError(f"device {device}: the downlink counter is exhausted")
-            self.dl_reserved[device] = reserve
-            self.batch.commit.downlink_reserved[device] = reserve
-        self.dl_next[device] = counter + 1
+        counter = self._downlink_counter(device)
         stamp = int(now)
         if device not in self.commands or commands_mode == _NO_COMMANDS:  # the usual case first
             return self.encoder.encode(device, counter, stamp, acked)
