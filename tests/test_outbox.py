@@ -274,6 +274,15 @@ def test_byte_bound_evicts_as_many_routine_reports_as_the_new_frame_needs(card):
     assert ans["state"]["live_bytes"] <= 3 * record
     small = card.ops(["a", 5, frame(5, 30), CALL, 0])
     assert small["out"] == [1] and small["state"]["counters"] == [3, 4, 5]
+    # a routine report is queued, but evicting it frees too little for another large frame:
+    # refused, nothing evicted, and the error says why
+    card.open("tight.log", entries=50, bytes=3 * record - 10)
+    card.ops(["a", 1, frame(1, big), SOS, 0], ["a", 2, frame(2, big), CALL, 0],
+             ["a", 3, frame(3, 30), ROUTINE, 0])
+    ans = card.call({"ops": [["a", 4, frame(4, big), SOS, 0]]})
+    assert "OutboxFull" in ans["error"], ans
+    assert "evicting every routine report (1) frees too little" in ans["error"], ans
+    assert card.open("tight.log", entries=50, bytes=3 * record - 10)["counters"] == [1, 2, 3]
 
 
 @pytest.mark.parametrize("req,message", [
@@ -282,6 +291,8 @@ def test_byte_bound_evicts_as_many_routine_reports_as_the_new_frame_needs(card):
     (["a", 1, "00", 3, 0], "priority 3"),
     (["a", -1, "00", 0, 0], "counter -1 is not a u32"),
     (["a", 1 << 32, "00", 0, 0], "is not a u32"),
+    (["a", None, "00", 0, 0], "counter None is not a u32"),
+    (["a", 1, "00", None, 0], "priority None is not 0 (SOS)"),
     (["s", 77, 0], "no frame with counter 77"),
 ])
 def test_misuse_is_a_clear_error(card, req, message):

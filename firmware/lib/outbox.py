@@ -177,9 +177,9 @@ class Outbox:
         """Persist `frame` under `counter`; it is due at once. Evicts the oldest routine reports
         if the bounds need it (returns how many); raises OutboxFull if even that is not enough."""
         n = len(frame)
-        if not 0 <= counter <= 0xFFFFFFFF:
+        if type(counter) is not int or not 0 <= counter <= 0xFFFFFFFF:
             raise OutboxError("outbox append: counter %r is not a u32" % (counter,))
-        if not 0 <= prio < _PRIOS:
+        if type(prio) is not int or not 0 <= prio < _PRIOS:
             raise OutboxError("outbox append: priority %r is not 0 (SOS), 1 (call), 2 (routine)" % (prio,))
         if not 0 < n <= ccspec.MAX_FRAME:
             raise OutboxError("outbox append: frame of %d bytes (1..%d)" % (n, ccspec.MAX_FRAME))
@@ -203,9 +203,10 @@ class Outbox:
             i += 1
         if i < 0:
             self.refused += 1
-            raise OutboxFull("outbox full: %d entries, %d of %d bytes, none of them routine; "
-                             "frame %d (priority %d) not stored" % (len(self._ctr), self.live_bytes,
-                                                                    self.max_bytes, counter, prio))
+            raise OutboxFull("outbox full: %d entries, %d of %d bytes; evicting every routine "
+                             "report (%d) frees too little; frame %d (priority %d) not stored"
+                             % (len(self._ctr), self.live_bytes, self.max_bytes, victims, counter,
+                                prio))
         dropped = 0
         while dropped < victims:
             j = self._prio.index(PRIO_ROUTINE)
