@@ -3,7 +3,7 @@ by `carecard receive`, the sinks, the registry and the query commands.
 
     DATA/                      the data folder (see resolve_data_dir for how it is found)
       carecard.sqlite          the ingest database (frames, devices, downlinks) and the durable
-                               event log with the sinks' cursors (carecard.host.eventlog); WAL mode
+                               event log with the sinks' cursors (carecard.host.storage.sqlite); WAL mode
       events.sqlite            the SQLite sink's query store (positions, events, alerts): a separate
                                file so queries and the sink never contend with the ingest writer
       webhook-NAME.deadletter.jsonl   events a webhook sink gave up on (see docs/events.md)

@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 
 from carecard.host.cli import main
-from carecard.host.eventlog import EventLog
+from carecard.host.storage.sqlite.eventlog import SQLiteEventLog
 from carecard.host.events import event_from_message
 from carecard.host.paths import ingest_db_path
 from carecard.host.sinks import SinkSet
@@ -24,11 +24,11 @@ def fill_data_folder(data: Path) -> None:
     the SQLite sink (events.sqlite)."""
     assert main(["devices", "add", str(DEVICE), "--name", NAME, "--generate-key",
                  "--no-check-digit", "--data", str(data)]) == 0
-    writer = EventLog.connect_writer(ingest_db_path(data))
-    EventLog.append(writer, [event_from_message(position_message(n), T0 + n * 60 + 1) for n in range(1, 4)])
+    writer = SQLiteEventLog.connect_writer(ingest_db_path(data))
+    SQLiteEventLog.append(writer, [event_from_message(position_message(n), T0 + n * 60 + 1) for n in range(1, 4)])
     writer.close()
 
-    log = EventLog(ingest_db_path(data))
+    log = SQLiteEventLog(ingest_db_path(data))
 
     async def deliver() -> None:
         sinks = SinkSet.from_config(None, data, log)

@@ -14,13 +14,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from carecard.host.eventlog import EventLog
 from carecard.host.paths import ingest_db_path
 from carecard.host.receiver.config import BudgetSettings, DownlinkSettings, IngestSettings
 from carecard.host.receiver.ingest import Ingest
 from carecard.host.receiver.metrics import Metrics
 from carecard.host.receiver.registry import DeviceSpec, add_devices, make_imei
-from carecard.host.receiver.store import SQLiteStore
+from carecard.host.storage import CommitBatch, IngestStore
+from carecard.host.storage.sqlite.eventlog import SQLiteEventLog
+from carecard.host.storage.sqlite.store import SQLiteStore
 from carecard.protocol import KeyRing, decode_frame, encode_frame
 
 BASE_TIME = 1764374400
@@ -71,6 +72,13 @@ class Card:
         return message
 
 
+def commit_batch(store: IngestStore, batch: CommitBatch) -> int:
+    """Make a batch durable as the receiver does (prepare, then finish); the log's last seq."""
+    last_seq = store.prepare(batch)
+    store.finish()
+    return last_seq
+
+
 class Harness:
     """An Ingest on a real SQLite store, with a fake 'network' collecting sent acks."""
 
@@ -106,7 +114,7 @@ class Harness:
         batch = self.ingest.take_batch(time.time())
         if batch is None:
             return []
-        last_seq = self.store.commit(batch.commit)
+        last_seq = commit_batch(self.store, batch.commit)
         acks = self.ingest.committed(batch, last_seq, 0.0)
         for send, address, ack in acks:
             send(ack, address)
@@ -118,7 +126,7 @@ class Harness:
 
     def events(self) -> list[str]:
         """The ids of the events in the log, in order (as the sinks read them)."""
-        log = EventLog(ingest_db_path(self.data_dir))
+        log = SQLiteEventLog(ingest_db_path(self.data_dir))
         try:
             return [event["id"] for _seq, event in log.events_after(0, 1_000_000)]
         finally:

@@ -107,7 +107,7 @@ def test_any_sequence_of_events_follows_the_table(events: list[tuple], max_attem
 def test_the_store_writes_a_change_only_to_an_open_command(tmp_path: Path) -> None:
     """UPDATE_COMMAND is made from CHANGE_COLUMNS and OPEN_STATES: a change to a command that an
     operator finished meanwhile (cancelled) leaves it as it is."""
-    from carecard.host.receiver.store import UPDATE_COMMAND, SQLiteStore, list_commands
+    from carecard.host.storage.sqlite.store import UPDATE_COMMAND, SQLiteStore, list_commands
 
     store = SQLiteStore(tmp_path / "c.sqlite", readonly_lookups=False)
     try:

@@ -15,7 +15,7 @@ from carecard.host.paths import ingest_db_path
 from carecard.host.receiver.config import DownlinkSettings, Endpoint, ReceiverConfig
 from carecard.host.receiver.downlinks import CommandError, check_command, queue_command
 from carecard.host.receiver.service import ReceiverThread
-from carecard.host.receiver.store import SQLiteStore, list_commands, load_devices
+from carecard.host.storage.sqlite.store import SQLiteStore, list_commands, load_devices
 
 from receiver_helpers import Card, Harness, exchange, provision, run_cli, udp_client
 

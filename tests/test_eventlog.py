@@ -12,7 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from carecard.host.eventlog import EventLog, EventLogError, insert_rows, multi_row_chunks, parse_body
+from carecard.host.events import parse_body
+from carecard.host.storage import EventLogError
+from carecard.host.storage.sqlite.eventlog import SQLiteEventLog
+from carecard.host.storage.sqlite.sql import insert_rows, multi_row_chunks
 from carecard.host.events import event_json
 from carecard.host.events import event_from_message
 from carecard.host.paths import DEFAULT_DATA_DIR, events_db_path, ingest_db_path
@@ -28,17 +31,17 @@ def test_paths() -> None:
 
 def test_append_is_part_of_the_callers_transaction(tmp_path: Path) -> None:
     db = tmp_path / "carecard.sqlite"
-    writer = EventLog.connect_writer(db)
-    reader = EventLog(db)
+    writer = SQLiteEventLog.connect_writer(db)
+    reader = SQLiteEventLog(db)
     writer.execute("BEGIN IMMEDIATE")
     writer.execute("CREATE TABLE other (n INTEGER)")
     writer.execute("INSERT INTO other VALUES (1)")
-    assert EventLog.append(writer, [position_event(1), position_event(2)]) == 2
+    assert SQLiteEventLog.append(writer, [position_event(1), position_event(2)]) == 2
     assert reader.last_seq() == 0 and reader.events_after(0) == []  # not committed yet
     writer.execute("ROLLBACK")
     assert reader.last_seq() == 0
     writer.execute("BEGIN IMMEDIATE")
-    EventLog.append(writer, [position_event(1), position_event(2)])
+    SQLiteEventLog.append(writer, [position_event(1), position_event(2)])
     writer.execute("COMMIT")
     assert [(seq, e["id"]) for seq, e in reader.events_after(0)] == [(1, position_event(1)["id"]),
                                                                      (2, position_event(2)["id"])]
@@ -48,12 +51,12 @@ def test_append_is_part_of_the_callers_transaction(tmp_path: Path) -> None:
 def test_python_default_isolation_level(tmp_path: Path) -> None:
     """With sqlite3's default isolation level the insert opens a transaction that the caller commits."""
     db = tmp_path / "c.sqlite"
-    EventLog.connect_writer(db).close()
+    SQLiteEventLog.connect_writer(db).close()
     conn = sqlite3.connect(db)
     conn.execute("CREATE TABLE IF NOT EXISTS other (n INTEGER)")
     conn.execute("INSERT INTO other VALUES (1)")
-    EventLog.append(conn, [position_event(1)])
-    reader = EventLog(db)
+    SQLiteEventLog.append(conn, [position_event(1)])
+    reader = SQLiteEventLog(db)
     assert reader.last_seq() == 0
     conn.commit()
     assert reader.last_seq() == 1
@@ -61,11 +64,11 @@ def test_python_default_isolation_level(tmp_path: Path) -> None:
 
 def test_every_event_is_appended_in_order_without_gaps(tmp_path: Path) -> None:
     db = tmp_path / "c.sqlite"
-    writer = EventLog.connect_writer(db)
-    assert EventLog.append(writer, [position_event(1), position_event(2)]) == 2
-    assert EventLog.append(writer, []) == 2
-    assert EventLog.append(writer, [position_event(3)]) == 3
-    assert [(seq, e["counter"]) for seq, e in EventLog(db).events_after(0)] == [(1, 1), (2, 2), (3, 3)]
+    writer = SQLiteEventLog.connect_writer(db)
+    assert SQLiteEventLog.append(writer, [position_event(1), position_event(2)]) == 2
+    assert SQLiteEventLog.append(writer, []) == 2
+    assert SQLiteEventLog.append(writer, [position_event(3)]) == 3
+    assert [(seq, e["counter"]) for seq, e in SQLiteEventLog(db).events_after(0)] == [(1, 1), (2, 2), (3, 3)]
 
 
 @settings(max_examples=15, deadline=None)
@@ -74,16 +77,16 @@ def test_large_appends_in_the_callers_transaction(tmp_path_factory: pytest.TempP
                                                   sizes: list[int]) -> None:
     """Batches spanning several multi-row statements: order, bodies and gap-free seqs kept."""
     db = tmp_path_factory.mktemp("log") / "c.sqlite"
-    writer = EventLog.connect_writer(db)
+    writer = SQLiteEventLog.connect_writer(db)
     counters: list[int] = []
     for size in sizes:
         batch = list(range(len(counters) + 1, len(counters) + size + 1))
         writer.execute("BEGIN IMMEDIATE")
-        head = EventLog.append(writer, [position_event(n) for n in batch])
+        head = SQLiteEventLog.append(writer, [position_event(n) for n in batch])
         writer.execute("COMMIT")
         counters += batch
         assert head == len(counters)
-    with EventLog(db) as reader:
+    with SQLiteEventLog(db) as reader:
         got = reader.entries_after(0, 10_000)
     assert [entry.seq for entry in got] == list(range(1, len(counters) + 1))
     assert [entry.event["counter"] for entry in got] == counters
@@ -100,7 +103,7 @@ def test_multi_row_chunks_cover_every_row_once() -> None:
 
 
 def test_insert_rows_without_fallback_raises(tmp_path: Path) -> None:
-    conn = EventLog.connect_writer(tmp_path / "c.sqlite")
+    conn = SQLiteEventLog.connect_writer(tmp_path / "c.sqlite")
     conn.execute("CREATE TABLE t (a INTEGER PRIMARY KEY, b TEXT)")
     conn.execute("BEGIN IMMEDIATE")
     insert_rows(conn, "INSERT INTO t (a, b) VALUES ", 2, [1, "x", 2, "y"])
@@ -112,41 +115,41 @@ def test_insert_rows_without_fallback_raises(tmp_path: Path) -> None:
 
 def test_prune_and_cursors(tmp_path: Path) -> None:
     db = tmp_path / "c.sqlite"
-    writer = EventLog.connect_writer(db)
-    EventLog.append(writer, [position_event(n) for n in range(1, 11)])
-    log = EventLog(db)
+    writer = SQLiteEventLog.connect_writer(db)
+    SQLiteEventLog.append(writer, [position_event(n) for n in range(1, 11)])
+    log = SQLiteEventLog(db)
     assert log.load_cursor("sqlite") is None
     log.save_cursor("sqlite", 6)
     log.save_cursor("sqlite", 7)
     log.save_cursor("mqtt", 3)
-    assert EventLog(db).cursors() == {"sqlite": 7, "mqtt": 3}
-    assert EventLog.prune(writer, 3, max_rows=2) == 2
-    assert EventLog.prune(writer, 3) == 1
+    assert SQLiteEventLog(db).cursors() == {"sqlite": 7, "mqtt": 3}
+    assert SQLiteEventLog.prune(writer, 3, max_rows=2) == 2
+    assert SQLiteEventLog.prune(writer, 3) == 1
     assert log.first_seq() == 4 and log.last_seq() == 10
-    EventLog.append(writer, [position_event(11)])
+    SQLiteEventLog.append(writer, [position_event(11)])
     assert log.events_after(9) == [(10, position_event(10)), (11, position_event(11))]
-    EventLog.prune(writer, 11)
+    SQLiteEventLog.prune(writer, 11)
     assert log.first_seq() == 0 and log.last_seq() == 11  # seqs are never reused
-    assert EventLog.append(writer, [position_event(12)]) == 12
+    assert SQLiteEventLog.append(writer, [position_event(12)]) == 12
 
 
 def test_open_errors(tmp_path: Path) -> None:
     with pytest.raises(EventLogError, match="does not exist"):
-        EventLog(tmp_path / "missing.sqlite")
+        SQLiteEventLog(tmp_path / "missing.sqlite")
     other = tmp_path / "other.sqlite"
     sqlite3.connect(other).execute("CREATE TABLE x (y)")
     with pytest.raises(EventLogError, match="no event_log or sink_cursor table"):
-        EventLog(other)
+        SQLiteEventLog(other)
     junk = tmp_path / "junk.sqlite"
     junk.write_bytes(b"this is not a database" * 100)
     with pytest.raises(EventLogError):
-        EventLog(junk)
+        SQLiteEventLog(junk)
 
 
 def test_reader_sees_a_gap_free_prefix_while_the_writer_appends(tmp_path: Path) -> None:
     db = tmp_path / "c.sqlite"
-    writer = EventLog.connect_writer(db)
-    reader = EventLog(db)
+    writer = SQLiteEventLog.connect_writer(db)
+    reader = SQLiteEventLog(db)
     total = 2000
     done = threading.Event()
     problems: list[str] = []
@@ -165,7 +168,7 @@ def test_reader_sees_a_gap_free_prefix_while_the_writer_appends(tmp_path: Path) 
     thread.start()
     for start in range(1, total + 1, 20):
         writer.execute("BEGIN IMMEDIATE")
-        EventLog.append(writer, [position_event(n) for n in range(start, start + 20)])
+        SQLiteEventLog.append(writer, [position_event(n) for n in range(start, start + 20)])
         writer.execute("COMMIT")
     done.set()
     thread.join(30)
@@ -174,12 +177,12 @@ def test_reader_sees_a_gap_free_prefix_while_the_writer_appends(tmp_path: Path) 
 
 def test_rows_that_are_not_json_are_a_typed_error(tmp_path: Path) -> None:
     db = tmp_path / "c.sqlite"
-    writer = EventLog.connect_writer(db)
-    EventLog.append(writer, [position_event(1)])
+    writer = SQLiteEventLog.connect_writer(db)
+    SQLiteEventLog.append(writer, [position_event(1)])
     good = event_json(position_event(2))
     for n, body in enumerate([" " + good + " ", good + "x", "{", "", "[1, 2", good.replace(":", "=", 1)], start=3):
         writer.execute("INSERT INTO event_log (event_id, appended_at, body) VALUES (?, 0, ?)", (f"e-{n}", body))
-    with EventLog(db) as reader:
+    with SQLiteEventLog(db) as reader:
         assert reader.events_after(0, 2) == [(1, position_event(1)), (2, position_event(2))]
         for seq in range(2, 7):
             with pytest.raises(EventLogError, match=f"seq {seq + 1} is not JSON"):
@@ -209,10 +212,10 @@ def test_parse_body_wide_integers_and_what_only_json_takes(body: str) -> None:
 
 
 def test_entries_after_keeps_wide_integers_exact(tmp_path: Path) -> None:
-    writer = EventLog.connect_writer(tmp_path / "log.sqlite")
+    writer = SQLiteEventLog.connect_writer(tmp_path / "log.sqlite")
     event = {"id": "e1", "big": 2**70, "neg": -(2**64), "nested": {"n": [2**65, 1.5]}}
-    EventLog.append(writer, [event])
-    with EventLog(tmp_path / "log.sqlite") as log:
+    SQLiteEventLog.append(writer, [event])
+    with SQLiteEventLog(tmp_path / "log.sqlite") as log:
         (entry,) = log.entries_after(0)
     assert entry.event == event and type(entry.event["big"]) is int
     writer.close()
@@ -222,11 +225,11 @@ def test_a_damaged_opened_frame_in_the_log_is_a_clear_error_naming_its_row(tmp_p
     """A frame's event is logged as its opened frame; a row whose bytes are not one (a damaged
     file) stops the reader with an error that names the row, instead of a wrong event."""
     db = tmp_path / "c.sqlite"
-    writer = EventLog.connect_writer(db)
-    EventLog.append(writer, [position_event(1)])
-    EventLog.append_frames(writer, [(DEVICE, 2, bytes(8), "position", 0, 1.5, "udp", b"frame",
+    writer = SQLiteEventLog.connect_writer(db)
+    SQLiteEventLog.append(writer, [position_event(1)])
+    SQLiteEventLog.append_frames(writer, [(DEVICE, 2, bytes(8), "position", 0, 1.5, "udp", b"frame",
                                      b"\x01\x02garbage")])
-    with EventLog(db) as reader:
+    with SQLiteEventLog(db) as reader:
         assert reader.entries_after(0, 1)[0].event == position_event(1)  # the good row before it
         with pytest.raises(EventLogError, match="seq 2 is not an opened frame"):
             reader.entries_after(0)
@@ -243,18 +246,21 @@ print(json.dumps(conn.execute("SELECT typeof(v), quote(v) FROM t ORDER BY rowid"
 """
 
 
-def test_identity_adapters_store_exactly_what_sqlite3_stores_without_them() -> None:
-    """The adapters registered by carecard.host.eventlog (to spare sqlite3's failing adaptation
+def test_identity_adapters_store_exactly_what_sqlite3_stores_without_them(tmp_path: Path) -> None:
+    """The adapters registered by carecard.host.storage.sqlite.sql (to spare sqlite3's failing adaptation
     lookup per bytes/None/bool parameter) change nothing that is stored: the same values give the
-    same types and contents here as in an interpreter that never imported carecard."""
+    same types and contents here as in an interpreter that never imported carecard. Opening a
+    writer registers them."""
     import subprocess
     import sys
 
+    SQLiteEventLog.connect_writer(tmp_path / "log.sqlite").close()
     assert sqlite3.adapters[(bytes, sqlite3.PrepareProtocol)] is bytes.__bytes__
     assert sqlite3.adapters[(type(None), sqlite3.PrepareProtocol)] is not None
     assert sqlite3.adapters[(bool, sqlite3.PrepareProtocol)] is int
-    with_adapters = subprocess.run([sys.executable, "-c", "import carecard.host.eventlog\n" + _STORE_VALUES],
-                                   capture_output=True, text=True, check=True).stdout
+    register = "from carecard.host.storage.sqlite.sql import register_identity_adapters\nregister_identity_adapters()\n"
+    with_adapters = subprocess.run([sys.executable, "-c", register + _STORE_VALUES], capture_output=True,
+                                   text=True, check=True).stdout
     without = subprocess.run([sys.executable, "-c", _STORE_VALUES], capture_output=True, text=True,
                              check=True).stdout
     assert json.loads(with_adapters) == json.loads(without)
@@ -277,19 +283,19 @@ def test_frames_rows_are_the_archive_unique_and_never_pruned(tmp_path: Path) -> 
     `frames` view shows it as the archive, (device, counter) is unique, and pruning takes the
     other events' rows only."""
     db = tmp_path / "c.sqlite"
-    writer = EventLog.connect_writer(db)
-    EventLog.append(writer, [position_event(1)])
-    assert EventLog.append_frames(writer, [_frame_row(DEVICE, 2), _frame_row(DEVICE, 3)]) == 3
-    EventLog.append(writer, [position_event(4)])
+    writer = SQLiteEventLog.connect_writer(db)
+    SQLiteEventLog.append(writer, [position_event(1)])
+    assert SQLiteEventLog.append_frames(writer, [_frame_row(DEVICE, 2), _frame_row(DEVICE, 3)]) == 3
+    SQLiteEventLog.append(writer, [position_event(4)])
     with pytest.raises(sqlite3.IntegrityError):
-        EventLog.append_frames(writer, [_frame_row(DEVICE, 5), _frame_row(DEVICE, 3)])
+        SQLiteEventLog.append_frames(writer, [_frame_row(DEVICE, 5), _frame_row(DEVICE, 3)])
     assert writer.execute("SELECT device, counter, type, transport FROM frames").fetchall() == [
         (DEVICE, 2, "position", "udp"), (DEVICE, 3, "position", "udp")]
-    log = EventLog(db)
+    log = SQLiteEventLog(db)
     assert [(seq, event["id"]) for seq, event in log.events_after(0)] == [
         (1, position_event(1)["id"]), (2, f"{DEVICE}-2"), (3, f"{DEVICE}-3"), (4, position_event(4)["id"])]
     assert log.events_after(1)[0][1] == event_from_message(position_message(2), T0 + 2)
-    assert EventLog.prune(writer, 4) == 2
+    assert SQLiteEventLog.prune(writer, 4) == 2
     assert [row[0] for row in writer.execute("SELECT seq FROM event_log")] == [2, 3]
     assert log.first_seq() == 2 and log.last_seq() == 4
     log.close()
@@ -299,7 +305,7 @@ def test_frames_rows_are_the_archive_unique_and_never_pruned(tmp_path: Path) -> 
 def test_the_hot_queries_use_their_indexes(tmp_path: Path) -> None:
     """The ingest's replay lookups go through the frames' unique index and pruning through the
     partial index of prunable rows: neither reads the whole log (the archive of every frame)."""
-    from carecard.host.receiver.store import SQLiteStore
+    from carecard.host.storage.sqlite.store import SQLiteStore
 
     store = SQLiteStore(tmp_path / "c.sqlite")
     conn = store.connection

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from carecard.host.cli import main
-from carecard.host.eventlog import EventLog
+from carecard.host.storage.sqlite.eventlog import SQLiteEventLog
 from carecard.host.events import alert_event, event_from_message
 from carecard.host.export import export_track
 from carecard.host.paths import events_db_path, ingest_db_path
@@ -55,11 +55,11 @@ def _scenario() -> list[dict]:
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data folder filled the real way: event log -> SinkSet -> SQLite sink."""
     data = tmp_path_factory.mktemp("data")
-    writer = EventLog.connect_writer(ingest_db_path(data))
-    EventLog.append(writer, _scenario())
+    writer = SQLiteEventLog.connect_writer(ingest_db_path(data))
+    SQLiteEventLog.append(writer, _scenario())
 
     async def run() -> None:
-        sinks = SinkSet.from_config(None, data, EventLog(ingest_db_path(data)))
+        sinks = SinkSet.from_config(None, data, SQLiteEventLog(ingest_db_path(data)))
         await sinks.start()
         await sinks.stop(drain_timeout=5)
 
@@ -111,7 +111,7 @@ def _deliver_log(data_dir: Path) -> dict:
     """Run the default sinks (the SQLite store) over the event log in `data_dir` until it is
     delivered; the SQLite sink's stats."""
     async def run() -> dict:
-        sinks = SinkSet.from_config(None, data_dir, EventLog(ingest_db_path(data_dir)))
+        sinks = SinkSet.from_config(None, data_dir, SQLiteEventLog(ingest_db_path(data_dir)))
         await sinks.start()
         await sinks.stop(drain_timeout=10)
         return sinks.stats()["sqlite"]
@@ -138,8 +138,8 @@ def test_sqlite_sink_large_batches_from_the_log_match_event_by_event_delivery(tm
         events.append(event_from_message(message, T0 + n * 60 + rng.random()))
     events += _scenario()[:4]  # repeats (a re-delivery): the sink stores each event once
     log_dir, one_dir = tmp_path / "log", tmp_path / "one"
-    writer = EventLog.connect_writer(ingest_db_path(log_dir))
-    EventLog.append(writer, events)
+    writer = SQLiteEventLog.connect_writer(ingest_db_path(log_dir))
+    SQLiteEventLog.append(writer, events)
 
     async def one_by_one() -> int:
         sink = SQLiteSink("sqlite", events_db_path(one_dir))
@@ -303,7 +303,7 @@ def test_a_frames_event_stored_from_its_message_equals_the_one_stored_from_its_j
     message and keeps the opened frame instead of the JSON. For every uplink type (unsynced
     clocks, no fix, unknown values included) that gives the same columns and positions as
     storing the event's JSON, and reading it back gives the same event."""
-    from carecard.host.eventlog import LogEntry
+    from carecard.host.storage import LogEntry
     from carecard.host.events import event_json, event_record
     from carecard.host.sinks.sqlite_store import _Times
     from carecard.protocol import decode_frame, encode_frame, parse_opened
@@ -335,14 +335,14 @@ def test_events_from_the_receiver_read_back_as_made_from_their_frames(tmp_path: 
 
     key = bytes(range(16))
     frames = [encode_frame({**position_message(n), "type": "position"}, key) for n in range(1, 6)]
-    writer = EventLog.connect_writer(ingest_db_path(tmp_path))
+    writer = SQLiteEventLog.connect_writer(ingest_db_path(tmp_path))
     expected = []
     for n, frame in enumerate(frames):
         opened: list[bytes] = []
         message = decode_frame(frame, key, opened)
         received = T0 + 0.125 * n + 1000
         expected.append(event_from_message(message, received))
-        EventLog.append_frames(writer, [_frame_row(frame, message, opened[0], received)])
+        SQLiteEventLog.append_frames(writer, [_frame_row(frame, message, opened[0], received)])
 
     _deliver_log(tmp_path)
     assert main(["events", "--data", str(tmp_path)]) == 0
@@ -373,8 +373,8 @@ def test_a_store_of_the_json_only_layout_gains_the_columns_and_a_damaged_frame_i
     opened: list[bytes] = []
     new_frame = encode_frame(position_message(2), key)
     new_message = decode_frame(new_frame, key, opened)
-    writer = EventLog.connect_writer(ingest_db_path(tmp_path))
-    EventLog.append_frames(writer, [_frame_row(new_frame, new_message, opened[0], T0 + 121.25)])
+    writer = SQLiteEventLog.connect_writer(ingest_db_path(tmp_path))
+    SQLiteEventLog.append_frames(writer, [_frame_row(new_frame, new_message, opened[0], T0 + 121.25)])
 
     _deliver_log(tmp_path)
     assert main(["events", "--data", str(tmp_path)]) == 0

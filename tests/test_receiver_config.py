@@ -19,7 +19,8 @@ from carecard.host.receiver.config import (
     parse_endpoint,
     parse_serial,
 )
-from carecard.host.receiver.store import SQLiteStore, StoreError
+from carecard.host.storage import StoreError
+from carecard.host.storage.sqlite.store import SQLiteStore
 
 from receiver_helpers import run_cli
 

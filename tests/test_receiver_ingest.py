@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from carecard.host.eventlog import EventLog
+from carecard.host.storage.sqlite.eventlog import SQLiteEventLog
 from carecard.host.paths import ingest_db_path
 from carecard.host.receiver.config import BudgetSettings
 from carecard.host.receiver.ingest import DOWNLINK_BLOCK
-from carecard.host.receiver.store import StoreError
+from carecard.host.storage import StoreError
 from carecard.protocol import decode_frame, encode_frame, spec
 
-from receiver_helpers import Card, Harness, provision
+from receiver_helpers import Card, Harness, commit_batch, provision
 
 
 @pytest.fixture
@@ -169,7 +169,7 @@ def test_commit_is_all_or_nothing(harness: Harness) -> None:
     batch = harness.ingest.take_batch(time.time())
     batch.commit.frames.append(batch.commit.frames[0])  # a primary-key violation at the end
     with pytest.raises(StoreError):
-        harness.store.commit(batch.commit)
+        commit_batch(harness.store, batch.commit)
     assert harness.frames() == [] and harness.events() == []
 
 
@@ -224,7 +224,7 @@ def test_event_log_holds_every_committed_frame_in_order(harness: Harness) -> Non
         harness.feed(a.frame())
         harness.feed(b.frame("status"))
     harness.commit()
-    log = EventLog(ingest_db_path(harness.data_dir))
+    log = SQLiteEventLog(ingest_db_path(harness.data_dir))
     try:
         events = [event for _seq, event in log.events_after(0)]
     finally:
@@ -236,7 +236,8 @@ def test_event_log_holds_every_committed_frame_in_order(harness: Harness) -> Non
 def test_a_database_of_a_development_schema_is_refused_with_the_fix(tmp_path: Path) -> None:
     import sqlite3
 
-    from carecard.host.receiver.store import SQLiteStore, StoreError
+    from carecard.host.storage import StoreError
+    from carecard.host.storage.sqlite.store import SQLiteStore
 
     provision(tmp_path, 1)
     db = ingest_db_path(tmp_path)
@@ -249,7 +250,8 @@ def test_a_database_of_a_development_schema_is_refused_with_the_fix(tmp_path: Pa
 def test_a_database_of_a_newer_schema_is_refused_with_the_fix(tmp_path: Path) -> None:
     import sqlite3
 
-    from carecard.host.receiver.store import SQLiteStore, StoreError
+    from carecard.host.storage import StoreError
+    from carecard.host.storage.sqlite.store import SQLiteStore
 
     provision(tmp_path, 1)
     db = ingest_db_path(tmp_path)
@@ -272,7 +274,7 @@ def test_the_commit_observer_sees_each_commits_frames_only_after_it(harness: Har
         assert harness.ingest.handle(frame, harness.send, ("10.0.0.1", 1), "10.0.0.1", "udp", received) is None
     assert calls == []
     harness.commit()
-    with EventLog(ingest_db_path(harness.data_dir)) as log:
+    with SQLiteEventLog(ingest_db_path(harness.data_dir)) as log:
         last_seq = log.last_seq()
     ((seq, rows),) = calls
     assert seq == last_seq == 3
@@ -305,7 +307,7 @@ def test_device_statistics_name_the_last_source_and_count_the_frames(harness: Ha
     harness.feed(card.frame(counter=2), source="10.0.0.9", address=("10.0.0.9", 6001))  # duplicate
     batch = harness.ingest.take_batch(time.time(), force_stats=True)
     assert batch is not None
-    harness.store.commit(batch.commit)
+    commit_batch(harness.store, batch.commit)
     row = harness.store.connection.execute(
         "SELECT last_counter, last_source, frames_stored FROM devices WHERE device = ?",
         (card.device,)).fetchone()
@@ -354,7 +356,7 @@ def _interleave(harness: Harness, ops: list[tuple[str, int]]) -> None:
             return set(conn.execute("SELECT device, counter FROM frames"))
 
     def commit(batch: object) -> None:
-        last_seq = harness.store.commit(batch.commit)  # a frame stored twice would raise here
+        last_seq = commit_batch(harness.store, batch.commit)  # a frame stored twice would raise here
         now_stored = stored()
         for _send, _address, ack in harness.ingest.committed(batch, last_seq, 0.0):
             owners = []

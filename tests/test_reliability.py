@@ -23,7 +23,7 @@ from typing import Callable
 
 import pytest
 
-from carecard.host.eventlog import EventLog
+from carecard.host.storage.sqlite.eventlog import SQLiteEventLog
 from carecard.host.paths import ingest_db_path
 from carecard.protocol import decode_frame
 
@@ -97,7 +97,7 @@ def stored_frames(data_dir: Path) -> tuple[list[tuple[int, int]], set[str]]:
         frames = conn.execute("SELECT device, counter FROM frames").fetchall()
         kept = conn.execute("SELECT COUNT(*) FROM event_log WHERE seq > 0").fetchone()[0]
         head = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'event_log'").fetchone()
-    log = EventLog(ingest_db_path(data_dir))
+    log = SQLiteEventLog(ingest_db_path(data_dir))
     try:
         logged = [event["id"] for _seq, event in log.events_after(0, 10_000_000)]
     finally:
@@ -341,9 +341,9 @@ def test_event_log_is_pruned_only_up_to_what_every_sink_delivered(tmp_path: Path
         return framed, other, low or 0
 
     def log_others(batch: list[dict]) -> None:
-        writer = EventLog.connect_writer(db)
+        writer = SQLiteEventLog.connect_writer(db)
         try:
-            head = EventLog.append(writer, batch)
+            head = SQLiteEventLog.append(writer, batch)
         finally:
             writer.close()
         rt.call(lambda: receiver.sinks.notify(head))

@@ -16,7 +16,7 @@ from typing import Any
 import gpxpy
 import pytest
 
-from carecard.host.eventlog import EventLog
+from carecard.host.storage.sqlite.eventlog import SQLiteEventLog
 from carecard.host.export import export_track
 from carecard.host.paths import events_db_path, ingest_db_path
 from carecard.host.sinks import SinkSet
@@ -54,7 +54,7 @@ def _through_the_receiver(data_dir: Path, messages: list[dict[str, Any]]) -> tup
     harness.store.close()
 
     async def deliver() -> None:
-        sinks = SinkSet.from_config(None, data_dir, EventLog(ingest_db_path(data_dir)))
+        sinks = SinkSet.from_config(None, data_dir, SQLiteEventLog(ingest_db_path(data_dir)))
         await sinks.start()
         await sinks.stop(drain_timeout=10)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from carecard.host.eventlog import EventLog
+from carecard.host.storage.sqlite.eventlog import SQLiteEventLog
 from carecard.host.events import alert_event
 from carecard.host.paths import ingest_db_path
 from carecard.host.sinks import SinkSet
@@ -34,8 +34,8 @@ def _event(n: int) -> dict[str, Any]:
 
 
 def test_qos1_in_order_through_broker_outages(tmp_path: Path, broker: Mosquitto) -> None:
-    writer = EventLog.connect_writer(ingest_db_path(tmp_path))
-    log = EventLog(ingest_db_path(tmp_path))
+    writer = SQLiteEventLog.connect_writer(ingest_db_path(tmp_path))
+    log = SQLiteEventLog(ingest_db_path(tmp_path))
     config = [{"type": "mqtt", "host": "127.0.0.1", "port": broker.port, "batch_size": 20,
                "reconnect_min": 0.1, "reconnect_max": 0.5, "publish_timeout": 3,
                "retry_min": 0.05, "retry_max": 0.3}]
@@ -48,7 +48,7 @@ def test_qos1_in_order_through_broker_outages(tmp_path: Path, broker: Mosquitto)
     async def main() -> dict[str, Any]:
         nonlocal subscriber
         await sinks.start()  # the broker is not running yet: the sink waits and retries
-        sinks.notify(EventLog.append(writer, [_event(n) for n in range(1, 51)]))
+        sinks.notify(SQLiteEventLog.append(writer, [_event(n) for n in range(1, 51)]))
         await asyncio.sleep(0.8)
         down_at_start = sinks.stats()["mqtt"]
         broker.start()
@@ -58,12 +58,12 @@ def test_qos1_in_order_through_broker_outages(tmp_path: Path, broker: Mosquitto)
         for n in range(51, total + 1):
             if 201 <= n < 260:
                 continue  # appended during the outage, below
-            sinks.notify(EventLog.append(writer, [_event(n)]))
+            sinks.notify(SQLiteEventLog.append(writer, [_event(n)]))
             if n == 200:
                 broker.stop()
                 outage["stopped_with"] = len(subscriber.messages)
                 for m in range(201, 260):
-                    sinks.notify(EventLog.append(writer, [_event(m)]))
+                    sinks.notify(SQLiteEventLog.append(writer, [_event(m)]))
                 await asyncio.sleep(0.4)
                 outage["during"] = sinks.stats()["mqtt"]
                 broker.start()
@@ -106,12 +106,12 @@ def test_every_event_reaches_a_subscriber_that_was_there_first(tmp_path: Path, b
     and deliver() returned only after the broker's PUBACK (the cursor moved only then)."""
     broker.start()
     subscriber = Subscriber(broker.port, "carecard/v1/+/status", client_id="status-only")
-    writer = EventLog.connect_writer(ingest_db_path(tmp_path))
-    log = EventLog(ingest_db_path(tmp_path))
+    writer = SQLiteEventLog.connect_writer(ingest_db_path(tmp_path))
+    log = SQLiteEventLog(ingest_db_path(tmp_path))
     config = [{"type": "mqtt", "name": "bus", "port": broker.port, "host": "127.0.0.1",
                "retry_min": 0.05, "retry_max": 0.2}]
     sinks = SinkSet.from_config(config, tmp_path, log)
-    EventLog.append(writer, [status_event(n) for n in range(1, 301)])
+    SQLiteEventLog.append(writer, [status_event(n) for n in range(1, 301)])
 
     async def main() -> None:
         await sinks.start()

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from carecard.host.eventlog import EventLog
+from carecard.host.storage.sqlite.eventlog import SQLiteEventLog
 from carecard.host.paths import events_db_path, ingest_db_path
 from carecard.host.sinks import ConfigError, Sink, SinkError, SinkSet, SinkUnavailable
 from carecard.host.sinks.base import SinkTable, backoff_delay
@@ -60,9 +60,9 @@ class GateSink(Sink):
 
 
 def _sinkset(tmp_path: Path, config: list[dict[str, Any]], gate: GateSink | None = None,
-             **runner_opts: Any) -> tuple[SinkSet, EventLog, sqlite3.Connection]:
-    writer = EventLog.connect_writer(ingest_db_path(tmp_path))
-    log = EventLog(ingest_db_path(tmp_path))
+             **runner_opts: Any) -> tuple[SinkSet, SQLiteEventLog, sqlite3.Connection]:
+    writer = SQLiteEventLog.connect_writer(ingest_db_path(tmp_path))
+    log = SQLiteEventLog(ingest_db_path(tmp_path))
     sinks = SinkSet.from_config(config, tmp_path, log)
     if gate is not None:
         from carecard.host.sinks.base import SinkRunner
@@ -87,7 +87,7 @@ def test_down_sink_loses_nothing_and_never_blocks_ingest(tmp_path: Path) -> None
         for start in range(1, total + 1, per_batch):
             began = time.perf_counter()
             writer.execute("BEGIN IMMEDIATE")
-            head = EventLog.append(writer, [position_event(n) for n in range(start, start + per_batch)])
+            head = SQLiteEventLog.append(writer, [position_event(n) for n in range(start, start + per_batch)])
             writer.execute("COMMIT")
             latencies.append(time.perf_counter() - began)
             sinks.notify(head)
@@ -140,7 +140,7 @@ def test_jsonl_lines_are_the_logs_json_and_batch_defaults_by_type(tmp_path: Path
     events = [position_event(1), status_event(2), event_from_message(call, T0 + 0.5)]
     out = tmp_path / "out.jsonl"
     sinks, log, writer = _sinkset(tmp_path, [{"type": "jsonl", "path": str(out)}, {"type": "sqlite"}])
-    EventLog.append(writer, events)
+    SQLiteEventLog.append(writer, events)
 
     async def run() -> None:
         await sinks.start()
@@ -164,7 +164,7 @@ def test_slow_sink_keeps_a_bounded_queue_and_others_go_on(tmp_path: Path) -> Non
     async def main() -> dict[str, Any]:
         await sinks.start()
         for start in range(1, 501, 50):
-            sinks.notify(EventLog.append(writer, [status_event(n) for n in range(start, start + 50)]))
+            sinks.notify(SQLiteEventLog.append(writer, [status_event(n) for n in range(start, start + 50)]))
             await asyncio.sleep(0.01)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and sinks.stats()["jsonl"]["lag_events"]:
@@ -185,7 +185,7 @@ def test_partial_delivery_advances_the_cursor(tmp_path: Path) -> None:
     gate = GateSink()
     gate.partial = 7
     sinks, log, writer = _sinkset(tmp_path, [], gate)
-    EventLog.append(writer, [status_event(n) for n in range(1, 31)])
+    SQLiteEventLog.append(writer, [status_event(n) for n in range(1, 31)])
 
     async def main() -> None:
         await sinks.start()
@@ -218,18 +218,18 @@ def test_linger_gathers_a_trickle_full_batches_go_at_once_and_stop_never_waits(t
     async def main() -> tuple[int, int, float]:
         await sinks.start()
         for n in range(1, 6):  # a trickle, well within the first event's linger
-            sinks.notify(EventLog.append(writer, [status_event(n)]))
+            sinks.notify(SQLiteEventLog.append(writer, [status_event(n)]))
             await asyncio.sleep(0.01)
         trickle_attempts = gate.attempts  # nothing delivered yet: the batch lingers
         await until(lambda: len(gate.received) == 5)
-        sinks.notify(EventLog.append(writer, [status_event(n) for n in range(6, 26)]))  # 20: full
+        sinks.notify(SQLiteEventLog.append(writer, [status_event(n) for n in range(6, 26)]))  # 20: full
         await until(lambda: len(slow.received) >= 20)
         full_batch = len(slow.received)  # the 60 s linger did not hold a full batch
         # the 5 left in "slow" go once the log has been quiet a moment, not after 60 s
         quiet_started = time.monotonic()
         await until(lambda: len(slow.received) == 25)
         quiet_seconds = time.monotonic() - quiet_started
-        sinks.notify(EventLog.append(writer, [status_event(26)]))
+        sinks.notify(SQLiteEventLog.append(writer, [status_event(26)]))
         started = time.monotonic()
         await sinks.stop(drain_timeout=5)  # one event just appended, lingering: delivered now
         return trickle_attempts, full_batch, quiet_seconds, time.monotonic() - started
@@ -256,15 +256,15 @@ def test_a_lingering_batch_goes_at_once_when_the_writer_says_it_is_idle(
 
     async def main() -> tuple[int, int, list[int]]:
         await sinks.start()
-        sinks.notify(EventLog.append(writer, [status_event(n) for n in range(1, 4)]))
+        sinks.notify(SQLiteEventLog.append(writer, [status_event(n) for n in range(1, 4)]))
         await asyncio.sleep(0.3)
         lingering = len(gate.received)
-        sinks.notify(EventLog.append(writer, [status_event(n) for n in range(4, 6)]), idle=True)
+        sinks.notify(SQLiteEventLog.append(writer, [status_event(n) for n in range(4, 6)]), idle=True)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and len(gate.received) < 5:
             await asyncio.sleep(0.01)
         attempts = gate.attempts
-        sinks.notify(EventLog.append(writer, [status_event(6)]))  # after the idle point: lingers
+        sinks.notify(SQLiteEventLog.append(writer, [status_event(6)]))  # after the idle point: lingers
         await asyncio.sleep(0.3)
         later = [len(gate.received)]
         await sinks.stop(drain_timeout=5)
@@ -281,7 +281,7 @@ def test_stop_with_a_dead_sink_is_bounded_and_leaves_other_tasks_alone(tmp_path:
     gate = GateSink()
     gate.down = True
     sinks, log, writer = _sinkset(tmp_path, [{"type": "sqlite", **FAST}], gate)
-    EventLog.append(writer, [status_event(n) for n in range(1, 101)])
+    SQLiteEventLog.append(writer, [status_event(n) for n in range(1, 101)])
 
     async def main() -> tuple[float, bool]:
         bystander = asyncio.create_task(asyncio.sleep(30))
@@ -303,25 +303,25 @@ def test_stop_with_a_dead_sink_is_bounded_and_leaves_other_tasks_alone(tmp_path:
 def test_restart_resumes_from_the_cursor(tmp_path: Path) -> None:
     jsonl = tmp_path / "out.jsonl"
     config = [{"type": "jsonl", "path": str(jsonl), **FAST}]
-    writer = EventLog.connect_writer(ingest_db_path(tmp_path))
-    EventLog.append(writer, [status_event(n) for n in range(1, 51)])
+    writer = SQLiteEventLog.connect_writer(ingest_db_path(tmp_path))
+    SQLiteEventLog.append(writer, [status_event(n) for n in range(1, 51)])
 
     async def run_once() -> None:
-        sinks = SinkSet.from_config(config, tmp_path, EventLog(ingest_db_path(tmp_path)))
+        sinks = SinkSet.from_config(config, tmp_path, SQLiteEventLog(ingest_db_path(tmp_path)))
         await sinks.start()
         await sinks.stop(drain_timeout=5)
 
     asyncio.run(run_once())
-    EventLog.append(writer, [status_event(n) for n in range(51, 81)])
+    SQLiteEventLog.append(writer, [status_event(n) for n in range(51, 81)])
     asyncio.run(run_once())
     assert _ids([json.loads(x) for x in jsonl.read_text().splitlines()]) == [
         status_event(n)["id"] for n in range(1, 81)]
 
 
 def test_start_latest_and_a_cursor_ahead_of_the_log(tmp_path: Path) -> None:
-    writer = EventLog.connect_writer(ingest_db_path(tmp_path))
-    EventLog.append(writer, [status_event(n) for n in range(1, 11)])
-    log = EventLog(ingest_db_path(tmp_path))
+    writer = SQLiteEventLog.connect_writer(ingest_db_path(tmp_path))
+    SQLiteEventLog.append(writer, [status_event(n) for n in range(1, 11)])
+    log = SQLiteEventLog(ingest_db_path(tmp_path))
     log.save_cursor("ahead", 999)
     jsonl = tmp_path / "late.jsonl"
     config = [{"type": "jsonl", "name": "late", "path": str(jsonl), "start": "latest", **FAST},
@@ -331,7 +331,7 @@ def test_start_latest_and_a_cursor_ahead_of_the_log(tmp_path: Path) -> None:
         sinks = SinkSet.from_config(config, tmp_path, log)
         await sinks.start()
         # notify from another thread, as a threaded ingest would
-        head = EventLog.append(writer, [status_event(11)])
+        head = SQLiteEventLog.append(writer, [status_event(11)])
         threading.Thread(target=sinks.notify, args=(head,)).start()
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and sinks.stats()["late"]["delivered"] < 1:
@@ -346,23 +346,23 @@ def test_start_latest_and_a_cursor_ahead_of_the_log(tmp_path: Path) -> None:
 KILL_SCRIPT = textwrap.dedent("""
     import asyncio, sys, time
     from pathlib import Path
-    from carecard.host.eventlog import EventLog
+    from carecard.host.storage.sqlite.eventlog import SQLiteEventLog
     from carecard.host.paths import ingest_db_path
     from carecard.host.sinks import SinkSet
     sys.path.insert(0, sys.argv[2])
     from eventgen import status_event
     data = Path(sys.argv[1])
-    writer = EventLog.connect_writer(ingest_db_path(data))
+    writer = SQLiteEventLog.connect_writer(ingest_db_path(data))
     config = [{"type": "sqlite", "batch_size": 7}, {"type": "jsonl", "path": str(data / "out.jsonl"),
               "batch_size": 5}]
     async def main():
-        sinks = SinkSet.from_config(config, data, EventLog(ingest_db_path(data)))
+        sinks = SinkSet.from_config(config, data, SQLiteEventLog(ingest_db_path(data)))
         await sinks.start()
         n = 0
         while True:
             n += 1
             writer.execute("BEGIN IMMEDIATE")
-            head = EventLog.append(writer, [status_event(n)])
+            head = SQLiteEventLog.append(writer, [status_event(n)])
             writer.execute("COMMIT")
             sinks.notify(head)
             if n % 50 == 0:
@@ -387,7 +387,7 @@ def test_sigkill_then_restart_loses_nothing(tmp_path: Path) -> None:
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
-    log = EventLog(ingest_db_path(tmp_path))
+    log = SQLiteEventLog(ingest_db_path(tmp_path))
     logged = log.last_seq()
     cursors_at_kill = log.cursors()
     assert logged >= 600 and 0 < cursors_at_kill["jsonl"] <= logged
@@ -436,7 +436,7 @@ def test_sigkill_then_restart_loses_nothing(tmp_path: Path) -> None:
     ({"type": "sqlite"}, "sinks", None),
 ])
 def test_config_errors_name_the_table_and_key(tmp_path: Path, config: Any, table: str, key: str | None) -> None:
-    log = EventLog(ingest_db_path(tmp_path), create=True)
+    log = SQLiteEventLog(ingest_db_path(tmp_path), create=True)
     with pytest.raises(ConfigError) as err:
         SinkSet.from_config(config, tmp_path, log)
     assert (err.value.table, err.value.key) == (table, key)
@@ -444,7 +444,7 @@ def test_config_errors_name_the_table_and_key(tmp_path: Path, config: Any, table
 
 
 def test_default_config_is_the_sqlite_sink(tmp_path: Path) -> None:
-    log = EventLog(ingest_db_path(tmp_path), create=True)
+    log = SQLiteEventLog(ingest_db_path(tmp_path), create=True)
     sinks = SinkSet.from_config(None, tmp_path, log)
     assert [(r.name, r.sink.type_name) for r in sinks.runners] == [("sqlite", "sqlite")]
     assert sinks.runners[0].sink.path == events_db_path(tmp_path)  # type: ignore[attr-defined]
@@ -465,8 +465,8 @@ def test_cursor_saves_waiting_for_the_ingest_lock_do_not_hold_up_deliveries(tmp_
     waits for it. Deliveries go on meanwhile, and the cursor is saved once the lock is free."""
     gate = GateSink()
     sinks, log, writer = _sinkset(tmp_path, [], gate, batch_size=20, queue_size=40, cursor_interval=0.0)
-    EventLog.append(writer, [status_event(n) for n in range(1, 301)])
-    holder = EventLog.connect_writer(ingest_db_path(tmp_path))
+    SQLiteEventLog.append(writer, [status_event(n) for n in range(1, 301)])
+    holder = SQLiteEventLog.connect_writer(ingest_db_path(tmp_path))
 
     async def run() -> tuple[float, int]:
         await sinks.start()

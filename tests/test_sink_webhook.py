@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from carecard.host.eventlog import EventLog
+from carecard.host.storage.sqlite.eventlog import SQLiteEventLog
 from carecard.host.paths import ingest_db_path
 from carecard.host.sinks import SinkSet
 from carecard.host.sinks.webhook import sign, verify_signature
@@ -53,8 +53,8 @@ def test_webhook_retries_dead_letters_and_keeps_order(tmp_path: Path) -> None:
 
     port = free_port()
     dead = tmp_path / "dead.jsonl"
-    writer = EventLog.connect_writer(ingest_db_path(tmp_path))
-    log = EventLog(ingest_db_path(tmp_path))
+    writer = SQLiteEventLog.connect_writer(ingest_db_path(tmp_path))
+    log = SQLiteEventLog(ingest_db_path(tmp_path))
     config = [{"type": "webhook", "url": f"http://127.0.0.1:{port}/hook?source=carecard", "secret": SECRET,
                "timeout": 0.3, "max_retries": 3, "dead_letter": str(dead), "retry_min": 0.01,
                "retry_max": 0.05, "batch_size": 8, "headers": {"X-Tenant": "village-7"}}]
@@ -65,12 +65,12 @@ def test_webhook_retries_dead_letters_and_keeps_order(tmp_path: Path) -> None:
     async def main() -> dict[str, Any]:
         nonlocal server
         await sinks.start()
-        sinks.notify(EventLog.append(writer, [_event(n) for n in range(1, 31)]))
+        sinks.notify(SQLiteEventLog.append(writer, [_event(n) for n in range(1, 31)]))
         await asyncio.sleep(0.3)
         while_down = sinks.stats()["webhook"]
         server = FlakyHTTPServer(behaviour, port=port)  # the endpoint comes up
         for n in range(31, total + 1):
-            sinks.notify(EventLog.append(writer, [_event(n)]))
+            sinks.notify(SQLiteEventLog.append(writer, [_event(n)]))
             await asyncio.sleep(0.005)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and sinks.stats()["webhook"]["lag_events"]:

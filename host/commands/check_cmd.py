@@ -28,8 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from carecard.host.receiver.store import (
-        StoreError,
+    from carecard.host.storage import StoreError
+    from carecard.host.storage.sqlite.store import (
         check_database,
         recovery_steps,
         salvage_database,

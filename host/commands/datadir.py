@@ -61,7 +61,7 @@ def open_ingest_readonly(data: DataDir) -> sqlite3.Connection:
 
 def resolve_device(conn: sqlite3.Connection, text: str) -> int:
     """An IMEI, or the exact name of one registered device (the ingest database's devices)."""
-    from carecard.host.receiver.store import load_devices
+    from carecard.host.storage.sqlite.store import load_devices
 
     try:
         devices = load_devices(conn)

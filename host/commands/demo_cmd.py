@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     from carecard.host.receiver.downlinks import queue_command
     from carecard.host.receiver.registry import DeviceSpec, add_devices, generate_key, make_imei, parse_contact
     from carecard.host.receiver.service import ReceiverThread
-    from carecard.host.receiver.store import SQLiteStore
+    from carecard.host.storage.sqlite.store import SQLiteStore
     from carecard.tools import micropython
 
     started = time.monotonic()
@@ -253,9 +253,9 @@ def _summary(data_dir: Path, device: int, snapshot: dict, ingest_db: Path, event
         with sqlite3.connect(events_db) as conn:
             for table in ("events", "positions", "alerts"):
                 sink_rows[table] = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-    from carecard.host.eventlog import EventLog
+    from carecard.host.storage.sqlite.eventlog import SQLiteEventLog
 
-    reader = EventLog(ingest_db)
+    reader = SQLiteEventLog(ingest_db)
     try:
         appended = reader.last_seq()
     finally:

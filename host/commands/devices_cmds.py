@@ -72,7 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def open_store(data: DataDir) -> Any:
     """The ingest database opened for writing (created when missing); one-line errors."""
-    from carecard.host.receiver.store import SQLiteStore, StoreError
+    from carecard.host.storage import StoreError
+    from carecard.host.storage.sqlite.store import SQLiteStore
 
     try:
         return SQLiteStore(ingest_db_path(data.path), readonly_lookups=False)
@@ -99,7 +100,7 @@ def _iso(stamp: float | None) -> str:
 def run_list(args: argparse.Namespace) -> int:
     from carecard.host.receiver.downlinks import describe
     from carecard.host.receiver.registry import KeyFileError, load_key_file
-    from carecard.host.receiver.store import list_commands, load_devices
+    from carecard.host.storage.sqlite.store import list_commands, load_devices
 
     data = data_dir_of(args)
     data_dir = data.path
@@ -173,7 +174,7 @@ def run_add(args: argparse.Namespace) -> int:
         parse_number,
     )
     from carecard.host.keyfile import KeyFileError, parse_key_hex
-    from carecard.host.receiver.store import StoreError
+    from carecard.host.storage import StoreError
 
     try:
         device = parse_imei(args.imei, "IMEI", check_digit=not args.no_check_digit)
@@ -209,7 +210,8 @@ def run_add(args: argparse.Namespace) -> int:
 def run_import(args: argparse.Namespace) -> int:
     from carecard.host.keyfile import KeyFileError
     from carecard.host.receiver.registry import RegistryError, add_devices, load_key_file, read_records
-    from carecard.host.receiver.store import StoreError, load_devices
+    from carecard.host.storage import StoreError
+    from carecard.host.storage.sqlite.store import load_devices
 
     try:
         good, records_problems = read_records(Path(args.file))

@@ -149,7 +149,7 @@ def command_from_args(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
 
 def run(args: argparse.Namespace) -> int:
     from carecard.host.receiver.downlinks import CommandError as QueueError, cancel_command, describe, queue_command
-    from carecard.host.receiver.store import StoreError
+    from carecard.host.storage import StoreError
 
     if args.send_command != "cancel":
         name, fields = command_from_args(args)

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 from carecard.host.receiver import command_lifecycle as lifecycle
 from carecard.host.receiver.command_lifecycle import CommandRecord, CommandStateError
-from carecard.host.receiver.store import UPDATE_COMMAND, SQLiteStore, list_commands
+from carecard.host.storage.sqlite.store import UPDATE_COMMAND, SQLiteStore, list_commands
 from carecard.protocol import FrameKeys, InvalidMessage, encode_frame, spec
 
 COMMAND_NAMES = tuple(name for _code, name, _fields in spec.COMMANDS)

@@ -1,8 +1,8 @@
 """The ingest pipeline: frame in -> verdict, and after the commit, ack bytes and events out.
 
 Sans-I/O apart from the store's lookups: transports call `handle()` with each frame and where to
-send its ack; the service takes batches with `take_batch()`, writes them with `Store.prepare` and
-commits them with `Store.finish` in a writer thread, and calls `committed()` (or `failed()`),
+send its ack; the service takes batches with `take_batch()`, writes them with `IngestStore.prepare` and
+commits them with `IngestStore.finish` in a writer thread, and calls `committed()` (or `failed()`),
 which hands back the acks to send. So:
 
 - a frame is acked only once its batch is committed (persist before ack), duplicates included:
@@ -36,7 +36,7 @@ from carecard.host.receiver.downlinks import wire_command
 from carecard.host.receiver.metrics import Metrics
 from carecard.host.receiver import command_lifecycle as lifecycle
 from carecard.host.receiver.command_lifecycle import CommandRecord
-from carecard.host.receiver.store import CommitBatch, Contact, DeviceRecord, Store
+from carecard.host.storage import CommitBatch, Contact, DeviceRecord, IngestStore
 from carecard.protocol import KeyRing, ProtocolError, ReplayWindow, Verdict, decode_frame, encode_frame, spec
 from carecard.protocol.ack import EMPTY_ACK_SIZE, AckEncoder
 from carecard.protocol.codec import HEADER_STRUCT, MESSAGE_TYPES
@@ -83,7 +83,7 @@ class PendingBatch:
 
 
 class Ingest:
-    def __init__(self, store: Store, keyring: KeyRing, metrics: Metrics, *,
+    def __init__(self, store: IngestStore, keyring: KeyRing, metrics: Metrics, *,
                  settings: IngestSettings | None = None, budget: BudgetSettings | None = None,
                  downlinks: DownlinkSettings | None = None,
                  clock: Callable[[], float] = time.monotonic):

@@ -28,7 +28,8 @@ from typing import Any, Iterator
 from carecard.host.files import read_input_file
 from carecard.host.keyfile import KeyFileError, load_keys, parse_key_hex, save_keys
 from carecard.host.receiver.downlinks import CommandError, check_command
-from carecard.host.receiver.store import Contact, DeviceRecord, SQLiteStore, StoreError, load_devices
+from carecard.host.storage import Contact, DeviceRecord, StoreError
+from carecard.host.storage.sqlite.store import SQLiteStore, load_devices
 from carecard.protocol import spec
 from carecard.protocol.crypto import KEY_SIZES
 

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from carecard.host.eventlog import EventLog
+from carecard.host.storage.sqlite.eventlog import SQLiteEventLog
 from carecard.host.keyfile import KeyFileError, check_private
 from carecard.host.paths import ingest_db_path
 from carecard.host.receiver.config import ReceiverConfig
@@ -31,7 +31,8 @@ from carecard.host.receiver.ingest import Ingest, PendingBatch
 from carecard.host.receiver.metrics import Metrics, MetricsServer
 from carecard.host.receiver.registry import keys_path, load_key_file
 from carecard.host.receiver.sinkproc import SinkProcess, SinkProcessError
-from carecard.host.receiver.store import SQLiteStore, StoreError, check_database, recovery_steps
+from carecard.host.storage import EventLogReader, IngestStore, StoreError
+from carecard.host.storage.sqlite.store import SQLiteStore, check_database, recovery_steps
 from carecard.host.receiver.transports import SerialListener, TcpListener, TransportError, UdpListener
 from carecard.protocol import KeyRing
 
@@ -73,10 +74,10 @@ class Receiver:
         self._raw_keys: dict[int, bytes] = {}
         self._keys_signature: tuple[int, int, int] | None = None
         self._generation = -1
-        self.store: SQLiteStore | None = None
+        self.store: IngestStore | None = None
         self.ingest: Ingest | None = None
         self.sinks: Any = None
-        self.eventlog: EventLog | None = None
+        self.eventlog: EventLogReader | None = None
         self.udp: list[UdpListener] = []
         self.tcp: list[TcpListener] = []
         self.serial: list[SerialListener] = []
@@ -143,7 +144,7 @@ class Receiver:
             from carecard.host.sinks import ConfigError as SinkConfigError, SinkSet
 
             try:
-                self.eventlog = EventLog(ingest_db_path(self.data_dir))
+                self.eventlog = SQLiteEventLog(ingest_db_path(self.data_dir))
                 self.sinks = SinkSet.from_config(config.sinks, self.data_dir, self.eventlog)
             except SinkConfigError as exc:
                 raise StartupError(f"{config.source}: {exc}") from None

@@ -4,7 +4,7 @@ them in the receiver's own process).
 Why: the sinks' work per event (reading the log, JSON, their own SQLite or network I/O) is Python
 that would otherwise hold the ingest's interpreter lock. In a child process a slow, busy or
 crashing sink can never take CPU from ingest, and the two use two cores. Nothing is lost by the
-split: the event log in DATA/carecard.sqlite is the hand-over (carecard.host.eventlog), the child
+split: the event log in DATA/carecard.sqlite is the hand-over (carecard.host.storage.sqlite), the child
 runs carecard.host.sinks.SinkSet unchanged on it, and the sinks' cursors live in that database.
 
 Parent <-> child protocol, one line each way per message (the child's stdin and stdout):
@@ -232,7 +232,7 @@ class _ParentPipe:
 
 
 async def _child(config: dict[str, Any]) -> int:
-    from carecard.host.eventlog import EventLog
+    from carecard.host.storage.sqlite.eventlog import SQLiteEventLog
     from carecard.host.paths import ingest_db_path
     from carecard.host.receiver.runtime import tune_gc
     from carecard.host.sinks import ConfigError, SinkSet
@@ -240,7 +240,7 @@ async def _child(config: dict[str, Any]) -> int:
     out = _ParentPipe(sys.stdout)
     data_dir = Path(config["data_dir"])
     try:
-        eventlog = EventLog(ingest_db_path(data_dir))
+        eventlog = SQLiteEventLog(ingest_db_path(data_dir))
         sinks = SinkSet.from_config(config.get("sinks"), data_dir, eventlog)
     except ConfigError as exc:
         out.send(f"error {exc}\n")

@@ -1,6 +1,6 @@
 """Event sinks: SQLite query store (default), JSON lines, MQTT, HTTP webhook.
 
-    sinks = SinkSet.from_config(config.get("sinks"), data_dir, EventLog(ingest_db_path(data_dir)))
+    sinks = SinkSet.from_config(config.get("sinks"), data_dir, SQLiteEventLog(ingest_db_path(data_dir)))
     await sinks.start()
     ...                       # after every ingest commit that appended events:
     sinks.notify(last_seq)    # wakes the runners; never blocks, never waits for a sink
@@ -26,7 +26,6 @@ import threading
 from pathlib import Path
 from typing import Any, Mapping
 
-from carecard.host.eventlog import EventLog
 from carecard.host.sinks.base import (
     DEFAULT_RETRY_MAX,
     DEFAULT_RETRY_MIN,
@@ -42,6 +41,7 @@ from carecard.host.sinks.jsonl import JsonLinesSink
 from carecard.host.sinks.mqtt import MqttSink
 from carecard.host.sinks.sqlite_store import SQLiteSink
 from carecard.host.sinks.webhook import WebhookSink
+from carecard.host.storage import EventLogReader
 
 __all__ = [
     "ConfigError", "JsonLinesSink", "MqttSink", "SINK_TYPES", "Sink", "SinkError", "SinkRunner",
@@ -57,7 +57,7 @@ SINK_TYPES: dict[str, type[Sink]] = {
 DEFAULT_SINKS: list[dict[str, Any]] = [{"type": "sqlite"}]
 
 
-def _runner_from_table(raw: Any, index: int, data_dir: Path, eventlog: EventLog,
+def _runner_from_table(raw: Any, index: int, data_dir: Path, eventlog: EventLogReader,
                        io_executor: concurrent.futures.Executor, names: set[str],
                        cursor_executor: concurrent.futures.Executor | None = None) -> SinkRunner:
     where = f"sinks[{index}]"
@@ -91,7 +91,7 @@ def _runner_from_table(raw: Any, index: int, data_dir: Path, eventlog: EventLog,
 class SinkSet:
     """All configured sinks, each with its own runner, queue and cursor."""
 
-    def __init__(self, runners: list[SinkRunner], eventlog: EventLog,
+    def __init__(self, runners: list[SinkRunner], eventlog: EventLogReader,
                  io_executor: concurrent.futures.ThreadPoolExecutor,
                  cursor_executor: concurrent.futures.ThreadPoolExecutor | None = None):
         self.runners = runners
@@ -103,7 +103,7 @@ class SinkSet:
 
     @classmethod
     def from_config(cls, sinks_config: list[Mapping[str, Any]] | None, data_dir: Path,
-                    eventlog: EventLog) -> "SinkSet":
+                    eventlog: EventLogReader) -> "SinkSet":
         """Build from the `sinks` list of the TOML config (None: the SQLite sink only).
         Raises ConfigError naming the table and key of the first problem."""
         if sinks_config is None:
@@ -175,8 +175,8 @@ class SinkSet:
         return {runner.name: runner.stats() for runner in self.runners}
 
     def prunable_seq(self) -> int:
-        """The highest seq every sink has delivered and persisted: EventLog.prune(conn, this)
-        is safe. 0 when there is nothing to prune."""
+        """The highest seq every sink has delivered and persisted: the store may prune the log up
+        to it (CommitBatch.prune_upto). 0 when there is nothing to prune."""
         if not self.runners:
             return 0
         return min(runner.persisted_cursor for runner in self.runners)

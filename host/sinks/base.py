@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
-from carecard.host.eventlog import EventLog, LogEntry
+from carecard.host.storage import EventLogReader, LogEntry
 
 log = logging.getLogger("carecard.host.sinks")
 
@@ -197,7 +197,7 @@ def backoff_delay(attempt: int, low: float, high: float, rng: random.Random | No
 class SinkRunner:
     """Feeds one sink from the event log; see the module docstring for the guarantees."""
 
-    def __init__(self, sink: Sink, eventlog: EventLog, io_executor: concurrent.futures.Executor, *,
+    def __init__(self, sink: Sink, eventlog: EventLogReader, io_executor: concurrent.futures.Executor, *,
                  cursor_executor: concurrent.futures.Executor | None = None,
                  batch_size: int = DEFAULT_BATCH_SIZE, queue_size: int = DEFAULT_QUEUE_SIZE,
                  retry_min: float = DEFAULT_RETRY_MIN, retry_max: float = DEFAULT_RETRY_MAX,

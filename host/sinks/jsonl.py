@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
-from carecard.host.eventlog import LogEntry
+from carecard.host.storage import LogEntry
 from carecard.host.events import event_json
 from carecard.host.sinks.base import ConfigError, Sink, SinkError, SinkTable
 

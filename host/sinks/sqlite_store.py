@@ -47,7 +47,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Mapping
 
-from carecard.host.eventlog import LogEntry, insert_rows
+from carecard.host.storage import LogEntry
+from carecard.host.storage.sqlite.sql import insert_rows
 from carecard.host.events import (ALERT_KIND, DATA_BUILDERS, NO_FIX, EventError, data_picker, event_json, iso_utc,
                                   parse_iso_utc)
 from carecard.host.paths import events_db_path
@@ -110,7 +111,7 @@ STORE_SCHEMA = (
 # fewer: the others are NULL).
 POSITION_COLUMNS = ("lat", "lon", "lat_e7", "lon_e7", "alt_m", "hdop", "sats", "fix", "speed_ms", "course")
 
-# Multi-row INSERT prefixes (carecard.host.eventlog.insert_rows adds the VALUES groups) and the
+# Multi-row INSERT prefixes (storage.sqlite.sql.insert_rows adds the VALUES groups) and the
 # width of their rows. OR IGNORE: a row whose key (event id, and index for positions) is
 # already stored is skipped, which makes a re-delivered event a no-op.
 _INSERT_EVENTS = ("INSERT OR IGNORE INTO events (id, device, kind, t, time, received_at, body, opened, "

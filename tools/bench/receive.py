@@ -287,7 +287,7 @@ def run_receiver(args: argparse.Namespace, cpu_gen: int | None, data_dir: Path) 
     from carecard.host.receiver.config import Endpoint, ReceiverConfig
     from carecard.host.receiver.registry import DeviceSpec, add_devices
     from carecard.host.receiver.service import ReceiverThread
-    from carecard.host.receiver.store import SQLiteStore
+    from carecard.host.storage.sqlite.store import SQLiteStore
 
     first = 500_000  # other IMEIs than the baseline's: a fresh replay history
     devices = device_ids(args.devices, first)
@@ -437,7 +437,7 @@ def _dropped(before: int | None) -> int | None:
 def stage_costs(args: argparse.Namespace, count: int = 20_000) -> list[tuple[str, str, float]]:
     """CPU microseconds per frame of each stage of the receiver's hot path, one thread, on the
     benchmark's own frames: (stage, whose code, us)."""
-    from carecard.host.eventlog import EventLog
+    from carecard.host.storage.sqlite.eventlog import SQLiteEventLog
     from carecard.host.events import event_record
     from carecard.protocol.ack import AckEncoder
     from carecard.protocol import KeyRing, decode_frame, parse_opened
@@ -463,7 +463,7 @@ def stage_costs(args: argparse.Namespace, count: int = 20_000) -> list[tuple[str
     rows = [(m["device"], m["counter"], f[-8:], m["type"], m["time"], now, "udp", f, o)
             for m, (_d, _c, f), o in zip(messages, frames, opened)]
     with tempfile.TemporaryDirectory(prefix="carecard-stages-") as tmp:
-        from carecard.host.receiver.store import connect, ensure_schema
+        from carecard.host.storage.sqlite.store import connect, ensure_schema
 
         path = Path(tmp) / "stages.sqlite"
         conn = connect(path, args.durability)
@@ -476,8 +476,8 @@ def stage_costs(args: argparse.Namespace, count: int = 20_000) -> list[tuple[str
                 fn(i)
                 conn.execute("COMMIT")
 
-        timed("EventLog.append_frames: one row per frame, its archive and event (+ BEGIN/COMMIT "
-              "per 500)", "eventlog", lambda: run_batches(lambda i: EventLog.append_frames(conn, rows[i:i + batch])))
+        timed("SQLiteEventLog.append_frames: one row per frame, its archive and event (+ BEGIN/COMMIT "
+              "per 500)", "eventlog", lambda: run_batches(lambda i: SQLiteEventLog.append_frames(conn, rows[i:i + batch])))
         conn.close()
     # on the sinks' side (their process), for a sink that forwards JSON (MQTT, webhook, JSON lines)
     again = timed("parse_opened (a sink's reader: the message from the opened frame)", "sinks",

@@ -1,11 +1,6 @@
-"""Storage behind a small interface: the receiver needs only `Store`; SQLite implements it.
+"""The ingest store in SQLite (storage.IngestStore): the embedded default.
 
-`Store` is what a shared database (PostgreSQL...) would implement when one receiver is no longer
-enough: frames keyed by (device, counter) with their tag, the device registry, the downlink
-command queue, the per-device downlink counter reservation, and one `commit(batch)` that makes a
-whole batch durable at once (frames, their events, command state, counters) or not at all.
-
-SQLite layout (DATA/carecard.sqlite, WAL mode, shared with carecard.host.eventlog's tables):
+Layout (DATA/carecard.sqlite, WAL mode, shared with the event log's tables, eventlog.py):
 
     meta(name, value)                  schema_version; registry_generation (bumped by every
                                        admin change so a running receiver reloads cheaply)
@@ -13,9 +8,9 @@ SQLite layout (DATA/carecard.sqlite, WAL mode, shared with carecard.host.eventlo
             last_source, frames_stored, downlink_reserved, next_command_seq)
     contacts(device, key, number, name)
     frames(device, counter, tag, type, device_time, received_at, transport, frame)
-                                       a view of the event log's frame rows (carecard.host.
-                                       eventlog): one row per frame, in arrival order (seq),
-                                       unique on (device, counter)
+                                       a view of the event log's frame rows (eventlog.py):
+                                       one row per frame, in arrival order (seq), unique on
+                                       (device, counter)
     commands(id, device, seq, cmd, args, state, attempts, created_at, updated_at,
              first_sent_at, last_sent_at, result, detail)
 
@@ -24,136 +19,25 @@ Keys are not in the database: they live in the key file (DATA/keys.json, carecar
 
 from __future__ import annotations
 
-import abc
 import json
 import logging
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
-from carecard.host.eventlog import EventLog
-from carecard.host.receiver.command_lifecycle import (
-    CHANGE_COLUMNS,
-    OPEN_STATES,
-    CommandChange,
-    CommandRecord,
-    states_sql,
-)
+from carecard.host.receiver.command_lifecycle import CHANGE_COLUMNS, OPEN_STATES, CommandRecord, states_sql
+from carecard.host.storage import CommitBatch, Contact, DeviceRecord, IngestStore, StoreError
+from carecard.host.storage.sqlite.eventlog import SQLiteEventLog
+from carecard.host.storage.sqlite.sql import register_identity_adapters
 
-log = logging.getLogger("carecard.receiver.store")
+log = logging.getLogger("carecard.storage.sqlite")
 
-# The layout of the tables below and of carecard.host.eventlog's (frames are the log's rows).
+# The layout of the tables below and of the event log's (frames are the log's rows).
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 10.0
 U32_MAX = 0xFFFFFFFF  # the largest downlink counter
-
-class StoreError(RuntimeError):
-    """The store cannot be opened, read or written; the message says which file and why."""
-
-
-@dataclass
-class Contact:
-    key: int
-    number: str
-    name: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "number": self.number, "name": self.name}
-
-
-@dataclass
-class DeviceRecord:
-    device: int
-    name: str
-    iccid: str | None = None
-    phone: str | None = None
-    contacts: list[Contact] = field(default_factory=list)
-    created_at: float | None = None
-    updated_at: float | None = None
-    last_seen: float | None = None
-    last_counter: int | None = None
-    last_source: str | None = None
-    frames_stored: int = 0
-    downlink_reserved: int = 0
-
-
-@dataclass
-class CommitBatch:
-    """Everything one ingest transaction makes durable."""
-
-    # one row per frame, in order: FRAME_ROW (the archive columns, then the opened frame), each
-    # the frame's event too (EventLog.append_frames)
-    frames: list[tuple] = field(default_factory=list)
-    # (device, last_seen, last_counter, last_source, frames_added)
-    device_stats: list[tuple] = field(default_factory=list)
-    downlink_reserved: dict[int, int] = field(default_factory=dict)
-    # command changes, in order (command_lifecycle.CommandChange: the row, CHANGE_COLUMNS)
-    commands: list[CommandChange] = field(default_factory=list)
-    # contacts confirmed by the card (set_contacts done): (device, [Contact, ...])
-    contacts: list[tuple[int, list[Contact]]] = field(default_factory=list)
-    # prune the event log up to this seq (what every sink has delivered), at most
-    # `prune_max_rows` of its oldest events, in the same transaction; 0: no pruning
-    prune_upto: int = 0
-    prune_max_rows: int = 0
-
-    def __bool__(self) -> bool:
-        return bool(self.frames or self.device_stats or self.downlink_reserved
-                    or self.commands or self.contacts or self.prune_upto)
-
-
-class Store(abc.ABC):
-    """What the receiver needs from storage. Methods are synchronous; the receiver calls
-    `prepare` and the read methods on its event loop thread and `finish` on a writer thread (never
-    two at once)."""
-
-    @abc.abstractmethod
-    def window_state(self, device: int, size: int) -> tuple[int, dict[int, bytes]]:
-        """(highest stored counter or -1, {counter: tag} of the last `size` counters)."""
-
-    @abc.abstractmethod
-    def stored_tag(self, device: int, counter: int) -> bytes | None:
-        """The tag of the stored frame (device, counter), or None."""
-
-    def commit(self, batch: CommitBatch) -> int:
-        """Make the whole batch durable in one transaction; return the event log's last seq.
-        Raises StoreError (nothing of the batch is stored then)."""
-        last_seq = self.prepare(batch)
-        self.finish()
-        return last_seq
-
-    @abc.abstractmethod
-    def prepare(self, batch: CommitBatch) -> int:
-        """Open the transaction and write the batch (frames, events, counters, commands) without
-        committing; return the event log's last seq. Raises StoreError (rolled back). The
-        receiver calls this on its event loop (CPU work) and `finish` on a thread (the wait)."""
-
-    @abc.abstractmethod
-    def finish(self) -> int:
-        """Commit what `prepare` wrote; durable when it returns. Returns the number of events
-        pruned from the log (the batch's `prune_upto`). Raises StoreError."""
-
-    @abc.abstractmethod
-    def abort(self) -> None:
-        """Roll back what `prepare` wrote."""
-
-    @abc.abstractmethod
-    def generation(self) -> int:
-        """A number that changes whenever devices, keys or commands are changed by an admin."""
-
-    @abc.abstractmethod
-    def load_devices(self) -> dict[int, DeviceRecord]:
-        ...
-
-    @abc.abstractmethod
-    def open_commands(self) -> list[CommandRecord]:
-        """Commands still to be delivered, oldest first."""
-
-    @abc.abstractmethod
-    def close(self) -> None:
-        ...
 
 
 _SCHEMA = (
@@ -239,6 +123,7 @@ WAL_AUTOCHECKPOINT_PAGES = 8192
 
 def connect(path: Path, durability: str = "full") -> sqlite3.Connection:
     """A connection to the ingest database set up for writing (WAL, busy timeout)."""
+    register_identity_adapters()
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
@@ -270,7 +155,7 @@ def ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
             conn.execute("ROLLBACK")
             raise StoreError(f"database {path} has schema version {row[0]}, a layout of carecard's "
                              "development that no release wrote: start with a new data folder")
-        EventLog.ensure_schema(conn)
+        SQLiteEventLog.ensure_schema(conn)
         conn.execute("COMMIT")
     except sqlite3.DatabaseError as exc:
         if conn.in_transaction:
@@ -442,7 +327,7 @@ def salvage_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}.salvaged{path.suffix}")
 
 
-class SQLiteStore(Store):
+class SQLiteStore(IngestStore):
     """The embedded default. One writer connection (the ingest's writer thread or an admin
     command), one reader connection for the event loop's lookups."""
 
@@ -490,7 +375,7 @@ class SQLiteStore(Store):
             self._prune = (batch.prune_upto, batch.prune_max_rows or 10_000) if batch.prune_upto else None
             # multi-row statements; a frame already stored violates the unique (device, counter)
             # index and fails the batch (the ingest never sends one: its replay windows sort them out)
-            return EventLog.append_frames(conn, batch.frames) if batch.frames else 0
+            return SQLiteEventLog.append_frames(conn, batch.frames) if batch.frames else 0
         except BaseException as exc:
             self._rollback()
             self._write_lock.release()
@@ -509,7 +394,7 @@ class SQLiteStore(Store):
             if self._prune is not None:
                 upto, max_rows = self._prune
                 self._prune = None
-                pruned = EventLog.prune(self._writer, upto, max_rows=max_rows)
+                pruned = SQLiteEventLog.prune(self._writer, upto, max_rows=max_rows)
             self._writer.execute("COMMIT")
             return pruned
         except sqlite3.Error as exc:
@@ -532,6 +417,18 @@ class SQLiteStore(Store):
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
+
+    def append_events(self, events: list[Mapping[str, Any]]) -> int:
+        with self._write_lock:
+            conn = self._writer
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                last_seq = SQLiteEventLog.append(conn, events)
+                conn.execute("COMMIT")
+            except (sqlite3.Error, ValueError) as exc:
+                self._rollback()
+                raise StoreError(f"cannot append events to {self.path}: {exc}") from None
+        return last_seq
 
     def devices_without_history(self, keyed: Iterable[int]) -> list[int]:
         """Devices whose replay and counter history is not in this database: a device with a key

@@ -1,0 +1,165 @@
+"""The storage contract (host/storage): what every implementation of IngestStore and
+EventLogReader must do, run against each implementation (SQLite now; a PostgreSQL one joins the
+`backend` parameter). Real databases only: the SQLite files live in a temp folder."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from carecard.host.events import alert_event
+from carecard.host.receiver import command_lifecycle as lifecycle
+from carecard.host.storage import CommitBatch, EventLogReader, IngestStore, StoreError
+
+from receiver_helpers import STATUS
+
+DEVICE = 861234567890123
+OTHER = 861234567890131
+
+
+@dataclass
+class Backend:
+    store: IngestStore
+    open_reader: Callable[[], EventLogReader]
+    reopen: Callable[[], IngestStore]
+
+
+def _sqlite(tmp_path: Path) -> Backend:
+    from carecard.host.storage.sqlite import SQLiteEventLog, SQLiteStore
+
+    path = tmp_path / "carecard.sqlite"
+    return Backend(SQLiteStore(path), lambda: SQLiteEventLog(path), lambda: SQLiteStore(path))
+
+
+BACKENDS = {"sqlite": _sqlite}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    made = BACKENDS[request.param](tmp_path)
+    yield made
+    made.store.close()
+
+
+def _frame(device: int, counter: int, tag: bytes | None = None, received_at: float = 1_764_000_000.0) -> tuple:
+    """A frame's row (storage.FRAME_ROW); the opened frame is what the reader parses back."""
+    from carecard.protocol import decode_frame, encode_frame
+
+    key = bytes(range(16))
+    message = {"type": "status", "device": device, "counter": counter, "time": 1_764_000_000 + counter,
+               **STATUS}
+    frame = encode_frame(message, key)
+    opened: list[bytes] = []
+    decode_frame(frame, key, opened)
+    return (device, counter, tag or frame[-8:], "status", message["time"], received_at, "udp", frame, opened[0])
+
+
+def _commit(store: IngestStore, batch: CommitBatch) -> int:
+    last_seq = store.prepare(batch)
+    store.finish()
+    return last_seq
+
+
+def test_nothing_prepared_is_seen_until_finished_and_an_abort_leaves_nothing(backend: Backend) -> None:
+    store = backend.store
+    store.prepare(CommitBatch(frames=[_frame(DEVICE, 1)]))
+    store.abort()
+    assert store.window_state(DEVICE, 16) == (-1, {})
+    assert store.stored_tag(DEVICE, 1) is None
+    row = _frame(DEVICE, 1)
+    assert _commit(store, CommitBatch(frames=[row, _frame(DEVICE, 2)])) == 2
+    highest, recent = store.window_state(DEVICE, 16)
+    assert highest == 2 and recent[1] == row[2] and set(recent) == {1, 2}
+    assert store.stored_tag(DEVICE, 1) == row[2] and store.stored_tag(OTHER, 1) is None
+
+
+def test_a_frame_is_stored_once(backend: Backend) -> None:
+    """A (device, counter) already stored fails the whole batch (the ingest never sends one);
+    nothing of that batch is stored."""
+    store = backend.store
+    _commit(store, CommitBatch(frames=[_frame(DEVICE, 1)]))
+    with pytest.raises(StoreError):
+        store.prepare(CommitBatch(frames=[_frame(DEVICE, 2), _frame(DEVICE, 1, tag=b"x" * 8)]))
+    assert store.window_state(DEVICE, 16)[0] == 1
+    assert _commit(store, CommitBatch(frames=[_frame(DEVICE, 2)])) == 2
+
+
+def test_the_replay_window_keeps_only_the_last_counters(backend: Backend) -> None:
+    store = backend.store
+    _commit(store, CommitBatch(frames=[_frame(DEVICE, n) for n in (1, 5, 9, 10)]))
+    highest, recent = store.window_state(DEVICE, 4)
+    assert highest == 10 and set(recent) == {9, 10}  # 5 and 1 are older than 10 - 4
+
+
+def test_downlink_reservations_only_grow_and_survive_a_reopen(backend: Backend) -> None:
+    store = backend.store
+    _commit(store, CommitBatch(downlink_reserved={DEVICE: 4096}))
+    _commit(store, CommitBatch(downlink_reserved={DEVICE: 100}))  # never backwards
+    store.close()
+    backend.store = store = backend.reopen()
+    assert store.load_devices()[DEVICE].downlink_reserved == 4096
+    assert store.jump_downlink_counters([OTHER], 1 << 24) == []
+    devices = store.load_devices()
+    assert devices[DEVICE].downlink_reserved == 4096 + (1 << 24) and devices[OTHER].downlink_reserved == 1 << 24
+
+
+def test_device_statistics_and_lost_history(backend: Backend) -> None:
+    store = backend.store
+    _commit(store, CommitBatch(frames=[_frame(DEVICE, 3)],
+                               device_stats=[(DEVICE, 1_764_000_001.0, 3, "udp:10.0.0.1:5000", 1)]))
+    record = store.load_devices()[DEVICE]
+    assert (record.last_counter, record.last_source, record.frames_stored) == (3, "udp:10.0.0.1:5000", 1)
+    # OTHER has a key but no row: its history is not in this database
+    assert store.devices_without_history([DEVICE, OTHER]) == [OTHER]
+
+
+def test_alerts_and_frames_share_one_ordered_log_with_durable_cursors(backend: Backend) -> None:
+    store = backend.store
+    _commit(store, CommitBatch(frames=[_frame(DEVICE, 1)]))
+    alert = alert_event(DEVICE, "inactivity", {"still_for_s": 7200}, 1_764_007_200.0)
+    assert store.append_events([alert]) == 2
+    _commit(store, CommitBatch(frames=[_frame(DEVICE, 2)]))
+    with backend.open_reader() as reader:
+        entries = reader.entries_after(0)
+        assert [entry.seq for entry in entries] == [1, 2, 3] and reader.last_seq() == 3
+        assert [entry.event["id"] for entry in entries] == [f"{DEVICE}-1", alert["id"], f"{DEVICE}-2"]
+        assert entries[1].event == alert and entries[0].message is not None
+        assert reader.entries_after(1, limit=1)[0].event == alert
+        assert reader.load_cursor("engine") is None
+        reader.save_cursor("engine", 2)
+        reader.save_cursor("sqlite", 3)
+    with backend.open_reader() as reader:
+        assert reader.load_cursor("engine") == 2 and reader.cursors() == {"engine": 2, "sqlite": 3}
+
+
+def test_pruning_takes_delivered_alerts_never_frames(backend: Backend) -> None:
+    store = backend.store
+    _commit(store, CommitBatch(frames=[_frame(DEVICE, 1)]))
+    store.append_events([alert_event(DEVICE, "offline", {}, 1_764_000_000.0 + n) for n in range(3)])
+    _commit(store, CommitBatch(frames=[_frame(DEVICE, 2)]))
+    store.prepare(CommitBatch(prune_upto=5))
+    assert store.finish() == 3
+    with backend.open_reader() as reader:
+        assert [entry.seq for entry in reader.entries_after(0)] == [1, 5] and reader.first_seq() == 1
+
+
+def test_command_changes_reach_only_open_commands(backend: Backend) -> None:
+    from carecard.host.receiver.downlinks import cancel_command, queue_command
+
+    store = backend.store
+    _commit(store, CommitBatch(device_stats=[(DEVICE, 1.0, 0, "udp:x", 0)]))
+    first = queue_command(store, DEVICE, "locate_now", {}, now=10.0)
+    second = queue_command(store, DEVICE, "reboot", {"delay_s": 5}, now=11.0)
+    assert [c.seq for c in store.open_commands()] == [first.seq, second.seq]
+    cancel_command(store, DEVICE, second.seq, now=12.0)
+    sent = lifecycle.on_ack(first, 13.0)
+    _commit(store, CommitBatch(commands=[sent, lifecycle.on_ack(second, 13.0)]))
+    (still_open,) = store.open_commands()
+    assert (still_open.id, still_open.state, still_open.attempts) == (first.id, lifecycle.SENT, 1)
+    lifecycle.apply(still_open, sent)
+    _commit(store, CommitBatch(commands=[lifecycle.on_result(still_open, "done", 14.0)]))
+    assert store.open_commands() == []
