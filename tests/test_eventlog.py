@@ -321,3 +321,17 @@ def test_the_hot_queries_use_their_indexes(tmp_path: Path) -> None:
         "DELETE FROM event_log WHERE seq IN (SELECT seq FROM event_log WHERE device IS NULL "
         "AND seq <= ? ORDER BY seq LIMIT ?)", (5, 10))
     store.close()
+
+
+def test_every_sqlite_writer_registers_the_identity_adapters(tmp_path: Path) -> None:
+    """The ingest store's and the SQLite sink's connections register the adapters themselves (the
+    sinks run in a child process that opens no ingest writer), in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    for n, opener in enumerate(("from carecard.host.sinks.sqlite_store import open_query_store as o; o(p)",
+                                "from carecard.host.storage.sqlite import SQLiteStore as o; o(p).close()")):
+        script = (f"import pathlib, sqlite3\np = pathlib.Path({str(tmp_path / f'{n}.sqlite')!r})\n{opener}\n"
+                  "print(sqlite3.adapters.get((bytes, sqlite3.PrepareProtocol)) is bytes.__bytes__)")
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+        assert out.strip() == "True", opener

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from carecard.host.storage import LogEntry
-from carecard.host.storage.sqlite.sql import insert_rows
+from carecard.host.storage.sqlite.sql import insert_rows, register_identity_adapters
 from carecard.host.events import (ALERT_KIND, DATA_BUILDERS, NO_FIX, EventError, data_picker, event_json, iso_utc,
                                   parse_iso_utc)
 from carecard.host.paths import events_db_path
@@ -133,6 +133,7 @@ class StoreLayoutError(RuntimeError):
 def open_query_store(path: Path) -> sqlite3.Connection:
     """Open the query store, creating it or bringing an older layout up to this one."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    register_identity_adapters()
     conn = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
