@@ -35,6 +35,7 @@ import orjson
 
 from carecard.protocol import spec
 from carecard.protocol.codec import field_rule, value_bounds
+from carecard.protocol.generated import compile_generated
 
 SCHEMA_VERSION = 1
 ALERT_KIND = "alert"
@@ -265,8 +266,7 @@ def _compile_data_builders() -> dict[str, Any]:
         if not kind.isidentifier():
             raise ValueError(f"spec.py: message type {kind!r} is not an identifier")
         namespace: dict[str, Any] = {"NO_FIX": NO_FIX, "_convert_point": _convert_point}
-        exec(compile(_data_builder_source(kind, plan), f"<carecard event builder {kind}>", "exec"),
-             namespace)
+        exec(compile_generated(_data_builder_source(kind, plan), f"event builder {kind}"), namespace)
         builders[kind] = namespace[f"_data_{kind}"]
     return builders
 
@@ -298,7 +298,7 @@ def data_picker(kind: str, keys: tuple[str, ...]) -> Any:
             exprs.update(field_items)
         lines.append("    return (" + "".join(f"{exprs.get(key, 'None')}, " for key in keys) + ")")
         namespace: dict[str, Any] = {"NO_FIX": NO_FIX}
-        exec(compile("\n".join(lines) + "\n", f"<carecard data picker {kind}>", "exec"), namespace)
+        exec(compile_generated("\n".join(lines) + "\n", f"data picker {kind}"), namespace)
         picker = namespace["_pick"]
     _PICKERS[(kind, keys)] = picker
     return picker
@@ -497,7 +497,7 @@ def _compile_json_builders() -> dict[str, Any]:
         namespace: dict[str, Any] = {"NO_FIX": NO_FIX, "_ENUM_TEXT": enum_text,
                                      "_encode_text": encode_basestring, "_float_text": float.__repr__,
                                      "_memo_twin": _memo_twin}
-        exec(compile(source, f"<carecard event json {kind}>", "exec"), namespace)
+        exec(compile_generated(source, f"event json {kind}"), namespace)
         builders[kind] = namespace[f"_json_{kind}"]
     return builders
 

@@ -56,6 +56,7 @@ from carecard.protocol.errors import (
     UnknownDevice,
     UnknownType,
 )
+from carecard.protocol.generated import compile_generated
 
 # --- construct building blocks, one per field kind of spec.py -------------------------------
 
@@ -315,7 +316,7 @@ def _message_builder(name: str, direction_name: str, packed: PackedFields,
     namespace: dict[str, Any] = {"_unpack": packed.packer.unpack, "_out_of_range": _out_of_range}
     for i, labels, _codes in packed.enums:
         namespace[f"_labels_{i}"] = labels
-    exec(compile("\n".join(lines) + "\n", f"<carecard message builder {name}>", "exec"), namespace)
+    exec(compile_generated("\n".join(lines) + "\n", f"message builder {name}"), namespace)
     return namespace["_build"]
 
 
