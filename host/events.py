@@ -18,9 +18,9 @@ A decoded uplink message (carecard.protocol.decode_frame) becomes one event:
 - `device_time` (the header's raw time) and `clock_synced` are kept; when the card's clock was not
   synced the header time is seconds since boot, so the event's `time` is null.
 
-Alerts (from the inactivity engine) are built by `alert_event`. The schema is
-documented in docs/events.md and as JSON Schema in docs/event.schema.json, which is generated
-from this module: `python -m carecard.host.events > docs/event.schema.json`.
+Alerts (from the inactivity engine) are built by `alert_event`. The schema is documented in
+docs/events.md and as JSON Schema in docs/event.schema.json (carecard.host.event_schema). Time
+texts come from carecard.host.timefmt; MQTT topics are the MQTT sink's.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ from __future__ import annotations
 import json
 import math
 import re
-from datetime import datetime, timezone
 from typing import Any, Mapping, NamedTuple
 
 import orjson
 
+from carecard.host.timefmt import iso_utc
 from carecard.protocol import spec
 from carecard.protocol.codec import field_rule, value_bounds
 from carecard.protocol.generated import compile_generated
@@ -85,94 +85,6 @@ MESSAGE_KINDS: tuple[str, ...] = tuple(PLANS)
 EVENT_KINDS: tuple[str, ...] = MESSAGE_KINDS + (ALERT_KIND,)
 
 _FW_PARTS = ("fw_major", "fw_minor", "fw_patch")
-
-
-# --- time as text ----------------------------------------------------------------------------
-
-# Unix day -> "YYYY-MM-DDT"; whole Unix second -> "YYYY-MM-DDTHH:MM:SS". Both bounded (cleared when
-# full): the receiver formats two times per frame, and cards' clocks cluster around now.
-_DAY_TEXT: dict[int, str] = {}
-_SECOND_TEXT: dict[int, str] = {}
-_TEXT_CACHE_MAX = 8192
-_FAST_LIMIT = 253402300800  # 10000-01-01: datetime's own limit
-
-
-def _second_text(whole: int) -> str:
-    text = _SECOND_TEXT.get(whole)
-    if text is None:
-        days, rest = divmod(whole, 86400)
-        day = _DAY_TEXT.get(days)
-        if day is None:
-            if len(_DAY_TEXT) >= _TEXT_CACHE_MAX:
-                _DAY_TEXT.clear()
-            day = _DAY_TEXT[days] = datetime.fromtimestamp(days * 86400, timezone.utc).isoformat()[:11]
-        hours, rest = divmod(rest, 3600)
-        minutes, seconds = divmod(rest, 60)
-        if len(_SECOND_TEXT) >= _TEXT_CACHE_MAX:
-            _SECOND_TEXT.clear()
-        text = _SECOND_TEXT[whole] = f"{day}{hours:02d}:{minutes:02d}:{seconds:02d}"
-    return text
-
-
-def _iso_slow(unix: float, millis: bool) -> str:
-    moment = datetime.fromtimestamp(unix, timezone.utc)
-    text = moment.isoformat(timespec="milliseconds" if millis else "seconds")
-    return text.replace("+00:00", "Z")
-
-
-def iso_utc(unix: float, *, millis: bool = False) -> str:
-    """Unix seconds -> ISO 8601 UTC with a Z suffix (whole seconds, or milliseconds).
-
-    The same text as `datetime.fromtimestamp(unix, timezone.utc).isoformat(...)` (a test checks
-    it), including its rounding of floats to the microsecond (half to even) before the digits
-    are cut; computed without a datetime object for the times the receiver sees."""
-    if type(unix) is int:
-        if 0 <= unix < _FAST_LIMIT:
-            return _second_text(unix) + (".000Z" if millis else "Z")
-        return _iso_slow(unix, millis)
-    if type(unix) is not float or not 0.0 <= unix < _FAST_LIMIT:  # NaN fails the test too
-        return _iso_slow(unix, millis)
-    fraction, whole = math.modf(unix)
-    micro = round(fraction * 1e6)
-    if micro >= 1_000_000:
-        whole += 1.0
-        micro -= 1_000_000
-    text = _second_text(int(whole))
-    return f"{text}.{micro // 1000:03d}Z" if millis else text + "Z"
-
-
-# "YYYY-MM-DDTHH:MM:SS" -> Unix seconds, for the texts iso_utc makes (bounded like the others).
-_SECONDS_OF_TEXT: dict[str, int] = {}
-
-
-def parse_iso_utc(text: str) -> float:
-    """ISO 8601 (a Z or an offset; naive means UTC) -> Unix seconds. Raises ValueError.
-
-    The texts iso_utc makes ("...:SSZ", "...:SS.fffZ") are parsed with a cache of their seconds
-    part, to the same float as datetime (a test checks it)."""
-    if type(text) is str and text[-1:] == "Z" and len(text) in (20, 24) and text[10:11] == "T":
-        whole = _SECONDS_OF_TEXT.get(text[:19])
-        if whole is None:
-            whole = int(_parse_iso_slow(text[:19] + "Z"))
-            if len(_SECONDS_OF_TEXT) >= _TEXT_CACHE_MAX:
-                _SECONDS_OF_TEXT.clear()
-            _SECONDS_OF_TEXT[text[:19]] = whole
-        if len(text) == 20:
-            return float(whole)
-        millis = text[20:23]
-        if text[19] == "." and millis.isdigit() and millis.isascii():
-            return (whole * 1_000_000 + int(millis) * 1000) / 1_000_000  # as timedelta does
-    return _parse_iso_slow(text)
-
-
-def _parse_iso_slow(text: str) -> float:
-    value = text.strip()
-    if value.endswith(("Z", "z")):
-        value = value[:-1] + "+00:00"
-    moment = datetime.fromisoformat(value)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.timestamp()
 
 
 def _check_received_at(received_at: float, what: str) -> float:
@@ -580,160 +492,3 @@ def alert_event(device: int | str, alert_kind: str, details: Mapping[str, Any], 
         "received_at": stamp,
         "data": {"alert": alert_kind, "details": plain_details},
     }
-
-
-def event_topic_suffix(event: Mapping[str, Any]) -> str:
-    """`<device>/<kind>`, or `<device>/alert/<alert_kind>` for alerts (used by the MQTT sink)."""
-    if event["kind"] == ALERT_KIND:
-        return f"{event['device']}/alert/{event['data']['alert']}"
-    return f"{event['device']}/{event['kind']}"
-
-
-# --- JSON Schema -------------------------------------------------------------------------------
-
-
-def _int_range(kind: str) -> tuple[int, int]:
-    bits = int(kind[1:])
-    if kind[0] == "u":
-        return 0, 2**bits - 1
-    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-
-
-def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"anyOf": [schema, {"type": "null"}]}
-
-
-def _field_schemas(field: FieldPlan) -> dict[str, Any]:
-    kind = field.kind
-    out: dict[str, Any] = {}
-    if kind.startswith("enum:"):
-        out[field.name] = {"enum": list(spec.ENUMS[kind[5:]]), "description": field.doc}
-    elif kind == "str":
-        out[field.name] = {"type": "string", "maxLength": spec.MAX_STR, "description": field.doc}
-        text_rule = field_rule(field.name).get("text")
-        if text_rule is not None:
-            first_only, anywhere = spec.TEXT_RULES[text_rule]
-            out[field.name]["pattern"] = (f"^[{re.escape(first_only)}]?" if first_only else "^") + \
-                f"[{re.escape(anywhere)}]*$"
-    elif kind == "track":
-        point = {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["time", "device_time", "lat", "lon", "lat_e7", "lon_e7"],
-            "properties": {
-                "time": {"type": ["string", "null"], "pattern": _ISO_Z_PATTERN,
-                         "description": "point time, ISO 8601 UTC; null when the clock was not synced"},
-                "device_time": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1,
-                                "description": "raw point time: Unix s, or seconds since boot"},
-                "lat": {"type": "number", "minimum": -90, "maximum": 90, "description": "degrees"},
-                "lon": {"type": "number", "minimum": -180, "maximum": 180, "description": "degrees"},
-                "lat_e7": {"type": "integer", "minimum": -spec.LAT_E7_MAX, "maximum": spec.LAT_E7_MAX},
-                "lon_e7": {"type": "integer", "minimum": -spec.LON_E7_MAX, "maximum": spec.LON_E7_MAX},
-            },
-        }
-        out[field.name] = {"type": "array", "minItems": 1, "maxItems": spec.MAX_TRACK_POINTS,
-                           "items": point, "description": field.doc}
-    else:
-        low, high = _int_range(kind)
-        bounds = value_bounds(field.name)
-        if bounds is not None:
-            low, high = bounds[0], bounds[1]
-        raw: dict[str, Any] = {"type": "integer", "minimum": low, "maximum": high}
-        rule = field_rule(field.name)
-        doc = field.doc
-        if "unit" in rule:
-            doc += f" ({rule['unit']})"
-        if field.sentinel is not None:
-            raw = _nullable(raw)
-            doc += f"; null when the card sent {field.sentinel} (unknown)"
-        raw["description"] = doc
-        out[field.name] = raw
-        if field.twin is not None:
-            twin: dict[str, Any] = {"type": "number"}
-            if bounds is not None:
-                twin["minimum"], twin["maximum"] = low / field.divisor, high / field.divisor
-            twin = _nullable(twin)
-            unit = rule["human"][2]
-            twin["description"] = (f"{field.name} / {field.divisor}" + (f" ({unit})" if unit else "")
-                                   + "; null when unknown")
-            if field.needs_fix:
-                twin["description"] += " or without a fix"
-            out[field.twin] = twin
-    return out
-
-
-def _data_schema(kind: str) -> dict[str, Any]:
-    props: dict[str, Any] = {}
-    for field in PLANS[kind]:
-        props.update(_field_schemas(field))
-    if all(any(f.name == part for f in PLANS[kind]) for part in _FW_PARTS):
-        props["fw_version"] = {"type": "string", "pattern": r"^\d+\.\d+\.\d+$"}
-    props["device_time"] = {"type": "integer", "minimum": 0, "maximum": 2**32 - 1,
-                            "description": "the header's raw time: Unix s, or seconds since boot "
-                                           "when clock_synced is false"}
-    props["clock_synced"] = {"type": "boolean"}
-    return {"type": "object", "additionalProperties": False, "required": list(props),
-            "properties": props}
-
-
-def event_json_schema() -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of schema-version-1 events, generated from protocol/spec.py."""
-    defs: dict[str, Any] = {f"data_{kind}": _data_schema(kind) for kind in MESSAGE_KINDS}
-    defs["data_alert"] = {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["alert", "details"],
-        "properties": {"alert": {"type": "string", "pattern": _ALERT_KIND_RE.pattern},
-                       "details": {"type": "object"}},
-    }
-    branches = []
-    for kind in MESSAGE_KINDS:
-        branches.append({
-            "if": {"properties": {"kind": {"const": kind}}},
-            "then": {"properties": {"data": {"$ref": f"#/$defs/data_{kind}"},
-                                    "counter": {"type": "integer"},
-                                    "id": {"pattern": r"^\d{1,20}-\d{1,10}$"}}},
-        })
-    branches.append({
-        "if": {"properties": {"kind": {"const": ALERT_KIND}}},
-        "then": {"properties": {"data": {"$ref": "#/$defs/data_alert"}, "counter": {"type": "null"},
-                                "time": {"type": "string"}}},
-    })
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": f"urn:carecard:event:{SCHEMA_VERSION}",
-        "title": f"CareCard host event, schema version {SCHEMA_VERSION}",
-        "description": "One event per stored uplink message, or an alert. See docs/events.md. "
-                       "Generated by `python -m carecard.host.events` from protocol/spec.py.",
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["schema", "id", "kind", "device", "counter", "time", "received_at", "data"],
-        "properties": {
-            "schema": {"const": SCHEMA_VERSION},
-            "id": {"type": "string", "minLength": 1, "maxLength": 200,
-                   "description": "stable id for de-duplication: <device>-<counter> for messages"},
-            "kind": {"enum": list(EVENT_KINDS)},
-            "device": {"type": "string", "pattern": r"^\d{1,20}$",
-                       "description": "device id (the modem's IMEI) as decimal text"},
-            "counter": {"type": ["integer", "null"], "minimum": 0, "maximum": 2**32 - 1},
-            "time": {"type": ["string", "null"], "pattern": _ISO_Z_PATTERN,
-                     "description": "when the card made the message, ISO 8601 UTC; null when "
-                                    "the card's clock was not synced"},
-            "received_at": {"type": "string", "pattern": _ISO_Z_PATTERN,
-                            "description": "when the host received the frame, ISO 8601 UTC"},
-            "data": {"type": "object"},
-        },
-        "allOf": branches,
-        "$defs": defs,
-    }
-
-
-def schema_text() -> str:
-    """docs/event.schema.json as it must be committed."""
-    return json.dumps(event_json_schema(), indent=2, ensure_ascii=False) + "\n"
-
-
-if __name__ == "__main__":  # entry point: regenerate docs/event.schema.json
-    import sys
-
-    sys.stdout.write(schema_text())

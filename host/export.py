@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from carecard.host.events import EventError, event_from_message, iso_utc, parse_iso_utc
+from carecard.host.events import EventError, event_from_message
+from carecard.host.timefmt import iso_utc, parse_iso_utc
 from carecard.host.files import connect_readonly
 from carecard.host.paths import events_db_path
 from carecard.protocol import ProtocolError, parse_opened

@@ -12,13 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from carecard.host.events import parse_body
+from carecard.host.events import event_from_message, event_json, parse_body
+from carecard.host.paths import DEFAULT_DATA_DIR, events_db_path, ingest_db_path
 from carecard.host.storage import EventLogError
 from carecard.host.storage.sqlite.eventlog import SQLiteEventLog
 from carecard.host.storage.sqlite.sql import insert_rows, multi_row_chunks
-from carecard.host.events import event_json
-from carecard.host.events import event_from_message
-from carecard.host.paths import DEFAULT_DATA_DIR, events_db_path, ingest_db_path
 
 from eventgen import DEVICE, T0, position_event, position_message
 

@@ -13,7 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from carecard.host import event_schema, timefmt
 from carecard.host import events as ev
+from carecard.host.sinks.mqtt import topic_suffix
 from carecard.protocol import decode_frame, encode_frame, spec
 
 from eventgen import DEVICE, T0, position_message, uplink_messages
@@ -30,9 +32,9 @@ def validator() -> jsonschema.Draft202012Validator:
 
 
 def test_committed_schema_is_generated_from_the_spec() -> None:
-    assert SCHEMA_PATH.read_text() == ev.schema_text(), (
+    assert SCHEMA_PATH.read_text() == event_schema.schema_text(), (
         "docs/event.schema.json is stale: regenerate with "
-        "`.venv/bin/python -m carecard.host.events > docs/event.schema.json`")
+        "`.venv/bin/python -m carecard.host.event_schema > docs/event.schema.json`")
 
 
 def test_unknown_values_are_the_spec_field_rules() -> None:
@@ -59,7 +61,7 @@ def _check_event(message: dict, event: dict, validator: jsonschema.Draft202012Va
     assert data["device_time"] == message["time"]
     assert (event["time"] is None) == (not message["clock_synced"])
     if message["clock_synced"]:
-        assert ev.parse_iso_utc(event["time"]) == message["time"]
+        assert timefmt.parse_iso_utc(event["time"]) == message["time"]
     for field in ev.PLANS[message["type"]]:
         raw = message[field.name]
         if field.kind == "track":
@@ -141,7 +143,7 @@ def test_alert_events(validator: jsonschema.Draft202012Validator) -> None:
     validator.validate(alert)
     assert alert["id"] == f"{DEVICE}-alert-inactivity-{(T0 * 1000) + 500}"
     assert alert["kind"] == "alert" and alert["counter"] is None
-    assert ev.event_topic_suffix(alert) == f"{DEVICE}/alert/inactivity"
+    assert topic_suffix(alert) == f"{DEVICE}/alert/inactivity"
     assert ev.alert_event(str(DEVICE), "sos_unanswered", {}, T0, alert_id="engine-7")["id"] == "engine-7"
 
 
@@ -199,7 +201,7 @@ def _reference_event(message: dict, received_at: float) -> dict:
                 out: dict = {}
                 for key, raw in point.items():
                     if key == "time":
-                        out["time"] = ev._iso_slow(raw, False) if synced else None
+                        out["time"] = timefmt._iso_slow(raw, False) if synced else None
                         out["device_time"] = raw
                         continue
                     twin, divisor = ev._twin(key)
@@ -223,8 +225,8 @@ def _reference_event(message: dict, received_at: float) -> dict:
     data["clock_synced"] = synced
     return {"schema": ev.SCHEMA_VERSION, "id": f"{message['device']}-{message['counter']}",
             "kind": mtype, "device": str(message["device"]), "counter": message["counter"],
-            "time": ev._iso_slow(message["time"], False) if synced else None,
-            "received_at": ev._iso_slow(float(received_at), True), "data": data}
+            "time": timefmt._iso_slow(message["time"], False) if synced else None,
+            "received_at": timefmt._iso_slow(float(received_at), True), "data": data}
 
 
 def _canonical(event: dict) -> str:
@@ -258,7 +260,7 @@ def test_twins_of_missing_values_are_null() -> None:
        | st.integers(0, 2**32).map(lambda s: s + st_fraction_edge(s)))
 def test_iso_utc_is_datetimes_text(unix: float) -> None:
     for millis in (False, True):
-        assert ev.iso_utc(unix, millis=millis) == ev._iso_slow(unix, millis)
+        assert timefmt.iso_utc(unix, millis=millis) == timefmt._iso_slow(unix, millis)
 
 
 def st_fraction_edge(seed: int) -> float:
@@ -270,31 +272,31 @@ def test_iso_utc_edges() -> None:
     for unix in (0, 0.0, 1764374400.9999996, 1764374400.0000004, 2**32 - 0.0000001, 86399.9999999,
                  253402300799, 253402300799.5):
         for millis in (False, True):
-            assert ev.iso_utc(unix, millis=millis) == ev._iso_slow(unix, millis)
-    assert ev.iso_utc(T0) == "2025-11-29T00:00:00Z"
-    assert ev.iso_utc(T0 + 1.25, millis=True) == "2025-11-29T00:00:01.250Z"
+            assert timefmt.iso_utc(unix, millis=millis) == timefmt._iso_slow(unix, millis)
+    assert timefmt.iso_utc(T0) == "2025-11-29T00:00:00Z"
+    assert timefmt.iso_utc(T0 + 1.25, millis=True) == "2025-11-29T00:00:01.250Z"
     for bad in (float("nan"), float(2**40), 2**40):  # datetime's errors, unchanged
         with pytest.raises((ValueError, OverflowError, OSError)):
-            ev.iso_utc(bad)
+            timefmt.iso_utc(bad)
 
 
 @settings(max_examples=1000, deadline=None)
 @given(unix=st.floats(0, 2**32, allow_nan=False) | st.integers(0, 2**32), millis=st.booleans())
 def test_parse_iso_utc_reads_iso_utc_like_datetime(unix: float, millis: bool) -> None:
-    text = ev.iso_utc(unix, millis=millis)
-    assert ev.parse_iso_utc(text) == ev._parse_iso_slow(text)
-    assert ev.parse_iso_utc(text) == datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    text = timefmt.iso_utc(unix, millis=millis)
+    assert timefmt.parse_iso_utc(text) == timefmt._parse_iso_slow(text)
+    assert timefmt.parse_iso_utc(text) == datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def test_parse_iso_utc_other_forms_and_errors() -> None:
     for text in ("2025-11-29T00:00:00+08:00", "2025-11-29 00:00:00", "2025-11-29T00:00:00.5Z",
                  "2025-11-29T00:00:00.123456Z", " 2025-11-29T00:00:00Z ", "2025-11-29T00:00:00z",
                  "2025-11-29T00:00:01.250Z", "1970-01-01T00:00:00Z"):
-        assert ev.parse_iso_utc(text) == ev._parse_iso_slow(text)
+        assert timefmt.parse_iso_utc(text) == timefmt._parse_iso_slow(text)
     for bad in ("", "Z", "2025-11-29T00:00:0xZ", "2025-13-29T00:00:00Z", "2025-11-29T00:00:00.1x3Z",
                 "2025-11-29T00:00:00.+12Z", "yesterday"):
         with pytest.raises(ValueError):
-            ev.parse_iso_utc(bad)
+            timefmt.parse_iso_utc(bad)
 
 
 def _decoded(message: dict) -> dict:

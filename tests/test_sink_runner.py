@@ -129,8 +129,7 @@ def test_jsonl_lines_are_the_logs_json_and_batch_defaults_by_type(tmp_path: Path
     """The JSON lines sink writes the log's own text of each event (not encoded again): the same
     bytes as encoding the event, non-ASCII text included. The SQLite sink's default batches are
     larger than the others'."""
-    from carecard.host.events import event_json
-    from carecard.host.events import event_from_message
+    from carecard.host.events import event_from_message, event_json
 
     from eventgen import DEVICE, T0
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from carecard.host.events import event_topic_suffix
+from carecard.host.events import ALERT_KIND
 from carecard.host.sinks.base import ConfigError, Sink, SinkError, SinkTable, SinkUnavailable
 
 log = logging.getLogger("carecard.host.sinks")
@@ -44,9 +44,16 @@ log = logging.getLogger("carecard.host.sinks")
 DEFAULT_TOPIC_PREFIX = "carecard/v1"
 
 
+def topic_suffix(event: Mapping[str, Any]) -> str:
+    """`<device>/<kind>`, or `<device>/alert/<alert_kind>` for alerts."""
+    if event["kind"] == ALERT_KIND:
+        return f"{event['device']}/alert/{event['data']['alert']}"
+    return f"{event['device']}/{event['kind']}"
+
+
 def event_topic(prefix: str, event: dict[str, Any]) -> str:
     """The documented topic of an event."""
-    return f"{prefix}/{event_topic_suffix(event)}"
+    return f"{prefix}/{topic_suffix(event)}"
 
 
 class MqttSink(Sink):

@@ -49,8 +49,8 @@ from typing import Any, Mapping
 
 from carecard.host.storage import LogEntry
 from carecard.host.storage.sqlite.sql import insert_rows, register_identity_adapters
-from carecard.host.events import (ALERT_KIND, DATA_BUILDERS, NO_FIX, EventError, data_picker, event_json, iso_utc,
-                                  parse_iso_utc)
+from carecard.host.events import ALERT_KIND, DATA_BUILDERS, NO_FIX, EventError, data_picker, event_json
+from carecard.host.timefmt import iso_utc, parse_iso_utc
 from carecard.host.paths import events_db_path
 from carecard.host.sinks.base import Sink, SinkError, SinkTable
 

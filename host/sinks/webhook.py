@@ -52,7 +52,8 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Mapping
 
-from carecard.host.events import SCHEMA_VERSION, iso_utc
+from carecard.host.events import SCHEMA_VERSION
+from carecard.host.timefmt import iso_utc
 from carecard.host.paths import dead_letter_path
 from carecard.host.sinks.base import (
     DEFAULT_RETRY_MAX,
