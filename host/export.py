@@ -81,7 +81,7 @@ def normalize_device(device: str) -> str:
     return str(int(text))
 
 
-def open_store(data_dir: Path | str) -> sqlite3.Connection:
+def open_query_store_readonly(data_dir: Path | str) -> sqlite3.Connection:
     """Open DATA/events.sqlite read-only, with clear errors when it is not there."""
     data = Path(data_dir)
     if not data.is_dir():
@@ -227,7 +227,7 @@ def export_track(data_dir: Path | str, device: str, fmt: str, since: float | Non
     if since is not None and until is not None and since > until:
         raise QueryError("--since is after --until")
     device = normalize_device(device)
-    conn = open_store(data_dir)
+    conn = open_query_store_readonly(data_dir)
     try:
         points = track_points(conn, device, since, until)
     finally:

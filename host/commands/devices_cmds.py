@@ -70,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     imp.set_defaults(func=run_import)
 
 
-def open_store(data: DataDir) -> Any:
+def open_ingest_store(data: DataDir) -> Any:
     """The ingest database opened for writing (created when missing); one-line errors."""
     from carecard.host.storage import StoreError
     from carecard.host.storage.sqlite.store import SQLiteStore
@@ -190,7 +190,7 @@ def run_add(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     data = data_dir_of(args, write=True, must_exist=False)
     data_dir = data.path
-    store = open_store(data)
+    store = open_ingest_store(data)
     try:
         add_devices(store, data_dir, [DeviceSpec(device, name, key, contacts, iccid, phone)],
                     replace=args.replace)
@@ -221,7 +221,7 @@ def run_import(args: argparse.Namespace) -> int:
     if good:
         data = data_dir_of(args, write=True, must_exist=False)
         data_dir = data.path
-        store = open_store(data)
+        store = open_ingest_store(data)
         try:
             # Devices already registered are bad records too (unless --replace): report them all,
             # then import the rest in one transaction.

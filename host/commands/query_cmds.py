@@ -16,7 +16,7 @@ from carecard.host.export import (
     export_track,
     iter_events,
     normalize_device,
-    open_store,
+    open_query_store_readonly,
     parse_time_arg,
 )
 from carecard.host.paths import DataDir
@@ -104,7 +104,7 @@ def run_events(args: argparse.Namespace) -> int:
     data = data_dir_of(args)
     device = device_id(data, args.device) if args.device else None
     try:
-        conn = open_store(data.path)
+        conn = open_query_store_readonly(data.path)
         try:
             out = sys.stdout
             for event in iter_events(conn, device, args.kind, since, until, args.limit):

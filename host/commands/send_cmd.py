@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from carecard.host.cli import CommandError
 from carecard.host.commands.datadir import add_data_options, data_dir_of, resolve_device
-from carecard.host.commands.devices_cmds import open_store
+from carecard.host.commands.devices_cmds import open_ingest_store
 from carecard.protocol import spec
 
 DEFAULT_CHECKIN_TIMEOUT_S = 300  # five minutes for the elder to press a key
@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     if args.send_command != "cancel":
         name, fields = command_from_args(args)
     data = data_dir_of(args, write=True)
-    store = open_store(data)
+    store = open_ingest_store(data)
     try:
         device = resolve_device(store.connection, args.device)
         try:
