@@ -132,6 +132,31 @@ def test_windows_and_downlink_counters_survive_a_restart(tmp_path: Path) -> None
     h.store.close()
 
 
+def test_a_registry_change_keeps_the_downlink_counters_and_a_restart_jumps_past_the_block(
+        tmp_path: Path) -> None:
+    """Counters go on one by one across registry reloads (an admin's change); only a process that
+    has not numbered the device yet (a restart) starts above its reserved block."""
+    devices = provision(tmp_path, 2)
+    h = Harness(tmp_path, devices)
+    card, other = card_of(h), card_of(h, 1)
+    counters = []
+    for _ in range(4):
+        h.feed(card.frame())
+        counters += [card.ack(a)["counter"] for a in h.commit()]
+        # what the receiver does when `carecard devices add` or `carecard send` changed the registry
+        h.ingest.load_registry(h.store.load_devices(), h.store.open_commands())
+    h.feed(other.frame())
+    h.commit()
+    h.ingest.reset()  # after a failed commit the store is the truth for reservations
+    h.feed(card.frame())
+    counters += [card.ack(a)["counter"] for a in h.commit()]
+    assert counters == [1, 2, 3, 4, 5]
+    h.reopen()
+    h.feed(card.frame())
+    assert [card.ack(a)["counter"] for a in h.commit()] == [DOWNLINK_BLOCK + 1]
+    h.store.close()
+
+
 def test_downlink_counter_never_reused_after_a_crash_between_commits(tmp_path: Path) -> None:
     """Acks are numbered from reservations committed before they were sent; a restart (even after
     SIGKILL) starts above the last reservation."""

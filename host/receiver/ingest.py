@@ -127,14 +127,18 @@ class Ingest:
         `from_store`: after a failed commit, the store is the truth for reservations (a
         reservation made in memory may not have been committed) and for commands."""
         self.devices = devices
+        previous = self.dl_reserved
         if from_store:
             self.dl_reserved = {}
         for device, record in devices.items():
-            reserved = self.dl_reserved.get(device, -1)
-            if record.downlink_reserved > reserved:
-                self.dl_reserved[device] = record.downlink_reserved
-            # never go back: counters already used stay used
-            self.dl_next[device] = max(self.dl_next.get(device, 0), self.dl_reserved[device] + 1)
+            stored = record.downlink_reserved
+            known = previous.get(device)  # what this process reserved; None: never numbered it
+            if known is None or stored > known:
+                # Counters up to the stored reservation may have been used by an earlier run (this
+                # is a start-up) or by another writer: go on above them. Otherwise (a registry
+                # reload, a failed commit) this process's next counter stands.
+                self.dl_next[device] = max(self.dl_next.get(device, 0), stored + 1)
+            self.dl_reserved[device] = stored if from_store or known is None else max(known, stored)
         for device in list(self.dl_next):
             if device not in self.dl_reserved:  # no row yet: nothing reserved in the store
                 self.dl_reserved[device] = 0
