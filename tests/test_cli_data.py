@@ -196,3 +196,27 @@ def test_decode_stream_with_no_frame_says_so(capsys: pytest.CaptureFixture[str])
     assert main(["decode", "--stream", bytes(range(1, 200)).hex()]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no frame found in 398 bytes" in err
+
+
+@pytest.mark.usefixtures("mpy")  # the benchmark runs the card's codec on MicroPython
+def test_bench_json_gives_every_figure_as_data() -> None:
+    result = run_cli("bench", "protocol", "--json", "--frames", "200", "--rounds", "1",
+                     "--card-frames", "50", timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)  # one object, nothing else on stdout
+    assert report["bench"] == "protocol" and report["status"] == 0
+    figures = {figure["name"]: figure for figure in report["figures"]}
+    assert figures["position frame"]["numbers"] == [len(encode_frame(EXAMPLE_POSITION, EXAMPLE_KEY))]
+    rate, microseconds = figures["host decode+verify"]["numbers"]
+    assert rate > 0 and microseconds == pytest.approx(1e6 / rate, rel=0.01)
+    assert result.stderr.startswith("carecard bench protocol: measuring")  # said before the first figure
+
+
+def test_bench_figure_lines_become_data() -> None:
+    from carecard.host.commands.bench_cmds import figure
+
+    assert figure("host decode+verify: 77,778 frames/s (12.86 us/frame)") == {
+        "name": "host decode+verify", "text": "77,778 frames/s (12.86 us/frame)", "numbers": [77778, 12.86]}
+    assert figure("  ratio: the parser takes 2.50x the time") == {
+        "name": "ratio", "text": "the parser takes 2.50x the time", "numbers": [2.5]}
+    assert figure("medians of 5 runs") == {"name": None, "text": "medians of 5 runs", "numbers": [5]}

@@ -190,6 +190,9 @@ def test_track_gpx_with_a_time_range(data_dir: Path, capsys: pytest.CaptureFixtu
     assert len(points) == 7  # positions 6-10 (fixes at :58), the sos fix at 11:30, the first track point at 11:40
     assert points[0].elevation == 30 and points[0].satellites == 8 and points[0].horizontal_dilution == 1.2
     assert points[-1].latitude == pytest.approx(24.71)
+    # a track frame's point has only time, latitude and longitude (docs/events.md)
+    assert points[-1].elevation is None and points[-1].satellites is None and points[-1].type_of_gpx_fix is None
+    assert points[-2].elevation is None and points[-2].type_of_gpx_fix == "3d"  # the SOS: a fix only
 
 
 def test_track_csv(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

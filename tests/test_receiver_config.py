@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -109,9 +111,49 @@ def test_demo_runs_on_micropython_and_tells_what_was_stored(tmp_path: Path) -> N
     assert "#1 locate_now done" in out
     assert '"type": "LineString"' in out
     assert (tmp_path / "demo" / "track.geojson").exists()
+    # the closing hints work pasted into a fresh shell: no venv on PATH, another folder
+    hints = out.split("Look around:\n", 1)[1].strip().splitlines()
+    assert len(hints) == 3
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    outputs = []
+    for hint in hints:
+        shell = subprocess.run(["/bin/sh", "-c", hint.strip()], cwd=elsewhere, capture_output=True,
+                               text=True, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, timeout=60)
+        assert shell.returncode == 0 and shell.stdout, (hint, shell.stderr)
+        outputs.append(shell.stdout)
+    assert "Grandma Li (demo)" in outputs[0] and "<gpx" in outputs[2]
+    # the track frame's points are all before the frame's own time
+    tracks = [json.loads(line) for line in outputs[1].splitlines() if '"kind":"track"' in line]
+    assert tracks and all(point["device_time"] <= event["data"]["device_time"]
+                          for event in tracks for point in event["data"]["points"]), tracks
     # a second run empties its own folder and runs again
     assert run_cli("demo", "--data", str(tmp_path / "demo"), timeout=60).returncode == 0
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "precious.txt").write_text("keep me")
     refused = run_cli("demo", "--data", str(tmp_path / "other"))
     assert refused.returncode != 0 and "not a demo folder" in refused.stderr
+
+
+def test_the_sample_config_is_valid_with_every_commented_example_uncommented(tmp_path: Path) -> None:
+    """The sample's commented keys and sink tables are examples to switch on: each must load."""
+    import re
+    import tomllib
+
+    from carecard.host.storage.sqlite.eventlog import SQLiteEventLog as EventLog
+    from carecard.host.paths import ingest_db_path
+    from carecard.host.sinks import SinkSet
+
+    text = (REPO / "docs" / "receiver.sample.toml").read_text()
+    example = re.compile(r"^# (\[\[\w+\]\]|[a-z_]+ = .*)$", re.MULTILINE)
+    uncommented, count = example.subn(r"\1", text)
+    assert count >= 14  # tcp, serial, log_file and the jsonl, mqtt and webhook sinks' lines
+    config = config_from_mapping(tomllib.loads(uncommented), "sample", base_dir=tmp_path)
+    assert config.tcp and config.serial and config.log_file is not None
+    assert [sink["type"] for sink in config.sinks or []] == ["sqlite", "jsonl", "mqtt", "webhook"]
+    EventLog.connect_writer(ingest_db_path(tmp_path)).close()
+    log = EventLog(ingest_db_path(tmp_path))
+    try:
+        SinkSet.from_config(config.sinks, tmp_path, log)  # raises ConfigError naming a bad key
+    finally:
+        log.close()

@@ -185,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("--rounds and --chunk must be positive")
     path = args.capture or largest_capture()
     if not path.is_file():
-        raise CommandError(f"{path}: {'is a directory, not' if path.is_dir() else 'no such'} "
+        raise CommandError(f"{path}: {'is a directory, not a' if path.is_dir() else 'no such'} "
                            "capture file", status=1)
     s = speed(path, args.rounds, args.chunk)
     print(f"capture: {path.name} ({path.stat().st_size} bytes), {s['sentences']} checksum-valid "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import hmac
 import statistics
+import sys
 import struct
 import tempfile
 import time
@@ -64,13 +65,16 @@ def run(args: argparse.Namespace) -> int:
     def codec(data: bytes) -> dict:
         return decode_frame(data, ring)
 
+    print(f"carecard bench protocol: measuring {args.rounds} rounds of {args.frames:,} host decodes, "
+          "then the card's codec on MicroPython; each figure is printed when it is measured",
+          file=sys.stderr, flush=True)
+    print(f"position frame: {len(frame)} bytes", flush=True)
     codec_rates, base_rates = [], []
     for _ in range(args.rounds):  # alternate so machine noise hits both alike
         base_rates.append(_rate(baseline, frame, args.frames))
         codec_rates.append(_rate(codec, frame, args.frames))
     codec_rate = statistics.median(codec_rates)
     base_rate = statistics.median(base_rates)
-    print(f"position frame: {len(frame)} bytes")
     print(f"host decode+verify: {codec_rate:,.0f} frames/s ({1e6 / codec_rate:.2f} us/frame)")
     print(f"baseline unpack+hmac: {base_rate:,.0f} frames/s ({1e6 / base_rate:.2f} us/frame)")
     print(f"ratio (time per frame, codec/baseline): {base_rate / codec_rate:.2f}x (target <= 3x)")
