@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "carecard.host.commands.send_cmd",
     "carecard.host.commands.demo_cmd",
     "carecard.host.commands.check_cmd",
+    "carecard.host.commands.replay_cmd",
 ]
 
 
