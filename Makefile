@@ -40,7 +40,7 @@ test: setup debs port32
 	$(BIN)/python -m pytest -q -n 2 tests
 
 bench: setup port32
-	for name in protocol nmea at receive; do $(BIN)/carecard bench $$name || exit 1; done
+	for name in protocol nmea at receive engine; do $(BIN)/carecard bench $$name || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

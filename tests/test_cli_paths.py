@@ -183,8 +183,8 @@ CASES = [
     (["nmea", "adir"], 1, "is a directory"),
     (["nmea", "secret.bin"], 1, "cannot be read"),
     (["nmea", "--chunk", "100000000", "one.nmea"], 2, "--chunk"),
-    (["bench"], 2, "at, nmea, protocol, receive"),
-    (["bench", "nope"], 2, "at, nmea, protocol, receive"),
+    (["bench"], 2, "at, engine, nmea, protocol, receive"),
+    (["bench", "nope"], 2, "at, engine, nmea, protocol, receive"),
     (["bench", "nmea", "--capture", "adir"], 1, "adir"),
     (["nosuchcommand"], 2, "invalid choice"),
 ]

@@ -19,6 +19,7 @@ BENCHMARKS = {
     "at": "carecard.tools.bench.at",
     "nmea": "carecard.tools.bench.nmea",
     "receive": "carecard.tools.bench.receive",
+    "engine": "carecard.tools.bench.engine",
 }
 
 
