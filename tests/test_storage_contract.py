@@ -163,3 +163,27 @@ def test_command_changes_reach_only_open_commands(backend: Backend) -> None:
     lifecycle.apply(still_open, sent)
     _commit(store, CommitBatch(commands=[lifecycle.on_result(still_open, "done", 14.0)]))
     assert store.open_commands() == []
+
+
+def test_the_command_queue_numbers_commands_and_refuses_what_it_cannot_do(backend: Backend) -> None:
+    from carecard.host.receiver.command_lifecycle import CommandStateError
+    from carecard.host.storage import CommandQueue, UnknownDeviceError
+
+    store = backend.store
+    assert isinstance(store, CommandQueue)
+    with pytest.raises(UnknownDeviceError, match=f"device {DEVICE} is not registered"):
+        store.queue_command(DEVICE, "locate_now", lambda seq: {}, 1.0)
+    _commit(store, CommitBatch(device_stats=[(DEVICE, 1.0, 0, "udp:x", 0)]))
+    first = store.queue_command(DEVICE, "checkin_prompt", lambda seq: {"timeout_s": 60, "prompt_id": seq}, 2.0)
+    with pytest.raises(ValueError):  # make_args refuses: nothing queued, the seq not used up
+        store.queue_command(DEVICE, "reboot", lambda seq: (_ for _ in ()).throw(ValueError("no")), 3.0)
+    second = store.queue_command(DEVICE, "locate_now", lambda seq: {}, 4.0)
+    assert (first.seq, first.args["prompt_id"], second.seq) == (1, 1, 2)
+    assert [c.seq for c in store.list_commands(DEVICE, open_only=True)] == [1, 2]
+    assert store.cancel_command(DEVICE, 1, 5.0).state == lifecycle.CANCELLED
+    with pytest.raises(CommandStateError, match="already cancelled"):
+        store.cancel_command(DEVICE, 1, 6.0)
+    with pytest.raises(LookupError, match="no command with seq 9"):
+        store.cancel_command(DEVICE, 9, 6.0)
+    assert [c.seq for c in store.list_commands(DEVICE, open_only=True)] == [2]
+    assert [c.seq for c in store.list_commands(limit=1)] == [2]

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 from carecard.host.receiver import command_lifecycle as lifecycle
 from carecard.host.receiver.command_lifecycle import CommandRecord, CommandStateError
-from carecard.host.storage.sqlite.store import UPDATE_COMMAND, SQLiteStore, list_commands
+from carecard.host.storage import CommandQueue, UnknownDeviceError
 from carecard.protocol import FrameKeys, InvalidMessage, encode_frame, spec
 
 COMMAND_NAMES = tuple(name for _code, name, _fields in spec.COMMANDS)
@@ -69,47 +69,31 @@ def check_command(cmd: str, args: Mapping[str, Any], seq: int = 1) -> dict[str, 
     return stored
 
 
-def queue_command(store: SQLiteStore, device: int, cmd: str, args: Mapping[str, Any],
+def queue_command(queue: CommandQueue, device: int, cmd: str, args: Mapping[str, Any],
                   *, now: float | None = None) -> CommandRecord:
     """Queue a command for a registered device (works while a receiver runs: it reloads)."""
     stamp = time.time() if now is None else now
     # checked before taking the write lock; prompt_id defaults to the seq, unknown until then
     check_command(cmd, {"prompt_id": 1, **args} if cmd == "checkin_prompt" else args)
-    with store.transaction() as conn:
-        row = conn.execute("SELECT next_command_seq FROM devices WHERE device = ?", (device,)).fetchone()
-        if row is None:
-            raise CommandError(f"device {device} is not registered: add it with `carecard devices add`")
-        counter = row[0]
-        seq = (counter - 1) % 0xFFFF + 1  # 1..65535, wrapping
+
+    def make_args(seq: int) -> dict[str, Any]:
         values = dict(args)
         if cmd == "checkin_prompt" and "prompt_id" not in values:
             values["prompt_id"] = seq
-        stored = check_command(cmd, values, seq)
-        conn.execute("UPDATE devices SET next_command_seq = ?, updated_at = ? WHERE device = ?",
-                     (counter + 1, stamp, device))
-        cursor = conn.execute(
-            "INSERT INTO commands (device, seq, cmd, args, state, attempts, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, 0, ?, ?)",
-            (device, seq, cmd, json.dumps(stored, ensure_ascii=False), lifecycle.QUEUED, stamp, stamp))
-        command_id = cursor.lastrowid
-    return CommandRecord(command_id, device, seq, cmd, stored, lifecycle.QUEUED, 0, stamp, stamp)
+        return check_command(cmd, values, seq)
+
+    try:
+        return queue.queue_command(device, cmd, make_args, stamp)
+    except UnknownDeviceError as exc:
+        raise CommandError(str(exc)) from None
 
 
-def cancel_command(store: SQLiteStore, device: int, seq: int, *, now: float | None = None) -> CommandRecord:
+def cancel_command(queue: CommandQueue, device: int, seq: int, *, now: float | None = None) -> CommandRecord:
     """Cancel the device's latest command with this seq, if it is still open."""
-    stamp = time.time() if now is None else now
-    with store.transaction() as conn:
-        found = [command for command in list_commands(conn, device) if command.seq == seq]
-        if not found:
-            raise CommandError(f"device {device} has no command with seq {seq}")
-        command = found[-1]
-        try:
-            change = lifecycle.cancel(command, stamp)
-        except CommandStateError as exc:
-            raise CommandError(str(exc)) from None
-        conn.execute(UPDATE_COMMAND, change)
-    lifecycle.apply(command, change)
-    return command
+    try:
+        return queue.cancel_command(device, seq, time.time() if now is None else now)
+    except (LookupError, CommandStateError) as exc:
+        raise CommandError(str(exc).strip("'\"")) from None
 
 
 def describe(command: CommandRecord) -> str:

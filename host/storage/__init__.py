@@ -10,6 +10,8 @@ tests (tests/test_storage_contract.py).
   contacts, pruning of delivered events; events that are not frames' (alerts); the device
   registry and the open commands as the ingest reads them; the start-up checks of lost history.
 - EventLogReader: the event log in order from a seq, and durable cursors by reader name.
+- CommandQueue: the downlink command queue as admin commands change it (`carecard send`); a
+  running receiver picks the changes up through IngestStore.generation.
 
 A frame's event is logged as its row (FRAME_ROW: the archive columns, then the opened frame), not
 as JSON: readers make the JSON when they need it (LogEntry).
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from carecard.host.events import event_json, event_record, parse_body
 from carecard.host.receiver.command_lifecycle import CommandChange, CommandRecord
@@ -87,6 +89,10 @@ class CommitBatch:
     def __bool__(self) -> bool:
         return bool(self.frames or self.device_stats or self.downlink_reserved
                     or self.commands or self.contacts or self.prune_upto)
+
+
+class UnknownDeviceError(StoreError):
+    """The device is not in the registry."""
 
 
 class EventLogError(RuntimeError):
@@ -238,3 +244,25 @@ class EventLogReader(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class CommandQueue(abc.ABC):
+    """The downlink command queue. Every change bumps the registry generation, so a running
+    receiver reloads its open commands."""
+
+    @abc.abstractmethod
+    def queue_command(self, device: int, cmd: str, make_args: Callable[[int], dict[str, Any]],
+                      now: float) -> CommandRecord:
+        """Queue `cmd` for a registered device under its next seq (1..65535, wrapping), in one
+        transaction; `make_args(seq)` gives the arguments to store (it may refuse them by
+        raising: nothing is queued then). Raises UnknownDeviceError or StoreError."""
+
+    @abc.abstractmethod
+    def cancel_command(self, device: int, seq: int, now: float) -> CommandRecord:
+        """Cancel the device's latest command with this seq (command_lifecycle.cancel) and return
+        it. Raises LookupError when there is none, CommandStateError when it is already final."""
+
+    @abc.abstractmethod
+    def list_commands(self, device: int | None = None, *, open_only: bool = False,
+                      limit: int | None = None) -> list[CommandRecord]:
+        """Commands (of one device), oldest first; with `limit`, the newest that many."""

@@ -25,10 +25,19 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from carecard.host.receiver import command_lifecycle as lifecycle
 from carecard.host.receiver.command_lifecycle import CHANGE_COLUMNS, OPEN_STATES, CommandRecord, states_sql
-from carecard.host.storage import CommitBatch, Contact, DeviceRecord, IngestStore, StoreError
+from carecard.host.storage import (
+    CommandQueue,
+    CommitBatch,
+    Contact,
+    DeviceRecord,
+    IngestStore,
+    StoreError,
+    UnknownDeviceError,
+)
 from carecard.host.storage.sqlite.eventlog import SQLiteEventLog
 from carecard.host.storage.sqlite.sql import register_identity_adapters
 
@@ -327,7 +336,7 @@ def salvage_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}.salvaged{path.suffix}")
 
 
-class SQLiteStore(IngestStore):
+class SQLiteStore(IngestStore, CommandQueue):
     """The embedded default. One writer connection (the ingest's writer thread or an admin
     command), one reader connection for the event loop's lookups."""
 
@@ -473,6 +482,39 @@ class SQLiteStore(IngestStore):
             f"SELECT {_COMMAND_COLUMNS} FROM commands WHERE state IN {states_sql(OPEN_STATES)} ORDER BY id"
         ).fetchall()
         return [_command(row) for row in rows]
+
+    def queue_command(self, device: int, cmd: str, make_args: Callable[[int], dict[str, Any]],
+                      now: float) -> CommandRecord:
+        with self.transaction() as conn:
+            row = conn.execute("SELECT next_command_seq FROM devices WHERE device = ?", (device,)).fetchone()
+            if row is None:
+                raise UnknownDeviceError(f"device {device} is not registered: add it with `carecard devices add`")
+            counter = row[0]
+            seq = (counter - 1) % 0xFFFF + 1  # 1..65535, wrapping
+            stored = make_args(seq)
+            conn.execute("UPDATE devices SET next_command_seq = ?, updated_at = ? WHERE device = ?",
+                         (counter + 1, now, device))
+            cursor = conn.execute(
+                "INSERT INTO commands (device, seq, cmd, args, state, attempts, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, 0, ?, ?)",
+                (device, seq, cmd, json.dumps(stored, ensure_ascii=False), lifecycle.QUEUED, now, now))
+            command_id = cursor.lastrowid
+        return CommandRecord(command_id, device, seq, cmd, stored, lifecycle.QUEUED, 0, now, now)
+
+    def cancel_command(self, device: int, seq: int, now: float) -> CommandRecord:
+        with self.transaction() as conn:
+            found = [command for command in list_commands(conn, device) if command.seq == seq]
+            if not found:
+                raise LookupError(f"device {device} has no command with seq {seq}")
+            command = found[-1]
+            change = lifecycle.cancel(command, now)
+            conn.execute(UPDATE_COMMAND, change)
+        lifecycle.apply(command, change)
+        return command
+
+    def list_commands(self, device: int | None = None, *, open_only: bool = False,
+                      limit: int | None = None) -> list[CommandRecord]:
+        return list_commands(self._reader, device, open_only=open_only, limit=limit)
 
     def close(self) -> None:
         for conn in {id(self._reader): self._reader, id(self._writer): self._writer}.values():
