@@ -206,6 +206,7 @@ def test_bad_paths_and_files_give_one_line(sandbox: Path, args: list[str], statu
     (["events", "--data", "ro"], IMEI),
     (["events", NAME, "--data", "ro"], IMEI),
     (["track", NAME, "--data", "ro", "--format", "csv"], IMEI),
+    (["check", "--data", "ro"], "carecard.sqlite: ok\nevents.sqlite: ok"),
 ])
 def test_reads_work_on_a_read_only_data_folder(sandbox: Path, args: list[str], shows: str) -> None:
     result = run(sandbox, *args)

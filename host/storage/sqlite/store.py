@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -178,9 +179,14 @@ def check_database(path: Path, *, full: bool = False, limit: int = 100) -> list[
     integrity_check` (also every index against its table). Opened read-only: safe while a
     receiver runs."""
     pragma = "integrity_check" if full else "quick_check"
+    path = Path(path).resolve()
+    # A WAL database opened read-only needs to create its -shm file; in a folder this process
+    # cannot write (a read-only copy, another user's folder) with no WAL left, nothing can be
+    # writing it: open it as immutable instead of reporting the refusal as damage.
+    wal = path.with_name(path.name + "-wal")
+    mode = "immutable=1" if not os.access(path.parent, os.W_OK) and not wal.exists() else "mode=ro"
     try:
-        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True,
-                               timeout=BUSY_TIMEOUT_S)
+        conn = sqlite3.connect(f"{path.as_uri()}?{mode}", uri=True, timeout=BUSY_TIMEOUT_S)
     except sqlite3.DatabaseError as exc:
         return [f"cannot be opened: {exc}"]
     try:
