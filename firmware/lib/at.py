@@ -93,8 +93,30 @@ class ATError(Exception):
 
 def ticks_diff(a, b):
     """a - b for millisecond counters that may wrap at 2**30 (ticks_ms) or never wrap."""
-    # 0x3FFFFFFF: the ticks_ms period on MicroPython ports (2**30) minus one; 0x20000000: half
+    # 0x3FFFFFFF: the ticks_ms period on MicroPython ports (2**30) minus one; 0x20000000: half.
+    # For ticks_ms values only small-int arithmetic: 2**30 itself is no small int on a 32-bit
+    # card, and arithmetic on one allocates (this runs at every tick).
+    if 0 <= a <= 0x3FFFFFFF and 0 <= b <= 0x3FFFFFFF:
+        d = a - b
+        if d >= 0x20000000:
+            d -= 0x20000000
+            d -= 0x20000000
+        elif d < -0x20000000:
+            d += 0x20000000
+            d += 0x20000000
+        return d
     return ((a - b + 0x20000000) & 0x3FFFFFFF) - 0x20000000
+
+
+def ticks_add(t, delta):
+    """The ticks_ms value `delta` (0 <= delta < 2**29) milliseconds after `t`, wrapped at 2**30
+    as ticks_ms wraps (a deadline stays a small int on a 32-bit card: see ticks_diff)."""
+    if 0 <= t <= 0x3FFFFFFF:
+        if t > 0x3FFFFFFF - delta:
+            t -= 0x20000000
+            t -= 0x20000000
+        return t + delta
+    return (t + delta) & 0x3FFFFFFF
 
 
 def raw_length(line):
@@ -325,7 +347,7 @@ class ATEngine:
             cmd = self.current = self._queue.pop(0)
         cmd.attempts += 1
         s[_PROMPT] = cmd.payload is not None
-        s[_DEADLINE] = self.now + cmd.timeout_ms
+        s[_DEADLINE] = ticks_add(self.now, cmd.timeout_ms)
         data = cmd.text.encode() + b"\r"
         # one bytes object for all that data_to_send has not taken yet (most often one write)
         self._out = data if self._out is None else self._out + data
@@ -354,7 +376,7 @@ class ATEngine:
         if cmd is not None and ticks_diff(now, s[_DEADLINE]) >= 0:
             if s[_PROMPT] == _WAIT_PROMPT:
                 s[_PROMPT] = _ESCAPED
-                s[_DEADLINE] = now + _ESC_GUARD_MS
+                s[_DEADLINE] = ticks_add(now, _ESC_GUARD_MS)
                 self._out = b"\x1b" if self._out is None else b"\x1b" + self._out
             elif cmd.attempts <= cmd.retries:
                 self.stats["retries"] += 1
@@ -458,7 +480,7 @@ class ATEngine:
                             s[_PROMPT] = 0
                             start = self.current.payload
                             self._out = start if self._out is None else self._out + start
-                            s[_DEADLINE] = self.now + self.current.timeout_ms
+                            s[_DEADLINE] = ticks_add(self.now, self.current.timeout_ms)
                 s[_LEN] = length
             if stop < 0:
                 return

@@ -296,7 +296,7 @@ class Modem:
             self._emit(("state", state))
 
     def _timer(self, name, ms):
-        self._timers[name] = self.now + ms
+        self._timers[name] = at.ticks_add(self.now, ms)
 
     def _cancel(self, name):
         if name in self._timers:
@@ -513,7 +513,7 @@ class Modem:
             return
         for text, status, err, required in self._cfg_failed:
             self._emit(("config_failed", text, status, err, required))
-        self._sim_deadline = self.now + 20000
+        self._sim_deadline = at.ticks_add(self.now, 20000)
         self._check_sim()
 
     def _check_sim(self):
@@ -572,7 +572,7 @@ class Modem:
 
     def _signal(self):
         self._set_state("registering")
-        self._reg_deadline = self.now + 180000
+        self._reg_deadline = at.ticks_add(self.now, 180000)
         self.query_signal()
         self._poll_reg()
 
@@ -625,7 +625,7 @@ class Modem:
         if self.state in ("registering", "no_network", "denied"):
             if self.state != "registering":
                 self._set_state("registering")
-                self._reg_deadline = self.now + 180000
+                self._reg_deadline = at.ticks_add(self.now, 180000)
             self._poll_reg()
 
     def _reg_update(self, creg, cereg):
@@ -779,7 +779,7 @@ class Modem:
                 self.net_up = False
                 self.udp_state = "closed"
                 self._set_state("registering")
-                self._reg_deadline = self.now + 180000
+                self._reg_deadline = at.ticks_add(self.now, 180000)
                 self._timer("reg", 2000)
         elif name == "+CMTI":
             self._cmti(args)
