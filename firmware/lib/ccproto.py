@@ -100,6 +100,60 @@ def _write_zigzag(buf, pos, value):
     return _write_varint(buf, pos, value * 2 if value >= 0 else -value * 2 - 1)
 
 
+_PARTS = bytearray(16)  # scratch of _write_delta
+
+
+def _write_delta(buf, pos, value, prev):
+    """The zigzag varint of value - prev (u32 or i32 values), in small-int arithmetic only: on a
+    32-bit card a Unix time or a longitude beyond 107.37 degrees in 1e-7 degree is no small int,
+    and each operation on one would allocate (several per track point). struct.pack_into takes
+    them as they are; the bytes give 16-bit parts."""
+    p = _PARTS
+    struct.pack_into(">qq", p, 0, value, prev)
+    # the difference as hi * 65536 + lo, lo in 0..65535 (hi small: |value - prev| < 2**33)
+    top = p[0] << 8 | p[1]
+    if top & 0x8000:  # the sign
+        top -= 65536
+    hi = p[8] << 8 | p[9]
+    if hi & 0x8000:
+        hi -= 65536
+    hi = (top - hi) * 65536 + (p[2] << 8 | p[3]) - (p[10] << 8 | p[11])
+    hi = hi * 65536 + (p[4] << 8 | p[5]) - (p[12] << 8 | p[13])
+    lo = (p[6] << 8 | p[7]) - (p[14] << 8 | p[15])
+    if lo < 0:
+        lo += 65536
+        hi -= 1
+    # zigzag: 2v for v >= 0, -2v - 1 for v < 0, still as hi * 65536 + lo
+    if hi < 0:
+        if lo:
+            hi = -hi - 1
+            lo = 65536 - lo
+        else:
+            hi = -hi
+        hi *= 2
+        lo = lo * 2 - 1
+        if lo < 0:
+            lo += 65536
+            hi -= 1
+    else:
+        hi *= 2
+        lo *= 2
+    if lo >= 65536:
+        lo -= 65536
+        hi += 1
+    while True:
+        _need(buf, pos, 1)
+        byte = lo & 0x7F
+        lo = (lo >> 7) | ((hi & 0x7F) << 9)
+        hi >>= 7
+        if hi or lo:
+            buf[pos] = byte | 0x80
+            pos += 1
+        else:
+            buf[pos] = byte
+            return pos + 1
+
+
 def _check_int(kind, name, value):
     low, high = _RANGES[kind]
     if type(value) is not int or value < low or value > high:
@@ -188,9 +242,9 @@ def _write_track(buf, pos, name, points):
         _check_int("u32", t_name, t)
         _check_int("i32", lat_name, lat)
         _check_int("i32", lon_name, lon)
-        pos = _write_zigzag(buf, pos, t - prev_t)
-        pos = _write_zigzag(buf, pos, lat - prev_lat)
-        pos = _write_zigzag(buf, pos, lon - prev_lon)
+        pos = _write_delta(buf, pos, t, prev_t)
+        pos = _write_delta(buf, pos, lat, prev_lat)
+        pos = _write_delta(buf, pos, lon, prev_lon)
         prev_t, prev_lat, prev_lon = t, lat, lon
     return pos
 
