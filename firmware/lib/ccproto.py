@@ -83,23 +83,6 @@ def _need(buf, pos, n):
         raise ProtoError("oversize", "message does not fit in %d bytes" % ccspec.MAX_FRAME)
 
 
-def _write_varint(buf, pos, value):
-    while True:
-        _need(buf, pos, 1)
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            buf[pos] = byte | 0x80
-            pos += 1
-        else:
-            buf[pos] = byte
-            return pos + 1
-
-
-def _write_zigzag(buf, pos, value):
-    return _write_varint(buf, pos, value * 2 if value >= 0 else -value * 2 - 1)
-
-
 _PARTS = bytearray(16)  # scratch of _write_delta
 
 
