@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from carecard.host.cli import CommandError, OneLineParser
+    from carecard.host.commands.errors import CommandError, OneLineParser
 
     names = ", ".join(sorted(BENCHMARKS))
     if args.bench is None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from carecard.host.cli import CommandError
+from carecard.host.commands.errors import CommandError
 from carecard.host.commands.datadir import add_data_options, data_dir_of
 from carecard.host.paths import events_db_path, ingest_db_path
 

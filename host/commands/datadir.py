@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sqlite3
 
-from carecard.host.cli import CommandError, CommandFailed
+from carecard.host.commands.errors import CommandError, CommandFailed
 from carecard.host.files import connect_readonly
 from carecard.host.paths import (
     DATA_DIR_ENV,

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from carecard.host.cli import CommandError, CommandFailed
+from carecard.host.commands.errors import CommandError, CommandFailed
 
 DEMO_MARKER = ".carecard-demo"
 DEMO_IMEI_BODY = 86123456789012  # the demo card's IMEI without its check digit

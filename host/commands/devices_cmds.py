@@ -20,7 +20,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
-from carecard.host.cli import CommandError
+from carecard.host.commands.errors import CommandError
 from carecard.host.commands.datadir import (
     add_data_options,
     data_dir_of,

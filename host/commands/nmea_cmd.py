@@ -185,7 +185,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from carecard.host.cli import CommandFailed
+    from carecard.host.commands.errors import CommandFailed
 
     try:
         decoded = decode_capture(args.file, not_before_days=args.not_before, chunk=args.chunk)

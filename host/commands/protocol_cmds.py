@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from carecard.host.cli import CommandError, CommandFailed
+from carecard.host.commands.errors import CommandError, CommandFailed
 from carecard.host.files import read_input_file
 from carecard.host.keyfile import KeyFileError, load_keys, parse_key_hex
 from carecard.protocol import (

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from carecard.host.cli import EXIT_FAILED, CommandError
+from carecard.host.commands.errors import EXIT_FAILED, CommandError
 from carecard.host.commands.datadir import add_data_options, data_dir_of, open_ingest_readonly, resolve_device
 from carecard.host.events import EVENT_KINDS
 from carecard.host.export import (

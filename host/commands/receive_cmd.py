@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import signal
 
-from carecard.host.cli import EXIT_FAILED, CommandError
+from carecard.host.commands.errors import EXIT_FAILED, CommandError
 from carecard.host.commands.datadir import DATA_HELP
 from carecard.host.paths import DEFAULT_CONFIG_PATH, DataDirError, check_data_dir, config_path, resolve_data_dir
 from carecard.host.receiver.config import (

@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from carecard.host.cli import CommandError
+from carecard.host.commands.errors import CommandError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -21,7 +21,7 @@ import math
 from importlib import resources
 from typing import Any, Callable
 
-from carecard.host.cli import CommandError
+from carecard.host.commands.errors import CommandError
 from carecard.host.commands.datadir import add_data_options, data_dir_of, resolve_device
 from carecard.host.commands.devices_cmds import open_ingest_store
 from carecard.protocol import spec

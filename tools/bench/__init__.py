@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from carecard.host.cli import CommandError
+from carecard.host.commands.errors import CommandError
 from carecard.tools import micropython, port32
 
 T = TypeVar("T")

@@ -23,7 +23,7 @@ import statistics
 import time
 from typing import Any
 
-from carecard.host.cli import CommandError
+from carecard.host.commands.errors import CommandError
 from carecard.host.engine import Engine, Settings
 from carecard.host.events import event_from_message
 from carecard.host.timefmt import parse_iso_utc

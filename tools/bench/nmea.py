@@ -21,7 +21,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from carecard.host.cli import CommandError
+from carecard.host.commands.errors import CommandError
 from carecard.tools import micropython
 from carecard.tools.bench import heap_rows, on_both_ports
 

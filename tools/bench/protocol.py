@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from carecard.host.cli import CommandError
+from carecard.host.commands.errors import CommandError
 from carecard.protocol import KeyRing, decode_frame, encode_frame
 from carecard.protocol.doc import EXAMPLE_KEY, EXAMPLE_POSITION
 from carecard.tools import micropython

@@ -517,7 +517,7 @@ def _percentile(values: list[float], fraction: float) -> float:
 
 
 def _one_run(args: argparse.Namespace, cpu_gen: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    from carecard.host.cli import CommandError
+    from carecard.host.commands.errors import CommandError
 
     before = udp_drops()
     base = run_baseline(args, cpu_gen)
@@ -547,7 +547,7 @@ def _load() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from carecard.host.cli import CommandError
+    from carecard.host.commands.errors import CommandError
     from carecard.host.receiver.runtime import tune_gc
 
     if args.devices < 1 or args.frames < args.devices or args.window < 1 or args.runs < 1:
