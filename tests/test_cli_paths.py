@@ -186,6 +186,16 @@ CASES = [
     (["bench"], 2, "at, engine, nmea, protocol, receive"),
     (["bench", "nope"], 2, "at, engine, nmea, protocol, receive"),
     (["bench", "nmea", "--capture", "adir"], 1, "adir"),
+    (["replay", "missing"], 1, "cannot read the event log"),
+    (["replay", "adir"], 1, "Is a directory"),
+    (["replay", "secret.bin"], 1, "cannot read the event log"),
+    (["replay", "garbage.bin"], 1, "no event found in garbage.bin"),
+    (["replay", "empty"], 1, "no event found in empty"),
+    (["replay", "empty", "--settings", "garbage.bin"], 1, "not valid TOML"),
+    (["replay", "empty", "--settings", "missing"], 1, "cannot read the settings file"),
+    (["replay", "--evaluate", "afile"], 1, "not a folder"),
+    (["replay", "--evaluate", "adir"], 1, "python tests/engine_corpus.py adir"),
+    (["replay", "empty", "--until", "soon"], 2, "not an ISO 8601 time"),
     (["nosuchcommand"], 2, "invalid choice"),
 ]
 

@@ -117,11 +117,11 @@ def test_replay_reports_bad_lines_and_refuses_bad_arguments(tmp_path: Path,
     err = capsys.readouterr().err
     assert "line 2 skipped: not JSON" in err and "line 3 skipped: not a JSON object" in err
     assert "line 4 skipped: no valid received_at" in err and "3 lines skipped" in err
-    assert main(["replay", str(tmp_path / "missing.jsonl")]) == 2
+    assert main(["replay", str(tmp_path / "missing.jsonl")]) == 1
     assert "cannot read the event log" in capsys.readouterr().err
     assert main(["replay", str(log), "--until", "soon"]) == 2
     assert "--until 'soon': not an ISO 8601 time" in capsys.readouterr().err
     (tmp_path / "bad.toml").write_text("[defaults]\nwake = 7\n")
-    assert main(["replay", str(log), "--settings", str(tmp_path / "bad.toml")]) == 2
+    assert main(["replay", str(log), "--settings", str(tmp_path / "bad.toml")]) == 1
     assert "defaults.wake" in capsys.readouterr().err
     assert main(["replay"]) == 2

@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from carecard.host.commands.errors import CommandError
+from carecard.host.commands.errors import CommandError, CommandFailed
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             report = evaluate_corpus(args.evaluate)
         except (CorpusError, SettingsError, ReplayError) as exc:
-            raise CommandError(str(exc)) from None
+            raise CommandFailed(str(exc)) from None
         print(format_report(report))
         return 0 if report.meets_targets() else 1
     if args.log is None:
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = Settings.load(args.settings) if args.settings else Settings()
     except SettingsError as exc:
-        raise CommandError(str(exc)) from None
+        raise CommandFailed(str(exc)) from None
     until = None
     if args.until:
         try:
@@ -63,7 +63,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = replay(args.log, settings, until=until)
     except ReplayError as exc:
-        raise CommandError(str(exc)) from None
+        raise CommandFailed(str(exc)) from None
+    if result.events == 0:
+        first = result.bad_lines[0] if result.bad_lines else None
+        why = f"; line {first[0]}: {first[1]}" if first else ""
+        raise CommandFailed(f"no event found in {args.log} ({len(result.bad_lines)} lines skipped{why})")
     write = sys.stdout.write
     from carecard.host.engine import Notify
 
@@ -81,5 +85,9 @@ def run(args: argparse.Namespace) -> int:
           f"{len(result.bad_lines)} lines skipped", file=sys.stderr)
     if args.state_out is not None:
         assert result.engine is not None
-        args.state_out.write_text(json.dumps(result.engine.to_state(), ensure_ascii=False))
+        try:
+            args.state_out.write_text(json.dumps(result.engine.to_state(), ensure_ascii=False))
+        except OSError as exc:
+            raise CommandFailed(f"cannot write the engine state to {args.state_out}: "
+                                f"{exc.strerror or exc}") from None
     return 0

@@ -134,7 +134,7 @@ def evaluate_corpus(folder: Path | str) -> Report:
     logs = sorted(folder.glob("*.jsonl"))
     if not logs:
         raise CorpusError(f"{folder}: no *.jsonl event logs (write one with "
-                          "`python tests/engine_corpus.py {folder}`)")
+                          f"`python tests/engine_corpus.py {folder}`)")
     report = Report()
     for log in logs:
         expected_path = log.with_name(log.name[:-len(".jsonl")] + ".expected.json")
