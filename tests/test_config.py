@@ -15,7 +15,7 @@ from carecard.protocol import spec
 
 SERVICE = r"""
 import sys, json
-import config
+import cardfs, config
 
 class PowerCut(OSError):
     pass
@@ -49,7 +49,7 @@ class CutFs:
     def __init__(self, budget, flip=False):
         self.budget = budget
         self.flip = flip
-        self.real = config._OsFs()
+        self.real = cardfs.OsFs()
     def check(self):
         if self.budget < 0:
             raise PowerCut("power is off")

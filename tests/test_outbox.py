@@ -21,7 +21,7 @@ SOS, CALL, ROUTINE = 0, 1, 2
 
 SERVICE = r"""
 import sys, json, binascii, random
-import outbox
+import cardfs, outbox
 
 class PowerCut(OSError):
     pass
@@ -59,7 +59,7 @@ class CutFs:
     # Writes up to `budget` bytes; a rename or remove costs one unit (it happens whole or not).
     def __init__(self, budget):
         self.budget = budget
-        self.real = outbox._OsFs()
+        self.real = cardfs.OsFs()
     def check(self):
         if self.budget < 0:
             raise PowerCut("power is off")

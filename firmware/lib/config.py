@@ -17,6 +17,7 @@
 # provisioned contact can always be sent in a frame. Device keys are what cccrypto accepts.
 import json
 
+import cardfs
 import ccspec
 
 # Optional fields and their defaults: the one definition (provisioning tools read it from here).
@@ -311,21 +312,6 @@ def validate(data):
     return cfg
 
 
-class _OsFs:
-    def open(self, path, mode):
-        return open(path, mode)
-
-    def rename(self, src, dst):
-        import os
-
-        os.rename(src, dst)
-
-    def remove(self, path):
-        import os
-
-        os.remove(path)
-
-
 def _read(fs, path):
     f = fs.open(path, "rb")
     try:
@@ -338,7 +324,7 @@ def load(path, fs=None):
     """The configuration in `path`; a safe-mode Config when it is missing or unreadable."""
     cfg = None
     try:
-        cfg = _load(path, fs if fs is not None else _OsFs())
+        cfg = _load(path, fs if fs is not None else cardfs.OsFs())
     except Exception as e:  # the card must boot whatever the file holds
         cfg = Config()
         cfg._bad("config", "unexpected %s while loading: %s" % (type(e).__name__, e))
@@ -425,7 +411,7 @@ def _salvage_contacts(cfg, raw):
 def save(values, path, fs=None):
     """Validate `values` (a dict as in the file) and write them atomically; raises ConfigError
     listing every problem, OSError if the filesystem fails (the old file is then untouched)."""
-    fs = fs if fs is not None else _OsFs()
+    fs = fs if fs is not None else cardfs.OsFs()
     cfg = validate(values)
     if not cfg.ok:
         raise ConfigError(cfg.problems)

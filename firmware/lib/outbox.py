@@ -24,6 +24,7 @@
 import binascii
 import struct
 
+import cardfs
 import ccspec
 
 try:
@@ -67,23 +68,6 @@ class OutboxFull(OutboxError):
     """No room for a frame even after evicting every routine report."""
 
 
-class _OsFs:
-    """The card's filesystem (VFS): what the outbox needs of it."""
-
-    def open(self, path, mode):
-        return open(path, mode)
-
-    def rename(self, src, dst):
-        import os
-
-        os.rename(src, dst)
-
-    def remove(self, path):
-        import os
-
-        os.remove(path)
-
-
 def record_size(frame_len):
     """Bytes one APPEND record of a frame of `frame_len` bytes takes on flash."""
     return _HEAD + _APPEND_FIXED + frame_len + _CRC
@@ -105,7 +89,7 @@ class Outbox:
         self.retry_base_ms = retry_base_ms
         self.retry_cap_ms = retry_cap_ms
         self._rand = rand
-        self._fs = fs if fs is not None else _OsFs()
+        self._fs = fs if fs is not None else cardfs.OsFs()
         self._buf = bytearray(_MAX_RECORD)
         self._mv = memoryview(self._buf)
         # Index, in append order.
