@@ -13,61 +13,11 @@ from hypothesis import strategies as st
 
 from carecard.protocol import spec
 
-SERVICE = r"""
+from power_cut_fs import POWER_CUT_FS
+
+SERVICE = POWER_CUT_FS + r"""
 import sys, json
-import cardfs, config
-
-class PowerCut(OSError):
-    pass
-
-class CutFile:
-    def __init__(self, fs, f):
-        self.fs = fs
-        self.f = f
-    def write(self, data):
-        fs = self.fs
-        fs.check()
-        if len(data) > fs.budget:
-            self.f.write(data[:fs.budget])
-            self.f.close()
-            fs.budget = -1
-            raise PowerCut("power cut")
-        fs.budget -= len(data)
-        if fs.flip:
-            data = bytes(data[:-1]) + bytes([data[-1] ^ 1])
-        return self.f.write(data)
-    def read(self):
-        self.fs.check()
-        return self.f.read()
-    def flush(self):
-        self.fs.check()
-        self.f.flush()
-    def close(self):
-        self.f.close()
-
-class CutFs:
-    def __init__(self, budget, flip=False):
-        self.budget = budget
-        self.flip = flip
-        self.real = cardfs.OsFs()
-    def check(self):
-        if self.budget < 0:
-            raise PowerCut("power is off")
-    def meta(self):
-        self.check()
-        if self.budget == 0:
-            self.budget = -1
-            raise PowerCut("power cut")
-        self.budget -= 1
-    def open(self, path, mode):
-        self.check()
-        return CutFile(self, self.real.open(path, mode))
-    def rename(self, a, b):
-        self.meta()
-        self.real.rename(a, b)
-    def remove(self, p):
-        self.meta()
-        self.real.remove(p)
+import config
 
 def view(cfg):
     return {"ok": cfg.ok, "safe_mode": cfg.safe_mode, "problems": cfg.problems,

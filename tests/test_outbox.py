@@ -17,67 +17,13 @@ from hypothesis import strategies as st
 
 from carecard.protocol import spec
 
+from power_cut_fs import POWER_CUT_FS
+
 SOS, CALL, ROUTINE = 0, 1, 2
 
-SERVICE = r"""
+SERVICE = POWER_CUT_FS + r"""
 import sys, json, binascii, random
-import cardfs, outbox
-
-class PowerCut(OSError):
-    pass
-
-class CutFile:
-    def __init__(self, fs, f):
-        self.fs = fs
-        self.f = f
-    def write(self, data):
-        fs = self.fs
-        fs.check()
-        n = len(data)
-        if n > fs.budget:
-            self.f.write(data[:fs.budget])
-            self.f.flush()
-            fs.budget = -1
-            raise PowerCut("power cut")
-        fs.budget -= n
-        return self.f.write(data)
-    def readinto(self, b):
-        self.fs.check()
-        return self.f.readinto(b)
-    def seek(self, *a):
-        self.fs.check()
-        return self.f.seek(*a)
-    def tell(self):
-        return self.f.tell()
-    def flush(self):
-        self.fs.check()
-        return self.f.flush()
-    def close(self):
-        self.f.close()
-
-class CutFs:
-    # Writes up to `budget` bytes; a rename or remove costs one unit (it happens whole or not).
-    def __init__(self, budget):
-        self.budget = budget
-        self.real = cardfs.OsFs()
-    def check(self):
-        if self.budget < 0:
-            raise PowerCut("power is off")
-    def meta(self):
-        self.check()
-        if self.budget == 0:
-            self.budget = -1
-            raise PowerCut("power cut")
-        self.budget -= 1
-    def open(self, path, mode):
-        self.check()
-        return CutFile(self, self.real.open(path, mode))
-    def rename(self, a, b):
-        self.meta()
-        self.real.rename(a, b)
-    def remove(self, p):
-        self.meta()
-        self.real.remove(p)
+import outbox
 
 RANDS = {"zero": lambda n: 0, "max": lambda n: n - 1, "random": lambda n: random.getrandbits(16) % n}
 
