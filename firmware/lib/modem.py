@@ -1,9 +1,12 @@
-# Cellular modem driver: bring-up, data (UDP), voice, SMS, sleep and recovery, sans-I/O.
+# Cellular modem driver, sans-I/O: the core (AT pump, power, bring-up, sleep, recovery, reboot
+# detection) and its voice, SMS and data controllers (modem_voice, modem_sms, modem_data).
 #
 # The driver owns an at.ATEngine and a *profile* (modem_a7670.A7670, modem_ec800m.EC800M) that
-# knows the vendor's commands and URCs. The board layer feeds it and carries out its actions:
+# knows the vendor's commands and URCs. Timing facts are injected: `hw` is the profile's
+# hardware data (hwdata.load(profile.HW_NAME), hardware/modem_*.json), as gnss.FixAcquisition
+# takes its receiver's. The board layer feeds the core and carries out its actions:
 #
-#     m = Modem(A7670(), apn="cmnet")
+#     m = Modem(A7670(), hwdata.load(A7670.HW_NAME), apn="cmnet")
 #     m.power_on(now)
 #     loop: m.receive_data(uart.read()); m.tick(ticks_ms())
 #           while (a := m.next_action()): board does it
@@ -12,6 +15,8 @@
 #               ("dtr", level)         set DTR (1 = let the modem sleep, 0 = keep it awake)
 #               ("power_cut", ms)      remove modem power for ms (boards with a load switch)
 #           while (e := m.next_event()): application handles it
+# and the application drives the controllers: m.voice (dial, answer, hangup), m.sms (send_pdu,
+# read, delete), m.data (udp_open, udp_send, udp_close).
 #
 # Events (tuples): ("state", name), ("ready",), ("sim", status), ("signal", dbm, rssi),
 # ("reg", status, creg, cereg), ("time", unix_s, tz_quarters), ("net", up, detail),
@@ -26,25 +31,9 @@
 # ("urc", name, args, body) for URCs no handler wanted, ("unknown", line), ("at_error", exc),
 # ("done", text, status, err) for commands sent with `command()`.
 #
-# Call outcomes are the protocol's names (ccspec.ENUMS["call_outcome"]).
-#
-# Outgoing calls: the modem's "active" (VOICE CALL: BEGIN, +CLCC stat 0, +COLP) is NOT an answer.
-# A76xx modems report it at ring-back on real networks, before anyone picks up (design.md
-# section 5; shared/data/at/unattributed). So an outgoing call counts as ringing until the
-# callee confirms with a key (DTMF, ("dtmf", digit) events; features["dtmf"] says whether the
-# modem reports keys): the ring timeout keeps running through the modem's "active" and hangs
-# the call up unless confirmed. The outcome is `confirmed` after a key, `no_answer` when the ring
-# timeout ran out (or the network said NO ANSWER), `rejected` when the far end ended it
-# unconfirmed (the modem's "active" changes nothing: its time counts as talk_s, and detail
-# keeps the modem's words), `busy`, `cancelled` (hung up by the application) or `failed`;
-# never `answered`.
-# `answered` is only for an incoming call this card answered (ATA). A call that must not be
-# hung up unconfirmed (the application asks for confirmation itself) is dialled with
-# ring_timeout_ms=0: no ring timeout; the application ends it with hangup().
-# Hanging up: the profile's HANGUPS commands are tried in turn (AT+CHUP first where the modem has
-# it: ATH ends a voice call only while AT+CVHU=0 holds); "OK" to them is not taken as the end:
-# the end is confirmed by +CLCC stat 6, VOICE CALL: END (either spelling), NO CARRIER, or an
-# AT+CLCC query that no longer lists the call.
+# Call outcomes are the driver's words (modem_voice: ANSWERED, CONFIRMED, ...); the application
+# maps them to its protocol. The rules behind them (ring-back is not an answer) are in
+# modem_voice.
 #
 # Modem reboots: a modem that restarts by itself (a brown-out on a transmit burst) loses every
 # setting the driver made. Its boot URCs give it away: RDY / *ATREADY (the profile's READY_URCS)
@@ -54,7 +43,6 @@
 # ABORTED; a call: failed; the bearer and socket: down), emits ("modem_reboot", urc, count)
 # (count: Modem.reboots) and re-initialises at once, as after a power-on.
 import at
-import ccspec
 from civil import days_from_civil, valid_date
 
 try:
@@ -63,50 +51,83 @@ except ImportError:
     def const(x):
         return x
 
-_OUTCOMES = ccspec.ENUMS["call_outcome"]
-
-
-def _outcome(name):
-    # fail loudly at import if the protocol renames an outcome this driver reports
-    if name not in _OUTCOMES:
-        raise ValueError("call outcome %r is not in ccspec.ENUMS['call_outcome']" % name)
-    return name
-
-
-ANSWERED = _outcome("answered")
-CONFIRMED = _outcome("confirmed")
-BUSY = _outcome("busy")
-NO_ANSWER = _outcome("no_answer")
-REJECTED = _outcome("rejected")
-FAILED = _outcome("failed")
-CANCELLED = _outcome("cancelled")
-
 # +CREG / +CEREG <stat> (3GPP TS 27.007 7.2 / 10.1.22)
 REG_NAMES = ("not_registered", "home", "searching", "denied", "unknown", "roaming",
              "sms_only", "sms_only_roaming", "emergency_only")
 
-_CALL_IDLE = const(0)
-_CALL_DIALING = const(1)
-_CALL_ALERTING = const(2)
-_CALL_ACTIVE = const(3)
-_CALL_INCOMING = const(4)
-CALL_STATES = ("idle", "dialing", "alerting", "active", "incoming")
-
-_HANGUP_CONFIRM_MS = const(5000)   # after a hang-up command, the end is waited for this long
-                                   # before the driver asks the modem (AT+CLCC)
-_HANGUP_TRIES = const(3)           # hang-up commands sent before "hangup_failed"
 _BOOT_TAIL_MS = const(60000)      # a boot's +CPIN: READY / SMS DONE / PB DONE come within this
                                    # after its RDY (A7670: 1.5 s to 8 s in issue 299's capture)
+# the largest datagram the engine reads by default: a frame of the card's protocol
+# (protocol/spec.py MAX_FRAME); the application passes its own figure
+DEFAULT_MAX_DATA = const(512)
 
 # states in which the modem was up: a boot URC there means it restarted
 _UP_STATES = ("configuring", "sim", "sim_locked", "no_sim", "registering", "denied",
               "no_network", "net", "ready")
 # states past the SIM check: a boot's tail URCs there are checked
 _SIM_UP_STATES = ("registering", "denied", "no_network", "net", "ready")
+# timing facts the core needs from the profile's hardware data (hardware/modem_*.json "timing")
+TIMING_KEYS = ("pwrkey_on_ms", "pwrkey_off_ms", "boot_ms", "power_off_ms", "sleep_entry_ms",
+               "wake_ms")
 
 
 class ModemError(Exception):
     """Misuse of the driver API (e.g. a call while another is up, UDP before bring-up)."""
+
+
+def timing_of(hw):
+    """The timing figures (ms) the driver uses from a profile's hardware data: {key: value}.
+    Raises ModemError naming a missing or bad figure."""
+    out = {}
+    for key in TIMING_KEYS:
+        try:
+            value = hw["timing"][key]["value"]
+        except (KeyError, TypeError):
+            raise ModemError("modem hardware data lacks timing.%s.value (hardware/modem_*.json)"
+                             % key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ModemError("modem hardware data timing.%s.value is %r, not a count of ms"
+                             % (key, value))
+        out[key] = value
+    return out
+
+
+class Fifo:
+    """A first-in first-out queue without list.pop(0) (which moves every item): items are read
+    from a head index and the list is emptied when the head reaches its end."""
+
+    def __init__(self):
+        self._items = []
+        self._head = 0
+
+    def put(self, item):
+        self._items.append(item)
+
+    def get(self):
+        items = self._items
+        head = self._head
+        if head >= len(items):
+            return None
+        item = items[head]
+        items[head] = None
+        head += 1
+        if head == len(items):
+            del items[:]
+            head = 0
+        self._head = head
+        return item
+
+    def clear(self):
+        self._items = []
+        self._head = 0
+
+    def take_all(self):
+        items = self._items[self._head:]
+        self.clear()
+        return items
+
+    def __len__(self):
+        return len(self._items) - self._head
 
 
 def parse_cclk(args):
@@ -190,18 +211,23 @@ def split_args(args):
 
 
 class Modem:
-    """The driver. See the module comment for actions and events."""
+    """The core. See the module comment for actions and events."""
 
-    def __init__(self, profile, apn="", pin=None, timing=None, max_timeouts=3, max_garbage=12,
+    def __init__(self, profile, hw, apn="", pin=None, max_timeouts=3, max_garbage=12,
                  max_power_cycles=3, ring_timeout_ms=45000, auto_read_sms=True,
-                 max_line=None, max_data=ccspec.MAX_FRAME):
+                 max_line=None, max_data=DEFAULT_MAX_DATA):
+        # hw: the profile's hardware data (timing facts; see timing_of)
         # max_line, max_data: the AT engine's sizes (see at.ATEngine): the longest line to read
         # (None: the engine's default, sized for the longest the driver reads, a USSD answer)
-        # and the largest datagram the card receives (a frame of its protocol, ccspec.MAX_FRAME)
+        # and the largest datagram the card receives
+        import modem_data
+        import modem_sms
+        import modem_voice
+
         self.p = profile
         self.apn = apn
         self.pin = pin
-        t = timing if timing is not None else profile.timing()
+        t = timing_of(hw)
         self.t_pwrkey_on = t["pwrkey_on_ms"]
         self.t_pwrkey_off = t["pwrkey_off_ms"]
         self.t_boot = t["boot_ms"]
@@ -211,58 +237,54 @@ class Modem:
         self.max_timeouts = max_timeouts
         self.max_garbage = max_garbage
         self.max_power_cycles = max_power_cycles
-        self.ring_timeout_ms = ring_timeout_ms
-        self.auto_read_sms = auto_read_sms
         sizes = {"max_data": max_data}
         if max_line is not None:
             sizes["max_line"] = max_line
         self.at = at.ATEngine(urcs=profile.URCS, raw=profile.raw_length, **sizes)
-        profile.attach(self)
         self.state = "off"
         self.now = 0
-        self._events = []
-        self._actions = []
-        self._timers = {}
+        self._events = Fifo()
+        self._actions = Fifo()
+        # timers: a deadline (or None) per timer id, and the function it runs
+        self._deadlines = []
+        self._handlers = []
         self._held = []          # commands waiting for the modem to wake
         self._timeouts = 0       # consecutive command timeouts
         self._garbage = 0        # input errors since the last good response
         self._cycles = 0         # power cycles since the last successful bring-up
+        self._cycle_pending = False   # power on again once the power-off completes
         self._reg_deadline = 0
         self._sim_deadline = 0
+        self._reg_new = [0, 0]   # +CREG? and +CEREG? answers of one registration poll
+        self._cfg_left = 0       # configuration commands still to answer
+        self._cfg_failed = []
         self._boot_at = 0        # when the modem last booted (or was found on)
         self._boot_seen = 0      # its boot tail URCs since then (bits: 1 +CPIN: READY,
                                  # 2 SMS DONE, 4 PB DONE)
         self.reboots = 0         # restarts of its own detected
         self.features = {"voice": True, "sms": True, "dtmf": False}
         self.reg = (0, 0)
+        self.reg_status = "not_registered"
         self.registered = False
-        self.net_up = False
-        self.ip = None
-        self.udp_state = "closed"
-        self.udp_remote = None
-        self._recv_from = None
+        self.rssi = None         # dBm of the last +CSQ (None: unknown)
         self._sleeping = False
-        # voice
-        self.call = _CALL_IDLE
-        self.call_number = None
-        self._t_dial = 0
-        self._t_active = None
-        self._confirmed = False
-        self._outgoing = False
-        self._hangup_reason = None
-        self._hangups = 0
+        self._t_boot = self.add_timer(self._on_boot_timer)
+        self._t_off = self.add_timer(self._on_off_timer)
+        self._t_sim = self.add_timer(self._on_sim_timer)
+        self._t_reg = self.add_timer(self._on_reg_timer)
+        self._t_wake = self.add_timer(self._on_wake_timer)
+        self.voice = modem_voice.Voice(self, ring_timeout_ms)
+        self.sms = modem_sms.Sms(self, auto_read_sms)
+        self.data = modem_data.Data(self)
+        profile.attach(self)
 
     # ---- board-facing ------------------------------------------------------------------------
     def next_action(self):
         self._flush_out()
-        if self._actions:
-            return self._actions.pop(0)
-        return None
+        return self._actions.get()
 
     def next_event(self):
-        if self._events:
-            return self._events.pop(0)
-        return None
+        return self._events.get()
 
     def receive_data(self, data):
         self.at.receive_data(data)
@@ -272,40 +294,59 @@ class Modem:
         self.now = now
         self.at.tick(now)
         self._pump()
-        if self._timers:
-            for name in list(self._timers):
-                when = self._timers.get(name)
-                if when is not None and at.ticks_diff(now, when) >= 0:
-                    del self._timers[name]
-                    getattr(self, "_t_" + name)()
+        deadlines = self._deadlines
+        fired = False
+        for i in range(len(deadlines)):
+            when = deadlines[i]
+            if when is not None and at.ticks_diff(now, when) >= 0:
+                deadlines[i] = None
+                fired = True
+                self._handlers[i]()
+        if fired:
             self._pump()
 
     def ri(self):
         """The board saw an RI pulse: a URC (call, SMS) is waiting. Wakes the modem's UART."""
-        self._emit(("ri",))
+        self.emit(("ri",))
         if self._sleeping:
             self.wake()
 
-    # ---- internals ---------------------------------------------------------------------------
-    def _emit(self, ev):
-        self._events.append(ev)
+    # ---- for the controllers and profiles ----------------------------------------------------
+    def emit(self, ev):
+        self._events.put(ev)
+
+    def act(self, action):
+        self._actions.put(action)
+
+    def add_timer(self, handler):
+        """Register a timer that runs `handler()` when due; returns its id (for timer/cancel)."""
+        self._deadlines.append(None)
+        self._handlers.append(handler)
+        return len(self._deadlines) - 1
+
+    def timer(self, tid, ms):
+        self._deadlines[tid] = at.ticks_add(self.now, ms)
+
+    def cancel(self, tid):
+        self._deadlines[tid] = None
+
+    def pending(self, tid):
+        return self._deadlines[tid] is not None
+
+    def _cancel_all(self):
+        deadlines = self._deadlines
+        for i in range(len(deadlines)):
+            deadlines[i] = None
 
     def _set_state(self, state):
         if state != self.state:
             self.state = state
-            self._emit(("state", state))
-
-    def _timer(self, name, ms):
-        self._timers[name] = at.ticks_add(self.now, ms)
-
-    def _cancel(self, name):
-        if name in self._timers:
-            del self._timers[name]
+            self.emit(("state", state))
 
     def _flush_out(self):
         data = self.at.data_to_send()
         if data:
-            self._actions.append(("write", data))
+            self._actions.put(("write", data))
 
     def cmd(self, text, prefix=None, timeout_ms=5000, retries=0, payload=None, done=None):
         """Queue an AT command; `done(cmd, status, text, err)` runs when it finishes (text: its
@@ -322,13 +363,13 @@ class Modem:
 
     def command(self, text, prefix=None, timeout_ms=5000):
         """An application command; its result comes back as ("done", text, status, err)."""
-        return self.cmd(text, prefix, timeout_ms, done=self._app_done)
+        return self.cmd(text, prefix, timeout_ms, done=self.app_done)
 
-    def _app_done(self, c, status, text, err):
+    def app_done(self, c, status, text, err):
         if text:
             for line in text.split("\n"):
-                self._emit(("line", c.text, line))
-        self._emit(("done", c.text, status, err))
+                self.emit(("line", c.text, line))
+        self.emit(("done", c.text, status, err))
 
     def _pump(self):
         engine = self.at
@@ -351,14 +392,14 @@ class Modem:
             elif kind == "urc":
                 self._urc(ev[1], ev[2], ev[3])
             elif kind == "data":
-                self._data(ev[1], ev[2])
+                self.p.on_data(self, ev[1], ev[2])
             elif kind == "error":
                 self._garbage += 1
-                self._emit(("at_error", ev[1]))
+                self.emit(("at_error", ev[1]))
                 if self._garbage >= self.max_garbage and self.state not in ("off", "recovering"):
                     self._recover("garbage")
             elif kind == "unknown":
-                self._emit(ev)
+                self.emit(ev)
             # "stray" final codes (late answers to timed-out commands) are counted in at.stats
         self._flush_out()
 
@@ -382,11 +423,11 @@ class Modem:
     def _pulse_on(self):
         self._booted()
         self._set_state("booting")
-        self._actions.append(("dtr", 0))
-        self._actions.append(("pwrkey", self.t_pwrkey_on))
-        self._timer("boot", self.t_boot)
+        self.act(("dtr", 0))
+        self.act(("pwrkey", self.t_pwrkey_on))
+        self.timer(self._t_boot, self.t_boot)
 
-    def _t_boot(self):
+    def _on_boot_timer(self):
         # no ready URC in time (it may have been sent before we listened): probe anyway
         if self.state == "booting":
             self._set_state("probing_boot")
@@ -402,7 +443,7 @@ class Modem:
             return
         self._booted()
         if self.state == "booting":
-            self._cancel("boot")
+            self.cancel(self._t_boot)
             self._set_state("probing_boot")
             self.cmd("AT", timeout_ms=1000, retries=4, done=self._boot_probe_done)
 
@@ -412,24 +453,29 @@ class Modem:
         elif status != "ABORTED":
             self._recover("no_response_after_boot")
 
+    def _lost(self, reason):
+        # the modem's session is gone (power-off, power-down, reboot): end what it held
+        self.voice.lost(reason)
+        self.data.lost(reason)
+        self.registered = False
+
     def power_off(self):
         """Orderly power-off with PWRKEY (the modem deregisters first)."""
         self.at.abort()
         self._pump()
-        self._end_call_now(FAILED, "power_off")
-        self._timers = {}
+        self.voice.lost("power_off")
+        self._cancel_all()
         self._held = []
-        self._actions.append(("pwrkey", self.t_pwrkey_off))
-        self._timer("off", self.t_off)
+        self.act(("pwrkey", self.t_pwrkey_off))
+        self.timer(self._t_off, self.t_off)
         self._set_state("powering_off")
 
-    def _t_off(self):
+    def _on_off_timer(self):
         self._sleeping = False
-        self.net_up = False
-        self.udp_state = "closed"
+        self.data.lost(None)
         self.registered = False
         self._set_state("off")
-        if getattr(self, "_cycle_pending", False):
+        if self._cycle_pending:
             self._cycle_pending = False
             self._pulse_on()
 
@@ -443,21 +489,15 @@ class Modem:
     def _rebooted(self, name):
         # the modem restarted by itself: all it had is gone; re-initialise (see the module comment)
         self.reboots += 1
-        self._emit(("modem_reboot", name, self.reboots))
+        self.emit(("modem_reboot", name, self.reboots))
         self._booted()
         self._set_state("configuring")   # first: URCs after this one see the new state
         self.at.abort()
-        self._end_call_now(FAILED, "modem_reboot")
-        self._timers = {}
+        self._cancel_all()
         if self._sleeping:
             self._sleeping = False
-            self._actions.append(("dtr", 0))   # it restarts awake (sleep mode off)
-        self.registered = False
-        if self.udp_state != "closed":
-            self.udp_result("closed", "modem_reboot")
-        if self.net_up:
-            self.net_up = False
-            self._emit(("net", False, "modem_reboot"))
+            self.act(("dtr", 0))   # it restarts awake (sleep mode off)
+        self._lost("modem_reboot")
         self._configure()
         held = self._held
         self._held = []
@@ -468,20 +508,32 @@ class Modem:
         self._cycles += 1
         self._timeouts = 0
         self._garbage = 0
-        self._emit(("recovery", reason, self._cycles))
+        self.emit(("recovery", reason, self._cycles))
         if self._cycles > self.max_power_cycles:
             self.at.abort()
             self._pump()
-            self._timers = {}
+            self._cancel_all()
             self._set_state("off")
-            self._emit(("failed", reason))
+            self.emit(("failed", reason))
             return
         self.power_off()
         self._set_state("recovering")
         if self._cycles > 1:
             # PWRKEY did not bring it back: a board with a load switch cuts its supply too
-            self._actions.append(("power_cut", self.t_off))
+            self.act(("power_cut", self.t_off))
         self._cycle_pending = True
+
+    def powered_down(self, reason):
+        """Profile: the modem announced it is switching itself off (power-down URC)."""
+        self.at.abort()
+        self._pump()
+        self.voice.lost(reason)
+        self._cancel_all()
+        self._sleeping = False
+        self.data.lost(None)
+        self.registered = False
+        self.emit(("powered_down", reason))
+        self._set_state("off")
 
     # ---- bring-up ----------------------------------------------------------------------------
     def _configure(self):
@@ -512,7 +564,7 @@ class Modem:
         if self._cfg_left:
             return
         for text, status, err, required in self._cfg_failed:
-            self._emit(("config_failed", text, status, err, required))
+            self.emit(("config_failed", text, status, err, required))
         self._sim_deadline = at.ticks_add(self.now, 20000)
         self._check_sim()
 
@@ -526,19 +578,18 @@ class Modem:
         if status == "OK" and text:
             value = first_line(text)[6:].strip()
             if value == "READY":
-                self._emit(("sim", "ready"))
+                self.emit(("sim", "ready"))
                 self._signal()
                 return
             if value == "SIM PIN":
+                self.emit(("sim", "pin_required"))
                 if self.pin:
-                    self._emit(("sim", "pin_required"))
                     self.cmd('AT+CPIN="%s"' % self.pin, timeout_ms=10000, done=self._pin_done)
                     return
-                self._emit(("sim", "pin_required"))
                 self._set_state("sim_locked")
                 return
             if value == "SIM PUK" or value.startswith("PH"):
-                self._emit(("sim", "puk_required"))
+                self.emit(("sim", "puk_required"))
                 self._set_state("sim_locked")
                 return
             if value == "SIM REMOVED" or value == "NOT INSERTED":
@@ -548,26 +599,26 @@ class Modem:
             self._sim_absent()
             return
         # CME 13 (SIM failure), 14 (SIM busy), plain ERROR, timeout: not ready yet
-        self._emit(("sim", "not_ready"))
+        self.emit(("sim", "not_ready"))
         if at.ticks_diff(self._sim_deadline, self.now) > 0:
-            self._timer("sim", 2000)
+            self.timer(self._t_sim, 2000)
         else:
-            self._emit(("sim", "failed"))
+            self.emit(("sim", "failed"))
             self._set_state("no_sim")
 
-    def _t_sim(self):
+    def _on_sim_timer(self):
         if self.state == "sim":
             self._check_sim()
 
     def _pin_done(self, c, status, text, err):
         if status == "OK":
-            self._timer("sim", 1000)
+            self.timer(self._t_sim, 1000)
         elif status != "ABORTED":
-            self._emit(("sim", "pin_rejected"))
+            self.emit(("sim", "pin_rejected"))
             self._set_state("sim_locked")
 
     def _sim_absent(self):
-        self._emit(("sim", "absent"))
+        self.emit(("sim", "absent"))
         self._set_state("no_sim")
 
     def _signal(self):
@@ -584,10 +635,10 @@ class Modem:
             parts = first_line(text)[5:].split(",")
             rssi = _int(parts[0].strip())
             self.rssi = csq_dbm(rssi)
-            self._emit(("signal", self.rssi, rssi))
+            self.emit(("signal", self.rssi, rssi))
 
     def _poll_reg(self):
-        self._reg_new = [0, 0]
+        self._reg_new[0] = self._reg_new[1] = 0
         self.cmd("AT+CREG?", "+CREG", done=self._creg_done)
         self.cmd("AT+CEREG?", "+CEREG", done=self._cereg_done)
 
@@ -615,13 +666,13 @@ class Modem:
         if self.registered:
             self._registered()
         elif at.ticks_diff(self._reg_deadline, self.now) <= 0:
-            self._emit(("reg", "timeout", self.reg[0], self.reg[1]))
+            self.emit(("reg", "timeout", self.reg[0], self.reg[1]))
             self._set_state("no_network")
-            self._timer("reg", 30000)
+            self.timer(self._t_reg, 30000)
         else:
-            self._timer("reg", 2000)
+            self.timer(self._t_reg, 2000)
 
-    def _t_reg(self):
+    def _on_reg_timer(self):
         if self.state in ("registering", "no_network", "denied"):
             if self.state != "registering":
                 self._set_state("registering")
@@ -648,10 +699,10 @@ class Modem:
             self.registered = False
         self.reg_status = status
         if old != self.reg:
-            self._emit(("reg", status, creg, cereg))
+            self.emit(("reg", status, creg, cereg))
         if status == "denied" and self.state == "registering":
             self._set_state("denied")
-            self._timer("reg", 30000)
+            self.timer(self._t_reg, 30000)
 
     def _registered(self):
         self._cycles = 0
@@ -660,7 +711,7 @@ class Modem:
             self._ready()
             return
         self._set_state("net")
-        self.p.open_net(self, self.apn)
+        self.data.open_net()
 
     def query_time(self):
         self.cmd("AT+CCLK?", "+CCLK", done=self._cclk_done)
@@ -670,101 +721,40 @@ class Modem:
             try:
                 unix, tz = parse_cclk(first_line(text)[6:])
             except ValueError as exc:
-                self._emit(("time", None, str(exc)))
+                self.emit(("time", None, str(exc)))
                 return
-            self._emit(("time", unix, tz))
+            self.emit(("time", unix, tz))
 
     def _ready(self):
         if self.state != "ready":
             self._set_state("ready")
-            self._emit(("ready",))
+            self.emit(("ready",))
 
-    # ---- hooks for profiles ------------------------------------------------------------------
-    def net_pending(self, ms):
-        """Profile: a bearer activation is under way; fail it if no result within ms."""
-        self._timer("net", ms)
-
-    def _t_net(self):
-        self.net_result(False, "timeout")
-
-    def powered_down(self, reason):
-        """Profile: the modem announced it is switching itself off (power-down URC)."""
-        self.at.abort()
-        self._pump()
-        self._end_call_now(FAILED, reason)
-        self._timers = {}
-        self._sleeping = False
-        self.net_up = False
-        self.udp_state = "closed"
-        self.registered = False
-        self._emit(("powered_down", reason))
-        self._set_state("off")
-
-    def net_result(self, up, detail=None):
-        """Profile: the packet-data bearer came up (detail = IP) or failed/went down."""
-        self._cancel("net")
-        self.net_up = up
-        if up:
-            self.ip = detail
-        else:
-            self.udp_state = "closed"
-        self._emit(("net", up, detail))
+    def net_settled(self):
+        """Data: the bearer's first result after registration came (up or not): ready."""
         if self.state == "net":
             self._ready()
-            if getattr(self, "_udp_wanted", None) and up:
-                host, port = self._udp_wanted
-                self._udp_wanted = None
-                self.p.udp_open(self, host, port)
-
-    def udp_result(self, state, detail=None):
-        self.udp_state = "open" if state == "open" else "closed"
-        self._emit(("udp", state, detail))
-
-    def udp_received(self, payload, remote=None):
-        self._emit(("udp_recv", payload, remote or self._recv_from))
-        self._recv_from = None
-
-    # ---- data --------------------------------------------------------------------------------
-    def udp_open(self, host, port):
-        if self.state not in ("ready", "net"):
-            raise ModemError("udp_open in state %s: the modem is not up" % self.state)
-        self.udp_remote = (host, port)
-        if not self.net_up:
-            self._udp_wanted = (host, port)
-            self._set_state("net")
-            self.p.open_net(self, self.apn)
-            return
-        self.p.udp_open(self, host, port)
-
-    def udp_send(self, payload):
-        if self.udp_state != "open":
-            raise ModemError("udp_send with the socket %s; call udp_open first" % self.udp_state)
-        if not payload:
-            raise ModemError("udp_send of an empty datagram")
-        self.p.udp_send(self, bytes(payload))
-
-    def udp_close(self):
-        self.p.udp_close(self)
-
-    def _data(self, header, payload):
-        self.p.on_data(self, header, payload)
 
     # ---- URCs --------------------------------------------------------------------------------
     def _urc(self, name, args, body):
         if self.p.on_urc(self, name, args, body):
             return
+        self.urc(name, args, body)
+
+    def urc(self, name, args, body):
+        """The generic URC handling (profiles hand vendor forms of standard URCs here)."""
         if name in self.p.READY_URCS:
             self._ready_urc(name)
         elif name == "+CPIN":
             if args == "READY":
                 if self.state == "sim":
-                    self._cancel("sim")
+                    self.cancel(self._t_sim)
                     self._check_sim()
                 self._boot_tail(name, 1)
             elif args in ("SIM REMOVED", "NOT INSERTED"):
                 self._sim_absent()
             else:
-                self._emit(("sim", args.lower().replace(" ", "_")))
+                self.emit(("sim", args.lower().replace(" ", "_")))
         elif name == "+CREG" or name == "+CEREG":
             stat = self._stat_of(args, False)
             if name == "+CREG":
@@ -772,294 +762,22 @@ class Modem:
             else:
                 self._reg_update(self.reg[0], stat)
             if self.state in ("registering", "no_network", "denied") and self.registered:
-                self._cancel("reg")
+                self.cancel(self._t_reg)
                 self._set_state("registering")
                 self._registered()
             elif not self.registered and self.state == "ready":
-                self.net_up = False
-                self.udp_state = "closed"
+                self.data.lost(None)
                 self._set_state("registering")
                 self._reg_deadline = at.ticks_add(self.now, 180000)
-                self._timer("reg", 2000)
-        elif name == "+CMTI":
-            self._cmti(args)
-        elif name == "+CMT":
-            self._sms_event(None, args, body)
-        elif name == "+CDS":
-            self._emit(("sms_report", args, body))
-        elif name == "RING" or name == "+CRING":
-            self._incoming(None)
-        elif name == "+CLIP":
-            parts = split_args(args)
-            self._incoming(parts[0] if parts else None)
-        elif name == "+CLCC":
-            self._clcc(args)
-        elif name == "NO CARRIER" or name == "BUSY" or name == "NO ANSWER":
-            self._call_released(name)
-        elif name == "+CEER":
-            self._emit(("call_cause", args.strip('"')))
+                self.timer(self._t_reg, 2000)
+        elif self.voice.on_urc(name, args) or self.sms.on_urc(name, args, body):
+            return
         else:
             if name == "SMS DONE":
                 self._boot_tail(name, 2)
             elif name == "PB DONE":
                 self._boot_tail(name, 4)
-            self._emit(("urc", name, args, body))
-
-    # ---- voice -------------------------------------------------------------------------------
-    def dial(self, number, ring_timeout_ms=None):
-        """Place a voice call. Ends with ("call_end", outcome, ring_s, talk_s, detail).
-
-        Unless the callee confirms with a key within ring_timeout_ms (default: the driver's
-        ring_timeout_ms; 0: none), the call is hung up and ends as no_answer, whatever the
-        modem says meanwhile (see the module comment)."""
-        if not self.features["voice"]:
-            raise ModemError("this modem variant has no voice calls")
-        if self.call != _CALL_IDLE:
-            raise ModemError("dial while a call is %s" % CALL_STATES[self.call])
-        if not number or not all(ch in "+0123456789*#" for ch in number):
-            raise ModemError("bad number %r: digits, * # and a leading + only" % (number,))
-        self.call = _CALL_DIALING
-        self.call_number = number
-        self._t_dial = self.now
-        self._t_active = None
-        self._confirmed = False
-        self._outgoing = True
-        self._hangup_reason = None
-        self._emit(("call", "dialing", number))
-        if ring_timeout_ms is None:
-            ring_timeout_ms = self.ring_timeout_ms
-        if ring_timeout_ms:
-            self._timer("ring", ring_timeout_ms)
-        self.cmd("ATD%s;" % number, timeout_ms=20000, done=self._dial_done)
-
-    def _dial_done(self, c, status, text, err):
-        if status == "OK" or status == "CONNECT":
-            return  # call progress comes as URCs
-        if status == "ABORTED":
-            return
-        if status == "BUSY":
-            self._end_call_now(BUSY, status)
-        elif status == "NO ANSWER":
-            self._end_call_now(NO_ANSWER, status)
-        elif status == "NO CARRIER":
-            self._call_released(status)
-        else:
-            self._end_call_now(FAILED, "%s %s" % (status, err) if err is not None else status)
-
-    def answer(self):
-        if self.call != _CALL_INCOMING:
-            raise ModemError("answer with no incoming call")
-        self.cmd("ATA", timeout_ms=20000, done=self._ata_done)
-
-    def _ata_done(self, c, status, text, err):
-        if status == "OK" and self.call == _CALL_INCOMING:
-            self._call_active()
-        elif status not in ("OK", "ABORTED"):
-            self._end_call_now(FAILED, status)
-
-    def hangup(self, reason="cancel"):
-        """Hang up; the call ends (call_end) when the modem confirms it (module comment)."""
-        if self.call == _CALL_IDLE or self._hangups:
-            return   # no call, or a hang-up already under way
-        if self._hangup_reason is None:
-            self._hangup_reason = reason
-        self._send_hangup()
-
-    def _send_hangup(self):
-        # the profile's hang-up commands in turn; then wait for the end to be confirmed
-        commands = self.p.HANGUPS
-        self.cmd(commands[self._hangups % len(commands)], timeout_ms=20000,
-                 done=self._hangup_done)
-        self._hangups += 1
-
-    def _hangup_done(self, c, status, text, err):
-        if status == "ABORTED" or self.call == _CALL_IDLE:
-            return
-        if status != "OK":
-            self._emit(("hangup_failed", c.text, status, err))
-        self._timer("hangup", _HANGUP_CONFIRM_MS)
-
-    def _t_hangup(self):
-        if self.call != _CALL_IDLE:
-            self.cmd("AT+CLCC", "+CLCC", timeout_ms=5000, done=self._clcc_query_done)
-
-    def _clcc_query_done(self, c, status, text, err):
-        if status == "ABORTED" or self.call == _CALL_IDLE:
-            return
-        if status == "OK":
-            listed = False
-            for line in text.split("\n"):
-                parts = split_args(line[6:]) if line.startswith("+CLCC:") else ()
-                if len(parts) > 2 and _int(parts[2]) != 6:
-                    listed = True
-            if not listed:
-                self._call_released("hangup")   # the modem lists no call any more
-                return
-        if self._hangups < _HANGUP_TRIES:
-            self._send_hangup()
-        else:
-            self._hangups = 0   # given up; hangup() may try again
-            self._emit(("hangup_failed", "still up", status, err))
-
-    def _t_ring(self):
-        if self._outgoing and not self._confirmed and self.call in (
-                _CALL_DIALING, _CALL_ALERTING, _CALL_ACTIVE):
-            self.hangup("ring_timeout")
-
-    def _incoming(self, number):
-        if self.call == _CALL_IDLE:
-            self.call = _CALL_INCOMING
-            self._t_dial = self.now
-            self._t_active = None
-            self._confirmed = False
-            self._outgoing = False
-            self._hangup_reason = None
-            self.call_number = number
-            self._emit(("incoming", number))
-        elif self.call == _CALL_INCOMING and number and not self.call_number:
-            self.call_number = number
-            self._emit(("incoming", number))
-
-    def _clcc(self, args):
-        parts = split_args(args)
-        if len(parts) < 3:
-            return
-        stat = _int(parts[2])
-        if self.call in (_CALL_DIALING, _CALL_ALERTING):
-            if stat == 3 or stat == 2:
-                if self.call != _CALL_ALERTING:
-                    self.call = _CALL_ALERTING
-                    self._emit(("call", "alerting", self.call_number))
-            elif stat == 0:
-                self._call_active()
-            elif stat == 6:
-                self._call_released("released")
-        elif self.call == _CALL_ACTIVE and stat == 6:
-            self._call_released("released")
-        elif self.call == _CALL_INCOMING and stat == 0:
-            self._call_active()
-
-    def _call_active(self):
-        # the modem says the call is connected: for an outgoing call that may be ring-back, so
-        # the ring timeout keeps running (module comment)
-        if self.call == _CALL_ACTIVE:
-            return
-        self.call = _CALL_ACTIVE
-        self._t_active = self.now
-        self._emit(("call", "active", self.call_number))
-
-    def dtmf_received(self, digit):
-        """Profile: the far end pressed a key: someone is on the line, the call is confirmed."""
-        self._emit(("dtmf", digit))
-        if self.call in (_CALL_DIALING, _CALL_ALERTING, _CALL_ACTIVE):
-            self._call_active()   # even if the modem did not say active
-            self._confirmed = True
-            self._cancel("ring")
-
-    def call_ended(self, detail):
-        """Profile: the modem reported the end of the call (VOICE CALL: END etc.)."""
-        self._call_released(detail)
-
-    def _call_released(self, detail):
-        c = self.call
-        if c == _CALL_IDLE:
-            return
-        if detail == "BUSY":
-            outcome = BUSY
-        elif detail == "NO ANSWER":
-            outcome = NO_ANSWER
-        elif self._confirmed:
-            outcome = CONFIRMED
-        elif not self._outgoing:
-            # answered by this card (ATA), else the caller gave up or we declined
-            outcome = ANSWERED if c == _CALL_ACTIVE else CANCELLED
-        elif self._hangup_reason == "ring_timeout":
-            outcome = NO_ANSWER
-        elif self._hangup_reason is not None:
-            outcome = CANCELLED
-        elif c == _CALL_ALERTING or c == _CALL_ACTIVE:
-            outcome = REJECTED   # ended by the far end, unconfirmed (still ringing for us)
-        else:
-            outcome = FAILED
-        self._end_call_now(outcome, detail)
-
-    def _end_call_now(self, outcome, detail):
-        if self.call == _CALL_IDLE:
-            return
-        end = self.now
-        if self._t_active is not None:
-            ring_ms = at.ticks_diff(self._t_active, self._t_dial)
-            talk_ms = at.ticks_diff(end, self._t_active)
-        else:
-            ring_ms = at.ticks_diff(end, self._t_dial)
-            talk_ms = 0
-        self.call = _CALL_IDLE
-        self._hangups = 0
-        self._cancel("ring")
-        self._cancel("hangup")
-        self._emit(("call", "idle", self.call_number))
-        self._emit(("call_end", outcome, ring_ms // 1000, talk_ms // 1000, detail))
-
-    # ---- SMS ---------------------------------------------------------------------------------
-    def sms_send_pdu(self, pdu_hex, tpdu_len, tag=None):
-        """Send one SMS in PDU mode. pdu_hex: SMSC + TPDU as hex text (from smspdu);
-        tpdu_len: TPDU length in octets (excludes the SMSC part), as AT+CMGS wants it."""
-        if not self.features["sms"]:
-            raise ModemError("this modem variant has no SMS")
-        if isinstance(pdu_hex, str):
-            pdu_hex = pdu_hex.encode()
-        if not pdu_hex or len(pdu_hex) % 2 or not (1 <= tpdu_len <= 176) or tpdu_len * 2 > len(pdu_hex):
-            raise ModemError("bad PDU: %d hex chars for a %d-octet TPDU" % (len(pdu_hex), tpdu_len))
-        for ch in pdu_hex:
-            if not (48 <= ch <= 57 or 65 <= ch <= 70 or 97 <= ch <= 102):
-                raise ModemError("PDU is not hex text")
-        c = self.cmd("AT+CMGS=%d" % tpdu_len, "+CMGS", timeout_ms=65000,
-                     payload=pdu_hex + b"\x1a", done=self._cmgs_done)
-        c.sms_tag = tag
-        return c
-
-    def _cmgs_done(self, c, status, text, err):
-        tag = getattr(c, "sms_tag", None)
-        if status == "OK":
-            mr = _int(first_line(text)[6:].strip()) if text else -1
-            self._emit(("sms_sent", mr, tag))
-        else:
-            self._emit(("sms_failed", err if err is not None else status, tag))
-
-    def _cmti(self, args):
-        parts = split_args(args)
-        mem = parts[0] if parts else ""
-        index = _int(parts[1]) if len(parts) > 1 else -1
-        self._emit(("sms_new", mem, index))
-        if self.auto_read_sms and index >= 0:
-            self.sms_read(index)
-
-    def sms_read(self, index):
-        self.cmd("AT+CMGR=%d" % index, ("+CMGR",), timeout_ms=10000, done=self._cmgr_done)
-
-    def _cmgr_done(self, c, status, text, err):
-        if status != "OK" or not text:
-            if status != "ABORTED":
-                self._emit(("sms_read_failed", c.text, status, err))
-            return
-        index = _int(c.text[8:])
-        end = text.find("\n")
-        header = first_line(text)[6:].strip()
-        body = text[end + 1:] if end >= 0 else ""   # the PDU (or text lines) after the header
-        self._sms_event(index, header, body)
-
-    def _sms_event(self, index, header, body):
-        # PDU mode header: "<stat>,[<alpha>],<length>" / +CMT: "[<alpha>],<length>";
-        # text mode header starts with a quoted status or originating address
-        parts = split_args(header)
-        mode = "text"
-        if parts and _int(parts[-1]) >= 0 and body and _is_hex(body):
-            if len(parts) <= 3 and (header[:1] != '"' or len(parts) == 2):
-                mode = "pdu"
-        self._emit(("sms", mode, index, header, body))
-
-    def sms_delete(self, index):
-        self.cmd("AT+CMGD=%d" % index, timeout_ms=10000, done=self._app_done)
+            self.emit(("urc", name, args, body))
 
     # ---- sleep -------------------------------------------------------------------------------
     def sleep(self):
@@ -1070,22 +788,26 @@ class Modem:
 
     def _sleep_done(self, c, status, text, err):
         if status == "OK":
-            self._actions.append(("dtr", 1))
+            self.act(("dtr", 1))
             self._sleeping = True
-            self._emit(("sleep",))
+            self.emit(("sleep",))
         elif status != "ABORTED":
-            self._emit(("sleep_failed", status, err))
+            self.emit(("sleep_failed", status, err))
+
+    @property
+    def sleeping(self):
+        return self._sleeping
 
     def wake(self):
         """DTR low; the UART is usable after the profile's wake time."""
-        if not self._sleeping or "wake" in self._timers:
+        if not self._sleeping or self.pending(self._t_wake):
             return
-        self._actions.append(("dtr", 0))
-        self._timer("wake", self.t_wake)
+        self.act(("dtr", 0))
+        self.timer(self._t_wake, self.t_wake)
 
-    def _t_wake(self):
+    def _on_wake_timer(self):
         self._sleeping = False
-        self._emit(("awake",))
+        self.emit(("awake",))
         held = self._held
         self._held = []
         for c in held:
@@ -1093,24 +815,13 @@ class Modem:
         self._flush_out()
 
 
-def _load_hwdata(name):
-    import hwdata
-    return hwdata.load(name)
-
-
-def _is_hex(text):
-    for ch in text:
-        if ch not in "0123456789ABCDEFabcdef":
-            return False
-    return True
-
-
 class Profile:
     """What a modem family must provide; subclasses: modem_a7670.A7670, modem_ec800m.EC800M.
 
     Class attributes:
-      NAME         the protocol's name for it (one of ccspec.ENUMS["modem"])
-      HW_NAME      its timing facts: hardware/<HW_NAME>.json (hwdata on the card)
+      NAME         the family's name ("a7670", "ec800m"; the application maps it to its protocol)
+      HW_NAME      its hardware data: hardware/<HW_NAME>.json (hwdata on the card), whose timing
+                   facts the caller hands to Modem
       URCS         names of its unsolicited result codes (text before the first ':'), as one
                    table b"\nNAME\nNAME\n" (at.ATEngine's table form: no object per name)
       READY_URCS   URCs that mean "booted, UART ready"
@@ -1129,20 +840,11 @@ class Profile:
 
     def __init__(self, local_port=50000):
         self.local_port = local_port
-        if self.NAME not in ccspec.ENUMS["modem"]:
-            raise ValueError("profile name %r not in ccspec.ENUMS['modem']" % self.NAME)
+        self._m = None
 
     def attach(self, m):
         """Called by Modem.__init__: the driver this profile serves (used by callbacks)."""
         self._m = m
-
-    def timing(self):
-        """Timing figures (ms) from hwdata: pwrkey_on_ms, pwrkey_off_ms, boot_ms, ..."""
-        facts = _load_hwdata(self.HW_NAME)["timing"]
-        out = {}
-        for key in facts:
-            out[key] = facts[key]["value"]
-        return out
 
     def config_commands(self):
         """[(command, required)] sent after ATE0 / AT+CMEE=1 at every bring-up."""
@@ -1168,4 +870,4 @@ class Profile:
         return False
 
     def on_data(self, m, header, payload):
-        m.udp_received(payload)
+        m.data.udp_received(payload)

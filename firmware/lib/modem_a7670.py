@@ -11,10 +11,13 @@
 #   followed by "+IPD<len>" or "+RECEIVE,<link>,<len>" and the raw bytes, or in buffer mode
 #   "+CIPRXGET: 1,<link>" and AT+CIPRXGET=2; closed: "+IPCLOSE: <link>,<reason>",
 #   "+CIPEVENT: NETWORK CLOSED UNEXPECTEDLY", "+CGEV: NW PDN DEACT <cid>".
-# - DTMF from the far end: AT+DDET=1 enables "+RXDTMF: <key>" on firmware that has it (taken
-#   from SIMCom's SIM7500/SIM7600 AT manual; not seen in a capture here, so the feature is only
-#   switched on when the modem accepts AT+DDET=1).
+# - DTMF from the far end: AT+DDET=1 enables "+RXDTMF: <key>" (0-9, *, #, A-D) on firmware that
+#   has it (SIMCom's SIM7500/SIM7600 AT manual; ModemManager's SIMCom plugin parses the same URC,
+#   also with "\r\r\n" around it; a SIM7600G-H session log shows VOICE CALL: BEGIN, +RXDTMF: 1,
+#   VOICE CALL: END). Not in a capture of an A7670 here, so the feature is only switched on when
+#   the modem accepts AT+DDET=1; without it the application's fallback rule applies (cardapp).
 import modem
+import modem_voice
 
 _LINK = 0
 
@@ -69,7 +72,7 @@ class A7670(modem.Profile):
 
     def _cgdcont_done(self, c, status, text, err):
         if status not in ("OK", "ABORTED"):
-            self._m._emit(("config_failed", c.text, status, err, False))
+            self._m.emit(("config_failed", c.text, status, err, False))
 
     def _netopen_done(self, c, status, text, err):
         m = self._m
@@ -80,19 +83,19 @@ class A7670(modem.Profile):
                 if line.startswith("+NETOPEN:"):
                     self._netopen_code(m, line[9:].strip())
                     return
-            m.net_pending(30000)  # "+NETOPEN: 0" follows as a URC
+            m.data.net_pending(30000)  # "+NETOPEN: 0" follows as a URC
             return
         for line in text.split("\n"):
             if "already opened" in line:
                 self._ipaddr(m)
                 return
-        m.net_result(False, "NETOPEN %s %s" % (status, err))
+        m.data.net_result(False, "NETOPEN %s %s" % (status, err))
 
     def _netopen_code(self, m, code):
         if code.strip() == "0":
             self._ipaddr(m)
         else:
-            m.net_result(False, "NETOPEN error %s" % code)
+            m.data.net_result(False, "NETOPEN error %s" % code)
 
     def _ipaddr(self, m):
         m.cmd("AT+IPADDR", "+IPADDR", timeout_ms=5000, done=self._ipaddr_done)
@@ -100,9 +103,9 @@ class A7670(modem.Profile):
     def _ipaddr_done(self, c, status, text, err):
         m = self._m
         if status == "OK" and text:
-            m.net_result(True, modem.first_line(text)[8:].strip())
+            m.data.net_result(True, modem.first_line(text)[8:].strip())
         elif status != "ABORTED":
-            m.net_result(True, None)  # bearer up (NETOPEN said so), address unknown
+            m.data.net_result(True, None)  # bearer up (NETOPEN said so), address unknown
 
     def udp_open(self, m, host, port):
         m.cmd('AT+CIPOPEN=%d,"UDP",,,%d' % (_LINK, self.local_port), "+CIPOPEN",
@@ -115,18 +118,18 @@ class A7670(modem.Profile):
                 self._cipopen_code(m, line[9:].strip())
                 return
         if status not in ("OK", "ABORTED"):
-            m.udp_result("failed", "CIPOPEN %s %s" % (status, err))
+            m.data.udp_result("failed", "CIPOPEN %s %s" % (status, err))
 
     def _cipopen_code(self, m, args):
         parts = args.split(",")
         code = parts[1].strip() if len(parts) > 1 else "?"
         if code == "0":
-            m.udp_result("open", None)
+            m.data.udp_result("open", None)
         else:
-            m.udp_result("failed", "CIPOPEN error %s" % code)
+            m.data.udp_result("failed", "CIPOPEN error %s" % code)
 
     def udp_send(self, m, payload):
-        host, port = m.udp_remote
+        host, port = m.data.udp_remote
         m.cmd('AT+CIPSEND=%d,%d,"%s",%d' % (_LINK, len(payload), host, port), "+CIPSEND",
               timeout_ms=15000, payload=payload, done=self._cipsend_done)
 
@@ -137,49 +140,49 @@ class A7670(modem.Profile):
                 self._cipsend_code(m, line[9:].strip())
                 return
         if status not in ("OK", "ABORTED"):
-            m._emit(("udp_send_failed", status, err))
+            m.data.send_result(-1, status, err)
 
     def _cipsend_code(self, m, args):
         parts = args.split(",")
         sent = modem._int(parts[2].strip()) if len(parts) > 2 else -1
         if sent < 0:
-            m._emit(("udp_send_failed", "link", args))
+            m.data.send_result(-1, "link", args)
         else:
-            m._emit(("udp_sent", sent))
+            m.data.send_result(sent)
 
     def udp_close(self, m):
         m.cmd("AT+CIPCLOSE=%d" % _LINK, "+CIPCLOSE", timeout_ms=15000, done=self._cipclose_done)
 
     def _cipclose_done(self, c, status, text, err):
         if status != "ABORTED":
-            self._m.udp_result("closed", "local")
+            self._m.data.udp_result("closed", "local")
 
     # ---- URCs --------------------------------------------------------------------------------
     def on_urc(self, m, name, args, body):
         if name == "VOICE CALL":
             word = args.replace(" ", "")
             if word.startswith("BEGIN"):
-                if m.call in (1, 2, 4):
-                    m._call_active()
+                if m.voice.call != modem_voice.IDLE:
+                    m.voice.connected()
             elif word.startswith("END"):
-                m.call_ended("END:" + word[4:] if len(word) > 3 else "END")
+                m.voice.released("END:" + word[4:] if len(word) > 3 else "END")
             else:
-                m._emit(("urc", name, args, body))
+                m.emit(("urc", name, args, body))
             return True
         if name == "MISSED_CALL":
-            m._emit(("missed_call", args))
+            m.emit(("missed_call", args))
             return True
         if name == "+RXDTMF" or name == "+DTMF":
             digit = args.strip()
             if digit:
-                m.dtmf_received(digit[0])
+                m.voice.dtmf(digit[0])
             return True
         if name == "+NETOPEN":
-            if m.state == "net" or "net" in m._timers:
+            if m.data.net_activating():
                 self._netopen_code(m, args)
             return True
         if name == "+NETCLOSE" or name == "+CIPEVENT":
-            m.net_result(False, name + " " + args)
+            m.data.net_result(False, name + " " + args)
             return True
         if name == "+CIPOPEN":
             self._cipopen_code(m, args)
@@ -188,10 +191,10 @@ class A7670(modem.Profile):
             self._cipsend_code(m, args)
             return True
         if name == "+CIPCLOSE" or name == "+IPCLOSE":
-            m.udp_result("closed", args)
+            m.data.udp_result("closed", args)
             return True
         if name == "RECV FROM":
-            m._recv_from = args
+            m.data.recv_from = args
             return True
         if name == "+CIPRXGET":
             if args.startswith("1"):
@@ -199,7 +202,7 @@ class A7670(modem.Profile):
             return True
         if name == "+CGEV":
             if "PDN DEACT 1" in args or args.endswith("DEACT 1"):
-                m.net_result(False, name + ": " + args)
+                m.data.net_result(False, name + ": " + args)
                 return True
             return False
         if name.endswith("POWER DOWN"):

@@ -60,11 +60,11 @@ class EC800M(modem.Profile):
         m.cmd('AT+QICSGP=%d,1,"%s","","",1' % (_CTX, apn or ""), timeout_ms=5000,
               done=self._qicsgp_done)
         m.cmd("AT+QIACT=%d" % _CTX, timeout_ms=150000, done=self._qiact_done)
-        m.net_pending(160000)
+        m.data.net_pending(160000)
 
     def _qicsgp_done(self, c, status, text, err):
         if status not in ("OK", "ABORTED"):
-            self._m._emit(("config_failed", c.text, status, err, False))
+            self._m.emit(("config_failed", c.text, status, err, False))
 
     def _qiact_done(self, c, status, text, err):
         if status == "ABORTED":
@@ -79,9 +79,9 @@ class EC800M(modem.Profile):
         for line in text.split("\n"):
             parts = line[7:].split(",")
             if len(parts) >= 4 and parts[0].strip() == str(_CTX) and parts[1].strip() == "1":
-                m.net_result(True, parts[3].strip().strip('"'))
+                m.data.net_result(True, parts[3].strip().strip('"'))
                 return
-        m.net_result(False, "QIACT: context %d not active (%s)" % (_CTX, status))
+        m.data.net_result(False, "QIACT: context %d not active (%s)" % (_CTX, status))
 
     def udp_open(self, m, host, port):
         m.cmd('AT+QIOPEN=%d,%d,"UDP","%s",%d,0,1' % (_CTX, _ID, host, port), "+QIOPEN",
@@ -93,15 +93,15 @@ class EC800M(modem.Profile):
                 self._qiopen_code(line[8:].strip())
                 return
         if status not in ("OK", "ABORTED"):
-            self._m.udp_result("failed", "QIOPEN %s %s" % (status, err))
+            self._m.data.udp_result("failed", "QIOPEN %s %s" % (status, err))
 
     def _qiopen_code(self, args):
         parts = args.split(",")
         code = parts[1].strip() if len(parts) > 1 else "?"
         if code == "0":
-            self._m.udp_result("open", None)
+            self._m.data.udp_result("open", None)
         else:
-            self._m.udp_result("failed", "QIOPEN error %s" % code)
+            self._m.data.udp_result("failed", "QIOPEN error %s" % code)
 
     def udp_send(self, m, payload):
         m.cmd("AT+QISEND=%d,%d" % (_ID, len(payload)), timeout_ms=15000, payload=payload,
@@ -110,16 +110,16 @@ class EC800M(modem.Profile):
     def _qisend_done(self, c, status, text, err):
         m = self._m
         if status == "SEND OK":
-            m._emit(("udp_sent", len(c.payload)))
+            m.data.send_result(len(c.payload))
         elif status != "ABORTED":
-            m._emit(("udp_send_failed", status, err))
+            m.data.send_result(-1, status, err)
 
     def udp_close(self, m):
         m.cmd("AT+QICLOSE=%d" % _ID, timeout_ms=15000, done=self._qiclose_done)
 
     def _qiclose_done(self, c, status, text, err):
         if status != "ABORTED":
-            self._m.udp_result("closed", "local")
+            self._m.data.udp_result("closed", "local")
 
     # ---- URCs --------------------------------------------------------------------------------
     def on_urc(self, m, name, args, body):
@@ -132,22 +132,22 @@ class EC800M(modem.Profile):
                 # buffer access mode: data waits in the modem, read it
                 m.cmd("AT+QIRD=%d,1500" % _ID, "+QIRD", timeout_ms=5000)
             elif kind == "closed":
-                m.udp_result("closed", "remote")
+                m.data.udp_result("closed", "remote")
             elif kind == "pdpdeact":
-                m.net_result(False, "pdpdeact")
+                m.data.net_result(False, "pdpdeact")
             else:
-                m._emit(("urc", name, args, body))
+                m.emit(("urc", name, args, body))
             return True
         if name == "+QIND":
             word = args.strip('"')
             if word == "SMS DONE" or word == "PB DONE":
-                m._urc(word, "", body)   # the boot URCs the A7670 sends bare
+                m.urc(word, "", body)   # the boot URCs the A7670 sends bare
                 return True
             return False
         if name == "+QTONEDET":
             code = modem._int(args.strip())
             if 32 < code < 127:
-                m.dtmf_received(chr(code))
+                m.voice.dtmf(chr(code))
             return True
         if name == "POWERED DOWN":
             m.powered_down(name)
@@ -162,4 +162,4 @@ class EC800M(modem.Profile):
                 remote = "%s:%s" % (parts[1].strip('"'), parts[2].strip())
             elif len(parts) >= 5:
                 remote = "%s:%s" % (parts[3].strip('"'), parts[4].strip())
-        m.udp_received(payload, remote)
+        m.data.udp_received(payload, remote)
