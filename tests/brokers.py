@@ -191,3 +191,42 @@ def documented_signature(secret: str, timestamp: str, body: bytes) -> str:
     """docs/events.md: sha256=<hex HMAC-SHA256(secret, timestamp "." body)>, written out here
     independently of the sink's own code."""
     return "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+class RawSubscriber:
+    """A real paho subscriber (clean session, QoS 1) recording every message as it arrives:
+    (topic, payload bytes, retain flag). Messages a broker hands out from its retained store at
+    subscription carry retain=True; live ones do not (MQTT 3.1.1)."""
+
+    def __init__(self, port: int, topic: str, client_id: str = "carecard-test-raw"):
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self.cond = threading.Condition()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  clean_session=True)
+        subscribed = threading.Event()
+        self.client.on_connect = lambda client, *a: client.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *a: subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port, 30)
+        self.client.loop_start()
+        if not subscribed.wait(5):
+            raise TimeoutError("subscriber did not subscribe")
+
+    def _on_message(self, client, userdata, message):  # noqa: ANN001
+        with self.cond:
+            self.messages.append((message.topic, bytes(message.payload), bool(message.retain)))
+            self.cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[list[tuple[str, bytes, bool]]], bool],
+                 timeout: float = 20.0) -> bool:
+        with self.cond:
+            return self.cond.wait_for(lambda: predicate(self.messages), timeout)
+
+    def latest(self) -> dict[str, tuple[bytes, bool]]:
+        """The last payload and retain flag seen per topic."""
+        with self.cond:
+            return {topic: (payload, retain) for topic, payload, retain in self.messages}
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

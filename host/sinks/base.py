@@ -141,6 +141,9 @@ class Sink(abc.ABC):
     default_batch_size: ClassVar[int] = DEFAULT_BATCH_SIZE
     default_queue_size: ClassVar[int] = DEFAULT_QUEUE_SIZE
     default_linger_ms: ClassVar[float] = DEFAULT_LINGER_MS
+    # Start (connect) as soon as the runner runs, not at the first delivery: for sinks that
+    # publish something of their own (the bridges announce the registered cards).
+    start_at_once: ClassVar[bool] = False
 
     def __init__(self, name: str):
         self.name = name
@@ -302,6 +305,16 @@ class SinkRunner:
         attempt = 0
         loop = asyncio.get_running_loop()
         while not self._stop_now.is_set():  # (cancel() alone can be swallowed by wait_for in 3.11)
+            if self.sink.start_at_once and not self._sink_started and not self._draining:
+                try:
+                    await self.sink.start()
+                    self._sink_started = True
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    attempt += 1
+                    await self._failed(f"starting: {type(exc).__name__}: {exc}", attempt)
+                    continue
             woken = self._wake.is_set()
             self._wake.clear()
             if (woken or self._more) and len(self._queue) < self.queue_size:

@@ -32,7 +32,7 @@ import ssl
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import paho.mqtt.client as mqtt
 
@@ -54,6 +54,49 @@ def topic_suffix(event: Mapping[str, Any]) -> str:
 def event_topic(prefix: str, event: dict[str, Any]) -> str:
     """The documented topic of an event."""
     return f"{prefix}/{topic_suffix(event)}"
+
+
+def check_topic_prefix(table: SinkTable, key: str, prefix: str) -> None:
+    """A topic prefix holds no wildcard and is not empty."""
+    if any(c in prefix for c in "+#\0") or not prefix.strip("/"):
+        raise ConfigError(table.where, key, f"{prefix!r}: no wildcards (+ #), not empty")
+
+
+def connection_options(table: SinkTable) -> dict[str, Any]:
+    """The broker connection keys every MQTT-based sink shares (host, port, tls, username,
+    password, client_id, keepalive, publish_timeout, reconnect_min, reconnect_max)."""
+    tls_raw = table.raw("tls", False)
+    tls: dict[str, Any] | None
+    if tls_raw is False:
+        tls = None
+    elif tls_raw is True:
+        tls = {}
+    elif isinstance(tls_raw, dict):
+        tls_table = SinkTable(tls_raw, f"{table.where}.tls")
+        tls = {key: tls_table.str(key) for key in ("ca_file", "cert_file", "key_file")}
+        tls["insecure"] = tls_table.bool("insecure", False)
+        tls_table.check_unknown()
+        for key in ("ca_file", "cert_file", "key_file"):
+            if tls[key] and not Path(tls[key]).is_file():
+                raise ConfigError(tls_table.where, key, f"{tls[key]}: no such file")
+    else:
+        raise ConfigError(table.where, "tls", "expected true, false or a table")
+    username = table.str("username")
+    password = table.str("password")
+    if password is not None and username is None:
+        raise ConfigError(table.where, "password", "given without a username")
+    return {
+        "host": table.str("host", "localhost") or "localhost",
+        "port": table.int("port", 8883 if tls is not None else 1883, minimum=1, maximum=65535),
+        "client_id": table.str("client_id"),
+        "username": username,
+        "password": password,
+        "tls": tls,
+        "keepalive": table.int("keepalive", 30, minimum=5, maximum=3600),
+        "publish_timeout": table.float("publish_timeout", 10.0, minimum=0.1, maximum=600),
+        "reconnect_min": table.float("reconnect_min", 1.0, minimum=0.05, maximum=600),
+        "reconnect_max": table.float("reconnect_max", 30.0, minimum=0.05, maximum=3600),
+    }
 
 
 class MqttSink(Sink):
@@ -83,50 +126,19 @@ class MqttSink(Sink):
         self._acked: set[int] = set()
         self._disconnects = 0
         self._connect_error: str | None = None
+        # (topic, online payload, offline payload) of a retained status of this client: published
+        # `online` on every connect, and the broker publishes `offline` as the client's last will
+        # when it loses the client
+        self.status_topic: tuple[str, bytes, bytes] | None = None
         self.published = 0
         self.connects = 0
 
     @classmethod
     def from_config(cls, table: SinkTable, data_dir: Path, name: str) -> "MqttSink":
-        tls_raw = table.raw("tls", False)
-        tls: dict[str, Any] | None
-        if tls_raw is False:
-            tls = None
-        elif tls_raw is True:
-            tls = {}
-        elif isinstance(tls_raw, dict):
-            tls_table = SinkTable(tls_raw, f"{table.where}.tls")
-            tls = {key: tls_table.str(key) for key in ("ca_file", "cert_file", "key_file")}
-            tls["insecure"] = tls_table.bool("insecure", False)
-            tls_table.check_unknown()
-            for key in ("ca_file", "cert_file", "key_file"):
-                if tls[key] and not Path(tls[key]).is_file():
-                    raise ConfigError(tls_table.where, key, f"{tls[key]}: no such file")
-        else:
-            raise ConfigError(table.where, "tls", "expected true, false or a table")
         prefix = table.str("topic_prefix", DEFAULT_TOPIC_PREFIX) or DEFAULT_TOPIC_PREFIX
-        if any(c in prefix for c in "+#\0") or not prefix.strip("/"):
-            raise ConfigError(table.where, "topic_prefix", f"{prefix!r}: no wildcards (+ #), not empty")
-        qos = table.int("qos", 1, minimum=1, maximum=2)
-        username = table.str("username")
-        password = table.str("password")
-        if password is not None and username is None:
-            raise ConfigError(table.where, "password", "given without a username")
-        return cls(
-            name,
-            host=table.str("host", "localhost") or "localhost",
-            port=table.int("port", 8883 if tls is not None else 1883, minimum=1, maximum=65535),
-            topic_prefix=prefix,
-            qos=qos,
-            client_id=table.str("client_id"),
-            username=username,
-            password=password,
-            tls=tls,
-            keepalive=table.int("keepalive", 30, minimum=5, maximum=3600),
-            publish_timeout=table.float("publish_timeout", 10.0, minimum=0.1, maximum=600),
-            reconnect_min=table.float("reconnect_min", 1.0, minimum=0.05, maximum=600),
-            reconnect_max=table.float("reconnect_max", 30.0, minimum=0.05, maximum=3600),
-        )
+        check_topic_prefix(table, "topic_prefix", prefix)
+        return cls(name, topic_prefix=prefix, qos=table.int("qos", 1, minimum=1, maximum=2),
+                   **connection_options(table))
 
     # --- paho callbacks (network thread) -----------------------------------------------------
 
@@ -139,6 +151,8 @@ class MqttSink(Sink):
                 self._connect_error = None
                 self.connects += 1
             self._cond.notify_all()
+        if not reason.is_failure and self.status_topic is not None:
+            client.publish(self.status_topic[0], self.status_topic[1], qos=self.qos, retain=True)
         if reason.is_failure:
             log.warning("sink %s: MQTT %s:%d refused the connection: %s", self.name, self.host,
                         self.port, reason)
@@ -169,6 +183,8 @@ class MqttSink(Sink):
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        if self.status_topic is not None:
+            client.will_set(self.status_topic[0], self.status_topic[2], qos=self.qos, retain=True)
         if self.username is not None:
             client.username_pw_set(self.username, self.password)
         if self.tls is not None:
@@ -188,9 +204,20 @@ class MqttSink(Sink):
         await self.run_io(self._start)
 
     def _publish(self, events: list[dict[str, Any]]) -> None:
+        self.publish_messages([
+            (event_topic(self.topic_prefix, event),
+             json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8"), False)
+            for event in events])
+
+    def publish_messages(self, messages: list[tuple[str, bytes, bool]]) -> None:
+        """Publish (topic, payload, retain) messages in order at the sink's QoS and return once the
+        broker acknowledged every one (worker thread). Raises SinkUnavailable with `delivered` =
+        how many messages, from the first, were acknowledged."""
         client = self._client
         if client is None:
             raise SinkUnavailable("MQTT client not started")
+        if not messages:
+            return
         if not client.is_connected():
             # wait briefly for a connection that is being made (start-up, reconnect)
             with self._cond:
@@ -202,9 +229,8 @@ class MqttSink(Sink):
             self._acked.clear()
             generation = self._disconnects
         infos = []
-        for event in events:
-            payload = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-            info = client.publish(event_topic(self.topic_prefix, event), payload, qos=self.qos)
+        for topic, payload, retain in messages:
+            info = client.publish(topic, payload, qos=self.qos, retain=retain)
             infos.append(info)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 break
@@ -216,7 +242,7 @@ class MqttSink(Sink):
                     if info.mid not in self._acked:
                         break
                     done += 1
-                if done == len(events):
+                if done == len(messages):
                     self.published += done
                     return
                 remaining = deadline - time.monotonic()
@@ -225,7 +251,7 @@ class MqttSink(Sink):
                     self.published += done
                     why = "connection lost" if broken else f"no acknowledgement in {self.publish_timeout:g} s"
                     raise SinkUnavailable(
-                        f"MQTT broker {self.host}:{self.port}: {why} ({done} of {len(events)} acknowledged)",
+                        f"MQTT broker {self.host}:{self.port}: {why} ({done} of {len(messages)} acknowledged)",
                         delivered=done)
                 self._cond.wait(remaining)
 

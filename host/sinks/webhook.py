@@ -181,21 +181,25 @@ class WebhookSink(Sink):
         if conn is not None:
             conn.close()
 
+    def request_headers(self, body: bytes, event_id: str) -> dict[str, str]:
+        """The headers of one attempt (signed at the time of the attempt)."""
+        timestamp = str(int(time.time()))
+        return {
+            **self.headers,
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            EVENT_ID_HEADER: event_id,
+            SCHEMA_HEADER: str(SCHEMA_VERSION),
+            TIMESTAMP_HEADER: timestamp,
+            SIGNATURE_HEADER: sign(self._secret, timestamp, body),
+        }
+
     def _post(self, body: bytes, event_id: str) -> tuple[int, str, str | None]:
         """One POST; returns (status, start of the response body, Retry-After)."""
         for fresh in (False, True):
             reused = self._conn is not None and self._conn.sock is not None and not fresh
             conn = self._connection()
-            timestamp = str(int(time.time()))
-            headers = {
-                **self.headers,
-                "Content-Type": "application/json",
-                "User-Agent": USER_AGENT,
-                EVENT_ID_HEADER: event_id,
-                SCHEMA_HEADER: str(SCHEMA_VERSION),
-                TIMESTAMP_HEADER: timestamp,
-                SIGNATURE_HEADER: sign(self._secret, timestamp, body),
-            }
+            headers = self.request_headers(body, event_id)
             try:
                 conn.request("POST", self._target, body=body, headers=headers)
                 response = conn.getresponse()
@@ -224,39 +228,53 @@ class WebhookSink(Sink):
 
     # --- delivery ----------------------------------------------------------------------------
 
+    def request_bodies(self, event: dict[str, Any]) -> list[bytes]:
+        """The request bodies that deliver one event, in order (the webhook: one, its JSON)."""
+        return [json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")]
+
+    def explain_rejection(self, status: int, text: str, event: dict[str, Any]) -> str:
+        """The dead-letter reason for a 4xx answer."""
+        return f"HTTP {status}: {text.strip()[:200]}"
+
     async def deliver(self, events: list[dict[str, Any]]) -> None:
         for index, event in enumerate(events):
-            body = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-            attempt = 0
-            while True:
-                attempt += 1
-                retry_after: float | None = None
-                try:
-                    status, text, retry_after_raw = await self.run_io(self._post, body, event["id"])
-                except _Unreachable as exc:
-                    raise SinkUnavailable(f"webhook {self.url} unreachable: {exc}", delivered=index) from None
-                except _Transient as exc:
-                    status, reason = None, str(exc)
-                else:
-                    if 200 <= status < 300:
-                        self.posted += 1
-                        break
-                    reason = f"HTTP {status}: {text.strip()[:200]}"
-                    if status not in (408, 429) and status < 500:
-                        await self._dead_letter(event, index, attempt, reason, status)
-                        break
-                    if retry_after_raw and retry_after_raw.strip().isdigit():
-                        retry_after = min(float(retry_after_raw.strip()), self.retry_max)
-                if attempt > self.max_retries:
-                    await self._dead_letter(event, index, attempt, f"gave up after {attempt} attempts: {reason}",
-                                            status)
+            for body in self.request_bodies(event):
+                if not await self._send(event, index, body):
                     break
-                self.retries += 1
-                delay = retry_after if retry_after is not None else backoff_delay(
-                    attempt, self.retry_min, self.retry_max)
-                log.warning("sink %s: event %s not accepted (%s), attempt %d of %d, retrying in %.2f s",
-                            self.name, event["id"], reason, attempt, self.max_retries + 1, delay)
-                await asyncio.sleep(delay)
+
+    async def _send(self, event: dict[str, Any], index: int, body: bytes) -> bool:
+        """One request with its retries; False when it was dead-lettered."""
+        attempt = 0
+        while True:
+            attempt += 1
+            retry_after: float | None = None
+            try:
+                status, text, retry_after_raw = await self.run_io(self._post, body, event["id"])
+            except _Unreachable as exc:
+                raise SinkUnavailable(f"{self.type_name} {self.url} unreachable: {exc}", delivered=index) from None
+            except _Transient as exc:
+                status, reason = None, str(exc)
+            else:
+                if 200 <= status < 300:
+                    self.posted += 1
+                    return True
+                reason = f"HTTP {status}: {text.strip()[:200]}"
+                if status not in (408, 429) and status < 500:
+                    await self._dead_letter(event, index, attempt,
+                                            self.explain_rejection(status, text, event), status)
+                    return False
+                if retry_after_raw and retry_after_raw.strip().isdigit():
+                    retry_after = min(float(retry_after_raw.strip()), self.retry_max)
+            if attempt > self.max_retries:
+                await self._dead_letter(event, index, attempt, f"gave up after {attempt} attempts: {reason}",
+                                        status)
+                return False
+            self.retries += 1
+            delay = retry_after if retry_after is not None else backoff_delay(
+                attempt, self.retry_min, self.retry_max)
+            log.warning("sink %s: event %s not accepted (%s), attempt %d of %d, retrying in %.2f s",
+                        self.name, event["id"], reason, attempt, self.max_retries + 1, delay)
+            await asyncio.sleep(delay)
 
     async def _dead_letter(self, event: dict[str, Any], index: int, attempts: int, reason: str,
                            status: int | None) -> None:
