@@ -9,6 +9,7 @@ import asyncio
 import http.server
 import json
 import threading
+import tomllib
 import urllib.parse
 from pathlib import Path
 from typing import Any, Callable
@@ -461,3 +462,25 @@ def test_bridge_config_errors_name_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"key 'registry_poll_s'"):
         SinkSet.from_config([{"type": "homeassistant", "registry_poll_s": 0}], tmp_path, eventlog)
     eventlog.close()
+
+
+def test_the_toml_examples_in_docs_configure_each_bridge(tmp_path: Path) -> None:
+    """Each "See your cards in ..." section of docs/events.md has a complete TOML example that
+    the receiver's configuration reader and the sinks accept as it is."""
+    import re
+
+    from carecard.host.receiver.config import config_from_mapping
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "events.md").read_text(encoding="utf-8")
+    sections = re.findall(r"### See your cards in (\w[\w ]*)\n(.*?)(?=\n### |\n## )", text, re.S)
+    assert [title for title, _ in sections] == ["Traccar", "OwnTracks", "Home Assistant"]
+    eventlog = SQLiteEventLog(ingest_db_path(tmp_path), create=True)
+    try:
+        for title, body in sections:
+            blocks = re.findall(r"```toml\n(.*?)```", body, re.S)
+            assert len(blocks) == 1, title
+            config = config_from_mapping(tomllib.loads(blocks[0]), f"docs/events.md ({title})")
+            sinks = SinkSet.from_config(config.sinks, tmp_path, eventlog)
+            assert [r.sink.type_name for r in sinks.runners] == [title.lower().replace(" ", "")]
+    finally:
+        eventlog.close()
