@@ -187,3 +187,122 @@ def test_the_command_queue_numbers_commands_and_refuses_what_it_cannot_do(backen
         store.cancel_command(DEVICE, 9, 6.0)
     assert [c.seq for c in store.list_commands(DEVICE, open_only=True)] == [2]
     assert [c.seq for c in store.list_commands(limit=1)] == [2]
+
+
+# --- the alert engine's side: alerts, requests, checkpoints (AlertStore, EngineStore) ------------
+
+def _alert(alert_id: str, state: str = "open", *, device: int = DEVICE, kind: str = "inactivity",
+           step: str = "checkin", at: float = 1_764_007_200.0, **more: object) -> "AlertRecord":
+    from carecard.host.storage import AlertRecord
+
+    return AlertRecord(alert_id, device, kind, state, step, at, at,
+                       [{"step": step, "at": at, "notify": ["card"], "recipients": []}],
+                       details={"still_s": 7200, "lat": 24.7}, **more)  # type: ignore[arg-type]
+
+
+def test_an_engine_commit_stores_its_alerts_events_states_and_cursor_together(backend: Backend) -> None:
+    from carecard.host.storage import AlertStore, EngineCommit, EngineStore
+
+    store = backend.store
+    assert isinstance(store, AlertStore) and isinstance(store, EngineStore)
+    assert store.load_engine("engine") is None
+    _commit(store, CommitBatch(frames=[_frame(DEVICE, 1)]))
+    event = alert_event(DEVICE, "inactivity", {"step": "checkin"}, 1_764_007_200.0, alert_id="a1-checkin")
+    result = store.commit_engine("engine", EngineCommit(
+        cursor=1, now=1_764_007_200.0, devices={DEVICE: '{"move_t": 1}', OTHER: '{"move_t": 2}'},
+        events=[event], alerts=[_alert("a1"), _alert("a2", kind="sos", step="raised", device=OTHER,
+                                                     at=1_764_007_300.0, prompt_id=None)]))
+    assert result.last_seq == 2 and result.commands == [] and result.skipped_commands == []
+    store.commit_engine("engine", EngineCommit(cursor=2, now=1_764_007_260.0, devices={OTHER: None},
+                                               alerts=[_alert("a1", step="family", prompt_id=3)]))
+    store.close()
+    backend.store = store = backend.reopen()
+    checkpoint = store.load_engine("engine")
+    assert checkpoint is not None and (checkpoint.cursor, checkpoint.now) == (2, 1_764_007_260.0)
+    assert checkpoint.devices == {DEVICE: '{"move_t": 1}'} and store.load_engine("other") is None
+    with backend.open_reader() as reader:
+        assert [entry.event for entry in reader.entries_after(1)] == [event]
+    first = store.get_alert("a1")
+    assert first is not None and (first.step, first.prompt_id, first.device) == ("family", 3, DEVICE)
+    assert first.notified[0]["notify"] == ["card"] and first.details == {"still_s": 7200, "lat": 24.7}
+    assert store.get_alert("nope") is None
+    assert [a.id for a in store.list_alerts()] == ["a1", "a2"]
+    assert [a.id for a in store.list_alerts(device=OTHER)] == ["a2"]
+    assert [a.id for a in store.list_alerts(kinds=["sos"], states=["open"])] == ["a2"]
+    assert [a.id for a in store.list_alerts(states=["resolved"])] == []
+    assert [a.id for a in store.list_alerts(since=1_764_007_250.0)] == ["a2"]
+    assert [a.id for a in store.list_alerts(limit=1)] == ["a2"]
+
+
+def test_a_failed_engine_commit_stores_nothing_of_it(backend: Backend) -> None:
+    from carecard.host.storage import EngineCommit
+
+    store = backend.store
+    store.commit_engine("engine", EngineCommit(cursor=5, now=10.0, devices={DEVICE: "{}"}))
+    event = alert_event(DEVICE, "sos", {}, 1_764_007_200.0, alert_id="s1-raised")
+    for bad in (EngineCommit(cursor=4, now=11.0, events=[event], alerts=[_alert("s1")]),  # cursor back
+                EngineCommit(cursor=6, now=11.0, events=[event], alerts=[_alert("s1", state="closed")])):
+        with pytest.raises(StoreError, match="engine 'engine'"):
+            store.commit_engine("engine", bad)
+    checkpoint = store.load_engine("engine")
+    assert checkpoint is not None and (checkpoint.cursor, checkpoint.now) == (5, 10.0)
+    assert store.list_alerts() == []
+    with backend.open_reader() as reader:
+        assert reader.last_seq() == 0
+
+
+def test_requests_are_checked_queued_in_order_and_handled_once(backend: Backend) -> None:
+    from carecard.host.storage import (ACTION_DONE, ACTION_REFUSED, AlertActionError, AlertStateError,
+                                       EngineCommit, UnknownAlertError)
+
+    store = backend.store
+    store.commit_engine("engine", EngineCommit(cursor=0, now=1.0, alerts=[_alert("a1"), _alert("a2")]))
+    with pytest.raises(UnknownAlertError, match="no alert has the id 'a9'"):
+        store.request_alert_action("a9", "acknowledge", "Li", now=2.0)
+    with pytest.raises(AlertActionError, match="unknown action 'close'"):
+        store.request_alert_action("a1", "close", "Li", now=2.0)
+    with pytest.raises(AlertActionError, match="by"):
+        store.request_alert_action("a1", "acknowledge", "  ", now=2.0)
+    with pytest.raises(AlertActionError, match="reason"):
+        store.request_alert_action("a1", "resolve", "Li", reason="x" * 5000, now=2.0)
+    ack = store.request_alert_action("a1", "acknowledge", "Son Wang", source="mqtt", now=3.0)
+    res = store.request_alert_action("a2", "resolve", "Li", reason="visited: fine", now=4.0)
+    assert (ack.device, ack.by, ack.source, ack.outcome) == (DEVICE, "Son Wang", "mqtt", None)
+    assert [a.id for a in store.pending_alert_actions()] == [ack.id, res.id] and ack.id < res.id
+    assert [a.id for a in store.pending_alert_actions(limit=1)] == [ack.id]
+    store.commit_engine("engine", EngineCommit(
+        cursor=0, now=5.0, actions=[(ack.id, ACTION_DONE, None, 5.0), (res.id, ACTION_DONE, None, 5.0)],
+        alerts=[_alert("a1", "acknowledged", acknowledged_by="Son Wang", acknowledged_at=5.0),
+                _alert("a2", "resolved", closed_reason="resolved_by_hand", closed_by="Li", closed_at=5.0)]))
+    assert store.pending_alert_actions() == []
+    handled = store.list_alert_actions("a2")
+    assert [(a.action, a.reason, a.outcome, a.handled_at) for a in handled] == [
+        ("resolve", "visited: fine", ACTION_DONE, 5.0)]
+    assert [a.id for a in store.list_alert_actions()] == [ack.id, res.id]
+    assert [a.id for a in store.list_alert_actions(limit=1)] == [res.id]
+    with pytest.raises(AlertStateError, match="already acknowledged by Son Wang"):
+        store.request_alert_action("a1", "acknowledge", "Li", now=6.0)
+    with pytest.raises(AlertStateError, match="already resolved by Li"):
+        store.request_alert_action("a2", "acknowledge", "Son Wang", now=6.0)
+    late = store.request_alert_action("a1", "resolve", "Li", now=7.0)  # acknowledged: may be resolved
+    store.commit_engine("engine", EngineCommit(cursor=0, now=8.0,
+                                               actions=[(late.id, ACTION_REFUSED, "raced", 8.0)]))
+    assert store.list_alert_actions("a1")[-1].outcome == ACTION_REFUSED
+
+
+def test_an_engine_commit_queues_check_in_prompts_for_registered_devices(backend: Backend) -> None:
+    from carecard.host.storage import EngineCommit
+
+    store = backend.store
+    _commit(store, CommitBatch(device_stats=[(DEVICE, 1.0, 0, "udp:x", 0)]))
+    generation = store.generation()
+    result = store.commit_engine("engine", EngineCommit(cursor=0, now=2.0, commands=[
+        (DEVICE, "checkin_prompt", {"prompt_id": 7, "timeout_s": 300}),
+        (OTHER, "checkin_prompt", {"prompt_id": 1, "timeout_s": 300})]))
+    (queued,) = result.commands
+    assert (queued.device, queued.seq, queued.cmd, queued.args, queued.state) == (
+        DEVICE, 1, "checkin_prompt", {"prompt_id": 7, "timeout_s": 300}, lifecycle.QUEUED)
+    assert result.skipped_commands == [(OTHER, "checkin_prompt", f"device {OTHER} is not registered")]
+    assert store.generation() != generation
+    assert [(c.id, c.args["prompt_id"]) for c in store.open_commands()] == [(queued.id, 7)]
+    assert store.queue_command(DEVICE, "locate_now", lambda seq: {}, 3.0).seq == 2

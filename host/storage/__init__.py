@@ -12,6 +12,13 @@ tests (tests/test_storage_contract.py).
 - EventLogReader: the event log in order from a seq, and durable cursors by reader name.
 - CommandQueue: the downlink command queue as admin commands change it (`carecard send`); a
   running receiver picks the changes up through IngestStore.generation.
+- AlertStore: the alert engine's alerts as everybody reads them (`carecard alerts`, the
+  dashboard), and the queue of acknowledge/resolve requests (CLI, MQTT, HTTP, dashboard) that
+  the engine consumes: nobody but the engine changes an alert.
+- EngineStore: the engine's durable side: its checkpoint (cursor into the event log, clock,
+  per-device state) and one atomic commit of everything a step of the engine produced (alert
+  events into the log, alert rows, handled requests, check-in prompts into the command queue,
+  changed device states, the cursor), so a restart resumes exactly and raises nothing twice.
 
 A frame's event is logged as its row (FRAME_ROW: the archive columns, then the opened frame), not
 as JSON: readers make the JSON when they need it (LogEntry).
@@ -89,6 +96,113 @@ class CommitBatch:
     def __bool__(self) -> bool:
         return bool(self.frames or self.device_stats or self.downlink_reserved
                     or self.commands or self.contacts or self.prune_upto)
+
+
+# The alert states (the engine's vocabulary, docs/events.md) and the requests that change them.
+ALERT_STATES = ("open", "acknowledged", "resolved")
+ALERT_ACTIONS = ("acknowledge", "resolve")
+# Outcomes of a request, as the engine records them (None: not handled yet).
+ACTION_DONE = "done"
+ACTION_REFUSED = "refused"
+# Longest `by`, `reason` and `source` texts of a request.
+ALERT_BY_MAX = 200
+ALERT_REASON_MAX = 1000
+ALERT_SOURCE_MAX = 40
+
+
+@dataclass
+class AlertRecord:
+    """One alert as the engine last committed it (rows of AlertStore.list_alerts).
+
+    `notified` is every step so far, oldest first, each {"step", "at" (Unix time), "notify"
+    (roles: card, family, grid_worker), "recipients" (numbers/names told)}: who was told when.
+    `details` are the alert's facts (the alert event's details: still_since, lat, lon,
+    battery_pct, reason...)."""
+
+    id: str
+    device: int
+    kind: str
+    state: str  # ALERT_STATES
+    step: str  # the latest escalation step (vocabulary STEPS)
+    opened_at: float
+    updated_at: float
+    notified: list[dict[str, Any]] = field(default_factory=list)
+    acknowledged_by: str | None = None
+    acknowledged_at: float | None = None
+    closed_reason: str | None = None  # vocabulary CLOSE_REASONS, or "resolved_by_hand"
+    closed_by: str | None = None  # who resolved it, when a person did
+    closed_at: float | None = None
+    prompt_id: int | None = None  # the check-in prompt that answers it (inactivity)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+@dataclass
+class AlertAction:
+    """A request to acknowledge or resolve an alert, queued by whoever asks (AlertStore.
+    request_alert_action) and handled by the engine, which records the outcome."""
+
+    id: int  # the queue's order
+    alert_id: str
+    device: int
+    action: str  # ALERT_ACTIONS
+    by: str  # who asks (a name, a number, an account)
+    reason: str | None
+    source: str  # where it came in: cli, mqtt, http, dashboard...
+    requested_at: float
+    outcome: str | None = None  # None: pending; ACTION_DONE or ACTION_REFUSED
+    detail: str | None = None  # why it was refused, or what it did
+    handled_at: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+class AlertActionError(ValueError):
+    """A request that cannot be queued; the message says which alert, why, and what to do."""
+
+
+class UnknownAlertError(AlertActionError, LookupError):
+    """No alert has this id."""
+
+
+class AlertStateError(AlertActionError):
+    """The alert is already in a state the request cannot change (resolved; acknowledged)."""
+
+
+@dataclass
+class EngineCheckpoint:
+    """What an engine committed last (EngineStore.load_engine)."""
+
+    cursor: int  # the last event log seq it handled
+    now: float  # its clock
+    devices: dict[int, str]  # every device's state (the engine's JSON text), by device
+    saved_at: float
+
+
+@dataclass
+class EngineCommit:
+    """Everything one step of the engine makes durable, in one transaction."""
+
+    cursor: int  # event log seq handled up to (never moves back)
+    now: float  # the engine's clock
+    devices: dict[int, str | None] = field(default_factory=dict)  # changed state; None: forget
+    events: list[Mapping[str, Any]] = field(default_factory=list)  # alert events for the log
+    alerts: list[AlertRecord] = field(default_factory=list)  # whole rows, inserted or replaced
+    # handled requests: (AlertAction.id, outcome ACTION_DONE/ACTION_REFUSED, detail, handled_at)
+    actions: list[tuple[int, str, str | None, float]] = field(default_factory=list)
+    # downlink commands to queue (check-in prompts): (device, cmd, args as command_lifecycle
+    # stores them); a device not in the registry is skipped and reported
+    commands: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
+
+
+@dataclass
+class EngineCommitResult:
+    last_seq: int  # the event log's last seq after the commit
+    commands: list[CommandRecord] = field(default_factory=list)  # queued, in order
+    skipped_commands: list[tuple[int, str, str]] = field(default_factory=list)  # (device, cmd, why)
 
 
 class UnknownDeviceError(StoreError):
@@ -266,3 +380,54 @@ class CommandQueue(abc.ABC):
     def list_commands(self, device: int | None = None, *, open_only: bool = False,
                       limit: int | None = None) -> list[CommandRecord]:
         """Commands (of one device), oldest first; with `limit`, the newest that many."""
+
+
+class AlertStore(abc.ABC):
+    """The engine's alerts as everybody reads them, and the requests that change them. Only the
+    engine writes alerts (EngineStore.commit_engine); anybody queues a request, and the engine
+    handles requests in queue order and records each outcome."""
+
+    @abc.abstractmethod
+    def list_alerts(self, *, device: int | None = None, states: Iterable[str] | None = None,
+                    kinds: Iterable[str] | None = None, since: float | None = None,
+                    limit: int | None = None) -> list[AlertRecord]:
+        """Alerts, oldest opened first, filtered by device, states, kinds and opened at or after
+        `since`; with `limit`, the newest that many."""
+
+    @abc.abstractmethod
+    def get_alert(self, alert_id: str) -> AlertRecord | None:
+        """One alert by id, or None."""
+
+    @abc.abstractmethod
+    def request_alert_action(self, alert_id: str, action: str, by: str, *, reason: str | None = None,
+                             source: str = "cli", now: float) -> AlertAction:
+        """Queue a request to `action` (ALERT_ACTIONS) the alert, in a transaction of its own.
+        Raises AlertActionError for a bad action or an empty/too long `by`, `reason` or `source`,
+        UnknownAlertError for an id no alert has, AlertStateError when the alert is resolved (or,
+        to acknowledge, already acknowledged: the message says by whom)."""
+
+    @abc.abstractmethod
+    def pending_alert_actions(self, limit: int = 1000) -> list[AlertAction]:
+        """Requests not handled yet, oldest first."""
+
+    @abc.abstractmethod
+    def list_alert_actions(self, alert_id: str | None = None, *,
+                           limit: int | None = None) -> list[AlertAction]:
+        """Requests (of one alert), oldest first; with `limit`, the newest that many."""
+
+
+class EngineStore(abc.ABC):
+    """The alert engine's durable side, by engine name (one name per engine instance or
+    partition)."""
+
+    @abc.abstractmethod
+    def load_engine(self, name: str) -> EngineCheckpoint | None:
+        """The engine's last commit, or None if it never committed."""
+
+    @abc.abstractmethod
+    def commit_engine(self, name: str, commit: EngineCommit) -> EngineCommitResult:
+        """Make `commit` durable in one transaction: append its events to the event log, insert
+        or replace its alert rows, record the outcomes of its handled requests, queue its
+        commands under each device's next command seq (bumping the registry generation so the
+        receiver sends them), write the changed device states and the cursor and clock. All or
+        nothing: raises StoreError and nothing of it is stored."""

@@ -13,6 +13,8 @@ Layout (DATA/carecard.sqlite, WAL mode, shared with the event log's tables, even
                                        (device, counter)
     commands(id, device, seq, cmd, args, state, attempts, created_at, updated_at,
              first_sent_at, last_sent_at, result, detail)
+    alerts, alert_actions, engine_checkpoint, engine_device
+                                       the alert engine's (alerts.py)
 
 Keys are not in the database: they live in the key file (DATA/keys.json, carecard.host.keyfile).
 """
@@ -31,14 +33,22 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from carecard.host.receiver import command_lifecycle as lifecycle
 from carecard.host.receiver.command_lifecycle import CHANGE_COLUMNS, OPEN_STATES, CommandRecord, states_sql
 from carecard.host.storage import (
+    AlertAction,
+    AlertRecord,
+    AlertStore,
     CommandQueue,
     CommitBatch,
     Contact,
     DeviceRecord,
+    EngineCheckpoint,
+    EngineCommit,
+    EngineCommitResult,
+    EngineStore,
     IngestStore,
     StoreError,
     UnknownDeviceError,
 )
+from carecard.host.storage.sqlite import alerts as alert_tables
 from carecard.host.storage.sqlite.eventlog import SQLiteEventLog
 from carecard.host.storage.sqlite.sql import register_identity_adapters
 
@@ -166,6 +176,7 @@ def ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
             raise StoreError(f"database {path} has schema version {row[0]}, a layout of carecard's "
                              "development that no release wrote: start with a new data folder")
         SQLiteEventLog.ensure_schema(conn)
+        alert_tables.ensure_schema(conn)
         conn.execute("COMMIT")
     except sqlite3.DatabaseError as exc:
         if conn.in_transaction:
@@ -342,7 +353,7 @@ def salvage_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}.salvaged{path.suffix}")
 
 
-class SQLiteStore(IngestStore, CommandQueue):
+class SQLiteStore(IngestStore, CommandQueue, AlertStore, EngineStore):
     """The embedded default. One writer connection (the ingest's writer thread or an admin
     command), one reader connection for the event loop's lookups."""
 
@@ -521,6 +532,57 @@ class SQLiteStore(IngestStore, CommandQueue):
     def list_commands(self, device: int | None = None, *, open_only: bool = False,
                       limit: int | None = None) -> list[CommandRecord]:
         return list_commands(self._reader, device, open_only=open_only, limit=limit)
+
+    # --- alerts and the engine (alerts.py) ------------------------------------------------------
+
+    def list_alerts(self, *, device: int | None = None, states: Iterable[str] | None = None,
+                    kinds: Iterable[str] | None = None, since: float | None = None,
+                    limit: int | None = None) -> list[AlertRecord]:
+        return alert_tables.list_alerts(self._reader, device=device, states=states, kinds=kinds,
+                                        since=since, limit=limit)
+
+    def get_alert(self, alert_id: str) -> AlertRecord | None:
+        return alert_tables.get_alert(self._reader, alert_id)
+
+    def request_alert_action(self, alert_id: str, action: str, by: str, *, reason: str | None = None,
+                             source: str = "cli", now: float) -> AlertAction:
+        alert_tables.check_request(alert_id, action, by, reason, source)
+        with self._write_lock:
+            conn = self._writer
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    request = alert_tables.request_alert_action(conn, alert_id, action, by, reason, source, now)
+                except BaseException:
+                    self._rollback()
+                    raise
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise StoreError(f"cannot queue the request in {self.path}: {exc}") from None
+        return request
+
+    def pending_alert_actions(self, limit: int = 1000) -> list[AlertAction]:
+        return alert_tables.pending_alert_actions(self._reader, limit)
+
+    def list_alert_actions(self, alert_id: str | None = None, *,
+                           limit: int | None = None) -> list[AlertAction]:
+        return alert_tables.list_alert_actions(self._reader, alert_id, limit)
+
+    def load_engine(self, name: str) -> EngineCheckpoint | None:
+        return alert_tables.load_engine(self._reader, name)
+
+    def commit_engine(self, name: str, commit: EngineCommit) -> EngineCommitResult:
+        with self._write_lock:
+            conn = self._writer
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                result = alert_tables.commit_engine(conn, name, commit, time.time())
+                conn.execute("COMMIT")
+            except (sqlite3.Error, ValueError, TypeError) as exc:
+                self._rollback()
+                raise StoreError(f"engine {name!r}: cannot commit to {self.path}: {exc}") from None
+        return result
 
     def close(self) -> None:
         for conn in {id(self._reader): self._reader, id(self._writer): self._writer}.values():
