@@ -150,7 +150,8 @@ def test_the_sample_config_is_valid_with_every_commented_example_uncommented(tmp
     assert count >= 14  # tcp, serial, log_file and the jsonl, mqtt and webhook sinks' lines
     config = config_from_mapping(tomllib.loads(uncommented), "sample", base_dir=tmp_path)
     assert config.tcp and config.serial and config.log_file is not None
-    assert [sink["type"] for sink in config.sinks or []] == ["sqlite", "jsonl", "mqtt", "webhook"]
+    assert [sink["type"] for sink in config.sinks or []] == ["sqlite", "jsonl", "mqtt", "webhook", "traccar",
+                                                             "owntracks", "homeassistant"]
     EventLog.connect_writer(ingest_db_path(tmp_path)).close()
     log = EventLog(ingest_db_path(tmp_path))
     try:

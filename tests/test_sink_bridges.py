@@ -484,3 +484,38 @@ def test_the_toml_examples_in_docs_configure_each_bridge(tmp_path: Path) -> None
             assert [r.sink.type_name for r in sinks.runners] == [title.lower().replace(" ", "")]
     finally:
         eventlog.close()
+
+
+def _malformed(counter: int) -> dict[str, Any]:
+    """A position event of another shape (fields missing): what a hand-edited or foreign log
+    could hold."""
+    good = position(counter)
+    good["data"] = {"lat": 24.7, "lon": 118.4, "fix": "3d"}
+    return good
+
+
+def test_an_event_a_bridge_cannot_convert_is_skipped_counted_and_the_rest_delivered(
+        tmp_path: Path, broker: Mosquitto) -> None:
+    registry(tmp_path, {CARD: NAME})
+    server = OsmAndServer(known={CARD})
+    live = RawSubscriber(broker.port, "#")
+    config = [{"type": "traccar", "url": server.url, "retry_min": 0.01, "retry_max": 0.05},
+              {"type": "owntracks", "host": "127.0.0.1", "port": broker.port, "retry_min": 0.01,
+               "retry_max": 0.05},
+              {"type": "homeassistant", "host": "127.0.0.1", "port": broker.port, "retry_min": 0.01,
+               "retry_max": 0.05}]
+    try:
+        stats = run_sinks(tmp_path, config, [[_malformed(1), position(2)]],
+                          until=lambda: len(server.requests) == 1)
+        seen = list(live.messages)
+    finally:
+        live.close()
+        server.close()
+    assert server.requests[0]["params"]["timestamp"] == str(T0 + 120 - 2)
+    dead = [json.loads(line) for line in (tmp_path / "traccar.deadletter.jsonl").read_text().splitlines()]
+    assert [d["event"]["id"] for d in dead] == [f"{CARD}-1"] and "cannot convert" in dead[0]["reason"]
+    assert [json.loads(p)["tst"] for t, p, _ in seen if t == f"owntracks/carecard/{CARD}"] == [T0 + 120 - 2]
+    assert [json.loads(p)["fix_time"] for t, p, _ in seen if t == f"carecard/ha/{CARD}/location"] == [
+        "2025-11-29T00:01:58Z"]
+    for name in ("traccar", "owntracks", "homeassistant"):
+        assert stats[name]["cursor"] == 2 and stats[name]["unconvertible"] == 1, stats[name]

@@ -58,6 +58,7 @@ class MqttBridge(MqttSink):
         self._poller: asyncio.Task[None] | None = None
         self.announcements = 0
         self.withdrawals = 0
+        self.unconvertible = 0
 
     @classmethod
     def bridge_options(cls, table: SinkTable, data_dir: Path) -> dict[str, Any]:
@@ -120,8 +121,14 @@ class MqttBridge(MqttSink):
         messages = list(registry_messages)
         ends = []  # index just past each event's messages
         for event in events:
-            self.states.apply(event)
-            messages += self.event_messages(event)
+            try:
+                self.states.apply(event)
+                messages += self.event_messages(event)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                # not of the event schema (a foreign or hand-edited log): never blocks the rest
+                self.unconvertible += 1
+                log.error("sink %s: event %s skipped, it cannot be converted (%s: %s): not of the "
+                          "event schema?", self.name, event.get("id"), type(exc).__name__, exc)
             ends.append(len(messages))
         try:
             self.publish_messages(messages)
@@ -177,4 +184,5 @@ class MqttBridge(MqttSink):
 
     def stats(self) -> dict[str, Any]:
         return {**super().stats(), "cards_announced": len(self.states.announced),
-                "announcements": self.announcements, "withdrawals": self.withdrawals}
+                "announcements": self.announcements, "withdrawals": self.withdrawals,
+                "unconvertible": self.unconvertible}

@@ -87,6 +87,7 @@ class TraccarSink(WebhookSink):
         self.states = CardStates(state_path(data_dir, name))
         self._loaded = False
         self.requests_built = 0
+        self.unconvertible = 0
 
     @classmethod
     def from_config(cls, table: SinkTable, data_dir: Path, name: str) -> "TraccarSink":
@@ -209,9 +210,20 @@ class TraccarSink(WebhookSink):
         return bodies
 
     async def deliver(self, events: list[dict[str, Any]]) -> None:
-        await super().deliver(events)
+        for index, event in enumerate(events):
+            try:
+                bodies = self.request_bodies(event)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                # not of the event schema (a foreign or hand-edited log): never blocks the rest
+                self.unconvertible += 1
+                await self._dead_letter(event, index, 0, "cannot convert the event to an OsmAnd report "
+                                        f"({type(exc).__name__}: {exc}): not of the event schema?", None)
+                continue
+            for body in bodies:
+                if not await self._send(event, index, body):
+                    break
         await self.run_io(self.states.save)
 
     def stats(self) -> dict[str, Any]:
-        return {**super().stats(), "requests": self.requests_built}
+        return {**super().stats(), "requests": self.requests_built, "unconvertible": self.unconvertible}
 
