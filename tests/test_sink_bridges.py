@@ -346,8 +346,17 @@ def test_home_assistant_discovery_states_alerts_and_removal(tmp_path: Path, brok
     ]
     snapshots: list[dict[str, tuple[bytes, bool]]] = []
 
+    def count(msgs: list[tuple[str, bytes, bool]], topic: str) -> int:
+        return sum(t == topic for t, _, _ in msgs)
+
+    # the last message each batch makes (acknowledged by the broker is not yet received here)
+    batch_done = [lambda msgs: (f"{state}/battery", b"75", False) in msgs,
+                  lambda msgs: count(msgs, f"{state}/availability") == 2,
+                  lambda msgs: count(msgs, f"{state}/availability") == 3,
+                  lambda msgs: count(msgs, f"{state}/sos") == 2]
+
     def between(i: int) -> None:
-        live.wait_for(lambda msgs: sum(t == f"{state}/needs_checking" for t, _, _ in msgs) >= i + 1, 5)
+        assert live.wait_for(batch_done[i], 5), i
         snapshots.append(live.latest())
         if i == 3:
             remove_from_registry(tmp_path, NOFIX)
@@ -519,3 +528,51 @@ def test_an_event_a_bridge_cannot_convert_is_skipped_counted_and_the_rest_delive
         "2025-11-29T00:01:58Z"]
     for name in ("traccar", "owntracks", "homeassistant"):
         assert stats[name]["cursor"] == 2 and stats[name]["unconvertible"] == 1, stats[name]
+
+
+def test_mqtt_bridges_publish_registered_cards_only(tmp_path: Path, broker: Mosquitto) -> None:
+    """A card that is not (or no longer) in the registry gets no entities and no location: its
+    events would leave retained states behind that nothing removes."""
+    registry(tmp_path, {CARD: NAME})
+    live = RawSubscriber(broker.port, "#")
+    config = [{"type": "owntracks", "host": "127.0.0.1", "port": broker.port},
+              {"type": "homeassistant", "host": "127.0.0.1", "port": broker.port}]
+    try:
+        stats = run_sinks(tmp_path, config, [[position(1, STRANGER), status(2, STRANGER), position(3)]],
+                          until=lambda: any(t == f"carecard/ha/{CARD}/location" for t, _, _ in live.messages))
+        seen = list(live.messages)
+    finally:
+        live.close()
+    assert not [topic for topic, _, _ in seen if STRANGER in topic]
+    assert stats["owntracks"]["unregistered"] == 2 and stats["homeassistant"]["unregistered"] == 2
+
+
+def test_home_assistant_gets_the_discovery_again_when_it_comes_online(tmp_path: Path, broker: Mosquitto) -> None:
+    """Home Assistant publishes `online` on <discovery_prefix>/status when it starts (its birth
+    message); a broker without persistence has lost the retained configs by then, so the bridge
+    announces every card again. A bridge that starts announces again too."""
+    import paho.mqtt.client as mqtt
+
+    registry(tmp_path, {CARD: NAME})
+    config_topic = _ha_topics(CARD)["tracker"]
+    live = RawSubscriber(broker.port, "homeassistant/#")
+    config = [{"type": "homeassistant", "host": "127.0.0.1", "port": broker.port, "registry_poll_s": 0.05}]
+
+    def birth(i: int) -> None:
+        live.wait_for(lambda msgs: sum(t == config_topic for t, _, _ in msgs) >= 1, 5)
+        ha = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="home-assistant")
+        ha.connect("127.0.0.1", broker.port)
+        ha.loop_start()
+        ha.publish("homeassistant/status", b"online", qos=1).wait_for_publish(5)
+        ha.disconnect()
+        ha.loop_stop()
+
+    try:
+        run_sinks(tmp_path, config, [[position(1)]], between=birth,
+                  until=lambda: sum(t == config_topic for t, _, _ in live.messages) >= 2)
+        run_sinks(tmp_path, config, [[position(2)]],
+                  until=lambda: sum(t == config_topic for t, _, _ in live.messages) >= 3)
+        seen = [json.loads(p) for t, p, _ in live.messages if t == config_topic]
+    finally:
+        live.close()
+    assert len(seen) == 3 and all(c["device"]["name"] == NAME for c in seen)

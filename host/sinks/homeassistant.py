@@ -33,6 +33,8 @@ an offline card shows as a problem rather than vanishing. A card without a fix p
 location (the tracker keeps its last one). An SOS fires the event; so does the engine's SOS alert
 raised by the answer "help" to a check-in (no SOS frame then). A card removed from the registry
 gets empty retained configs (Home Assistant removes its entities) and its retained states cleared.
+Every card is announced again when the sink starts and when Home Assistant publishes `online` on
+`<discovery_prefix>/status` (its birth message: it has just started and reads discovery).
 
 Keys: the MQTT connection keys, qos, registry_poll_s, discovery_prefix ("homeassistant"),
 topic_prefix ("carecard/ha").
@@ -81,6 +83,9 @@ class HomeAssistantSink(MqttBridge):
         self.state_prefix = topic_prefix
         self.bridge_topic = f"{topic_prefix}/bridge/{name}/status"
         self.status_topic = (self.bridge_topic, ONLINE.encode(), OFFLINE.encode())
+        # Home Assistant's birth message: it (re)started and reads discovery now
+        self.birth_topic = f"{discovery_prefix}/status"
+        self.subscriptions = [self.birth_topic]
         self.sos_events = 0
 
     @classmethod
@@ -139,6 +144,10 @@ class HomeAssistantSink(MqttBridge):
     def withdraw(self, device: str) -> list[Message]:
         return ([(self.config_topic(device, entity), b"", True) for entity in ENTITIES]
                 + [(self.state_topic(device, what), b"", True) for what in STATE_TOPICS])
+
+    def received(self, topic: str, payload: bytes) -> None:
+        if topic == self.birth_topic and payload == ONLINE.encode():
+            self.announce_all = True  # the next registry check (within registry_poll_s) sends them
 
     # --- states ---------------------------------------------------------------------------------
 

@@ -130,6 +130,8 @@ class MqttSink(Sink):
         # `online` on every connect, and the broker publishes `offline` as the client's last will
         # when it loses the client
         self.status_topic: tuple[str, bytes, bytes] | None = None
+        # topics subscribed to on every connect; their messages go to received() (network thread)
+        self.subscriptions: list[str] = []
         self.published = 0
         self.connects = 0
 
@@ -153,6 +155,9 @@ class MqttSink(Sink):
             self._cond.notify_all()
         if not reason.is_failure and self.status_topic is not None:
             client.publish(self.status_topic[0], self.status_topic[1], qos=self.qos, retain=True)
+        if not reason.is_failure:
+            for topic in self.subscriptions:
+                client.subscribe(topic, qos=1)
         if reason.is_failure:
             log.warning("sink %s: MQTT %s:%d refused the connection: %s", self.name, self.host,
                         self.port, reason)
@@ -173,6 +178,9 @@ class MqttSink(Sink):
             self._acked.add(mid)
             self._cond.notify_all()
 
+    def received(self, topic: str, payload: bytes) -> None:
+        """A message on one of `subscriptions` (network thread; must not block)."""
+
     # --- life cycle ---------------------------------------------------------------------------
 
     def _start(self) -> None:
@@ -183,6 +191,7 @@ class MqttSink(Sink):
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = lambda client, userdata, message: self.received(message.topic, message.payload)
         if self.status_topic is not None:
             client.will_set(self.status_topic[0], self.status_topic[2], qos=self.qos, retain=True)
         if self.username is not None:

@@ -6,8 +6,10 @@ Everything runs on the sink's one worker thread, so a delivery and a registry ch
 interleave. A delivery publishes the messages of a batch and returns once the broker
 acknowledged all of them; a failure part-way reports the events whose messages all got through.
 The registry is checked before every delivery and, from the first start, every
-`registry_poll_s` seconds, so cards added, renamed or removed by `carecard devices` appear,
-change or disappear without an event of theirs.
+`registry_poll_s` seconds, so cards added, renamed or removed in the registry appear, change
+or disappear without an event of theirs; every card is announced again after a start (a broker
+without persistence forgets retained messages). Events of cards not in the registry are not
+published (counted): their retained states would stay behind with nothing to remove them.
 
 Keys: the MQTT sink's connection keys (host, port, tls, username, password, client_id,
 keepalive, publish_timeout, reconnect_min, reconnect_max), qos (1 or 2), registry_poll_s (5).
@@ -59,6 +61,10 @@ class MqttBridge(MqttSink):
         self.announcements = 0
         self.withdrawals = 0
         self.unconvertible = 0
+        self.unregistered = 0
+        # announce every card again at the next registry check (set at start: a broker without
+        # persistence may have lost the retained announcements; and when the other side asks)
+        self.announce_all = True
 
     @classmethod
     def bridge_options(cls, table: SinkTable, data_dir: Path) -> dict[str, Any]:
@@ -89,9 +95,11 @@ class MqttBridge(MqttSink):
         self.registry.refresh()
         messages: list[Message] = []
         changes: dict[str, str | None] = {}
+        again = self.announce_all
+        self.announce_all = False
         for device, name in sorted(self.registry.names.items()):
             shown = display_name(device, name)
-            if self.states.announced.get(device) != shown:
+            if again or self.states.announced.get(device) != shown:
                 messages += self.announce(device, shown)
                 changes[device] = shown
         for device in sorted(set(self.states.announced) - set(self.registry.names)):
@@ -110,17 +118,28 @@ class MqttBridge(MqttSink):
                 self.announcements += 1
 
     def _sync_registry(self) -> None:
+        again = self.announce_all
         messages, changes = self._registry_messages()
         if messages:
-            self.publish_messages(messages)
+            try:
+                self.publish_messages(messages)
+            except SinkError:
+                self.announce_all = self.announce_all or again
+                raise
             self._commit_registry(changes)
             self.states.save()
 
     def _deliver_batch(self, events: list[dict[str, Any]]) -> None:
+        again = self.announce_all
         registry_messages, changes = self._registry_messages()
         messages = list(registry_messages)
         ends = []  # index just past each event's messages
         for event in events:
+            if event.get("device") not in self.registry.names:
+                # a card not (or no longer) registered: its retained states would stay forever
+                self.unregistered += 1
+                ends.append(len(messages))
+                continue
             try:
                 self.states.apply(event)
                 messages += self.event_messages(event)
@@ -136,6 +155,8 @@ class MqttBridge(MqttSink):
             done = exc.delivered
             if done >= len(registry_messages):
                 self._commit_registry(changes)
+            else:
+                self.announce_all = self.announce_all or again
             events_done = sum(1 for end in ends if end <= done)
             raise SinkUnavailable(str(exc), delivered=events_done) from None
         self._commit_registry(changes)
@@ -185,4 +206,4 @@ class MqttBridge(MqttSink):
     def stats(self) -> dict[str, Any]:
         return {**super().stats(), "cards_announced": len(self.states.announced),
                 "announcements": self.announcements, "withdrawals": self.withdrawals,
-                "unconvertible": self.unconvertible}
+                "unconvertible": self.unconvertible, "unregistered": self.unregistered}
