@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The ESP32-S3 MicroPython stubs that pyright checks firmware/board/ against (firmware/pyrightconfig.json):
+# a folder of their own, so their stdlib stubs never stand in for the host code's.
+MPY_STUBS := $(VENV)/mpy-stubs
+MPY_STUBS_PKG := micropython-esp32-esp32-generic-s3-stubs==1.29.0.post1
 # Debian packages the suite talks to as real peers: the MQTT broker and gpsd's decoder.
 DEBS := mosquitto:mosquitto gpsdecode:gpsd-clients
 # Debian packages without a command of their own: 32-bit gcc for the card-like MicroPython port.
@@ -11,7 +15,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup debs port32 demo test bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(MPY_STUBS)/.installed
 
 $(STAMP): pyproject.toml
 	@echo "setting up $(VENV): installing carecard and its Python packages (a minute or two the first time)"
@@ -19,6 +23,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install -e '.[dev]'
 	touch $(STAMP)
+
+$(MPY_STUBS)/.installed: Makefile | $(STAMP)
+	rm -rf $(MPY_STUBS)
+	$(BIN)/pip install --quiet --target $(MPY_STUBS) '$(MPY_STUBS_PKG)'
+	touch $@
 
 debs:
 	@missing=""; for pair in $(DEBS); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \

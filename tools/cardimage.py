@@ -5,8 +5,8 @@ firmware on the MicroPython unix port:
 
     /main.py, /boot.py         firmware/*.py (top level)
     /lib/...                   firmware/lib/... (drivers, sans-I/O cores, card codec)
-    /lib/board/...             firmware/board/... (the only code that touches `machine`; not
-                               written yet, the rule is here for when it is)
+    /lib/board/...             firmware/board/... (the only code that touches `machine`: the
+                               package `board`, see firmware/board/__init__.py)
     /lib/ccspec.py             protocol/spec.py (the one protocol definition, read at import)
     /lib/hwjson/...            hardware/*.json (pin maps, battery curves: data the card reads,
                                read with `hwdata.load(name)`; the folder must not be named
