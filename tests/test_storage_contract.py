@@ -12,7 +12,7 @@ from typing import Callable
 import pytest
 
 from carecard.host.events import alert_event
-from carecard.host.receiver import command_lifecycle as lifecycle
+from carecard.host import downlink_lifecycle as lifecycle
 from carecard.host.storage import CommitBatch, EventLogReader, IngestStore, StoreError
 
 from receiver_helpers import STATUS
@@ -166,7 +166,7 @@ def test_command_changes_reach_only_open_commands(backend: Backend) -> None:
 
 
 def test_the_command_queue_numbers_commands_and_refuses_what_it_cannot_do(backend: Backend) -> None:
-    from carecard.host.receiver.command_lifecycle import CommandStateError
+    from carecard.host.downlink_lifecycle import CommandStateError
     from carecard.host.storage import CommandQueue, UnknownDeviceError
 
     store = backend.store
@@ -306,3 +306,22 @@ def test_an_engine_commit_queues_check_in_prompts_for_registered_devices(backend
     assert store.generation() != generation
     assert [(c.id, c.args["prompt_id"]) for c in store.open_commands()] == [(queued.id, 7)]
     assert store.queue_command(DEVICE, "locate_now", lambda seq: {}, 3.0).seq == 2
+
+
+def test_storage_imports_nothing_of_the_receiver() -> None:
+    """The storage layer sits below the receiver (and below the engine and the sinks): no module
+    of host/storage imports carecard.host.receiver, so a second store or a tool that only reads
+    the database never pulls the receiver in."""
+    import ast
+
+    storage = Path(__file__).resolve().parent.parent / "host" / "storage"
+    offenders = []
+    for path in sorted(storage.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [f"{node.module}.{alias.name}" for alias in node.names]
+                     if isinstance(node, ast.ImportFrom) and node.module else [])
+            offenders += [f"{path.relative_to(storage)}:{node.lineno}: {name}" for name in names
+                          if name.startswith(("carecard.host.receiver", "carecard.host.engine",
+                                              "carecard.host.sinks", "carecard.host.commands"))]
+    assert offenders == []

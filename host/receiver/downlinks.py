@@ -2,7 +2,7 @@
 
 A command is queued by `carecard send` (`queue_command`), goes out in the ack of the card's next
 uplink, and is repeated in every later ack until the card confirms it with a `command_result`
-uplink. Its states and transitions are command_lifecycle's (docs/receiver.md); acks are encoded
+uplink. Its states and transitions are downlink_lifecycle's (docs/receiver.md); acks are encoded
 by carecard.protocol.ack.
 
 Commands are the ones of protocol/spec.py COMMANDS; their fields are checked by the protocol
@@ -17,8 +17,8 @@ import json
 import time
 from typing import Any, Mapping
 
-from carecard.host.receiver import command_lifecycle as lifecycle
-from carecard.host.receiver.command_lifecycle import CommandRecord, CommandStateError
+from carecard.host import downlink_lifecycle as lifecycle
+from carecard.host.downlink_lifecycle import CommandRecord, CommandStateError
 from carecard.host.storage import CommandQueue, UnknownDeviceError
 from carecard.protocol import FrameKeys, InvalidMessage, encode_frame, spec
 

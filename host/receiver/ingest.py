@@ -34,8 +34,8 @@ from carecard.host.receiver.budget import RejectBudget
 from carecard.host.receiver.config import BudgetSettings, DownlinkSettings, IngestSettings
 from carecard.host.receiver.downlinks import wire_command
 from carecard.host.receiver.metrics import Metrics
-from carecard.host.receiver import command_lifecycle as lifecycle
-from carecard.host.receiver.command_lifecycle import CommandRecord
+from carecard.host import downlink_lifecycle as lifecycle
+from carecard.host.downlink_lifecycle import CommandRecord
 from carecard.host.storage import CommitBatch, Contact, DeviceRecord, IngestStore
 from carecard.protocol import KeyRing, ProtocolError, ReplayWindow, Verdict, decode_frame, encode_frame, spec
 from carecard.protocol.ack import EMPTY_ACK_SIZE, AckEncoder

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 from carecard.host.events import event_json, event_record, parse_body
-from carecard.host.receiver.command_lifecycle import CommandChange, CommandRecord
+from carecard.host.downlink_lifecycle import CommandChange, CommandRecord
 
 # A frame's row in the log is also the frame's archive: besides its event (the opened frame), it
 # holds the frame as received, under a unique (device, counter) index, and the view `frames`
@@ -84,7 +84,7 @@ class CommitBatch:
     # (device, last_seen, last_counter, last_source, frames_added)
     device_stats: list[tuple] = field(default_factory=list)
     downlink_reserved: dict[int, int] = field(default_factory=dict)
-    # command changes, in order (command_lifecycle.CommandChange: the row, CHANGE_COLUMNS)
+    # command changes, in order (downlink_lifecycle.CommandChange: the row, CHANGE_COLUMNS)
     commands: list[CommandChange] = field(default_factory=list)
     # contacts confirmed by the card (set_contacts done): (device, [Contact, ...])
     contacts: list[tuple[int, list[Contact]]] = field(default_factory=list)
@@ -193,7 +193,7 @@ class EngineCommit:
     alerts: list[AlertRecord] = field(default_factory=list)  # whole rows, inserted or replaced
     # handled requests: (AlertAction.id, outcome ACTION_DONE/ACTION_REFUSED, detail, handled_at)
     actions: list[tuple[int, str, str | None, float]] = field(default_factory=list)
-    # downlink commands to queue (check-in prompts): (device, cmd, args as command_lifecycle
+    # downlink commands to queue (check-in prompts): (device, cmd, args as downlink_lifecycle
     # stores them); a device not in the registry is skipped and reported
     commands: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
 
@@ -373,7 +373,7 @@ class CommandQueue(abc.ABC):
 
     @abc.abstractmethod
     def cancel_command(self, device: int, seq: int, now: float) -> CommandRecord:
-        """Cancel the device's latest command with this seq (command_lifecycle.cancel) and return
+        """Cancel the device's latest command with this seq (downlink_lifecycle.cancel) and return
         it. Raises LookupError when there is none, CommandStateError when it is already final."""
 
     @abc.abstractmethod

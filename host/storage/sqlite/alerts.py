@@ -21,8 +21,8 @@ import json
 import sqlite3
 from typing import Any, Iterable, Sequence
 
-from carecard.host.receiver import command_lifecycle as lifecycle
-from carecard.host.receiver.command_lifecycle import CommandRecord
+from carecard.host import downlink_lifecycle as lifecycle
+from carecard.host.downlink_lifecycle import CommandRecord
 from carecard.host.storage import (
     ALERT_ACTIONS,
     ALERT_BY_MAX,

@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from carecard.host.receiver import command_lifecycle as lifecycle
-from carecard.host.receiver.command_lifecycle import CHANGE_COLUMNS, OPEN_STATES, CommandRecord, states_sql
+from carecard.host import downlink_lifecycle as lifecycle
+from carecard.host.downlink_lifecycle import CHANGE_COLUMNS, OPEN_STATES, CommandRecord, states_sql
 from carecard.host.storage import (
     AlertAction,
     AlertRecord,

@@ -1,4 +1,4 @@
-"""The downlink command lifecycle (host/receiver/command_lifecycle.py): the transition table,
+"""The downlink command lifecycle (host/downlink_lifecycle.py): the transition table,
 the pure functions that move a command, and the SQL and ingest that take their states from it."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from carecard.host.receiver import command_lifecycle as lifecycle
-from carecard.host.receiver.command_lifecycle import CommandRecord, CommandStateError
+from carecard.host import downlink_lifecycle as lifecycle
+from carecard.host.downlink_lifecycle import CommandRecord, CommandStateError
 from carecard.protocol import spec
 
 HOST = Path(__file__).resolve().parent.parent / "host"
@@ -128,14 +128,14 @@ def test_the_store_writes_a_change_only_to_an_open_command(tmp_path: Path) -> No
 
 
 def test_no_command_state_is_spelled_outside_the_lifecycle() -> None:
-    """The receiver's own states are words of command_lifecycle only: no 'queued', 'sent',
+    """The receiver's own states are words of downlink_lifecycle only: no 'queued', 'sent',
     'failed', 'expired' or 'cancelled' literal elsewhere in the host's code (SQL included). (The
     card's answers are the protocol's words, spec.ENUMS["command_result"], used as such.)"""
     words = "|".join((*lifecycle.OPEN_STATES, lifecycle.FAILED, lifecycle.EXPIRED, lifecycle.CANCELLED))
     literal = re.compile(rf"""(['"])({words})\1""")
     offenders = []
     for path in sorted(HOST.rglob("*.py")):
-        if path.name == "command_lifecycle.py":
+        if path.name == "downlink_lifecycle.py":
             continue
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if literal.search(line):
