@@ -189,6 +189,48 @@ def test_the_command_queue_numbers_commands_and_refuses_what_it_cannot_do(backen
     assert [c.seq for c in store.list_commands(limit=1)] == [2]
 
 
+
+def test_the_device_registry_registers_all_or_nothing_and_bumps_the_generation(backend: Backend) -> None:
+    from carecard.host.storage import Contact, DeviceExistsError, DeviceRecord, DeviceRegistry
+
+    store = backend.store
+    assert isinstance(store, DeviceRegistry)
+    # a row the receiver made (frames of a card not registered yet) has no name: not registered
+    _commit(store, CommitBatch(frames=[_frame(OTHER, 1)], device_stats=[(OTHER, 1.0, 1, "udp:x", 1)]))
+    generation = store.generation()
+    son = Contact(1, "+8613800138000", "Son")
+    store.register_devices([DeviceRecord(DEVICE, "Grandma Li", "89860012345678901234", "+8613700137000",
+                                         [son]), DeviceRecord(OTHER, "Uncle Wang")], now=5.0)
+    assert store.generation() != generation
+    devices = store.load_devices()
+    first, other = devices[DEVICE], devices[OTHER]
+    assert (first.name, first.iccid, first.phone, first.contacts, first.created_at) == (
+        "Grandma Li", "89860012345678901234", "+8613700137000", [son], 5.0)
+    assert (other.name, other.frames_stored, other.last_counter) == ("Uncle Wang", 1, 1)
+    # already registered: refused, naming the device, and nothing of the call is stored
+    third = OTHER + 8
+    with pytest.raises(DeviceExistsError, match=f"device {DEVICE} is already registered") as refused:
+        store.register_devices([DeviceRecord(third, "Aunt Chen"), DeviceRecord(DEVICE, "Li")], now=6.0)
+    assert refused.value.device == DEVICE and third not in store.load_devices()
+
+    def key_file_fails() -> None:
+        raise OSError("disk full")
+
+    generation = store.generation()
+    with pytest.raises(OSError, match="disk full"):  # the caller's last step inside the transaction
+        store.register_devices([DeviceRecord(third, "Aunt Chen")], now=6.0, before_commit=key_file_fails)
+    assert third not in store.load_devices() and store.generation() == generation
+    # replace: name, SIM details and contacts replaced; created_at and the statistics kept
+    grid = Contact(4, "+8613900139000", "Grid worker")
+    store.register_devices([DeviceRecord(OTHER, "Wang Wei", contacts=[grid])], replace=True, now=7.0)
+    other = store.load_devices()[OTHER]
+    assert (other.name, other.contacts, other.iccid, other.updated_at, other.frames_stored) == (
+        "Wang Wei", [grid], None, 7.0, 1)
+    store.close()
+    backend.store = store = backend.reopen()
+    assert store.load_devices()[DEVICE].contacts == [son]
+
+
 # --- the alert engine's side: alerts, requests, checkpoints (AlertStore, EngineStore) ------------
 
 def _alert(alert_id: str, state: str = "open", *, device: int = DEVICE, kind: str = "inactivity",

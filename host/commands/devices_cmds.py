@@ -211,7 +211,6 @@ def run_import(args: argparse.Namespace) -> int:
     from carecard.host.keyfile import KeyFileError
     from carecard.host.receiver.registry import RegistryError, add_devices, load_key_file, read_records
     from carecard.host.storage import StoreError
-    from carecard.host.storage.sqlite.store import load_devices
 
     try:
         good, records_problems = read_records(Path(args.file))
@@ -226,7 +225,7 @@ def run_import(args: argparse.Namespace) -> int:
             # Devices already registered are bad records too (unless --replace): report them all,
             # then import the rest in one transaction.
             if not args.replace:
-                registered = {d for d, r in load_devices(store.connection).items() if r.name}
+                registered = {d for d, r in store.load_devices().items() if r.name}
                 try:
                     registered |= set(load_key_file(data_dir))
                 except KeyFileError:

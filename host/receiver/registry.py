@@ -1,9 +1,9 @@
 """The device registry: devices, the elder's name, contacts, SIM details, and their keys.
 
-Names, contacts and SIM details are rows in the ingest database (store.py); keys are in the key
-file DATA/keys.json (carecard.host.keyfile: JSON, mode 0600, written atomically). Admin commands
-change both under a lock file (DATA/keys.lock), database transaction first, key file second,
-commit last, so a failure leaves neither half-written; every change bumps the registry generation,
+Names, contacts and SIM details are rows of the store (storage.DeviceRegistry); keys are in the
+key file DATA/keys.json (carecard.host.keyfile: JSON, mode 0600, written atomically). Admin
+commands change both under a lock file (DATA/keys.lock), database transaction first, key file
+second (inside it), commit last, so a failure leaves neither half-written; every change bumps the registry generation,
 which a running receiver polls to reload.
 
 Provisioning records (docs/provisioning-records.md) are read by `read_records`: JSON lines or
@@ -28,8 +28,7 @@ from typing import Any, Iterator
 from carecard.host.files import read_input_file
 from carecard.host.keyfile import KeyFileError, load_keys, parse_key_hex, save_keys
 from carecard.host.receiver.downlinks import CommandError, check_command
-from carecard.host.storage import Contact, DeviceRecord, StoreError
-from carecard.host.storage.sqlite.store import SQLiteStore, load_devices
+from carecard.host.storage import Contact, DeviceExistsError, DeviceRecord, DeviceRegistry, StoreError
 from carecard.protocol import spec
 from carecard.protocol.crypto import KEY_SIZES
 
@@ -163,7 +162,7 @@ def load_key_file(data_dir: Path) -> dict[int, bytes]:
     return load_keys(path)
 
 
-def add_devices(store: SQLiteStore, data_dir: Path, specs: list[DeviceSpec], *,
+def add_devices(store: DeviceRegistry, data_dir: Path, specs: list[DeviceSpec], *,
                 replace: bool = False, now: float | None = None) -> None:
     """Register devices and their keys, all or nothing. Raises RegistryError if a device is
     already registered (unless `replace`) or given twice."""
@@ -173,47 +172,49 @@ def add_devices(store: SQLiteStore, data_dir: Path, specs: list[DeviceSpec], *,
         if spec_.device in seen:
             raise RegistryError(f"{spec_.where or spec_.device}: device {spec_.device} is given twice")
         seen.add(spec_.device)
+    where = {spec_.device: spec_.where for spec_ in specs}
     with key_lock(data_dir):
         try:
             old_keys = load_key_file(data_dir)
         except KeyFileError as exc:
             raise RegistryError(f"{exc}; fix or move it away before adding devices") from None
-        new_keys = dict(old_keys)
+        if not replace:
+            for spec_ in specs:
+                if spec_.device in old_keys:
+                    raise _already_registered(spec_.device, spec_.where)
+        new_keys = {**old_keys, **{spec_.device: spec_.key for spec_ in specs}}
         keys_written = False
+
+        def write_key_file() -> None:
+            # The key file is written inside the store's transaction: if writing it fails nothing
+            # is committed; if the commit fails after it, the old key file is put back.
+            nonlocal keys_written
+            try:
+                save_keys(keys_path(data_dir), new_keys)
+            except OSError as exc:
+                raise RegistryError(f"cannot write the key file {keys_path(data_dir)}: "
+                                    f"{exc.strerror}") from None
+            keys_written = True
+
+        records = [DeviceRecord(spec_.device, spec_.name, spec_.iccid, spec_.phone, list(spec_.contacts))
+                   for spec_ in specs]
         try:
-            with store.transaction() as conn:
-                registered = {row[0] for row in conn.execute("SELECT device FROM devices WHERE name != ''")}
-                for spec_ in specs:
-                    if not replace and (spec_.device in registered or spec_.device in old_keys):
-                        raise RegistryError(f"{spec_.where + ': ' if spec_.where else ''}device "
-                                            f"{spec_.device} is already registered (use --replace "
-                                            "to re-provision it)")
-                for spec_ in specs:
-                    conn.execute(
-                        "INSERT INTO devices (device, name, iccid, phone, created_at, updated_at) "
-                        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(device) DO UPDATE SET name = excluded.name, "
-                        "iccid = excluded.iccid, phone = excluded.phone, updated_at = excluded.updated_at",
-                        (spec_.device, spec_.name, spec_.iccid, spec_.phone, stamp, stamp))
-                    conn.execute("DELETE FROM contacts WHERE device = ?", (spec_.device,))
-                    conn.executemany("INSERT INTO contacts (device, key, number, name) VALUES (?, ?, ?, ?)",
-                                     [(spec_.device, c.key, c.number, c.name) for c in spec_.contacts])
-                    new_keys[spec_.device] = spec_.key
-                # The key file is written inside the transaction: if writing it fails nothing is
-                # committed; if the commit fails after it, the old key file is put back.
-                try:
-                    save_keys(keys_path(data_dir), new_keys)
-                except OSError as exc:
-                    raise RegistryError(f"cannot write the key file {keys_path(data_dir)}: "
-                                        f"{exc.strerror}") from None
-                keys_written = True
+            store.register_devices(records, replace=replace, now=stamp, before_commit=write_key_file)
+        except DeviceExistsError as exc:
+            raise _already_registered(exc.device, where.get(exc.device, "")) from None
         except BaseException:
             if keys_written:
                 save_keys(keys_path(data_dir), old_keys)
             raise
 
 
-def list_devices(store: SQLiteStore) -> dict[int, DeviceRecord]:
-    return load_devices(store.connection)
+def _already_registered(device: int, where: str) -> RegistryError:
+    return RegistryError(f"{where + ': ' if where else ''}device {device} is already registered "
+                         "(use --replace to re-provision it)")
+
+
+def list_devices(store: DeviceRegistry) -> dict[int, DeviceRecord]:
+    return store.load_devices()
 
 
 # --- provisioning records -----------------------------------------------------------------------

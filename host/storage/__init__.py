@@ -10,6 +10,9 @@ tests (tests/test_storage_contract.py).
   contacts, pruning of delivered events; events that are not frames' (alerts); the device
   registry and the open commands as the ingest reads them; the start-up checks of lost history.
 - EventLogReader: the event log in order from a seq, and durable cursors by reader name.
+- DeviceRegistry: the devices as admin commands register them (`carecard devices add`,
+  provisioning records): names, SIM details and contacts, all or nothing, with the caller's last
+  step (writing the key file) inside the transaction.
 - CommandQueue: the downlink command queue as admin commands change it (`carecard send`); a
   running receiver picks the changes up through IngestStore.generation.
 - AlertStore: the alert engine's alerts as everybody reads them (`carecard alerts`, the
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from carecard.host.events import event_json, event_record, parse_body
 from carecard.host.downlink_lifecycle import CommandChange, CommandRecord
@@ -209,6 +212,14 @@ class UnknownDeviceError(StoreError):
     """The device is not in the registry."""
 
 
+class DeviceExistsError(StoreError):
+    """The device is registered already (DeviceRegistry.register_devices without `replace`)."""
+
+    def __init__(self, device: int):
+        super().__init__(f"device {device} is already registered (use --replace to re-provision it)")
+        self.device = device
+
+
 class EventLogError(RuntimeError):
     """The event log cannot be opened or read (missing file or tables, corrupt row)."""
 
@@ -358,6 +369,25 @@ class EventLogReader(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class DeviceRegistry(abc.ABC):
+    """The device registry as admins change it. A device is registered when its row has a name;
+    the receiver also keeps rows (statistics, counters) for devices nobody registered yet."""
+
+    @abc.abstractmethod
+    def register_devices(self, devices: Sequence[DeviceRecord], *, replace: bool = False, now: float,
+                         before_commit: Callable[[], None] | None = None) -> None:
+        """Register `devices` (their name, iccid, phone and contacts; the other fields are the
+        store's) in one transaction that bumps the registry generation. A device registered
+        already raises DeviceExistsError unless `replace`, which replaces its name, SIM details
+        and contacts and keeps its creation time, statistics and counters. `before_commit` runs
+        inside the transaction after the rows are written (the key file is written there): if it
+        raises, nothing is stored and its exception propagates. Raises StoreError."""
+
+    @abc.abstractmethod
+    def load_devices(self) -> dict[int, DeviceRecord]:
+        """The device registry (contacts included), by device."""
 
 
 class CommandQueue(abc.ABC):

@@ -39,7 +39,9 @@ from carecard.host.storage import (
     CommandQueue,
     CommitBatch,
     Contact,
+    DeviceExistsError,
     DeviceRecord,
+    DeviceRegistry,
     EngineCheckpoint,
     EngineCommit,
     EngineCommitResult,
@@ -353,7 +355,7 @@ def salvage_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}.salvaged{path.suffix}")
 
 
-class SQLiteStore(IngestStore, CommandQueue, AlertStore, EngineStore):
+class SQLiteStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, EngineStore):
     """The embedded default. One writer connection (the ingest's writer thread or an admin
     command), one reader connection for the event loop's lookups."""
 
@@ -499,6 +501,25 @@ class SQLiteStore(IngestStore, CommandQueue, AlertStore, EngineStore):
             f"SELECT {_COMMAND_COLUMNS} FROM commands WHERE state IN {states_sql(OPEN_STATES)} ORDER BY id"
         ).fetchall()
         return [_command(row) for row in rows]
+
+    def register_devices(self, devices: Sequence[DeviceRecord], *, replace: bool = False, now: float,
+                         before_commit: Callable[[], None] | None = None) -> None:
+        with self.transaction() as conn:
+            if not replace:
+                registered = {row[0] for row in conn.execute("SELECT device FROM devices WHERE name != ''")}
+                for record in devices:
+                    if record.device in registered:
+                        raise DeviceExistsError(record.device)
+            conn.executemany(
+                "INSERT INTO devices (device, name, iccid, phone, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(device) DO UPDATE SET name = excluded.name, "
+                "iccid = excluded.iccid, phone = excluded.phone, updated_at = excluded.updated_at",
+                [(d.device, d.name, d.iccid, d.phone, now, now) for d in devices])
+            conn.executemany("DELETE FROM contacts WHERE device = ?", [(d.device,) for d in devices])
+            conn.executemany("INSERT INTO contacts (device, key, number, name) VALUES (?, ?, ?, ?)",
+                             [(d.device, c.key, c.number, c.name) for d in devices for c in d.contacts])
+            if before_commit is not None:
+                before_commit()
 
     def queue_command(self, device: int, cmd: str, make_args: Callable[[int], dict[str, Any]],
                       now: float) -> CommandRecord:
