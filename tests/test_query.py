@@ -7,6 +7,7 @@ import asyncio
 import csv
 import io
 import json
+import re
 import sqlite3
 from pathlib import Path
 
@@ -355,23 +356,12 @@ def test_events_from_the_receiver_read_back_as_made_from_their_frames(tmp_path: 
         assert conn.execute("SELECT COUNT(*) FROM events WHERE body = '' AND opened IS NOT NULL").fetchone()[0] == 5
 
 
-def test_a_store_of_the_json_only_layout_gains_the_columns_and_a_damaged_frame_is_one_line(
-        tmp_path: Path, capsys) -> None:
-    """A query store made before frames were kept as opened frames (events.body only) gains the
-    columns when the sink opens it and serves old and new events alike; a stored opened frame
-    that does not parse (a damaged file) is one clear line from `carecard events`."""
-    from carecard.host.events import event_json
+def test_a_damaged_stored_frame_is_one_line(tmp_path: Path, capsys) -> None:
+    """A stored opened frame that does not parse (a damaged file) is one clear line from
+    `carecard events`."""
     from carecard.protocol import decode_frame, encode_frame
 
     path = events_db_path(tmp_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    old = event_from_message(position_message(1), T0 + 61.5)
-    with sqlite3.connect(path) as conn:
-        conn.execute("""CREATE TABLE events (id TEXT PRIMARY KEY, device TEXT NOT NULL, kind TEXT NOT NULL,
-            t REAL NOT NULL, time TEXT, received_at TEXT NOT NULL, body TEXT NOT NULL)""")
-        conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
-                     (old["id"], old["device"], old["kind"], T0 + 60.0, old["time"], old["received_at"],
-                      event_json(old)))
     key = bytes(range(16))
     opened: list[bytes] = []
     new_frame = encode_frame(position_message(2), key)
@@ -382,7 +372,7 @@ def test_a_store_of_the_json_only_layout_gains_the_columns_and_a_damaged_frame_i
     _deliver_log(tmp_path)
     assert main(["events", "--data", str(tmp_path)]) == 0
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert printed == [old, event_from_message(new_message, T0 + 121.25)]
+    assert printed == [event_from_message(new_message, T0 + 121.25)]
     with sqlite3.connect(path) as conn:
         conn.execute("UPDATE events SET opened = ? WHERE id = ?", (b"\x07damaged", f"{DEVICE}-2"))
     assert main(["events", "--data", str(tmp_path)]) == 1
@@ -390,7 +380,7 @@ def test_a_store_of_the_json_only_layout_gains_the_columns_and_a_damaged_frame_i
     assert err.count("\n") == 1 and "cannot be read back" in err and "Traceback" not in err
 
 
-# The query store's first layout (keys on the event id), as carecard wrote it before layout 2.
+# The query store's first layout (keys on the event id), written only during development.
 _LAYOUT_0 = (
     """CREATE TABLE events (id TEXT PRIMARY KEY, device TEXT NOT NULL, kind TEXT NOT NULL,
         t REAL NOT NULL, time TEXT, received_at TEXT NOT NULL, body TEXT NOT NULL, opened BLOB,
@@ -404,50 +394,51 @@ _LAYOUT_0 = (
 )
 
 
-def test_a_store_of_the_first_layout_is_rebuilt_keeping_its_rows_and_order(tmp_path: Path) -> None:
-    """A query store keyed on event ids (layout 0) is rebuilt when the sink opens it: every row
-    and rowid kept, the unique (device, t, ...) indexes made, events it already holds are still
-    not stored twice, and the queries answer as from a store made in the new layout."""
-    events = _scenario()
-    fresh = tmp_path / "fresh"
-    old = tmp_path / "old"
-
-    async def deliver(data: Path, batch: list[dict]) -> None:
-        sink = SQLiteSink("sqlite", events_db_path(data))
-        await sink.start()
-        await sink.deliver(batch)
-        await sink.close()
-
-    asyncio.run(deliver(fresh, events))
-    path = events_db_path(old)
+def test_a_store_of_an_early_layout_is_refused_with_the_fix_and_left_as_it_is(tmp_path: Path) -> None:
+    """A query store keyed on event ids (layout 0, written only during development) is not
+    converted: the sink refuses it in one line naming the file and the fix, and leaves it as it
+    is; an empty file (layout 0 too, no tables) is a new store."""
+    path = events_db_path(tmp_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with sqlite3.connect(path) as conn:  # the first half, stored the old way, in reverse order
+    event = _scenario()[0]
+    with sqlite3.connect(path) as conn:
         for statement in _LAYOUT_0:
             conn.execute(statement)
-        for event in reversed(events[:9]):
-            row, extra, is_alert = SQLiteSink._rows(event, None)
-            assert not is_alert
-            conn.execute(f"INSERT INTO events VALUES ({','.join('?' * len(row))})", row)
-            for position in extra:
-                conn.execute(f"INSERT INTO positions VALUES ({','.join('?' * len(position))})", position)
-        before = conn.execute("SELECT rowid, id FROM events ORDER BY rowid").fetchall()
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 0
+        row, _extra, _is_alert = SQLiteSink._rows(event, None)
+        conn.execute(f"INSERT INTO events VALUES ({','.join('?' * len(row))})", row)
     conn.close()
 
-    asyncio.run(deliver(old, events))  # everything: the first half again, and the rest
+    def contents() -> tuple:
+        with sqlite3.connect(path) as conn:
+            found = (conn.execute("PRAGMA user_version").fetchone()[0],
+                     conn.execute("SELECT name FROM sqlite_master ORDER BY name").fetchall(),
+                     conn.execute("SELECT * FROM events").fetchall())
+        conn.close()
+        return found
 
-    with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
-        assert conn.execute("SELECT rowid, id FROM events ORDER BY rowid LIMIT 9").fetchall() == before
-        unique = {row[1] for row in conn.execute("PRAGMA index_list(events)") if row[2]}
-        assert unique == {"events_device_t"}
-        unique = {row[1] for row in conn.execute("PRAGMA index_list(positions)") if row[2]}
-        assert unique == {"positions_device_t"}
-    assert _dump(path) == _dump(events_db_path(fresh))
-    for data in (old, fresh):
-        assert main(["track", str(DEVICE), "--data", str(data), "--format", "csv",
-                     "--output", str(data / "track.csv")]) == 0
-    assert (old / "track.csv").read_text() == (fresh / "track.csv").read_text()
+    before = contents()
+    sink = SQLiteSink("sqlite", path)
+    with pytest.raises(SinkError) as refused:
+        asyncio.run(sink.start())
+    sink.release_io()
+    message = str(refused.value)
+    assert "\n" not in message and str(path) in message
+    assert re.search(r"layout 0.*move it away.*new `name`", message), message
+    assert contents() == before
+    empty = tmp_path / "empty" / "events.sqlite"
+    empty.parent.mkdir()
+    sqlite3.connect(empty).close()
+    fresh = SQLiteSink("sqlite", empty)
+
+    async def deliver() -> None:
+        await fresh.start()
+        await fresh.deliver([event])
+        await fresh.close()
+
+    asyncio.run(deliver())
+    with sqlite3.connect(empty) as conn:
+        assert conn.execute("SELECT id FROM events").fetchall() == [(event["id"],)]
+    conn.close()
 
 
 def test_a_store_of_a_newer_layout_is_refused_with_the_fix(tmp_path: Path) -> None:

@@ -28,8 +28,8 @@ serve the per-device time-range queries and make a re-delivered event a no-op (i
 from the event itself, so the same event always has the same key); (kind, t) and (t) on events;
 (device, t) on alerts. Why not a key on the id alone: every frame then cost the store two random
 B-tree inserts per table (the id index and the device index), and a batch's commit wrote both
-indexes' pages; this layout (2, in PRAGMA user_version) has one per table. Stores of the first
-layout are rebuilt when the sink opens them (_upgrade), keeping their rows and rowids.
+indexes' pages; this layout (2, in PRAGMA user_version) has one per table. A store of another
+layout is refused with the fix (open_query_store).
 
 Each batch (up to 10,000 events by default) is one transaction with synchronous=FULL, written with
 multi-row INSERTs: when deliver() returns, the batch is on disk (the runner advances its cursor
@@ -117,8 +117,6 @@ POSITION_COLUMNS = ("lat", "lon", "lat_e7", "lon_e7", "alt_m", "hdop", "sats", "
 _INSERT_EVENTS = ("INSERT OR IGNORE INTO events (id, device, kind, t, time, received_at, body, opened, "
                   "received_unix) VALUES ")
 _EVENT_WIDTH = 9
-# Columns added after the first layout of `events` (a store of that layout gains them on open).
-_ADDED_EVENT_COLUMNS = (("opened", "BLOB"), ("received_unix", "REAL"))
 _INSERT_POSITIONS = ("INSERT OR IGNORE INTO positions (event_id, idx, device, source, t, time_estimated, "
                      + ", ".join(POSITION_COLUMNS) + ") VALUES ")
 _POSITION_WIDTH = 6 + len(POSITION_COLUMNS)
@@ -127,11 +125,11 @@ _ALERT_WIDTH = 6
 
 
 class StoreLayoutError(RuntimeError):
-    """The query store was written by a newer carecard (or is not a query store)."""
+    """The query store has a layout this version does not write (a newer one, or an early one)."""
 
 
 def open_query_store(path: Path) -> sqlite3.Connection:
-    """Open the query store, creating it or bringing an older layout up to this one."""
+    """Open the query store, creating it; a store of another layout is refused (StoreLayoutError)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     register_identity_adapters()
     conn = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
@@ -148,8 +146,12 @@ def open_query_store(path: Path) -> sqlite3.Connection:
             if layout > STORE_LAYOUT:
                 raise StoreLayoutError(f"query store {path} has layout {layout}; this version of "
                                        f"carecard writes up to {STORE_LAYOUT}: upgrade carecard")
-            if layout < STORE_LAYOUT:
-                _upgrade(conn, path)
+            if layout < STORE_LAYOUT and conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' LIMIT 1").fetchone():
+                raise StoreLayoutError(
+                    f"query store {path} has layout {layout}, written only while carecard was being "
+                    "developed, which this version does not read: move it away and give the sqlite "
+                    "sink a new `name` in the configuration, so it fills a new store from the event log")
             for statement in STORE_SCHEMA:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {STORE_LAYOUT}")
@@ -161,39 +163,6 @@ def open_query_store(path: Path) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
-
-
-def rebuild_table(conn: sqlite3.Connection, table: str, create_upgrade: str, columns: str,
-                  order_by: str) -> None:
-    """Replace `table` by the table that `create_upgrade` makes (named `{table}_upgrade` there),
-    in the caller's transaction: `columns` of every row copied in `order_by` order, the old table
-    and its indexes dropped, the new one renamed to `table`. The caller makes the indexes again."""
-    conn.execute(f"DROP TABLE IF EXISTS {table}_upgrade")
-    conn.execute(create_upgrade)
-    conn.execute(f"INSERT INTO {table}_upgrade ({columns}) SELECT {columns} FROM {table} ORDER BY {order_by}")
-    conn.execute(f"DROP TABLE {table}")
-    conn.execute(f"ALTER TABLE {table}_upgrade RENAME TO {table}")
-
-
-def _upgrade(conn: sqlite3.Connection, path: Path) -> None:
-    """Rebuild `events` and `positions` of an earlier layout (keys on the event id) as this
-    layout's tables, in the caller's transaction: same rows, same rowids (events are listed in
-    (t, rowid) order), the new unique indexes made by STORE_SCHEMA afterwards."""
-    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if "events" in tables:
-        have = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
-        for name, kind in _ADDED_EVENT_COLUMNS:  # the JSON-only layout: its rows keep their JSON
-            if name not in have:
-                conn.execute(f"ALTER TABLE events ADD COLUMN {name} {kind}")
-    for table, create in (("events", _EVENTS_TABLE), ("positions", _POSITIONS_TABLE)):
-        if table not in tables:
-            continue
-        columns = ", ".join(row[1] for row in conn.execute(
-            f"PRAGMA table_info({table})").fetchall())
-        count = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-        log.info("query store %s: rebuilding %s (%d rows) in layout %d", path, table, count,
-                 STORE_LAYOUT)
-        rebuild_table(conn, table, create.format(name=f"{table}_upgrade"), f"rowid, {columns}", "rowid")
 
 
 _POSITION_KINDS = frozenset(("position", "sos", "track"))
