@@ -9,8 +9,11 @@ MPY_STUBS := $(VENV)/mpy-stubs
 MPY_STUBS_PKG := micropython-esp32-esp32-generic-s3-stubs==1.29.0.post1
 # Debian packages the suite talks to as real peers: the MQTT broker and gpsd's decoder.
 DEBS := mosquitto:mosquitto gpsdecode:gpsd-clients
-# Debian packages without a command of their own: 32-bit gcc for the card-like MicroPython port.
+# Debian packages without a command of their own: 32-bit gcc for the card-like MicroPython port;
+# PostgreSQL's server (its initdb/postgres live in /usr/lib/postgresql/N/bin, off the PATH), which
+# the tests start as a throwaway cluster.
 DEB_LIBS := gcc-multilib
+DEB_LIBS += postgresql
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup debs port32 demo test bench clean

@@ -66,3 +66,14 @@ def _interpreter_only_for_mpy_tests(request, monkeypatch):
     `mpy` stays set up between its tests)."""
     if "mpy" not in request.fixturenames:
         monkeypatch.setenv(micropython.SELECT_VARIABLE, micropython.UNSELECTED)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A throwaway PostgreSQL server on 127.0.0.1 for the session (tests/pg_cluster.py); each
+    test takes a database of its own with `pg_cluster.new_database()`."""
+    from pg_cluster import PgCluster
+
+    cluster = PgCluster().start()
+    yield cluster
+    cluster.stop()

@@ -1,6 +1,7 @@
 """The storage contract (host/storage): what every implementation of IngestStore and
-EventLogReader must do, run against each implementation (SQLite now; a PostgreSQL one joins the
-`backend` parameter). Real databases only: the SQLite files live in a temp folder."""
+EventLogReader must do, run against each implementation (SQLite and PostgreSQL: the `backend`
+parameter). Real databases only: the SQLite files live in a temp folder, the PostgreSQL
+databases in a throwaway server of the session (tests/pg_cluster.py)."""
 
 from __future__ import annotations
 
@@ -35,12 +36,19 @@ def _sqlite(tmp_path: Path) -> Backend:
     return Backend(SQLiteStore(path), lambda: SQLiteEventLog(path), lambda: SQLiteStore(path))
 
 
-BACKENDS = {"sqlite": _sqlite}
+def _postgresql(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    from carecard.host.storage.postgresql import PostgreSQLEventLog, PostgreSQLStore
+
+    url = request.getfixturevalue("pg_cluster").new_database()
+    return Backend(PostgreSQLStore(url), lambda: PostgreSQLEventLog(url), lambda: PostgreSQLStore(url))
+
+
+BACKENDS = {"sqlite": lambda request, tmp_path: _sqlite(tmp_path), "postgresql": _postgresql}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    made = BACKENDS[request.param](tmp_path)
+    made = BACKENDS[request.param](request, tmp_path)
     yield made
     made.store.close()
 

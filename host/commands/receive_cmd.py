@@ -9,6 +9,7 @@ import signal
 from carecard.host.commands.errors import EXIT_FAILED, CommandError
 from carecard.host.commands.datadir import DATA_HELP
 from carecard.host.paths import DEFAULT_CONFIG_PATH, DataDirError, check_data_dir, config_path, resolve_data_dir
+from carecard.host.storage import check_store_setting
 from carecard.host.receiver.config import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -41,6 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", metavar="FILE",
                         help=f"TOML configuration file (default ./{DEFAULT_CONFIG_PATH} when it exists)")
     parser.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at /metrics")
+    parser.add_argument("--store", metavar="sqlite|URL",
+                        help="where frames, events, the registry and commands are kept: sqlite (the "
+                             "default, in the data folder) or postgresql://USER@HOST:PORT/DATABASE, "
+                             "which several receivers may share (docs/operations.md)")
     parser.add_argument("--log-format", choices=LOG_FORMATS, help="text (key=value) or json lines")
     parser.add_argument("--log-level", choices=LOG_LEVELS)
     parser.add_argument("--accept-lost-history", action="store_true",
@@ -59,7 +64,8 @@ def build_config(args: argparse.Namespace) -> ReceiverConfig:
         tcp = [parse_endpoint(text, "--tcp") for text in args.tcp or []]
         serial = [parse_serial(text, "--serial") for text in args.serial or []]
         metrics = parse_endpoint(args.metrics, "--metrics", default_port=None) if args.metrics else None
-    except ConfigError as exc:
+        store = check_store_setting(args.store, "--store") if args.store else None
+    except (ConfigError, ValueError) as exc:
         raise CommandError(str(exc)) from None
     try:
         path = config_path(args.config)
@@ -72,6 +78,7 @@ def build_config(args: argparse.Namespace) -> ReceiverConfig:
     config.tcp = tcp or config.tcp
     config.serial = serial or config.serial
     config.metrics = metrics or config.metrics
+    config.store = store or config.store
     config.data_dir = data.path
     if args.log_format:
         config.log_format = args.log_format

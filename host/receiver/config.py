@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 from carecard.host.files import read_input_file
 from carecard.host.paths import DEFAULT_DATA_DIR
+from carecard.host.storage import check_store_setting
 
 # IANA's dynamic range (49152-65535) is never assigned to a service, and 61000+ is above Linux's
 # default ephemeral range (32768-60999), so outgoing connections never take it either.
@@ -91,6 +92,9 @@ class ReceiverConfig:
     log_file: Path | None = None  # None: stderr
     drain_timeout_s: float = 5.0
     sinks_in: str = "process"  # process: a child process runs the sinks; thread: this process
+    # where frames, the event log, the registry and commands are: "sqlite", the embedded SQLite
+    # database in data_dir, or a PostgreSQL URL (several receivers on one database)
+    store: str = "sqlite"
     ingest: IngestSettings = field(default_factory=IngestSettings)
     budget: BudgetSettings = field(default_factory=BudgetSettings)
     downlinks: DownlinkSettings = field(default_factory=DownlinkSettings)
@@ -260,6 +264,10 @@ def config_from_mapping(document: Mapping[str, Any], where: str, base_dir: Path 
         config.log_file = path if path.is_absolute() or base_dir is None else base_dir / path
     config.drain_timeout_s = receive.number("drain_timeout_s", config.drain_timeout_s, 0, 600)
     config.sinks_in = receive.text("sinks_in", config.sinks_in, SINKS_IN)
+    try:
+        config.store = check_store_setting(receive.get("store", config.store), receive.where)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     receive.check()
 
     ingest = _Table(top.get("ingest", {}), f"{where} [ingest]")

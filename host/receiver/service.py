@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from carecard.host.storage.sqlite.eventlog import SQLiteEventLog
 from carecard.host.keyfile import KeyFileError, check_private
 from carecard.host.paths import ingest_db_path
 from carecard.host.receiver.config import ReceiverConfig
@@ -31,8 +30,8 @@ from carecard.host.receiver.ingest import Ingest, PendingBatch
 from carecard.host.receiver.metrics import Metrics, MetricsServer
 from carecard.host.receiver.registry import keys_path, load_key_file
 from carecard.host.receiver.sinkproc import SinkProcess, SinkProcessError
-from carecard.host.storage import EventLogReader, IngestStore, StoreError
-from carecard.host.storage.sqlite.store import SQLiteStore, check_database, recovery_steps
+from carecard.host.storage import STORE_SQLITE, EventLogReader, IngestStore, StoreError, event_log_for, ingest_store_for
+from carecard.host.storage.sqlite.store import check_database, recovery_steps
 from carecard.host.receiver.transports import SerialListener, TcpListener, TransportError, UdpListener
 from carecard.protocol import KeyRing
 
@@ -125,9 +124,10 @@ class Receiver:
             raise StartupError(f"data folder {self.data_dir}: cannot create it: {exc.strerror}") from None
         self._take_lock()
         self._load_keys(startup=True)
-        self._check_database()
+        if config.store == STORE_SQLITE:
+            self._check_database()
         try:
-            self.store = SQLiteStore(ingest_db_path(self.data_dir), config.ingest.durability)
+            self.store = ingest_store_for(config.store, self.data_dir, config.ingest.durability)
         except StoreError as exc:
             raise StartupError(str(exc)) from None
         self._check_history()
@@ -139,12 +139,13 @@ class Receiver:
 
         if config.sinks_in == "process":
             self.sinks = SinkProcess(config.sinks, self.data_dir, log_format=config.log_format,
-                                     log_level=config.log_level, log_file=config.log_file)
+                                     log_level=config.log_level, log_file=config.log_file,
+                                     store=config.store)
         else:
             from carecard.host.sinks import ConfigError as SinkConfigError, SinkSet
 
             try:
-                self.eventlog = SQLiteEventLog(ingest_db_path(self.data_dir))
+                self.eventlog = event_log_for(config.store, self.data_dir)
                 self.sinks = SinkSet.from_config(config.sinks, self.data_dir, self.eventlog)
             except SinkConfigError as exc:
                 raise StartupError(f"{config.source}: {exc}") from None

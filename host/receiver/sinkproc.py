@@ -10,7 +10,7 @@ runs carecard.host.sinks.SinkSet unchanged on it, and the sinks' cursors live in
 Parent <-> child protocol, one line each way per message (the child's stdin and stdout):
 
     parent -> child   {"data_dir": ..., "sinks": [...] | null, "log_format": ..., "log_level": ...,
-                       "log_file": ... | null}
+                       "log_file": ... | null, "store": "sqlite" or a PostgreSQL URL}
                       n SEQ            events up to SEQ are committed (SinkSet.notify)
                       i SEQ            the same, and the ingest has nothing more collecting
                                        (SinkSet.notify(idle=True): lingering batches go now)
@@ -54,9 +54,11 @@ class SinkProcess:
     start(), notify(seq), stop(drain_timeout), stats(), names."""
 
     def __init__(self, sinks_config: list[dict[str, Any]] | None, data_dir: Path, *,
-                 log_format: str = "text", log_level: str = "info", log_file: Path | None = None):
+                 log_format: str = "text", log_level: str = "info", log_file: Path | None = None,
+                 store: str = "sqlite"):
         self.config = {"data_dir": str(data_dir), "sinks": sinks_config, "log_format": log_format,
-                       "log_level": log_level, "log_file": str(log_file) if log_file else None}
+                       "log_level": log_level, "log_file": str(log_file) if log_file else None,
+                       "store": store}
         self.names: list[str] = []
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -232,15 +234,14 @@ class _ParentPipe:
 
 
 async def _child(config: dict[str, Any]) -> int:
-    from carecard.host.storage.sqlite.eventlog import SQLiteEventLog
-    from carecard.host.paths import ingest_db_path
+    from carecard.host.storage import event_log_for
     from carecard.host.receiver.runtime import tune_gc
     from carecard.host.sinks import ConfigError, SinkSet
 
     out = _ParentPipe(sys.stdout)
     data_dir = Path(config["data_dir"])
     try:
-        eventlog = SQLiteEventLog(ingest_db_path(data_dir))
+        eventlog = event_log_for(config.get("store", "sqlite"), data_dir)
         sinks = SinkSet.from_config(config.get("sinks"), data_dir, eventlog)
     except ConfigError as exc:
         out.send(f"error {exc}\n")

@@ -265,6 +265,36 @@ class LogEntry:
         return f"LogEntry(seq={self.seq}, event={self.event!r})"
 
 
+def log_entries(rows: Iterable[Sequence[Any]], where: str) -> list[LogEntry]:
+    """LogEntry objects from event log rows (seq, appended_at, body, opened, received_at), as
+    every implementation stores them: a frame's row has its opened frame (parsed here, so a bad
+    row fails the read, not a sink), another event's row its JSON. Raises EventLogError naming
+    `where` (the database) and the row."""
+    from carecard.protocol import ProtocolError, parse_opened
+
+    entries = []
+    add = entries.append
+    for row_seq, appended_at, body, opened, received_at in rows:
+        if opened is not None:
+            try:
+                message = parse_opened(opened)
+            except ProtocolError as exc:
+                raise EventLogError(f"{where}: event log row seq {row_seq} is not an opened "
+                                    f"frame: {exc}") from None
+            if type(received_at) is not float:
+                raise EventLogError(f"{where}: event log row seq {row_seq} has no "
+                                    "received_at for its frame")
+            add(LogEntry(row_seq, appended_at, message=message, opened=bytes(opened),
+                         received_at=received_at))
+            continue
+        try:
+            event = parse_body(body)
+        except (ValueError, TypeError) as exc:
+            raise EventLogError(f"{where}: event log row seq {row_seq} is not JSON: {exc}") from None
+        add(LogEntry(row_seq, appended_at, event, body))
+    return entries
+
+
 class IngestStore(abc.ABC):
     """What the receiver needs from storage. Methods are synchronous; the receiver calls
     `prepare` and the read methods on its event loop thread and `finish` on a writer thread (never
@@ -444,6 +474,45 @@ class AlertStore(abc.ABC):
     def list_alert_actions(self, alert_id: str | None = None, *,
                            limit: int | None = None) -> list[AlertAction]:
         """Requests (of one alert), oldest first; with `limit`, the newest that many."""
+
+
+STORE_SQLITE = "sqlite"
+STORE_URL_SCHEMES = ("postgresql://", "postgres://")
+
+
+def check_store_setting(value: Any, where: str) -> str:
+    """The `store` setting: "sqlite" (the embedded default, in the data folder) or a PostgreSQL
+    URL. Raises ValueError naming `where` and the accepted forms."""
+    if isinstance(value, str) and (value == STORE_SQLITE or value.startswith(STORE_URL_SCHEMES)):
+        return value
+    shown = value.split("@")[-1] if isinstance(value, str) else repr(value)
+    raise ValueError(f"{where}: store must be \"sqlite\" or a PostgreSQL URL "
+                     f"(postgresql://USER@HOST:PORT/DATABASE), got {shown[:80]!r}")
+
+
+def ingest_store_for(setting: str, data_dir: Any, durability: str = "full") -> Any:
+    """The store a `store` setting names: SQLiteStore in DATA/carecard.sqlite, or PostgreSQLStore.
+    Raises StoreError."""
+    if setting.startswith(STORE_URL_SCHEMES):
+        from carecard.host.storage.postgresql import PostgreSQLStore
+
+        return PostgreSQLStore(setting)
+    from carecard.host.paths import ingest_db_path
+    from carecard.host.storage.sqlite import SQLiteStore
+
+    return SQLiteStore(ingest_db_path(data_dir), durability)
+
+
+def event_log_for(setting: str, data_dir: Any) -> EventLogReader:
+    """The event log reader of a `store` setting. Raises EventLogError."""
+    if setting.startswith(STORE_URL_SCHEMES):
+        from carecard.host.storage.postgresql import PostgreSQLEventLog
+
+        return PostgreSQLEventLog(setting)
+    from carecard.host.paths import ingest_db_path
+    from carecard.host.storage.sqlite import SQLiteEventLog
+
+    return SQLiteEventLog(ingest_db_path(data_dir))
 
 
 class EngineStore(abc.ABC):

@@ -36,10 +36,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from carecard.host.events import event_json, parse_body
-from carecard.host.storage import FRAME_COLUMNS, FRAME_ROW, EventLogError, EventLogReader, LogEntry
+from carecard.host.events import event_json
+from carecard.host.storage import FRAME_COLUMNS, FRAME_ROW, EventLogError, EventLogReader, LogEntry, log_entries
 from carecard.host.storage.sqlite.sql import insert_rows, register_identity_adapters, transaction
-from carecard.protocol import ProtocolError, parse_opened
 
 log = logging.getLogger(__name__)
 
@@ -213,29 +212,7 @@ class SQLiteEventLog(EventLogReader):
                 "SELECT seq, appended_at, body, opened, received_at FROM event_log "
                 "WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit),
             ).fetchall()
-        entries = []
-        parse = parse_body
-        add = entries.append
-        for row_seq, appended_at, body, opened, received_at in rows:
-            if opened is not None:
-                try:  # a frame's event: its message now (so a bad row fails here, not in a sink)
-                    message = parse_opened(opened)
-                except ProtocolError as exc:
-                    raise EventLogError(f"{self.path}: event log row seq {row_seq} is not an opened "
-                                        f"frame: {exc}") from None
-                if type(received_at) is not float:
-                    raise EventLogError(f"{self.path}: event log row seq {row_seq} has no "
-                                        "received_at for its frame")
-                add(LogEntry(row_seq, appended_at, message=message, opened=bytes(opened),
-                             received_at=received_at))
-                continue
-            try:
-                event = parse(body)
-            except (ValueError, TypeError) as exc:
-                raise EventLogError(f"{self.path}: event log row seq {row_seq} is not JSON: "
-                                    f"{exc}") from None
-            add(LogEntry(row_seq, appended_at, event, body))
-        return entries
+        return log_entries(rows, str(self.path))
 
     def last_seq(self) -> int:
         """The seq of the newest event in the log (0 when it has never held one)."""
