@@ -1,0 +1,334 @@
+"""A virtual MicroPython board behind a real pty, for the real `mpremote` (tests, demos, a
+factory line without cards).
+
+    with VirtualDevice(folder) as dev:       # folder: the board's flash filesystem
+        subprocess.run(["mpremote", "connect", dev.port, "exec", "print(1)"])
+
+The MicroPython unix port runs behind a second pty of its own and a proxy thread copies bytes
+between the two. What a board does and the unix port does not, the proxy and a start-up script
+make up for (design.md, "what a virtual device must handle"):
+
+- flash: the folder is mounted at `/` (`vfs.VfsPosix`), the working folder is `/`, `sys.path` is
+  a board's (`''`, `.frozen`, `/lib`), so mpremote's `fs` commands (which run `os`/`open` on the
+  device) and `cp -r dir :` work on the folder;
+- boot: `boot.py`, then `main.py` unless the client is in the raw REPL, then the friendly REPL
+  with its banner;
+- soft reset: Ctrl-D on an empty REPL ends the unix port; the proxy starts it again, prints
+  `MPY: soft reboot` and re-enters the raw REPL if the client was in it;
+- Ctrl-C: the child's pty keeps ISIG, so it interrupts running code (boot.py and main.py too);
+- output: the child's pty has OPOST off (no newline translation: mpremote must see its prompts
+  byte for byte); input that arrives while the child starts is held until its REPL reads
+  (the REPL flushes pending input when it switches its terminal to raw mode).
+
+The client end is a real `/dev/pts/N` (a symlink would make pyserial poll, ten times slower),
+whose slave side this object keeps open, so clients can connect, disconnect and connect again.
+Several devices run at once, each with its own pair of ptys and its own thread.
+
+Hardware a board has beyond its REPL is reached through UARTs: `uarts={1: "/dev/pts/7"}` opens
+those ptys in the child before its filesystem is narrowed to the folder, and `machine.UART(1)`
+(from `/lib/board`'s or the firmware's own `machine` module) finds them as `vdevice.uarts[1]`, a
+file object (`import vdevice`: a namespace the start-up puts in `sys.modules`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import fcntl
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import termios
+import threading
+import time
+import tty
+from pathlib import Path
+
+SOFT_REBOOT = b"MPY: soft reboot\r\n"
+_BANNER_END = b'for more information.\r\n>>> '
+_RAW_PROMPT = b"raw REPL; CTRL-B to exit\r\n"
+_FRIENDLY_PROMPT = b"\r\n>>> "
+_CTRL_A = b"\x01"
+_CTRL_C = 0x03
+
+# Run by the child before its REPL: the folder becomes the filesystem, then boot.py/main.py.
+_BOOT_SCRIPT = """\
+import os, sys, vfs
+
+class vdevice:
+    uarts = {}
+
+for _id, _path in UARTS.items():
+    vdevice.uarts[_id] = open(_path, "r+b")
+sys.modules["vdevice"] = vdevice
+vfs.umount("/")
+vfs.mount(vfs.VfsPosix(ROOT), "/")
+os.chdir("/")
+sys.path[:] = ["", ".frozen", "/lib"]
+
+def _vdevice_run(name):
+    try:
+        os.stat(name)
+    except OSError:
+        return
+    try:
+        exec(open(name).read(), {"__name__": "__main__"})
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt in", name)
+    except SystemExit:
+        pass
+    except Exception as e:
+        sys.print_exception(e)
+
+_vdevice_run("boot.py")
+if not RAW:
+    _vdevice_run("main.py")
+del _vdevice_run, vdevice, os, sys, vfs
+"""
+
+
+class VirtualDeviceError(RuntimeError):
+    """The virtual device cannot start (no interpreter, the folder missing)."""
+
+
+def _default_interpreter() -> str:
+    from carecard.tools.micropython import micropython_executable
+
+    return micropython_executable()
+
+
+class VirtualDevice:
+    """One virtual board: `port` is the client's /dev/pts/N once started."""
+
+    def __init__(self, folder: Path | str, *, interpreter: str | None = None,
+                 uarts: dict[int, str] | None = None, heapsize: int | None = None) -> None:
+        self.folder = Path(folder).resolve()
+        if not self.folder.is_dir():
+            raise VirtualDeviceError(f"{self.folder}: no such folder for the device's flash")
+        self.interpreter = interpreter or _default_interpreter()
+        self.uarts = dict(uarts or {})
+        self.heapsize = heapsize
+        self.port = ""
+        self.boots = 0  # interpreter starts: 1 + soft resets
+        self.raw_paste_accepted = 0  # raw-paste requests the interpreter accepted (R\x01)
+        self._paste_asked = False
+        self._client_master = -1
+        self._client_slave = -1
+        self._child_master = -1
+        self._child: subprocess.Popen[bytes] | None = None
+        self._raw = False  # the client's REPL mode, from what the child printed last
+        self._starting = False  # the child has not reached its REPL yet: hold input
+        self._held = bytearray()
+        self._tail = b""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._script = ""
+        self._lock = threading.Lock()
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    def start(self) -> "VirtualDevice":
+        import tempfile
+
+        self._client_master, self._client_slave = pty.openpty()
+        tty.setraw(self._client_slave)
+        self.port = os.ttyname(self._client_slave)
+        folder = tempfile.mkdtemp(prefix="carecard-vdevice-")
+        self._script = os.path.join(folder, "vboot.py")
+        self._spawn(raw=False)
+        self._thread = threading.Thread(target=self._pump, name=f"vdevice {self.port}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._kill_child()
+        for fd in (self._client_master, self._client_slave):
+            if fd >= 0:
+                os.close(fd)
+        self._client_master = self._client_slave = -1
+        if self._script:
+            import shutil
+
+            shutil.rmtree(os.path.dirname(self._script), ignore_errors=True)
+
+    def __enter__(self) -> "VirtualDevice":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- the child interpreter ----------------------------------------------------------------
+
+    def _spawn(self, raw: bool) -> None:
+        script = (_BOOT_SCRIPT.replace("ROOT", repr(str(self.folder)))
+                  .replace("UARTS", repr(self.uarts)).replace("RAW", repr(raw)))
+        with open(self._script, "w", encoding="utf-8") as handle:
+            handle.write(script)
+        master, slave = pty.openpty()
+        attrs = termios.tcgetattr(slave)
+        attrs[0] &= ~(termios.ICRNL | termios.INLCR | termios.IGNCR | termios.IXON | termios.ISTRIP)
+        attrs[1] = 0  # no OPOST: bytes reach the client as the interpreter wrote them
+        attrs[3] = termios.ISIG  # Ctrl-C interrupts running code; no echo, no line editing
+        attrs[6][termios.VINTR] = _CTRL_C
+        termios.tcsetattr(slave, termios.TCSANOW, attrs)
+        argv = [self.interpreter]
+        if self.heapsize:
+            argv += ["-X", f"heapsize={self.heapsize}"]
+        argv += ["-i", self._script]
+        env = {k: v for k, v in os.environ.items() if k not in ("MICROPYPATH", "CARECARD_ROM")}
+        env["MICROPYPATH"] = ".frozen"
+
+        def controlling_tty() -> None:  # runs in the child: the pty delivers its SIGINT
+            os.setsid()
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        self._child = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env,
+                                       preexec_fn=controlling_tty, close_fds=True,
+                                       cwd=str(self.folder))
+        os.close(slave)
+        self._child_master = master
+        self._starting = True
+        self._restart_raw = raw
+        self.boots += 1
+
+    def _kill_child(self) -> None:
+        child, self._child = self._child, None
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGKILL)
+        if child is not None:
+            child.wait()
+        if self._child_master >= 0:
+            os.close(self._child_master)
+            self._child_master = -1
+
+    def _restart(self) -> None:
+        raw = self._raw
+        self._kill_child()
+        self._send_client(SOFT_REBOOT)
+        self._tail = b""
+        self._spawn(raw)
+
+    # --- the proxy ----------------------------------------------------------------------------
+
+    def _send_client(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(self._client_master, view)
+            except BlockingIOError:
+                select.select([], [self._client_master], [], 0.1)
+                continue
+            view = view[n:]
+
+    def _send_child(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view and self._child_master >= 0:
+            try:
+                n = os.write(self._child_master, view)
+            except BlockingIOError:
+                select.select([], [self._child_master], [], 0.1)
+                continue
+            except OSError:
+                return  # the child is gone; the pump restarts it
+            view = view[n:]
+
+    def _from_client(self, data: bytes) -> None:
+        if b"\x05A\x01" in data:
+            self._paste_asked = True
+        if not self._starting:
+            self._send_child(data)
+            return
+        # Starting: boot.py/main.py may run; Ctrl-C interrupts them at once, the rest waits for
+        # the REPL (it would flush what arrived before it).
+        if _CTRL_C in data:
+            self._send_child(bytes([_CTRL_C]))
+            data = data.replace(bytes([_CTRL_C]), b"")
+        self._held += data
+
+    def _from_child(self, data: bytes) -> None:
+        self._send_client(data)
+        if self._paste_asked:
+            self._paste_asked = False
+            if data.startswith(b"R\x01"):
+                self.raw_paste_accepted += 1
+        seen = self._tail + data
+        self._tail = seen[-64:]
+        raw_at = seen.rfind(_RAW_PROMPT)
+        friendly_at = max(seen.rfind(_FRIENDLY_PROMPT), seen.rfind(_BANNER_END))
+        if raw_at >= 0 or friendly_at >= 0:
+            self._raw = raw_at > friendly_at
+        if self._starting and seen.endswith(_BANNER_END):
+            self._starting = False
+            if self._restart_raw:
+                self._send_child(_CTRL_A)
+            held, self._held = bytes(self._held), bytearray()
+            if held:
+                self._send_child(held)
+
+    def _pump(self) -> None:
+        while not self._stop.is_set():
+            fds = [self._client_master]
+            if self._child_master >= 0:
+                fds.append(self._child_master)
+            try:
+                ready, _, _ = select.select(fds, [], [], 0.1)
+            except (OSError, ValueError):
+                return
+            if self._child_master in ready:
+                try:
+                    data = os.read(self._child_master, 4096)
+                except OSError as exc:
+                    if exc.errno != errno.EIO:
+                        raise
+                    data = b""
+                if data:
+                    self._from_child(data)
+                else:
+                    self._restart()  # the interpreter ended: Ctrl-D, sys.exit(), a crash
+                    continue
+            elif self._child is not None and self._child.poll() is not None:
+                self._restart()
+                continue
+            if self._client_master in ready:
+                try:
+                    data = os.read(self._client_master, 4096)
+                except OSError:
+                    data = b""
+                if data:
+                    self._from_client(data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m carecard.tools.vdevice FOLDER [FOLDER ...]`: one virtual board per folder
+    (created if missing), ports printed one a line, until Ctrl-C."""
+    parser = argparse.ArgumentParser(prog="python -m carecard.tools.vdevice",
+                                     description="Virtual MicroPython boards behind ptys, for mpremote.")
+    parser.add_argument("folders", nargs="+", help="a folder per device: its flash filesystem")
+    parser.add_argument("--interpreter", help="the MicroPython unix port to run (default: the venv's)")
+    args = parser.parse_args(argv)
+    devices = []
+    try:
+        for folder in args.folders:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            devices.append(VirtualDevice(folder, interpreter=args.interpreter).start())
+            print(f"{devices[-1].port}  {Path(folder).resolve()}", flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    except VirtualDeviceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for device in devices:
+            device.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
