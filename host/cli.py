@@ -33,6 +33,7 @@ COMMAND_MODULES = [
     "carecard.host.commands.demo_cmd",
     "carecard.host.commands.check_cmd",
     "carecard.host.commands.replay_cmd",
+    "carecard.host.commands.flash_cmd",
 ]
 
 

@@ -69,13 +69,15 @@ def test_fs_cp_ls_sha256sum_rm_and_recursive_copy(device, tmp_path):
 
 def test_soft_reset_restarts_the_interpreter_and_runs_boot_py(device):
     (device.folder / "boot.py").write_text("f = open('boots.txt', 'a'); f.write('b'); f.close()\n")
+    ok(device.port, "exec", "pass")  # the device has booted with boot.py in place
     # state set in one session is gone after mpremote's soft reset (a new interpreter)
     boots = device.boots
+    before = len((device.folder / "boots.txt").read_text())
     out = ok(device.port, "exec", "left = 1", "exec", "print('left' in globals())", "soft-reset",
              "exec", "print('left' in globals())")
     assert out.split() == ["True", "False"]
     assert device.boots >= boots + 2
-    assert (device.folder / "boots.txt").read_text() == "b" * (device.boots - boots)
+    assert len((device.folder / "boots.txt").read_text()) - before == device.boots - boots
 
 
 def test_friendly_repl_banner_ctrl_c_and_ctrl_d(device):

