@@ -34,6 +34,7 @@ COMMAND_MODULES = [
     "carecard.host.commands.check_cmd",
     "carecard.host.commands.replay_cmd",
     "carecard.host.commands.flash_cmd",
+    "carecard.host.commands.provision_cmd",
 ]
 
 
