@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -36,8 +37,8 @@ def cards(tmp_path_factory, card_port):
         made.append(VirtualDevice(folder, interpreter=card_port.executable).start())
     image = ImageCache().get(None)
     try:
-        for card in made:
-            flash_device(card.port, image)
+        with ThreadPoolExecutor(3) as pool:
+            list(pool.map(lambda card: flash_device(card.port, image), made))
         yield made
     finally:
         for card in made:

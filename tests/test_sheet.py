@@ -9,7 +9,7 @@ from datetime import time
 from pathlib import Path
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from carecard.host.factory.sheet import (
     COLUMNS,
@@ -192,6 +192,7 @@ def sheets(draw):
     return rows
 
 
+@settings(max_examples=50)
 @given(sheets())
 def test_generated_good_sheets_validate(rows):
     elders = validate_rows(list(enumerate(rows, 1)))
@@ -199,6 +200,7 @@ def test_generated_good_sheets_validate(rows):
     assert all(e.grid_worker_key == 4 and len(e.contacts) == 2 for e in elders)
 
 
+@settings(max_examples=50)
 @given(sheets(), st.data())
 def test_one_bad_cell_rejects_the_whole_sheet_naming_it(rows, data):
     row = data.draw(st.integers(1, len(rows) - 1))
