@@ -16,7 +16,7 @@ from carecard.host.commands.errors import EXIT_FAILED, CommandError
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "provision", help="check a sheet of elders for provisioning cards (CSV or .xlsx)",
+        "provision", help="check the sheet of elders the cards are set up from (CSV or .xlsx)",
         description="Read the village's sheet of elders (docs/provisioning-sheet.md), check all of "
                     "it and list every problem by row and column.")
     parser.add_argument("--sheet", required=True, metavar="FILE", help="the sheet: .csv (UTF-8) or .xlsx")
