@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed
 # a folder of their own, so their stdlib stubs never stand in for the host code's.
 MPY_STUBS := $(VENV)/mpy-stubs
 MPY_STUBS_PKG := micropython-esp32-esp32-generic-s3-stubs==1.29.0.post1
+# The dashboard's front-end libraries from npm (host/dashboard/vendor/package.json).
+VENDOR := host/dashboard/vendor
+LEAFLET := $(VENDOR)/node_modules/leaflet/dist/leaflet.js
 # Debian packages the suite talks to as real peers: the MQTT broker and gpsd's decoder.
 DEBS := mosquitto:mosquitto gpsdecode:gpsd-clients
 # Debian packages without a command of their own: 32-bit gcc for the card-like MicroPython port;
@@ -14,11 +17,15 @@ DEBS := mosquitto:mosquitto gpsdecode:gpsd-clients
 # the tests start as a throwaway cluster.
 DEB_LIBS := gcc-multilib
 DEB_LIBS += postgresql
+# Debian's headless browser and its driver for the dashboard's browser tests.
+DEBS += chromium:chromium chromedriver:chromium-driver
+# Chinese glyphs for the dashboard's screenshots (the elders' names).
+DEB_LIBS += fonts-noto-cjk
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup debs port32 demo test bench clean
 
-setup: $(STAMP) $(MPY_STUBS)/.installed
+setup: $(STAMP) $(MPY_STUBS)/.installed $(LEAFLET)
 
 $(STAMP): pyproject.toml
 	@echo "setting up $(VENV): installing carecard and its Python packages (a minute or two the first time)"
@@ -30,6 +37,11 @@ $(STAMP): pyproject.toml
 $(MPY_STUBS)/.installed: Makefile | $(STAMP)
 	rm -rf $(MPY_STUBS)
 	$(BIN)/pip install --quiet --target $(MPY_STUBS) '$(MPY_STUBS_PKG)'
+	touch $@
+
+# The dashboard's map library (Leaflet, from npm) into the folder the dashboard serves as /vendor.
+$(LEAFLET): $(VENDOR)/package.json
+	cd $(VENDOR) && npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
 debs:

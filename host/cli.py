@@ -35,6 +35,7 @@ COMMAND_MODULES = [
     "carecard.host.commands.replay_cmd",
     "carecard.host.commands.flash_cmd",
     "carecard.host.commands.provision_cmd",
+    "carecard.host.commands.serve_cmd",
 ]
 
 
