@@ -67,8 +67,9 @@ class CardSummary:
 @dataclass
 class TimelineEntry:
     t: float
-    kind: str  # moving, still, offline, charging, call, sos, checkin, power, alert, hello, status
+    kind: str  # moving, still, offline, charging, call, sos, checkin, power, alert, hello
     text: str
+    words: tuple[str, ...] = ()  # i18n keys shown (translated) before the text
 
 
 @dataclass
@@ -307,7 +308,8 @@ class CardData:
         for alert in alerts:
             for step in alert.notified:
                 if start <= step.get("at", 0) < end:
-                    timeline.append(TimelineEntry(step["at"], "alert", f"{alert.kind}: {step.get('step')}"))
+                    timeline.append(TimelineEntry(step["at"], "alert", "", (f"kind.{alert.kind}",
+                                                                           f"step.{step.get('step')}")))
         timeline.sort(key=lambda e: e.t)
         home = settings.home
         return CardDetail(summaries[0], registry[device], day, track,

@@ -65,6 +65,23 @@ TEXT: dict[str, tuple[str, str]] = {
     "action_refused": ("操作未完成", "Not done"),
     "not_found": ("找不到这个页面", "Page not found"),
     "other_language": ("English", "中文"),
+    "tl.moving": ("移动", "moving"),
+    "tl.still": ("停留", "still"),
+    "tl.offline": ("无位置", "no position"),
+    "tl.charging": ("充电", "charging"),
+    "tl.call": ("通话", "call"),
+    "tl.sos": ("紧急求助", "SOS"),
+    "tl.checkin": ("签到", "check-in"),
+    "tl.power": ("电源", "power"),
+    "tl.hello": ("开机", "started"),
+    "tl.alert": ("告警", "alert"),
+    "step.raised": ("已发出", "raised"),
+    "step.checkin": ("询问老人", "card asks the elder"),
+    "step.family": ("通知家人", "family told"),
+    "step.grid_worker": ("通知网格员", "grid worker told"),
+    "step.reminder": ("提醒", "reminder"),
+    "step.acknowledged": ("已有人前往", "acknowledged"),
+    "step.resolved": ("已关闭", "resolved"),
 }
 
 
