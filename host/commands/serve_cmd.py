@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import socket
 import sys
 
 from carecard.host.commands.datadir import add_data_options, data_dir_of
@@ -156,9 +157,12 @@ def run_serve(args: argparse.Namespace) -> int:
             raise CommandFailed(str(exc)) from None
     app = make_app(DashboardConfig(data.path, tile_url=args.tiles, tile_attribution=args.tile_attribution,
                                    settings=settings))
-    print(f"dashboard on http://{host}:{port}/ (data {data.path})", file=sys.stderr, flush=True)
-    try:
-        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)
+    try:  # bound here so a busy or forbidden address is one line and exit status 1
+        sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
     except OSError as exc:
         raise CommandError(f"cannot listen on {args.listen}: {exc.strerror or exc}", status=EXIT_FAILED) from None
+    print(f"dashboard on http://{args.listen}/ (data {data.path})", file=sys.stderr, flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+    with sock:
+        server.run(sockets=[sock])
     return 0
