@@ -125,9 +125,10 @@ ENUMS = {
     "charging": ("discharging", "charging", "full"),
     "fix": ("none", "2d", "3d"),
     # `answered`: the modem reported the call active (may be ring-back on some networks);
-    # `confirmed`: the callee acknowledged (DTMF key), the only trustworthy "someone answered".
+    # `confirmed`: the callee acknowledged (DTMF key), the only trustworthy "someone answered";
+    # `missed`: an incoming call that ended before the card answered it.
     "call_outcome": ("answered", "confirmed", "busy", "no_answer", "rejected", "failed",
-                     "cancelled", "no_number"),
+                     "cancelled", "no_number", "missed"),
     "sos_trigger": ("long_press", "key_combo", "fall", "checkin_timeout"),
     "checkin_answer": ("ok", "help", "no_response"),
     "power_event": ("low", "critical", "recovered", "charger_connected", "charger_full",
