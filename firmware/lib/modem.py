@@ -21,7 +21,7 @@
 # Events (tuples): ("state", name), ("ready",), ("sim", status), ("signal", dbm, rssi),
 # ("reg", status, creg, cereg), ("time", unix_s, tz_quarters), ("net", up, detail),
 # ("udp", "open"|"closed"|"failed", detail), ("udp_sent", n), ("udp_recv", payload, remote),
-# ("call", state, number), ("incoming", number), ("dtmf", digit),
+# ("call", state, number), ("incoming", number), ("ring", count, number), ("dtmf", digit),
 # ("call_end", outcome, ring_s, talk_s, detail), ("missed_call", text),
 # ("hangup_failed", command or "still up", status, err),
 # ("sms_sent", mr, tag), ("sms_failed", err, tag), ("sms_new", mem, index),

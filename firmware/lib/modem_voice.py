@@ -20,6 +20,9 @@
 # the end is confirmed by +CLCC stat 6, VOICE CALL: END (either spelling), NO CARRIER, or an
 # AT+CLCC query that no longer lists the call.
 #
+# Incoming calls: ("incoming", number) when one starts (number None until +CLIP gives it; then
+# once more with the number), ("ring", count, number) at each RING.
+#
 # Outcomes are this driver's words; the application maps them to its protocol's codes.
 import at
 from modem import ModemError, split_args, _int
@@ -65,6 +68,7 @@ class Voice:
         self._t_active = None
         self._hangup_reason = None
         self._hangups = 0
+        self.rings = 0            # RINGs of the incoming call so far
         self._t_ring = modem.add_timer(self._on_ring_timer)
         self._t_hangup = modem.add_timer(self._on_hangup_timer)
 
@@ -112,6 +116,9 @@ class Voice:
         """A standard call URC; True when it was one."""
         if name == "RING" or name == "+CRING":
             self.incoming(None)
+            if self.call == INCOMING:
+                self.rings += 1
+                self.m.emit(("ring", self.rings, self.number))
         elif name == "+CLIP":
             parts = split_args(args)
             self.incoming(parts[0] if parts else None)
@@ -187,6 +194,7 @@ class Voice:
         self._t_dial = self.m.now
         self._t_active = None
         self._hangup_reason = None
+        self.rings = 0
 
     def _dial_done(self, c, status, text, err):
         if status == "OK" or status == "CONNECT" or status == "ABORTED":
