@@ -408,3 +408,78 @@ def test_every_driver_outcome_has_a_protocol_code(mpy):
                   "print(repr(ccspec.ENUMS['call_outcome']))\n")
     mapped, enum = [ast.literal_eval(line) for line in out.splitlines()]
     assert set(mapped) <= set(enum) and len(set(mapped)) == len(mapped)
+
+
+def test_a_press_dials_within_two_seconds_from_sleep_and_waits_for_a_modem_coming_up(mpy, cfg_path):
+    out = run_card(mpy, cfg_path, r'''
+c.m.sleep()
+c.run(500)
+asleep = c.m.sleeping
+t = c.press(0, 150)
+c.run(2000)
+t_dial = c.first("ATD13800000001;", t)
+c.feed(b"\r\nNO CARRIER\r\n")
+c.run(3000)
+show(asleep, t_dial - t)
+# the modem restarts (a brown-out) and its SIM is busy for a while: a press meanwhile waits and
+# dials once the modem is ready
+c.uplinks = []
+c.replies["AT+CPIN?"] = [b"\r\n+CME ERROR: 14\r\n"] * 3 + [b"\r\n+CPIN: READY\r\n\r\nOK\r\n"]
+c.feed(b"\r\nRDY\r\n")
+t = c.press(1, 150)
+waiting = c.first("ATD+8613800000002;", t)
+c.run(8000)
+show(waiting, c.m.state, c.first("ATD+8613800000002;", t) is not None)
+# the modem gives no answer at all: the waiting call is recorded as failed after dial_wait_ms
+c.feed(b"\r\nNO CARRIER\r\n")
+c.run(1000)
+c.uplinks = []
+c.silent = True
+c.feed(b"\r\nRDY\r\n")
+c.press(3, 150)
+c.run(65000)
+show([(u[2]["key"], u[2]["outcome"]) for u in c.uplinks if u[1] == "call"])
+''')
+    asleep, delay = out[0], out[1]
+    assert asleep and delay <= 2000
+    assert out[2] is None and out[3] == "ready" and out[4]
+    assert out[5] == [(4, "failed")]
+
+
+def test_a_contact_calling_back_during_the_sos_is_answered_at_once_and_ends_the_cascade(mpy, cfg_path):
+    out = run_card(mpy, cfg_path, r'''
+t = c.now
+c.press(0, 2100)
+c.feed(b"\r\nBUSY\r\n")                                   # contact 1 busy
+c.run(500)                                                # in the gap between two calls
+c.feed(b'\r\nRING\r\n\r\n+CLIP: "13800000004",129,,,,0\r\n')
+c.run(500)
+answered = c.first("ATA", t)
+c.run(30000)
+c.feed(b"\r\nVOICE CALL: END: 000030\r\n")
+c.run(10000)
+show(answered is not None, [x for x in c.since(t) if x.startswith("ATD")], c.app.sos_active,
+     [(u[2]["key"], u[2]["outcome"]) for u in c.uplinks if u[1] == "call"])
+''', extra=SENT)
+    answered, dials, active, calls = out
+    assert answered and dials == ["ATD13800000001;"] and not active
+    assert calls == [(1, "busy"), (4, "answered")]
+
+
+def test_hostile_commands_and_messages_are_counted_never_a_crash(mpy, cfg_path):
+    out = run_card(mpy, cfg_path, r'''
+c.app.on_commands([{"cmd": "set_intervals", "seq": 11},
+                   {"cmd": "checkin_prompt", "seq": 12, "prompt_id": 1},
+                   {"cmd": "set_contacts", "seq": 13, "contacts": "13800000001"},
+                   {"cmd": "reboot"}, "not a command"], c.now)
+c.replies["AT+CMGR=1"] = b"\r\n+CMGR: 0,,30\r\n0791FFFF\r\n\r\nOK\r\n"
+c.feed(b'\r\n+CMTI: "SM",1\r\n')
+c.feed(b'\r\n+CMT: ,3\r\nZZZZ\r\n')
+c.run(1000)
+show([u[2] for u in c.uplinks], c.app.stats["commands_failed"], c.app.stats["sms_unreadable"],
+     [a[1:] for a in c.acts if a[1] == "reboot"])
+''')
+    results, failed, unreadable, reboots = out
+    assert results == [{"seq": 11, "result": "rejected"}, {"seq": 12, "result": "rejected"},
+                       {"seq": 13, "result": "rejected"}]
+    assert failed == 5 and unreadable == 2 and reboots == []

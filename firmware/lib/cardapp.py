@@ -585,7 +585,7 @@ class CardApp:
                     sender, text = msg.number, msg.text
             except ValueError:
                 pass
-        else:
+        elif header[:1] == '"':
             # text mode: +CMGR '"REC UNREAD","<number>",...', +CMT '"<number>",...'
             for part in split_args(header):
                 if part and (part[0] == "+" or "0" <= part[0] <= "9") and "/" not in part:
@@ -631,7 +631,10 @@ class CardApp:
     def on_commands(self, commands, now_ms):
         self.now = now_ms
         for command in commands:
-            seq = command.get("seq")
+            seq = command.get("seq") if isinstance(command, dict) else None
+            if not isinstance(seq, int) or not 0 <= seq <= 0xFFFF:
+                self.stats["commands_failed"] += 1   # nothing to confirm it with: dropped
+                continue
             done = None
             for s, result in self._seqs:
                 if s == seq:
