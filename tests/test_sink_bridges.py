@@ -576,3 +576,65 @@ def test_home_assistant_gets_the_discovery_again_when_it_comes_online(tmp_path: 
     finally:
         live.close()
     assert len(seen) == 3 and all(c["device"]["name"] == NAME for c in seen)
+
+
+def test_a_receiver_configured_from_toml_feeds_the_three_bridges(tmp_path: Path, broker: Mosquitto) -> None:
+    """End to end: `carecard receive` with the three bridges in its TOML (sinks in their child
+    process), a card's frames over UDP, each peer seeing the card under the elder's name."""
+    import socket
+
+    from receiver_helpers import Card, ReceiverProcess, key_for
+
+    device = int(CARD)
+    store = SQLiteStore(ingest_db_path(tmp_path), readonly_lookups=False)
+    try:
+        add_devices(store, tmp_path, [DeviceSpec(device, NAME, key_for(device))])
+    finally:
+        store.close()
+    server = OsmAndServer(known={CARD})
+    config = tmp_path / "receiver.toml"
+    config.write_text(f"""
+[[sinks]]
+type = "traccar"
+url = "{server.url}"
+
+[[sinks]]
+type = "owntracks"
+host = "127.0.0.1"
+port = {broker.port}
+
+[[sinks]]
+type = "homeassistant"
+host = "127.0.0.1"
+port = {broker.port}
+""", encoding="utf-8")
+    live = RawSubscriber(broker.port, "#")
+    receiver = ReceiverProcess(tmp_path, "--config", str(config))
+    card = Card(device, key_for(device))
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(10)
+            for frame in (card.frame("status"), card.frame("position")):
+                sock.sendto(frame, ("127.0.0.1", receiver.udp_port))
+                card.ack(sock.recv(2048))
+        assert live.wait_for(lambda msgs: {f"owntracks/carecard/{CARD}", f"carecard/ha/{CARD}/location"}
+                             <= {t for t, _, _ in msgs}, 20)
+        for _ in range(1000):
+            if len(server.requests) == 2:
+                break
+            threading.Event().wait(0.01)
+    finally:
+        code, err = receiver.terminate()
+        live.close()
+        server.close()
+    assert code == 0, err
+    latest = live.latest()
+    ha_config = json.loads(latest[_ha_topics(CARD)["tracker"]][0].decode("utf-8"))
+    assert ha_config["device"]["name"] == NAME
+    assert json.loads(latest[f"carecard/ha/{CARD}/location"][0])["latitude"] == 24.9012345
+    assert latest[f"carecard/ha/{CARD}/battery"][0] == b"81"
+    assert json.loads(latest[f"owntracks/carecard/{CARD}/info"][0])["name"] == NAME
+    location = json.loads(latest[f"owntracks/carecard/{CARD}"][0])
+    assert (location["lat"], location["batt"]) == (24.9012345, 81)
+    assert [r["params"].get("lat") for r in server.requests] == [None, "24.9012345"]
+    assert server.requests[1]["params"]["batt"] == "81"
