@@ -89,3 +89,175 @@ def test_migrations_are_applied_once_and_a_newer_schema_is_refused(pg_cluster) -
         conn.execute("INSERT INTO schema_migrations VALUES (%s, 'from a newer carecard', 0)", (SCHEMA_VERSION + 1,))
     with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1}.*upgrade carecard"):
         PostgreSQLStore(url)
+
+
+RECEIVERS = 3
+CARDS = 12
+ROUNDS = 16
+KILL_AFTER_ROUND = 6
+
+
+def _receiver_config(path: Path, url: str) -> Path:
+    config = path / "carecard.toml"
+    config.write_text(f'sinks = []\n\n[receive]\nstore = "{url}"\n\n[ingest]\nregistry_poll_s = 0.1\n')
+    return config
+
+
+def test_three_receivers_on_one_database_store_each_acked_frame_once_and_never_reuse_a_counter(
+        pg_cluster, tmp_path: Path) -> None:
+    """A load generator sprays every card's frames over three `carecard receive` processes on one
+    PostgreSQL (a card's next frame may reach any of them, as behind carrier NAT and a UDP load
+    balancer); one receiver is SIGKILLed with frames in flight and started again; a frame not
+    acked is sent again to the next receiver. Every acked frame is stored exactly once, no
+    card ever sees a downlink counter twice, and a command queued while they run reaches its
+    card through whichever receiver the card's next frame reaches."""
+    import shutil
+    import socket as socketlib
+
+    from carecard.protocol import decode_frame
+
+    url = pg_cluster.new_database()
+    folders = [tmp_path / f"r{i}" for i in range(RECEIVERS)]
+    for folder in folders:
+        folder.mkdir()
+    cards = [Card(make_imei(86123456100000 + i), key_for(make_imei(86123456100000 + i)))
+             for i in range(CARDS)]
+    store = PostgreSQLStore(url)
+    try:
+        add_devices(store, folders[0], [DeviceSpec(c.device, f"Elder {i}", c.key) for i, c in enumerate(cards)])
+    finally:
+        store.close()
+    for folder in folders[1:]:
+        shutil.copy2(folders[0] / "keys.json", folder / "keys.json")
+    configs = [_receiver_config(folder, url) for folder in folders]
+    receivers = [ReceiverProcess(folder, "--config", str(config)) for folder, config in zip(folders, configs)]
+    sock = socketlib.socket(socketlib.AF_INET, socketlib.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    acked: dict[tuple[int, int], int] = {}  # (device, counter) -> acks received
+    downlink_counters: dict[int, list[int]] = {c.device: [] for c in cards}
+
+    def collect(pending: dict[tuple[int, int], bytes], wait: float) -> None:
+        sock.settimeout(wait)
+        while pending:
+            try:
+                data, _ = sock.recvfrom(2048)
+            except socketlib.timeout:
+                return
+            for card in cards:
+                try:
+                    message = decode_frame(data, card.key)
+                except Exception:
+                    continue
+                if message["type"] == "ack":
+                    key = (card.device, message["acked"])
+                    acked[key] = acked.get(key, 0) + 1
+                    downlink_counters[card.device].append(message["counter"])
+                    pending.pop(key, None)
+                break
+
+    def spray(frames: dict[tuple[int, int], bytes], attempt: int) -> None:
+        for (device, counter), frame in frames.items():
+            target = receivers[(device + counter + attempt) % RECEIVERS]
+            if target.proc.poll() is None:
+                sock.sendto(frame, ("127.0.0.1", target.udp_port))
+
+    try:
+        for round_ in range(ROUNDS):
+            if round_ == KILL_AFTER_ROUND + 2:
+                receivers[1] = ReceiverProcess(folders[1], "--config", str(configs[1]))
+            frames = {(c.device, c.counter + 1): c.frame("position" if round_ % 3 else "status") for c in cards}
+            pending = dict(frames)
+            spray(pending, 0)
+            if round_ == KILL_AFTER_ROUND:
+                receivers[1].kill()  # frames of this round in flight to it
+            for attempt in range(1, 30):
+                collect(pending, 0.5)
+                if not pending:
+                    break
+                spray(pending, attempt)
+            assert not pending, f"round {round_}: never acked: {sorted(pending)}"
+        assert receivers[1].proc.poll() is None  # restarted, and took frames since
+
+        # a command queued while they run reaches the card through another receiver
+        store = PostgreSQLStore(url)
+        try:
+            queued = queue_command(store, cards[0].device, "locate_now", {}, now=time.time())
+        finally:
+            store.close()
+        card = cards[0]
+        carried = None
+        frame = card.frame("status")
+        for _ in range(100):
+            sock.sendto(frame, ("127.0.0.1", receivers[2].udp_port))
+            sock.settimeout(1.0)
+            try:
+                data, _ = sock.recvfrom(2048)
+            except socketlib.timeout:  # not acked (its batch failed): send it again
+                continue
+            try:
+                message = decode_frame(data, card.key)
+            except Exception:  # a late ack of another card's frame from the rounds above
+                continue
+            acked[(card.device, message["acked"])] = 1
+            downlink_counters[card.device].append(message["counter"])
+            if message["commands"]:
+                carried = message["commands"]
+                break
+            if message["acked"] == card.counter:
+                frame = card.frame("status")
+            time.sleep(0.05)
+        assert carried is not None and [(c["cmd"], c["seq"]) for c in carried] == [("locate_now", queued.seq)]
+    finally:
+        sock.close()
+        codes = []
+        for receiver in receivers:
+            if receiver.proc.poll() is None:
+                codes.append(receiver.terminate()[0])
+    assert codes == [0] * RECEIVERS
+    with psycopg.connect(url) as conn:
+        stored = conn.execute("SELECT device, counter, COUNT(*) FROM frames GROUP BY device, counter").fetchall()
+    assert {(d, c) for d, c, _n in stored} >= set(acked)
+    assert all(n == 1 for _d, _c, n in stored)
+    assert len(acked) >= CARDS * ROUNDS
+    for device, counters in downlink_counters.items():
+        assert len(counters) == len(set(counters)), f"device {device}: a downlink counter was used twice"
+
+
+def test_a_block_of_downlink_counters_is_committed_only_if_nobody_reserved_it(pg_cluster) -> None:
+    """Two receivers that both start numbering a card's acks from the same stored reservation:
+    the second commit of a block from that counter on fails (nothing of its batch stored, so
+    none of its acks is sent), and its reload starts above the first one's block."""
+    from carecard.host.storage import CommitBatch, StoreError
+
+    url = pg_cluster.new_database()
+    device = make_imei(86123456000002)
+    first, second = PostgreSQLStore(url), PostgreSQLStore(url)
+    try:
+        first.prepare(CommitBatch(downlink_reserved={device: 4096}, downlink_claimed={device: 1}))
+        first.finish()
+        with pytest.raises(StoreError, match=f"device {device}: downlink counters from 1 on were reserved"):
+            second.prepare(CommitBatch(downlink_reserved={device: 4096}, downlink_claimed={device: 1}))
+        assert second.load_devices()[device].downlink_reserved == 4096
+        second.prepare(CommitBatch(downlink_reserved={device: 8192}, downlink_claimed={device: 4097}))
+        second.finish()
+        assert first.load_devices()[device].downlink_reserved == 8192
+    finally:
+        first.close()
+        second.close()
+
+
+def test_devices_add_registers_a_card_in_the_postgresql_store(pg_cluster, tmp_path: Path) -> None:
+    from receiver_helpers import run_cli
+
+    url = pg_cluster.new_database()
+    imei = str(make_imei(86123456000003))
+    result = run_cli("devices", "add", imei, "--name", "Grandma Li", "--generate-key",
+                     "--contact", "1:+8613800138000:Son", "--data", str(tmp_path), "--store", url)
+    assert result.returncode == 0, result.stderr
+    store = PostgreSQLStore(url)
+    try:
+        record = store.load_devices()[int(imei)]
+    finally:
+        store.close()
+    assert (record.name, [c.number for c in record.contacts]) == ("Grandma Li", ["+8613800138000"])
+    assert imei in (tmp_path / "keys.json").read_text()

@@ -58,6 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="print the key (hex) on stdout, to provision the card with it")
     add.add_argument("--no-check-digit", action="store_true",
                      help="accept an IMEI whose Luhn check digit is wrong (test devices)")
+    add.add_argument("--store", metavar="sqlite|URL",
+                     help="the receivers' store: sqlite (default, in the data folder) or "
+                          "postgresql://USER@HOST:PORT/DATABASE (docs/operations.md)")
     add_data_options(add, top=False)
     add.set_defaults(func=run_add)
 
@@ -66,17 +69,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     imp.add_argument("--replace", action="store_true", help="re-provision devices already registered")
     imp.add_argument("--json", action="store_true",
                      help="print one JSON object: imported IMEIs and the bad records")
+    imp.add_argument("--store", metavar="sqlite|URL",
+                     help="the receivers' store: sqlite (default, in the data folder) or "
+                          "postgresql://USER@HOST:PORT/DATABASE (docs/operations.md)")
     add_data_options(imp, top=False)
     imp.set_defaults(func=run_import)
 
 
-def open_ingest_store(data: DataDir) -> Any:
-    """The ingest database opened for writing (created when missing); one-line errors."""
-    from carecard.host.storage import StoreError
+def open_ingest_store(data: DataDir, store: str | None = None) -> Any:
+    """The ingest database opened for writing (created when missing), or the PostgreSQL store
+    `store` names; one-line errors."""
+    from carecard.host.storage import StoreError, check_store_setting, ingest_store_for
     from carecard.host.storage.sqlite.store import SQLiteStore
 
     try:
+        if store and store != "sqlite":
+            return ingest_store_for(check_store_setting(store, "--store"), data.path)
         return SQLiteStore(ingest_db_path(data.path), readonly_lookups=False)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
     except StoreError as exc:
         raise CommandError(f"{exc} (data folder from {data.source})", status=1) from None
 
@@ -190,7 +201,7 @@ def run_add(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     data = data_dir_of(args, write=True, must_exist=False)
     data_dir = data.path
-    store = open_ingest_store(data)
+    store = open_ingest_store(data, args.store)
     try:
         add_devices(store, data_dir, [DeviceSpec(device, name, key, contacts, iccid, phone)],
                     replace=args.replace)
@@ -220,7 +231,7 @@ def run_import(args: argparse.Namespace) -> int:
     if good:
         data = data_dir_of(args, write=True, must_exist=False)
         data_dir = data.path
-        store = open_ingest_store(data)
+        store = open_ingest_store(data, args.store)
         try:
             # Devices already registered are bad records too (unless --replace): report them all,
             # then import the rest in one transaction.

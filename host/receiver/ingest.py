@@ -133,10 +133,11 @@ class Ingest:
         for device, record in devices.items():
             stored = record.downlink_reserved
             known = previous.get(device)  # what this process reserved; None: never numbered it
-            if known is None or stored > known:
+            if known is None or stored > known or from_store:
                 # Counters up to the stored reservation may have been used by an earlier run (this
-                # is a start-up) or by another writer: go on above them. Otherwise (a registry
-                # reload, a failed commit) this process's next counter stands.
+                # is a start-up), by another writer, or by this process (a failed commit may have
+                # been its claim of a block another receiver holds): go on above them. Otherwise
+                # (a registry reload) this process's next counter stands.
                 self.dl_next[device] = max(self.dl_next.get(device, 0), stored + 1)
             self.dl_reserved[device] = stored if from_store or known is None else max(known, stored)
         for device in list(self.dl_next):
@@ -312,6 +313,7 @@ class Ingest:
                 raise OverflowError(f"device {device}: the downlink counter is exhausted")
             self.dl_reserved[device] = reserve
             self.batch.commit.downlink_reserved[device] = reserve
+            self.batch.commit.downlink_claimed.setdefault(device, counter)
         self.dl_next[device] = counter + 1
         return counter
 

@@ -87,6 +87,10 @@ class CommitBatch:
     # (device, last_seen, last_counter, last_source, frames_added)
     device_stats: list[tuple] = field(default_factory=list)
     downlink_reserved: dict[int, int] = field(default_factory=dict)
+    # the first counter of each block newly reserved in `downlink_reserved`: a store shared by
+    # several receivers commits the reservation only if nobody reserved that counter meanwhile
+    # (else the batch fails, nothing of it is acked, and the receiver reloads its reservations)
+    downlink_claimed: dict[int, int] = field(default_factory=dict)
     # command changes, in order (downlink_lifecycle.CommandChange: the row, CHANGE_COLUMNS)
     commands: list[CommandChange] = field(default_factory=list)
     # contacts confirmed by the card (set_contacts done): (device, [Contact, ...])

@@ -80,6 +80,13 @@ _RESERVE = (
     "VALUES (%s, '', %s, %s, %s) "
     "ON CONFLICT (device) DO UPDATE SET downlink_reserved = GREATEST(d.downlink_reserved, excluded.downlink_reserved)"
 )
+# A new block of downlink counters from %(first)s on: taken only if nobody has reserved that far.
+_CLAIM = (
+    "INSERT INTO devices AS d (device, name, created_at, updated_at, downlink_reserved) "
+    "VALUES (%s, '', %s, %s, %s) "
+    "ON CONFLICT (device) DO UPDATE SET downlink_reserved = excluded.downlink_reserved "
+    "WHERE d.downlink_reserved < %s RETURNING device"
+)
 _FRAME_COPY = f"COPY event_log (seq, event_id, body, appended_at, {', '.join(FRAME_ROW)}) FROM STDIN"
 _TAKE_SEQS = "UPDATE meta SET value = value + %s WHERE name = 'event_log_seq' RETURNING value"
 _BUMP_GENERATION = "UPDATE meta SET value = value + 1 WHERE name = 'registry_generation'"
@@ -276,9 +283,15 @@ class PostgreSQLStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, Eng
             now = time.time()
             with conn.cursor() as cur:
                 # rows locked in device order: two receivers' batches never deadlock
-                if batch.downlink_reserved:
-                    cur.executemany(_RESERVE, [(device, now, now, reserved) for device, reserved
-                                               in sorted(batch.downlink_reserved.items())])
+                claimed = batch.downlink_claimed
+                for device, reserved in sorted(batch.downlink_reserved.items()):
+                    first = claimed.get(device)
+                    if first is None:
+                        cur.execute(_RESERVE, (device, now, now, reserved))
+                    elif cur.execute(_CLAIM, (device, now, now, reserved, first)).fetchone() is None:
+                        raise StoreError(f"device {device}: downlink counters from {first} on were "
+                                         "reserved by another receiver meanwhile: this batch is not "
+                                         "acked (its cards send again) and the reservations are reloaded")
                 if batch.device_stats:
                     cur.executemany(_DEVICE_STATS, [
                         {"device": d, "seen": seen, "counter": counter, "source": source, "added": added}
