@@ -209,6 +209,9 @@ class Engine:
         self._open: dict[str, Device] = {}  # alert id -> its device (open or acknowledged alerts)
         self.rejected = 0  # events that were not of the schema
         self.duplicates = 0
+        # devices whose state changed since the caller last took them (take_dirty): what a
+        # durable driver writes back with its cursor
+        self.dirty: set[str] = set()
 
     # --- input ---------------------------------------------------------------------------
 
@@ -249,10 +252,12 @@ class Engine:
         out: list[Action] = []
         if dev.last_rx is None or rx > dev.last_rx:
             dev.last_rx = rx
+        # what came before the first frame heard is unknown: the clocks of "not charged" and
+        # "no motion" start when the card is first heard, not at its (possibly old) data
         if dev.charge_t is None:
-            dev.charge_t = t
+            dev.charge_t = rx
         if dev.motion_t is None:
-            dev.motion_t = t
+            dev.motion_t = rx
         offline = dev.open_alert("offline")
         if offline is not None:
             self._close(dev, offline, "reconnected", now, out)
@@ -314,6 +319,27 @@ class Engine:
             self._emit(dev, alert, "acknowledged", self.now, out, ())
         self._evaluate(dev, self.now, out)
         return out
+
+    def resolve(self, alert_id: str, by: str, now: float | None = None) -> list[Action]:
+        """Someone (`by`) closed the alert by hand (the person is fine, it was dealt with): it
+        is resolved with the reason "resolved_by_hand" and never raised again for its episode.
+        Raises UnknownAlert for an id that is not open or acknowledged."""
+        dev = self._open.get(alert_id)
+        if dev is None:
+            raise UnknownAlert(alert_id)
+        if now is not None and now > self.now:
+            self.now = now
+        alert = next(a for a in dev.alerts or () if a.id == alert_id)
+        out: list[Action] = []
+        alert.info["resolved_by"] = str(by)
+        self._close(dev, alert, "resolved_by_hand", self.now, out)
+        self._evaluate(dev, self.now, out)
+        return out
+
+    def take_dirty(self) -> set[str]:
+        """The devices whose state changed since the last call (and forget them)."""
+        dirty, self.dirty = self.dirty, set()
+        return dirty
 
     def open_alerts(self) -> list[dict[str, Any]]:
         return [dict(a.as_dict(), device=d.id) for d in self.devices.values() for a in d.alerts or ()]
@@ -598,6 +624,7 @@ class Engine:
 
     def _evaluate(self, dev: Device, now: float, out: list[Action]) -> None:
         """Raise or escalate whatever is due for `dev` at `now`; schedule its next wake-up."""
+        self.dirty.add(dev.id)
         s = dev.settings
         nxt = math.inf
         if dev.alerts:
@@ -689,30 +716,45 @@ class Engine:
 
     def to_state(self) -> dict[str, Any]:
         """Everything the engine knows, as JSON-able data (`from_state` restores it)."""
-        skip = {"id", "settings", "due", "alerts"}
-        devices = {}
-        for dev in self.devices.values():
-            row = {name: getattr(dev, name) for name in Device.__slots__ if name not in skip}
-            row["alerts"] = [a.as_dict() for a in dev.alerts or ()]
-            devices[dev.id] = row
+        devices = {device_id: self.device_state(device_id) for device_id in self.devices}
         return {"version": STATE_VERSION, "now": self.now, "devices": devices}
+
+    _SKIP = frozenset({"id", "settings", "due", "alerts"})
+
+    def device_state(self, device_id: str) -> dict[str, Any]:
+        """One device's state as JSON-able data (`restore` takes it back)."""
+        dev = self.devices[device_id]
+        row = {name: getattr(dev, name) for name in Device.__slots__ if name not in self._SKIP}
+        row["alerts"] = [a.as_dict() for a in dev.alerts or ()]
+        return row
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], settings: Settings | None = None) -> "Engine":
         if not isinstance(state, Mapping) or state.get("version") != STATE_VERSION:
             raise EngineError(f"engine state: expected version {STATE_VERSION}, got "
                               f"{state.get('version') if isinstance(state, Mapping) else state!r}")
+        return cls.restore(float(state["now"]), state["devices"], settings)
+
+    @classmethod
+    def restore(cls, now: float, devices: Mapping[str, Mapping[str, Any]],
+                settings: Settings | None = None) -> "Engine":
+        """An engine at clock `now` with these devices' states (device_state rows); their
+        wake-ups are scheduled again. Raises EngineError for a row it cannot use."""
         engine = cls(settings)
-        engine.now = float(state["now"])
-        for device_id, row in state["devices"].items():
+        engine.now = float(now)
+        for device_id, row in devices.items():
             dev = engine.devices[device_id] = Device(device_id, engine.settings.for_device(device_id))
-            for name, value in row.items():
-                if name != "alerts":
-                    setattr(dev, name, value)
-            dev.alerts = [Alert.from_dict(a) for a in row["alerts"]] or None
+            try:
+                for name, value in row.items():
+                    if name != "alerts":
+                        setattr(dev, name, value)
+                dev.alerts = [Alert.from_dict(a) for a in row["alerts"]] or None
+            except (KeyError, TypeError, AttributeError, ValueError) as exc:
+                raise EngineError(f"engine state of device {device_id}: {exc!r}") from None
             for alert in dev.alerts or ():
                 engine._open[alert.id] = dev
             engine._evaluate(dev, engine.now, [])
+        engine.dirty.clear()
         return engine
 
 

@@ -40,6 +40,7 @@ CLOSE_REASONS: dict[str, str] = {
     "reconnected": "a frame arrived again (offline)",
     "charging": "the card is charging (low_battery, not_charged)",
     "worn": "the card is off the charger or counts motion again (card_not_worn)",
+    "resolved_by_hand": "someone resolved it (carecard alerts resolve, or an inbound resolve request)",
 }
 
 # who each step notifies

@@ -81,6 +81,15 @@ class TcpSettings:
 
 
 @dataclass
+class EngineSettings:
+    """[engine]: the alert engine inside the receiver (docs/receiver.md)."""
+
+    enabled: bool = True
+    settings: Path | None = None  # the alert engine's settings file (docs/events.md); None: defaults
+    poll_s: float = 1.0  # timers and acknowledgement requests are looked at at least this often
+
+
+@dataclass
 class ReceiverConfig:
     udp: list[Endpoint] = field(default_factory=list)
     tcp: list[Endpoint] = field(default_factory=list)
@@ -99,6 +108,7 @@ class ReceiverConfig:
     budget: BudgetSettings = field(default_factory=BudgetSettings)
     downlinks: DownlinkSettings = field(default_factory=DownlinkSettings)
     tcp_settings: TcpSettings = field(default_factory=TcpSettings)
+    engine: EngineSettings = field(default_factory=EngineSettings)
     sinks: list[dict[str, Any]] | None = None  # None: the sinks' default (SQLite only)
     # start although devices with keys have no replay and counter history in the database (it was
     # lost or restored from a backup): a flag only (--accept-lost-history), never a file key
@@ -304,6 +314,21 @@ def config_from_mapping(document: Mapping[str, Any], where: str, base_dir: Path 
                                                1, 1_000_000, integer=True)
     t.idle_timeout_s = tcp.number("idle_timeout_s", t.idle_timeout_s, 1, 7 * 86400)
     tcp.check()
+
+    engine = _Table(top.get("engine", {}), f"{where} [engine]")
+    e = config.engine
+    enabled = engine.get("enabled", e.enabled)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"{engine.where}: enabled must be true or false, got {enabled!r}")
+    e.enabled = enabled
+    settings_file = engine.get("settings", None)
+    if settings_file is not None:
+        if not isinstance(settings_file, str) or not settings_file:
+            raise ConfigError(f"{engine.where}: settings must be a file path, got {settings_file!r}")
+        path = Path(settings_file).expanduser()
+        e.settings = path if path.is_absolute() or base_dir is None else base_dir / path
+    e.poll_s = engine.number("poll_s", e.poll_s, 0.01, 60)
+    engine.check()
 
     sinks = top.get("sinks", None)
     if sinks is not None:

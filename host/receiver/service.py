@@ -64,8 +64,12 @@ def _drop_frame(*_args: Any) -> str:
 
 
 class Receiver:
-    def __init__(self, config: ReceiverConfig):
+    def __init__(self, config: ReceiverConfig, *, engine_clock: Callable[[], float] | None = None):
+        """`engine_clock`: the alert engine's clock (default time.time; tests inject one)."""
         config.ensure_listener()
+        self.engine_clock = engine_clock or time.time
+        self.engine: Any = None  # the alert engine's thread (carecard.host.engine.runner.EngineThread)
+        self._engine_resources: list[Any] = []
         self.config = config
         self.data_dir = Path(config.data_dir)
         self.metrics = Metrics()
@@ -152,6 +156,8 @@ class Receiver:
             except Exception as exc:
                 raise StartupError(f"sinks: {exc}") from None
 
+        self._open_engine()
+
         handle = ingest.handle
         for endpoint in config.udp:
             listener = UdpListener(endpoint, handle, self._on_input, self.metrics,
@@ -197,6 +203,8 @@ class Receiver:
             await tcp.start()
         for serial in self.serial:
             serial.start(loop)
+        if self.engine is not None:
+            self.engine.start()
         self._tasks.append(asyncio.create_task(self._poll_registry(), name="registry-poll"))
         self._tasks.append(asyncio.create_task(self._maintenance(), name="maintenance"))
         log.info("receiver started: data %s, %d devices with keys, sinks: %s%s",
@@ -205,6 +213,52 @@ class Receiver:
                  if self.metrics_server else "",
                  extra={"fields": {"config": config.source, "metrics_port": self.metrics_server.port
                                    if self.metrics_server else None}})
+
+    def _open_engine(self) -> None:
+        """The alert engine: a reader of the event log in a thread, with connections of its own
+        (carecard.host.engine.runner)."""
+        settings_config = self.config.engine
+        if not settings_config.enabled:
+            return
+        from carecard.host.engine.runner import EngineRunner, EngineThread
+        from carecard.host.engine.settings import Settings, SettingsError
+
+        try:
+            settings = Settings.load(settings_config.settings) if settings_config.settings else Settings()
+        except SettingsError as exc:
+            raise StartupError(f"{self.config.source} [engine] settings: {exc}") from None
+        path = ingest_db_path(self.data_dir)
+        try:
+            store = SQLiteStore(path, self.config.ingest.durability)
+            self._engine_resources.append(store)
+            eventlog = SQLiteEventLog(path)
+            self._engine_resources.append(eventlog)
+        except (StoreError, RuntimeError) as exc:
+            raise StartupError(f"alert engine: {exc}") from None
+        runner = EngineRunner(store, eventlog, settings, clock=self.engine_clock)
+        self.engine = EngineThread(runner, poll_s=settings_config.poll_s, on_commit=self._engine_committed)
+        try:
+            runner.load()
+        except Exception as exc:
+            raise StartupError(f"alert engine: cannot restore its state from {path}: {exc}") from None
+
+    def _engine_committed(self, result: Any) -> None:
+        """From the engine's thread: its alert events are in the log (the sinks carry them), its
+        check-in prompts in the command queue (the next ack carries them)."""
+        loop = self._loop
+        if loop is None:
+            return
+
+        def on_loop() -> None:
+            if result.commands and not self._closed and self.store is not None:
+                self.check_registry()
+            if self.sinks is not None and result.last_seq:
+                self.sinks.notify(result.last_seq)
+
+        try:
+            loop.call_soon_threadsafe(on_loop)
+        except RuntimeError:  # the loop is closed: shutting down
+            pass
 
     def _check_history(self) -> None:
         """Keys without their replay and counter history (the database deleted, emptied or
@@ -425,6 +479,20 @@ class Receiver:
         m.gauge("batch_collecting_frames", "Frames waiting for the next commit.", lambda: len(ingest.batch))
         if self.sinks is not None:
             m.sink_stats = self.sinks.stats
+        if self.engine is not None:
+            engine = self.engine
+            m.gauge("engine_cursor", "The alert engine has handled the event log up to this seq.",
+                    lambda: engine.runner.cursor)
+            m.gauge("engine_alerts_open", "Alerts open or acknowledged, not resolved.",
+                    lambda: len(engine.runner.alerts))
+            m.gauge("engine_alert_events", "Alert events the engine appended to the log since start.",
+                    lambda: engine.runner.alert_events)
+            m.gauge("engine_events_rejected", "Events the engine could not use (not of the schema).",
+                    lambda: engine.runner.rejected)
+            m.gauge("engine_requests_done", "Acknowledge/resolve requests carried out.",
+                    lambda: engine.runner.requests_done)
+            m.gauge("engine_requests_refused", "Acknowledge/resolve requests refused (alert not open).",
+                    lambda: engine.runner.requests_refused)
         m.gauge("event_log_pruned_upto", "Every event up to this seq other than a frame's (frames' "
                 "rows are the archive) has been pruned from the log (all sinks delivered it).",
                 lambda: self._pruned_upto)
@@ -526,6 +594,8 @@ class Receiver:
             if last_seq and self.sinks is not None:
                 # idle: nothing collected meanwhile, so a sink lingering for more gains nothing
                 self.sinks.notify(last_seq, idle=not len(ingest.batch))
+            if last_seq and self.engine is not None:
+                self.engine.notify()
         self._inflight_done.set()
         if self._paused:
             self._paused = False
@@ -568,6 +638,9 @@ class Receiver:
         await asyncio.gather(*(loop.run_in_executor(None, serial.pause) for serial in self.serial))
         if self._started:
             await self.flush()
+        if self.engine is not None:
+            # its last step's alerts reach the log before the sinks drain
+            await loop.run_in_executor(None, self.engine.stop)
         self._closed = True
         for task in self._tasks:
             task.cancel()
@@ -598,6 +671,14 @@ class Receiver:
         if self.metrics_server is not None:
             await self.metrics_server.stop()
         self._writer.shutdown(wait=True)
+        if self.engine is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.engine.stop)
+        for resource in self._engine_resources:
+            try:
+                resource.close()
+            except Exception:  # closing only
+                pass
+        self._engine_resources.clear()
         if self.eventlog is not None:
             self.eventlog.close()
             self.eventlog = None
@@ -629,9 +710,10 @@ class Receiver:
 
 
 async def serve(config: ReceiverConfig, stop: asyncio.Event,
-                started: Callable[[Receiver], None] | None = None) -> Receiver:
+                started: Callable[[Receiver], None] | None = None, *,
+                engine_clock: Callable[[], float] | None = None) -> Receiver:
     """Run a receiver until `stop` is set, then shut it down gracefully."""
-    receiver = Receiver(config)
+    receiver = Receiver(config, engine_clock=engine_clock)
     await receiver.start()
     if started is not None:
         started(receiver)
@@ -649,8 +731,9 @@ class ReceiverThread:
             port = rt.receiver.udp_ports[0]
     """
 
-    def __init__(self, config: ReceiverConfig):
+    def __init__(self, config: ReceiverConfig, *, engine_clock: Callable[[], float] | None = None):
         self.config = config
+        self.engine_clock = engine_clock
         self.receiver: Receiver | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -677,7 +760,7 @@ class ReceiverThread:
                 self.receiver = receiver
                 self._started.set()
 
-            await serve(self.config, self._stop, started)
+            await serve(self.config, self._stop, started, engine_clock=self.engine_clock)
 
         try:
             asyncio.run(main())

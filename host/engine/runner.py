@@ -1,0 +1,328 @@
+"""The alert engine as a reader of the event log: the durable shell around the sans-I/O core.
+
+One step (`EngineRunner.step`): read the events after the engine's cursor (in order; before each
+one the timers due by its `received_at` fire, at their own time, as in `carecard replay`), handle
+the acknowledge/resolve requests queued since (storage.AlertStore), let the clock run to now,
+and commit everything the step produced in ONE transaction (storage.EngineStore.commit_engine):
+the `alert` events appended to the event log (so every sink carries them), the alerts' rows,
+the requests' outcomes, the check-in prompts queued as downlink commands (`checkin_prompt`, whose
+`prompt_id` is the alert's: the card's answer names it), the changed devices' states and the
+cursor. A crash before the commit loses the step's work and nothing else: the next start
+resumes from the last commit and does it again, so no alert is raised twice. A commit that fails
+makes the runner reload its last commit and retry.
+
+`EngineThread` runs a runner in a thread of `carecard receive`, woken by every ingest commit and
+at least every `poll_s` (timers, requests): with its own database connections it never holds
+up ingest, which only tells it that something was committed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from carecard.host.engine.core import Action, Engine, EngineError, Notify, SendCheckin, UnknownAlert
+from carecard.host.engine.settings import Settings
+from carecard.host.storage import (
+    ACTION_DONE,
+    ACTION_REFUSED,
+    AlertRecord,
+    EngineCommit,
+    EngineCommitResult,
+    EventLogError,
+    EventLogReader,
+    StoreError,
+)
+from carecard.host.timefmt import parse_iso_utc
+
+log = logging.getLogger("carecard.engine")
+
+ENGINE_NAME = "engine"
+# Events per step: a step's commit holds the database's write lock, which ingest waits for, so
+# a step stays small (a few ms) even with a backlog.
+STEP_EVENTS = 500
+POLL_S = 1.0
+
+
+@dataclass
+class StepResult:
+    events: int = 0  # events read from the log
+    actions: list[Action] = field(default_factory=list)
+    requests: int = 0  # acknowledge/resolve requests handled
+    commit: EngineCommitResult | None = None
+
+
+class EngineRunner:
+    """The engine over a store's event log. Not thread-safe: one thread steps it. `store` is
+    both a storage.AlertStore and a storage.EngineStore (SQLiteStore is)."""
+
+    def __init__(self, store: Any, eventlog: EventLogReader, settings: Settings | None = None, *,
+                 name: str = ENGINE_NAME, clock: Callable[[], float] = time.time,
+                 step_events: int = STEP_EVENTS):
+        self.store = store
+        self.eventlog = eventlog
+        self.settings = settings or Settings()
+        self.name = name
+        self.clock = clock
+        self.step_events = step_events
+        self.engine = Engine(self.settings)
+        self.cursor = 0
+        self.alerts: dict[str, AlertRecord] = {}  # alerts not resolved, as last committed
+        self.rejected = 0  # events the engine could not use (not of the schema)
+        self.unreadable = 0  # log rows that could not be read back
+        self.requests_done = 0
+        self.requests_refused = 0
+        self.commit_failures = 0
+        self.alert_events = 0
+        self.loaded = False
+
+    # --- start-up -------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Restore the last commit (or, the first time, start at the end of the log: the engine
+        follows what arrives from now on). Raises StoreError or EngineError."""
+        checkpoint = self.store.load_engine(self.name)
+        if checkpoint is None:
+            self.engine = Engine(self.settings)
+            self.cursor = self.eventlog.last_seq()
+            self.engine.now = self.clock()
+        else:
+            devices = {}
+            for device, text in checkpoint.devices.items():
+                try:
+                    devices[str(device)] = json.loads(text)
+                except ValueError as exc:
+                    raise EngineError(f"engine {self.name!r}: the saved state of device {device} is not "
+                                      f"JSON ({exc})") from None
+            self.engine = Engine.restore(checkpoint.now, devices, self.settings)
+            self.cursor = checkpoint.cursor
+        self.alerts = {alert.id: alert for alert in
+                       self.store.list_alerts(states=("open", "acknowledged"))}
+        self.loaded = True
+
+    # --- one step -------------------------------------------------------------------------------
+
+    def step(self) -> StepResult:
+        """Read, judge, handle requests, commit. Raises StoreError (the runner has reloaded its
+        last commit: call again later)."""
+        if not self.loaded:
+            self.load()
+        engine = self.engine
+        result = StepResult()
+        out = result.actions
+        try:
+            entries = self.eventlog.entries_after(self.cursor, self.step_events)
+        except EventLogError as exc:
+            entries = self._read_around(exc)
+        cursor = self.cursor
+        for entry in entries:
+            cursor = entry.seq
+            if entry.message is None and entry.event.get("kind") == "alert":
+                continue  # the engine's own output (and other hosts' alerts)
+            event = entry.event
+            try:
+                rx = parse_iso_utc(event["received_at"])
+            except (KeyError, TypeError, ValueError, IndexError):
+                rx = None
+            if rx is not None:
+                out += engine.advance(rx)
+            try:
+                out += engine.feed(event)
+            except EngineError as exc:
+                self.rejected += 1
+                log.warning("engine: event log seq %d skipped: %s", entry.seq, exc)
+        result.events = len(entries)
+        out += engine.advance(self.clock())
+        handled = self._requests(out)
+        result.requests = len(handled)
+        commit = self._commit_of(cursor, out, handled)
+        if cursor == self.cursor and not (commit.events or commit.alerts or commit.actions
+                                          or commit.commands or commit.devices):
+            return result  # nothing to make durable (the clock alone is not worth a commit)
+        try:
+            result.commit = self.store.commit_engine(self.name, commit)
+        except StoreError:
+            self.commit_failures += 1
+            self.loaded = False  # the in-memory engine is ahead of what is stored: reload
+            raise
+        self.cursor = cursor
+        for request_id, outcome, _detail, _at in handled:
+            if outcome == ACTION_DONE:
+                self.requests_done += 1
+            else:
+                self.requests_refused += 1
+        for alert in commit.alerts:
+            if alert.state == "resolved":
+                self.alerts.pop(alert.id, None)
+        self.alert_events += len(commit.events)
+        for device, cmd, why in result.commit.skipped_commands:  # type: ignore[union-attr]
+            log.warning("engine: %s for device %s not queued: %s", cmd, device, why)
+        return result
+
+    def _read_around(self, error: EventLogError) -> list[Any]:
+        """A row that cannot be read back: read the others one by one, skipping it (counted)."""
+        log.error("engine: %s: reading around it", error)
+        entries: list[Any] = []
+        seq = self.cursor
+        last = self.eventlog.last_seq()
+        while seq < last and len(entries) < self.step_events:
+            try:
+                got = self.eventlog.entries_after(seq, 1)
+            except EventLogError:
+                self.unreadable += 1
+                seq += 1
+                continue
+            if not got:
+                break
+            entries.extend(got)
+            seq = got[0].seq
+        return entries
+
+    def _requests(self, out: list[Action]) -> list[tuple[int, str, str | None, float]]:
+        handled = []
+        engine = self.engine
+        for request in self.store.pending_alert_actions():
+            now = engine.now
+            try:
+                if request.action == "acknowledge":
+                    steps = engine.acknowledge(request.alert_id, request.by, now)
+                else:
+                    steps = engine.resolve(request.alert_id, request.by, now)
+            except UnknownAlert:
+                known = self.alerts.get(request.alert_id)
+                why = "the alert is already resolved" if known is None else "the alert is not open"
+                handled.append((request.id, ACTION_REFUSED, why, now))
+                continue
+            if not steps:
+                handled.append((request.id, ACTION_REFUSED, "the alert is already acknowledged", now))
+                continue
+            if request.reason:
+                for step in steps:
+                    if step.alert_id == request.alert_id:
+                        step.details["reason"] = request.reason
+            out += steps
+            handled.append((request.id, ACTION_DONE, None, now))
+        return handled
+
+    def _commit_of(self, cursor: int, out: list[Action], handled: list[tuple[int, str, str | None, float]]
+                   ) -> EngineCommit:
+        engine = self.engine
+        commit = EngineCommit(cursor=cursor, now=engine.now, actions=handled)
+        changed: dict[str, AlertRecord] = {}
+        for action in out:
+            if isinstance(action, SendCheckin):
+                commit.commands.append((int(action.device), "checkin_prompt",
+                                        {"prompt_id": action.prompt_id, "timeout_s": min(action.timeout_s, 0xFFFF)}))
+                continue
+            commit.events.append(action.event())
+            changed[action.alert_id] = self._record(action)
+        commit.alerts = list(changed.values())
+        for device in engine.take_dirty():
+            if device in engine.devices:
+                commit.devices[int(device)] = json.dumps(engine.device_state(device), separators=(",", ":"))
+        return commit
+
+    def _record(self, step: Notify) -> AlertRecord:
+        record = self.alerts.get(step.alert_id)
+        if record is None:
+            record = self.alerts[step.alert_id] = AlertRecord(
+                step.alert_id, int(step.device), step.kind, step.state, step.step, step.at, step.at)
+        record.state = step.state
+        record.updated_at = step.at
+        details = dict(step.details)
+        if step.step == "acknowledged":
+            record.acknowledged_by = details.get("acknowledged_by")
+            record.acknowledged_at = step.at
+        elif step.step != "resolved":
+            record.step = step.step
+            record.notified = [*record.notified, {"step": step.step, "at": step.at,
+                                                  "notify": list(step.notify),
+                                                  "recipients": list(step.recipients)}]
+        if step.state == "resolved":
+            record.closed_reason = details.get("closed_reason")
+            record.closed_at = step.at
+            record.closed_by = details.get("resolved_by")
+        if details.get("prompt_id") is not None:
+            record.prompt_id = details["prompt_id"]
+        record.details = {**record.details, **details}
+        return record
+
+
+class EngineThread:
+    """A runner stepping in a thread: woken by `notify()` (ingest committed) and every `poll_s`."""
+
+    def __init__(self, runner: EngineRunner, *, poll_s: float = POLL_S,
+                 on_commit: Callable[[EngineCommitResult], None] | None = None):
+        self.runner = runner
+        self.poll_s = poll_s
+        self.on_commit = on_commit
+        self._wake = threading.Event()
+        self._stop = False
+        self._steps = 0
+        self._done = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self.error: str | None = None
+
+    def start(self) -> None:
+        if not self.runner.loaded:
+            self.runner.load()
+        self._thread = threading.Thread(target=self._run, name="carecard-engine", daemon=True)
+        self._thread.start()
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def sync(self, timeout: float = 30.0) -> bool:
+        """Wait until a step that started after this call has finished (tests, tools)."""
+        with self._done:
+            target = self._steps + 2
+            self._wake.set()
+            return self._done.wait_for(lambda: self._steps >= target or self._stop, timeout)
+
+    def _run(self) -> None:
+        runner = self.runner
+        while not self._stop:
+            self._wake.wait(self.poll_s)
+            self._wake.clear()
+            if self._stop:
+                break
+            more = False
+            try:
+                result = runner.step()
+                more = result.events >= runner.step_events
+                self.error = None
+                if self.on_commit is not None and result.commit is not None:
+                    self.on_commit(result.commit)
+            except (StoreError, EngineError) as exc:
+                if self.error != str(exc):
+                    log.error("engine: step failed (retrying from its last commit): %s", exc)
+                self.error = str(exc)
+            except Exception as exc:  # never let the engine thread die silently
+                log.exception("engine: unexpected error (retrying from its last commit): %s", exc)
+                self.error = repr(exc)
+                runner.loaded = False
+            with self._done:
+                self._steps += 1
+                self._done.notify_all()
+            if more:
+                self._wake.set()
+        with self._done:
+            self._done.notify_all()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the step under way (its commit included) and stop."""
+        self._stop = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def stats(self) -> dict[str, Any]:
+        r = self.runner
+        return {"cursor": r.cursor, "devices": len(r.engine.devices), "alerts_open": len(r.alerts),
+                "alert_events": r.alert_events, "rejected": r.rejected, "unreadable": r.unreadable,
+                "requests_done": r.requests_done, "requests_refused": r.requests_refused,
+                "commit_failures": r.commit_failures, "error": self.error}
