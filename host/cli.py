@@ -36,6 +36,7 @@ COMMAND_MODULES = [
     "carecard.host.commands.flash_cmd",
     "carecard.host.commands.provision_cmd",
     "carecard.host.commands.serve_cmd",
+    "carecard.host.commands.alerts_cmd",
 ]
 
 

@@ -51,8 +51,16 @@ def _config(data_dir: Path, **more: Any) -> ReceiverConfig:
 
 
 def _alert_events(data_dir: Path) -> list[dict[str, Any]]:
+    """Every alert event, in order, as the SQLite sink stored them (the event log prunes alert
+    events once every sink has them): waits until the sink has the whole log."""
+    import sqlite3
+
     with SQLiteEventLog(ingest_db_path(data_dir)) as log:
-        return [event for _seq, event in log.events_after(0, 100_000) if event["kind"] == "alert"]
+        last = log.last_seq()
+        _until(lambda: (log.load_cursor("sqlite") or 0) >= last, f"the SQLite sink at seq {last}")
+    with sqlite3.connect(data_dir / "events.sqlite") as conn:
+        rows = conn.execute("SELECT body FROM events WHERE kind = 'alert' ORDER BY rowid").fetchall()
+    return [json.loads(body) for (body,) in rows]
 
 
 def _steps(data_dir: Path) -> list[tuple[str, str]]:

@@ -87,6 +87,9 @@ class EngineSettings:
     enabled: bool = True
     settings: Path | None = None  # the alert engine's settings file (docs/events.md); None: defaults
     poll_s: float = 1.0  # timers and acknowledgement requests are looked at at least this often
+    http: Endpoint | None = None  # POST /v1/alert-actions, signed as the webhook sink signs
+    http_secret: str | None = None
+    mqtt_sink: str | None = None  # name of the mqtt sink on whose broker requests come in
 
 
 @dataclass
@@ -328,6 +331,21 @@ def config_from_mapping(document: Mapping[str, Any], where: str, base_dir: Path 
         path = Path(settings_file).expanduser()
         e.settings = path if path.is_absolute() or base_dir is None else base_dir / path
     e.poll_s = engine.number("poll_s", e.poll_s, 0.01, 60)
+    http = engine.get("http", None)
+    if http is not None:
+        e.http = parse_endpoint(http, f"{engine.where} http", default_port=None)
+    secret = engine.get("http_secret", None)
+    if secret is not None and (not isinstance(secret, str) or len(secret) < 16):
+        raise ConfigError(f"{engine.where}: http_secret must be text of at least 16 characters, shared "
+                          "with the backend that signs the requests")
+    e.http_secret = secret
+    if e.http is not None and e.http_secret is None:
+        raise ConfigError(f"{engine.where}: http needs http_secret (requests are signed as the webhook "
+                          "sink signs its events)")
+    mqtt_sink = engine.get("mqtt_sink", None)
+    if mqtt_sink is not None and (not isinstance(mqtt_sink, str) or not mqtt_sink):
+        raise ConfigError(f"{engine.where}: mqtt_sink must be the name of an mqtt sink, got {mqtt_sink!r}")
+    e.mqtt_sink = mqtt_sink
     engine.check()
 
     sinks = top.get("sinks", None)
@@ -335,8 +353,20 @@ def config_from_mapping(document: Mapping[str, Any], where: str, base_dir: Path 
         if not isinstance(sinks, list):
             raise ConfigError(f"{where}: sinks must be a list of [[sinks]] tables")
         config.sinks = [dict(table) if isinstance(table, Mapping) else table for table in sinks]
+    if e.mqtt_sink is not None:
+        mqtt_sink_table(config)
     top.check()
     return config
+
+
+def mqtt_sink_table(config: ReceiverConfig) -> dict[str, Any]:
+    """The [[sinks]] table named by [engine] mqtt_sink (an mqtt sink). Raises ConfigError."""
+    name = config.engine.mqtt_sink
+    for table in config.sinks or []:
+        if isinstance(table, Mapping) and table.get("type") == "mqtt" and (table.get("name") or "mqtt") == name:
+            return dict(table)
+    raise ConfigError(f"{config.source} [engine]: mqtt_sink {name!r} names no [[sinks]] table of type "
+                      "\"mqtt\" (its `name`, or \"mqtt\" when it has none)")
 
 
 def _max_commands() -> int:

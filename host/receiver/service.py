@@ -69,6 +69,8 @@ class Receiver:
         config.ensure_listener()
         self.engine_clock = engine_clock or time.time
         self.engine: Any = None  # the alert engine's thread (carecard.host.engine.runner.EngineThread)
+        self.alert_http: Any = None  # inbound acknowledgements (carecard.host.engine.inbound)
+        self.alert_mqtt: Any = None
         self._engine_resources: list[Any] = []
         self.config = config
         self.data_dir = Path(config.data_dir)
@@ -205,6 +207,7 @@ class Receiver:
             serial.start(loop)
         if self.engine is not None:
             self.engine.start()
+        await self._open_inbound()
         self._tasks.append(asyncio.create_task(self._poll_registry(), name="registry-poll"))
         self._tasks.append(asyncio.create_task(self._maintenance(), name="maintenance"))
         log.info("receiver started: data %s, %d devices with keys, sinks: %s%s",
@@ -241,6 +244,38 @@ class Receiver:
             runner.load()
         except Exception as exc:
             raise StartupError(f"alert engine: cannot restore its state from {path}: {exc}") from None
+
+    async def _open_inbound(self) -> None:
+        """The inbound acknowledgement paths ([engine] http, mqtt_sink), on a store of their own."""
+        engine = self.config.engine
+        if self.engine is None or (engine.http is None and engine.mqtt_sink is None):
+            return
+        from carecard.host.engine.inbound import AlertActionServer, MqttAlertActions
+        from carecard.host.receiver.config import ConfigError, mqtt_sink_table
+        from carecard.host.sinks.base import ConfigError as SinkConfigError
+
+        try:
+            store = SQLiteStore(ingest_db_path(self.data_dir), self.config.ingest.durability)
+        except StoreError as exc:
+            raise StartupError(f"alert actions: {exc}") from None
+        self._engine_resources.append(store)
+        if engine.http is not None:
+            assert engine.http_secret is not None
+            self.alert_http = AlertActionServer(store, engine.http_secret, engine.http.host, engine.http.port)
+            try:
+                await self.alert_http.start()
+            except OSError as exc:
+                from carecard.host.receiver.transports import _describe_os_error
+
+                self.alert_http = None
+                raise StartupError(f"[engine] http {engine.http}: {_describe_os_error(exc)}") from None
+        if engine.mqtt_sink is not None:
+            try:
+                table = mqtt_sink_table(self.config)
+                self.alert_mqtt = MqttAlertActions(store, table, f"{self.config.source} sink {engine.mqtt_sink!r}")
+            except (ConfigError, SinkConfigError) as exc:
+                raise StartupError(str(exc)) from None
+            self.alert_mqtt.start()
 
     def _engine_committed(self, result: Any) -> None:
         """From the engine's thread: its alert events are in the log (the sinks carry them), its
@@ -493,9 +528,21 @@ class Receiver:
                     lambda: engine.runner.requests_done)
             m.gauge("engine_requests_refused", "Acknowledge/resolve requests refused (alert not open).",
                     lambda: engine.runner.requests_refused)
+            for path in ("http", "mqtt"):
+                for reason in ("queued", "missing_signature", "bad_signature", "bad_timestamp",
+                               "stale_timestamp", "replayed", "bad_request", "unknown_alert", "alert_state"):
+                    if path == "mqtt" and "signature" in reason or path == "mqtt" and reason in (
+                            "bad_timestamp", "stale_timestamp", "replayed"):
+                        continue
+                    m.gauge(f"alert_actions_{path}_{reason}", f"Inbound {path.upper()} alert requests: {reason}.",
+                            lambda path=path, reason=reason: self._inbound_count(path, reason))
         m.gauge("event_log_pruned_upto", "Every event up to this seq other than a frame's (frames' "
                 "rows are the archive) has been pruned from the log (all sinks delivered it).",
                 lambda: self._pruned_upto)
+
+    def _inbound_count(self, path: str, reason: str) -> int:
+        server = self.alert_http if path == "http" else self.alert_mqtt
+        return 0 if server is None else server.counts[reason]
 
     # --- group commit -----------------------------------------------------------------------------
 
@@ -671,6 +718,12 @@ class Receiver:
         if self.metrics_server is not None:
             await self.metrics_server.stop()
         self._writer.shutdown(wait=True)
+        if self.alert_http is not None:
+            await self.alert_http.stop()
+            self.alert_http = None
+        if self.alert_mqtt is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.alert_mqtt.stop)
+            self.alert_mqtt = None
         if self.engine is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.engine.stop)
         for resource in self._engine_resources:
