@@ -122,7 +122,7 @@ def test_a_signed_http_request_acknowledges_and_bad_ones_are_refused_and_counted
         assert status == 401 and "from the receiver's clock" in answer["error"]
         signed = _signed(body)
         status, answer = _post(port, body, signed)
-        assert status == 202 and answer["state"] == "queued" and answer["alert_id"] == alert_id
+        assert status == 202 and answer["state"] == "accepted" and answer["alert_id"] == alert_id
         status, answer = _post(port, body, signed)  # the same signed request again
         assert status == 409 and "replay" in answer["error"]
         bad = b'{"alert_id": "x", "action": "close", "by": "ops"}'
@@ -139,7 +139,7 @@ def test_a_signed_http_request_acknowledges_and_bad_ones_are_refused_and_counted
         status, answer = _post(port, again, _signed(again))
         assert status == 409 and "already acknowledged by backend:ops" in answer["error"]
         assert dict(server.counts) == {"missing_signature": 3, "bad_signature": 1, "stale_timestamp": 1,
-                                       "queued": 1, "replayed": 1, "bad_request": 1, "unknown_alert": 1,
+                                       "accepted": 1, "replayed": 1, "bad_request": 1, "unknown_alert": 1,
                                        "alert_state": 1}
         metrics = rt.call(rt.receiver.metrics.render).splitlines()
         assert "carecard_alert_actions_http_replayed 1" in metrics
@@ -200,7 +200,7 @@ def test_a_request_on_the_mqtt_topic_acknowledges_and_the_outcome_is_published(t
             store.close()
             assert alert is not None and (alert.state, alert.acknowledged_by) == ("acknowledged", "+8613800138000 Son")
             assert (handled.source, handled.outcome, handled.reason) == ("mqtt", "done", "calling")
-            assert rt.receiver.alert_mqtt.counts["queued"] == 1
+            assert rt.receiver.alert_mqtt.counts["accepted"] == 1
     finally:
         backend.loop_stop()
         backend.disconnect()

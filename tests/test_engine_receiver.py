@@ -20,6 +20,9 @@ SETTINGS = """
 [defaults]
 stillness_threshold = "60s"
 report_interval = "60s"
+# a slow machine may take minutes of real time: no offline alert, and stillness stays known
+offline_factor = 100
+evidence_gap_factor = 10
 checkin_window = "60s"
 family_window = "60s"
 wake = "00:00"

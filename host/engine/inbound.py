@@ -16,7 +16,7 @@ sink like any other alert event.
   bad signature is 401, a timestamp more than `TOLERANCE_S` from the receiver's clock is 401, a
   signature already used (a replay) is 409; a bad request 400; an unknown alert 404; an alert
   already resolved (or acknowledged, for acknowledge) 409; queued 202 with
-  {"request": ID, "alert_id", "action", "state": "queued"}. Every error body is
+  {"request": ID, "alert_id", "action", "state": "accepted"}. Every error body is
   {"error": "<one line: what, why, and the fix>"}; every outcome is counted.
 - MQTT (`[engine] mqtt_sink = "<name of an mqtt sink>"`): the request published to
   `<topic_prefix>/alert_actions` on that sink's broker (its connection settings and prefix);
@@ -218,9 +218,9 @@ class AlertActionServer:
             self.counts[exc.reason] += 1
             log.warning("alert actions: HTTP request refused (%d %s): %s", exc.status, exc.reason, exc)
             return exc.status, {"error": str(exc)}
-        self.counts["queued"] += 1
+        self.counts["accepted"] += 1
         return 202, {"request": request.id, "alert_id": request.alert_id, "action": request.action,
-                     "state": "queued"}
+                     "state": "accepted"}
 
 
 class MqttAlertActions:
@@ -291,7 +291,7 @@ class MqttAlertActions:
                 answer["error"] = str(exc)
                 log.warning("alert actions: MQTT request refused (%s): %s", exc.reason, exc)
             else:
-                self.counts["queued"] += 1
+                self.counts["accepted"] += 1
                 answer.update(ok=True, request=request.id)
             try:
                 self.client.publish_messages([(self.result_topic, json.dumps(answer, ensure_ascii=False).encode(),

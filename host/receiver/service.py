@@ -227,7 +227,7 @@ class Receiver:
         from carecard.host.engine.settings import Settings, SettingsError
 
         try:
-            settings = Settings.load(settings_config.settings) if settings_config.settings else Settings()
+            file_tables = Settings.load_tables(settings_config.settings) if settings_config.settings else {}
         except SettingsError as exc:
             raise StartupError(f"{self.config.source} [engine] settings: {exc}") from None
         path = ingest_db_path(self.data_dir)
@@ -238,7 +238,17 @@ class Receiver:
             self._engine_resources.append(eventlog)
         except (StoreError, RuntimeError) as exc:
             raise StartupError(f"alert engine: {exc}") from None
-        runner = EngineRunner(store, eventlog, settings, clock=self.engine_clock)
+        def settings_now() -> Settings:
+            """The settings file's, overridden key by key by the registry's."""
+            defaults, devices = store.load_engine_settings()
+            return Settings.combine(file_tables, {"defaults": defaults, "devices": {str(d): t for d, t in devices.items()}},
+                                    where=f"settings file {settings_config.settings} + registry")
+
+        try:
+            settings = settings_now()
+        except SettingsError as exc:
+            raise StartupError(f"alert engine settings: {exc}") from None
+        runner = EngineRunner(store, eventlog, settings, clock=self.engine_clock, settings_loader=settings_now)
         self.engine = EngineThread(runner, poll_s=settings_config.poll_s, on_commit=self._engine_committed)
         try:
             runner.load()
@@ -529,7 +539,7 @@ class Receiver:
             m.gauge("engine_requests_refused", "Acknowledge/resolve requests refused (alert not open).",
                     lambda: engine.runner.requests_refused)
             for path in ("http", "mqtt"):
-                for reason in ("queued", "missing_signature", "bad_signature", "bad_timestamp",
+                for reason in ("accepted", "missing_signature", "bad_signature", "bad_timestamp",
                                "stale_timestamp", "replayed", "bad_request", "unknown_alert", "alert_state"):
                     if path == "mqtt" and "signature" in reason or path == "mqtt" and reason in (
                             "bad_timestamp", "stale_timestamp", "replayed"):
