@@ -62,6 +62,9 @@ demo: setup
 
 test: setup debs port32
 	$(BIN)/python -m pytest -q -n 2 tests
+	# the alert engine's evaluation report on the generated scenario corpus (fails when a target is missed)
+	corpus=$$(mktemp -d) && $(BIN)/python tests/engine_corpus.py $$corpus >/dev/null \
+	  && $(BIN)/carecard replay --evaluate $$corpus; status=$$?; rm -rf $$corpus; exit $$status
 
 bench: setup port32
 	for name in protocol nmea at receive engine; do $(BIN)/carecard bench $$name || exit 1; done
