@@ -375,3 +375,36 @@ def test_storage_imports_nothing_of_the_receiver() -> None:
                           if name.startswith(("carecard.host.receiver", "carecard.host.engine",
                                               "carecard.host.sinks", "carecard.host.commands"))]
     assert offenders == []
+
+
+# Backends that implement storage.EngineSettingsStore (PostgreSQL joins when it does).
+SETTINGS_BACKENDS = ("sqlite",)
+
+
+@pytest.fixture(params=SETTINGS_BACKENDS)
+def settings_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    made = BACKENDS[request.param](request, tmp_path)
+    yield made
+    made.store.close()
+
+
+def test_the_engines_settings_are_kept_per_device_for_registered_devices(settings_backend: Backend) -> None:
+    from carecard.host.storage import EngineSettingsStore, UnknownDeviceError
+
+    backend = settings_backend
+    store = backend.store
+    assert isinstance(store, EngineSettingsStore)
+    assert store.load_engine_settings() == ({}, {})
+    _commit(store, CommitBatch(device_stats=[(DEVICE, 1.0, 0, "udp:x", 0), (OTHER, 1.0, 0, "udp:x", 0)]))
+    generation = store.generation()
+    store.save_engine_settings({"stillness_threshold": "2h"}, {DEVICE: {"name": "王奶奶", "family": ["+861"]}}, 1.0)
+    assert store.generation() != generation
+    store.save_engine_settings(None, {OTHER: {"wake": "06:00"}}, 2.0)
+    assert store.load_engine_settings() == ({"stillness_threshold": "2h"},
+                                            {DEVICE: {"name": "王奶奶", "family": ["+861"]}, OTHER: {"wake": "06:00"}})
+    with pytest.raises(UnknownDeviceError, match="861234567890149 not in the registry"):
+        store.save_engine_settings({}, {DEVICE: {}, 861234567890149: {"name": "x"}}, 3.0)
+    store.save_engine_settings(None, {OTHER: {"wake": "07:00"}}, 4.0, replace=True)
+    store.close()
+    backend.store = store = backend.reopen()
+    assert store.load_engine_settings() == ({"stillness_threshold": "2h"}, {OTHER: {"wake": "07:00"}})

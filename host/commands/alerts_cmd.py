@@ -3,11 +3,19 @@
     carecard alerts [--device D] [--state S ...] [--kind K ...] [--since TIME] [--limit N] [--all] [--json]
     carecard alerts ack ID --by NAME [--reason TEXT] [--wait S] [--json]
     carecard alerts resolve ID --by NAME [--reason TEXT] [--wait S] [--json]
+    carecard alerts settings import FILE [--replace]
+    carecard alerts settings show [DEVICE] [--json]
 
 Without --state or --all the list shows the alerts not resolved. `ack` and `resolve` queue a
 request (storage.AlertStore.request_alert_action) that the engine of the running receiver carries
 out at its next step (docs/receiver.md, "The alert engine"); with --wait they wait that long for
 its outcome.
+
+`settings import` keeps the alert engine's settings file (docs/events.md, "Alert engine
+settings": `defaults` and per-device tables) in the device registry, checked key by key; the
+running receiver's engine uses them from its next step, over its `[engine] settings` file.
+`settings show` prints what the registry holds (with DEVICE: that card's settings in effect from
+the registry and the defaults).
 """
 
 from __future__ import annotations
@@ -79,6 +87,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         one.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         one.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         one.set_defaults(alert_action=action)
+    settings = sub.add_parser("settings", help="the alert engine's per-device settings in the registry",
+                              description="Import the alert engine's settings file into the device "
+                                          "registry, or show what it holds.")
+    settings_sub = settings.add_subparsers(dest="settings_command", metavar="WHAT", required=True)
+    importer = settings_sub.add_parser("import", help="import a settings file (TOML or JSON, docs/events.md)")
+    importer.add_argument("file", help="the settings file")
+    importer.add_argument("--replace", action="store_true",
+                          help="drop the devices' saved settings that the file does not have")
+    show = settings_sub.add_parser("show", help="the settings the registry holds")
+    show.add_argument("device", nargs="?", help="IMEI or registered name: its settings in effect")
+    for sub_parser in (importer, show):
+        sub_parser.add_argument("--data", metavar="DIR", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        sub_parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        sub_parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
 
 
@@ -98,6 +120,8 @@ def describe(alert: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "alerts_command", None) == "settings":
+        return _settings(args)
     if getattr(args, "alerts_command", None):
         return _request(args)
     data = data_dir_of(args)
@@ -153,3 +177,55 @@ def _request(args: argparse.Namespace) -> int:
 
 
 __all__ = ["register", "run", "CommandError"]
+
+
+def _settings(args: argparse.Namespace) -> int:
+    from carecard.host.engine.settings import DeviceSettings, Settings, SettingsError
+    from carecard.host.storage import StoreError, UnknownDeviceError
+
+    data = data_dir_of(args, write=args.settings_command == "import")
+    store = open_ingest_store(data)
+    try:
+        if args.settings_command == "import":
+            try:
+                tables = Settings.load_tables(args.file)
+            except SettingsError as exc:
+                raise CommandFailed(str(exc)) from None
+            devices = {int(device): table for device, table in (tables.get("devices") or {}).items()}
+            try:
+                store.save_engine_settings(tables.get("defaults"), devices, time.time(), replace=args.replace)
+            except (UnknownDeviceError, StoreError) as exc:
+                raise CommandFailed(f"{args.file}: {exc}") from None
+            if args.json:
+                print(json.dumps({"defaults": tables.get("defaults"), "devices": len(devices)}, ensure_ascii=False))
+            else:
+                print(f"imported {args.file}: {'defaults, ' if tables.get('defaults') else ''}{len(devices)} "
+                      "device(s); a running receiver's engine uses them from its next step")
+            return 0
+        defaults, saved = store.load_engine_settings()
+        if args.device:
+            device = resolve_device(store.connection, args.device)
+            settings = Settings.combine({"defaults": defaults, "devices": {str(d): t for d, t in saved.items()}},
+                                        where="registry")
+            values: Any = settings.for_device(str(device)).as_dict()
+            values = {key: list(value) if isinstance(value, tuple) else value for key, value in values.items()}
+            if args.json:
+                print(json.dumps({"device": str(device), "settings": values}, ensure_ascii=False))
+            else:
+                for key, value in values.items():
+                    mark = "" if value == DeviceSettings().as_dict().get(key) or (
+                        isinstance(value, list) and tuple(value) == DeviceSettings().as_dict().get(key)) else "  (set)"
+                    print(f"{key} = {json.dumps(value, ensure_ascii=False)}{mark}")
+            return 0
+    except SettingsError as exc:
+        raise CommandFailed(f"the registry's settings: {exc}") from None
+    finally:
+        store.close()
+    document = {"defaults": defaults, "devices": {str(d): t for d, t in saved.items()}}
+    if args.json:
+        print(json.dumps(document, ensure_ascii=False))
+    elif not defaults and not saved:
+        print("no alert engine settings in the registry (the defaults apply): `carecard alerts settings import FILE`")
+    else:
+        print(json.dumps(document, ensure_ascii=False, indent=2))
+    return 0

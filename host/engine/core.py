@@ -336,6 +336,17 @@ class Engine:
         self._evaluate(dev, self.now, out)
         return out
 
+    def update_settings(self, settings: Settings) -> list[Action]:
+        """New settings (the registry's changed): every device is judged again with its own, at
+        the engine's now; what becomes due by then comes out."""
+        self.settings = settings
+        out: list[Action] = []
+        for dev in self.devices.values():
+            dev.settings = settings.for_device(dev.id)
+            dev.due = None  # its wake-up is computed again with the new settings
+            self._evaluate(dev, self.now, out)
+        return out
+
     def take_dirty(self) -> set[str]:
         """The devices whose state changed since the last call (and forget them)."""
         dirty, self.dirty = self.dirty, set()

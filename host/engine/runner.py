@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from carecard.host.engine.core import Action, Engine, EngineError, Notify, SendCheckin, UnknownAlert
-from carecard.host.engine.settings import Settings
+from carecard.host.engine.settings import Settings, SettingsError
 from carecard.host.storage import (
     ACTION_DONE,
     ACTION_REFUSED,
@@ -62,9 +62,14 @@ class EngineRunner:
 
     def __init__(self, store: Any, eventlog: EventLogReader, settings: Settings | None = None, *,
                  name: str = ENGINE_NAME, clock: Callable[[], float] = time.time,
-                 step_events: int = STEP_EVENTS):
+                 step_events: int = STEP_EVENTS,
+                 settings_loader: Callable[[], Settings] | None = None):
+        """`settings_loader`: the settings now (e.g. the settings file's, then the registry's);
+        called at start-up and whenever the registry generation changes."""
         self.store = store
         self.eventlog = eventlog
+        self.settings_loader = settings_loader
+        self._generation: int | None = None
         self.settings = settings or Settings()
         self.name = name
         self.clock = clock
@@ -85,6 +90,7 @@ class EngineRunner:
     def load(self) -> None:
         """Restore the last commit (or, the first time, start at the end of the log: the engine
         follows what arrives from now on). Raises StoreError or EngineError."""
+        self._reload_settings()
         checkpoint = self.store.load_engine(self.name)
         if checkpoint is None:
             self.engine = Engine(self.settings)
@@ -114,6 +120,9 @@ class EngineRunner:
         engine = self.engine
         result = StepResult()
         out = result.actions
+        if self.settings_loader is not None and self.store.generation() != self._generation:
+            self._reload_settings()
+            out += engine.update_settings(self.settings)
         try:
             entries = self.eventlog.entries_after(self.cursor, self.step_events)
         except EventLogError as exc:
@@ -162,6 +171,18 @@ class EngineRunner:
         for device, cmd, why in result.commit.skipped_commands:  # type: ignore[union-attr]
             log.warning("engine: %s for device %s not queued: %s", cmd, device, why)
         return result
+
+    def _reload_settings(self) -> None:
+        """The loader's settings (a bad set keeps the ones in use: logged, never fatal)."""
+        if self.settings_loader is None:
+            return
+        self._generation = self.store.generation()
+        try:
+            self.settings = self.settings_loader()
+        except SettingsError as exc:
+            log.error("engine: settings not changed: %s", exc)
+            return
+        log.info("engine: settings loaded (%d devices with their own)", len(self.settings.devices))
 
     def _read_around(self, error: EventLogError) -> list[Any]:
         """A row that cannot be read back: read the others one by one, skipping it (counted)."""

@@ -200,9 +200,32 @@ class Settings:
         return cls(defaults, devices)
 
     @classmethod
+    def combine(cls, *tables: Mapping[str, Any], where: str = "settings") -> "Settings":
+        """Settings from several documents of the file's format ({"defaults", "devices"}), each
+        overriding the ones before it key by key (the settings file, then the registry's).
+        Raises SettingsError."""
+        defaults: dict[str, Any] = {}
+        devices: dict[str, dict[str, Any]] = {}
+        for table in tables:
+            defaults.update(table.get("defaults") or {})
+            for device, values in (table.get("devices") or {}).items():
+                devices.setdefault(str(device), {}).update(values)
+        return cls.from_mapping({"defaults": defaults, "devices": devices}, where)
+
+    @staticmethod
+    def load_tables(path: Path | str) -> dict[str, Any]:
+        """A settings file's document, checked (Settings.load), as its plain tables."""
+        Settings.load(path)
+        return Settings._read(Path(path))
+
+    @classmethod
     def load(cls, path: Path | str) -> "Settings":
         """A .toml or .json settings file. Raises SettingsError."""
         path = Path(path)
+        return cls.from_mapping(cls._read(path), str(path))
+
+    @staticmethod
+    def _read(path: Path) -> Any:
         try:
             raw = path.read_bytes()
         except OSError as exc:
@@ -215,4 +238,4 @@ class Settings:
         except (UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
             raise SettingsError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'}: "
                                 f"{exc}") from None
-        return cls.from_mapping(data, str(path))
+        return data

@@ -30,7 +30,8 @@ from carecard.host.receiver.ingest import Ingest, PendingBatch
 from carecard.host.receiver.metrics import Metrics, MetricsServer
 from carecard.host.receiver.registry import keys_path, load_key_file
 from carecard.host.receiver.sinkproc import SinkProcess, SinkProcessError
-from carecard.host.storage import STORE_SQLITE, EventLogReader, IngestStore, StoreError, event_log_for, ingest_store_for
+from carecard.host.storage import (STORE_SQLITE, EngineSettingsStore, EventLogReader, IngestStore, StoreError,
+                                   event_log_for, ingest_store_for)
 from carecard.host.storage.sqlite.store import check_database, recovery_steps
 from carecard.host.receiver.transports import SerialListener, TcpListener, TransportError, UdpListener
 from carecard.protocol import KeyRing
@@ -230,17 +231,19 @@ class Receiver:
             file_tables = Settings.load_tables(settings_config.settings) if settings_config.settings else {}
         except SettingsError as exc:
             raise StartupError(f"{self.config.source} [engine] settings: {exc}") from None
-        path = ingest_db_path(self.data_dir)
+        path = ingest_db_path(self.data_dir) if self.config.store == STORE_SQLITE else "the store"
         try:
-            store = SQLiteStore(path, self.config.ingest.durability)
+            store = ingest_store_for(self.config.store, self.data_dir, self.config.ingest.durability)
             self._engine_resources.append(store)
-            eventlog = SQLiteEventLog(path)
+            eventlog = event_log_for(self.config.store, self.data_dir)
             self._engine_resources.append(eventlog)
         except (StoreError, RuntimeError) as exc:
             raise StartupError(f"alert engine: {exc}") from None
+
         def settings_now() -> Settings:
-            """The settings file's, overridden key by key by the registry's."""
-            defaults, devices = store.load_engine_settings()
+            """The settings file's, overridden key by key by the registry's (a store without
+            them: the file's alone)."""
+            defaults, devices = store.load_engine_settings() if isinstance(store, EngineSettingsStore) else ({}, {})
             return Settings.combine(file_tables, {"defaults": defaults, "devices": {str(d): t for d, t in devices.items()}},
                                     where=f"settings file {settings_config.settings} + registry")
 
@@ -265,7 +268,7 @@ class Receiver:
         from carecard.host.sinks.base import ConfigError as SinkConfigError
 
         try:
-            store = SQLiteStore(ingest_db_path(self.data_dir), self.config.ingest.durability)
+            store = ingest_store_for(self.config.store, self.data_dir, self.config.ingest.durability)
         except StoreError as exc:
             raise StartupError(f"alert actions: {exc}") from None
         self._engine_resources.append(store)

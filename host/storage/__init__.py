@@ -18,6 +18,8 @@ tests (tests/test_storage_contract.py).
 - AlertStore: the alert engine's alerts as everybody reads them (`carecard alerts`, the
   dashboard), and the queue of acknowledge/resolve requests (CLI, MQTT, HTTP, dashboard) that
   the engine consumes: nobody but the engine changes an alert.
+- EngineSettingsStore: the alert engine's per-device settings kept in the registry (imported from
+  the documented settings file: `carecard alerts settings import`).
 - EngineStore: the engine's durable side: its checkpoint (cursor into the event log, clock,
   per-device state) and one atomic commit of everything a step of the engine produced (alert
   events into the log, alert rows, handled requests, check-in prompts into the command queue,
@@ -517,6 +519,25 @@ def event_log_for(setting: str, data_dir: Any) -> EventLogReader:
     from carecard.host.storage.sqlite import SQLiteEventLog
 
     return SQLiteEventLog(ingest_db_path(data_dir))
+
+
+class EngineSettingsStore(abc.ABC):
+    """The alert engine's settings in the registry: tables of the settings file (docs/events.md,
+    "Alert engine settings"), checked by the caller (engine.Settings.from_mapping) before they are
+    saved. Saving bumps the registry generation, so a running receiver's engine reloads them."""
+
+    @abc.abstractmethod
+    def load_engine_settings(self) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+        """(the `defaults` table, {device: its table}) as saved ({} and {} when none)."""
+
+    @abc.abstractmethod
+    def save_engine_settings(self, defaults: Mapping[str, Any] | None,
+                             devices: Mapping[int, Mapping[str, Any]], now: float, *,
+                             replace: bool = False) -> None:
+        """Save the `defaults` table (None: keep the saved one) and the devices' tables, each
+        replacing that device's saved table, in one transaction; with `replace`, the tables not
+        given are dropped. Raises UnknownDeviceError (nothing saved) for a device not in the
+        registry, StoreError."""
 
 
 class EngineStore(abc.ABC):

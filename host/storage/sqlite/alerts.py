@@ -13,6 +13,9 @@ cursor.
                                        NULL until the engine handled it
     engine_checkpoint(name, cursor, now, saved_at)
     engine_device(name, device, state) each device's engine state (JSON text)
+    engine_settings(scope, settings, updated_at)
+                                       the engine's settings: scope "defaults" or a device
+                                       (decimal text), settings a table of the settings file (JSON)
 """
 
 from __future__ import annotations
@@ -81,6 +84,11 @@ SCHEMA = (
         cursor INTEGER NOT NULL,
         now REAL NOT NULL,
         saved_at REAL NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS engine_settings (
+        scope TEXT PRIMARY KEY,
+        settings TEXT NOT NULL,
+        updated_at REAL NOT NULL
     )""",
     """CREATE TABLE IF NOT EXISTS engine_device (
         name TEXT NOT NULL,
@@ -280,3 +288,34 @@ def commit_engine(conn: sqlite3.Connection, name: str, commit: EngineCommit, now
     conn.execute("INSERT OR REPLACE INTO engine_checkpoint (name, cursor, now, saved_at) VALUES (?, ?, ?, ?)",
                  (name, commit.cursor, commit.now, now))
     return result
+
+
+def load_engine_settings(conn: sqlite3.Connection) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+    defaults: dict[str, Any] = {}
+    devices: dict[int, dict[str, Any]] = {}
+    for scope, text in conn.execute("SELECT scope, settings FROM engine_settings ORDER BY scope"):
+        table = json.loads(text)
+        if scope == "defaults":
+            defaults = table
+        else:
+            devices[int(scope)] = table
+    return defaults, devices
+
+
+def save_engine_settings(conn: sqlite3.Connection, defaults: Any, devices: Any, now: float,
+                         replace: bool) -> None:
+    """Inside the caller's transaction."""
+    from carecard.host.storage import UnknownDeviceError
+
+    known = {row[0] for row in conn.execute("SELECT device FROM devices")}
+    missing = sorted(int(device) for device in devices if int(device) not in known)
+    if missing:
+        raise UnknownDeviceError(f"device{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing[:5]))}"
+                                 f"{' ...' if len(missing) > 5 else ''} not in the registry: add "
+                                 f"{'them' if len(missing) > 1 else 'it'} with `carecard devices add` first")
+    if replace:
+        conn.execute("DELETE FROM engine_settings" + (" WHERE scope != 'defaults'" if defaults is None else ""))
+    rows = [(str(int(device)), json.dumps(dict(table), ensure_ascii=False), now) for device, table in devices.items()]
+    if defaults is not None:
+        rows.append(("defaults", json.dumps(dict(defaults), ensure_ascii=False), now))
+    conn.executemany("INSERT OR REPLACE INTO engine_settings (scope, settings, updated_at) VALUES (?, ?, ?)", rows)

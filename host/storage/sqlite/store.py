@@ -45,6 +45,7 @@ from carecard.host.storage import (
     EngineCheckpoint,
     EngineCommit,
     EngineCommitResult,
+    EngineSettingsStore,
     EngineStore,
     IngestStore,
     StoreError,
@@ -355,7 +356,7 @@ def salvage_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}.salvaged{path.suffix}")
 
 
-class SQLiteStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, EngineStore):
+class SQLiteStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, EngineStore, EngineSettingsStore):
     """The embedded default. One writer connection (the ingest's writer thread or an admin
     command), one reader connection for the event loop's lookups."""
 
@@ -604,6 +605,15 @@ class SQLiteStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, EngineS
                 self._rollback()
                 raise StoreError(f"engine {name!r}: cannot commit to {self.path}: {exc}") from None
         return result
+
+    def load_engine_settings(self) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+        return alert_tables.load_engine_settings(self._reader)
+
+    def save_engine_settings(self, defaults: Mapping[str, Any] | None,
+                             devices: Mapping[int, Mapping[str, Any]], now: float, *,
+                             replace: bool = False) -> None:
+        with self.transaction() as conn:  # bumps the registry generation
+            alert_tables.save_engine_settings(conn, defaults, devices, now, replace)
 
     def close(self) -> None:
         for conn in {id(self._reader): self._reader, id(self._writer): self._writer}.values():
