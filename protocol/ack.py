@@ -54,13 +54,15 @@ class AckEncoder:
         self._keys_get = keyring.get
 
     def encode(self, device: int, counter: int, now: int, acked: int,
-               commands: list[dict[str, Any]] | None = None) -> bytes:
-        if not commands and _EMPTY_ACK is not None:
+               commands: list[dict[str, Any]] | None = None, version: int = _VERSION) -> bytes:
+        """The ack in protocol `version`: the version of the frame it answers (a card decodes
+        only its own version; the ack's layout is the same in every version decoded)."""
+        if not commands and _EMPTY_ACK is not None and spec.OLDEST_VERSION <= version <= _VERSION:
             keys = self._keys_get(device)
             if keys is None:
                 raise InvalidMessage(f"no key for device {device}")
-            body = _pack_header(_VERSION, _ACK_CODE, 0, device, counter, now) + \
+            body = _pack_header(version, _ACK_CODE, 0, device, counter, now) + \
                 keys.crypt(device, counter, _DOWN, _EMPTY_ACK.pack(acked, 0))
             return body + keys.tag(body)
         return encode_frame({"type": "ack", "device": device, "counter": counter, "time": now,
-                             "acked": acked, "commands": commands or []}, self.keyring)
+                             "acked": acked, "commands": commands or []}, self.keyring, version)

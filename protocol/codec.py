@@ -280,6 +280,9 @@ class MessageType(NamedTuple):
     # fixed layouts: (payload, device, counter, time, synced) -> the checked message, or None
     # when an enum code is undefined (the general path then says which); see _message_builder
     build_message: Callable[..., dict[str, Any] | None] | None = None
+    # an older protocol version's layout: the fields it lacks, with the values its frames
+    # stand for (spec.ADDED), added to each decoded message
+    fill: tuple = ()
 
 
 def _out_of_range(type_name: str, device: int, counter: int, field: str, value: int) -> None:
@@ -289,7 +292,7 @@ def _out_of_range(type_name: str, device: int, counter: int, field: str, value: 
 
 
 def _message_builder(name: str, direction_name: str, packed: PackedFields,
-                     checks: tuple) -> Callable[..., dict[str, Any] | None]:
+                     checks: tuple, label: str = "") -> Callable[..., dict[str, Any] | None]:
     """The receiver's hot path for one fixed-layout type, compiled from its layout: one unpack,
     enum labels by index, the coordinate bounds, one dict display with the header keys. The same
     message as parse_exact plus the header keys (a test compares them for every type)."""
@@ -316,7 +319,7 @@ def _message_builder(name: str, direction_name: str, packed: PackedFields,
     namespace: dict[str, Any] = {"_unpack": packed.packer.unpack, "_out_of_range": _out_of_range}
     for i, labels, _codes in packed.enums:
         namespace[f"_labels_{i}"] = labels
-    exec(compile_generated("\n".join(lines) + "\n", f"message builder {name}"), namespace)
+    exec(compile_generated("\n".join(lines) + "\n", f"message builder {name}{label}"), namespace)
     return namespace["_build"]
 
 
@@ -330,19 +333,47 @@ def _decode_checks(fields: tuple) -> tuple | None:
                  if (bounds := value_bounds(name)) is not None)
 
 
+def _message_type(code: int, name: str, direction: int, fields: tuple, fill: tuple = (),
+                  label: str = "") -> MessageType:
+    payload = payload_construct(fields)
+    packed = payload if isinstance(payload, PackedFields) else None
+    direction_name = "uplink" if direction == spec.DIR_UPLINK else "downlink"
+    checks = _decode_checks(fields)
+    return MessageType(code, name, direction, fields, payload.compile(), checks, packed,
+                       direction_name,
+                       _message_builder(name, direction_name, packed, checks, label) if packed else None,
+                       fill)
+
+
+def fields_of_version(name: str, fields: tuple, version: int) -> tuple[tuple, tuple]:
+    """(the fields a message type has in protocol `version`, (name, value) of those it lacks
+    there: the value its frames stand for, as decoded, from spec.ADDED)."""
+    kept, fill = [], []
+    for field in fields:
+        added = spec.ADDED.get((name, field[0]))
+        if added is None or added[0] <= version:
+            kept.append(field)
+            continue
+        kind = field[1]
+        value = spec.ENUMS[kind[5:]][added[1]] if kind.startswith("enum:") else added[1]
+        fill.append((field[0], value))
+    return tuple(kept), tuple(fill)
+
+
 MESSAGE_TYPES: dict[str, MessageType] = {}
 MESSAGE_CODES: dict[int, MessageType] = {}
+# Older versions the host still decodes: version -> code -> its layout there.
+VERSION_CODES: dict[int, dict[int, MessageType]] = {spec.VERSION: MESSAGE_CODES}
 for _direction, _table in ((spec.DIR_UPLINK, spec.UPLINK), (spec.DIR_DOWNLINK, spec.DOWNLINK)):
     for _code, _name, _fields in _table:
-        _payload = payload_construct(_fields)
-        _packed = _payload if isinstance(_payload, PackedFields) else None
-        _direction_name = "uplink" if _direction == spec.DIR_UPLINK else "downlink"
-        _checks = _decode_checks(_fields)
-        _mt = MessageType(_code, _name, _direction, _fields, _payload.compile(), _checks, _packed,
-                          _direction_name,
-                          _message_builder(_name, _direction_name, _packed, _checks) if _packed else None)
+        _mt = _message_type(_code, _name, _direction, _fields)
         MESSAGE_TYPES[_name] = _mt
         MESSAGE_CODES[_code] = _mt
+        for _version in range(spec.OLDEST_VERSION, spec.VERSION):
+            _kept, _fill = fields_of_version(_name, _fields, _version)
+            VERSION_CODES.setdefault(_version, {})[_code] = (
+                _message_type(_code, _name, _direction, _kept, _fill, f" (version {_version})")
+                if _fill else _mt)
 
 # --- keys ------------------------------------------------------------------------------------
 
@@ -495,13 +526,19 @@ def frame_tag(frame: bytes) -> bytes:
     return bytes(frame[-spec.TAG_LEN:])
 
 
-def encode_frame(message: Mapping[str, Any], key: KeySource) -> bytes:
-    """Encode, encrypt and authenticate a message dict. Raises InvalidMessage on bad input."""
+def encode_frame(message: Mapping[str, Any], key: KeySource, version: int = spec.VERSION) -> bytes:
+    """Encode, encrypt and authenticate a message dict in protocol `version` (an older one
+    leaves out the fields added since). Raises InvalidMessage on bad input."""
     if not isinstance(message, Mapping):
         raise InvalidMessage("message must be an object")
     mtype = MESSAGE_TYPES.get(message.get("type"))  # type: ignore[arg-type]
     if mtype is None:
         raise InvalidMessage(f"unknown message type {message.get('type')!r}: one of {', '.join(MESSAGE_TYPES)}")
+    if version != spec.VERSION:
+        if version not in VERSION_CODES:
+            raise InvalidMessage(f"protocol version {version!r} is not one of "
+                                 f"{spec.OLDEST_VERSION}..{spec.VERSION}")
+        mtype = VERSION_CODES[version][mtype.code]
     where = mtype.name
     for name, kind in (("device", "u64"), ("counter", "u32"), ("time", "u32")):
         value = message.get(name)
@@ -514,7 +551,7 @@ def encode_frame(message: Mapping[str, Any], key: KeySource) -> bytes:
     except (ConstructError, UnicodeError, TypeError, ValueError, KeyError) as exc:
         raise InvalidMessage(f"{where}: cannot encode: {exc}") from None
     flags = 0 if message.get("clock_synced", True) else spec.FLAG_CLOCK_UNSYNCED
-    header = HEADER_STRUCT.pack(spec.VERSION, mtype.code, flags, message["device"],
+    header = HEADER_STRUCT.pack(version, mtype.code, flags, message["device"],
                                 message["counter"], message["time"])
     frame_keys = _frame_keys_for(key, message["device"])
     body = header + frame_keys.crypt(message["device"], message["counter"], mtype.direction, payload)
@@ -527,6 +564,8 @@ def encode_frame(message: Mapping[str, Any], key: KeySource) -> bytes:
 _MIN_FRAME = spec.MIN_FRAME
 _MAX_FRAME = spec.MAX_FRAME
 _VERSION = spec.VERSION
+_VERSIONS_TEXT = (f"{spec.OLDEST_VERSION} to {spec.VERSION}" if spec.OLDEST_VERSION < spec.VERSION
+                  else str(spec.VERSION))
 _TAG_LEN = spec.TAG_LEN
 _HEADER_LEN = spec.HEADER_LEN
 _FLAGS_UNKNOWN = ~spec.FLAGS_KNOWN
@@ -542,11 +581,16 @@ def _header(data: bytes, what: str, minimum: int) -> tuple[MessageType, int, int
     if size > _MAX_FRAME:
         raise OversizeFrame(f"{what} of {size} bytes exceeds the maximum {spec.MAX_FRAME}")
     version, code, flags, device, counter, time = _unpack_header(data)
-    if version != _VERSION:
-        raise BadVersion(f"protocol version {version} is not supported (this receiver speaks {spec.VERSION})")
-    mtype = MESSAGE_CODES.get(code)
+    if version == _VERSION:
+        mtype = MESSAGE_CODES.get(code)
+    else:
+        older = VERSION_CODES.get(version)
+        if older is None:
+            raise BadVersion(f"protocol version {version} is not supported (this receiver speaks "
+                             f"{_VERSIONS_TEXT})")
+        mtype = older.get(code)
     if mtype is None:
-        raise UnknownType(f"message type code {code} is not defined in protocol version {spec.VERSION}")
+        raise UnknownType(f"message type code {code} is not defined in protocol version {version}")
     return mtype, flags, device, counter, time
 
 
@@ -594,6 +638,8 @@ def _message(mtype: MessageType, payload: bytes, device: int, counter: int, time
         # the hot path: one compiled function (None: an undefined enum code, said below)
         message = mtype.build_message(payload, device, counter, time, not flags & _FLAG_CLOCK_UNSYNCED)
         if message is not None:
+            if mtype.fill:
+                message.update(mtype.fill)
             return message
     try:
         message = packed.parse_exact(payload) if fixed else _plain(mtype.payload.parse(payload))
@@ -609,6 +655,8 @@ def _message(mtype: MessageType, payload: bytes, device: int, counter: int, time
         for name, low, high, unknown in mtype.checks:
             if not low <= message[name] <= high and message[name] != unknown:
                 _out_of_range(mtype.name, device, counter, name, message[name])
+    if mtype.fill:
+        message.update(mtype.fill)
     return message
 
 

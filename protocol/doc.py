@@ -21,7 +21,7 @@ EXAMPLE_KEY = bytes(range(16))
 EXAMPLE_POSITION = {
     "type": "position", "device": 861234567890123, "counter": 7, "time": 1764374400,
     "lat_e7": 249012345, "lon_e7": 1184567890, "alt_m": 30, "hdop_x10": 9, "sats": 8,
-    "fix": "3d", "fix_age_s": 3, "speed_cms": 120, "course_x10": 900,
+    "fix": "3d", "fix_age_s": 3, "speed_cms": 120, "course_x10": 900, "source": "fresh",
 }
 
 EXAMPLE_TRACK = [{"time": 1764374400, "lat_e7": 249012345, "lon_e7": 1184567890},
@@ -155,6 +155,26 @@ def _counters() -> list[str]:
     ]
 
 
+def _versions() -> list[str]:
+    out = ["## Versions", "",
+           f"The card sends version {spec.VERSION}. The host decodes versions {spec.OLDEST_VERSION} to "
+           f"{spec.VERSION} and answers each frame in its version (downlink layouts are the same in all "
+           "of them). Fields added since an older version are appended to their message: a frame of "
+           "that version is the newer layout cut short, and the host decodes the missing fields as "
+           "the value below.", "",
+           "| message | field | since version | a frame of an older version decodes as |",
+           "| --- | --- | --- | --- |"]
+    kinds = {(name, f[0]): f[1] for _c, name, fields in spec.UPLINK + spec.DOWNLINK for f in fields}
+    for (message, field), (since, raw) in spec.ADDED.items():
+        kind = kinds[(message, field)]
+        value = f"`{spec.ENUMS[kind[5:]][raw]}`" if kind.startswith("enum:") else f"{raw}"
+        unknown = spec.FIELDS.get(field, {}).get("unknown")
+        if unknown is not None and raw == unknown:
+            value += " (unknown)"
+        out.append(f"| `{message}` | `{field}` | {since} | {value} |")
+    return out + [""]
+
+
 def render() -> str:
     out = [
         "# CareCard wire protocol, version %d" % spec.VERSION,
@@ -205,6 +225,7 @@ def render() -> str:
         out += _table(fields, None) if fields else ["No fields."]
         out += [""]
     out += _track_encoding()
+    out += _versions()
     out += ["## Structures", ""]
     for name, fields in spec.STRUCTS.items():
         out += [f"### `{name}`", "", *_table(fields, None), ""]

@@ -27,7 +27,19 @@ All integers are big-endian. Field kinds:
     commands                    u8 count, then per command: seq u16, code u8, fields of COMMANDS
 """
 
-VERSION = 2
+VERSION = 3
+
+# Versions the host decodes: OLDEST_VERSION..VERSION. A field added after the oldest is listed in
+# ADDED with the version that added it and the raw value a frame of an older version stands for
+# (appended fields only: older layouts are the newer ones cut short). The host answers a frame in
+# its own version (downlink layouts have not changed); the card sends VERSION.
+OLDEST_VERSION = 2
+ADDED = {
+    ("hello", "motion_sensor"): (3, 0),  # "unknown": a version 2 card did not say
+    ("position", "source"): (3, 0),  # "fresh": version 2 cards never held a fix
+    ("track", "hdop_x10"): (3, 255),  # unknown
+    ("track", "sats"): (3, 255),  # unknown
+}
 
 # Frame-level limits and layout.
 HEADER_LEN = 19
@@ -75,6 +87,8 @@ FIELDS = {
     "alt_m": {"unit": "m"},
     "hdop_x10": {"unit": "0.1", "unknown": 255, "human": ("hdop", 10, "")},
     "fix_age_s": {"unit": "s", "unknown": 65535},
+    "sats": {"unknown": 255},
+    "motion_count": {"unknown": 65535},
     "speed_cms": {"unit": "cm/s", "human": ("speed_ms", 100, "m/s")},
     "course_x10": {"unit": "0.1 degree", "human": ("course", 10, "degree")},
     "battery_mv": {"unit": "mV", "human": ("battery_v", 1000, "V")},
@@ -124,6 +138,9 @@ ENUMS = {
     "modem": ("unknown", "a7670", "ec800m"),
     "charging": ("discharging", "charging", "full"),
     "fix": ("none", "2d", "3d"),
+    # a held fix is the last valid one re-sent while the motion sensor saw no motion since it
+    "fix_source": ("fresh", "held"),
+    "motion_sensor": ("unknown", "none", "lis2dh12"),
     # `answered`: the modem reported the call active (may be ring-back on some networks);
     # `confirmed`: the callee acknowledged (DTMF key), the only trustworthy "someone answered";
     # `missed`: an incoming call that ended before the card answered it.
@@ -155,13 +172,16 @@ UPLINK = (
         ("modem", "enum:modem", "modem profile in use"),
         ("downlink_min", "u32", "lowest downlink counter the card applies (those below may have "
                                 "been applied before this boot): the host continues from it"),
+        ("motion_sensor", "enum:motion_sensor", "the card's motion sensor (none: its status "
+                                                "frames report motion_count unknown)"),
     )),
     (2, "status", (
         ("battery_mv", "u16", "battery voltage"),
         ("battery_pct", "u8", "state of charge"),
         ("charging", "enum:charging", "charger state"),
         ("rssi_dbm", "i8", "signal strength"),
-        ("motion_count", "u16", "key presses and motion events since the last status"),
+        ("motion_count", "u16", "motion-sensor interrupts since the last status (unknown: no "
+                                "sensor; version 2: key presses and motion events)"),
         ("outbox_depth", "u16", "messages waiting in the card's outbox"),
     )),
     (3, "position", (
@@ -174,9 +194,13 @@ UPLINK = (
         ("fix_age_s", "u16", "time from the fix to this message (unknown: older or none)"),
         ("speed_cms", "u16", "ground speed"),
         ("course_x10", "u16", "course over ground"),
+        ("source", "enum:fix_source", "fresh fix, or the last one held (no motion since it, the "
+                                      "GNSS left off; fix_age_s grows)"),
     )),
     (4, "track", (
         ("points", "track", "positions, oldest first: time, lat_e7, lon_e7"),
+        ("hdop_x10", "u8", "the largest HDOP of the points (their accuracy is at least this)"),
+        ("sats", "u8", "the fewest satellites used by a point"),
     )),
     (5, "call", (
         ("key", "u8", "key pressed"),

@@ -89,7 +89,7 @@ class Card:
         rng = self.rng
         if sky == "bad" and rng.random() < 0.15:
             self.send("position", t, dict(lat_e7=0, lon_e7=0, alt_m=0, hdop_x10=255, sats=0, fix="none",
-                                          fix_age_s=65535, speed_cms=0, course_x10=0), covered)
+                                          fix_age_s=65535, speed_cms=0, course_x10=0, source="fresh"), covered)
             return
         sigma, hdop = {"good": (6.0, rng.uniform(0.8, 1.6)), "outdoor": (3.0, rng.uniform(0.7, 1.2)),
                        "bad": (18.0, rng.uniform(1.8, 4.5))}[sky]
@@ -102,7 +102,7 @@ class Card:
             lat, lon = offset((lat, lon), rng.gauss(0, sigma), rng.gauss(0, sigma))
         self.send("position", t, dict(lat_e7=round(lat * 1e7), lon_e7=round(lon * 1e7), alt_m=30,
                                       hdop_x10=round(hdop * 10), sats=8, fix="3d",
-                                      fix_age_s=rng.randint(1, 20), speed_cms=0, course_x10=0), covered)
+                                      fix_age_s=rng.randint(1, 20), speed_cms=0, course_x10=0, source="fresh"), covered)
 
     def status(self, t: int, motion: int, covered: bool) -> None:
         self.send("status", t, dict(battery_mv=3300 + int(self.battery * 9), battery_pct=int(self.battery),

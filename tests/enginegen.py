@@ -36,7 +36,8 @@ class Gen:
         return self._event("position", t, dict(
             lat_e7=round(lat * 1e7), lon_e7=round(lon * 1e7), alt_m=30,
             hdop_x10=255 if hdop is None else round(hdop * 10), sats=8, fix=fix,
-            fix_age_s=65535 if age is None else age, speed_cms=0, course_x10=0), delay)
+            fix_age_s=65535 if age is None else age, speed_cms=0, course_x10=0,
+            source="fresh"), delay)
 
     def status(self, t: float, motion: int = 0, *, pct: int = 80, charging: str = "discharging",
                delay: float = 1.0) -> dict[str, Any]:

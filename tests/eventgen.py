@@ -67,7 +67,7 @@ def position_message(counter: int, *, device: int = DEVICE, t: int | None = None
             "time": (T0 + counter * 60) if t is None else t, "clock_synced": synced,
             "lat_e7": 247000000 + counter * 10, "lon_e7": 1184000000 - counter * 10, "alt_m": 30,
             "hdop_x10": 12, "sats": 8, "fix": "3d", "fix_age_s": 2, "speed_cms": 150,
-            "course_x10": 900}
+            "course_x10": 900, "source": "fresh"}
 
 
 def position_event(counter: int, *, device: int = DEVICE, received_at: float | None = None) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from carecard.protocol import KeyRing, decode_frame, encode_frame
 
 BASE_TIME = 1764374400
 POSITION = {"lat_e7": 249012345, "lon_e7": 1184567890, "alt_m": 30, "hdop_x10": 9, "sats": 8,
-            "fix": "3d", "fix_age_s": 3, "speed_cms": 120, "course_x10": 900}
+            "fix": "3d", "fix_age_s": 3, "speed_cms": 120, "course_x10": 900, "source": "fresh"}
 STATUS = {"battery_mv": 3950, "battery_pct": 81, "charging": "discharging", "rssi_dbm": -71,
           "motion_count": 4, "outbox_depth": 0}
 

@@ -193,7 +193,8 @@ def test_hello_raises_the_hosts_downlink_counter_above_the_cards_floor(tmp_path)
     (first,) = harness.commit()
     assert card.ack(first)["counter"] < 9000
     hello = card.frame("hello", fw_major=1, fw_minor=0, fw_patch=0, reset_cause="soft",
-                       config_version=1, modem="a7670", downlink_min=9000)
+                       config_version=1, modem="a7670", downlink_min=9000,
+                       motion_sensor="lis2dh12")
     assert harness.feed(hello) is None
     (answer,) = harness.commit()
     assert card.ack(answer)["counter"] == 9000

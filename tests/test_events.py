@@ -43,6 +43,8 @@ def test_unknown_values_are_the_spec_field_rules() -> None:
         ("status", "battery_pct"): 255, ("status", "rssi_dbm"): -128,
         ("position", "hdop_x10"): 255, ("position", "fix_age_s"): 65535,
         ("sos", "fix_age_s"): 65535, ("sos", "battery_pct"): 255, ("power", "battery_pct"): 255,
+        ("status", "motion_count"): 65535, ("position", "sats"): 255,
+        ("track", "hdop_x10"): 255, ("track", "sats"): 255,
     }
 
 
@@ -123,7 +125,8 @@ def test_no_fix_and_unknown_values_become_null(validator: jsonschema.Draft202012
 
 def test_unsynced_clock_keeps_device_time_only(validator: jsonschema.Draft202012Validator) -> None:
     message = {"type": "track", "direction": "uplink", "device": DEVICE, "counter": 9, "time": 500,
-               "clock_synced": False, "points": [{"time": 400, "lat_e7": 1, "lon_e7": -1}]}
+               "clock_synced": False, "points": [{"time": 400, "lat_e7": 1, "lon_e7": -1}],
+               "hdop_x10": 12, "sats": 8}
     event = ev.event_from_message(message, T0)
     validator.validate(event)
     assert event["time"] is None and event["data"]["device_time"] == 500
@@ -134,7 +137,8 @@ def test_unsynced_clock_keeps_device_time_only(validator: jsonschema.Draft202012
 def test_hello_gets_a_version_string() -> None:
     message = {"type": "hello", "direction": "uplink", "device": DEVICE, "counter": 1, "time": T0,
                "clock_synced": True, "fw_major": 1, "fw_minor": 4, "fw_patch": 12,
-               "reset_cause": "watchdog", "config_version": 3, "modem": "a7670", "downlink_min": 0}
+               "reset_cause": "watchdog", "config_version": 3, "modem": "a7670", "downlink_min": 0,
+               "motion_sensor": "lis2dh12"}
     assert ev.event_from_message(message, T0)["data"]["fw_version"] == "1.4.12"
 
 
@@ -332,7 +336,8 @@ def test_event_record_compiles_every_fixed_type_and_falls_back_for_the_rest() ->
 
     assert set(ev.JSON_BUILDERS) == {k for k, plan in ev.PLANS.items() if all(f.kind != "track" for f in plan)}
     track = {"type": "track", "direction": "uplink", "device": DEVICE, "counter": 9, "time": T0,
-             "clock_synced": True, "points": [{"time": T0 - 60, "lat_e7": 1, "lon_e7": -1}]}
+             "clock_synced": True, "points": [{"time": T0 - 60, "lat_e7": 1, "lon_e7": -1}],
+             "hdop_x10": 12, "sats": 8}
     odd = position_message(4) | {"fix": 2}  # an enum as its code: not what decode_frame gives
     for message, received in ((track, T0 + 0.5), (odd, T0 + 0.5), (position_message(5), T0)):
         event = ev.event_from_message(message, received)

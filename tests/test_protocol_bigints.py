@@ -31,12 +31,13 @@ import gc, ccproto
 e = ccproto.Encoder(%(imei)d, %(key)r)
 def position(t, lat, lon):
     return {'lat_e7': lat, 'lon_e7': lon, 'alt_m': 30, 'hdop_x10': 9, 'sats': 8, 'fix': 2,
-            'fix_age_s': 3, 'speed_cms': 120, 'course_x10': 900}
+            'fix_age_s': 3, 'speed_cms': 120, 'course_x10': 900, 'source': 0}
 def track(t, lat, lon):
     # moving towards the equator and the prime meridian: every point stays on Earth
     dlat = -37 if lat > 0 else 37
     dlon = -41 if lon > 0 else 41
-    return {'points': [(t + 60 * i, lat + dlat * i, lon + dlon * i) for i in range(%(points)d)]}
+    return {'points': [(t + 60 * i, lat + dlat * i, lon + dlon * i) for i in range(%(points)d)],
+            'hdop_x10': 12, 'sats': 8}
 def cost(kind, t, lat, lon):
     m = (position if kind == 'position' else track)(t, lat, lon)
     e.encode(kind, m, 1, t)

@@ -35,7 +35,7 @@ KEY = bytes(range(16))
 POSITION = {
     "type": "position", "device": 861234567890123, "counter": 7, "time": 1764374400,
     "lat_e7": 249012345, "lon_e7": 1184567890, "alt_m": 30, "hdop_x10": 9, "sats": 8,
-    "fix": "3d", "fix_age_s": 3, "speed_cms": 120, "course_x10": 900,
+    "fix": "3d", "fix_age_s": 3, "speed_cms": 120, "course_x10": 900, "source": "fresh",
 }
 
 
@@ -54,7 +54,7 @@ def test_a_message_too_large_for_a_frame_is_refused() -> None:
     points = [{"time": 4_000_000_000 - i * 7919, "lat_e7": (-1) ** i * (spec.LAT_E7_MAX - i),
                "lon_e7": (-1) ** (i + 1) * (spec.LON_E7_MAX - i)} for i in range(spec.MAX_TRACK_POINTS)]
     msg = {"type": "track", "device": 861234567890123, "counter": 7, "time": 1_800_000_000,
-           "clock_synced": True, "points": points}
+           "clock_synced": True, "points": points, "hdop_x10": 12, "sats": 8}
     with pytest.raises(InvalidMessage, match=rf"track: encoded frame of \d+ bytes exceeds {spec.MAX_FRAME}"):
         encode_frame(msg, bytes(16))
     assert encode_frame({**msg, "points": points[:10]}, bytes(16))  # fewer points fit
@@ -194,10 +194,11 @@ def test_authentic_but_malformed_payload_is_reported_as_malformed():
 
     keys = FrameKeys(KEY)
     header = encode_frame(POSITION, KEY)[: spec.HEADER_LEN]
-    short, long_ = b"\x00" * 18, b"\x00" * 20
-    bad_fix = b"\x00" * 12 + b"\x09" + b"\x00" * 6  # fix code 9 is undefined
-    bad_lat = b"\x7f" * 4 + b"\x00" * 15  # beyond 90 degrees
-    for payload in (b"", short, long_, bad_fix, bad_lat):
+    short, long_ = b"\x00" * 19, b"\x00" * 21
+    bad_fix = b"\x00" * 12 + b"\x09" + b"\x00" * 7  # fix code 9 is undefined
+    bad_lat = b"\x7f" * 4 + b"\x00" * 16  # beyond 90 degrees
+    bad_source = b"\x00" * 19 + b"\x05"  # fix_source code 5 is undefined
+    for payload in (b"", short, long_, bad_fix, bad_lat, bad_source):
         body = header + keys.crypt(POSITION["device"], POSITION["counter"], 0, payload)
         assert isinstance(_reject(body + keys.tag(body), KEY), MalformedFrame)
 
@@ -344,6 +345,8 @@ def test_host_encoder_refuses_every_invalid_message_with_its_typed_error(msg):
 def test_a_frame_of_the_previous_protocol_version_is_rejected_clearly():
     """Version 2 added the counter recovery (hello.downlink_min, resync); no card speaks 1."""
     frame = encode_frame(POSITION, KEY)
-    error = _reject(bytes([spec.VERSION - 1]) + frame[1:], KEY)
+    old = spec.OLDEST_VERSION - 1
+    error = _reject(bytes([old]) + frame[1:], KEY)
     assert isinstance(error, BadVersion)
-    assert str(error) == f"protocol version {spec.VERSION - 1} is not supported (this receiver speaks {spec.VERSION})"
+    assert str(error) == (f"protocol version {old} is not supported (this receiver speaks "
+                          f"{spec.OLDEST_VERSION} to {spec.VERSION})")

@@ -94,12 +94,14 @@ def test_card_encodes_exactly_what_construct_builds(card, batch):
 
 POSITION = {"type": "position", "device": 861234567890123, "counter": 7, "time": 1764374400,
             "clock_synced": True, "lat_e7": 249012345, "lon_e7": 1184567890, "alt_m": 30,
-            "hdop_x10": 9, "sats": 8, "fix": "3d", "fix_age_s": 3, "speed_cms": 120, "course_x10": 900}
+            "hdop_x10": 9, "sats": 8, "fix": "3d", "fix_age_s": 3, "speed_cms": 120, "course_x10": 900,
+            "source": "fresh"}
 CALL = {"type": "call", "device": 861234567890123, "counter": 8, "time": 1764374400,
         "clock_synced": True, "key": 1, "number": "+8613800138000", "outcome": "busy", "ring_s": 20,
         "talk_s": 0}
 TRACK = {"type": "track", "device": 861234567890123, "counter": 9, "time": 1764374400,
-         "clock_synced": True, "points": [{"time": 1764374400, "lat_e7": 249012345, "lon_e7": 1184567890}]}
+         "clock_synced": True, "points": [{"time": 1764374400, "lat_e7": 249012345, "lon_e7": 1184567890}],
+         "hdop_x10": 12, "sats": 8}
 
 
 @pytest.mark.parametrize("msg", [
@@ -240,7 +242,7 @@ def test_card_encoder_runs_in_a_small_heap(mpy, tmp_path):
 import ccproto
 e = ccproto.Encoder(861234567890123, bytes(16))
 m = {'lat_e7': 249012345, 'lon_e7': 1184567890, 'alt_m': 30, 'hdop_x10': 9, 'sats': 8, 'fix': 2,
-     'fix_age_s': 3, 'speed_cms': 120, 'course_x10': 900}
+     'fix_age_s': 3, 'speed_cms': 120, 'course_x10': 900, 'source': 0}
 for counter in range(200):
     e.encode('position', m, counter, 1764374400)
 print('ok')

@@ -37,7 +37,8 @@ def _msg(kind: str, counter: int, **fields) -> dict:  # noqa: ANN003
 def _scenario() -> list[dict]:
     events = [event_from_message(position_message(n), T0 + n * 60 + 1) for n in range(1, 11)]
     events.append(event_from_message(_msg("track", 11, points=[
-        {"time": T0 + 700 + i * 10, "lat_e7": 247100000 + i * 100, "lon_e7": 1184100000} for i in range(5)]),
+        {"time": T0 + 700 + i * 10, "lat_e7": 247100000 + i * 100, "lon_e7": 1184100000} for i in range(5)],
+        hdop_x10=12, sats=8),
         T0 + 800))
     events.append(event_from_message(_msg("sos", 12, trigger="long_press", lat_e7=247200000,
                                           lon_e7=1184200000, fix="3d", fix_age_s=30, battery_pct=40), T0 + 721))
@@ -249,7 +250,8 @@ def test_missing_data_folder_and_store(tmp_path: Path, capsys: pytest.CaptureFix
 def test_any_track_exports_to_files_the_readers_accept(tmp_path_factory: pytest.TempPathFactory,
                                                        points: list[tuple[int, int]]) -> None:
     data = tmp_path_factory.mktemp("q")
-    message = _msg("track", 1, points=[{"time": T0 + i, "lat_e7": la, "lon_e7": lo} for i, (la, lo) in enumerate(points)])
+    message = _msg("track", 1, points=[{"time": T0 + i, "lat_e7": la, "lon_e7": lo} for i, (la, lo) in enumerate(points)],
+                   hdop_x10=12, sats=8)
     sink = SQLiteSink("sqlite", events_db_path(data))
 
     async def run() -> None:

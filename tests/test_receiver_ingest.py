@@ -35,7 +35,8 @@ def card_of(h: Harness, index: int = 0) -> Card:
 def test_new_frame_is_stored_with_its_event_and_acked_only_after_commit(harness: Harness) -> None:
     card = card_of(harness)
     assert harness.feed(card.frame("hello", fw_major=1, fw_minor=2, fw_patch=3, reset_cause="power_on",
-                                   config_version=1, modem="a7670", downlink_min=0)) is None
+                                   config_version=1, modem="a7670", downlink_min=0,
+                                   motion_sensor="lis2dh12")) is None
     assert harness.sent == []  # nothing acked before the commit
     assert harness.frames() == []
     acks = harness.commit()

@@ -187,7 +187,7 @@ FLOODER = textwrap.dedent("""
     end = time.monotonic() + seconds
     sent = 0
     position = dict(lat_e7=1, lon_e7=2, alt_m=3, hdop_x10=4, sats=5, fix="3d", fix_age_s=1,
-                    speed_cms=0, course_x10=0)
+                    speed_cms=0, course_x10=0, source="fresh")
     while time.monotonic() < end:
         kind = sent % 5
         device = known[sent % len(known)]

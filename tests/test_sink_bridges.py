@@ -52,7 +52,8 @@ def position(counter: int, device: str = CARD, *, fix: str = "3d", hdop_x10: int
     with_fix = fix != "none"
     return event("position", counter, device, lat_e7=247000050 if with_fix else 0,
                  lon_e7=1183999950 if with_fix else 0, alt_m=30, hdop_x10=hdop_x10, sats=8, fix=fix,
-                 fix_age_s=2 if with_fix else 65535, speed_cms=150, course_x10=900)
+                 fix_age_s=2 if with_fix else 65535, speed_cms=150, course_x10=900,
+                 source="fresh")
 
 
 def sos(counter: int, device: str = CARD, *, with_fix: bool = False, pct: int = 75) -> dict[str, Any]:
@@ -64,7 +65,8 @@ def sos(counter: int, device: str = CARD, *, with_fix: bool = False, pct: int = 
 def track(counter: int, device: str = CARD) -> dict[str, Any]:
     return event("track", counter, device, points=[
         {"time": T0 + counter * 60 - 30, "lat_e7": 247001000, "lon_e7": 1184001000},
-        {"time": T0 + counter * 60 - 15, "lat_e7": 247002000, "lon_e7": 1184002000}])
+        {"time": T0 + counter * 60 - 15, "lat_e7": 247002000, "lon_e7": 1184002000}],
+        hdop_x10=12, sats=8)
 
 
 def alert(device: str, kind: str, step: str, state: str, at: float, **details: Any) -> dict[str, Any]:
@@ -176,7 +178,8 @@ def test_traccar_osmand_requests_carry_every_field_in_traccars_units(tmp_path: P
         event("power", 6, event="low", battery_mv=3500, battery_pct=15),
         alert(CARD, "inactivity", "family", "open", alert_at, still_since="2025-11-28T21:00:00Z"),
         event("hello", 8, fw_major=1, fw_minor=4, fw_patch=12, reset_cause="power_on",
-              config_version=3, modem="a7670", downlink_min=0),
+              config_version=3, modem="a7670", downlink_min=0,
+              motion_sensor="lis2dh12"),
         position(9, hdop_x10=35),
         status(10, NOFIX, pct=255, charging="discharging"), position(11, NOFIX, fix="none"),
         status(12, STRANGER),

@@ -74,7 +74,7 @@ def send(mtype, fields, note="", offset=0):
 def position(i, note=""):
     return send("position", {"lat_e7": 249612000 + i * 95, "lon_e7": 1183918000 + i * 140, "alt_m": 42,
                              "hdop_x10": 9, "sats": 9, "fix": "3d", "fix_age_s": 2,
-                             "speed_cms": 110, "course_x10": 540}, note)
+                             "speed_cms": 110, "course_x10": 540, "source": "fresh"}, note)
 
 def apply_commands():
     while state["todo"]:
@@ -89,7 +89,8 @@ def apply_commands():
         send("command_result", {"seq": cmd["seq"], "result": result}, "(%%s) " %% result)
 
 send("hello", {"fw_major": 0, "fw_minor": 1, "fw_patch": 0, "reset_cause": "power_on",
-               "config_version": 1, "modem": "a7670", "downlink_min": 0})
+               "config_version": 1, "modem": "a7670", "downlink_min": 0,
+               "motion_sensor": "lis2dh12"})
 apply_commands()
 status, first = send("status", {"battery_mv": 4020, "battery_pct": 88, "charging": "discharging",
                                 "rssi_dbm": -79, "motion_count": 12, "outbox_depth": 0})
@@ -101,7 +102,7 @@ for i in range(1, 6):
 track_time = T0 + (state["counter"] + 1) * 30
 points = [{"time": track_time - 60 + 10 * k, "lat_e7": 249612600 + 180 * k, "lon_e7": 1183918800 + 210 * k}
           for k in range(6)]
-send("track", {"points": points}, "(6 points) ")
+send("track", {"points": points, "hdop_x10": 9, "sats": 9}, "(6 points) ")
 send("call", {"key": 1, "number": "+8613800000001", "outcome": "confirmed", "ring_s": 9, "talk_s": 74},
      "(key 1) ")
 send("sos", {"trigger": "long_press", "lat_e7": 249614000, "lon_e7": 1183921000, "fix": "3d",

@@ -231,7 +231,7 @@ class Ingest:
                                 received_at, window, "was already used for another frame")
         self.last_seen[device] = received_at
         try:
-            ack = self._ack(device, counter, received_at)
+            ack = self._ack(device, counter, received_at, version=frame[0])
         except (InvalidMessage, OverflowError) as exc:
             log.error("cannot make the ack for device %s counter %s: %s", device, counter, exc)
             return None  # stored, not acked: the card retransmits, we ack it as a duplicate
@@ -255,7 +255,8 @@ class Ingest:
             self.metrics.acks_withheld += 1
             return None
         try:
-            ack = self._ack(device, counter, received_at, _REPEAT if verified else _NO_COMMANDS)
+            ack = self._ack(device, counter, received_at, _REPEAT if verified else _NO_COMMANDS,
+                            frame[0])
         except (InvalidMessage, OverflowError) as exc:
             log.error("cannot make the ack for device %s counter %s: %s", device, counter, exc)
             return None
@@ -285,7 +286,7 @@ class Ingest:
             answer = encode_frame({"type": "resync", "device": device,
                                    "counter": self._downlink_counter(device),
                                    "time": int(received_at), "rejected": counter,
-                                   "next_counter": next_counter}, self.keyring)
+                                   "next_counter": next_counter}, self.keyring, frame[0])
         except (InvalidMessage, OverflowError) as exc:
             log.error("cannot make the resync for device %s counter %s: %s", device, counter, exc)
             return reason
@@ -364,21 +365,23 @@ class Ingest:
 
     # --- acks and commands ----------------------------------------------------------------------
 
-    def _ack(self, device: int, acked: int, now: float, commands_mode: int = 0) -> bytes:
-        """The ack of `acked` with a fresh downlink counter. `commands_mode`: _SEND (a new frame:
-        open commands go out and count an attempt), _REPEAT (a retransmission from the card's
-        address: they go out, nothing counted) or _NO_COMMANDS."""
+    def _ack(self, device: int, acked: int, now: float, commands_mode: int = 0,
+             version: int = spec.VERSION) -> bytes:
+        """The ack of `acked` with a fresh downlink counter, in protocol `version` (the uplink's).
+        `commands_mode`: _SEND (a new frame: open commands go out and count an attempt), _REPEAT
+        (a retransmission from the card's address: they go out, nothing counted) or
+        _NO_COMMANDS."""
         counter = self._downlink_counter(device)
         stamp = int(now)
         if device not in self.commands or commands_mode == _NO_COMMANDS:  # the usual case first
-            return self.encoder.encode(device, counter, stamp, acked)
+            return self.encoder.encode(device, counter, stamp, acked, None, version)
         commands = self._commands_for_ack(device, now, commands_mode == _SEND)
         if not commands:
-            return self.encoder.encode(device, counter, stamp, acked)
+            return self.encoder.encode(device, counter, stamp, acked, None, version)
         while True:
             try:
                 ack = self.encoder.encode(device, counter, stamp, acked,
-                                          [wire_command(c, stamp) for c in commands])
+                                          [wire_command(c, stamp) for c in commands], version)
                 break
             except InvalidMessage:
                 if len(commands) == 1:

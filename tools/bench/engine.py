@@ -42,7 +42,7 @@ def _position(device: int, counter: int, t: int, rng: random.Random) -> dict[str
         "type": "position", "direction": "uplink", "device": device, "counter": counter, "time": t,
         "clock_synced": True, "lat_e7": 247000000 + rng.randint(-300, 300),
         "lon_e7": 1184000000 + rng.randint(-300, 300), "alt_m": 30, "hdop_x10": rng.randint(8, 40),
-        "sats": 8, "fix": "3d", "fix_age_s": 2, "speed_cms": 0, "course_x10": 0}, t + 1.0)
+        "sats": 8, "fix": "3d", "fix_age_s": 2, "speed_cms": 0, "course_x10": 0, "source": "fresh"}, t + 1.0)
 
 
 def _status(device: int, counter: int, t: int, motion: int, pct: int = 80,

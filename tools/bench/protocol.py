@@ -27,7 +27,7 @@ CARD_ENCODE = """
 import time, ccproto
 e = ccproto.Encoder(861234567890123, bytes(range(16)))
 m = {'lat_e7': 249012345, 'lon_e7': 1184567890, 'alt_m': 30, 'hdop_x10': 9, 'sats': 8, 'fix': 2,
-     'fix_age_s': 3, 'speed_cms': 120, 'course_x10': 900}
+     'fix_age_s': 3, 'speed_cms': 120, 'course_x10': 900, 'source': 0}
 n = %d
 t0 = time.ticks_us()
 for counter in range(n):

@@ -91,7 +91,7 @@ def _encode_all(devices: list[int], seed: str, total: int) -> list[tuple[int, in
 
     pos_packer, pos_values = packer(position, {
         "lat_e7": 249012345, "lon_e7": 1184567890, "alt_m": 30, "hdop_x10": 9, "sats": 8, "fix": "3d",
-        "fix_age_s": 3, "speed_cms": 120, "course_x10": 900})
+        "fix_age_s": 3, "speed_cms": 120, "course_x10": 900, "source": "fresh"})
     st_packer, st_values = packer(status, {
         "battery_mv": 3950, "battery_pct": 81, "charging": "discharging", "rssi_dbm": -71,
         "motion_count": 4, "outbox_depth": 0})
