@@ -39,6 +39,12 @@ DEFAULTS = {
     "stuck_ms": 30000,  # a key down this long is reported stuck, once
     "motion_threshold_mg": 96,  # any-motion threshold: above table vibration, below a step
     "motion_duration_ms": 40,  # the motion must last this long (filters a single knock)
+    "moving_position_s": 60,  # moving mode: a fix a minute, batched into track frames
+    "moving_quiet_s": 300,  # moving mode ends after 5 min without motion
+    "motion_burst_count": 3,  # this many motion interrupts ...
+    "motion_burst_s": 30,  # ... within 30 s start moving mode (a walk, not a knock)
+    "track_points": 10,  # fixes per track frame (10 min of walking in one frame)
+    "watchdog_s": 60,  # the watchdog bites after 60 s without a feed (the loop feeds at half)
     "outbox_entries": 64,
     "outbox_bytes": 16384,  # flash the outbox may take (its log compacts at about twice this)
     "retry_base_s": 30,  # first retransmission after 30 s, doubling ...
@@ -60,6 +66,12 @@ _INT_RANGES = {
     "stuck_ms": (5000, 600000),
     "motion_threshold_mg": (16, 2000),
     "motion_duration_ms": (0, 5000),
+    "moving_position_s": (10, 3600),
+    "moving_quiet_s": (60, 86400),
+    "motion_burst_count": (1, 100),
+    "motion_burst_s": (1, 600),
+    "track_points": (1, ccspec.MAX_TRACK_POINTS),
+    "watchdog_s": (10, 600),
     "outbox_entries": (4, 1024),
     "outbox_bytes": (2048, 1048576),
     "retry_base_s": (1, 3600),
