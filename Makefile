@@ -67,7 +67,7 @@ test: setup debs port32
 	  && $(BIN)/carecard replay --evaluate $$corpus; status=$$?; rm -rf $$corpus; exit $$status
 
 bench: setup port32
-	for name in protocol nmea at receive engine; do $(BIN)/carecard bench $$name || exit 1; done
+	for name in protocol nmea at receive engine day; do $(BIN)/carecard bench $$name || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -27,7 +27,10 @@ from receiver_helpers import BASE_TIME, POSITION, STATUS, Card, Harness, provisi
 SOS = {"trigger": "fall", "lat_e7": 247200000, "lon_e7": 1184200000, "fix": "3d", "fix_age_s": 30,
        "battery_pct": 40}
 POWER = {"event": "low", "battery_mv": 3400, "battery_pct": 9}
-VALID = {"position": POSITION, "status": STATUS, "sos": SOS, "power": POWER}
+TRACK = {"points": [{"time": BASE_TIME - 60, "lat_e7": 247100000, "lon_e7": 1184100000},
+                    {"time": BASE_TIME - 30, "lat_e7": 247100500, "lon_e7": 1184100500}],
+         "hdop_x10": 12, "sats": 8}
+VALID = {"position": POSITION, "status": STATUS, "sos": SOS, "power": POWER, "track": TRACK}
 
 
 def _sentinel_cases() -> list[tuple[str, str, int]]:
@@ -129,6 +132,9 @@ def test_an_unknown_value_is_null_from_the_frame_to_the_stored_row_and_the_expor
         assert store.execute("SELECT COUNT(*) FROM events WHERE id = ?", (f"{device}-2",)).fetchone()[0] == 1
         rows = store.execute(f"SELECT event_id, {', '.join(POSITION_COLUMNS)} FROM positions "
                              "ORDER BY event_id").fetchall()
+    if kind == "track":  # its accuracy is the event's (null above); the points are stored
+        assert len(rows) == 2 * len(TRACK["points"])
+        return
     if kind not in ("position", "sos"):
         assert rows == []
         return

@@ -20,6 +20,7 @@ BENCHMARKS = {
     "nmea": "carecard.tools.bench.nmea",
     "receive": "carecard.tools.bench.receive",
     "engine": "carecard.tools.bench.engine",
+    "day": "carecard.tools.bench.day",
 }
 
 
