@@ -37,6 +37,7 @@ COMMAND_MODULES = [
     "carecard.host.commands.provision_cmd",
     "carecard.host.commands.serve_cmd",
     "carecard.host.commands.alerts_cmd",
+    "carecard.host.commands.power_cmd",
 ]
 
 
