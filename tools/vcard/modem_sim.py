@@ -594,6 +594,9 @@ class ModemSim:
             if self.echo:
                 self._write(raw + b"\r")
             line = raw.decode("latin-1").strip()
+            start = line.upper().find("AT")
+            if start > 0:
+                line = line[start:]   # a modem discards what comes before "AT" (ESC, noise)
             if not line:
                 continue
             self._command(line)
