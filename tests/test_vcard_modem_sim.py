@@ -182,6 +182,13 @@ def test_incoming_sms_pdu_decodes_with_the_firmware_and_with_smspdudecoder():
     assert decoded["user_data"]["data"] == "位置 WHERE"
 
 
+def test_what_comes_before_at_on_a_line_is_discarded():
+    # the card's AT engine writes ESC after a prompt timed out; a modem in command mode ignores it
+    s = booted()
+    s.sim.receive(b"\x1bAT+CSQ\r", s.now)
+    assert lines_of(s.sim.take_output()) == ["+CSQ: 20,99", "OK"]
+
+
 def test_a_hung_modem_answers_nothing_until_its_power_is_cut():
     s = booted(timing=FAST)
     s.sim.hang(s.now)

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from carecard.tools import micropython
+from carecard.tools.vcard import energy
+from carecard.tools.vcard.gnss_sim import GnssSim, Track, TrackPoint
 from carecard.tools.vcard.modem_sim import ModemSim
 from carecard.tools.vcard.runner import RunnerError, VirtualCard, World
 
@@ -154,6 +156,67 @@ def test_a_simulated_week_with_keys_ri_watchdog_and_reboot(mpy, tmp_path, echo_s
     assert ledger[("modem", "sleep")] > 6 * DAY
     assert ledger[("mcu", "light")] > 6 * DAY
     assert run.requests < 20_000                   # it slept: no tick-by-tick polling of a week
+
+
+GNSS_ENTRY = r'''
+import board, battery, nmea
+hw = board.open_board()
+bat = battery.Battery()
+print("battery", bat.pin_uv_to_mv(hw.battery_uv()), hw.charger_pins())
+print("rtc", hw.rtc_unix())
+hw.set_rtc_unix(1780000000)
+hw.gnss_backup(True)
+hw.gnss_power(True)
+p = nmea.NMEAParser()
+buf = bytearray(256)
+first = None
+while first is None:
+    n = hw.gnss_read(buf)
+    while n:
+        p.receive_data(bytes(buf[:n]))
+        n = hw.gnss_read(buf)
+    while True:
+        f = p.next_event()
+        if f is None:
+            break
+        if f.valid and first is None:
+            first = f
+    if first is None:
+        hw.idle(5000, False)
+print("fix", hw.now_ms(), first.lat_e7, first.lon_e7, first.hdop)
+hw.gnss_power(False)
+print("rtc", hw.rtc_unix())
+hw.idle(3600000, True)
+hw.deep_sleep(3600000)
+'''
+
+
+def test_gnss_battery_rtc_and_deep_sleep_through_the_board(mpy, tmp_path):
+    image = tmp_path / "image"
+    shutil.copytree(micropython.card_image(compiled=True), image)
+    (image / "gnss_main.py").write_text(GNSS_ENTRY, encoding="utf-8")
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    home = (24.905321, 118.587112)
+    gnss = GnssSim(Track([TrackPoint(0, *home, "outdoor")]), seed=9)
+    world = World(modem=ModemSim(), gnss=gnss, battery_mv=lambda ms: 3800,
+                  charging=lambda ms: (True, False))
+    with VirtualCard(image, flash, world, entry="gnss_main.py") as card:
+        run = card.run(3 * 3_600_000)
+        report = energy.energy_report(card.ledger, card.now)
+    prints = [d for _, what, d in run.timeline if what == "print"]
+    # the card's own battery module reads the simulated divider: 3800 mV, charging
+    assert "battery 3800 (True, False)" in prints
+    assert prints[1] == "rtc None"                       # a card out of the box: RTC never set
+    fix = [p for p in prints if p.startswith("fix")][0].split()
+    assert 24_000 <= int(fix[1]) <= 40_000               # a cold start, on the virtual clock
+    assert abs(int(fix[2]) - home[0] * 1e7) < 500 and abs(int(fix[3]) - home[1] * 1e7) < 500
+    assert int([p for p in prints if p.startswith("rtc 17")][0].split()[1]) >= 1780000000 + 20
+    # deep sleep restarts the card (reset cause deep_sleep); the ledger saw every MCU state
+    assert [c for _, c in run.resets][:2] == ["power_on", "deep_sleep"]
+    mcu = report["breakdown"]["mcu"]["states"]
+    assert {"active", "light", "deep"} <= set(mcu)
+    assert report["breakdown"]["gnss"]["states"]["acquiring"]["hours_per_day"] > 0
 
 
 def test_an_image_without_the_entry_point_is_refused(tmp_path):
