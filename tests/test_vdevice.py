@@ -84,9 +84,13 @@ def test_friendly_repl_banner_ctrl_c_and_ctrl_d(device):
     """Through pyserial as a terminal would: the banner, Ctrl-C of a running loop, Ctrl-D."""
     import serial
 
-    (device.folder / "main.py").write_text("print('main running')\nwhile True:\n    pass\n")
     port = serial.Serial(device.port, 115200, timeout=5)
     try:
+        # The first boot must be over before main.py exists, or that boot (not the soft reset)
+        # runs it: a prompt answering Enter says the board sits at its friendly REPL.
+        port.write(b"\r")
+        read_until(port, b">>> ")
+        (device.folder / "main.py").write_text("print('main running')\nwhile True:\n    pass\n")
         port.write(b"\x04")  # soft reset at the friendly prompt: main.py runs and loops
         seen = read_until(port, b"main running")
         assert b"MPY: soft reboot\r\n" in seen
