@@ -615,3 +615,16 @@ while len(q):
 show(got, q.get(), len(q._items))
 """)
     assert out == [[0, 1, 2, 3, 4, 5], None, 0]
+
+
+def test_a7670_bearer_already_open_after_a_card_reset_is_taken_as_up(mpy):
+    """After the card (not the modem) resets, the bearer is still open and AT+NETOPEN answers
+    "+IP ERROR: Network is already opened" then ERROR (SIMCom A76xx AT manual): the driver takes
+    the bearer as up and asks its address, instead of failing every time until a power cycle."""
+    ((state, nets, asked_address),) = mpy_events(mpy, r'''
+s = a7670_up({"AT+NETOPEN": b"\r\n+IP ERROR: Network is already opened\r\n\r\nERROR\r\n"})
+show((s.m.state, [e for e in s.events if e[0] == "net"], "AT+IPADDR" in s.cmds()))
+''')
+    assert state == "ready"
+    assert asked_address is True
+    assert nets == [("net", True, "10.4.112.219")]

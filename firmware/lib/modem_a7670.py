@@ -68,7 +68,9 @@ class A7670(modem.Profile):
     def open_net(self, m, apn):
         if apn:
             m.cmd('AT+CGDCONT=1,"IP","%s"' % apn, timeout_ms=5000, done=self._cgdcont_done)
-        m.cmd("AT+NETOPEN", "+NETOPEN", timeout_ms=30000, done=self._netopen_done)
+        # "+IP ERROR: Network is already opened" is NETOPEN's own answer when the bearer outlived
+        # a reset of the card: it must reach _netopen_done, not go by as an unknown line.
+        m.cmd("AT+NETOPEN", ("+NETOPEN", "+IP ERROR"), timeout_ms=30000, done=self._netopen_done)
 
     def _cgdcont_done(self, c, status, text, err):
         if status not in ("OK", "ABORTED"):
