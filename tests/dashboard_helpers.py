@@ -10,6 +10,7 @@ import asyncio
 import socket
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,10 +49,25 @@ def settings() -> Settings:
                              for d, (lat, lon) in HOME.items()})
 
 
-def make_village(data: Path, now: float | None = None) -> None:
-    """Register the three cards, feed each 18 positions (every 10 minutes of the last 3 hours, a
-    walk from home and back) and a status, and deliver them to events.sqlite."""
+def walk_day(now: float) -> tuple[float, str]:
+    """When the village's walk ends and the cards' local day ("YYYY-MM-DD") it lies in: ten
+    minutes ago, or just before the cards' local midnight when the three-hour walk would cross it
+    (a card's page shows one local day, and tests run at any hour)."""
+    zone = timezone(timedelta(seconds=settings().for_device(str(CHEN)).utc_offset))
+    end = now - 600
+    local = datetime.fromtimestamp(end, zone)
+    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+    if end - 17 * 600 < midnight:
+        end = midnight - 600
+    return end, datetime.fromtimestamp(end, zone).strftime("%Y-%m-%d")
+
+
+def make_village(data: Path, now: float | None = None) -> str:
+    """Register the three cards, feed each 18 positions (every 10 minutes for three hours, a walk
+    from home and back, all on one local day: see walk_day) and a status, and deliver them to
+    events.sqlite. Returns the walk's local day."""
     now = time.time() if now is None else now
+    walk_end, local_day = walk_day(now)
     store = SQLiteStore(ingest_db_path(data), readonly_lookups=False)
     try:
         add_devices(store, data, [DeviceSpec(d, name, key_for(d), [
@@ -65,7 +81,7 @@ def make_village(data: Path, now: float | None = None) -> None:
             card = Card(device, key_for(device))
             for step in range(18):
                 out = min(step, 17 - step) * 0.0009  # about 100 m a step, away and back
-                harness.feed(card.frame("position", time=int(now - (18 - step) * 600),
+                harness.feed(card.frame("position", time=int(walk_end - (17 - step) * 600),
                                         lat_e7=round((lat + out) * 1e7), lon_e7=round((lon + out / 2) * 1e7)))
             for day in range(14, 0, -1):  # a status a day over two weeks, and one now
                 harness.feed(card.frame("status", time=int(now - day * 86400),
@@ -77,6 +93,7 @@ def make_village(data: Path, now: float | None = None) -> None:
     finally:
         harness.store.close()
     deliver(data)
+    return local_day
 
 
 def deliver(data: Path) -> None:

@@ -22,15 +22,22 @@ from dashboard_helpers import CHEN, LI, NAMES, PASSWORD, WANG, EngineSide, Serve
 
 
 @pytest.fixture(scope="module")
-def village(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Served]]:
+def village_and_day(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Served, str]]:
+    """The village served, and the local day of its cards' walk."""
     data = tmp_path_factory.mktemp("village")
-    make_village(data)
+    day = make_village(data)
     add_accounts(data)
     served = serve(data)
     try:
-        yield data, served
+        yield data, served, day
     finally:
         served.stop()
+
+
+@pytest.fixture(scope="module")
+def village(village_and_day: tuple[Path, Served, str]) -> tuple[Path, Served]:
+    data, served, _day = village_and_day
+    return data, served
 
 
 class Browser:
@@ -231,10 +238,11 @@ def test_the_live_stream_says_changed_when_an_alert_is_raised(village: tuple[Pat
         assert next(line for line in lines if line.startswith("event:")) == "event: changed"
 
 
-def test_the_card_page_has_track_home_timeline_battery_and_contacts(village: tuple[Path, Served]) -> None:
-    _data, served = village
+def test_the_card_page_has_track_home_timeline_battery_and_contacts(
+        village_and_day: tuple[Path, Served, str]) -> None:
+    _data, served, day = village_and_day
     family = logged_in(served.url, "chen_son")
-    page = family.get(f"/cards/{CHEN}").text
+    page = family.get(f"/cards/{CHEN}?day={day}").text
     track = re.search(r'<script type="application/json" id="map-data">(.*?)</script>', page, re.S)
     assert track
     import json

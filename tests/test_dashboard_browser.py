@@ -68,7 +68,7 @@ def test_alert_goes_live_is_acknowledged_and_the_family_sees_who_is_coming(
         browser: WebDriver, tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
-    make_village(data)
+    day = make_village(data)
     add_accounts(data)
     served = serve(data)
     engine = EngineSide(data)
@@ -86,7 +86,7 @@ def test_alert_goes_live_is_acknowledged_and_the_family_sees_who_is_coming(
         assert browser.current_url.rstrip("/") == served.url  # no reload, no navigation
         screenshot(browser, tmp_path, "dashboard-overview.png")
 
-        browser.get(f"{served.url}/cards/{CHEN}")
+        browser.get(f"{served.url}/cards/{CHEN}?day={day}")
         WebDriverWait(browser, WAIT_S).until(lambda d: d.execute_script(
             "return document.querySelectorAll('.leaflet-overlay-pane path').length") >= 2)
         assert browser.find_elements(By.CSS_SELECTOR, ".leaflet-control-scale")
