@@ -53,6 +53,7 @@ from carecard.host.storage import (
     UnknownDeviceError,
     log_entries,
 )
+from carecard.host.storage.listing import oldest_first
 from carecard.host.storage.postgresql.schema import MIGRATION_LOCK, MIGRATIONS, SCHEMA_VERSION
 from carecard.host.storage.sqlite.alerts import check_request, refusal_for
 
@@ -474,15 +475,8 @@ class PostgreSQLStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, Eng
         if open_only:
             where.append("state = ANY(%s)")
             params.append(list(_OPEN))
-        sql = f"SELECT {_COMMAND_COLUMNS} FROM commands"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY id DESC" if limit else " ORDER BY id"
-        if limit:
-            sql += f" LIMIT {int(limit)}"
-        rows = self._read(sql, params)
-        if limit:
-            rows.reverse()
+        rows = oldest_first(self._read, f"SELECT {_COMMAND_COLUMNS} FROM commands", where, params,
+                            ("id",), limit)
         return [_command(row) for row in rows]
 
     # --- alerts and the engine ------------------------------------------------------------------
@@ -502,15 +496,8 @@ class PostgreSQLStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, Eng
         if since is not None:
             where.append("opened_at >= %s")
             params.append(since)
-        sql = f"SELECT {', '.join(_ALERT_COLUMNS)} FROM alerts"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY opened_at DESC, id DESC" if limit else " ORDER BY opened_at, id"
-        if limit:
-            sql += f" LIMIT {int(limit)}"
-        rows = self._read(sql, params)
-        if limit:
-            rows.reverse()
+        rows = oldest_first(self._read, f"SELECT {', '.join(_ALERT_COLUMNS)} FROM alerts", where, params,
+                            ("opened_at", "id"), limit)
         return [_alert(row) for row in rows]
 
     def get_alert(self, alert_id: str) -> AlertRecord | None:

@@ -41,6 +41,7 @@ from carecard.host.storage import (
     EngineCommitResult,
     UnknownAlertError,
 )
+from carecard.host.storage.listing import oldest_first
 from carecard.host.storage.sqlite.eventlog import SQLiteEventLog
 
 SCHEMA = (
@@ -149,15 +150,9 @@ def list_alerts(conn: sqlite3.Connection, *, device: int | None = None,
     if since is not None:
         where.append("opened_at >= ?")
         params.append(since)
-    sql = f"SELECT {', '.join(_ALERT_COLUMNS)} FROM alerts"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY opened_at DESC, id DESC" if limit else " ORDER BY opened_at, id"
-    if limit:
-        sql += f" LIMIT {int(limit)}"
-    rows = conn.execute(sql, params).fetchall()
-    if limit:
-        rows.reverse()
+    rows = oldest_first(lambda sql, args: conn.execute(sql, args).fetchall(),
+                        f"SELECT {', '.join(_ALERT_COLUMNS)} FROM alerts", where, params,
+                        ("opened_at", "id"), limit)
     return [_alert(row) for row in rows]
 
 

@@ -51,6 +51,7 @@ from carecard.host.storage import (
     StoreError,
     UnknownDeviceError,
 )
+from carecard.host.storage.listing import oldest_first
 from carecard.host.storage.sqlite import alerts as alert_tables
 from carecard.host.storage.sqlite.eventlog import SQLiteEventLog
 from carecard.host.storage.sqlite.sql import register_identity_adapters
@@ -686,13 +687,6 @@ def list_commands(conn: sqlite3.Connection, device: int | None = None, *,
         params.append(device)
     if open_only:
         where.append(f"state IN {states_sql(OPEN_STATES)}")
-    sql = f"SELECT {_COMMAND_COLUMNS} FROM commands"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY id DESC" if limit else " ORDER BY id"
-    if limit:
-        sql += f" LIMIT {int(limit)}"
-    rows = conn.execute(sql, params).fetchall()
-    if limit:
-        rows.reverse()
+    rows = oldest_first(lambda sql, args: conn.execute(sql, args).fetchall(),
+                        f"SELECT {_COMMAND_COLUMNS} FROM commands", where, params, ("id",), limit)
     return [_command(row) for row in rows]
