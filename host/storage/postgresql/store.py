@@ -53,7 +53,15 @@ from carecard.host.storage import (
     UnknownDeviceError,
     log_entries,
 )
-from carecard.host.storage.listing import oldest_first
+from carecard.host.storage.rows import (
+    ALERT_COLUMNS,
+    COMMAND_COLUMNS,
+    action_from_row,
+    alert_from_row,
+    alert_to_row,
+    command_from_row,
+    oldest_first,
+)
 from carecard.host.storage.postgresql.schema import MIGRATION_LOCK, MIGRATIONS, SCHEMA_VERSION
 from carecard.host.storage.sqlite.alerts import check_request, refusal_for
 
@@ -65,8 +73,6 @@ CONNECT_TIMEOUT_S = 10.0
 URL_SCHEMES = ("postgresql://", "postgres://")
 
 _OPEN = tuple(OPEN_STATES)
-_COMMAND_COLUMNS = ("id, device, seq, cmd, args, state, attempts, created_at, updated_at, "
-                    "first_sent_at, last_sent_at, result, detail")
 _UPDATE_COMMAND = ("UPDATE commands SET " + ", ".join(f"{column} = %s" for column in CHANGE_COLUMNS[:-1])
                    + " WHERE id = %s AND state = ANY(%s)")
 _DEVICE_STATS = (
@@ -91,15 +97,11 @@ _CLAIM = (
 _FRAME_COPY = f"COPY event_log (seq, event_id, body, appended_at, {', '.join(FRAME_ROW)}) FROM STDIN"
 _TAKE_SEQS = "UPDATE meta SET value = value + %s WHERE name = 'event_log_seq' RETURNING value"
 _BUMP_GENERATION = "UPDATE meta SET value = value + 1 WHERE name = 'registry_generation'"
-_ALERT_COLUMNS = ("id", "device", "kind", "state", "step", "opened_at", "updated_at", "notified",
-                  "acknowledged_by", "acknowledged_at", "closed_reason", "closed_by", "closed_at",
-                  "prompt_id", "details")
-_JSON_COLUMNS = ("notified", "details")
 _ACTION_COLUMNS = ("id, alert_id, device, action, by_whom, reason, source, requested_at, outcome, "
                    "detail, handled_at")
-_UPSERT_ALERT = (f"INSERT INTO alerts ({', '.join(_ALERT_COLUMNS)}) VALUES "
-                 f"({', '.join(['%s'] * len(_ALERT_COLUMNS))}) ON CONFLICT (id) DO UPDATE SET "
-                 + ", ".join(f"{c} = excluded.{c}" for c in _ALERT_COLUMNS[1:]))
+_UPSERT_ALERT = (f"INSERT INTO alerts ({', '.join(ALERT_COLUMNS)}) VALUES "
+                 f"({', '.join(['%s'] * len(ALERT_COLUMNS))}) ON CONFLICT (id) DO UPDATE SET "
+                 + ", ".join(f"{c} = excluded.{c}" for c in ALERT_COLUMNS[1:]))
 
 
 def is_postgresql_url(text: str) -> bool:
@@ -155,33 +157,6 @@ def _pool(url: str, size: int, where: str) -> ConnectionPool:
         pool.close()
         raise StoreError(f"cannot connect to {where} within {CONNECT_TIMEOUT_S:g} s") from None
     return pool
-
-
-def _command(row: Sequence[Any]) -> CommandRecord:
-    try:
-        args = json.loads(row[4])
-    except ValueError:
-        args = {}
-    return CommandRecord(row[0], row[1], row[2], row[3], args if isinstance(args, dict) else {}, *row[5:])
-
-
-def _alert(row: Sequence[Any]) -> AlertRecord:
-    values = dict(zip(_ALERT_COLUMNS, row))
-    for name in _JSON_COLUMNS:
-        try:
-            values[name] = json.loads(values[name])
-        except (TypeError, ValueError):
-            values[name] = [] if name == "notified" else {}
-    return AlertRecord(**values)
-
-
-def _alert_row(alert: AlertRecord) -> tuple[Any, ...]:
-    return tuple(json.dumps(getattr(alert, name), ensure_ascii=False) if name in _JSON_COLUMNS
-                 else getattr(alert, name) for name in _ALERT_COLUMNS)
-
-
-def _action(row: Sequence[Any]) -> AlertAction:
-    return AlertAction(*row)
 
 
 def _take_seqs(conn: psycopg.Connection, count: int) -> int:
@@ -407,8 +382,8 @@ class PostgreSQLStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, Eng
         return devices
 
     def open_commands(self) -> list[CommandRecord]:
-        return [_command(row) for row in self._read(
-            f"SELECT {_COMMAND_COLUMNS} FROM commands WHERE state = ANY(%s) ORDER BY id", (list(_OPEN),))]
+        return [command_from_row(row) for row in self._read(
+            f"SELECT {COMMAND_COLUMNS} FROM commands WHERE state = ANY(%s) ORDER BY id", (list(_OPEN),))]
 
     # --- registry and command queue -------------------------------------------------------------
 
@@ -453,11 +428,11 @@ class PostgreSQLStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, Eng
 
     def cancel_command(self, device: int, seq: int, now: float) -> CommandRecord:
         def work(conn: psycopg.Connection) -> CommandRecord:
-            row = conn.execute(f"SELECT {_COMMAND_COLUMNS} FROM commands WHERE device = %s AND seq = %s "
+            row = conn.execute(f"SELECT {COMMAND_COLUMNS} FROM commands WHERE device = %s AND seq = %s "
                                "ORDER BY id DESC LIMIT 1 FOR UPDATE", (device, seq)).fetchone()
             if row is None:
                 raise LookupError(f"device {device} has no command with seq {seq}")
-            command = _command(row)
+            command = command_from_row(row)
             change = lifecycle.cancel(command, now)
             conn.execute(_UPDATE_COMMAND, (*change[:-1], change[-1], list(_OPEN)))
             conn.execute(_BUMP_GENERATION)
@@ -475,9 +450,9 @@ class PostgreSQLStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, Eng
         if open_only:
             where.append("state = ANY(%s)")
             params.append(list(_OPEN))
-        rows = oldest_first(self._read, f"SELECT {_COMMAND_COLUMNS} FROM commands", where, params,
+        rows = oldest_first(self._read, f"SELECT {COMMAND_COLUMNS} FROM commands", where, params,
                             ("id",), limit)
-        return [_command(row) for row in rows]
+        return [command_from_row(row) for row in rows]
 
     # --- alerts and the engine ------------------------------------------------------------------
 
@@ -496,24 +471,24 @@ class PostgreSQLStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, Eng
         if since is not None:
             where.append("opened_at >= %s")
             params.append(since)
-        rows = oldest_first(self._read, f"SELECT {', '.join(_ALERT_COLUMNS)} FROM alerts", where, params,
+        rows = oldest_first(self._read, f"SELECT {', '.join(ALERT_COLUMNS)} FROM alerts", where, params,
                             ("opened_at", "id"), limit)
-        return [_alert(row) for row in rows]
+        return [alert_from_row(row) for row in rows]
 
     def get_alert(self, alert_id: str) -> AlertRecord | None:
-        rows = self._read(f"SELECT {', '.join(_ALERT_COLUMNS)} FROM alerts WHERE id = %s", (alert_id,))
-        return _alert(rows[0]) if rows else None
+        rows = self._read(f"SELECT {', '.join(ALERT_COLUMNS)} FROM alerts WHERE id = %s", (alert_id,))
+        return alert_from_row(rows[0]) if rows else None
 
     def request_alert_action(self, alert_id: str, action: str, by: str, *, reason: str | None = None,
                              source: str = "cli", now: float) -> AlertAction:
         check_request(alert_id, action, by, reason, source)
 
         def work(conn: psycopg.Connection) -> AlertAction:
-            row = conn.execute(f"SELECT {', '.join(_ALERT_COLUMNS)} FROM alerts WHERE id = %s FOR UPDATE",
+            row = conn.execute(f"SELECT {', '.join(ALERT_COLUMNS)} FROM alerts WHERE id = %s FOR UPDATE",
                                (alert_id,)).fetchone()
             if row is None:
                 raise UnknownAlertError(f"no alert has the id {alert_id!r}: list them with `carecard alerts`")
-            alert = _alert(row)
+            alert = alert_from_row(row)
             refusal = refusal_for(alert, action)
             if refusal is not None:
                 raise AlertStateError(refusal)
@@ -527,7 +502,7 @@ class PostgreSQLStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, Eng
         return self._write("queueing the request", work, passes=(UnknownAlertError, AlertStateError))
 
     def pending_alert_actions(self, limit: int = 1000) -> list[AlertAction]:
-        return [_action(row) for row in self._read(
+        return [action_from_row(row) for row in self._read(
             f"SELECT {_ACTION_COLUMNS} FROM alert_actions WHERE outcome IS NULL ORDER BY id LIMIT %s",
             (int(limit),))]
 
@@ -544,7 +519,7 @@ class PostgreSQLStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, Eng
         rows = self._read(sql, params)
         if limit:
             rows.reverse()
-        return [_action(row) for row in rows]
+        return [action_from_row(row) for row in rows]
 
     def load_engine(self, name: str) -> EngineCheckpoint | None:
         rows = self._read("SELECT cursor, now, saved_at FROM engine_checkpoint WHERE name = %s", (name,))
@@ -571,7 +546,7 @@ class PostgreSQLStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, Eng
                                      f"{', '.join(ALERT_STATES)}")
             with conn.cursor() as cur:
                 if commit.alerts:
-                    cur.executemany(_UPSERT_ALERT, [_alert_row(alert) for alert in commit.alerts])
+                    cur.executemany(_UPSERT_ALERT, [alert_to_row(alert) for alert in commit.alerts])
                 if commit.actions:
                     cur.executemany("UPDATE alert_actions SET outcome = %s, detail = %s, handled_at = %s "
                                     "WHERE id = %s", [(outcome, detail, at, action_id)

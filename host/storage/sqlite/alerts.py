@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 from carecard.host import downlink_lifecycle as lifecycle
 from carecard.host.downlink_lifecycle import CommandRecord
@@ -41,7 +41,13 @@ from carecard.host.storage import (
     EngineCommitResult,
     UnknownAlertError,
 )
-from carecard.host.storage.listing import oldest_first
+from carecard.host.storage.rows import (
+    ALERT_COLUMNS,
+    action_from_row,
+    alert_from_row,
+    alert_to_row,
+    oldest_first,
+)
 from carecard.host.storage.sqlite.eventlog import SQLiteEventLog
 
 SCHEMA = (
@@ -99,39 +105,16 @@ SCHEMA = (
     ) WITHOUT ROWID""",
 )
 
-_ALERT_COLUMNS = ("id", "device", "kind", "state", "step", "opened_at", "updated_at", "notified",
-                  "acknowledged_by", "acknowledged_at", "closed_reason", "closed_by", "closed_at",
-                  "prompt_id", "details")
-_JSON_COLUMNS = {"notified", "details"}
 _ACTION_COLUMNS = ("id", "alert_id", "device", "action", "by_whom", "reason", "source",
                    "requested_at", "outcome", "detail", "handled_at")
-_UPSERT_ALERT = (f"INSERT OR REPLACE INTO alerts ({', '.join(_ALERT_COLUMNS)}) "
-                 f"VALUES ({', '.join('?' * len(_ALERT_COLUMNS))})")
+_UPSERT_ALERT = (f"INSERT OR REPLACE INTO alerts ({', '.join(ALERT_COLUMNS)}) "
+                 f"VALUES ({', '.join('?' * len(ALERT_COLUMNS))})")
 
 
 def ensure_schema(conn: sqlite3.Connection) -> None:
     """Create the tables if missing (inside the caller's transaction)."""
     for statement in SCHEMA:
         conn.execute(statement)
-
-
-def _alert(row: Sequence[Any]) -> AlertRecord:
-    values = dict(zip(_ALERT_COLUMNS, row))
-    for name in _JSON_COLUMNS:
-        try:
-            values[name] = json.loads(values[name])
-        except (TypeError, ValueError):
-            values[name] = [] if name == "notified" else {}
-    return AlertRecord(**values)
-
-
-def _alert_row(alert: AlertRecord) -> tuple[Any, ...]:
-    return tuple(json.dumps(getattr(alert, name), ensure_ascii=False) if name in _JSON_COLUMNS
-                 else getattr(alert, name) for name in _ALERT_COLUMNS)
-
-
-def _action(row: Sequence[Any]) -> AlertAction:
-    return AlertAction(row[0], row[1], row[2], row[3], row[4], *row[5:])
 
 
 def list_alerts(conn: sqlite3.Connection, *, device: int | None = None,
@@ -151,14 +134,14 @@ def list_alerts(conn: sqlite3.Connection, *, device: int | None = None,
         where.append("opened_at >= ?")
         params.append(since)
     rows = oldest_first(lambda sql, args: conn.execute(sql, args).fetchall(),
-                        f"SELECT {', '.join(_ALERT_COLUMNS)} FROM alerts", where, params,
+                        f"SELECT {', '.join(ALERT_COLUMNS)} FROM alerts", where, params,
                         ("opened_at", "id"), limit)
-    return [_alert(row) for row in rows]
+    return [alert_from_row(row) for row in rows]
 
 
 def get_alert(conn: sqlite3.Connection, alert_id: str) -> AlertRecord | None:
-    row = conn.execute(f"SELECT {', '.join(_ALERT_COLUMNS)} FROM alerts WHERE id = ?", (alert_id,)).fetchone()
-    return None if row is None else _alert(row)
+    row = conn.execute(f"SELECT {', '.join(ALERT_COLUMNS)} FROM alerts WHERE id = ?", (alert_id,)).fetchone()
+    return None if row is None else alert_from_row(row)
 
 
 def _text(value: Any, what: str, limit: int, alert_id: str, *, required: bool) -> str | None:
@@ -211,7 +194,7 @@ def refusal_for(alert: AlertRecord, action: str) -> str | None:
 def pending_alert_actions(conn: sqlite3.Connection, limit: int) -> list[AlertAction]:
     rows = conn.execute(f"SELECT {', '.join(_ACTION_COLUMNS)} FROM alert_actions WHERE outcome IS NULL "
                         "ORDER BY id LIMIT ?", (int(limit),)).fetchall()
-    return [_action(row) for row in rows]
+    return [action_from_row(row) for row in rows]
 
 
 def list_alert_actions(conn: sqlite3.Connection, alert_id: str | None, limit: int | None) -> list[AlertAction]:
@@ -226,7 +209,7 @@ def list_alert_actions(conn: sqlite3.Connection, alert_id: str | None, limit: in
     rows = conn.execute(sql, params).fetchall()
     if limit:
         rows.reverse()
-    return [_action(row) for row in rows]
+    return [action_from_row(row) for row in rows]
 
 
 def load_engine(conn: sqlite3.Connection, name: str) -> EngineCheckpoint | None:
@@ -253,7 +236,7 @@ def commit_engine(conn: sqlite3.Connection, name: str, commit: EngineCommit, now
         if alert.state not in ALERT_STATES:
             raise ValueError(f"alert {alert.id}: state {alert.state!r} is not one of {', '.join(ALERT_STATES)}")
     if commit.alerts:
-        conn.executemany(_UPSERT_ALERT, [_alert_row(alert) for alert in commit.alerts])
+        conn.executemany(_UPSERT_ALERT, [alert_to_row(alert) for alert in commit.alerts])
     if commit.actions:
         conn.executemany("UPDATE alert_actions SET outcome = ?, detail = ?, handled_at = ? WHERE id = ?",
                          [(outcome, detail, at, action_id) for action_id, outcome, detail, at in commit.actions])

@@ -51,7 +51,7 @@ from carecard.host.storage import (
     StoreError,
     UnknownDeviceError,
 )
-from carecard.host.storage.listing import oldest_first
+from carecard.host.storage.rows import COMMAND_COLUMNS, command_from_row, oldest_first
 from carecard.host.storage.sqlite import alerts as alert_tables
 from carecard.host.storage.sqlite.eventlog import SQLiteEventLog
 from carecard.host.storage.sqlite.sql import register_identity_adapters
@@ -123,17 +123,6 @@ UPDATE_COMMAND = (
     "UPDATE commands SET " + ", ".join(f"{column} = ?" for column in CHANGE_COLUMNS[:-1])
     + f" WHERE id = ? AND state IN {states_sql(OPEN_STATES)}"
 )
-_COMMAND_COLUMNS = ("id, device, seq, cmd, args, state, attempts, created_at, updated_at, "
-                    "first_sent_at, last_sent_at, result, detail")
-
-
-def _command(row: Sequence[Any]) -> CommandRecord:
-    try:
-        args = json.loads(row[4])
-    except ValueError:
-        args = {}
-    return CommandRecord(row[0], row[1], row[2], row[3], args if isinstance(args, dict) else {},
-                         *row[5:])
 
 
 # The writer's page cache holds the index that every batch touches all over (the frames' unique
@@ -500,9 +489,9 @@ class SQLiteStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, EngineS
 
     def open_commands(self) -> list[CommandRecord]:
         rows = self._reader.execute(
-            f"SELECT {_COMMAND_COLUMNS} FROM commands WHERE state IN {states_sql(OPEN_STATES)} ORDER BY id"
+            f"SELECT {COMMAND_COLUMNS} FROM commands WHERE state IN {states_sql(OPEN_STATES)} ORDER BY id"
         ).fetchall()
-        return [_command(row) for row in rows]
+        return [command_from_row(row) for row in rows]
 
     def register_devices(self, devices: Sequence[DeviceRecord], *, replace: bool = False, now: float,
                          before_commit: Callable[[], None] | None = None) -> None:
@@ -688,5 +677,5 @@ def list_commands(conn: sqlite3.Connection, device: int | None = None, *,
     if open_only:
         where.append(f"state IN {states_sql(OPEN_STATES)}")
     rows = oldest_first(lambda sql, args: conn.execute(sql, args).fetchall(),
-                        f"SELECT {_COMMAND_COLUMNS} FROM commands", where, params, ("id",), limit)
-    return [_command(row) for row in rows]
+                        f"SELECT {COMMAND_COLUMNS} FROM commands", where, params, ("id",), limit)
+    return [command_from_row(row) for row in rows]
