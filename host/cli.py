@@ -38,6 +38,7 @@ COMMAND_MODULES = [
     "carecard.host.commands.serve_cmd",
     "carecard.host.commands.alerts_cmd",
     "carecard.host.commands.power_cmd",
+    "carecard.host.commands.engine_cmd",
 ]
 
 

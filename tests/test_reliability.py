@@ -397,9 +397,10 @@ def test_event_log_is_pruned_only_up_to_what_every_sink_delivered(tmp_path: Path
     assert [i for i in got if i in ids[80:]] == ids[80:]  # the second webhook run, in order
 
 
-def test_sink_process_exits_quietly_when_the_receiver_is_killed(tmp_path: Path) -> None:
-    """SIGKILL the receiver: its sink process notices (stdin closes), drains, and exits with one
-    log line saying so; no traceback (its stdout pipe to the dead receiver is broken)."""
+def test_sink_and_engine_processes_exit_quietly_when_the_receiver_is_killed(tmp_path: Path) -> None:
+    """SIGKILL the receiver: its sink process and its alert engine's process notice (stdin
+    closes), finish, and exit with one log line each saying so; no traceback (their stdout pipes
+    to the dead receiver are broken)."""
     import json
     import signal
 
@@ -412,12 +413,16 @@ def test_sink_process_exits_quietly_when_the_receiver_is_killed(tmp_path: Path) 
     for _ in range(3):
         assert exchange(client, receiver.udp_port, card.frame()) is not None
     pid = receiver.proc.pid
-    (child,) = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    children = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    commands = sorted(Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[2].decode() for child in children)
+    assert commands == ["carecard.host.engine.process", "carecard.host.receiver.sinkproc"]
     receiver.proc.send_signal(signal.SIGKILL)
-    # the sink process holds the same stderr: it reaches EOF only when that process is gone too
+    # the children hold the same stderr: it reaches EOF only when they are gone too
     _out, err = receiver.proc.communicate(timeout=30)
-    assert not Path(f"/proc/{child}/cmdline").exists() or not Path(f"/proc/{child}/cmdline").read_bytes()
+    for child in children:
+        assert not Path(f"/proc/{child}/cmdline").exists() or not Path(f"/proc/{child}/cmdline").read_bytes()
     assert "Traceback" not in err and "BrokenPipe" not in err, err
     records = [json.loads(line) for line in err.splitlines()]  # every line a log record
-    gone = [r for r in records if r.get("logger", "").startswith("carecard.receiver.sink")]
-    assert len(gone) == 1 and "receiver is gone" in gone[0]["msg"], gone
+    for logger in ("carecard.receiver.sink", "carecard.engine"):
+        gone = [r for r in records if r.get("logger", "").startswith(logger) and "receiver is gone" in r["msg"]]
+        assert len(gone) == 1, (logger, records)

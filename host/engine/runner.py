@@ -11,9 +11,10 @@ cursor. A crash before the commit loses the step's work and nothing else: the ne
 resumes from the last commit and does it again, so no alert is raised twice. A commit that fails
 makes the runner reload its last commit and retry.
 
-`EngineThread` runs a runner in a thread of `carecard receive`, woken by every ingest commit and
-at least every `poll_s` (timers, requests): with its own database connections it never holds
-up ingest, which only tells it that something was committed.
+`EngineThread` runs a runner in a thread of the engine's process (carecard.host.engine.process:
+`carecard engine`, or the child `carecard receive` starts), woken when ingest committed and at
+least every `poll_s` (timers, requests). Given a lock, it steps only while it holds it and stands
+by (trying it every `poll_s`) otherwise.
 """
 
 from __future__ import annotations
@@ -277,8 +278,11 @@ class EngineThread:
     """A runner stepping in a thread: woken by `notify()` (ingest committed) and every `poll_s`."""
 
     def __init__(self, runner: EngineRunner, *, poll_s: float = POLL_S,
-                 on_commit: Callable[[EngineCommitResult], None] | None = None):
+                 on_commit: Callable[[EngineCommitResult], None] | None = None, lock: Any = None):
+        """`lock`: the right to step (engine.process.EngineLock: try_acquire(), held()); None:
+        always."""
         self.runner = runner
+        self.lock = lock
         self.poll_s = poll_s
         self.on_commit = on_commit
         self._wake = threading.Event()
@@ -289,7 +293,7 @@ class EngineThread:
         self.error: str | None = None
 
     def start(self) -> None:
-        if not self.runner.loaded:
+        if self.lock is None and not self.runner.loaded:
             self.runner.load()
         self._thread = threading.Thread(target=self._run, name="carecard-engine", daemon=True)
         self._thread.start()
@@ -313,7 +317,10 @@ class EngineThread:
                 break
             more = False
             try:
-                result = runner.step()
+                if not self._hold_lock():
+                    result = StepResult()
+                else:
+                    result = runner.step()
                 more = result.events >= runner.step_events
                 self.error = None
                 if self.on_commit is not None and result.commit is not None:
@@ -333,6 +340,23 @@ class EngineThread:
                 self._wake.set()
         with self._done:
             self._done.notify_all()
+
+    def _hold_lock(self) -> bool:
+        """True while this thread may step: it holds the lock (taking it when it is free: then the
+        runner restores the last commit, whoever made it)."""
+        lock = self.lock
+        if lock is None:
+            return True
+        if lock.held():
+            return True
+        if self.runner.loaded:
+            log.warning("engine %s: lost its lock: standing by", self.runner.name)
+            self.runner.loaded = False
+        if not lock.try_acquire():
+            return False
+        log.info("engine %s: took the lock: resuming from the last commit", self.runner.name)
+        self.runner.loaded = False
+        return True
 
     def stop(self, timeout: float = 10.0) -> None:
         """Finish the step under way (its commit included) and stop."""

@@ -82,9 +82,13 @@ class TcpSettings:
 
 @dataclass
 class EngineSettings:
-    """[engine]: the alert engine inside the receiver (docs/receiver.md)."""
+    """[engine]: the alert engine (docs/receiver.md), a process of its own reading the store."""
 
     enabled: bool = True
+    # child: `carecard receive` starts it as its child process, restarts it if it dies, stops it
+    # with itself; separately: run `carecard engine` yourself (the receiver serves the inbound
+    # acknowledgement paths only)
+    run: str = "child"
     settings: Path | None = None  # the alert engine's settings file (docs/events.md); None: defaults
     poll_s: float = 1.0  # timers and acknowledgement requests are looked at at least this often
     http: Endpoint | None = None  # POST /v1/alert-actions, signed as the webhook sink signs
@@ -126,6 +130,7 @@ class ReceiverConfig:
 
 LOG_FORMATS = ("text", "json")
 SINKS_IN = ("process", "thread")
+ENGINE_RUN = ("child", "separately")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -324,6 +329,7 @@ def config_from_mapping(document: Mapping[str, Any], where: str, base_dir: Path 
     if not isinstance(enabled, bool):
         raise ConfigError(f"{engine.where}: enabled must be true or false, got {enabled!r}")
     e.enabled = enabled
+    e.run = engine.text("run", e.run, ENGINE_RUN)
     settings_file = engine.get("settings", None)
     if settings_file is not None:
         if not isinstance(settings_file, str) or not settings_file:

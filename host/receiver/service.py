@@ -29,9 +29,10 @@ from carecard.host.receiver.config import ReceiverConfig
 from carecard.host.receiver.ingest import Ingest, PendingBatch
 from carecard.host.receiver.metrics import Metrics, MetricsServer
 from carecard.host.receiver.registry import keys_path, load_key_file
-from carecard.host.receiver.sinkproc import SinkProcess, SinkProcessError
-from carecard.host.storage import (STORE_SQLITE, EngineSettingsStore, EventLogReader, IngestStore, StoreError,
-                                   event_log_for, ingest_store_for)
+from carecard.host.receiver.childproc import ChildProcessError
+from carecard.host.receiver.sinkproc import SinkProcess
+from carecard.host.storage import (STORE_SQLITE, EventLogReader, IngestStore, StoreError, event_log_for,
+                                   ingest_store_for)
 from carecard.host.storage.sqlite.store import check_database, recovery_steps
 from carecard.host.receiver.transports import SerialListener, TcpListener, TransportError, UdpListener
 from carecard.protocol import KeyRing
@@ -66,10 +67,10 @@ def _drop_frame(*_args: Any) -> str:
 
 class Receiver:
     def __init__(self, config: ReceiverConfig, *, engine_clock: Callable[[], float] | None = None):
-        """`engine_clock`: the alert engine's clock (default time.time; tests inject one)."""
+        """`engine_clock`: the alert engine's clock (default the real time; tests inject one)."""
         config.ensure_listener()
-        self.engine_clock = engine_clock or time.time
-        self.engine: Any = None  # the alert engine's thread (carecard.host.engine.runner.EngineThread)
+        self.engine_clock = engine_clock
+        self.engine: Any = None  # the alert engine's child process (carecard.host.engine.process.EngineProcess)
         self.alert_http: Any = None  # inbound acknowledgements (carecard.host.engine.inbound)
         self.alert_mqtt: Any = None
         self._engine_resources: list[Any] = []
@@ -113,11 +114,12 @@ class Receiver:
         try:
             await self._start()
         except BaseException:
-            if self.sinks is not None:
-                try:
-                    await self.sinks.stop(drain_timeout=0)
-                except Exception:  # never started: nothing to stop
-                    pass
+            for child in (self.sinks, self.engine):
+                if child is not None:
+                    try:
+                        await child.stop(drain_timeout=0)
+                    except Exception:  # never started: nothing to stop
+                        pass
             await self._close_resources()
             raise
         self._started = True
@@ -193,11 +195,18 @@ class Receiver:
                 raise StartupError(f"metrics {config.metrics}: {_describe_os_error(exc)}") from None
         self._register_gauges()
 
-        try:
-            await self.sinks.start()
-        except SinkProcessError as exc:
+        # the sinks' and the engine's processes start side by side (each takes an interpreter's start-up)
+        started = await asyncio.gather(self.sinks.start(),
+                                       *([self.engine.start()] if self.engine is not None else []),
+                                       return_exceptions=True)
+        for outcome in started:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, ChildProcessError):
+                raise outcome
+        if isinstance(started[0], ChildProcessError):
             self.sinks = None
-            raise StartupError(f"{config.source}: {exc}") from None
+            raise StartupError(f"{config.source}: {started[0]}") from None
+        if len(started) > 1 and isinstance(started[1], ChildProcessError):
+            raise StartupError(f"alert engine: {started[1]}") from None
         loop = self._loop
         assert loop is not None
         for listener in self.udp:
@@ -206,8 +215,6 @@ class Receiver:
             await tcp.start()
         for serial in self.serial:
             serial.start(loop)
-        if self.engine is not None:
-            self.engine.start()
         await self._open_inbound()
         self._tasks.append(asyncio.create_task(self._poll_registry(), name="registry-poll"))
         self._tasks.append(asyncio.create_task(self._maintenance(), name="maintenance"))
@@ -219,49 +226,20 @@ class Receiver:
                                    if self.metrics_server else None}})
 
     def _open_engine(self) -> None:
-        """The alert engine: a reader of the event log in a thread, with connections of its own
-        (carecard.host.engine.runner)."""
-        settings_config = self.config.engine
-        if not settings_config.enabled:
+        """The alert engine: a process of its own reading the event log (carecard.host.engine.process),
+        started as this receiver's child unless it runs separately (`[engine] run`)."""
+        engine = self.config.engine
+        if not engine.enabled or engine.run != "child":
             return
-        from carecard.host.engine.runner import EngineRunner, EngineThread
-        from carecard.host.engine.settings import Settings, SettingsError
+        from carecard.host.engine.process import EngineProcess, engine_config
 
-        try:
-            file_tables = Settings.load_tables(settings_config.settings) if settings_config.settings else {}
-        except SettingsError as exc:
-            raise StartupError(f"{self.config.source} [engine] settings: {exc}") from None
-        path = ingest_db_path(self.data_dir) if self.config.store == STORE_SQLITE else "the store"
-        try:
-            store = ingest_store_for(self.config.store, self.data_dir, self.config.ingest.durability)
-            self._engine_resources.append(store)
-            eventlog = event_log_for(self.config.store, self.data_dir)
-            self._engine_resources.append(eventlog)
-        except (StoreError, RuntimeError) as exc:
-            raise StartupError(f"alert engine: {exc}") from None
-
-        def settings_now() -> Settings:
-            """The settings file's, overridden key by key by the registry's (a store without
-            them: the file's alone)."""
-            defaults, devices = store.load_engine_settings() if isinstance(store, EngineSettingsStore) else ({}, {})
-            return Settings.combine(file_tables, {"defaults": defaults, "devices": {str(d): t for d, t in devices.items()}},
-                                    where=f"settings file {settings_config.settings} + registry")
-
-        try:
-            settings = settings_now()
-        except SettingsError as exc:
-            raise StartupError(f"alert engine settings: {exc}") from None
-        runner = EngineRunner(store, eventlog, settings, clock=self.engine_clock, settings_loader=settings_now)
-        self.engine = EngineThread(runner, poll_s=settings_config.poll_s, on_commit=self._engine_committed)
-        try:
-            runner.load()
-        except Exception as exc:
-            raise StartupError(f"alert engine: cannot restore its state from {path}: {exc}") from None
+        self.engine = EngineProcess(engine_config(self.config), clock=self.engine_clock)
+        self.engine.on_commit = self._engine_committed
 
     async def _open_inbound(self) -> None:
         """The inbound acknowledgement paths ([engine] http, mqtt_sink), on a store of their own."""
         engine = self.config.engine
-        if self.engine is None or (engine.http is None and engine.mqtt_sink is None):
+        if not engine.enabled or (engine.http is None and engine.mqtt_sink is None):
             return
         from carecard.host.engine.inbound import AlertActionServer, MqttAlertActions
         from carecard.host.receiver.config import ConfigError, mqtt_sink_table
@@ -290,23 +268,14 @@ class Receiver:
                 raise StartupError(str(exc)) from None
             self.alert_mqtt.start()
 
-    def _engine_committed(self, result: Any) -> None:
-        """From the engine's thread: its alert events are in the log (the sinks carry them), its
-        check-in prompts in the command queue (the next ack carries them)."""
-        loop = self._loop
-        if loop is None:
-            return
-
-        def on_loop() -> None:
-            if result.commands and not self._closed and self.store is not None:
-                self.check_registry()
-            if self.sinks is not None and result.last_seq:
-                self.sinks.notify(result.last_seq)
-
-        try:
-            loop.call_soon_threadsafe(on_loop)
-        except RuntimeError:  # the loop is closed: shutting down
-            pass
+    def _engine_committed(self, last_seq: int, commands: int) -> None:
+        """The engine committed a step: its alert events are in the log up to `last_seq` (the
+        sinks carry them), `commands` check-in prompts in the command queue (the next ack carries
+        them)."""
+        if commands and not self._closed and self.store is not None:
+            self.check_registry()
+        if self.sinks is not None and last_seq and not self._closed:
+            self.sinks.notify(last_seq)
 
     def _check_history(self) -> None:
         """Keys without their replay and counter history (the database deleted, emptied or
@@ -529,18 +498,25 @@ class Receiver:
             m.sink_stats = self.sinks.stats
         if self.engine is not None:
             engine = self.engine
-            m.gauge("engine_cursor", "The alert engine has handled the event log up to this seq.",
-                    lambda: engine.runner.cursor)
-            m.gauge("engine_alerts_open", "Alerts open or acknowledged, not resolved.",
-                    lambda: len(engine.runner.alerts))
+
+            def stat(key: str) -> Callable[[], int]:
+                return lambda: int(engine.stats().get(key) or 0)
+
+            m.gauge("engine_cursor", "The alert engine has handled the event log up to this seq.", stat("cursor"))
+            m.gauge("engine_alerts_open", "Alerts open or acknowledged, not resolved.", stat("alerts_open"))
             m.gauge("engine_alert_events", "Alert events the engine appended to the log since start.",
-                    lambda: engine.runner.alert_events)
+                    stat("alert_events"))
             m.gauge("engine_events_rejected", "Events the engine could not use (not of the schema).",
-                    lambda: engine.runner.rejected)
-            m.gauge("engine_requests_done", "Acknowledge/resolve requests carried out.",
-                    lambda: engine.runner.requests_done)
+                    stat("rejected"))
+            m.gauge("engine_requests_done", "Acknowledge/resolve requests carried out.", stat("requests_done"))
             m.gauge("engine_requests_refused", "Acknowledge/resolve requests refused (alert not open).",
-                    lambda: engine.runner.requests_refused)
+                    stat("requests_refused"))
+            m.gauge("engine_active", "1 while the alert engine's process runs and holds its lock (0: down, "
+                    "or standing by while another engine of the same name holds it).",
+                    lambda: int(engine.stats().get("state") == "active"))
+            m.gauge("engine_process_restarts", "Times the alert engine's process was restarted.",
+                    lambda: engine.restarts)
+        if self.config.engine.enabled:
             for path in ("http", "mqtt"):
                 for reason in ("accepted", "missing_signature", "bad_signature", "bad_timestamp",
                                "stale_timestamp", "replayed", "bad_request", "unknown_alert", "alert_state"):
@@ -700,7 +676,10 @@ class Receiver:
             await self.flush()
         if self.engine is not None:
             # its last step's alerts reach the log before the sinks drain
-            await loop.run_in_executor(None, self.engine.stop)
+            try:
+                await self.engine.stop(drain_timeout=self.config.drain_timeout_s)
+            except Exception as exc:
+                log.error("stopping the alert engine failed: %s", exc)
         self._closed = True
         for task in self._tasks:
             task.cancel()
@@ -737,8 +716,6 @@ class Receiver:
         if self.alert_mqtt is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.alert_mqtt.stop)
             self.alert_mqtt = None
-        if self.engine is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self.engine.stop)
         for resource in self._engine_resources:
             try:
                 resource.close()

@@ -21,10 +21,9 @@ Parent <-> child protocol, one line each way per message (the child's stdin and 
                                        (checked every few ms) and at least every second
                       stopped
 
-The child ignores SIGINT (a Ctrl-C in the terminal reaches the whole process group; the parent
-decides) and stops by itself, draining, when its stdin closes (the parent died): one log line says
-so, and its writes to the dead parent's pipe are dropped, never a traceback. If the child dies,
-the parent logs it and starts another one after a second: sinks resume from their cursors.
+Started and supervised as every child of the receiver (childproc): it stops by itself, draining,
+when its stdin closes (the parent died), with one log line; if it dies, the parent logs it and
+starts another one after a second: sinks resume from their cursors.
 """
 
 from __future__ import annotations
@@ -32,116 +31,70 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+from carecard.host.receiver.childproc import ChildProcess, ChildProcessError, ParentPipe, child_main, parent_lines
+
 log = logging.getLogger("carecard.receiver.sinks")
 
 STATS_POLL_S = 0.002
 STATS_HEARTBEAT_S = 1.0
-RESTART_DELAY_S = 1.0
 
 
-class SinkProcessError(RuntimeError):
+class SinkProcessError(ChildProcessError):
     """The sink process could not start (bad sink configuration, ...); one line."""
 
 
-class SinkProcess:
-    """The parent's handle on the sink process; the same surface the receiver uses of SinkSet:
-    start(), notify(seq), stop(drain_timeout), stats(), names."""
+class SinkProcess(ChildProcess):
+    """The parent's handle on the sink process (a supervised childproc.ChildProcess); the same
+    surface the receiver uses of SinkSet: start(), notify(seq), stop(drain_timeout), stats(), names."""
+
+    what = "sink process"
+    module = "carecard.host.receiver.sinkproc"
 
     def __init__(self, sinks_config: list[dict[str, Any]] | None, data_dir: Path, *,
                  log_format: str = "text", log_level: str = "info", log_file: Path | None = None,
                  store: str = "sqlite"):
-        self.config = {"data_dir": str(data_dir), "sinks": sinks_config, "log_format": log_format,
-                       "log_level": log_level, "log_file": str(log_file) if log_file else None,
-                       "store": store}
+        super().__init__({"data_dir": str(data_dir), "sinks": sinks_config, "log_format": log_format,
+                          "log_level": log_level, "log_file": str(log_file) if log_file else None,
+                          "store": store})
         self.names: list[str] = []
-        self._proc: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._supervisor: asyncio.Task[None] | None = None
         self._stats: dict[str, dict[str, Any]] = {}
         self._prunable = 0
         self._pending: int | None = None
         self._pending_idle = False
         self._flush_scheduled = False
-        self._stopping = False
-        self._stopped = asyncio.Event()
-        self.restarts = 0
         self.on_stats: Callable[[dict[str, dict[str, Any]], float], None] | None = None
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
     async def start(self) -> None:
-        await self._spawn()
-        self._supervisor = asyncio.create_task(self._supervise(), name="sink-process-supervisor")
-
-    async def _spawn(self) -> None:
-        self._stopped.clear()
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "carecard.host.receiver.sinkproc",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=1 << 20)
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write((json.dumps(self.config) + "\n").encode())
         try:
-            line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode().rstrip("\n")
-        except asyncio.TimeoutError:
-            line = "error the sink process did not start within 60 s"
-        if not line.startswith("ready "):
-            if proc.returncode is None:
-                proc.kill()
-            await proc.wait()
-            message = line[6:] if line.startswith("error ") else f"the sink process exited ({line or 'no output'})"
-            raise SinkProcessError(message)
-        self.names = json.loads(line[6:])
-        self._proc = proc
-        self._reader = asyncio.create_task(self._read(proc), name="sink-process-reader")
+            await super().start()
+        except ChildProcessError as exc:
+            raise SinkProcessError(str(exc)) from None
+
+    def _on_ready(self, payload: str) -> None:
+        self.names = json.loads(payload)
+
+    def _on_spawned(self) -> None:
         if self._pending is not None:
             self._schedule_flush()
 
-    async def _read(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None
-        while True:
-            line = await proc.stdout.readline()
-            if not line:
-                break
-            if line.startswith(b"s "):
-                try:
-                    stats = json.loads(line[2:])
-                except ValueError:
-                    continue
-                at = stats.pop("at", time.time())
-                prunable = stats.pop("prunable", 0)
-                if isinstance(prunable, int) and prunable > self._prunable:
-                    self._prunable = prunable
-                self._stats = stats
-                if self.on_stats is not None:
-                    self.on_stats(stats, at)
-            elif line.startswith(b"stopped"):
-                self._stopped.set()
-
-    async def _supervise(self) -> None:
-        while True:
-            proc = self._proc
-            assert proc is not None
-            code = await proc.wait()
-            if self._reader is not None:
-                await asyncio.gather(self._reader, return_exceptions=True)
-            if self._stopping:
-                return
-            log.error("sink process exited with status %s: starting another in %g s (sinks resume "
-                      "from their cursors, nothing is lost)", code, RESTART_DELAY_S)
-            await asyncio.sleep(RESTART_DELAY_S)
+    def on_line(self, line: bytes) -> None:
+        if line.startswith(b"s "):
             try:
-                await self._spawn()
-                self.restarts += 1
-            except (SinkProcessError, OSError) as exc:
-                log.error("sink process did not restart: %s", exc)
+                stats = json.loads(line[2:])
+            except ValueError:
+                return
+            at = stats.pop("at", time.time())
+            prunable = stats.pop("prunable", 0)
+            if isinstance(prunable, int) and prunable > self._prunable:
+                self._prunable = prunable
+            self._stats = stats
+            if self.on_stats is not None:
+                self.on_stats(stats, at)
 
     def notify(self, last_seq: int | None = None, *, idle: bool = False) -> None:
         """Events up to `last_seq` are committed (`idle`: and nothing more is collecting). Never
@@ -160,18 +113,8 @@ class SinkProcess:
 
     def _flush_notify(self) -> None:
         self._flush_scheduled = False
-        proc = self._proc
-        if proc is None or proc.stdin is None or proc.returncode is not None or self._pending is None:
-            return
-        try:
-            proc.stdin.write(f"{'i' if self._pending_idle else 'n'} {self._pending}\n".encode())
-        except (ConnectionError, RuntimeError):
-            pass
-
-    @property
-    def up(self) -> bool:
-        """The sink process is running (started and not exited)."""
-        return self._proc is not None and self._proc.returncode is None
+        if self._pending is not None:
+            self.send(f"{'i' if self._pending_idle else 'n'} {self._pending}\n")
 
     def prunable_seq(self) -> int:
         """What every sink has delivered and persisted, as the sink process last reported it
@@ -180,65 +123,19 @@ class SinkProcess:
         return self._prunable
 
     def stats(self) -> dict[str, dict[str, Any]]:
-        if self._proc is None or self._proc.returncode is not None:
+        if not self.up:
             return {name: dict(self._stats.get(name, {}), state="process down") for name in self.names}
         return self._stats
 
-    async def stop(self, drain_timeout: float = 5.0) -> None:
-        self._stopping = True
-        proc = self._proc
-        if proc is not None and proc.returncode is None and proc.stdin is not None:
-            try:
-                proc.stdin.write(f"stop {drain_timeout}\n".encode())
-                await proc.stdin.drain()
-                proc.stdin.close()
-            except (ConnectionError, RuntimeError):
-                pass
-            try:
-                await asyncio.wait_for(proc.wait(), drain_timeout + 10)
-            except asyncio.TimeoutError:
-                log.error("sink process did not stop in time: killed")
-                proc.kill()
-                await proc.wait()
-        if self._supervisor is not None:
-            await asyncio.gather(self._supervisor, return_exceptions=True)
-
 
 # --- the child -----------------------------------------------------------------------------------
-
-class _ParentPipe:
-    """The child's stdout to the receiver. Once the receiver is gone (killed: the pipe is broken)
-    writes are dropped, and stdout points at /dev/null so that the interpreter's last flush at
-    exit does not raise either."""
-
-    def __init__(self, stream: Any):
-        self.stream = stream
-        self.gone = False
-
-    def send(self, text: str) -> None:
-        if self.gone:
-            return
-        try:
-            self.stream.write(text)
-            self.stream.flush()
-        except (OSError, ValueError):  # BrokenPipeError: the receiver died
-            self.gone = True
-            import os
-
-            try:
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, self.stream.fileno())
-                os.close(devnull)
-            except (OSError, ValueError):
-                pass
-
 
 async def _child(config: dict[str, Any]) -> int:
     from carecard.host.storage import event_log_for
     from carecard.host.receiver.runtime import tune_gc
     from carecard.host.sinks import ConfigError, SinkSet
 
-    out = _ParentPipe(sys.stdout)
+    out = ParentPipe(sys.stdout)
     data_dir = Path(config["data_dir"])
     try:
         eventlog = event_log_for(config.get("store", "sqlite"), data_dir)
@@ -253,9 +150,7 @@ async def _child(config: dict[str, Any]) -> int:
     tune_gc(freeze=True)
     out.send(f"ready {json.dumps(sinks.names)}\n")
 
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=1 << 16)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    reader = await parent_lines()
     done = asyncio.Event()
     drain_timeout = 5.0
     orphaned = False
@@ -308,33 +203,8 @@ async def _child(config: dict[str, Any]) -> int:
     return 0
 
 
-def _first_line() -> bytes:
-    """The start-up line, read from fd 0 without buffering (the rest of stdin is read by the
-    event loop)."""
-    import os
-
-    data = bytearray()
-    while not data.endswith(b"\n"):
-        chunk = os.read(0, 1)
-        if not chunk:
-            break
-        data += chunk
-    return bytes(data)
-
-
 def main() -> int:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    line = _first_line()
-    try:
-        config = json.loads(line)
-    except ValueError:
-        sys.stdout.write("error bad start-up line\n")
-        return 2
-    from carecard.host.receiver.logs import setup_logging
-
-    setup_logging(config.get("log_format", "text"), config.get("log_level", "info"),
-                  path=config.get("log_file"))
-    return asyncio.run(_child(config))
+    return child_main(_child)
 
 
 if __name__ == "__main__":
