@@ -8,7 +8,8 @@ not acked within a second is sent again and counted). It runs twice, against:
 - a minimal baseline receiver: a blocking loop that receives, verifies and decodes each frame
   (decode_frame), answers with an ack and discards it: the ceiling;
 - the real receiver (carecard.host.receiver, on its event loop, SQLite WAL with synchronous=FULL,
-  group commit, event log, the default SQLite sink).
+  group commit, event log, the default SQLite sink, and the alert engine in its own process as
+  shipped; `--no-engine` leaves it out).
 
 It prints frames/s for both and the ratio, and the p50/p99 time from datagram to sink (from the
 receiver's clock reading for the wake that read the datagram, one per wake, to the moment the
@@ -303,6 +304,7 @@ def run_receiver(args: argparse.Namespace, cpu_gen: int | None, data_dir: Path) 
         config.sinks = [{"type": "sqlite", "batch_size": args.sink_batch}]
     if args.no_sink:
         config.sinks = []
+    config.engine.enabled = not args.no_engine  # on by default, as shipped: its own process
     receiver_thread = ReceiverThread(config)
     receiver = receiver_thread.start()
     trace: list[tuple[int, list[float]]] = []
@@ -318,6 +320,9 @@ def run_receiver(args: argparse.Namespace, cpu_gen: int | None, data_dir: Path) 
 
     poller: threading.Thread | None = None
     polling = threading.Event()
+    engine_pid = receiver.engine.pid if receiver.engine is not None else None
+    if cpu_gen is not None and engine_pid is not None:
+        os.sched_setaffinity(engine_pid, {cpu_gen})  # off the ingest's core, as the sinks
     if args.sinks_in == "process":
         receiver.sinks.on_stats = on_stats
         if cpu_gen is not None and receiver.sinks.pid is not None:
@@ -339,6 +344,7 @@ def run_receiver(args: argparse.Namespace, cpu_gen: int | None, data_dir: Path) 
     generator = Generator(receiver.udp_ports[0], args, first, cpu_gen)
     sink_pid = getattr(receiver.sinks, "pid", None)
     cpu, sink_cpu = process_cpu(), process_cpu(sink_pid) if sink_pid else 0.0
+    engine_cpu = process_cpu(engine_pid) if engine_pid else 0.0
     try:
         result = generator.run()
         deadline = time.time() + 60
@@ -349,6 +355,7 @@ def run_receiver(args: argparse.Namespace, cpu_gen: int | None, data_dir: Path) 
         sink_done = delivered_at[-1][1] if delivered_at else time.time()
         cpu = process_cpu() - cpu
         sink_cpu = (process_cpu(sink_pid) - sink_cpu) if sink_pid else 0.0
+        engine_cpu = (process_cpu(engine_pid) - engine_cpu) if engine_pid else 0.0
         snapshot = receiver.metrics.snapshot()
         commits, commit_s = receiver.metrics.commits, receiver.metrics.commit_seconds
         batch_frames = receiver.metrics.batch_frames
@@ -365,6 +372,7 @@ def run_receiver(args: argparse.Namespace, cpu_gen: int | None, data_dir: Path) 
     latencies = _latencies(trace, delivered_at)
     result["cpu_us"] = 1e6 * cpu / max(1, frames_in_store)
     result["sink_cpu_us"] = 1e6 * sink_cpu / max(1, frames_in_store)
+    result["engine_cpu_us"] = 1e6 * engine_cpu / max(1, frames_in_store)
     seconds = result["finished"] - result["started"]
     sink_seconds = sink_done - result["started"]
     result.update(
@@ -503,6 +511,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the SQLite sink's batch_size (default: the sink's own default)")
     parser.add_argument("--no-sink", action="store_true",
                         help="run the receiver without sinks (ingest, event log and acks only)")
+    parser.add_argument("--no-engine", action="store_true",
+                        help="run the receiver without the alert engine (default: on, in its own process, as shipped)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin receiver and generator to CPUs")
     parser.add_argument("--data", metavar="DIR", help="keep the receiver's data here (default: a temp dir)")
     parser.add_argument("--runs", type=int, default=1,
@@ -560,6 +570,8 @@ def run(args: argparse.Namespace) -> int:
         os.sched_setaffinity(0, {cpu_receiver})
     where_sinks = ("in the receiver's process" if args.sinks_in == "thread"
                    else f"in their process on CPU {cpu_gen}" if cpu_gen is not None else "in their process")
+    where_sinks += (", alert engine off" if args.no_engine else f", alert engine in its process"
+                    + (f" on CPU {cpu_gen}" if cpu_gen is not None else ""))
     pinning = (f"receiver pinned to CPU {cpu_receiver}, generator to CPU {cpu_gen}, sinks {where_sinks}"
                if cpu_receiver is not None else f"not pinned, sinks {where_sinks}")
     print(f"carecard bench receive: {args.devices} devices, {args.frames} frames per run "
@@ -574,7 +586,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  run {number}: baseline {base['rate']:,.0f}/s, stored {full['sink_rate']:,.0f}/s, "
                       f"ratio {full['ratio']:.2f}, acked {full['rate']:,.0f}/s, datagram to sink "
                       f"p50 {1000 * full['p50']:.0f} ms p99 {1000 * full['p99']:.0f} ms, CPU "
-                      f"{full['cpu_us']:.1f} + {full['sink_cpu_us']:.1f} us/frame, "
+                      f"{full['cpu_us']:.1f} + {full['sink_cpu_us']:.1f} (+ engine {full.get('engine_cpu_us', 0.0):.1f}) us/frame, "
                       f"{full['retransmits']} resent, {_drops_text(full['drops'])}", flush=True)
     finally:
         if cpu_receiver is not None:
@@ -606,6 +618,7 @@ def run(args: argparse.Namespace) -> int:
     gen_us = 1e6 * full.get("cpu_s", 0.0) / max(1, full["acked"])
     print(f"    CPU per frame:    {full['cpu_us']:.1f} us receiver process"
           + (f" + {full['sink_cpu_us']:.1f} us sink process" if full["sink_cpu_us"] else "")
+          + (f" (+ {full.get('engine_cpu_us', 0.0):.1f} us alert engine process)" if full.get("engine_cpu_us") else "")
           + f" = {total_cpu:.1f} us, i.e. {1e6 / total_cpu:,.0f} frames/s if it all ran on one core"
           f" (baseline {base['cpu_us']:.1f} us: {base['cpu_us'] / total_cpu:.2f}); the generator "
           f"{gen_us:.1f} us on the sinks' CPU")
