@@ -20,10 +20,10 @@ from carecard.host.storage.sqlite.store import SQLiteStore, list_commands, load_
 from receiver_helpers import Card, Harness, exchange, provision, run_cli, udp_client
 
 
-def queue(data_dir: Path, device: int, cmd: str, args: dict | None = None) -> int:
+def queue(data_dir: Path, device: int, cmd: str, args: dict | None = None, *, now: float | None = None) -> int:
     store = SQLiteStore(ingest_db_path(data_dir), readonly_lookups=False)
     try:
-        return queue_command(store, device, cmd, args or {}).seq
+        return queue_command(store, device, cmd, args or {}, now=now).seq
     finally:
         store.close()
 
@@ -80,9 +80,10 @@ def test_unconfirmed_command_fails_after_max_attempts_and_card_answers_are_kept(
 
 def test_old_commands_expire_and_set_time_carries_the_ack_time(tmp_path: Path) -> None:
     device, key = next(iter(provision(tmp_path, 1).items()))
-    old = queue(tmp_path, device, "locate_now")
-    h = Harness(tmp_path, {device: key}, downlinks=DownlinkSettings(expire_after_s=0.3))
-    time.sleep(0.4)
+    # queued two hours ago, past the one-hour expiry; the other one now: however slow the machine
+    # is between queueing and the frame (it once was: 0.3 s of real time), only the old one expires
+    old = queue(tmp_path, device, "locate_now", now=time.time() - 7200)
+    h = Harness(tmp_path, {device: key}, downlinks=DownlinkSettings(expire_after_s=3600))
     clock = queue(tmp_path, device, "set_time")
     h.reopen()
     card = Card(device, key)
