@@ -241,4 +241,4 @@ exec({main!r})
     stop, fed, watchdog = out.split()
     assert stop == "STOP" and int(fed) >= 600 // 30 and watchdog == "60000"
     assert (tmp_path / "outbox.log").stat().st_size > 0
-    assert (tmp_path / "counter.bin").exists()
+    assert (tmp_path / "uplink.cnt").exists()

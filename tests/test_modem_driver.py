@@ -266,6 +266,22 @@ show([e for e in s.take() if e[0] in ("call", "call_end")])
     assert out[2][-1][0:2] == ("call_end", "answered")
 
 
+def test_a_second_answer_while_ata_is_under_way_sends_no_second_ata(mpy):
+    """RING and +CLIP each make an application answer a contact's call (auto-answer on the
+    ring count, on the number): one ATA. A second ATA reaching the modem after the call is up
+    answers NO CARRIER (seen with the simulated A7670), which ended the talking call as failed."""
+    out = mpy_events(mpy, CALL + r'''
+s.replies["ATA"] = [b'\r\nOK\r\n\r\nVOICE CALL: BEGIN\r\n', b"\r\nNO CARRIER\r\n"]
+s.feed(b'\r\nRING\r\n\r\n+CLIP: "+8613800000000",145,,,,0\r\n')
+s.take()
+s.m.voice.answer()
+s.m.voice.answer()
+s.run(1000)
+show(s.cmds().count("ATA"), [e for e in s.take() if e[0] in ("call", "call_end")], s.m.voice.state)
+''')
+    assert out == [1, [("call", "active", "+8613800000000")], "active"]
+
+
 def test_sms_send_and_receive(mpy):
     out = mpy_events(mpy, r'''
 s = a7670_up({"AT+CMGS=24": [b"\r\n> ", b"\r\n> "],

@@ -50,6 +50,9 @@ while True:
                 pol.fix_result(fix, t, 1764374400 + t // 1000)
             elif kind == "count":
                 out.append(["count", pol.take_motion_count()])
+            elif kind == "locate":
+                pol.locate(t)
+                pol.poll(t)
             a = pol.next_action()
             while a is not None:
                 out.append([t] + list(a))
@@ -91,6 +94,17 @@ def test_a_card_lying_still_holds_its_fix_with_a_growing_age_and_the_gnss_off(po
     # what the card would send decodes on the host as a held fix
     frame = encode_frame({"type": "position", "device": 1, "counter": 1, "time": 1, **held[-1]}, bytes(16))
     assert decode_frame(frame, bytes(16))["source"] == "held"
+
+
+def test_locate_takes_a_fresh_fix_at_once_even_while_holding(policy) -> None:
+    # lying still with a held fix: a "locate now" at 20 min powers the GNSS at once, not at 30
+    ops = [["run", 0], ["fix", 5000, [*HOME, 9]], ["run", 905000], ["locate", 1200000],
+           ["fix", 1210000, [*HOME, 9]]]
+    out = policy(True, ops)["out"]
+    assert kinds(out) == [("acquire", None), ("uplink", "position"), ("uplink", "position"),
+                          ("acquire", None), ("uplink", "position")]
+    assert out[3][:2] == [1200000, "acquire"]
+    assert out[-1][3]["source"] == "fresh"
 
 
 def test_a_worn_card_takes_fresh_fixes_and_counts_its_motion(policy) -> None:

@@ -18,6 +18,8 @@
 #       ("config", cfg)                   the configuration changed (intervals, contacts)
 #       ("set_time", unix_s)              set the real-time clock
 #       ("reboot", delay_s)               reboot after delay_s (its command result is queued first)
+#   app.idle()                        True while no call, dial or SMS is under way (the
+#                                     modem may sleep)
 #   app.stats                         counters of what was ignored or went wrong
 #
 # It drives the modem's controllers itself: modem.voice (dial, answer, hangup) and modem.sms
@@ -196,6 +198,10 @@ class CardApp:
 
     def _uplink(self, mtype, values, prio):
         self._act(("uplink", mtype, values, prio))
+
+    def idle(self):
+        return (self.voice.call == voice.IDLE and self._pending is None and not self._sms_busy
+                and not self._sms_queue)
 
     def next_deadline(self):
         best = None

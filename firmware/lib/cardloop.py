@@ -6,24 +6,32 @@
 #   loop.run()                           step() for ever
 #
 # One turn: read the board's interrupt bits (keys, motion, RI) and the UARTs; feed the cores (keys,
-# motion sensor, position policy, GNSS acquisition, battery, modem); carry out their actions on
-# the board (GNSS power, modem PWRKEY / DTR / UART); encode uplinks into the outbox and send what
-# is due when the modem's data link is up; then ask the scheduler how long to wait and whether
-# the board may sleep, and wait (board.idle). The modem sleeps (DTR, DRX) whenever nothing is
-# waiting to go out; the GNSS is powered only while the position policy wants a fix.
+# motion sensor, position policy, GNSS acquisition, battery, modem, the card application); carry
+# out their actions on the board (GNSS power, modem PWRKEY / DTR / UART, buzzer / vibration /
+# LED); encode uplinks into the outbox and send what is due when the modem's data link is up;
+# then ask the scheduler how long to wait and whether the board may sleep, and wait (board.idle).
+# The modem sleeps (DTR, DRX: still reachable for calls and SMS) whenever nothing is waiting to
+# go out and no call or SMS is under way; the GNSS is powered only while a fix is wanted.
+#
+# What the card does with keys, calls, SMS and downlink commands is cardapp.CardApp's: every key
+# event, modem event, fix, battery reading and the commands of each ack go to it, and its actions
+# are carried out here (uplinks into the outbox, alerts on the outputs, a fix on request, the
+# config re-read, the clock set, a reboot).
 import board
+import cardapp
 import ccproto
+import ccspec
 import gnss
 import hwdata
 import positions
 import scheduler
 from battery import Battery
 from counter import FileStore, UplinkCounter
-from keys import SHORT, SOS, Keys
+from keys import Keys
 from lis2dh12 import LIS2DH12, MotionError
 from modem import Modem, ModemError
 from modem_a7670 import A7670
-from outbox import PRIO_CALL, PRIO_ROUTINE, PRIO_SOS, Outbox
+from outbox import PRIO_CALL, PRIO_ROUTINE, Outbox
 
 FW_VERSION = (0, 3, 0)
 _UART_CHUNK = 256
@@ -33,6 +41,12 @@ _SENDS_PER_TURN = 4
 # the 512-byte UART buffer fills.
 _MODEM_POLL_MS = 100
 _GNSS_POLL_MS = 250
+COUNTER_FILE = "uplink.cnt"  # the uplink counter record; provisioning writes it there too
+OUTBOX_FILE = "outbox.log"
+# Alerts on the outputs: a short buzz for every key press taken; while an SOS runs the LED is
+# on and the motor pulses; a check-in prompt buzzes and blinks until answered.
+_KEY_BUZZ_MS = 120
+_PULSE_MS = 500
 
 
 def _rand(n):
@@ -65,7 +79,8 @@ class CardLoop:
         self.positions = positions.PositionPolicy(positions.timings(v), self.motion is not None, now)
         self.gnss = gnss.FixAcquisition(hwdata.load(gnss_part), timeout_ms=v["gnss_timeout_s"] * 1000)
         self.battery = Battery()
-        self.modem = Modem(A7670(), hwdata.load(A7670.HW_NAME), apn=v.get("apn", ""))
+        self.modem = Modem(A7670(), hwdata.load(A7670.HW_NAME), apn=v.get("apn", ""),
+                           pin=v.get("sim_pin"), max_data=ccspec.MAX_FRAME)
         self._buf = bytearray(_UART_CHUNK)
         self._pwrkey_release = None  # when to release PWRKEY (ms), or None
         self._sleep_asked = False  # AT+CSCLK sent since the modem last woke
@@ -78,14 +93,21 @@ class CardLoop:
             key = binascii.unhexlify(v["device_key"])
             self.encoder = ccproto.Encoder(v["device_id"], key)
             self.decoder = ccproto.Decoder(v["device_id"], key)
-            self.counter = UplinkCounter(FileStore(root + "counter.bin"))
-            self.outbox = Outbox(root + "outbox.log", v["outbox_entries"], v["outbox_bytes"],
+            self.counter = UplinkCounter(FileStore(root + COUNTER_FILE))
+            self.outbox = Outbox(root + OUTBOX_FILE, v["outbox_entries"], v["outbox_bytes"],
                                  v["retry_base_s"] * 1000, v["retry_cap_s"] * 1000, _rand)
+        self.app = cardapp.CardApp(cfg, self.modem, now)
         self.unix_at = None  # (unix_s, now_ms) when the time was known
         rtc = hw.rtc_unix()
         if rtc is not None:
-            self.unix_at = (rtc, now)
+            self._set_time(rtc, now, False)
         self.uplinks_made = 0
+        self._reboot_at = None
+        # alerts: what the outputs show, and until when the key buzz lasts
+        self._key_buzz_until = None
+        self._sos_alert = False
+        self._checkin_alert = False
+        self._outputs = [None, None, None]  # buzzer, vibration, led as last set
         self.modem.power_on(now)
         self.uplink("hello", {
             "fw_major": FW_VERSION[0], "fw_minor": FW_VERSION[1], "fw_patch": FW_VERSION[2],
@@ -94,6 +116,12 @@ class CardLoop:
             "motion_sensor": "lis2dh12" if self.motion is not None else "none"}, PRIO_CALL, now)
 
     # ---- time --------------------------------------------------------------------------------
+    def _set_time(self, unix_s, now_ms, set_rtc=True):
+        self.unix_at = (unix_s, now_ms)
+        self.app.set_clock(unix_s, now_ms)
+        if set_rtc:
+            self.hw.set_rtc_unix(unix_s)
+
     def unix(self, now_ms):
         """(Unix seconds now, synced); before any time source: seconds since boot, not synced."""
         if self.unix_at is None:
@@ -131,6 +159,9 @@ class CardLoop:
             return
         if message.get("type") == "ack":
             self.outbox.on_ack(message["acked"])
+            if message.get("commands"):
+                self.app.on_commands(message["commands"], now_ms)
+                self._app(now_ms)
         elif message.get("type") == "resync":
             self.counter.resync(message["next_counter"])
 
@@ -145,6 +176,9 @@ class CardLoop:
         if events & board.EV_MOTION and self.motion is not None:
             self.motion.service()
             self.positions.motion(now)
+        # the driver's clock first: what RI, the keys or the application start this turn (a
+        # wake-up before a dial) times its waits from now, not from the last turn
+        self.modem.tick(now)
         if events & board.EV_RI:
             self.modem.ri()
         n = hw.modem_read(self._buf)
@@ -168,10 +202,16 @@ class CardLoop:
         self._battery(now)
         self.modem.tick(now)
         self._modem(now)
+        self.app.poll(now)
+        self._app(now)
+        self._modem(now)  # what the application asked of the modem goes out this turn
         self._send_due(now)
+        self._alerts(now)
         if self._pwrkey_release is not None and now >= self._pwrkey_release:
             hw.modem_pwrkey(False)
             self._pwrkey_release = None
+        if self._reboot_at is not None and now >= self._reboot_at:
+            hw.reboot()
 
         deadline = self._deadline()
         quiet = (self.modem.sleeping and not self.gnss.acquiring
@@ -191,7 +231,8 @@ class CardLoop:
         # the outbox's retransmissions only while the data link is open (it opens on an event)
         sending = self.outbox is not None and self.modem.data.udp_state == "open"
         for d in (self.keys.next_deadline(), self.positions.next_deadline(), self._pwrkey_release,
-                  self.outbox.next_due(self.hw.now_ms()) if sending else None):
+                  self.outbox.next_due(self.hw.now_ms()) if sending else None,
+                  self.app.next_deadline(), self._alert_deadline(), self._reboot_at):
             if d is not None and (best is None or d < best):
                 best = d
         poll = None
@@ -208,22 +249,8 @@ class CardLoop:
     def _keys(self, now):
         ev = self.keys.next_event()
         while ev is not None:
-            kind = ev[0]
-            if kind == SOS:
-                last = self.positions.last_fix()
-                self.uplink("sos", {
-                    "trigger": "long_press", "lat_e7": last[0] if last else 0,
-                    "lon_e7": last[1] if last else 0, "fix": last[2] if last else "none",
-                    "fix_age_s": min((now - last[5]) // 1000, 65534) if last else 65535,
-                    "battery_pct": self.battery.pct if self.battery.pct is not None else 255},
-                    PRIO_SOS, now)
-            elif kind == SHORT:
-                contact = self.cfg.contact(ev[1] + 1)
-                if contact is not None and contact[1] and self.modem.state == "ready":
-                    try:
-                        self.modem.voice.dial(contact[1])
-                    except ModemError as exc:
-                        self.problems.append(str(exc))
+            self.app.on_key(ev, now)
+            self._app(now)  # an SOS frame is in the outbox before anything else happens
             ev = self.keys.next_event()
 
     def _positions(self, now):
@@ -252,9 +279,11 @@ class CardLoop:
             else:  # a Result
                 fix = ev.fix if ev.status == gnss.FIX else None
                 if fix is not None and fix.time is not None and self.unix_at is None:
-                    self.unix_at = (fix.time, now)
-                    hw.set_rtc_unix(fix.time)
+                    self._set_time(fix.time, now)
                 self.positions.fix_result(fix, now, self.unix(now)[0])
+                last = self.positions.last_fix()
+                if last is not None:
+                    self.app.on_fix(last[0], last[1], last[2], last[3], last[4], last[5])
                 self._positions(now)
             ev = self.gnss.next_event()
 
@@ -263,6 +292,8 @@ class CardLoop:
         self.battery.sample(self.battery.pin_uv_to_mv(hw.battery_uv()), now)
         chrg, stdby = hw.charger_pins()
         self.battery.charger(chrg, stdby, now)
+        if self.battery.pct is not None:
+            self.app.on_battery(self.battery.pct)
         ev = self.battery.next_event()
         while ev is not None:
             self.uplink("power", {"event": ev[0], "battery_mv": ev[1], "battery_pct": ev[2]},
@@ -296,9 +327,8 @@ class CardLoop:
         ev = m.next_event()
         while ev is not None:
             kind = ev[0]
-            if kind == "time" and self.unix_at is None:
-                self.unix_at = (ev[1], now)
-                hw.set_rtc_unix(ev[1])
+            if kind == "time" and self.unix_at is None and ev[1] is not None:
+                self._set_time(ev[1], now)
             elif kind in ("awake", "state"):
                 self._sleep_asked = False
             elif kind == "udp_recv" and self.decoder is not None:
@@ -308,12 +338,82 @@ class CardLoop:
                     m.data.udp_open(self.cfg.values["server_host"], self.cfg.values["server_port"])
                 except ModemError as exc:
                     self.problems.append(str(exc))
+            self.app.on_modem_event(ev, now)
             ev = m.next_event()
+        self._app(now)
+        if m.sleeping and not self.app.idle():
+            m.wake()  # a call or an SMS under way: keep the UART awake for its URCs
         if m.state == "ready" and not m.sleeping and not self._sleep_asked and \
-                (self.outbox is None or not len(self.outbox)):
+                self.app.idle() and (self.outbox is None or not len(self.outbox)):
             # nothing waiting to go out: DRX sleep, still reachable for calls and SMS
             self._sleep_asked = True
             try:
                 m.sleep()
             except ModemError as exc:
                 self.problems.append(str(exc))
+
+    # ---- the card application's actions ------------------------------------------------------
+    def _app(self, now):
+        app = self.app
+        act = app.next_action()
+        while act is not None:
+            kind = act[0]
+            if kind == "uplink":
+                self.uplink(act[1], act[2], act[3], now)
+            elif kind == "alert":
+                self._alert(act[1], act[2], now)
+            elif kind == "locate":
+                self.positions.locate(now)
+                self.positions.poll(now)
+                self._positions(now)
+            elif kind == "config":
+                self._new_config(act[1], now)
+            elif kind == "set_time":
+                self._set_time(act[1], now)
+            elif kind == "reboot":
+                self._reboot_at = now + act[1] * 1000
+            act = app.next_action()
+
+    def _new_config(self, cfg, now):
+        """A downlink changed the config (already saved): take up its timings."""
+        v = cfg.values
+        self.cfg = cfg
+        self.positions.t = positions.timings(v)
+        self.sched.t = scheduler.timings(v)
+        self.gnss.timeout_ms = v["gnss_timeout_s"] * 1000
+
+    # ---- alerts on the outputs ---------------------------------------------------------------
+    def _alert(self, kind, on, now):
+        if kind == "key":
+            self._key_buzz_until = now + _KEY_BUZZ_MS
+        elif kind == "sos":
+            self._sos_alert = on
+        elif kind == "checkin":
+            self._checkin_alert = on
+
+    def _alert_deadline(self):
+        d = self._key_buzz_until
+        if self._sos_alert or self._checkin_alert:
+            now = self.hw.now_ms()
+            toggle = now - now % _PULSE_MS + _PULSE_MS
+            if d is None or toggle < d:
+                d = toggle
+        return d
+
+    def _alerts(self, now):
+        if self._key_buzz_until is not None and now >= self._key_buzz_until:
+            self._key_buzz_until = None
+        pulse = (now // _PULSE_MS) % 2 == 0
+        checkin = self._checkin_alert and pulse
+        want = (self._key_buzz_until is not None or checkin,
+                (self._sos_alert or self._checkin_alert) and pulse,
+                self._sos_alert or checkin)
+        out = self._outputs
+        hw = self.hw
+        if want[0] != out[0]:
+            hw.buzzer(want[0])
+        if want[1] != out[1]:
+            hw.vibration(want[1])
+        if want[2] != out[2]:
+            hw.led(want[2])
+        self._outputs = list(want)

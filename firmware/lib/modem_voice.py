@@ -69,6 +69,7 @@ class Voice:
         self._hangup_reason = None
         self._hangups = 0
         self.rings = 0            # RINGs of the incoming call so far
+        self._answering = False   # ATA sent, not finished
         self._t_ring = modem.add_timer(self._on_ring_timer)
         self._t_hangup = modem.add_timer(self._on_hangup_timer)
 
@@ -99,8 +100,12 @@ class Voice:
         m.cmd("ATD%s;" % number, timeout_ms=20000, done=self._dial_done)
 
     def answer(self):
+        """Answer the incoming call (once: a second answer while ATA is under way does nothing)."""
         if self.call != INCOMING:
             raise ModemError("answer with no incoming call")
+        if self._answering:
+            return
+        self._answering = True
         self.m.cmd("ATA", timeout_ms=20000, done=self._ata_done)
 
     def hangup(self, reason="cancel"):
@@ -195,6 +200,7 @@ class Voice:
         self._t_active = None
         self._hangup_reason = None
         self.rings = 0
+        self._answering = False
 
     def _dial_done(self, c, status, text, err):
         if status == "OK" or status == "CONNECT" or status == "ABORTED":
@@ -209,9 +215,10 @@ class Voice:
             self._end(FAILED, "%s %s" % (status, err) if err is not None else status)
 
     def _ata_done(self, c, status, text, err):
+        self._answering = False
         if status == "OK" and self.call == INCOMING:
             self.connected()
-        elif status not in ("OK", "ABORTED"):
+        elif status not in ("OK", "ABORTED") and self.call == INCOMING:
             self._end(FAILED, status)
 
     def _send_hangup(self):

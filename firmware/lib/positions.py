@@ -5,6 +5,7 @@
 #   pol.motion(now_ms)              one motion interrupt (the sensor's INT1, serviced)
 #   pol.poll(now_ms)                at pol.next_deadline() at least
 #   pol.acquiring(now_ms)           the caller started the GNSS for an ("acquire",) action
+#   pol.locate(now_ms)              take a fresh fix now (a "locate now" request, an SOS)
 #   pol.fix_result(fix, now_ms, unix_s)  the acquisition ended: an nmea.Fix that met the
 #                                   criteria, or None (no fix); unix_s: the card's Unix time now
 #   act = pol.next_action()         or None:
@@ -131,6 +132,12 @@ class PositionPolicy:
         oldest = ring[self._burst_i]  # the burst_count-th latest interrupt
         if self.mode == STILL and oldest is not None and now_ms - oldest <= self.t["burst_ms"]:
             self._enter_moving(now_ms)
+
+    def locate(self, now_ms):
+        if self._busy:
+            return  # the running acquisition's fix answers the request
+        self._moved = True  # not the held fix: a fresh one
+        self._due = now_ms
 
     def acquiring(self, now_ms):
         self._busy = True

@@ -29,17 +29,17 @@ from carecard.tools.bench import heap_rows, on_both_ports
 TARGET = 64 * 1024
 
 # Every module the runtime imports (the card's /lib), flashed as .mpy.
-CARD_MODULES = ("at", "battery", "cardfs", "cardloop", "ccproto", "cccrypto", "ccspec",
+CARD_MODULES = ("at", "battery", "cardapp", "cardfs", "cardloop", "ccproto", "cccrypto", "ccspec",
                 "civil", "config", "counter", "gnss", "hwdata", "keys", "lis2dh12", "modem",
                 "modem_a7670", "modem_data", "modem_sms", "modem_voice", "nmea", "outbox",
-                "positions", "scheduler")
+                "positions", "scheduler", "smspdu")
 
 DAY = r'''
 import gc, os, board, config, cardloop
 
 ROOT = %(root)r
 HOURS = %(hours)d
-for name in ("outbox.log", "outbox.log.tmp", "counter.bin", "counter.bin.tmp"):
+for name in ("outbox.log", "outbox.log.tmp", "uplink.cnt", "uplink.cnt.tmp"):
     try:
         os.remove(ROOT + name)
     except OSError:
