@@ -32,17 +32,24 @@ class Gen:
         return event_from_message(message, float(int(t)) + delay)
 
     def pos(self, t: float, lat: float = HOME[0], lon: float = HOME[1], *, hdop: float | None = 1.0,
-            fix: str = "3d", age: int | None = 2, delay: float = 1.0) -> dict[str, Any]:
+            fix: str = "3d", age: int | None = 2, delay: float = 1.0, source: str = "fresh") -> dict[str, Any]:
         return self._event("position", t, dict(
             lat_e7=round(lat * 1e7), lon_e7=round(lon * 1e7), alt_m=30,
             hdop_x10=255 if hdop is None else round(hdop * 10), sats=8, fix=fix,
             fix_age_s=65535 if age is None else age, speed_cms=0, course_x10=0,
-            source="fresh"), delay)
+            source=source), delay)
 
-    def status(self, t: float, motion: int = 0, *, pct: int = 80, charging: str = "discharging",
+    def status(self, t: float, motion: int | None = 0, *, pct: int = 80, charging: str = "discharging",
                delay: float = 1.0) -> dict[str, Any]:
+        """`motion` None: the card has no motion sensor (the protocol's unknown, 65535)."""
         return self._event("status", t, dict(battery_mv=3900, battery_pct=pct, charging=charging,
-                                              rssi_dbm=-70, motion_count=motion, outbox_depth=0), delay)
+                                              rssi_dbm=-70, motion_count=65535 if motion is None else motion,
+                                              outbox_depth=0), delay)
+
+    def hello(self, t: float, motion_sensor: str = "lis2dh12") -> dict[str, Any]:
+        return self._event("hello", t, dict(fw_major=1, fw_minor=0, fw_patch=0, reset_cause="power_on",
+                                             config_version=1, modem="a7670", downlink_min=0,
+                                             motion_sensor=motion_sensor))
 
     def power(self, t: float, what: str, pct: int = 50) -> dict[str, Any]:
         return self._event("power", t, dict(event=what, battery_mv=3700, battery_pct=pct))

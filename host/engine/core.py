@@ -124,7 +124,7 @@ class Device:
         "id", "settings", "due", "last_rx", "max_counter", "seen",
         "c_lat", "c_lon", "c_w", "c_wr", "p_lat", "p_lon", "p_r", "p_t",
         "move_t", "ev_t", "gap_s", "charging", "charge_t", "chg_since",
-        "batt_pct", "batt_low", "power", "rssi", "motion_t", "alerts",
+        "batt_pct", "batt_low", "power", "rssi", "motion_t", "sensor", "alerts",
         "ep_inactivity", "ep_offline", "ep_not_worn", "ep_not_charged", "prompt_seq",
     )
 
@@ -154,12 +154,17 @@ class Device:
         self.power: str | None = None
         self.rssi: int | None = None
         self.motion_t: float | None = None
+        # the card has a motion sensor: what its hello or statuses said (None: the settings' motion_sensor)
+        self.sensor: bool | None = None
         self.alerts: list[Alert] | None = None
         self.ep_inactivity: float | None = None
         self.ep_offline: float | None = None
         self.ep_not_worn: float | None = None
         self.ep_not_charged: float | None = None
         self.prompt_seq = 0
+
+    def has_sensor(self) -> bool:
+        return self.settings.motion_sensor if self.sensor is None else self.sensor
 
     def open_alert(self, kind: str) -> Alert | None:
         if self.alerts:
@@ -483,8 +488,20 @@ class Engine:
         if lat is None or lon is None or age is None or data.get("fix") == "none":
             return  # a lost fix is unknown
         hdop = data.get("hdop")
-        self._fix(dev, t - age, lat, lon, fix_radius_m(hdop, dev.settings),
-                  hdop is None or hdop >= dev.settings.poor_hdop, now, out)
+        radius, poor = fix_radius_m(hdop, dev.settings), hdop is None or hdop >= dev.settings.poor_hdop
+        if data.get("source") == "held":
+            # the card re-sent its last fix because its sensor saw no motion since: no new
+            # observation, so never movement (not even as the second fix that confirms an
+            # outlier), and only a start for a stay not known yet; the sensor's "no motion
+            # since" is stillness evidence up to this report, as a status with no motion is
+            if dev.charging:
+                return
+            dev.sensor = True  # a card holds fixes only with a sensor
+            if dev.c_lat is None:
+                self._fix(dev, t - age, lat, lon, radius, poor, now, out)
+            self._still(dev, t)
+            return
+        self._fix(dev, t - age, lat, lon, radius, poor, now, out)
 
     def _on_track(self, dev: Device, t: float, data: Mapping[str, Any], event: Mapping[str, Any],
                   now: float, out: list[Action]) -> None:
@@ -504,13 +521,15 @@ class Engine:
             dev.rssi = data["rssi_dbm"]
         self._charging(dev, data.get("charging") in ("charging", "full"), t, now, out)
         motion = data.get("motion_count")
+        if motion is None and "motion_count" in data:
+            dev.sensor = False  # unknown motion count: the card has no sensor (protocol v3)
         if motion:
             dev.motion_t = t if dev.motion_t is None or t > dev.motion_t else dev.motion_t
             self._movement(dev, t, now, out)
             alert = dev.open_alert("card_not_worn")
             if alert is not None and not dev.charging:
                 self._close(dev, alert, "worn", now, out)
-        elif motion == 0 and dev.settings.motion_sensor and not dev.charging:
+        elif motion == 0 and dev.has_sensor() and not dev.charging:
             self._still(dev, t)
         if pct is not None and not dev.charging:
             if pct <= dev.settings.low_battery_pct:
@@ -533,6 +552,14 @@ class Engine:
             self._charging(dev, False, t, now, out)
         elif what in ("low", "critical", "shutdown"):
             self._low(dev, t, now, out, what)
+
+    def _on_hello(self, dev: Device, t: float, data: Mapping[str, Any], event: Mapping[str, Any],
+                  now: float, out: list[Action]) -> None:
+        sensor = data.get("motion_sensor")
+        if sensor == "none":
+            dev.sensor = False
+        elif sensor not in (None, "unknown"):  # a sensor by name ("unknown": a v2 card did not say)
+            dev.sensor = True
 
     def _on_activity(self, dev: Device, t: float, data: Mapping[str, Any], event: Mapping[str, Any],
                      now: float, out: list[Action]) -> None:
@@ -709,7 +736,7 @@ class Engine:
                     later = due if due > now else _sleep_end(s, now)
                     if later < nxt:
                         nxt = later
-            elif s.motion_sensor and not dev.charging and dev.motion_t is not None \
+            elif dev.has_sensor() and not dev.charging and dev.motion_t is not None \
                     and dev.ep_not_worn != dev.motion_t and dev.last_rx is not None:
                 due = dev.motion_t + s.not_worn
                 if due <= now and now - dev.last_rx <= s.offline_after_s:
@@ -801,6 +828,7 @@ _HANDLERS = {
     "call": Engine._on_activity,
     "checkin": Engine._on_checkin,
     "sos": Engine._on_sos,
+    "hello": Engine._on_hello,
 }
 
 

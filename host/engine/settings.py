@@ -116,7 +116,8 @@ SETTINGS: dict[str, tuple[Any, Any, str]] = {
     "report_interval": (900, _duration, "expected time between the card's frames"),
     "offline_factor": (4.0, lambda v, w: _number(v, w, 1.5, 100), "offline after this many intervals without a frame"),
     "evidence_gap_factor": (2.5, lambda v, w: _number(v, w, 1, 100), "a longer gap between fixes is unknown time"),
-    "motion_sensor": (False, _flag, "the card counts motion; without one only key presses count"),
+    "motion_sensor": (False, _flag, "the card counts motion; without one only key presses count (what the "
+                                    "card says, in its hello, statuses or held fixes, wins)"),
     "uere_m": (10.0, lambda v, w: _number(v, w, 1, 100), "metres of error per unit of HDOP (receiver error figure)"),
     "radius_floor_m": (25.0, lambda v, w: _number(v, w, 1, 1000), "smallest accuracy radius of a fix"),
     "unknown_accuracy_m": (100.0, lambda v, w: _number(v, w, 1, 5000), "accuracy radius of a fix without HDOP (track points)"),
