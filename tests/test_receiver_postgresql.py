@@ -3,6 +3,7 @@ throwaway cluster of the session, tests/pg_cluster.py), and the `store` setting.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -261,3 +262,22 @@ def test_devices_add_registers_a_card_in_the_postgresql_store(pg_cluster, tmp_pa
         store.close()
     assert (record.name, [c.number for c in record.contacts]) == ("Grandma Li", ["+8613800138000"])
     assert imei in (tmp_path / "keys.json").read_text()
+
+
+def test_engine_settings_are_imported_into_and_shown_from_the_postgresql_registry(pg_cluster, tmp_path: Path) -> None:
+    from receiver_helpers import run_cli
+
+    url = pg_cluster.new_database()
+    imei = str(make_imei(86123456000004))
+    assert run_cli("devices", "add", imei, "--name", "Grandma Li", "--generate-key", "--data", str(tmp_path),
+                   "--store", url).returncode == 0
+    settings = tmp_path / "engine.toml"
+    settings.write_text(f'[defaults]\nstillness_threshold = "2h"\n\n[devices."{imei}"]\nname = "王奶奶"\n',
+                        encoding="utf-8")
+    done = run_cli("alerts", "settings", "import", str(settings), "--data", str(tmp_path), "--store", url)
+    assert done.returncode == 0, done.stderr
+    shown = run_cli("alerts", "settings", "show", imei, "--json", "--data", str(tmp_path), "--store", url)
+    assert shown.returncode == 0, shown.stderr
+    mine = json.loads(shown.stdout)["settings"]
+    assert (mine["name"], mine["stillness_threshold"]) == ("王奶奶", 7200)
+    assert not (tmp_path / "carecard.sqlite").exists()  # nothing went to a SQLite registry

@@ -377,8 +377,8 @@ def test_storage_imports_nothing_of_the_receiver() -> None:
     assert offenders == []
 
 
-# Backends that implement storage.EngineSettingsStore (PostgreSQL joins when it does).
-SETTINGS_BACKENDS = ("sqlite",)
+# Backends that implement storage.EngineSettingsStore.
+SETTINGS_BACKENDS = ("sqlite", "postgresql")
 
 
 @pytest.fixture(params=SETTINGS_BACKENDS)

@@ -98,6 +98,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show = settings_sub.add_parser("show", help="the settings the registry holds")
     show.add_argument("device", nargs="?", help="IMEI or registered name: its settings in effect")
     for sub_parser in (importer, show):
+        sub_parser.add_argument("--store", metavar="sqlite|URL",
+                                help="the registry's store: sqlite (in the data folder, the default) or "
+                                     "postgresql://USER@HOST:PORT/DATABASE")
         sub_parser.add_argument("--data", metavar="DIR", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         sub_parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         sub_parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -184,7 +187,7 @@ def _settings(args: argparse.Namespace) -> int:
     from carecard.host.storage import StoreError, UnknownDeviceError
 
     data = data_dir_of(args, write=args.settings_command == "import")
-    store = open_ingest_store(data)
+    store = open_ingest_store(data, args.store)
     try:
         if args.settings_command == "import":
             try:
@@ -204,7 +207,13 @@ def _settings(args: argparse.Namespace) -> int:
             return 0
         defaults, saved = store.load_engine_settings()
         if args.device:
-            device = resolve_device(store.connection, args.device)
+            if hasattr(store, "connection"):
+                device = resolve_device(store.connection, args.device)
+            elif args.device.strip().isdigit() and int(args.device) in store.load_devices():
+                device = int(args.device)
+            else:
+                raise CommandFailed(f"{args.device!r} is not the IMEI of a device in {store.path} (on "
+                                    "PostgreSQL give the IMEI, not the name)")
             settings = Settings.combine({"defaults": defaults, "devices": {str(d): t for d, t in saved.items()}},
                                         where="registry")
             values: Any = settings.for_device(str(device)).as_dict()

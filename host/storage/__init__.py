@@ -217,6 +217,14 @@ class EngineCommitResult:
 class UnknownDeviceError(StoreError):
     """The device is not in the registry."""
 
+    @classmethod
+    def of(cls, missing: Sequence[int]) -> "UnknownDeviceError":
+        """For settings of devices the registry lacks (EngineSettingsStore.save_engine_settings)."""
+        missing = sorted(missing)
+        return cls(f"device{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing[:5]))}"
+                   f"{' ...' if len(missing) > 5 else ''} not in the registry: add "
+                   f"{'them' if len(missing) > 1 else 'it'} with `carecard devices add` first")
+
 
 class DeviceExistsError(StoreError):
     """The device is registered already (DeviceRegistry.register_devices without `replace`)."""

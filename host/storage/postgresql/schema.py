@@ -137,6 +137,13 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             PRIMARY KEY (name, device)
         )""",
     )),
+    (2, "the alert engine's settings in the registry", (
+        """CREATE TABLE engine_settings (
+            scope TEXT PRIMARY KEY,
+            settings TEXT NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL
+        )""",
+    )),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

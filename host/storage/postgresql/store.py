@@ -43,6 +43,7 @@ from carecard.host.storage import (
     EngineCheckpoint,
     EngineCommit,
     EngineCommitResult,
+    EngineSettingsStore,
     EngineStore,
     EventLogError,
     EventLogReader,
@@ -194,7 +195,7 @@ def _queue(conn: psycopg.Connection, device: int, cmd: str, args_for: Callable[[
     return CommandRecord(int(found[0]), device, seq, cmd, dict(args), lifecycle.QUEUED, 0, now, now)
 
 
-class PostgreSQLStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, EngineStore):
+class PostgreSQLStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, EngineStore, EngineSettingsStore):
     """Every storage interface but the reader's, on one PostgreSQL database (URL)."""
 
     def __init__(self, url: str, *, pool_size: int = POOL_SIZE):
@@ -582,6 +583,41 @@ class PostgreSQLStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, Eng
             return self._write(f"engine {name!r}: commit", work)
         except (ValueError, TypeError) as exc:
             raise StoreError(f"engine {name!r}: cannot commit to {self.path}: {exc}") from None
+
+    def load_engine_settings(self) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+        defaults: dict[str, Any] = {}
+        devices: dict[int, dict[str, Any]] = {}
+        for scope, text in self._read("SELECT scope, settings FROM engine_settings ORDER BY scope"):
+            table = json.loads(text)
+            if scope == "defaults":
+                defaults = table
+            else:
+                devices[int(scope)] = table
+        return defaults, devices
+
+    def save_engine_settings(self, defaults: Mapping[str, Any] | None,
+                             devices: Mapping[int, Mapping[str, Any]], now: float, *,
+                             replace: bool = False) -> None:
+        def work(conn: psycopg.Connection) -> None:
+            wanted = sorted(int(device) for device in devices)
+            known = {row[0] for row in conn.execute(
+                "SELECT device FROM devices WHERE device = ANY(%s) ORDER BY device FOR SHARE", (wanted,))}
+            missing = [device for device in wanted if device not in known]
+            if missing:
+                raise UnknownDeviceError.of(missing)
+            if replace:
+                conn.execute("DELETE FROM engine_settings" + (" WHERE scope != 'defaults'" if defaults is None else ""))
+            rows = [(str(int(device)), json.dumps(dict(table), ensure_ascii=False), now)
+                    for device, table in devices.items()]
+            if defaults is not None:
+                rows.append(("defaults", json.dumps(dict(defaults), ensure_ascii=False), now))
+            with conn.cursor() as cur:
+                cur.executemany("INSERT INTO engine_settings (scope, settings, updated_at) VALUES (%s, %s, %s) "
+                                "ON CONFLICT (scope) DO UPDATE SET settings = excluded.settings, "
+                                "updated_at = excluded.updated_at", rows)
+            conn.execute(_BUMP_GENERATION)
+
+        self._write("saving the alert engine's settings", work, passes=(UnknownDeviceError,))
 
     def close(self) -> None:
         self._pool.close()

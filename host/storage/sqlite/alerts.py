@@ -286,11 +286,9 @@ def save_engine_settings(conn: sqlite3.Connection, defaults: Any, devices: Any, 
     from carecard.host.storage import UnknownDeviceError
 
     known = {row[0] for row in conn.execute("SELECT device FROM devices")}
-    missing = sorted(int(device) for device in devices if int(device) not in known)
+    missing = [int(device) for device in devices if int(device) not in known]
     if missing:
-        raise UnknownDeviceError(f"device{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing[:5]))}"
-                                 f"{' ...' if len(missing) > 5 else ''} not in the registry: add "
-                                 f"{'them' if len(missing) > 1 else 'it'} with `carecard devices add` first")
+        raise UnknownDeviceError.of(missing)
     if replace:
         conn.execute("DELETE FROM engine_settings" + (" WHERE scope != 'defaults'" if defaults is None else ""))
     rows = [(str(int(device)), json.dumps(dict(table), ensure_ascii=False), now) for device, table in devices.items()]
