@@ -98,7 +98,11 @@ class EngineCli:
             self.lines.append(line)
 
     def logged(self, text: str) -> bool:
-        return any(text in line for line in list(self.lines))
+        return self.count(text) > 0
+
+    def count(self, text: str) -> int:
+        """Log lines holding `text`."""
+        return sum(text in line for line in list(self.lines))
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.proc.poll() is None:

@@ -301,6 +301,27 @@ def test_a_failed_engine_commit_stores_nothing_of_it(backend: Backend) -> None:
         assert reader.last_seq() == 0
 
 
+def test_an_engine_commit_is_fenced_against_another_engine_of_its_name(backend: Backend) -> None:
+    """Two workers of one engine name (a lease lost without its holder noticing): the one whose
+    fence (the checkpoint it last loaded or committed) is stale commits nothing."""
+    from carecard.host.storage import EngineCommit
+
+    store = backend.store
+    first = store.commit_engine("engine", EngineCommit(cursor=1, now=1.0, fence=-1.0))  # no checkpoint yet
+    loaded = store.load_engine("engine")
+    assert loaded is not None and loaded.saved_at == first.saved_at
+    second = store.commit_engine("engine", EngineCommit(cursor=2, now=2.0, fence=first.saved_at))
+    assert second.saved_at > first.saved_at
+    event = alert_event(DEVICE, "sos", {}, 1_764_007_200.0, alert_id="s1-raised")
+    for stale in (-1.0, first.saved_at):  # the worker that loaded before the other one committed
+        with pytest.raises(StoreError, match="another engine"):
+            store.commit_engine("engine", EngineCommit(cursor=3, now=3.0, events=[event], alerts=[_alert("s1")],
+                                                       fence=stale))
+    checkpoint = store.load_engine("engine")
+    assert checkpoint is not None and checkpoint.cursor == 2 and store.list_alerts() == []
+    store.commit_engine("engine", EngineCommit(cursor=3, now=3.0))  # no fence: not checked
+
+
 def test_requests_are_checked_queued_in_order_and_handled_once(backend: Backend) -> None:
     from carecard.host.storage import (ACTION_DONE, ACTION_REFUSED, AlertActionError, AlertStateError,
                                        EngineCommit, UnknownAlertError)

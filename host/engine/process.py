@@ -62,7 +62,7 @@ def engine_config(config: Any) -> dict[str, Any]:
     engine = config.engine
     return {"data_dir": str(config.data_dir), "store": config.store, "durability": config.ingest.durability,
             "settings": str(engine.settings) if engine.settings else None, "poll_s": engine.poll_s,
-            "name": ENGINE_NAME, "source": config.source, "log_format": config.log_format,
+            "partitions": engine.partitions, "source": config.source, "log_format": config.log_format,
             "log_level": config.log_level, "log_file": str(config.log_file) if config.log_file else None}
 
 
@@ -72,10 +72,13 @@ class EngineLock:
     """The right to step the engine `name` on a store. `try_acquire()` never waits; `held()` says
     whether it is still ours (a PostgreSQL session that died has lost it)."""
 
-    def __init__(self, store: str, data_dir: Path, name: str = ENGINE_NAME):
+    def __init__(self, store: str, data_dir: Path, name: str = ENGINE_NAME, *,
+                 budget: "LeaseBudget | None" = None):
         self.store = store
         self.data_dir = Path(data_dir)
         self.name = name
+        self.budget = budget
+        self.acquired_at: float | None = None  # Unix time this lock was taken (the lease's age)
         self._fd: int | None = None
         self._conn: Any = None
 
@@ -88,7 +91,7 @@ class EngineLock:
         return str(self.data_dir / self._file_name())
 
     def _file_name(self) -> str:
-        return LOCK_FILE_NAME if self.name == ENGINE_NAME else f"engine-{self.name}.lock"
+        return LOCK_FILE_NAME if self.name == ENGINE_NAME else f"{self.name}.lock"
 
     def _key(self) -> int:
         digest = hashlib.sha256(f"carecard engine {self.name}".encode()).digest()
@@ -99,8 +102,25 @@ class EngineLock:
         (no such folder, the database unreachable)."""
         if self.held():
             return True
-        if self.store.startswith(("postgresql://", "postgres://")):
-            return self._try_postgresql()
+        if self.budget is None:
+            return self._try()
+        with self.budget.lock:
+            if not self.budget.may_take():
+                return False
+            taken = self._try()
+            if taken:
+                self.budget.took()
+            return taken
+
+    def _try(self) -> bool:
+        self.acquired_at = None
+        taken = self._try_postgresql() if self.store.startswith(("postgresql://", "postgres://")) else self._try_file()
+        if taken:
+            self.acquired_at = time.time()
+            log.info("engine %s: lease taken (%s)", self.name, self.where)
+        return taken
+
+    def _try_file(self) -> bool:
         path = self.data_dir / self._file_name()
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -168,6 +188,7 @@ class EngineLock:
         self._conn = None
 
     def release(self) -> None:
+        self.acquired_at = None
         if self._fd is not None:
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -178,7 +199,32 @@ class EngineLock:
             self._drop_connection()
 
 
-# --- an engine worker: lock, store, runner, thread -----------------------------------------------
+class LeaseBudget:
+    """A worker takes at most one free partition per `interval` seconds: workers that start
+    together split the partitions between them instead of the first one taking them all, and a
+    worker that dies leaves its partitions to the others within a few intervals."""
+
+    def __init__(self, interval: float):
+        self.interval = interval
+        self.lock = threading.Lock()
+        self._last: float | None = None
+
+    def may_take(self) -> bool:
+        return self._last is None or time.monotonic() - self._last >= self.interval
+
+    def took(self) -> None:
+        self._last = time.monotonic()
+
+
+def partition_names(count: int) -> list[str]:
+    """The engine names of `count` partitions (one: the plain engine name, as without partitions).
+    Changing the count starts new engines: choose it once (docs/receiver.md)."""
+    if count <= 1:
+        return [ENGINE_NAME]
+    return [f"{ENGINE_NAME}-{i}-of-{count}" for i in range(count)]
+
+
+# --- an engine worker: lock, store, runner, thread per partition ---------------------------------
 
 class OffsetClock:
     """The engine's clock: the real time plus `offset` seconds (0 but in tests)."""
@@ -190,27 +236,42 @@ class OffsetClock:
         return time.time() + self.offset
 
 
+class Partition:
+    """One partition of the engine in a worker: its lock (the lease), runner and thread."""
+
+    def __init__(self, name: str, lock: EngineLock, runner: EngineRunner, thread: EngineThread):
+        self.name = name
+        self.lock = lock
+        self.runner = runner
+        self.thread = thread
+
+
 class EngineWorker:
-    """The engine of one name over a store, stepping in a thread while it holds its lock (standing
-    by, trying the lock every `poll_s`, while another engine holds it)."""
+    """An engine worker over a store: one thread per partition (`[engine] partitions`, default
+    1), each stepping its runner while it holds the partition's lock and standing by, trying the
+    lock every `poll_s`, while another worker holds it. A worker takes at most one free
+    partition per `poll_s` (LeaseBudget)."""
 
     def __init__(self, config: Mapping[str, Any], clock: Callable[[], float] = time.time):
         self.config = dict(config)
         self.clock = clock
-        self.name = str(config.get("name") or ENGINE_NAME)
         self.store_setting = str(config.get("store", "sqlite"))
         self.data_dir = Path(config["data_dir"])
-        self.lock = EngineLock(self.store_setting, self.data_dir, self.name)
+        self.count = max(1, int(config.get("partitions") or 1))
+        self.poll_s = float(config.get("poll_s", 1.0))
+        self.budget = LeaseBudget(self.poll_s) if self.count > 1 else None
+        self.partitions: list[Partition] = []
         self.resources: list[Any] = []
-        self.runner: EngineRunner | None = None
-        self.thread: EngineThread | None = None
         self.on_commit: Callable[[Any], None] | None = None
 
+    @property
+    def name(self) -> str:
+        return ENGINE_NAME
+
     def open(self) -> None:
-        """Open the store, read the settings, and (if the lock is free) restore the last commit.
-        Raises EngineStartError."""
+        """Open the store, read the settings, and take (if free) the first partition it can,
+        restoring its last commit. Raises EngineStartError."""
         from carecard.host.engine.settings import Settings, SettingsError
-        from carecard.host.storage import EngineSettingsStore, StoreError, event_log_for, ingest_store_for
 
         settings_file = self.config.get("settings")
         where = self.config.get("source", "defaults")
@@ -219,12 +280,29 @@ class EngineWorker:
         except SettingsError as exc:
             raise EngineStartError(f"{where} [engine] settings: {exc}") from None
         try:
+            for index, name in enumerate(partition_names(self.count)):
+                self.partitions.append(self._partition(index, name, file_tables, settings_file))
+            for partition in self.partitions:
+                if partition.lock.try_acquire():
+                    partition.runner.load()
+                    break
+        except EngineStartError:
+            self.close()
+            raise
+        except Exception as exc:
+            self.close()
+            raise EngineStartError(f"cannot restore its state from the store: {exc}") from None
+
+    def _partition(self, index: int, name: str, file_tables: Mapping[str, Any], settings_file: Any) -> Partition:
+        from carecard.host.engine.settings import Settings, SettingsError
+        from carecard.host.storage import EngineSettingsStore, StoreError, event_log_for, ingest_store_for
+
+        try:  # connections of its own: each partition steps in its own thread
             store = ingest_store_for(self.store_setting, self.data_dir, self.config.get("durability", "full"))
             self.resources.append(store)
             eventlog = event_log_for(self.store_setting, self.data_dir)
             self.resources.append(eventlog)
         except (StoreError, RuntimeError) as exc:
-            self.close()
             raise EngineStartError(str(exc)) from None
 
         def settings_now() -> Settings:
@@ -237,45 +315,71 @@ class EngineWorker:
         try:
             settings = settings_now()
         except SettingsError as exc:
-            self.close()
             raise EngineStartError(f"settings: {exc}") from None
-        self.runner = EngineRunner(store, eventlog, settings, name=self.name, clock=self.clock,
-                                   settings_loader=settings_now)
-        self.thread = EngineThread(self.runner, poll_s=float(self.config.get("poll_s", 1.0)),
-                                   on_commit=self._committed, lock=self.lock)
-        try:
-            if self.lock.try_acquire():
-                self.runner.load()
-        except EngineStartError:
-            self.close()
-            raise
-        except Exception as exc:
-            self.close()
-            raise EngineStartError(f"cannot restore its state from the store: {exc}") from None
+        lock = EngineLock(self.store_setting, self.data_dir, name, budget=self.budget)
+        runner = EngineRunner(store, eventlog, settings, name=name, clock=self.clock, settings_loader=settings_now,
+                              partition=(index, self.count) if self.count > 1 else None)
+        thread = EngineThread(runner, poll_s=self.poll_s, on_commit=self._committed, lock=lock)
+        return Partition(name, lock, runner, thread)
 
     def _committed(self, result: Any) -> None:
         if self.on_commit is not None:
             self.on_commit(result)
 
     def start(self) -> None:
-        assert self.thread is not None
-        if not self.lock.held():
-            log.info("engine %s: %s holds its lock (%s): standing by", self.name, self.lock.holder(),
-                     self.lock.where)
-        self.thread.start()
+        standing = [p.name for p in self.partitions if not p.lock.held()]
+        if standing:
+            first = self.partitions[0].lock
+            log.info("engine: %d of %d partitions held by others (%s, e.g. %s): standing by for them",
+                     len(standing), self.count, first.where if self.count == 1 else "advisory locks",
+                     first.holder() if not first.held() else standing[0])
+        for partition in self.partitions:
+            partition.thread.start()
 
     @property
     def state(self) -> str:
-        return "active" if self.lock.held() else "standby"
+        """"active" while it holds a partition, else "standby"."""
+        return "active" if any(p.lock.held() for p in self.partitions) else "standby"
+
+    def notify(self) -> None:
+        for partition in self.partitions:
+            partition.thread.notify()
+
+    def sync(self, timeout: float = 30.0) -> bool:
+        """A step that started after this call has finished in every partition."""
+        return all([partition.thread.sync(timeout) for partition in self.partitions])
 
     def stats(self) -> dict[str, Any]:
-        stats = self.thread.stats() if self.thread is not None else {}
-        return {**stats, "state": self.state, "pid": os.getpid()}
+        """Sums over the partitions it holds (cursor: the lowest), "state", "pid", and per partition
+        "partitions": {name: {"held": bool, "lease_age_s": seconds held or None, "cursor"}}."""
+        total: dict[str, Any] = {"cursor": None, "devices": 0, "alerts_open": 0, "alert_events": 0,
+                                 "rejected": 0, "unreadable": 0, "requests_done": 0, "requests_refused": 0,
+                                 "commit_failures": 0, "error": None}
+        now = time.time()
+        partitions = {}
+        for partition in self.partitions:
+            stats = partition.thread.stats()
+            held = partition.lock.held()
+            at = partition.lock.acquired_at
+            partitions[partition.name] = {"held": held, "lease_age_s": round(now - at, 3) if held and at else None,
+                                          "cursor": stats["cursor"]}
+            if not held:
+                continue
+            for key in total:
+                if key == "cursor":
+                    total[key] = stats[key] if total[key] is None else min(total[key], stats[key])
+                elif key == "error":
+                    total[key] = total[key] or stats[key]
+                else:
+                    total[key] += stats[key]
+        return {**total, "cursor": total["cursor"] or 0, "partitions": partitions,
+                "partitions_held": sum(1 for p in partitions.values() if p["held"]),
+                "state": self.state, "pid": os.getpid()}
 
     def stop(self) -> None:
-        """Finish the step under way (its commit included), then release everything."""
-        if self.thread is not None:
-            self.thread.stop()
+        """Finish the steps under way (their commits included), then release everything."""
+        for partition in self.partitions:
+            partition.thread.stop()
         self.close()
 
     def close(self) -> None:
@@ -285,7 +389,8 @@ class EngineWorker:
             except Exception:  # closing only
                 pass
         self.resources.clear()
-        self.lock.release()
+        for partition in self.partitions:
+            partition.lock.release()
 
 
 async def serve_engine(config: Mapping[str, Any], stop: asyncio.Event,
@@ -296,15 +401,14 @@ async def serve_engine(config: Mapping[str, Any], stop: asyncio.Event,
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, worker.open)
     worker.start()
-    log.info("engine %s started on %s (%s)", worker.name, worker.lock.where, worker.state)
+    log.info("engine started: %d partition(s), %s", worker.count, worker.state)
     if started is not None:
         started(worker)
     try:
         await stop.wait()
     finally:
         await loop.run_in_executor(None, worker.stop)
-        log.info("engine %s stopped at event log seq %s", worker.name,
-                 worker.runner.cursor if worker.runner else "?")
+        log.info("engine stopped at event log seq %s", worker.stats()["cursor"])
     return worker
 
 
@@ -423,8 +527,6 @@ async def _child(config: dict[str, Any]) -> int:
     worker.start()
     tune_gc()
     out.send("ready " + json.dumps({"pid": os.getpid(), "state": worker.state}) + "\n")
-    assert worker.thread is not None
-    thread = worker.thread
 
     reader = await parent_lines()
     done = asyncio.Event()
@@ -432,7 +534,7 @@ async def _child(config: dict[str, Any]) -> int:
     syncs: set[asyncio.Task[None]] = set()
 
     async def answer_sync(ident: bytes) -> None:
-        await loop.run_in_executor(None, thread.sync)
+        await loop.run_in_executor(None, worker.sync)
         out.send(f"synced {ident.decode()}\n")
 
     async def commands() -> None:
@@ -443,7 +545,7 @@ async def _child(config: dict[str, Any]) -> int:
                 orphaned = True
                 break
             if line.startswith(b"n"):
-                thread.notify()
+                worker.notify()
             elif line.startswith(b"o "):
                 try:
                     clock.offset = float(line[2:])
@@ -477,7 +579,7 @@ async def _child(config: dict[str, Any]) -> int:
     out.send("s " + json.dumps(worker.stats(), default=str) + "\n" + "stopped\n")
     if orphaned:
         log.warning("the receiver is gone (its pipe closed): alert engine stopped at event log seq %s",
-                    worker.runner.cursor if worker.runner else "?")
+                    worker.stats()["cursor"])
     return 0
 
 

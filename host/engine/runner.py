@@ -64,9 +64,13 @@ class EngineRunner:
     def __init__(self, store: Any, eventlog: EventLogReader, settings: Settings | None = None, *,
                  name: str = ENGINE_NAME, clock: Callable[[], float] = time.time,
                  step_events: int = STEP_EVENTS,
-                 settings_loader: Callable[[], Settings] | None = None):
+                 settings_loader: Callable[[], Settings] | None = None,
+                 partition: tuple[int, int] | None = None):
         """`settings_loader`: the settings now (e.g. the settings file's, then the registry's);
-        called at start-up and whenever the registry generation changes."""
+        called at start-up and whenever the registry generation changes. `partition` (i, n): this
+        runner follows only the devices whose IMEI modulo n is i (their events, alerts and
+        requests; engine_partition); None: every device."""
+        self.partition = partition
         self.store = store
         self.eventlog = eventlog
         self.settings_loader = settings_loader
@@ -77,6 +81,7 @@ class EngineRunner:
         self.step_events = step_events
         self.engine = Engine(self.settings)
         self.cursor = 0
+        self.fence = -1.0  # the checkpoint's saved_at as last loaded or committed (EngineCommit.fence)
         self.alerts: dict[str, AlertRecord] = {}  # alerts not resolved, as last committed
         self.rejected = 0  # events the engine could not use (not of the schema)
         self.unreadable = 0  # log rows that could not be read back
@@ -93,6 +98,7 @@ class EngineRunner:
         follows what arrives from now on). Raises StoreError or EngineError."""
         self._reload_settings()
         checkpoint = self.store.load_engine(self.name)
+        self.fence = -1.0 if checkpoint is None else checkpoint.saved_at
         if checkpoint is None:
             self.engine = Engine(self.settings)
             self.cursor = self.eventlog.last_seq()
@@ -108,8 +114,16 @@ class EngineRunner:
             self.engine = Engine.restore(checkpoint.now, devices, self.settings)
             self.cursor = checkpoint.cursor
         self.alerts = {alert.id: alert for alert in
-                       self.store.list_alerts(states=("open", "acknowledged"))}
+                       self.store.list_alerts(states=("open", "acknowledged")) if self._mine(alert.device)}
         self.loaded = True
+
+    def _mine(self, device: Any) -> bool:
+        if self.partition is None:
+            return True
+        try:
+            return int(device) % self.partition[1] == self.partition[0]
+        except (TypeError, ValueError):
+            return self.partition[0] == 0  # not a device number: the first partition judges (rejects) it
 
     # --- one step -------------------------------------------------------------------------------
 
@@ -134,6 +148,8 @@ class EngineRunner:
             if entry.message is None and entry.event.get("kind") == "alert":
                 continue  # the engine's own output (and other hosts' alerts)
             event = entry.event
+            if self.partition is not None and not self._mine(event.get("device")):
+                continue  # another partition's device
             try:
                 rx = parse_iso_utc(event["received_at"])
             except (KeyError, TypeError, ValueError, IndexError):
@@ -160,6 +176,7 @@ class EngineRunner:
             self.loaded = False  # the in-memory engine is ahead of what is stored: reload
             raise
         self.cursor = cursor
+        self.fence = result.commit.saved_at
         for request_id, outcome, _detail, _at in handled:
             if outcome == ACTION_DONE:
                 self.requests_done += 1
@@ -208,6 +225,8 @@ class EngineRunner:
         handled = []
         engine = self.engine
         for request in self.store.pending_alert_actions():
+            if not self._mine(request.device):
+                continue  # another partition's: its engine handles it
             now = engine.now
             try:
                 if request.action == "acknowledge":
@@ -233,7 +252,7 @@ class EngineRunner:
     def _commit_of(self, cursor: int, out: list[Action], handled: list[tuple[int, str, str | None, float]]
                    ) -> EngineCommit:
         engine = self.engine
-        commit = EngineCommit(cursor=cursor, now=engine.now, actions=handled)
+        commit = EngineCommit(cursor=cursor, now=engine.now, actions=handled, fence=self.fence)
         changed: dict[str, AlertRecord] = {}
         for action in out:
             if isinstance(action, SendCheckin):

@@ -89,6 +89,10 @@ class EngineSettings:
     # with itself; separately: run `carecard engine` yourself (the receiver serves the inbound
     # acknowledgement paths only)
     run: str = "child"
+    # the devices split into this many partitions (IMEI modulo it), each stepped by one engine
+    # worker at a time under a lease; several workers (`carecard engine`) share them. Choose once:
+    # another count starts new engines from the end of the log
+    partitions: int = 1
     settings: Path | None = None  # the alert engine's settings file (docs/events.md); None: defaults
     poll_s: float = 1.0  # timers and acknowledgement requests are looked at at least this often
     http: Endpoint | None = None  # POST /v1/alert-actions, signed as the webhook sink signs
@@ -330,6 +334,7 @@ def config_from_mapping(document: Mapping[str, Any], where: str, base_dir: Path 
         raise ConfigError(f"{engine.where}: enabled must be true or false, got {enabled!r}")
     e.enabled = enabled
     e.run = engine.text("run", e.run, ENGINE_RUN)
+    e.partitions = int(engine.number("partitions", e.partitions, 1, 1024, integer=True))
     settings_file = engine.get("settings", None)
     if settings_file is not None:
         if not isinstance(settings_file, str) or not settings_file:

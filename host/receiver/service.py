@@ -516,6 +516,8 @@ class Receiver:
                     lambda: int(engine.stats().get("state") == "active"))
             m.gauge("engine_process_restarts", "Times the alert engine's process was restarted.",
                     lambda: engine.restarts)
+            m.gauge("engine_partitions_held", "Engine partitions the child holds (under their leases).",
+                    stat("partitions_held"))
         if self.config.engine.enabled:
             for path in ("http", "mqtt"):
                 for reason in ("accepted", "missing_signature", "bad_signature", "bad_timestamp",

@@ -205,11 +205,16 @@ class EngineCommit:
     # downlink commands to queue (check-in prompts): (device, cmd, args as downlink_lifecycle
     # stores them); a device not in the registry is skipped and reported
     commands: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
+    # the checkpoint's saved_at this engine last loaded or committed (-1.0: none existed): the
+    # commit is refused (StoreError "another engine ...") when another engine of the name
+    # committed since, so two holders of one lease never both commit; None: not checked
+    fence: float | None = None
 
 
 @dataclass
 class EngineCommitResult:
     last_seq: int  # the event log's last seq after the commit
+    saved_at: float = 0.0  # the new checkpoint's saved_at: the next commit's fence
     commands: list[CommandRecord] = field(default_factory=list)  # queued, in order
     skipped_commands: list[tuple[int, str, str]] = field(default_factory=list)  # (device, cmd, why)
 

@@ -63,3 +63,12 @@ def oldest_first(read: Callable[[str, list[Any]], list[Any]], select: str, where
                   + f" LIMIT {int(limit)}", params)
     newest.reverse()
     return newest
+
+def check_fence(name: str, commit: Any, saved_at: float | None, now: float) -> float:
+    """The new checkpoint's saved_at (after the stored one), or ValueError when `commit.fence`
+    is stale: another engine of the name committed since this one loaded (EngineCommit.fence)."""
+    stored = -1.0 if saved_at is None else float(saved_at)
+    if commit.fence is not None and commit.fence != stored:
+        raise ValueError(f"another engine of the name {name!r} committed since this one loaded "
+                         f"(checkpoint saved at {stored}, expected {commit.fence}): reload")
+    return max(now, stored + 1e-6)

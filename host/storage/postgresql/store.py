@@ -55,6 +55,7 @@ from carecard.host.storage import (
     log_entries,
 )
 from carecard.host.storage.rows import (
+    check_fence,
     ALERT_COLUMNS,
     COMMAND_COLUMNS,
     action_from_row,
@@ -537,8 +538,9 @@ class PostgreSQLStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, Eng
         def work(conn: psycopg.Connection) -> EngineCommitResult:
             result = EngineCommitResult(last_seq=0)
             # the checkpoint row locked: two workers of one name never interleave their commits
-            row = conn.execute("SELECT cursor FROM engine_checkpoint WHERE name = %s FOR UPDATE",
+            row = conn.execute("SELECT cursor, saved_at FROM engine_checkpoint WHERE name = %s FOR UPDATE",
                                (name,)).fetchone()
+            result.saved_at = check_fence(name, commit, row[1] if row else None, stamp)
             if row is not None and commit.cursor < row[0]:
                 raise ValueError(f"cursor {commit.cursor} is behind the committed {row[0]}")
             for alert in commit.alerts:
@@ -570,7 +572,7 @@ class PostgreSQLStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, Eng
                                     "ON CONFLICT (name, device) DO UPDATE SET state = excluded.state", keep)
             conn.execute("INSERT INTO engine_checkpoint (name, cursor, now, saved_at) VALUES (%s, %s, %s, %s) "
                          "ON CONFLICT (name) DO UPDATE SET cursor = excluded.cursor, now = excluded.now, "
-                         "saved_at = excluded.saved_at", (name, commit.cursor, commit.now, stamp))
+                         "saved_at = excluded.saved_at", (name, commit.cursor, commit.now, result.saved_at))
             # last: the log's seq row stays locked only from here to the commit
             if commit.events:
                 result.last_seq = _append_events(conn, commit.events, stamp)

@@ -42,6 +42,7 @@ from carecard.host.storage import (
     UnknownAlertError,
 )
 from carecard.host.storage.rows import (
+    check_fence,
     ALERT_COLUMNS,
     action_from_row,
     alert_from_row,
@@ -224,7 +225,8 @@ def load_engine(conn: sqlite3.Connection, name: str) -> EngineCheckpoint | None:
 def commit_engine(conn: sqlite3.Connection, name: str, commit: EngineCommit, now: float) -> EngineCommitResult:
     """Inside the caller's transaction (BEGIN IMMEDIATE): write everything of `commit`."""
     result = EngineCommitResult(last_seq=0)
-    row = conn.execute("SELECT cursor FROM engine_checkpoint WHERE name = ?", (name,)).fetchone()
+    row = conn.execute("SELECT cursor, saved_at FROM engine_checkpoint WHERE name = ?", (name,)).fetchone()
+    now = result.saved_at = check_fence(name, commit, row[1] if row else None, now)
     if row is not None and commit.cursor < row[0]:
         raise ValueError(f"engine {name!r}: cursor {commit.cursor} is behind the committed {row[0]}")
     if commit.events:
