@@ -367,3 +367,25 @@ def test_card_driver_on_micropython_over_the_pty(mpy):
     assert ends[1][1] in ("rejected", "no_answer")
     assert ("sms", "+8613800000001", "位置") in events
     assert any(e[0] == "time" and e[1] for e in events)
+
+
+def test_the_radio_leaves_tx_when_its_transmission_ends_on_a_clock_driven_by_next_deadline():
+    # a virtual clock only stops at the simulator's deadlines: the end of a transmission must be
+    # one, or TX is charged (at ~600 mA) until whatever happens next
+    powers = []
+    s = booted(timing=FAST, on_power=lambda state, ms: powers.append((state, ms)))
+    s.at("AT+NETOPEN", 100)
+    s.at('AT+CIPOPEN=0,"UDP",,,50000')
+    s.at('AT+CIPSEND=0,2,"127.0.0.1",4000')
+    sent_at = s.now
+    s.sim.receive(b"hi", s.now)
+    while True:
+        deadline = s.sim.next_deadline()
+        if deadline is None or deadline > sent_at + 600_000:
+            break
+        s.now = deadline
+        s.sim.advance(deadline)
+    tx = [ms for state, ms in powers if state == "tx"]
+    assert tx == [sent_at]
+    after = [(state, ms) for state, ms in powers if ms > sent_at]
+    assert after and after[0] == ("idle", sent_at + FAST.tx_ms)

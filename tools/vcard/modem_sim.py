@@ -1144,6 +1144,12 @@ class ModemSim:
         self._respond()
         self._urc(f"+CIPCLOSE: {link},0")
 
+    def _tx_end(self) -> None:
+        # a timer, so a clock that jumps from deadline to deadline stops where TX ends
+        if self._tx_until and self.now >= self._tx_until:
+            self._tx_until = 0
+            self._update_power()
+
     def _cmd_CIPSEND(self, rest: str) -> None:
         parts = [p.strip().strip('"') for p in rest.lstrip("=").split(",")]
         try:
@@ -1164,6 +1170,7 @@ class ModemSim:
         self._respond()
         self._tx_until = self.now + self.t.tx_ms
         self._update_power()
+        self._after(self.t.tx_ms, self._tx_end)
 
         def sent() -> None:
             if link in self.links and self.net_open:
