@@ -644,3 +644,21 @@ show((s.m.state, [e for e in s.events if e[0] == "net"], "AT+IPADDR" in s.cmds()
     assert state == "ready"
     assert asked_address is True
     assert nets == [("net", True, "10.4.112.219")]
+
+
+def test_a7670_udp_link_still_open_after_a_card_reset_is_closed_and_opened_again(mpy):
+    """After the card (not the modem) resets, the modem still holds the card's UDP link, so
+    AT+CIPOPEN answers "+CIPOPEN: 0,4" then ERROR (the simulated A7670 in the virtual card's
+    reboot scenario): the driver closes the link and opens it again, instead of failing until
+    the modem is power-cycled (the card then never sent another frame)."""
+    ((udp, cmds),) = mpy_events(mpy, r'''
+s = a7670_up({'AT+CIPOPEN=0,"UDP",,,50000': [b"\r\n+CIPOPEN: 0,4\r\n\r\nERROR\r\n",
+                                             b"\r\nOK\r\n\r\n+CIPOPEN: 0,0\r\n"],
+              "AT+CIPCLOSE=0": b"\r\nOK\r\n\r\n+CIPCLOSE: 0,0\r\n"})
+s.take()
+s.m.data.udp_open("1.2.3.4", 5000)
+s.run(500)
+show(([e for e in s.take() if e[0] == "udp"], [c for c in s.cmds() if c.startswith(("AT+CIPOPEN", "AT+CIPCLOSE"))]))
+''')
+    assert udp == [("udp", "open", None)]
+    assert cmds == ['AT+CIPOPEN=0,"UDP",,,50000', "AT+CIPCLOSE=0", 'AT+CIPOPEN=0,"UDP",,,50000']

@@ -20,6 +20,7 @@ import modem
 import modem_voice
 
 _LINK = 0
+_LINK_IN_USE = "4"  # +CIPOPEN <err>: the link is already open
 
 
 class A7670(modem.Profile):
@@ -30,6 +31,7 @@ class A7670(modem.Profile):
     # as the second try (SIMCom A76xx AT manual)
     HANGUPS = ("AT+CHUP", "ATH")
     SLEEP_CMD = "AT+CSCLK=1"
+    _stale_link = False  # closing a link left open by a reset of the card, to open it again
     # its URC names as one table, b"\nNAME\nNAME\n" (at.ATEngine searches it with find: no
     # per-name objects on the heap)
     URCS = (
@@ -126,9 +128,19 @@ class A7670(modem.Profile):
         parts = args.split(",")
         code = parts[1].strip() if len(parts) > 1 else "?"
         if code == "0":
+            self._stale_link = False
             m.data.udp_result("open", None)
+        elif code == _LINK_IN_USE and not self._stale_link:
+            # the link outlived a reset of the card (the modem kept it): close it, open it again
+            self._stale_link = True
+            m.cmd("AT+CIPCLOSE=%d" % _LINK, "+CIPCLOSE", timeout_ms=15000, done=self._stale_closed)
         else:
+            self._stale_link = False
             m.data.udp_result("failed", "CIPOPEN error %s" % code)
+
+    def _stale_closed(self, c, status, text, err):
+        if status != "ABORTED":
+            self.udp_open(self._m, None, None)
 
     def udp_send(self, m, payload):
         host, port = m.data.udp_remote
@@ -193,7 +205,8 @@ class A7670(modem.Profile):
             self._cipsend_code(m, args)
             return True
         if name == "+CIPCLOSE" or name == "+IPCLOSE":
-            m.data.udp_result("closed", args)
+            if not (self._stale_link and name == "+CIPCLOSE"):  # not our close of a stale link
+                m.data.udp_result("closed", args)
             return True
         if name == "RECV FROM":
             m.data.recv_from = args
