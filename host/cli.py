@@ -39,6 +39,7 @@ COMMAND_MODULES = [
     "carecard.host.commands.alerts_cmd",
     "carecard.host.commands.power_cmd",
     "carecard.host.commands.engine_cmd",
+    "carecard.host.commands.sim_cmd",
 ]
 
 

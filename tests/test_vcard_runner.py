@@ -222,3 +222,26 @@ def test_gnss_battery_rtc_and_deep_sleep_through_the_board(mpy, tmp_path):
 def test_an_image_without_the_entry_point_is_refused(tmp_path):
     with pytest.raises(RunnerError, match="has no main.py"):
         VirtualCard(tmp_path, tmp_path, World(modem=ModemSim()))
+
+
+CRASH_ENTRY = r'''
+import board
+hw = board.open_board()
+hw.idle(1000, False)
+raise ValueError("the firmware fails")
+'''
+
+
+def test_a_firmware_that_dies_is_reported_as_a_crash_and_restarted_hard(mpy, tmp_path):
+    image = tmp_path / "image"
+    shutil.copytree(micropython.card_image(compiled=True), image)
+    (image / "crash_main.py").write_text(CRASH_ENTRY, encoding="utf-8")
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    with VirtualCard(image, flash, World(modem=ModemSim()), entry="crash_main.py") as card:
+        run = card.run(2500)
+    crashes = [(ms, detail) for ms, what, detail in run.timeline if what in ("crash", "hang")]
+    # it exited with its traceback: a crash (not a hang that the watchdog would end), at once
+    assert crashes == [(1000, "exit status 1"), (2000, "exit status 1")]
+    assert [cause for _, cause in run.resets] == ["power_on", "hard", "hard"]
+    assert any("ValueError: the firmware fails" in d for _, what, d in run.timeline if what == "print")

@@ -86,7 +86,8 @@ class VirtualCard:
     def __init__(self, image: Path, flash_dir: Path, world: World, *, entry: str = "main.py",
                  heapsize: int | None = None, hang_s: float = 10.0,
                  network_rtt_ms: int = 300, reply_wait_s: float = 1.0,
-                 on_output: Callable[[str, int, int], None] | None = None) -> None:
+                 on_output: Callable[[str, int, int], None] | None = None,
+                 on_datagram: Callable[[str, bytes, int], None] | None = None) -> None:
         if not (image / entry).exists():
             raise RunnerError(f"the card image {image} has no {entry}: nothing to run "
                               "(firmware/main.py boots the card)")
@@ -97,6 +98,12 @@ class VirtualCard:
         self.heapsize = heapsize
         self.hang_s = hang_s
         self.on_output = on_output
+        self.on_datagram = on_datagram   # ("out" | "in", payload, virtual ms) per datagram
+        # a check run before each request of the card; True: it reset the card (the request
+        # of the process that was reset is dropped)
+        self.before_request: Callable[[], bool] | None = None
+        self._deferred: str | None = None   # a reset the world asked for: "power_loss" or a cause
+        self._eof = False
         self.now = 0
         self.ledger = Ledger(0)
         self.run_log = Run()
@@ -176,6 +183,8 @@ class VirtualCard:
             return
         self.datagrams_out += 1
         self._awaiting = self.now + self.network_rtt_ms
+        if self.on_datagram is not None:
+            self.on_datagram("out", payload, self.now)
 
     def _udp_receive(self, wait_s: float) -> None:
         if wait_s > 0:
@@ -188,6 +197,8 @@ class VirtualCard:
             self.datagrams_in += 1
             if not self.world.modem.deliver_udp(host, port, payload, self.now):
                 self.note("udp_lost", f"{len(payload)} bytes from {host}:{port}: no bearer")
+            elif self.on_datagram is not None:
+                self.on_datagram("in", payload, self.now)
 
     def _ri(self, pulse_ms: int) -> None:
         self.pending_events |= EV_RI
@@ -244,6 +255,11 @@ class VirtualCard:
         self._wd_timeout = 0
         self._start()
 
+    def defer_reset(self, cause: str) -> None:
+        """From a world event (`at`): reset the card with `cause` ("watchdog", "soft", ...) or
+        cut its power ("power_loss") as soon as the running request is over."""
+        self._deferred = cause
+
     def power_loss(self) -> None:
         """The battery disconnected and reconnected: everything restarts."""
         self._kill()
@@ -270,6 +286,7 @@ class VirtualCard:
     def _readline(self) -> bytes | None:
         """The next request line from the card, or None when it exited or hung."""
         deadline = time.monotonic() + self.hang_s
+        self._eof = False
         while b"\n" not in self._from_buf:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -280,6 +297,7 @@ class VirtualCard:
             if self._from_card in ready:
                 chunk = os.read(self._from_card.fileno(), 4096)
                 if not chunk:
+                    self._eof = True
                     return None
                 self._from_buf += chunk
         line, _, self._from_buf = self._from_buf.partition(b"\n")
@@ -351,8 +369,16 @@ class VirtualCard:
                 out = gnss.advance(self.now)
                 if out:
                     self._write_all(self.gnss_master, out)
-            if self.pending_events or self._uart_waiting() or self.now >= target:
+            if self.pending_events or self._deferred or self._uart_waiting() or self.now >= target:
                 return
+
+    def _do_deferred(self) -> None:
+        cause, self._deferred = self._deferred, None
+        self.note("reset", cause)
+        if cause == "power_loss":
+            self.power_loss()
+        else:
+            self.reset(cause)
 
     def _reply(self, extra: str = "") -> None:
         events = self.pending_events
@@ -362,6 +388,10 @@ class VirtualCard:
             os.write(self._to_card, line.encode())
         except BrokenPipeError:
             pass   # the card died meanwhile: the next read sees it
+
+    def _battery_uv(self) -> int:
+        num, den = self.world.divider
+        return self.world.battery_mv(self.now) * den * 1000 // num
 
     def _wake_cause(self, events: int, deadline: int) -> str:
         if events & 15:
@@ -387,6 +417,11 @@ class VirtualCard:
                                       f"{self.now} ms without time passing; its last output: "
                                       + " | ".join(d for _, w, d in self.run_log.timeline[-6:]))
                 self._drain_stdout()
+                if self._eof and self._proc is not None:
+                    try:   # its end of the pipe closed: it is exiting
+                        self._proc.wait(timeout=5)
+                    except subprocess.TimeoutExpired:
+                        pass
                 exited = self._proc is not None and self._proc.poll() is not None
                 self.note("crash" if exited else "hang",
                           f"exit status {self._proc.returncode}" if exited else f"no request in {self.hang_s} s")
@@ -395,6 +430,8 @@ class VirtualCard:
                 continue
             self.run_log.requests += 1
             self._drain_stdout()
+            if self.before_request is not None and self.before_request():
+                continue
             if self.now > self._crash_at:
                 self._crashes = 0
             self._pump_modem_in()
@@ -420,6 +457,9 @@ class VirtualCard:
             if self._wd_timeout:
                 deadline = min(deadline, fed + self._wd_timeout)
             self._advance_to(deadline)
+            if self._deferred:
+                self._do_deferred()
+                return
             if self._wd_timeout and self.now >= fed + self._wd_timeout:
                 self.note("watchdog", f"not fed for {self.now - fed} ms")
                 self.reset("watchdog")
@@ -429,11 +469,13 @@ class VirtualCard:
                 return
             self.ledger.set("mcu", "active", self.now)
             sleep = words[2] == "1"
-            self._reply(self._wake_cause(self.pending_events, deadline) if sleep else "none")
+            # the battery and charger readings ride on the reply: the card reads them every
+            # turn, and they change only while time passes
+            chrg, stdby = self.world.charging(self.now)
+            self._reply(f"{self._wake_cause(self.pending_events, deadline) if sleep else 'none'} "
+                        f"{self._battery_uv()} {int(chrg)} {int(stdby)}")
         elif cmd == "battery":
-            mv = self.world.battery_mv(self.now)
-            num, den = self.world.divider
-            self._reply(str(mv * den * 1000 // num))
+            self._reply(str(self._battery_uv()))
         elif cmd == "charger":
             chrg, stdby = self.world.charging(self.now)
             self._reply(f"{int(chrg)} {int(stdby)}")

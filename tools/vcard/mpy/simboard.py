@@ -76,6 +76,8 @@ class SimBoard:
         self._levels = 0
         self._fed = 0
         self._wd = 0
+        self._analog = (0, False, False)
+        self._analog_at = -1
         self.modem = _Uart(_fd("CARECARD_SIM_MODEM"))
         self.gnss = _Uart(_fd("CARECARD_SIM_GNSS"))
         reply = self._ask("hello")
@@ -143,9 +145,13 @@ class SimBoard:
         self._tell("gnss_backup %d" % (1 if on else 0))
 
     def battery_uv(self):
+        if self._analog_at == self._now:
+            return self._analog[0]
         return int(self._ask("battery")[3])
 
     def charger_pins(self):
+        if self._analog_at == self._now:
+            return self._analog[1], self._analog[2]
         words = self._ask("charger")
         return words[3] == "1", words[4] == "1"
 
@@ -182,6 +188,10 @@ class SimBoard:
     def idle(self, ms, sleep):
         words = self._ask("idle %d %d %d" % (max(0, ms), 1 if sleep else 0, self._fed))
         self._wake = words[3]
+        # the battery divider and charger pins as they are now (read with the reply: no
+        # round trip per reading)
+        self._analog = (int(words[4]), words[5] == "1", words[6] == "1")
+        self._analog_at = self._now
         return self._wake
 
     def deep_sleep(self, ms):
