@@ -15,8 +15,8 @@ from carecard.host.storage.postgresql import PostgreSQLEventLog, PostgreSQLStore
 from carecard.host.timefmt import parse_iso_utc
 
 from receiver_helpers import Card, exchange, key_for, udp_client
-from test_engine_process import EngineCli, _sos, _until
-from test_engine_receiver import SETTINGS
+from test_engine_process import EngineCli, _sos
+from test_engine_receiver import SETTINGS, _until
 
 PARTITIONS = 4
 
@@ -58,11 +58,12 @@ def test_two_workers_share_the_partitions_and_one_takes_over_when_the_other_is_k
     try:
         with ReceiverThread(config) as rt:
             port = rt.receiver.udp_ports[0]
-            _until(lambda: sum(w.count("lease taken") for w in workers) == PARTITIONS, "every partition leased")
+            _until(lambda: sum(w.count("lease taken") for w in workers) == PARTITIONS, "every partition leased",
+                   timeout=30)
             held = [w.count("lease taken") for w in workers]
             for card in cards:
                 assert exchange(client, port, _sos(card)) is not None
-            _until(lambda: len(_raised(url)) == len(cards), "the first SOS of every card")
+            _until(lambda: len(_raised(url)) == len(cards), "the first SOS of every card", timeout=30)
             # the worker with the most partitions dies while the second SOS of every card is due
             victim = workers[held.index(max(held))]
             survivor = workers[1 - workers.index(victim)]

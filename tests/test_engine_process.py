@@ -11,23 +11,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
 
 from carecard.host.receiver.config import load_config
 from carecard.host.receiver.service import ReceiverThread
 
 from receiver_helpers import Card, exchange, provision, udp_client
-from test_engine_receiver import SETTINGS, _config, _store, _sync
-
-
-def _until(check: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"never happened: {what}")
+from test_engine_receiver import SETTINGS, _config, _store, _sync, _until
 
 
 def _sos(card: Card) -> bytes:
@@ -67,7 +56,7 @@ def test_the_receivers_engine_runs_in_a_child_that_is_restarted_when_it_dies(tmp
         assert _sos_alerts(tmp_path) == [(cards[0].device, "open")]
         first = engine.pid
         os.kill(first, signal.SIGKILL)
-        _until(lambda: engine.restarts == 1 and engine.up, "the engine's process restarted")
+        _until(lambda: engine.restarts == 1 and engine.up, "the engine's process restarted", timeout=30)
         assert engine.pid != first
         assert exchange(client, port, _sos(cards[1])) is not None
         _sync(rt)
@@ -135,15 +124,16 @@ def test_carecard_engine_runs_alone_and_a_second_one_takes_over_when_the_first_d
         with ReceiverThread(config) as rt:
             assert rt.receiver.engine is None  # not the receiver's child
             port = rt.receiver.udp_ports[0]
-            active = _until(lambda: _lock_holder(tmp_path), "the first engine holds the lock")
+            active = _until(lambda: _lock_holder(tmp_path), "the first engine holds the lock", timeout=30)
             assert active == engines[0].pid
             engines.append(EngineCli(config_file, tmp_path))
-            _until(lambda: engines[1].logged("standing by"), "the second engine standing by")
+            _until(lambda: engines[1].logged("standing by"), "the second engine standing by", timeout=30)
             assert exchange(client, port, _sos(cards[0])) is not None
-            _until(lambda: _sos_alerts(tmp_path) == [(cards[0].device, "open")], "the first SOS alert")
+            _until(lambda: _sos_alerts(tmp_path) == [(cards[0].device, "open")], "the first SOS alert", timeout=30)
             assert engines[0].stop(signal.SIGKILL) == -signal.SIGKILL
             assert exchange(client, port, _sos(cards[1])) is not None
-            _until(lambda: len(_sos_alerts(tmp_path)) == 2, "the second SOS alert, from the second engine")
+            _until(lambda: len(_sos_alerts(tmp_path)) == 2, "the second SOS alert, from the second engine",
+                   timeout=30)
             assert _lock_holder(tmp_path) == engines[1].pid
             assert engines[1].stop() == 0
             assert engines[1].logged("took the lock") and not engines[1].logged("Traceback")

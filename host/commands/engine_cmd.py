@@ -10,8 +10,6 @@ and `[engine]` table), the flags override it. Stops cleanly on SIGTERM or Ctrl-C
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 from pathlib import Path
 
 from carecard.host.commands.datadir import DATA_HELP
@@ -66,27 +64,12 @@ def build_config(args: argparse.Namespace) -> ReceiverConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from carecard.host.commands.receive_cmd import run_until_signalled
     from carecard.host.engine.process import EngineStartError, engine_config, serve_engine
-    from carecard.host.receiver.logs import setup_logging
-    from carecard.host.receiver.runtime import tune_gc
 
     config = build_config(args)
     try:
-        setup_logging(config.log_format, config.log_level,
-                      path=str(config.log_file) if config.log_file else None)
-    except OSError as exc:
-        raise CommandError(f"log file {config.log_file}: {exc.strerror}", status=EXIT_FAILED) from None
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await serve_engine(engine_config(config), stop)
-
-    tune_gc()
-    try:
-        asyncio.run(main())
+        run_until_signalled(config, lambda stop: serve_engine(engine_config(config), stop))
     except EngineStartError as exc:
         raise CommandError(f"alert engine: {exc}", status=EXIT_FAILED) from None
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+from typing import Any, Awaitable, Callable
 
 from carecard.host.commands.errors import EXIT_FAILED, CommandError
 from carecard.host.commands.datadir import DATA_HELP
@@ -89,12 +90,12 @@ def build_config(args: argparse.Namespace) -> ReceiverConfig:
     return config
 
 
-def run(args: argparse.Namespace) -> int:
+def run_until_signalled(config: ReceiverConfig, serve: Callable[[asyncio.Event], Awaitable[Any]]) -> None:
+    """Logging as `config` says, then `serve(stop)` on an event loop until SIGTERM or SIGINT sets
+    `stop` (`carecard receive`, `carecard engine`); serve's errors propagate."""
     from carecard.host.receiver.logs import setup_logging
     from carecard.host.receiver.runtime import tune_gc
-    from carecard.host.receiver.service import StartupError, serve
 
-    config = build_config(args)
     try:
         setup_logging(config.log_format, config.log_level,
                       path=str(config.log_file) if config.log_file else None)
@@ -106,11 +107,18 @@ def run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(config, stop)
+        await serve(stop)
 
     tune_gc()
+    asyncio.run(main())
+
+
+def run(args: argparse.Namespace) -> int:
+    from carecard.host.receiver.service import StartupError, serve
+
+    config = build_config(args)
     try:
-        asyncio.run(main())
+        run_until_signalled(config, lambda stop: serve(config, stop))
     except StartupError as exc:
         raise CommandError(str(exc), status=1) from None
     return 0

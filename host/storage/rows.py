@@ -6,7 +6,7 @@ show). SQLite and PostgreSQL differ in their SQL, not in these."""
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from carecard.host.storage import AlertAction, AlertRecord, CommandRecord
 
@@ -72,3 +72,27 @@ def check_fence(name: str, commit: Any, saved_at: float | None, now: float) -> f
         raise ValueError(f"another engine of the name {name!r} committed since this one loaded "
                          f"(checkpoint saved at {stored}, expected {commit.fence}): reload")
     return max(now, stored + 1e-6)
+
+
+# --- the alert engine's settings (EngineSettingsStore): scope "defaults" or a device's IMEI ------
+
+def engine_settings_from_rows(rows: Iterable[Sequence[Any]]) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+    """(defaults, {device: table}) of engine_settings rows (scope, settings JSON)."""
+    defaults: dict[str, Any] = {}
+    devices: dict[int, dict[str, Any]] = {}
+    for scope, text in rows:
+        table = json.loads(text)
+        if scope == "defaults":
+            defaults = table
+        else:
+            devices[int(scope)] = table
+    return defaults, devices
+
+
+def engine_settings_rows(defaults: Mapping[str, Any] | None, devices: Mapping[int, Mapping[str, Any]],
+                         now: float) -> list[tuple[str, str, float]]:
+    """engine_settings rows (scope, settings JSON, updated_at) to write."""
+    rows = [(str(int(device)), json.dumps(dict(table), ensure_ascii=False), now) for device, table in devices.items()]
+    if defaults is not None:
+        rows.append(("defaults", json.dumps(dict(defaults), ensure_ascii=False), now))
+    return rows

@@ -56,6 +56,8 @@ from carecard.host.storage import (
 )
 from carecard.host.storage.rows import (
     check_fence,
+    engine_settings_from_rows,
+    engine_settings_rows,
     ALERT_COLUMNS,
     COMMAND_COLUMNS,
     action_from_row,
@@ -587,15 +589,7 @@ class PostgreSQLStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, Eng
             raise StoreError(f"engine {name!r}: cannot commit to {self.path}: {exc}") from None
 
     def load_engine_settings(self) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
-        defaults: dict[str, Any] = {}
-        devices: dict[int, dict[str, Any]] = {}
-        for scope, text in self._read("SELECT scope, settings FROM engine_settings ORDER BY scope"):
-            table = json.loads(text)
-            if scope == "defaults":
-                defaults = table
-            else:
-                devices[int(scope)] = table
-        return defaults, devices
+        return engine_settings_from_rows(self._read("SELECT scope, settings FROM engine_settings ORDER BY scope"))
 
     def save_engine_settings(self, defaults: Mapping[str, Any] | None,
                              devices: Mapping[int, Mapping[str, Any]], now: float, *,
@@ -609,14 +603,10 @@ class PostgreSQLStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, Eng
                 raise UnknownDeviceError.of(missing)
             if replace:
                 conn.execute("DELETE FROM engine_settings" + (" WHERE scope != 'defaults'" if defaults is None else ""))
-            rows = [(str(int(device)), json.dumps(dict(table), ensure_ascii=False), now)
-                    for device, table in devices.items()]
-            if defaults is not None:
-                rows.append(("defaults", json.dumps(dict(defaults), ensure_ascii=False), now))
             with conn.cursor() as cur:
                 cur.executemany("INSERT INTO engine_settings (scope, settings, updated_at) VALUES (%s, %s, %s) "
                                 "ON CONFLICT (scope) DO UPDATE SET settings = excluded.settings, "
-                                "updated_at = excluded.updated_at", rows)
+                                "updated_at = excluded.updated_at", engine_settings_rows(defaults, devices, now))
             conn.execute(_BUMP_GENERATION)
 
         self._write("saving the alert engine's settings", work, passes=(UnknownDeviceError,))

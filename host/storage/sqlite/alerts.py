@@ -43,6 +43,8 @@ from carecard.host.storage import (
 )
 from carecard.host.storage.rows import (
     check_fence,
+    engine_settings_from_rows,
+    engine_settings_rows,
     ALERT_COLUMNS,
     action_from_row,
     alert_from_row,
@@ -271,15 +273,7 @@ def commit_engine(conn: sqlite3.Connection, name: str, commit: EngineCommit, now
 
 
 def load_engine_settings(conn: sqlite3.Connection) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
-    defaults: dict[str, Any] = {}
-    devices: dict[int, dict[str, Any]] = {}
-    for scope, text in conn.execute("SELECT scope, settings FROM engine_settings ORDER BY scope"):
-        table = json.loads(text)
-        if scope == "defaults":
-            defaults = table
-        else:
-            devices[int(scope)] = table
-    return defaults, devices
+    return engine_settings_from_rows(conn.execute("SELECT scope, settings FROM engine_settings ORDER BY scope"))
 
 
 def save_engine_settings(conn: sqlite3.Connection, defaults: Any, devices: Any, now: float,
@@ -293,7 +287,5 @@ def save_engine_settings(conn: sqlite3.Connection, defaults: Any, devices: Any, 
         raise UnknownDeviceError.of(missing)
     if replace:
         conn.execute("DELETE FROM engine_settings" + (" WHERE scope != 'defaults'" if defaults is None else ""))
-    rows = [(str(int(device)), json.dumps(dict(table), ensure_ascii=False), now) for device, table in devices.items()]
-    if defaults is not None:
-        rows.append(("defaults", json.dumps(dict(defaults), ensure_ascii=False), now))
-    conn.executemany("INSERT OR REPLACE INTO engine_settings (scope, settings, updated_at) VALUES (?, ?, ?)", rows)
+    conn.executemany("INSERT OR REPLACE INTO engine_settings (scope, settings, updated_at) VALUES (?, ?, ?)",
+                     engine_settings_rows(defaults, devices, now))
