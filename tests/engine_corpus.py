@@ -68,6 +68,15 @@ class Card:
     dead: bool = False
     power_sent: set[str] = field(default_factory=set)
     end: int = 0  # when the simulation stopped (the evaluation runs the clock to here)
+    # a protocol v3 card with a sensor, as the firmware runs it (positions.py): static hold (while
+    # its sensor counts no motion since its last fix, a position re-sends that fix marked held,
+    # its age growing), statuses hourly, and a hello saying which sensor it has
+    v3: bool = False
+    last_fix: dict[str, Any] | None = None
+    fix_t: int = 0
+    moved: bool = True  # motion since the last fix
+    motion: int = 0  # motion counted since the last status
+    status_t: int | None = None
 
     def send(self, kind: str, t: int, fields: dict[str, Any], covered: bool = True) -> None:
         if self.dead:
@@ -100,9 +109,18 @@ class Card:
             hdop = rng.uniform(4.0, 9.0)
         else:
             lat, lon = offset((lat, lon), rng.gauss(0, sigma), rng.gauss(0, sigma))
-        self.send("position", t, dict(lat_e7=round(lat * 1e7), lon_e7=round(lon * 1e7), alt_m=30,
-                                      hdop_x10=round(hdop * 10), sats=8, fix="3d",
-                                      fix_age_s=rng.randint(1, 20), speed_cms=0, course_x10=0, source="fresh"), covered)
+        fields = dict(lat_e7=round(lat * 1e7), lon_e7=round(lon * 1e7), alt_m=30, hdop_x10=round(hdop * 10), sats=8,
+                      fix="3d", fix_age_s=rng.randint(1, 20), speed_cms=0, course_x10=0, source="fresh")
+        self.last_fix, self.fix_t = fields, t - fields["fix_age_s"]
+        self.send("position", t, fields, covered)
+
+    def held(self, t: int, covered: bool) -> None:
+        assert self.last_fix is not None
+        self.send("position", t, dict(self.last_fix, fix_age_s=min(65534, t - self.fix_t), source="held"), covered)
+
+    def hello(self, t: int) -> None:
+        self.send("hello", t, dict(fw_major=1, fw_minor=3, fw_patch=0, reset_cause="power_on", config_version=1,
+                                   modem="a7670", downlink_min=0, motion_sensor="lis2dh12"))
 
     def status(self, t: int, motion: int, covered: bool) -> None:
         self.send("status", t, dict(battery_mv=3300 + int(self.battery * 9), battery_pct=int(self.battery),
@@ -174,8 +192,22 @@ def simulate(card: Card, segments: list[Segment], *, holes: tuple[tuple[int, int
             sky, motion = seg.sky, 0
         if not card.sensor:
             motion = 0  # without a sensor only key presses count (the calls below)
-        card.fix(t, lat, lon, sky, covered)
-        card.status(t + 5, motion, covered)
+        if card.v3:
+            if card.status_t is None:
+                card.hello(t - 30)
+            card.moved = card.moved or motion > 0
+            if card.moved or card.last_fix is None:
+                card.fix(t, lat, lon, sky, covered)
+                card.moved = False
+            else:
+                card.held(t, covered)
+            card.motion += motion
+            if card.status_t is None or t - card.status_t >= 3600 - 60:
+                card.status(t + 5, card.motion, covered)
+                card.motion, card.status_t = 0, t
+        else:
+            card.fix(t, lat, lon, sky, covered)
+            card.status(t + 5, motion, covered)
         t += INTERVAL + rng.randint(-20, 20)
 
 
@@ -260,6 +292,7 @@ class Scenario:
     settings: dict[str, Any]
     build: Any  # (card, rng) -> list of incidents
     incidents: list[dict[str, Any]] = field(default_factory=list)
+    v3: bool = False  # a protocol v3 card (Card.v3)
 
 
 def incident(kind: str, start: int, deadline: int, what: str) -> dict[str, Any]:
@@ -417,6 +450,13 @@ def scenarios() -> list[Scenario]:
                  build_sos_night),
         Scenario("not_charged", "a week without charging (slow battery)", BASE + 22, True, 8, False, sensor,
                  build_not_charged),
+        # protocol v3 cards: static hold and hourly statuses; the sensor known from the hello only
+        Scenario("v3_homebody_month", "v3 card holding its fix while still, statuses hourly", BASE + 7, True, 30,
+                 True, home, build_normal(), v3=True),
+        Scenario("v3_fall_morning", "v3 card: fall at home at 09:30, then only held fixes", BASE + 23, True, 3,
+                 False, home, build_fall_at_home(1, "09:30"), v3=True),
+        Scenario("v3_card_left_on_table", "v3 card left on the table while out: held fixes", BASE + 24, True, 3,
+                 False, home, build_card_left, v3=True),
     ]
     return out
 
@@ -427,7 +467,7 @@ def write_corpus(out_dir: Path | str) -> list[Path]:
     written = []
     settings_lines = ["# Settings of the generated evaluation corpus (tests/engine_corpus.py)", ""]
     for number, sc in enumerate(scenarios()):
-        card = Card(sc.device, sc.sensor, random.Random(1000 + number))
+        card = Card(sc.device, sc.sensor, random.Random(1000 + number), v3=sc.v3)
         incidents = sc.build(card, sc.days)
         events = sorted(card.events, key=lambda e: e["received_at"])
         log = out_dir / f"{sc.name}.jsonl"

@@ -95,3 +95,20 @@ def test_what_the_hello_said_survives_a_restart() -> None:
     again = Engine.from_state(state, _settings())
     events = [gen.status(local(8) + STEP * i, motion=0) for i in range(1, 16)]
     assert steps(run(again, events, until=local(12)))[:1] == [("inactivity", "checkin")]
+
+
+def test_motion_counted_by_an_hourly_status_is_dated_before_the_fix_held_since() -> None:
+    """A status counts motion since the one before and is dated at its own time; held fixes after
+    it say the sensor saw no motion since their fix, so that motion came before the fix: the
+    stillness clock starts at the fix, not an hour later at the status."""
+    gen = Gen()
+    engine = Engine(_settings())
+    fall = local(9.5)
+    events = [gen.hello(local(8) - 60), gen.status(local(8), motion=40), gen.status(local(9), motion=30)]
+    events += [gen.pos(local(8) + STEP * i, age=2) for i in range(7)]  # fresh fixes until the fall at 09:30
+    events.append(gen.status(local(10), motion=25))  # 10:00: the motion of 09:00-09:30
+    events += [gen.pos(fall + STEP * i, age=2 + STEP * i, source="held") for i in range(1, 16)]
+    events += [gen.status(local(9) + 3600 * h, motion=0) for h in range(2, 5)]
+    out = run(engine, events, until=local(13))
+    assert steps(out)[:1] == [("inactivity", "checkin")]
+    assert out[0].at <= fall + 3 * 3600 + STEP  # within the threshold and one report of the fix

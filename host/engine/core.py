@@ -124,7 +124,7 @@ class Device:
         "id", "settings", "due", "last_rx", "max_counter", "seen",
         "c_lat", "c_lon", "c_w", "c_wr", "p_lat", "p_lon", "p_r", "p_t",
         "move_t", "ev_t", "gap_s", "charging", "charge_t", "chg_since",
-        "batt_pct", "batt_low", "power", "rssi", "motion_t", "sensor", "alerts",
+        "batt_pct", "batt_low", "power", "rssi", "motion_t", "count_t", "sensor", "alerts",
         "ep_inactivity", "ep_offline", "ep_not_worn", "ep_not_charged", "prompt_seq",
     )
 
@@ -154,6 +154,7 @@ class Device:
         self.power: str | None = None
         self.rssi: int | None = None
         self.motion_t: float | None = None
+        self.count_t: float | None = None  # movement dated by a status's motion count (at its time)
         # the card has a motion sensor: what its hello or statuses said (None: the settings' motion_sensor)
         self.sensor: bool | None = None
         self.alerts: list[Alert] | None = None
@@ -497,8 +498,13 @@ class Engine:
             if dev.charging:
                 return
             dev.sensor = True  # a card holds fixes only with a sensor
+            fix_t = t - age
             if dev.c_lat is None:
-                self._fix(dev, t - age, lat, lon, radius, poor, now, out)
+                self._fix(dev, fix_t, lat, lon, radius, poor, now, out)
+            if dev.count_t is not None and dev.move_t == dev.count_t and fix_t < dev.move_t:
+                # a status counted motion since the one before and was dated at its own time; no
+                # motion since this fix, says the sensor: that motion came before the fix
+                dev.move_t = dev.count_t = fix_t
             self._still(dev, t)
             return
         self._fix(dev, t - age, lat, lon, radius, poor, now, out)
@@ -526,6 +532,8 @@ class Engine:
         if motion:
             dev.motion_t = t if dev.motion_t is None or t > dev.motion_t else dev.motion_t
             self._movement(dev, t, now, out)
+            if dev.move_t == t:
+                dev.count_t = t
             alert = dev.open_alert("card_not_worn")
             if alert is not None and not dev.charging:
                 self._close(dev, alert, "worn", now, out)
