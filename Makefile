@@ -21,6 +21,8 @@ DEB_LIBS += postgresql
 DEBS += chromium:chromium chromedriver:chromium-driver
 # Chinese glyphs for the dashboard's screenshots (the elders' names).
 DEB_LIBS += fonts-noto-cjk
+# NATS with JetStream, run as a three-node cluster on loopback by the NATS sink's tests.
+DEBS += nats-server:nats-server
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup debs port32 demo test bench clean

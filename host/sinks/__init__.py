@@ -8,7 +8,7 @@
     await sinks.stop(drain_timeout=5.0)
 
 Configuration: a list of `[[sinks]]` tables (see docs/events.md). Keys common to every type:
-`type` (required: sqlite, jsonl, mqtt, webhook, traccar, owntracks, homeassistant), `name` (default: the type; unique; it keys the
+`type` (required: sqlite, jsonl, mqtt, webhook, traccar, owntracks, homeassistant, nats), `name` (default: the type; unique; it keys the
 sink's cursor, so renaming a sink starts it afresh), `start` ("earliest": a new sink replays the
 whole log, the default; "latest": only new events), `batch_size` (100; SQLite 10000), `queue_size`
 (1000; SQLite 20000),
@@ -40,6 +40,7 @@ from carecard.host.sinks.base import (
 from carecard.host.sinks.homeassistant import HomeAssistantSink
 from carecard.host.sinks.jsonl import JsonLinesSink
 from carecard.host.sinks.mqtt import MqttSink
+from carecard.host.sinks.nats_jetstream import NatsSink
 from carecard.host.sinks.owntracks import OwnTracksSink
 from carecard.host.sinks.sqlite_store import SQLiteSink
 from carecard.host.sinks.traccar import TraccarSink
@@ -49,14 +50,14 @@ from carecard.host.storage import EventLogReader
 __all__ = [
     "ConfigError", "JsonLinesSink", "MqttSink", "SINK_TYPES", "Sink", "SinkError", "SinkRunner",
     "SinkSet", "SinkTable", "SinkUnavailable", "SQLiteSink", "WebhookSink",
-    "TraccarSink", "OwnTracksSink", "HomeAssistantSink",
+    "TraccarSink", "OwnTracksSink", "HomeAssistantSink", "NatsSink",
 ]
 
 log = logging.getLogger("carecard.host.sinks")
 
 SINK_TYPES: dict[str, type[Sink]] = {
     cls.type_name: cls for cls in (SQLiteSink, JsonLinesSink, MqttSink, WebhookSink,
-                                   TraccarSink, OwnTracksSink, HomeAssistantSink)
+                                   TraccarSink, OwnTracksSink, HomeAssistantSink, NatsSink)
 }
 
 DEFAULT_SINKS: list[dict[str, Any]] = [{"type": "sqlite"}]

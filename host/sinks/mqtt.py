@@ -62,9 +62,9 @@ def check_topic_prefix(table: SinkTable, key: str, prefix: str) -> None:
         raise ConfigError(table.where, key, f"{prefix!r}: no wildcards (+ #), not empty")
 
 
-def connection_options(table: SinkTable) -> dict[str, Any]:
-    """The broker connection keys every MQTT-based sink shares (host, port, tls, username,
-    password, client_id, keepalive, publish_timeout, reconnect_min, reconnect_max)."""
+def tls_options(table: SinkTable) -> dict[str, Any] | None:
+    """The `tls` key: None (false, the default), {} (true: system CAs) or the table's
+    {ca_file, cert_file, key_file, insecure}, files checked to exist."""
     tls_raw = table.raw("tls", False)
     tls: dict[str, Any] | None
     if tls_raw is False:
@@ -81,6 +81,13 @@ def connection_options(table: SinkTable) -> dict[str, Any]:
                 raise ConfigError(tls_table.where, key, f"{tls[key]}: no such file")
     else:
         raise ConfigError(table.where, "tls", "expected true, false or a table")
+    return tls
+
+
+def connection_options(table: SinkTable) -> dict[str, Any]:
+    """The broker connection keys every MQTT-based sink shares (host, port, tls, username,
+    password, client_id, keepalive, publish_timeout, reconnect_min, reconnect_max)."""
+    tls = tls_options(table)
     username = table.str("username")
     password = table.str("password")
     if password is not None and username is None:
