@@ -499,8 +499,7 @@ class Ingest:
             self.commit_observer(last_seq, frames)
         m = self.metrics
         m.duplicates += batch.duplicates
-        m.commits += 1
-        m.commit_seconds += seconds
+        m.observe_commit(seconds)
         m.batch_frames += len(frames)
         m.commands_sent += batch.commands_sent
         for state in batch.finished:

@@ -6,12 +6,12 @@ format 0.0.4; `GET /healthz` returns `ok` (200) when the service is ready, else 
 
 Names (all prefixed `carecard_`): frames_received_total{transport}, frames_stored_total{type},
 frames_duplicate_total, frames_rejected_total{reason}, acks_sent_total, ack_send_errors_total, acks_withheld_total,
-commits_total, commit_failures_total, commit_seconds_sum/_count, batch_frames_sum,
+commits_total, commit_failures_total, commit_seconds (histogram: _bucket{le}, _sum, _count), batch_frames_sum,
 commands_sent_total, commands_finished_total{state}, stream_garbage_total{transport,reason},
 tcp_connections_evicted_total, event_log_pruned_total, and the gauges devices_registered, devices_seen_last_hour, sources_over_budget,
 tcp_connections, commands_open, sink_queue_depth{sink}, sink_lag_events{sink},
-sink_lag_seconds{sink}, sink_delivered_total{sink}, sink_failures_total{sink}, sink_up{sink},
-event_log_pruned_upto, uptime_seconds.
+sink_lag_seconds{sink}, sink_delivered_total{sink}, sink_failures_total{sink},
+sink_dead_lettered_total{sink}, sink_up{sink}, event_log_pruned_upto, uptime_seconds.
 """
 
 from __future__ import annotations
@@ -25,6 +25,10 @@ from typing import Any, Callable
 log = logging.getLogger("carecard.receiver.metrics")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Upper bounds (s) of the commit latency histogram: an SQLite commit takes about a millisecond,
+# a PostgreSQL one a network round trip or a few; the top buckets show a disk or a database in
+# trouble (a receiver acks nothing while it waits).
+COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 def _escape(value: str) -> str:
@@ -58,6 +62,7 @@ class Metrics:
         self.commits = 0
         self.commit_failures = 0
         self.commit_seconds = 0.0
+        self.commit_buckets = [0] * len(COMMIT_BUCKETS)  # commits that took at most each bound
         self.batch_frames = 0
         self.commands_sent = 0
         self.commands_finished: dict[str, int] = defaultdict(int)
@@ -66,6 +71,16 @@ class Metrics:
         self.tcp_evicted = 0
         self.gauges: dict[str, tuple[str, Callable[[], Any]]] = {}
         self.sink_stats: Callable[[], dict[str, dict[str, Any]]] | None = None
+
+    def observe_commit(self, seconds: float) -> None:
+        """One ingest commit took `seconds`."""
+        self.commits += 1
+        self.commit_seconds += seconds
+        buckets = self.commit_buckets
+        for index, bound in enumerate(COMMIT_BUCKETS):
+            if seconds <= bound:
+                buckets[index] += 1
+                break
 
     def gauge(self, name: str, help_text: str, read: Callable[[], Any]) -> None:
         self.gauges[name] = (help_text, read)
@@ -118,7 +133,13 @@ class Metrics:
         family("commits_total", "counter", "Ingest transactions committed.", [({}, self.commits)])
         family("commit_failures_total", "counter", "Ingest transactions that failed (nothing acked).",
                [({}, self.commit_failures)])
-        family("commit_seconds", "summary", "Time spent in ingest commits.", [])
+        family("commit_seconds", "histogram", "Time an ingest commit took (the store's latency: "
+               "frames are acked only after it).", [])
+        cumulative = 0
+        for bound, count in zip(COMMIT_BUCKETS, self.commit_buckets):
+            cumulative += count
+            out.append(f'carecard_commit_seconds_bucket{{le="{bound:g}"}} {cumulative}')
+        out.append(f'carecard_commit_seconds_bucket{{le="+Inf"}} {self.commits}')
         out.append(f"carecard_commit_seconds_sum {_number(self.commit_seconds)}")
         out.append(f"carecard_commit_seconds_count {self.commits}")
         family("batch_frames_sum", "counter", "Frames in all committed batches (divide by commits).",
@@ -171,6 +192,8 @@ class Metrics:
                samples("lag_seconds"))
         family("sink_delivered_total", "counter", "Events delivered by the sink.", samples("delivered"))
         family("sink_failures_total", "counter", "Failed deliveries (retried later).", samples("failures"))
+        family("sink_dead_lettered_total", "counter", "Events the sink could never deliver, written to "
+               "its dead-letter file.", samples("dead_lettered"))
         family("sink_up", "gauge", "1 when the sink is delivering or idle, 0 when it is failing.",
                [({"sink": name, "state": s.get("state", "unknown")},
                  0 if str(s.get("state")) in ("failing", "down", "retrying", "stopped") else 1)
