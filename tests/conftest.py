@@ -70,9 +70,9 @@ def _interpreter_only_for_mpy_tests(request, monkeypatch):
 
 @pytest.fixture(scope="session")
 def pg_cluster():
-    """A throwaway PostgreSQL server on 127.0.0.1 for the session (tests/pg_cluster.py); each
+    """A throwaway PostgreSQL server on 127.0.0.1 for the session (tools/pgcluster.py); each
     test takes a database of its own with `pg_cluster.new_database()`."""
-    from pg_cluster import PgCluster
+    from carecard.tools.pgcluster import PgCluster
 
     cluster = PgCluster().start()
     yield cluster

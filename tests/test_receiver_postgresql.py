@@ -1,5 +1,5 @@
 """`carecard receive --store postgresql://...`: the receiver on a real PostgreSQL server (a
-throwaway cluster of the session, tests/pg_cluster.py), and the `store` setting."""
+throwaway cluster of the session, tools/pgcluster.py), and the `store` setting."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The storage contract (host/storage): what every implementation of IngestStore and
 EventLogReader must do, run against each implementation (SQLite and PostgreSQL: the `backend`
 parameter). Real databases only: the SQLite files live in a temp folder, the PostgreSQL
-databases in a throwaway server of the session (tests/pg_cluster.py)."""
+databases in a throwaway server of the session (tools/pgcluster.py)."""
 
 from __future__ import annotations
 

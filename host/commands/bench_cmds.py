@@ -21,6 +21,7 @@ BENCHMARKS = {
     "receive": "carecard.tools.bench.receive",
     "engine": "carecard.tools.bench.engine",
     "day": "carecard.tools.bench.day",
+    "scale": "carecard.tools.bench.scale",
 }
 
 

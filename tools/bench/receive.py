@@ -133,14 +133,24 @@ def generator_main(argv: list[str]) -> int:
     keys = {d: FrameKeys(device_key(seed, d)) for d in devices}
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-    sock.connect(("127.0.0.1", params["port"]))
+    ports = params.get("ports") or [params["port"]]
+    if len(ports) == 1:
+        sock.connect(("127.0.0.1", ports[0]))
+        send = sock.send
+    else:  # several receivers behind "one address": frame i goes to receiver i mod n
+        addresses = [("127.0.0.1", port) for port in ports]
+        sendto = sock.sendto
+        turn = [0]
+
+        def send(frame: bytes) -> int:
+            turn[0] += 1
+            return sendto(frame, addresses[turn[0] % len(addresses)])
     window = params["window"]
     deadline_s = params["timeout"]
     print("ready", flush=True)
     sys.stdin.readline()
     cpu_started = time.process_time()
 
-    send = sock.send
     recv = sock.recv
     header_len = spec.HEADER_LEN
     down = spec.DIR_DOWNLINK
@@ -205,9 +215,11 @@ def generator_main(argv: list[str]) -> int:
 class Generator:
     """The generator subprocess: encodes its frames, waits for `go`, reports JSON."""
 
-    def __init__(self, port: int, args: argparse.Namespace, first: int, cpu: int | None):
-        params = {"port": port, "devices": args.devices, "first": first, "seed": args.seed,
-                  "frames": args.frames, "window": args.window, "timeout": args.timeout, "cpu": cpu}
+    def __init__(self, port: int | list[int], args: argparse.Namespace, first: int, cpu: int | None):
+        ports = port if isinstance(port, list) else [port]
+        params = {"port": ports[0], "ports": ports, "devices": args.devices, "first": first,
+                  "seed": args.seed, "frames": args.frames, "window": args.window,
+                  "timeout": args.timeout, "cpu": cpu}
         self.proc = subprocess.Popen([sys.executable, "-m", "carecard.tools.bench.receive", "--generator",
                                       json.dumps(params)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True)

@@ -1,11 +1,13 @@
-"""A throwaway PostgreSQL cluster for the tests: Debian's server binaries (the `postgresql`
-package; `make debs` installs it), initdb into a temp folder as an unprivileged user (the
-server refuses to run as root: under root the folder is handed to `nobody` and the processes
-run as it through setpriv), listening on 127.0.0.1 only, no Unix socket. One per test session
-(tests/conftest.py `pg_cluster`); each test takes a database of its own (`new_database`).
+"""A throwaway PostgreSQL cluster for the tests and the benchmarks: Debian's server binaries
+(the `postgresql` package; `make debs` installs it), initdb into a temp folder as an
+unprivileged user (the server refuses to run as root: under root the folder is handed to
+`nobody` and the processes run as it through setpriv), listening on 127.0.0.1 only, no Unix
+socket. One per test session (tests/conftest.py `pg_cluster`); each test takes a database of its
+own (`new_database`).
 
-fsync is off: the tests kill processes, never the machine, and a killed server's writes are in
-the page cache either way."""
+fsync is off by default: the tests kill processes, never the machine, and a killed server's
+writes are in the page cache either way. `PgCluster(fsync=True)` (the benchmarks) syncs every
+commit as a production server does."""
 
 from __future__ import annotations
 
@@ -41,7 +43,8 @@ def _free_port() -> int:
 
 
 class PgCluster:
-    def __init__(self) -> None:
+    def __init__(self, *, fsync: bool = False) -> None:
+        self.fsync = fsync
         self.bin = server_bin_dir()
         self.root = Path(tempfile.mkdtemp(prefix="carecard-pg-"))
         self.data = self.root / "data"
@@ -65,7 +68,7 @@ class PgCluster:
                            check=True, stdout=out, stderr=subprocess.STDOUT, cwd=self.root)
         self.process = subprocess.Popen(
             [*self._prefix, str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port),
-             "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=", "-c", "fsync=off",
+             "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=", "-c", f"fsync={'on' if self.fsync else 'off'}",
              "-c", "max_connections=200", "-c", "shared_buffers=32MB"],
             stdout=subprocess.DEVNULL, stderr=open(self.root / "server.log", "wb"), cwd=self.root)
         self._wait_ready()

@@ -1,0 +1,286 @@
+"""Scaling out: frames/s stored by 1, 2 and 3 receivers on one PostgreSQL against the single
+receiver on SQLite, and the alert engine's events/s per worker reading the PostgreSQL log.
+
+Every receiver is a real `carecard receive` process (no sinks, no engine: the figure is the
+ingest path, decode -> authenticate -> de-duplicate -> commit -> ack); the load generator of
+`bench receive` (a second process, frames pre-encoded) sprays the frames over the receivers'
+UDP ports in turn, as a load balancer in front of them would, keeping `--window` frames
+unacknowledged. A frame counts once it is acked, i.e. committed (persist before ack); after each
+run the stored frames are counted in the database and must equal the acked ones. The receivers
+share the machine's cores with the generator and the database server: on a small machine the
+figures show what the database and the cores allow, not the receivers' own limit; each line
+says how much CPU each process used per frame, which is what the sizing in docs/operations.md
+builds on.
+
+PostgreSQL: a throwaway server (Debian's binaries, fsync on, as in production) in a temp folder,
+or `--store URL` for a server of your own (a database the benchmark may fill; each run uses
+devices of its own). Engine: after the runs, one `carecard engine` worker reads the log the last
+PostgreSQL run wrote, from its start, and its events/s is the time until its saved cursor
+reached the log's head.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from carecard.tools.bench.receive import Generator, device_ids, device_key, process_cpu
+
+START_TIMEOUT_S = 30.0
+
+
+class Receiver:
+    """`carecard receive` as a process, with its log in a file (ports read from it)."""
+
+    def __init__(self, data_dir: Path, store: str, batch: int):
+        self.data_dir = data_dir
+        config = data_dir / "carecard.toml"
+        config.write_text(f'sinks = []\n\n[receive]\nstore = "{store}"\nudp = ["127.0.0.1:0"]\n\n'
+                          f"[ingest]\nbatch_max_frames = {batch}\n\n[engine]\nenabled = false\n")
+        self.log_path = data_dir / "receiver.log"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "carecard.host.cli", "receive", "--data", str(data_dir),
+                 "--config", str(config), "--log-format", "json", "--log-level", "info"],
+                stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL)
+        self.port = self._wait_started()
+
+    def _wait_started(self) -> int:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        port = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"receiver exited ({self.proc.returncode}): "
+                                   f"{self.log_path.read_text(errors='replace')[-1500:]}")
+            for line in self.log_path.read_text(errors="replace").splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if record.get("transport") == "udp":
+                    port = int(record["address"].rsplit(":", 1)[1])
+                if str(record.get("msg", "")).startswith("receiver started") and port is not None:
+                    return port
+            time.sleep(0.05)
+        raise RuntimeError(f"receiver did not start in {START_TIMEOUT_S:g} s (log {self.log_path})")
+
+    def cpu(self) -> float:
+        return process_cpu(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _register(store_setting: str, folders: list[Path], devices: list[int], seed: str) -> None:
+    """Register the devices in the store; every receiver's folder gets the key file."""
+    from carecard.host.receiver.registry import DeviceSpec, add_devices
+    from carecard.host.storage import ingest_store_for
+
+    store = ingest_store_for(store_setting, folders[0], "full")
+    try:
+        add_devices(store, folders[0], [DeviceSpec(d, f"bench {i}", device_key(seed, d))
+                                        for i, d in enumerate(devices)])
+    finally:
+        store.close()
+    for folder in folders[1:]:
+        shutil.copy2(folders[0] / "keys.json", folder / "keys.json")
+
+
+def _count_frames(store_setting: str, data_dir: Path, devices: list[int]) -> int:
+    low, high = min(devices), max(devices)
+    if store_setting == "sqlite":
+        from carecard.host.paths import ingest_db_path
+
+        with sqlite3.connect(ingest_db_path(data_dir)) as conn:
+            return conn.execute("SELECT COUNT(*) FROM frames WHERE device BETWEEN ? AND ?",
+                                (low, high)).fetchone()[0]
+    import psycopg
+
+    with psycopg.connect(store_setting) as conn:
+        return conn.execute("SELECT COUNT(*) FROM event_log WHERE device BETWEEN %s AND %s",
+                            (low, high)).fetchone()[0]
+
+
+def run_receivers(args: argparse.Namespace, store: str, count: int, first: int,
+                  workdir: Path) -> dict[str, Any]:
+    """`count` receivers on `store`, one generator run; the figures."""
+    folders = [workdir / f"receiver-{first}-{i}" for i in range(count)]
+    for folder in folders:
+        folder.mkdir(parents=True)
+    devices = device_ids(args.devices, first)
+    _register(store, folders, devices, args.seed)
+    receivers: list[Receiver] = []
+    try:
+        for folder in folders:
+            receivers.append(Receiver(folder, store, args.batch))
+        generator = Generator([r.port for r in receivers], args, first, None)
+        cpu = [r.cpu() for r in receivers]
+        result = generator.run()
+        cpu = [r.cpu() - before for r, before in zip(receivers, cpu)]
+    finally:
+        for receiver in receivers:
+            receiver.stop()
+    seconds = result["finished"] - result["started"]
+    stored = _count_frames(store, folders[0], devices)
+    return {"receivers": count, "acked": result["acked"], "unacked": result["unacked"],
+            "retransmits": result["retransmits"], "seconds": seconds, "stored": stored,
+            "rate": result["acked"] / seconds if seconds > 0 else 0.0,
+            "cpu_us": [1e6 * c / max(1, stored) for c in cpu],
+            "generator_us": 1e6 * result.get("cpu_s", 0.0) / max(1, result["acked"])}
+
+
+def engine_speed(args: argparse.Namespace, store: str, workdir: Path) -> dict[str, Any] | None:
+    """One `carecard engine` worker over the whole log of `store`: events/s until its saved
+    cursor reaches the head. None when the store's log is empty."""
+    import psycopg
+
+    from carecard.host.engine.process import ENGINE_NAME
+    from carecard.host.storage import EngineCommit, ingest_store_for
+
+    folder = workdir / "engine"
+    folder.mkdir()
+    with psycopg.connect(store) as conn:
+        head = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM event_log").fetchone()[0]
+    if not head:
+        return None
+    # a first engine starts at the log's head; this one is told it has handled nothing yet
+    checkpoint = ingest_store_for(store, folder, "full")
+    try:
+        checkpoint.commit_engine(ENGINE_NAME, EngineCommit(cursor=0, now=time.time()))
+    finally:
+        checkpoint.close()
+    log_path = folder / "engine.log"
+    started = time.time()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "carecard.host.cli", "engine", "--data", str(folder),
+                                 "--store", store, "--log-level", "warning"],
+                                stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL)
+    cursor = 0
+    first: tuple[float, int] | None = None  # when its first commit was seen, and how far it was
+    try:
+        deadline = started + args.timeout
+        with psycopg.connect(store, autocommit=True) as conn:
+            while time.time() < deadline:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"carecard engine exited ({proc.returncode}): "
+                                       f"{log_path.read_text(errors='replace')[-1500:]}")
+                row = conn.execute("SELECT COALESCE(MIN(cursor), 0) FROM engine_checkpoint").fetchone()
+                cursor = row[0]
+                if cursor and first is None:
+                    first = (time.time(), cursor)
+                if cursor >= head:
+                    break
+                time.sleep(0.05)
+        finished = time.time()
+        cpu = process_cpu(proc.pid)
+        if cursor < head:
+            raise RuntimeError(f"carecard engine reached seq {cursor} of {head} in {args.timeout:g} s: "
+                               f"{log_path.read_text(errors='replace')[-1500:]}")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    seconds = finished - started
+    # steady rate: from its first commit to the head (start-up and the first step left out)
+    steady = (cursor - first[1]) / (finished - first[0]) if first and finished > first[0] and cursor > first[1] else 0.0
+    return {"events": cursor, "head": head, "seconds": seconds, "steady": steady,
+            "rate": cursor / seconds if seconds > 0 else 0.0, "cpu_us": 1e6 * cpu / max(1, cursor)}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--devices", type=int, default=1000, help="simulated devices per run (default 1000)")
+    parser.add_argument("--frames", type=int, default=30_000, help="frames per run (default 30000)")
+    parser.add_argument("--window", type=int, default=1024,
+                        help="frames in flight, like that many cards waiting for their ack (default 1024)")
+    parser.add_argument("--batch", type=int, default=256, help="receivers' batch_max_frames (default 256)")
+    parser.add_argument("--receivers", default="1,2,3",
+                        help="receiver counts to run on PostgreSQL, comma-separated (default 1,2,3)")
+    parser.add_argument("--store", metavar="URL",
+                        help="a PostgreSQL database to use (default: a throwaway server, fsync on)")
+    parser.add_argument("--no-engine", action="store_true", help="skip the engine worker's run")
+    parser.add_argument("--timeout", type=float, default=60.0, help="give up a run after this many seconds")
+    parser.add_argument("--seed", default="carecard-bench", help="key derivation seed")
+
+
+def run(args: argparse.Namespace) -> int:
+    from carecard.host.commands.errors import CommandError
+
+    try:
+        counts = [int(n) for n in args.receivers.split(",") if n.strip()]
+    except ValueError:
+        raise CommandError(f"--receivers {args.receivers!r}: give counts like 1,2,3") from None
+    if not counts or any(not 1 <= n <= 16 for n in counts):
+        raise CommandError("--receivers: counts from 1 to 16")
+    if args.devices < 1 or args.frames < args.devices or args.window < 1:
+        raise CommandError("--devices >= 1, --frames >= --devices and --window >= 1 required")
+    if args.store and not args.store.startswith(("postgresql://", "postgres://")):
+        raise CommandError(f"--store {args.store!r}: give a postgresql://USER@HOST:PORT/DATABASE URL")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"carecard bench scale: {args.devices} devices, {args.frames} frames per run, window "
+          f"{args.window}, receivers with no sinks and no engine (ingest only); {os.cpu_count()} CPUs, "
+          f"load average {load}", flush=True)
+    cluster = None
+    results: list[tuple[str, dict[str, Any]]] = []
+    status = 0
+    with tempfile.TemporaryDirectory(prefix="carecard-scale-") as tmp:
+        workdir = Path(tmp)
+        try:
+            sqlite = run_receivers(args, "sqlite", 1, 700_000, workdir)
+            results.append(("SQLite, 1 receiver", sqlite))
+            _print("SQLite, 1 receiver", sqlite, None)
+            if args.store:
+                store = args.store
+            else:
+                from carecard.tools.pgcluster import PgCluster
+
+                cluster = PgCluster(fsync=True).start()
+                store = cluster.new_database()
+            for index, count in enumerate(counts):
+                label = f"PostgreSQL, {count} receiver{'s' if count > 1 else ''}"
+                figures = run_receivers(args, store, count, 710_000 + 10_000 * index, workdir)
+                results.append((label, figures))
+                _print(label, figures, sqlite["rate"])
+            if not args.no_engine:
+                engine = engine_speed(args, store, workdir)
+                if engine is not None:
+                    steady = (f"{engine['steady']:,.0f} events/s after its first commit, "
+                              if engine["steady"] else "")
+                    print(f"  engine, 1 worker on PostgreSQL: {engine['rate']:,.0f} events/s "
+                          f"({steady}{engine['events']} events of the log in {engine['seconds']:.2f} s "
+                          f"from its start; {engine['cpu_us']:.1f} us CPU per event)")
+        finally:
+            if cluster is not None:
+                cluster.stop()
+    for label, figures in results:
+        if figures["stored"] != figures["acked"] or figures["unacked"]:
+            print(f"  WARNING: {label}: {figures['acked']} acked, {figures['stored']} stored, "
+                  f"{figures['unacked']} never acked")
+            status = 1
+    return status
+
+
+def _print(label: str, figures: dict[str, Any], sqlite_rate: float | None) -> None:
+    cpu = " + ".join(f"{us:.1f}" for us in figures["cpu_us"])
+    versus = f", {figures['rate'] / sqlite_rate:.2f} x SQLite" if sqlite_rate else ""
+    print(f"  {label}: {figures['rate']:,.0f} frames/s stored{versus} ({figures['acked']} acked in "
+          f"{figures['seconds']:.2f} s, {figures['stored']} in the store, {figures['retransmits']} "
+          f"resent; receiver CPU {cpu} us per frame, generator {figures['generator_us']:.1f} us)",
+          flush=True)
