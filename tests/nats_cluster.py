@@ -29,22 +29,33 @@ def nats_server_path() -> str:
     raise RuntimeError("nats-server not found: install Debian's `nats-server` package (`make debs`)")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _reserve_port() -> socket.socket:
+    """A loopback port bound (not listening: clients are refused, as by a server that is down)
+    and kept until the node starts, so no other process of a busy machine takes it meanwhile."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock
 
 
 class NatsNode:
     def __init__(self, name: str, root: Path, cluster: "NatsCluster"):
         self.name = name
         self.root = root
-        self.port = _free_port()
-        self.route_port = _free_port()
-        self.monitor_port = _free_port()
         self.cluster = cluster
+        self._reserved: list[socket.socket] = []
+        self.new_ports()
         self.process: subprocess.Popen[bytes] | None = None
         self.config = root / f"{name}.conf"
+
+    def new_ports(self) -> None:
+        self._release()
+        self._reserved = [_reserve_port() for _ in range(3)]
+        self.port, self.route_port, self.monitor_port = (sock.getsockname()[1] for sock in self._reserved)
+
+    def _release(self) -> None:
+        for sock in self._reserved:
+            sock.close()
+        self._reserved = []
 
     @property
     def url(self) -> str:
@@ -67,6 +78,7 @@ class NatsNode:
         self.config.write_text("\n".join(lines) + "\n")
 
     def start(self) -> None:
+        self._release()
         log = open(self.root / f"{self.name}.log", "ab")
         self.process = subprocess.Popen([nats_server_path(), "-c", str(self.config)],
                                         stdout=log, stderr=log, cwd=self.root)
@@ -112,11 +124,21 @@ class NatsCluster:
         raise KeyError(name)
 
     def start(self) -> "NatsCluster":
-        for node in self.nodes:
-            node.write_config()
-            node.start()
-        self.wait_ready()
-        return self
+        for attempt in range(5):
+            for node in self.nodes:
+                node.write_config()
+                node.start()
+            try:
+                self.wait_ready()
+                return self
+            except RuntimeError as exc:
+                # another process took a port in the instant between release and bind: new ports
+                if "address already in use" not in str(exc) or attempt == 4:
+                    raise
+                self.stop()
+                for node in self.nodes:
+                    node.new_ports()
+        raise AssertionError("unreachable")
 
     def wait_ready(self) -> None:
         """Every running node serves clients and, in a cluster, knows the JetStream meta leader."""
@@ -144,6 +166,7 @@ class NatsCluster:
 
     def stop(self) -> None:
         for node in self.nodes:
+            node._release()
             if node.process is not None and node.process.poll() is None:
                 node.process.terminate()
         for node in self.nodes:
