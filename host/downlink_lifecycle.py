@@ -122,11 +122,12 @@ def expire(command: CommandRecord, now: float, expire_after_s: float,
     return None
 
 
-def cancel(command: CommandRecord, now: float) -> CommandChange:
-    """Cancelled by the operator. Raises CommandStateError when the command is already final."""
+def cancel(command: CommandRecord, now: float, detail: str = "cancelled by the operator") -> CommandChange:
+    """Cancelled by the operator (`detail` says why). Raises CommandStateError when the command
+    is already final."""
     if not command.is_open:
         raise CommandStateError(f"command {command.seq} of device {command.device} is already {command.state}")
-    return _move(command, CANCELLED, now, detail="cancelled by the operator")
+    return _move(command, CANCELLED, now, detail=detail)
 
 
 def apply(command: CommandRecord, change: CommandChange) -> None:

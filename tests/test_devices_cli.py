@@ -134,6 +134,45 @@ def test_import_is_all_or_nothing_when_the_key_file_cannot_be_written(tmp_path: 
     assert len(run_cli("devices", "--data", str(data), "--json").stdout.splitlines()) == 3
 
 
+def test_remove_takes_the_card_and_its_key_out_and_adding_it_again_works(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    for imei, name in ((IMEI_A, "王奶奶"), (IMEI_B, "李爷爷")):
+        assert run_cli("devices", "add", imei, "--name", name, "--key", KEY, "--data", str(data)).returncode == 0
+    queued = run_cli("send", IMEI_A, "locate", "--data", str(data))
+    assert queued.returncode == 0, queued.stderr
+
+    (data / "keys.json.tmp").mkdir()  # the key file cannot be written (EISDIR, even for root)
+    failed = run_cli("devices", "remove", IMEI_A, "--data", str(data))
+    assert failed.returncode == 1 and "cannot write the key file" in failed.stderr, failed.stderr
+    assert int(IMEI_A) in load_keys(data / "keys.json")
+    assert "王奶奶" in run_cli("devices", "--data", str(data)).stdout  # nothing of it happened
+    (data / "keys.json.tmp").rmdir()
+
+    removed = run_cli("devices", "remove", IMEI_A, "--data", str(data))
+    assert removed.returncode == 0, removed.stderr
+    assert f"removed device {IMEI_A} (王奶奶)" in removed.stdout
+    assert load_keys(data / "keys.json") == {int(IMEI_B): bytes.fromhex(KEY)}
+    records = {r["imei"]: r for r in map(json.loads, run_cli("devices", "--data", str(data), "--json",
+                                                               "--all").stdout.splitlines())}
+    assert (records[IMEI_A]["name"], records[IMEI_A]["key"]) == ("", False)
+    assert [c["state"] for c in records[IMEI_A]["commands"]] == ["cancelled"]
+    assert records[IMEI_B]["name"] == "李爷爷"
+    listing = run_cli("devices", "--data", str(data)).stdout
+    assert "(removed)" in listing and "王奶奶" not in listing
+
+    for unknown in (IMEI_A, IMEI_C):  # removed already, never added: one line naming it
+        again = run_cli("devices", "remove", unknown, "--data", str(data))
+        assert again.returncode == 1 and again.stdout == ""
+        assert again.stderr.count("\n") == 1 and f"device {unknown} is not registered" in again.stderr
+        assert "carecard devices" in again.stderr
+    bad = run_cli("devices", "remove", "86-12", "--data", str(data))
+    assert bad.returncode == 2 and "not a device id" in bad.stderr
+
+    back = run_cli("devices", "add", IMEI_A, "--name", "张奶奶", "--generate-key", "--data", str(data))
+    assert back.returncode == 0, back.stderr
+    assert "张奶奶" in run_cli("devices", "--data", str(data)).stdout
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.text(max_size=300), binary=st.binary(max_size=200))
 def test_records_parser_never_crashes(tmp_path: Path, text: str, binary: bytes) -> None:

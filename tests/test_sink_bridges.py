@@ -19,7 +19,7 @@ import pytest
 from carecard.host.engine.core import Notify
 from carecard.host.events import event_from_message
 from carecard.host.paths import ingest_db_path
-from carecard.host.receiver.registry import DeviceSpec, add_devices
+from carecard.host.receiver.registry import DeviceSpec, add_devices, remove_device
 from carecard.host.sinks import ConfigError, SinkSet
 from carecard.host.storage.sqlite.eventlog import SQLiteEventLog
 from carecard.host.storage.sqlite.store import SQLiteStore
@@ -84,13 +84,10 @@ def registry(tmp_path: Path, cards: dict[str, str]) -> None:
 
 
 def remove_from_registry(tmp_path: Path, device: str) -> None:
-    """What removing a card does to the registry: its row goes, the generation moves."""
+    """Remove a card as `carecard devices remove` does (its name goes, the generation moves)."""
     store = SQLiteStore(ingest_db_path(tmp_path))
     try:
-        with store.transaction() as conn:
-            conn.execute("DELETE FROM contacts WHERE device = ?", (int(device),))
-            conn.execute("DELETE FROM devices WHERE device = ?", (int(device),))
-            conn.execute("UPDATE meta SET value = value + 1 WHERE name = 'registry_generation'")
+        remove_device(store, tmp_path, int(device))
     finally:
         store.close()
 
@@ -517,8 +514,11 @@ def test_an_event_a_bridge_cannot_convert_is_skipped_counted_and_the_rest_delive
               {"type": "homeassistant", "host": "127.0.0.1", "port": broker.port, "retry_min": 0.01,
                "retry_max": 0.05}]
     try:
+        # the broker's copies reach the subscriber after the bridge's publish is acknowledged
+        published = {f"owntracks/carecard/{CARD}", f"carecard/ha/{CARD}/location"}
         stats = run_sinks(tmp_path, config, [[_malformed(1), position(2)]],
-                          until=lambda: len(server.requests) == 1)
+                          until=lambda: len(server.requests) == 1
+                          and published <= {t for t, _, _ in live.messages})
         seen = list(live.messages)
     finally:
         live.close()
@@ -586,7 +586,7 @@ def test_a_receiver_configured_from_toml_feeds_the_three_bridges(tmp_path: Path,
     process), a card's frames over UDP, each peer seeing the card under the elder's name."""
     import socket
 
-    from receiver_helpers import Card, ReceiverProcess, key_for
+    from receiver_helpers import Card, ReceiverProcess, key_for, run_cli
 
     device = int(CARD)
     store = SQLiteStore(ingest_db_path(tmp_path), readonly_lookups=False)
@@ -626,12 +626,18 @@ port = {broker.port}
             if len(server.requests) == 2:
                 break
             threading.Event().wait(0.01)
+        latest = live.latest()
+        # the card leaves the registry by the admin command while the receiver runs: the
+        # bridges withdraw it (Home Assistant removes the entities of an empty config)
+        removed = run_cli("devices", "remove", CARD, "--data", str(tmp_path))
+        assert removed.returncode == 0, removed.stderr
+        gone = [*_ha_topics(CARD).values(), f"owntracks/carecard/{CARD}/info", f"owntracks/carecard/{CARD}"]
+        assert live.wait_for(lambda msgs: all((topic, b"", False) in msgs for topic in gone), 20), live.latest()
     finally:
         code, err = receiver.terminate()
         live.close()
         server.close()
     assert code == 0, err
-    latest = live.latest()
     ha_config = json.loads(latest[_ha_topics(CARD)["tracker"]][0].decode("utf-8"))
     assert ha_config["device"]["name"] == NAME
     assert json.loads(latest[f"carecard/ha/{CARD}/location"][0])["latitude"] == 24.9012345
@@ -641,3 +647,7 @@ port = {broker.port}
     assert (location["lat"], location["batt"]) == (24.9012345, 81)
     assert [r["params"].get("lat") for r in server.requests] == [None, "24.9012345"]
     assert server.requests[1]["params"]["batt"] == "81"
+    # nothing of it is retained for a Home Assistant or OwnTracks app that connects now
+    now = retained(broker.port, "#", lambda got: "carecard/ha/bridge/homeassistant/status" in got)
+    assert now["carecard/ha/bridge/homeassistant/status"] == (b"offline", True)
+    assert not [topic for topic in now if CARD in topic]

@@ -239,6 +239,58 @@ def test_the_device_registry_registers_all_or_nothing_and_bumps_the_generation(b
     assert store.load_devices()[DEVICE].contacts == [son]
 
 
+def test_a_removed_device_leaves_the_registry_and_keeps_its_counters(backend: Backend) -> None:
+    """Removal clears what the registry says of the elder, cancels the card's open commands and
+    bumps the generation; the replay history, statistics, downlink reservation and command seqs
+    stay, so the card added again continues them (a key and counter pair is never used twice)."""
+    from carecard.host.storage import Contact, DeviceRecord, UnknownDeviceError
+
+    store = backend.store
+    son = Contact(1, "+8613800138000", "Son")
+    store.register_devices([DeviceRecord(DEVICE, "王奶奶", "89860012345678901234", "+8613700137000", [son]),
+                            DeviceRecord(OTHER, "Uncle Wang")], now=5.0)
+    _commit(store, CommitBatch(frames=[_frame(DEVICE, 7)], device_stats=[(DEVICE, 9.0, 7, "udp:x", 1)],
+                               downlink_reserved={DEVICE: 64}))
+    store.queue_command(DEVICE, "locate_now", lambda seq: {}, 6.0)
+    store.queue_command(DEVICE, "locate_now", lambda seq: {}, 6.0)
+    generation = store.generation()
+
+    def key_file_fails() -> None:
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):  # the caller's last step inside the transaction
+        store.remove_device(DEVICE, now=10.0, before_commit=key_file_fails)
+    assert store.load_devices()[DEVICE].name == "王奶奶" and store.generation() == generation
+    assert len(store.list_commands(DEVICE, open_only=True)) == 2
+
+    steps: list[str] = []
+    removed = store.remove_device(DEVICE, now=10.0, before_commit=lambda: steps.append("keys"))
+    assert steps == ["keys"] and (removed.name, removed.contacts) == ("王奶奶", [son])
+    assert store.generation() != generation
+    row = store.load_devices()[DEVICE]
+    assert (row.name, row.iccid, row.phone, row.contacts) == ("", None, None, [])
+    assert (row.last_counter, row.frames_stored, row.downlink_reserved) == (7, 1, 64)
+    assert store.window_state(DEVICE, 8)[0] == 7
+    assert store.load_devices()[OTHER].name == "Uncle Wang"
+    cancelled = store.list_commands(DEVICE)
+    assert [c.state for c in cancelled] == [lifecycle.CANCELLED] * 2
+    assert all("removed" in (c.detail or "") for c in cancelled)
+    # not registered any more: removing it again names the device and the way out
+    with pytest.raises(UnknownDeviceError, match=f"device {DEVICE} is not registered.*carecard devices"):
+        store.remove_device(DEVICE, now=11.0)
+    with pytest.raises(UnknownDeviceError, match=f"device {OTHER + 8} is not registered"):
+        store.remove_device(OTHER + 8, now=11.0)
+
+    # added again (a card reissued): a new registration on top of the kept counters
+    store.register_devices([DeviceRecord(DEVICE, "李爷爷")], now=12.0)
+    again = store.load_devices()[DEVICE]
+    assert (again.name, again.created_at, again.downlink_reserved, again.last_counter) == ("李爷爷", 5.0, 64, 7)
+    assert store.queue_command(DEVICE, "locate_now", lambda seq: {}, 13.0).seq == 3
+    store.close()
+    backend.store = store = backend.reopen()
+    assert store.load_devices()[DEVICE].downlink_reserved == 64
+
+
 # --- the alert engine's side: alerts, requests, checkpoints (AlertStore, EngineStore) ------------
 
 def _alert(alert_id: str, state: str = "open", *, device: int = DEVICE, kind: str = "inactivity",
@@ -428,4 +480,17 @@ def test_the_engines_settings_are_kept_per_device_for_registered_devices(setting
     store.save_engine_settings(None, {OTHER: {"wake": "07:00"}}, 4.0, replace=True)
     store.close()
     backend.store = store = backend.reopen()
+    assert store.load_engine_settings() == ({"stillness_threshold": "2h"}, {OTHER: {"wake": "07:00"}})
+
+
+def test_a_removed_device_loses_its_engine_settings(settings_backend: Backend) -> None:
+    """The elder's settings (home, contacts to alert) leave with the card: a card reissued to
+    another elder must not be judged by the first one's home."""
+    from carecard.host.storage import DeviceRecord
+
+    store = settings_backend.store
+    store.register_devices([DeviceRecord(DEVICE, "王奶奶"), DeviceRecord(OTHER, "Uncle Wang")], now=1.0)
+    store.save_engine_settings({"stillness_threshold": "2h"}, {DEVICE: {"wake": "06:00"},
+                                                               OTHER: {"wake": "07:00"}}, 2.0)
+    store.remove_device(DEVICE, now=3.0)
     assert store.load_engine_settings() == ({"stillness_threshold": "2h"}, {OTHER: {"wake": "07:00"}})

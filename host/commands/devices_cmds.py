@@ -1,9 +1,10 @@
-"""`carecard devices`: list, add and import devices (names, contacts, SIM details, keys).
+"""`carecard devices`: list, add, import and remove devices (names, contacts, SIM details, keys).
 
     carecard devices [--data DIR] [--config FILE] [--json] [--all]
     carecard devices add IMEI --name NAME [--key HEX | --generate-key] [--contact 1:+86...:Name ...]
                      [--iccid ICCID] [--phone NUMBER] [--replace] [--print-key]
     carecard devices import FILE [--replace] [--json]   (docs/provisioning-records.md)
+    carecard devices remove IMEI
 
 All of them work while a receiver runs on the same data folder: it picks the changes up. Listing
 only reads, so it works on a read-only data folder too.
@@ -63,6 +64,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           "postgresql://USER@HOST:PORT/DATABASE (docs/operations.md)")
     add_data_options(add, top=False)
     add.set_defaults(func=run_add)
+
+    rem = sub.add_parser("remove", help="take a device out of the registry (and its key)",
+                         description="Take a card out of the registry: its name, SIM details, "
+                                     "contacts, engine settings and key go, its open commands are "
+                                     "cancelled, and bridges withdraw it (Home Assistant entities, "
+                                     "OwnTracks card). Its counters and stored frames are kept, so "
+                                     "adding it again never reuses a counter.")
+    rem.add_argument("imei", help="the card's IMEI, as `carecard devices` lists it")
+    rem.add_argument("--store", metavar="sqlite|URL",
+                     help="the receivers' store: sqlite (default, in the data folder) or "
+                          "postgresql://USER@HOST:PORT/DATABASE (docs/operations.md)")
+    add_data_options(rem, top=False)
+    rem.set_defaults(func=run_remove)
 
     imp = sub.add_parser("import", help="import a provisioning-records file (JSON lines or CSV)")
     imp.add_argument("file", help="records file (docs/provisioning-records.md)")
@@ -159,7 +173,8 @@ def run_list(args: argparse.Namespace) -> int:
     extra: dict[int, list[str]] = {}
     for device in rows:
         record = devices.get(device)
-        table.append((str(device), (record.name if record and record.name else "(unregistered)"),
+        unnamed = "(unregistered)" if device in keyed else "(removed)"
+        table.append((str(device), (record.name if record and record.name else unnamed),
                       _iso(record.last_seen if record else None),
                       "-" if not record or record.last_counter is None else str(record.last_counter),
                       str(record.frames_stored if record else 0), "yes" if device in keyed else "NO"))
@@ -215,6 +230,33 @@ def run_add(args: argparse.Namespace) -> int:
           f"{len(contacts)} contacts; key stored in {data_dir / 'keys.json'}")
     if args.print_key:
         print(key.hex())
+    return 0
+
+
+def run_remove(args: argparse.Namespace) -> int:
+    from carecard.host.keyfile import KeyFileError, parse_device_id
+    from carecard.host.receiver.registry import RegistryError, remove_device
+    from carecard.host.storage import StoreError
+
+    try:
+        device = parse_device_id(args.imei, "IMEI")
+    except KeyFileError as exc:
+        raise CommandError(str(exc)) from None
+    data = data_dir_of(args, write=True, must_exist=False)
+    store = open_ingest_store(data, args.store)
+    try:
+        record = remove_device(store, data.path, device)
+    except (RegistryError, StoreError) as exc:
+        raise CommandError(str(exc), status=1) from None
+    except OSError as exc:
+        raise CommandError(f"cannot write in {data.path}: {exc.strerror}", status=1) from None
+    finally:
+        store.close()
+    if record is None:
+        print(f"removed the key of device {device} (it had no registry entry)")
+    else:
+        print(f"removed device {device} ({record.name}) from the registry and its key; its counters "
+              "and stored frames are kept (adding it again continues them)")
     return 0
 
 

@@ -28,7 +28,14 @@ from typing import Any, Iterator
 from carecard.host.files import read_input_file
 from carecard.host.keyfile import KeyFileError, load_keys, parse_key_hex, save_keys
 from carecard.host.receiver.downlinks import CommandError, check_command
-from carecard.host.storage import Contact, DeviceExistsError, DeviceRecord, DeviceRegistry, StoreError
+from carecard.host.storage import (
+    Contact,
+    DeviceExistsError,
+    DeviceRecord,
+    DeviceRegistry,
+    StoreError,
+    UnknownDeviceError,
+)
 from carecard.protocol import spec
 from carecard.protocol.crypto import KEY_SIZES
 
@@ -208,6 +215,45 @@ def add_devices(store: DeviceRegistry, data_dir: Path, specs: list[DeviceSpec], 
             raise
 
 
+def remove_device(store: DeviceRegistry, data_dir: Path, device: int, *,
+                  now: float | None = None) -> DeviceRecord | None:
+    """Take a card out of the registry and its key out of the key file, both or neither
+    (storage.DeviceRegistry.remove_device: its counters and replay history stay, so adding it
+    again never reuses a counter). Returns the registry record it had (None: it only had a key).
+    Raises RegistryError when the device is neither registered nor keyed."""
+    stamp = time.time() if now is None else now
+    with key_lock(data_dir):
+        try:
+            old_keys = load_key_file(data_dir)
+        except KeyFileError as exc:
+            raise RegistryError(f"{exc}; fix or move it away before removing devices") from None
+        new_keys = {other: key for other, key in old_keys.items() if other != device}
+        keys_written = False
+
+        def write_key_file() -> None:
+            nonlocal keys_written
+            if device not in old_keys:
+                return
+            try:
+                save_keys(keys_path(data_dir), new_keys)
+            except OSError as exc:
+                raise RegistryError(f"cannot write the key file {keys_path(data_dir)}: "
+                                    f"{exc.strerror}") from None
+            keys_written = True
+
+        try:
+            return store.remove_device(device, now=stamp, before_commit=write_key_file)
+        except UnknownDeviceError as exc:
+            if device not in old_keys:
+                raise RegistryError(str(exc)) from None
+        except BaseException:
+            if keys_written:
+                save_keys(keys_path(data_dir), old_keys)
+            raise
+        write_key_file()  # a key without a registry entry: only the key goes
+        return None
+
+
 def _already_registered(device: int, where: str) -> RegistryError:
     return RegistryError(f"{where + ': ' if where else ''}device {device} is already registered "
                          "(use --replace to re-provision it)")
@@ -364,7 +410,7 @@ def generate_key(size: int = 16) -> bytes:
 
 
 __all__ = [
-    "RegistryError", "DeviceSpec", "RecordProblem", "add_devices", "read_records", "parse_contact",
+    "RegistryError", "DeviceSpec", "RecordProblem", "add_devices", "remove_device", "read_records", "parse_contact",
     "parse_imei", "make_imei", "keys_path", "load_key_file", "generate_key", "list_devices",
     "StoreError",
 ]

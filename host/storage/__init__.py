@@ -10,9 +10,10 @@ tests (tests/test_storage_contract.py).
   contacts, pruning of delivered events; events that are not frames' (alerts); the device
   registry and the open commands as the ingest reads them; the start-up checks of lost history.
 - EventLogReader: the event log in order from a seq, and durable cursors by reader name.
-- DeviceRegistry: the devices as admin commands register them (`carecard devices add`,
-  provisioning records): names, SIM details and contacts, all or nothing, with the caller's last
-  step (writing the key file) inside the transaction.
+- DeviceRegistry: the devices as admin commands register and remove them (`carecard devices
+  add|remove`, provisioning records): names, SIM details and contacts, all or nothing, with the
+  caller's last step (writing the key file) inside the transaction; and the registry as its
+  readers (the bridges, the dashboard) follow it, reloading when its generation changes.
 - CommandQueue: the downlink command queue as admin commands change it (`carecard send`); a
   running receiver picks the changes up through IngestStore.generation.
 - AlertStore: the alert engine's alerts as everybody reads them (`carecard alerts`, the
@@ -231,6 +232,16 @@ class UnknownDeviceError(StoreError):
                    f"{'them' if len(missing) > 1 else 'it'} with `carecard devices add` first")
 
 
+def not_registered(device: int) -> str:
+    """The message for a device the registry does not have."""
+    return (f"device {device} is not registered: list the registered devices with `carecard devices`, "
+            "add one with `carecard devices add`")
+
+
+# Why the open commands of a removed device were cancelled (their `detail`).
+REMOVED_DETAIL = "cancelled: the device was removed from the registry"
+
+
 class DeviceExistsError(StoreError):
     """The device is registered already (DeviceRegistry.register_devices without `replace`)."""
 
@@ -435,8 +446,23 @@ class DeviceRegistry(abc.ABC):
         raises, nothing is stored and its exception propagates. Raises StoreError."""
 
     @abc.abstractmethod
+    def remove_device(self, device: int, *, now: float,
+                      before_commit: Callable[[], None] | None = None) -> DeviceRecord:
+        """Take a registered device out of the registry, in one transaction that bumps the
+        registry generation: its name, SIM details and contacts are cleared, its open commands
+        cancelled and its engine settings dropped; its row stays with its statistics, replay
+        history and downlink counter reservation, so a card added again never has a counter
+        used twice. Returns the record as it was. `before_commit` as in register_devices (the
+        key is taken out of the key file there). Raises UnknownDeviceError when the device is
+        not registered, StoreError."""
+
+    @abc.abstractmethod
     def load_devices(self) -> dict[int, DeviceRecord]:
         """The device registry (contacts included), by device."""
+
+    @abc.abstractmethod
+    def generation(self) -> int:
+        """A number that changes whenever devices, keys or commands are changed by an admin."""
 
 
 class CommandQueue(abc.ABC):

@@ -53,6 +53,8 @@ from carecard.host.storage import (
     UnknownAlertError,
     UnknownDeviceError,
     log_entries,
+    not_registered,
+    REMOVED_DETAIL,
 )
 from carecard.host.storage.rows import (
     check_fence,
@@ -196,6 +198,23 @@ def _queue(conn: psycopg.Connection, device: int, cmd: str, args_for: Callable[[
         (device, seq, cmd, json.dumps(args, ensure_ascii=False), lifecycle.QUEUED, now, now)).fetchone()
     assert found is not None
     return CommandRecord(int(found[0]), device, seq, cmd, dict(args), lifecycle.QUEUED, 0, now, now)
+
+
+def _load_devices(read: Callable[[str, Any], list[tuple]], device: int | None = None, *,
+                  lock: bool = False) -> dict[int, DeviceRecord]:
+    """The registry's rows (contacts included), by device; or only `device`'s (its row locked
+    with `lock`)."""
+    where, params = ("WHERE device = %s", (device,)) if device is not None else ("", ())
+    devices: dict[int, DeviceRecord] = {}
+    for row in read("SELECT device, name, iccid, phone, created_at, updated_at, last_seen, last_counter, "
+                    f"last_source, frames_stored, downlink_reserved FROM devices {where} ORDER BY device"
+                    + (" FOR UPDATE" if lock else ""), params):
+        devices[row[0]] = DeviceRecord(row[0], row[1], row[2], row[3], [], *row[4:])
+    for device_, key, number, name in read(
+            f"SELECT device, key, number, name FROM contacts {where} ORDER BY device, key", params):
+        if device_ in devices:
+            devices[device_].contacts.append(Contact(key, number, name))
+    return devices
 
 
 class PostgreSQLStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, EngineStore, EngineSettingsStore):
@@ -374,16 +393,7 @@ class PostgreSQLStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, Eng
         return int(rows[0][0]) if rows else 0
 
     def load_devices(self) -> dict[int, DeviceRecord]:
-        devices: dict[int, DeviceRecord] = {}
-        for row in self._read("SELECT device, name, iccid, phone, created_at, updated_at, last_seen, "
-                              "last_counter, last_source, frames_stored, downlink_reserved FROM devices "
-                              "ORDER BY device"):
-            devices[row[0]] = DeviceRecord(row[0], row[1], row[2], row[3], [], *row[4:])
-        for device, key, number, name in self._read(
-                "SELECT device, key, number, name FROM contacts ORDER BY device, key"):
-            if device in devices:
-                devices[device].contacts.append(Contact(key, number, name))
-        return devices
+        return _load_devices(self._read)
 
     def open_commands(self) -> list[CommandRecord]:
         return [command_from_row(row) for row in self._read(
@@ -419,12 +429,36 @@ class PostgreSQLStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, Eng
 
         self._write("registering devices", work, passes=(DeviceExistsError,))
 
+    def remove_device(self, device: int, *, now: float,
+                      before_commit: Callable[[], None] | None = None) -> DeviceRecord:
+        def work(conn: psycopg.Connection) -> DeviceRecord:
+            record = _load_devices(lambda sql, params: conn.execute(sql, params).fetchall(), device,
+                                   lock=True).get(device)
+            if record is None or not record.name:
+                raise UnknownDeviceError(not_registered(device))
+            conn.execute("UPDATE devices SET name = '', iccid = NULL, phone = NULL, updated_at = %s "
+                         "WHERE device = %s", (now, device))
+            conn.execute("DELETE FROM contacts WHERE device = %s", (device,))
+            rows = conn.execute(f"SELECT {COMMAND_COLUMNS} FROM commands WHERE device = %s AND state = ANY(%s) "
+                                "ORDER BY id FOR UPDATE", (device, list(_OPEN))).fetchall()
+            changes = [lifecycle.cancel(command_from_row(row), now, REMOVED_DETAIL) for row in rows]
+            if changes:
+                with conn.cursor() as cur:
+                    cur.executemany(_UPDATE_COMMAND, [(*change[:-1], change[-1], list(_OPEN)) for change in changes])
+            conn.execute("DELETE FROM engine_settings WHERE scope = %s", (str(device),))
+            conn.execute(_BUMP_GENERATION)
+            if before_commit is not None:
+                before_commit()
+            return record
+
+        return self._write("removing a device", work, passes=(UnknownDeviceError,))
+
     def queue_command(self, device: int, cmd: str, make_args: Callable[[int], dict[str, Any]],
                       now: float) -> CommandRecord:
         def work(conn: psycopg.Connection) -> CommandRecord:
             queued = _queue(conn, device, cmd, make_args, now)
             if queued is None:
-                raise UnknownDeviceError(f"device {device} is not registered: add it with `carecard devices add`")
+                raise UnknownDeviceError(not_registered(device))
             conn.execute(_BUMP_GENERATION)
             return queued
 

@@ -50,6 +50,8 @@ from carecard.host.storage import (
     IngestStore,
     StoreError,
     UnknownDeviceError,
+    not_registered,
+    REMOVED_DETAIL,
 )
 from carecard.host.storage.rows import COMMAND_COLUMNS, command_from_row, oldest_first
 from carecard.host.storage.sqlite import alerts as alert_tables
@@ -512,12 +514,28 @@ class SQLiteStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, EngineS
             if before_commit is not None:
                 before_commit()
 
+    def remove_device(self, device: int, *, now: float,
+                      before_commit: Callable[[], None] | None = None) -> DeviceRecord:
+        with self.transaction() as conn:
+            record = load_devices(conn, device).get(device)
+            if record is None or not record.name:
+                raise UnknownDeviceError(not_registered(device))
+            conn.execute("UPDATE devices SET name = '', iccid = NULL, phone = NULL, updated_at = ? "
+                         "WHERE device = ?", (now, device))
+            conn.execute("DELETE FROM contacts WHERE device = ?", (device,))
+            conn.executemany(UPDATE_COMMAND, [lifecycle.cancel(command, now, REMOVED_DETAIL)
+                                              for command in list_commands(conn, device, open_only=True)])
+            conn.execute("DELETE FROM engine_settings WHERE scope = ?", (str(device),))
+            if before_commit is not None:
+                before_commit()
+        return record
+
     def queue_command(self, device: int, cmd: str, make_args: Callable[[int], dict[str, Any]],
                       now: float) -> CommandRecord:
         with self.transaction() as conn:
             row = conn.execute("SELECT next_command_seq FROM devices WHERE device = ?", (device,)).fetchone()
             if row is None:
-                raise UnknownDeviceError(f"device {device} is not registered: add it with `carecard devices add`")
+                raise UnknownDeviceError(not_registered(device))
             counter = row[0]
             seq = (counter - 1) % 0xFFFF + 1  # 1..65535, wrapping
             stored = make_args(seq)
@@ -655,16 +673,18 @@ class _Transaction:
             self.lock.release()
 
 
-def load_devices(conn: sqlite3.Connection) -> dict[int, DeviceRecord]:
+def load_devices(conn: sqlite3.Connection, device: int | None = None) -> dict[int, DeviceRecord]:
+    """The registry's rows (contacts included), by device; or only `device`'s."""
+    where, params = ("WHERE device = ?", (device,)) if device is not None else ("", ())
     devices: dict[int, DeviceRecord] = {}
     for row in conn.execute(
             "SELECT device, name, iccid, phone, created_at, updated_at, last_seen, last_counter, "
-            "last_source, frames_stored, downlink_reserved FROM devices ORDER BY device"):
+            f"last_source, frames_stored, downlink_reserved FROM devices {where} ORDER BY device", params):
         devices[row[0]] = DeviceRecord(row[0], row[1], row[2], row[3], [], *row[4:])
-    for device, key, number, name in conn.execute(
-            "SELECT device, key, number, name FROM contacts ORDER BY device, key"):
-        if device in devices:
-            devices[device].contacts.append(Contact(key, number, name))
+    for device_, key, number, name in conn.execute(
+            f"SELECT device, key, number, name FROM contacts {where} ORDER BY device, key", params):
+        if device_ in devices:
+            devices[device_].contacts.append(Contact(key, number, name))
     return devices
 
 
