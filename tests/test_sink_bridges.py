@@ -24,7 +24,7 @@ from carecard.host.sinks import ConfigError, SinkSet
 from carecard.host.storage.sqlite.eventlog import SQLiteEventLog
 from carecard.host.storage.sqlite.store import SQLiteStore
 
-from brokers import Mosquitto, RawSubscriber
+from brokers import Mosquitto, RawSubscriber, Subscriber
 
 T0 = 1764374400  # 2025-11-29T00:00:00Z
 CARD = "861234567890123"  # 王奶奶: fixes, battery known
@@ -93,15 +93,19 @@ def remove_from_registry(tmp_path: Path, device: str) -> None:
 
 
 def run_sinks(tmp_path: Path, config: list[dict[str, Any]], batches: list[list[dict[str, Any]]],
-              until: Callable[[], bool], between: Callable[[int], None] | None = None) -> dict[str, Any]:
+              until: Callable[[], bool], between: Callable[[int], None] | None = None,
+              watch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Start the sinks, append each batch to the log (calling `between(i)` after batch i was
-    delivered), wait for `until`, stop; return the sinks' stats."""
+    delivered), wait for `until`, stop; return the sinks' stats. `watch(stats)` is called at
+    every look while waiting."""
     writer = SQLiteEventLog.connect_writer(ingest_db_path(tmp_path))
     eventlog = SQLiteEventLog(ingest_db_path(tmp_path))
     sinks = SinkSet.from_config(config, tmp_path, eventlog)
 
     async def wait(predicate: Callable[[], bool]) -> None:
         for _ in range(2000):
+            if watch is not None:
+                watch(sinks.stats())
             if predicate():
                 return
             await asyncio.sleep(0.01)
@@ -134,7 +138,9 @@ class OsmAndServer:
     """An HTTP server taking OsmAnd requests the way Traccar's OsmAndProtocolDecoder reads them:
     query parameters, or else an x-www-form-urlencoded body; 400 for an unknown `id`."""
 
-    def __init__(self, known: set[str]):
+    def __init__(self, known: set[str], *, down_after: int | None = None, port: int = 0):
+        """`down_after`: after that many requests the server answers the last one, closes the
+        connection and stops listening (Traccar going away)."""
         self.requests: list[dict[str, Any]] = []
         outer = self
 
@@ -153,13 +159,20 @@ class OsmAndServer:
                 outer.requests.append({"params": flat, "content_type": self.headers["Content-Type"],
                                        "path": self.path})
                 status = 200 if flat.get("id") in known else 400
+                going = down_after is not None and len(outer.requests) >= down_after
+                if going:
+                    outer.server.socket.close()  # the next connection is refused
+                    self.close_connection = True
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
+                if going:
+                    self.send_header("Connection", "close")
                 self.end_headers()
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
@@ -230,6 +243,29 @@ def test_traccar_keeps_the_battery_across_a_restart(tmp_path: Path) -> None:
     finally:
         server.close()
     assert server.requests[1]["params"]["batt"] == "64"
+
+
+def test_a_traccar_track_cut_off_part_way_resumes_after_its_last_delivered_point(tmp_path: Path) -> None:
+    """Traccar goes away after the first point of a track: the retry sends the points it has not
+    had, not the whole track again (Traccar would store the first point twice)."""
+    first = OsmAndServer(known={CARD}, down_after=1)
+    config = [{"type": "traccar", "url": first.url, "retry_min": 0.01, "retry_max": 0.05}]
+    again: list[OsmAndServer] = []
+
+    def come_back(stats: dict[str, Any]) -> None:  # once the sink has failed on the stopped server
+        if not again and stats["traccar"]["failures"] >= 1:
+            again.append(OsmAndServer(known={CARD}, port=first.port))
+
+    try:
+        run_sinks(tmp_path, config, [[track(2), status(3)]], watch=come_back,
+                  until=lambda: bool(again))
+    finally:
+        first.close()
+        for server in again:
+            server.close()
+    assert [r["params"]["timestamp"] for r in first.requests] == [str(T0 + 120 - 30)]
+    assert [r["params"].get("lat") for r in again[0].requests] == ["24.7002", None]
+    assert again[0].requests[0]["params"]["timestamp"] == str(T0 + 120 - 15)
 
 
 def test_traccar_config_errors_name_the_key(tmp_path: Path) -> None:
@@ -303,6 +339,32 @@ def test_owntracks_locations_and_cards(tmp_path: Path, broker: Mosquitto) -> Non
     assert json.loads(now[base][0])["tst"] == T0 + 240 - 15
     assert json.loads(now[f"owntracks/family/{NOFIX}/info"][0])["name"] == NOFIX_NAME
     assert f"owntracks/family/{NOFIX}" not in now
+
+
+def test_a_retried_batch_carries_no_battery_level_from_a_later_event_of_it(
+        tmp_path: Path, broker: Mosquitto) -> None:
+    """A batch that failed is delivered again with what was known before it: a position is not
+    published with the battery level of a status that came after it."""
+    registry(tmp_path, {CARD: NAME})
+    base = f"owntracks/carecard/{CARD}"
+    live = Subscriber(broker.port, base)  # its session keeps what is published while it reconnects
+    config = [{"type": "owntracks", "host": "127.0.0.1", "port": broker.port, "registry_poll_s": 0.05,
+               "retry_min": 0.01, "retry_max": 0.05, "reconnect_min": 0.05, "reconnect_max": 0.1}]
+
+    def come_back(stats: dict[str, Any]) -> None:  # once the sink has failed on the stopped broker
+        if broker.proc is None and stats["owntracks"]["failures"] >= 1:
+            broker.start()
+
+    try:
+        run_sinks(tmp_path, config, [[status(1, pct=90)], [position(2), status(3, pct=40), position(4)]],
+                  between=lambda i: broker.stop() if i == 0 else None, watch=come_back,
+                  until=lambda: len(live.messages) >= 2)
+        seen = [payload for _topic, payload in live.messages]
+    finally:
+        live.close()
+    # (the subscriber's re-subscription after the broker restart may hand the retained one again)
+    assert sorted({(location["tst"], location["batt"]) for location in seen}) == [
+        (T0 + 120 - 2, 90), (T0 + 240 - 2, 40)]
 
 
 def test_owntracks_card_removed_from_registry_is_cleared(tmp_path: Path, broker: Mosquitto) -> None:
@@ -429,6 +491,48 @@ def test_home_assistant_discovery_states_alerts_and_removal(tmp_path: Path, brok
     assert f"{state}/sos" not in now
     assert not [topic for topic in now if NOFIX in topic]
     assert now[bridge] == (b"offline", True)  # the sink stopped
+
+
+def test_the_mqtt_bridges_follow_a_postgresql_registry(tmp_path: Path, broker: Mosquitto, pg_cluster: Any) -> None:
+    """With the receiver's store on PostgreSQL, the bridges read the registry there (names,
+    removal), through the same interface as on SQLite."""
+    from carecard.host.storage.postgresql import PostgreSQLEventLog, PostgreSQLStore
+
+    url = pg_cluster.new_database()
+    store = PostgreSQLStore(url)
+    add_devices(store, tmp_path, [DeviceSpec(int(CARD), NAME, bytes(16)),
+                                  DeviceSpec(int(NOFIX), NOFIX_NAME, bytes(16))])
+    eventlog = PostgreSQLEventLog(url)
+    config = [{"type": "homeassistant", "host": "127.0.0.1", "port": broker.port, "registry_poll_s": 0.05},
+              {"type": "owntracks", "host": "127.0.0.1", "port": broker.port, "registry_poll_s": 0.05}]
+    sinks = SinkSet.from_config(config, tmp_path, eventlog, store=url)
+    live = RawSubscriber(broker.port, "#")
+    tracker = _ha_topics(CARD)["tracker"]
+    gone = [*_ha_topics(CARD).values(), f"owntracks/carecard/{CARD}/info", f"owntracks/carecard/{CARD}"]
+
+    async def main() -> None:
+        await sinks.start()
+        head = store.append_events([status(1), position(2)])
+        sinks.notify(head)
+        assert await asyncio.to_thread(live.wait_for, lambda msgs: {tracker, f"owntracks/carecard/{CARD}"}
+                                       <= {t for t, p, _ in msgs if p}, 20), sinks.stats()
+        remove_device(store, tmp_path, int(CARD))
+        assert await asyncio.to_thread(live.wait_for, lambda msgs: all((t, b"", False) in msgs for t in gone),
+                                       20), sinks.stats()
+        await sinks.stop(drain_timeout=5)
+
+    try:
+        asyncio.run(main())
+        latest = live.latest()
+    finally:
+        live.close()
+        eventlog.close()
+        store.close()
+    assert latest[tracker][0] == b""  # withdrawn
+    names = {json.loads(p)["device"]["name"] for t, p, _ in live.messages if t == tracker and p}
+    assert names == {NAME}
+    assert json.loads(latest[f"owntracks/carecard/{NOFIX}/info"][0])["name"] == NOFIX_NAME
+    assert json.loads(latest[_ha_topics(NOFIX)["tracker"]][0])["device"]["name"] == NOFIX_NAME
 
 
 def test_home_assistant_bridge_goes_offline_by_last_will(tmp_path: Path, broker: Mosquitto) -> None:

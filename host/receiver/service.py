@@ -155,7 +155,7 @@ class Receiver:
 
             try:
                 self.eventlog = event_log_for(config.store, self.data_dir)
-                self.sinks = SinkSet.from_config(config.sinks, self.data_dir, self.eventlog)
+                self.sinks = SinkSet.from_config(config.sinks, self.data_dir, self.eventlog, config.store)
             except SinkConfigError as exc:
                 raise StartupError(f"{config.source}: {exc}") from None
             except Exception as exc:

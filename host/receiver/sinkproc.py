@@ -139,7 +139,7 @@ async def _child(config: dict[str, Any]) -> int:
     data_dir = Path(config["data_dir"])
     try:
         eventlog = event_log_for(config.get("store", "sqlite"), data_dir)
-        sinks = SinkSet.from_config(config.get("sinks"), data_dir, eventlog)
+        sinks = SinkSet.from_config(config.get("sinks"), data_dir, eventlog, config.get("store", "sqlite"))
     except ConfigError as exc:
         out.send(f"error {exc}\n")
         return 2

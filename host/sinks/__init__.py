@@ -45,7 +45,7 @@ from carecard.host.sinks.owntracks import OwnTracksSink
 from carecard.host.sinks.sqlite_store import SQLiteSink
 from carecard.host.sinks.traccar import TraccarSink
 from carecard.host.sinks.webhook import WebhookSink
-from carecard.host.storage import EventLogReader
+from carecard.host.storage import STORE_SQLITE, EventLogReader
 
 __all__ = [
     "ConfigError", "JsonLinesSink", "MqttSink", "SINK_TYPES", "Sink", "SinkError", "SinkRunner",
@@ -65,9 +65,11 @@ DEFAULT_SINKS: list[dict[str, Any]] = [{"type": "sqlite"}]
 
 def _runner_from_table(raw: Any, index: int, data_dir: Path, eventlog: EventLogReader,
                        io_executor: concurrent.futures.Executor, names: set[str],
-                       cursor_executor: concurrent.futures.Executor | None = None) -> SinkRunner:
+                       cursor_executor: concurrent.futures.Executor | None = None,
+                       store: str = STORE_SQLITE) -> SinkRunner:
     where = f"sinks[{index}]"
     table = SinkTable(raw, where)
+    table.store = store
     kind = table.str("type", required=True, choices=tuple(SINK_TYPES))
     assert kind is not None
     table.where = f'{where} (type "{kind}")'
@@ -109,8 +111,9 @@ class SinkSet:
 
     @classmethod
     def from_config(cls, sinks_config: list[Mapping[str, Any]] | None, data_dir: Path,
-                    eventlog: EventLogReader) -> "SinkSet":
-        """Build from the `sinks` list of the TOML config (None: the SQLite sink only).
+                    eventlog: EventLogReader, store: str = STORE_SQLITE) -> "SinkSet":
+        """Build from the `sinks` list of the TOML config (None: the SQLite sink only); `store`
+        is the receiver's store setting (the bridges read the device registry there).
         Raises ConfigError naming the table and key of the first problem."""
         if sinks_config is None:
             sinks_config = DEFAULT_SINKS
@@ -123,7 +126,7 @@ class SinkSet:
         names: set[str] = set()
         try:
             runners = [_runner_from_table(raw, i, Path(data_dir), eventlog, io_executor, names,
-                                          cursor_executor)
+                                          cursor_executor, store)
                        for i, raw in enumerate(sinks_config)]
         except BaseException:
             io_executor.shutdown(wait=False)

@@ -83,6 +83,8 @@ class SinkTable:
         self.table = dict(table)
         self.where = where
         self.used: set[str] = set()
+        # the receiver's store setting (not a key of the table): where the bridges read the registry
+        self.store = "sqlite"
 
     def _get(self, key: str, default: Any, required: bool) -> Any:
         self.used.add(key)

@@ -15,26 +15,24 @@ That state is a function of the events delivered so far: every update is "this k
 value", so applying a suffix of the log again after a crash (at-least-once delivery) gives the
 same state. It is saved in DATA/<sink name>.state.json after every delivered batch.
 
-Names come from the registry in the ingest database (DATA/carecard.sqlite), read-only, reloaded
-when its generation changes (every admin change bumps it).
+Names come from the device registry of the receiver's store (the ingest database DATA/carecard.sqlite
+read-only, or PostgreSQL), reloaded when its generation changes (every admin change bumps it).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
-import sqlite3
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from carecard.host.engine.core import fix_radius_m
 from carecard.host.engine.settings import DeviceSettings
 from carecard.host.events import ALERT_KIND, NO_FIX
-from carecard.host.files import connect_readonly
-from carecard.host.paths import ingest_db_path
 from carecard.host.sinks.base import SinkError
-from carecard.host.storage.sqlite.store import load_devices
+from carecard.host.storage import STORE_SQLITE, RegistryReader, StoreError, registry_reader_for
 from carecard.host.timefmt import parse_iso_utc
 
 log = logging.getLogger("carecard.host.sinks")
@@ -84,37 +82,37 @@ def display_name(device: str, name: str | None) -> str:
 
 
 class CardRegistry:
-    """The elder's name of every registered card, read from the ingest database. `refresh()`
-    (worker thread) reloads when the registry generation changed and says whether it did."""
+    """The elder's name of every registered card, read through the store's registry reader
+    (storage.RegistryReader: the ingest database read-only, or PostgreSQL). `refresh()` (worker
+    thread) reloads when the registry generation changed and says whether it did."""
 
-    def __init__(self, data_dir: Path | str):
-        self.path = ingest_db_path(data_dir)
-        self._conn: sqlite3.Connection | None = None
+    def __init__(self, data_dir: Path | str, store: str = STORE_SQLITE):
+        self.data_dir = Path(data_dir)
+        self.store = store
+        self._reader: RegistryReader | None = None
         self.generation: int | None = None
         self.names: dict[str, str] = {}
 
     def refresh(self) -> bool:
         try:
-            if self._conn is None:
-                self._conn = connect_readonly(self.path, SinkError, where=f"device registry {self.path}")
-            row = self._conn.execute(
-                "SELECT value FROM meta WHERE name = 'registry_generation'").fetchone()
-            generation = int(row[0]) if row else 0
+            if self._reader is None:
+                self._reader = registry_reader_for(self.store, self.data_dir)
+            generation = self._reader.generation()
             if generation == self.generation:
                 return False
-            devices = load_devices(self._conn)
-        except sqlite3.Error as exc:
+            devices = self._reader.load_devices()
+        except StoreError as exc:
             self.close()
-            raise SinkError(f"cannot read the device registry in {self.path}: {exc}") from None
+            raise SinkError(str(exc)) from None
         # a row without a name is not a registered card (the ingest keeps rows of keyed devices)
         self.names = {str(device): record.name for device, record in devices.items() if record.name.strip()}
         self.generation = generation
         return True
 
     def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
 
 
 class CardStates:
@@ -197,6 +195,17 @@ class CardStates:
                 card["alerts"][alert_id] = {"kind": data.get("alert"), "state": state,
                                             "step": details.get("step"),
                                             "opened_at": details.get("opened_at")}
+
+    def snapshot(self, devices: Iterable[str]) -> dict[str, Any]:
+        """A copy of these cards' state (None: no state yet), for `restore`."""
+        return {device: copy.deepcopy(self.cards.get(device)) for device in set(devices)}
+
+    def restore(self, snapshot: Mapping[str, Any]) -> None:
+        for device, card in snapshot.items():
+            if card is None:
+                self.cards.pop(device, None)
+            else:
+                self.cards[device] = card
 
     def battery(self, device: str) -> int | None:
         return self.cards.get(device, {}).get("battery_pct")

@@ -26,6 +26,7 @@ from typing import Any
 from carecard.host.sinks.base import SinkError, SinkTable, SinkUnavailable
 from carecard.host.sinks.cards import CardRegistry, CardStates, display_name, state_path
 from carecard.host.sinks.mqtt import MqttSink, check_topic_prefix, connection_options
+from carecard.host.storage import STORE_SQLITE
 
 log = logging.getLogger("carecard.host.sinks")
 
@@ -51,9 +52,10 @@ class MqttBridge(MqttSink):
     start_at_once = True
 
     def __init__(self, name: str, *, data_dir: Path, qos: int = 1,
-                 registry_poll_s: float = DEFAULT_REGISTRY_POLL_S, **connection: Any):
+                 registry_poll_s: float = DEFAULT_REGISTRY_POLL_S, store: str = STORE_SQLITE,
+                 **connection: Any):
         super().__init__(name, qos=qos, **connection)
-        self.registry = CardRegistry(data_dir)
+        self.registry = CardRegistry(data_dir, store)
         self.states = CardStates(state_path(data_dir, name))
         self.registry_poll_s = registry_poll_s
         self._loaded = False
@@ -68,7 +70,7 @@ class MqttBridge(MqttSink):
 
     @classmethod
     def bridge_options(cls, table: SinkTable, data_dir: Path) -> dict[str, Any]:
-        return {"data_dir": data_dir, "qos": table.int("qos", 1, minimum=1, maximum=2),
+        return {"data_dir": data_dir, "store": table.store, "qos": table.int("qos", 1, minimum=1, maximum=2),
                 "registry_poll_s": table.float("registry_poll_s", DEFAULT_REGISTRY_POLL_S,
                                                minimum=0.05, maximum=3600),
                 **connection_options(table)}
@@ -134,6 +136,9 @@ class MqttBridge(MqttSink):
         registry_messages, changes = self._registry_messages()
         messages = list(registry_messages)
         ends = []  # index just past each event's messages
+        # what the states were before the batch: if it fails part-way, only the events delivered
+        # count, so a retry never shows an earlier event with a later one's battery level
+        before = self.states.snapshot(str(event.get("device")) for event in events)
         for event in events:
             if event.get("device") not in self.registry.names:
                 # a card not (or no longer) registered: its retained states would stay forever
@@ -158,6 +163,13 @@ class MqttBridge(MqttSink):
             else:
                 self.announce_all = self.announce_all or again
             events_done = sum(1 for end in ends if end <= done)
+            self.states.restore(before)
+            for event in events[:events_done]:
+                if event.get("device") in self.registry.names:
+                    try:
+                        self.states.apply(event)
+                    except (KeyError, TypeError, ValueError, AttributeError):
+                        pass  # counted as unconvertible above
             raise SinkUnavailable(str(exc), delivered=events_done) from None
         self._commit_registry(changes)
         self.states.save()

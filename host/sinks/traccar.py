@@ -48,6 +48,7 @@ from carecard.host.sinks.base import (
     DEFAULT_RETRY_MAX,
     DEFAULT_RETRY_MIN,
     ConfigError,
+    SinkError,
     SinkTable,
 )
 from carecard.host.sinks.cards import CardStates, accuracy_m, event_unix, fix_unix, has_fix, state_path
@@ -88,6 +89,7 @@ class TraccarSink(WebhookSink):
         self._loaded = False
         self.requests_built = 0
         self.unconvertible = 0
+        self._resume: tuple[Any, int] | None = None  # (event id, its requests delivered)
 
     @classmethod
     def from_config(cls, table: SinkTable, data_dir: Path, name: str) -> "TraccarSink":
@@ -210,6 +212,9 @@ class TraccarSink(WebhookSink):
         return bodies
 
     async def deliver(self, events: list[dict[str, Any]]) -> None:
+        # An event whose requests Traccar got only in part (a track cut off when the server went
+        # away): the retry, which starts at that event, skips the points it already has.
+        resume, self._resume = self._resume, None
         for index, event in enumerate(events):
             try:
                 bodies = self.request_bodies(event)
@@ -219,8 +224,15 @@ class TraccarSink(WebhookSink):
                 await self._dead_letter(event, index, 0, "cannot convert the event to an OsmAnd report "
                                         f"({type(exc).__name__}: {exc}): not of the event schema?", None)
                 continue
-            for body in bodies:
-                if not await self._send(event, index, body):
+            skip = resume[1] if index == 0 and resume is not None and resume[0] == event.get("id") else 0
+            for number, body in enumerate(bodies[skip:], skip):
+                try:
+                    sent = await self._send(event, index, body)
+                except SinkError:
+                    if number:
+                        self._resume = (event.get("id"), number)
+                    raise
+                if not sent:
                     break
         await self.run_io(self.states.save)
 

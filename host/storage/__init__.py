@@ -10,7 +10,7 @@ tests (tests/test_storage_contract.py).
   contacts, pruning of delivered events; events that are not frames' (alerts); the device
   registry and the open commands as the ingest reads them; the start-up checks of lost history.
 - EventLogReader: the event log in order from a seq, and durable cursors by reader name.
-- DeviceRegistry: the devices as admin commands register and remove them (`carecard devices
+- RegistryReader, DeviceRegistry: the devices as admin commands register and remove them (`carecard devices
   add|remove`, provisioning records): names, SIM details and contacts, all or nothing, with the
   caller's last step (writing the key file) inside the transaction; and the registry as its
   readers (the bridges, the dashboard) follow it, reloading when its generation changes.
@@ -431,9 +431,26 @@ class EventLogReader(abc.ABC):
         self.close()
 
 
-class DeviceRegistry(abc.ABC):
-    """The device registry as admins change it. A device is registered when its row has a name;
-    the receiver also keeps rows (statistics, counters) for devices nobody registered yet."""
+class RegistryReader(abc.ABC):
+    """The device registry as its readers follow it (the bridges, the dashboard): every row, and
+    a generation number to reload on. A device is registered when its row has a name; the
+    receiver also keeps rows (statistics, counters) for devices nobody registered yet."""
+
+    @abc.abstractmethod
+    def load_devices(self) -> dict[int, DeviceRecord]:
+        """The device registry (contacts included), by device."""
+
+    @abc.abstractmethod
+    def generation(self) -> int:
+        """A number that changes whenever devices, keys or commands are changed by an admin."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the connections."""
+
+
+class DeviceRegistry(RegistryReader):
+    """The device registry as admins change it."""
 
     @abc.abstractmethod
     def register_devices(self, devices: Sequence[DeviceRecord], *, replace: bool = False, now: float,
@@ -455,14 +472,6 @@ class DeviceRegistry(abc.ABC):
         used twice. Returns the record as it was. `before_commit` as in register_devices (the
         key is taken out of the key file there). Raises UnknownDeviceError when the device is
         not registered, StoreError."""
-
-    @abc.abstractmethod
-    def load_devices(self) -> dict[int, DeviceRecord]:
-        """The device registry (contacts included), by device."""
-
-    @abc.abstractmethod
-    def generation(self) -> int:
-        """A number that changes whenever devices, keys or commands are changed by an admin."""
 
 
 class CommandQueue(abc.ABC):
@@ -546,6 +555,20 @@ def ingest_store_for(setting: str, data_dir: Any, durability: str = "full") -> A
     from carecard.host.storage.sqlite import SQLiteStore
 
     return SQLiteStore(ingest_db_path(data_dir), durability)
+
+
+def registry_reader_for(setting: str, data_dir: Any) -> RegistryReader:
+    """The registry reader of a `store` setting: DATA/carecard.sqlite read-only (connected at
+    the first read, so a reader may start before the receiver made the file), or the PostgreSQL
+    store. Raises StoreError."""
+    if setting.startswith(STORE_URL_SCHEMES):
+        from carecard.host.storage.postgresql import PostgreSQLStore
+
+        return PostgreSQLStore(setting, pool_size=1)
+    from carecard.host.paths import ingest_db_path
+    from carecard.host.storage.sqlite.store import SQLiteRegistryReader
+
+    return SQLiteRegistryReader(ingest_db_path(data_dir))
 
 
 def event_log_for(setting: str, data_dir: Any) -> EventLogReader:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from carecard.host import downlink_lifecycle as lifecycle
+from carecard.host.files import connect_readonly
 from carecard.host.downlink_lifecycle import CHANGE_COLUMNS, OPEN_STATES, CommandRecord, states_sql
 from carecard.host.storage import (
     AlertAction,
@@ -48,6 +49,7 @@ from carecard.host.storage import (
     EngineSettingsStore,
     EngineStore,
     IngestStore,
+    RegistryReader,
     StoreError,
     UnknownDeviceError,
     not_registered,
@@ -638,6 +640,37 @@ class SQLiteStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, EngineS
 
     def transaction(self) -> "_Transaction":
         return _Transaction(self._writer, self._write_lock, self.path)
+
+
+class SQLiteRegistryReader(RegistryReader):
+    """The registry in the ingest database, read-only (it works in a read-only data folder too);
+    connected at the first read."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self._conn: sqlite3.Connection | None = None
+
+    def _read(self, read: Callable[[sqlite3.Connection], Any]) -> Any:
+        try:
+            if self._conn is None:
+                self._conn = connect_readonly(self.path, StoreError, where=f"device registry {self.path}")
+            return read(self._conn)
+        except sqlite3.Error as exc:
+            self.close()
+            raise StoreError(f"cannot read the device registry in {self.path}: {exc}") from None
+
+    def generation(self) -> int:
+        row = self._read(lambda conn: conn.execute(
+            "SELECT value FROM meta WHERE name = 'registry_generation'").fetchone())
+        return int(row[0]) if row else 0
+
+    def load_devices(self) -> dict[int, DeviceRecord]:
+        return self._read(load_devices)
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
 
 class _Transaction:
