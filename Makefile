@@ -59,7 +59,8 @@ debs:
 port32: setup debs
 	$(BIN)/python -m carecard.tools.port32
 
-demo: setup
+# the demo's virtual cards run on the card-like 32-bit port
+demo: setup port32
 	$(BIN)/carecard demo
 
 test: setup debs port32

@@ -1,10 +1,8 @@
-"""Receiver configuration (TOML and flags), the sample config, the store's schema guard, the demo."""
+"""Receiver configuration (TOML and flags), the sample config, the store's schema guard."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,8 +21,6 @@ from carecard.host.receiver.config import (
 )
 from carecard.host.storage import StoreError
 from carecard.host.storage.sqlite.store import SQLiteStore
-
-from receiver_helpers import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -96,43 +92,6 @@ def test_newer_database_schema_is_refused(tmp_path: Path) -> None:
     (tmp_path / "junk" / "carecard.sqlite").write_bytes(b"this is not a database" * 100)
     with pytest.raises(StoreError, match="not usable|cannot open"):
         SQLiteStore(ingest_db_path(tmp_path / "junk"))
-
-
-@pytest.mark.usefixtures("mpy")  # the virtual card runs on both interpreters
-def test_demo_runs_on_micropython_and_tells_what_was_stored(tmp_path: Path) -> None:
-    result = run_cli("demo", "--data", str(tmp_path / "demo"), timeout=60)
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
-    assert "carrying locate_now seq 1" in out
-    assert "(retransmission, same bytes)" in out
-    assert "REJECTED, no ack" in out
-    assert "duplicates acked again, not stored: 1" in out
-    assert "rejected: 1 (bad_tag 1)" in out
-    assert "#1 locate_now done" in out
-    assert '"type": "LineString"' in out
-    assert (tmp_path / "demo" / "track.geojson").exists()
-    # the closing hints work pasted into a fresh shell: no venv on PATH, another folder
-    hints = out.split("Look around:\n", 1)[1].strip().splitlines()
-    assert len(hints) == 3
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    outputs = []
-    for hint in hints:
-        shell = subprocess.run(["/bin/sh", "-c", hint.strip()], cwd=elsewhere, capture_output=True,
-                               text=True, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, timeout=60)
-        assert shell.returncode == 0 and shell.stdout, (hint, shell.stderr)
-        outputs.append(shell.stdout)
-    assert "Grandma Li (demo)" in outputs[0] and "<gpx" in outputs[2]
-    # the track frame's points are all before the frame's own time
-    tracks = [json.loads(line) for line in outputs[1].splitlines() if '"kind":"track"' in line]
-    assert tracks and all(point["device_time"] <= event["data"]["device_time"]
-                          for event in tracks for point in event["data"]["points"]), tracks
-    # a second run empties its own folder and runs again
-    assert run_cli("demo", "--data", str(tmp_path / "demo"), timeout=60).returncode == 0
-    (tmp_path / "other").mkdir()
-    (tmp_path / "other" / "precious.txt").write_text("keep me")
-    refused = run_cli("demo", "--data", str(tmp_path / "other"))
-    assert refused.returncode != 0 and "not a demo folder" in refused.stderr
 
 
 def test_the_sample_config_is_valid_with_every_commented_example_uncommented(tmp_path: Path) -> None:

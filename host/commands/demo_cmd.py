@@ -1,127 +1,43 @@
-"""`carecard demo` (what `make demo` runs): a receiver and a virtual card, end to end, in seconds.
+"""`carecard demo` (what `make demo` runs): a virtual village end to end, with pictures.
 
-It starts the receiver on a free loopback UDP port with its own data folder, provisions a demo
-card, queues a `locate_now` command, then runs a card script ON MICROPYTHON (the card's own codec,
-firmware/lib/ccproto.py, over the unix port's `socket`) that sends hello, status, a short walk
-of positions and a track, a key call and an SOS, retransmits one frame (stored once, acked
-twice), tries a forged frame (rejected, never acked), reads every ack, applies the queued
-`locate_now` and confirms it with `command_result`. Then it prints what the receiver stored:
-frames, duplicates, rejections, the SQLite rows, and the track as GeoJSON.
+Six elders from an example sheet (tools/vcard/demo/village.csv) get virtual cards through the
+factory's provisioning path (flashed and provisioned over the real mpremote, registered with the
+receiver); a real `carecard receive` (its alert engine, SQLite) listens on 127.0.0.1; each card
+runs the real firmware on the MicroPython unix port through a different day in virtual time (an
+ordinary day, a fall at home, an SOS whose first contact does not answer, a coverage hole, a
+battery running down, a card left on the table). A live timeline and progress bars while they
+run; then each day's alerts (the engine replayed on the simulated clock), a summary table,
+pictures (track and home with the alert times, a day strip) and GeoJSON/GPX exports, and where
+everything was written. `--quick` plays three short days (the test suite runs it).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
+import contextlib
+import os
 import shlex
 import shutil
-import sqlite3
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any, Iterator
 
-from carecard.host.commands.errors import CommandError, CommandFailed
+from carecard.host.commands.errors import CommandFailed
 
 DEMO_MARKER = ".carecard-demo"
-DEMO_IMEI_BODY = 86123456789012  # the demo card's IMEI without its check digit
-DEMO_NAME = "Grandma Li (demo)"
-DEMO_CONTACTS = ("1:+8613800000001:Son Wei", "2:+8613800000002:Son Jun", "3:+8613800000003:Son Ming",
-                 "4:+8613900000004:Grid worker Chen")
-
-CARD_SCRIPT = r"""
-import socket, binascii, ccproto
-
-DEVICE = %(device)d
-KEY = binascii.unhexlify("%(key)s")
-T0 = %(t0)d
-ADDR = socket.getaddrinfo("127.0.0.1", %(port)d)[0][-1]
-
-enc = ccproto.Encoder(DEVICE, KEY)
-dec = ccproto.Decoder(DEVICE, KEY)
-sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-sock.settimeout(2)
-state = {"counter": 0, "applied": [], "todo": []}
-
-def ack_for(frame):
-    sock.sendto(frame, ADDR)
-    try:
-        data, _ = sock.recvfrom(600)
-    except OSError:
-        return None
-    msg = dec.decode(data)
-    dec.accept(msg["counter"])
-    return msg
-
-def describe(msg):
-    if msg is None:
-        return "no ack"
-    cmds = ", ".join("%%s seq %%d" %% (c["cmd"], c["seq"]) for c in msg["commands"])
-    return "ack %%d for #%%d%%s" %% (msg["counter"], msg["acked"], (" carrying " + cmds) if cmds else "")
-
-def send(mtype, fields, note="", offset=0):
-    state["counter"] += 1
-    n = state["counter"]
-    frame = bytes(enc.encode(mtype, fields, n, T0 + n * 30 + offset))
-    msg = ack_for(frame)
-    print("card: %%-15s #%%-2d %%s-> %%s" %% (mtype, n, note, describe(msg)))
-    if msg is not None:
-        for cmd in msg["commands"]:
-            if cmd["seq"] not in state["applied"] and cmd["seq"] not in [c["seq"] for c in state["todo"]]:
-                state["todo"].append(cmd)
-    return frame, msg
-
-def position(i, note=""):
-    return send("position", {"lat_e7": 249612000 + i * 95, "lon_e7": 1183918000 + i * 140, "alt_m": 42,
-                             "hdop_x10": 9, "sats": 9, "fix": "3d", "fix_age_s": 2,
-                             "speed_cms": 110, "course_x10": 540, "source": "fresh"}, note)
-
-def apply_commands():
-    while state["todo"]:
-        cmd = state["todo"].pop(0)
-        print("card: applying %%s (seq %%d)" %% (cmd["cmd"], cmd["seq"]))
-        state["applied"].append(cmd["seq"])  # applied once, even if later acks repeat it
-        if cmd["cmd"] == "locate_now":
-            position(0, "(fresh fix for locate_now) ")
-            result = "done"
-        else:
-            result = "unsupported"
-        send("command_result", {"seq": cmd["seq"], "result": result}, "(%%s) " %% result)
-
-send("hello", {"fw_major": 0, "fw_minor": 1, "fw_patch": 0, "reset_cause": "power_on",
-               "config_version": 1, "modem": "a7670", "downlink_min": 0,
-               "motion_sensor": "lis2dh12"})
-apply_commands()
-status, first = send("status", {"battery_mv": 4020, "battery_pct": 88, "charging": "discharging",
-                                "rssi_dbm": -79, "motion_count": 12, "outbox_depth": 0})
-again = ack_for(status)
-print("card: status again    #%%-2d (retransmission, same bytes) -> %%s" %% (state["counter"], describe(again)))
-for i in range(1, 6):
-    position(i, "(walk) ")
-# the track holds the last minute's points, all before the time of the frame that carries them
-track_time = T0 + (state["counter"] + 1) * 30
-points = [{"time": track_time - 60 + 10 * k, "lat_e7": 249612600 + 180 * k, "lon_e7": 1183918800 + 210 * k}
-          for k in range(6)]
-send("track", {"points": points, "hdop_x10": 9, "sats": 9}, "(6 points) ")
-send("call", {"key": 1, "number": "+8613800000001", "outcome": "confirmed", "ring_s": 9, "talk_s": 74},
-     "(key 1) ")
-send("sos", {"trigger": "long_press", "lat_e7": 249614000, "lon_e7": 1183921000, "fix": "3d",
-             "fix_age_s": 20, "battery_pct": 86}, "(long press) ")
-apply_commands()
-forger = ccproto.Encoder(DEVICE, b"\x00" * 16)
-sock.settimeout(0.5)
-forged = ack_for(bytes(forger.encode("sos", {"trigger": "long_press", "lat_e7": 0, "lon_e7": 0, "fix": "none",
-                                             "fix_age_s": 65535, "battery_pct": 255}, 9999, T0)))
-print("card: forged sos      (wrong key) -> %%s" %% ("REJECTED, no ack" if forged is None else describe(forged)))
-print("card: done, %%d frames, downlink counter %%d" %% (state["counter"], dec.last_counter))
-"""
+SHOWN_UPLINKS = ("sos", "call", "power", "checkin", "command_result", "hello")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "demo", help="run a receiver and a virtual card (MicroPython) end to end, print what was stored")
+        "demo", help="a virtual village: provisioned virtual cards, the real firmware, a real "
+                     "receiver, in virtual time; a live timeline, a summary and pictures")
     parser.add_argument("--data", metavar="DIR", default="data/demo",
                         help="the demo's data folder, emptied first (default ./data/demo)")
+    parser.add_argument("--quick", action="store_true",
+                        help="three short days instead of six (about a minute less)")
     parser.set_defaults(func=run)
 
 
@@ -157,128 +73,178 @@ def carecard_command() -> str:
     return str(beside) if beside.exists() else "carecard"
 
 
-def run(args: argparse.Namespace) -> int:
-    from carecard.host.paths import events_db_path, ingest_db_path
-    from carecard.host.receiver.config import Endpoint, ReceiverConfig
-    from carecard.host.receiver.downlinks import queue_command
-    from carecard.host.receiver.registry import DeviceSpec, add_devices, generate_key, make_imei, parse_contact
-    from carecard.host.receiver.service import ReceiverThread
-    from carecard.host.storage.sqlite.store import SQLiteStore
-    from carecard.tools import micropython
+def _event_text(e: dict[str, Any]) -> str | None:
+    """A card-side event worth a line of the live timeline; None for the routine ones."""
+    kind = e["kind"]
+    if kind == "step":
+        rest = " ".join(f"{k}={v}" for k, v in e.items() if k not in ("t_ms", "time", "kind", "do"))
+        return f"[cyan]{e['do']}[/] {rest}".rstrip()
+    if kind == "uplink" and e["type"] in SHOWN_UPLINKS and not e.get("retransmission"):
+        f = e.get("fields", {})
+        if e["type"] == "call":
+            return f"[yellow]call[/] key {f.get('key')} {f.get('number')}: {f.get('outcome')}"
+        if e["type"] == "sos":
+            return "[bold red]SOS frame[/] sent"
+        if e["type"] == "power":
+            return f"[magenta]battery {f.get('event')}[/] {f.get('battery_mv')} mV"
+        if e["type"] == "hello":
+            return f"hello (reset cause {f.get('reset_cause')})"
+        return f"{e['type']} {f}"
+    if kind == "ack" and e.get("commands"):
+        return "downlink: " + ", ".join(c.get("cmd", "?") for c in e["commands"])
+    if kind in ("watchdog", "crash", "hang", "reset", "power_loss"):
+        return f"[red]{kind}[/] {e.get('detail', '')}"
+    return None
 
+
+def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     data_dir = Path(args.data)
     _prepare(data_dir)
-    device = make_imei(DEMO_IMEI_BODY)
-    key = generate_key()
-    store = SQLiteStore(ingest_db_path(data_dir), readonly_lookups=False)
+    with _card_interpreter():
+        return _run(args, data_dir, started)
+
+
+@contextlib.contextmanager
+def _card_interpreter() -> Iterator[None]:
+    """The cards run on the 32-bit MicroPython port built like the card's (`make port32`), unless
+    an interpreter was chosen (CARECARD_MICROPYTHON)."""
+    from carecard.tools import micropython, port32
+
+    if os.environ.get(micropython.SELECT_VARIABLE):
+        yield
+        return
     try:
-        add_devices(store, data_dir, [DeviceSpec(device, DEMO_NAME, key,
-                                                 [parse_contact(c) for c in DEMO_CONTACTS])])
-        queue_command(store, device, "locate_now", {})
-    finally:
-        store.close()
-    print(f"demo data folder: {data_dir.resolve()}")
-    print(f"provisioned card {device} ({DEMO_NAME}), 4 contacts, key in {data_dir / 'keys.json'}; "
-          "queued: locate_now")
+        interpreter = micropython.card_port()
+    except port32.Port32Error as exc:
+        raise CommandFailed(f"the card-like MicroPython port is not built ({exc}); run `make port32` "
+                            "(or `make demo`, which builds it)") from None
+    with micropython.using(interpreter):
+        yield
 
-    log_file = data_dir / "receiver.log"
-    handler = logging.FileHandler(log_file)
-    from carecard.host.receiver.logs import LogfmtFormatter
 
-    handler.setFormatter(LogfmtFormatter())
-    root = logging.getLogger()
-    root.addHandler(handler)
-    old_level = root.level
-    root.setLevel(logging.INFO)
-    config = ReceiverConfig(udp=[Endpoint("127.0.0.1", 0)], data_dir=data_dir, log_file=log_file)
+def _run(args: argparse.Namespace, data_dir: Path, started: float) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from carecard.tools.vcard import demo, sim
+
+    console = Console(highlight=False)
+    console.rule("[bold]CareCard demo: a virtual village in Nan'an")
+    village = demo.Village(data_dir, quick=args.quick)
     try:
-        with ReceiverThread(config) as rt:
-            receiver = rt.receiver
-            assert receiver is not None
-            port = receiver.udp_ports[0]
-            print(f"receiver listening on UDP 127.0.0.1:{port} (log: {log_file})\n")
-            script = CARD_SCRIPT % {"device": device, "key": key.hex(), "port": port, "t0": int(time.time()) - 600}
-            try:
-                output = micropython.run(script, timeout=40)
-            except micropython.MicroPythonError as exc:
-                raise CommandError(f"the virtual card failed on MicroPython: {exc}", status=1) from None
-            print(output.rstrip())
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                delivered = rt.call(receiver.sink_delivered).get("sqlite", 0)
-                if delivered >= receiver.metrics.stored_total:
-                    break
-                time.sleep(0.02)
-            snapshot = receiver.metrics.snapshot()
-    finally:
-        root.removeHandler(handler)
-        handler.close()
-        root.setLevel(old_level)
+        port = village.start_receiver()
+        console.print(f"receiver: [bold]carecard receive[/] on UDP 127.0.0.1:{port}, alert engine "
+                      f"on, SQLite in {data_dir} (log {data_dir / 'receiver.log'})")
+        console.print(f"provisioning virtual cards from {demo.SHEET} (flash + config over mpremote, "
+                      "registered with the receiver) ...")
+        village.provision(on_card=lambda c: console.print(
+            f"  card {c.device}  {c.elder.name}  {c.day.scenario}: {c.day.story}"))
+        lock = threading.Lock()
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[hours]}"),
+                      TextColumn("{task.fields[frames]} frames"), TimeElapsedColumn(),
+                      console=console, transient=False) as progress:
+            tasks = {}
+            frames: dict[int, int] = {}
+            said: dict[int, tuple[str, int]] = {}
+            for card in village.cards:
+                total = (card.until_s or card.scenario.duration_s) / 3600
+                tasks[card.device] = progress.add_task(f"{card.elder.name} {card.day.scenario}",
+                                                       total=total, hours=f"0/{total:.0f} h", frames=0)
+                frames[card.device] = 0
 
-    _summary(data_dir, device, snapshot, ingest_db_path(data_dir), events_db_path(data_dir))
-    # Absolute paths, so the hints work pasted into any shell, .venv activated or not.
+            def on_event(card: demo.DemoCard, e: dict[str, Any]) -> None:
+                if e["kind"] == "uplink" and not e.get("retransmission"):
+                    frames[card.device] += 1
+                    progress.update(tasks[card.device], frames=frames[card.device])
+                text = _event_text(e)
+                if text is None:
+                    return
+                # a card that restarts again and again says so once per half hour
+                last = said.get(card.device)
+                if last is not None and last[0] == text and e["t_ms"] - last[1] < 1_800_000:
+                    return
+                said[card.device] = (text, e["t_ms"])
+                when = demo.local_time(card, e["t_ms"])
+                with lock:
+                    progress.console.print(f"{when:%m-%d %H:%M} [bold]{card.elder.name}[/] {text}")
+
+            def on_progress(card: demo.DemoCard, now: int, end: int) -> None:
+                progress.update(tasks[card.device], completed=now / 3_600_000,
+                                hours=f"{now / 3_600_000:.0f}/{end / 3_600_000:.0f} h")
+
+            village.run(on_event=on_event, on_progress=on_progress)
+        out = data_dir / "pictures"
+        village.finish(out)
+    except (demo.DemoError, sim.SimError) as exc:
+        raise CommandFailed(str(exc)) from None
+    finally:
+        village.stop()
+    failed = [c for c in village.cards if c.error]
+    for card in failed:
+        console.print(f"[red]{card.elder.name}: the virtual card failed: {card.error}")
+    _alerts(console, village)
+    _summary(console, village)
+    _files(console, village, data_dir, out, time.monotonic() - started)
+    return 1 if failed else 0
+
+
+def _alerts(console: Any, village: Any) -> None:
+    from carecard.tools.vcard import demo
+
+    console.rule("alerts (the receiver's engine replayed on each simulated day)")
+    for card in village.cards:
+        if not card.alerts:
+            continue
+        for a in card.alerts:
+            d = a["data"]["details"]
+            when = demo.local_time(card, demo.alert_ms(card, a))
+            who = ", ".join(d.get("notify") or []) or "-"
+            console.print(f"{when:%m-%d %H:%M} [bold]{card.elder.name}[/] [red]{a['data']['alert']}[/] "
+                          f"{d.get('step')} -> {who} (state {d.get('state')})")
+
+
+def _summary(console: Any, village: Any) -> None:
+    from rich.table import Table
+
+    from carecard.tools.vcard import demo
+
+    table = Table(title="the village's day", show_lines=False)
+    for column in ("elder", "day", "frames", "calls", "alerts", "incident", "first alert", "after",
+                   "battery", "checks"):
+        table.add_column(column)
+    for row in demo.summary_rows(village.cards):
+        card = row["card"]
+        if "error" in row:
+            table.add_row(card.elder.name, card.day.scenario, "-", "-", "-", "-", "-", "-", "-", "failed")
+            continue
+        checks = row["checks"]
+        passed = sum(1 for c in checks if c.passed)
+        table.add_row(
+            card.elder.name, card.day.scenario, str(row["frames"]), str(row["calls"]),
+            ", ".join(row["alerts"]) or "none",
+            f"{row['incident']:%H:%M}" if row["incident"] else "-",
+            f"{row['first_alert']:%m-%d %H:%M}" if row["first_alert"] else "-",
+            f"{row['delay_min']:.0f} min" if row["delay_min"] is not None else "-",
+            f"{row['days_per_charge']:.1f} days" if row["days_per_charge"] else "-",
+            f"{passed}/{len(checks)}")
+    console.print(table)
+    console.print("battery: days per charge of the 1000 mAh reference cell at the energy the firmware "
+                  "drew that day; checks: the scenario's expectations met")
+
+
+def _files(console: Any, village: Any, data_dir: Path, out: Path, seconds: float) -> None:
+    console.rule("written")
+    for card in village.cards:
+        for label in ("track_png", "day_png", "geojson", "gpx", "events"):
+            path = card.files.get(label)
+            if path is not None:
+                console.print(f"  {path}")
     carecard = shlex.quote(carecard_command())
     folder = shlex.quote(str(data_dir.resolve()))
-    print(f"\ndemo finished in {time.monotonic() - started:.1f} s. Look around:")
-    print(f"  {carecard} devices --data {folder}")
-    print(f"  {carecard} events --data {folder}")
-    print(f"  {carecard} track {device} --data {folder} --format gpx")
-    return 0
-
-
-def _summary(data_dir: Path, device: int, snapshot: dict, ingest_db: Path, events_db: Path) -> None:
-    stored = snapshot["stored"]
-    print("\nreceiver:")
-    print(f"  frames stored: {sum(stored.values())} ({', '.join(f'{k} {v}' for k, v in sorted(stored.items()))})")
-    print(f"  duplicates acked again, not stored: {snapshot['duplicates']}")
-    print(f"  rejected: {sum(snapshot['rejected'].values())} "
-          f"({', '.join(f'{k} {v}' for k, v in sorted(snapshot['rejected'].items())) or 'none'})")
-    print(f"  acks sent: {snapshot['acks_sent']}; commands finished: "
-          f"{', '.join(f'{k} {v}' for k, v in snapshot['commands_finished'].items()) or 'none'}")
-    with sqlite3.connect(ingest_db) as conn:
-        rows = conn.execute("SELECT counter, type, device_time, received_at, length(frame) FROM frames "
-                            "WHERE device = ? ORDER BY counter", (device,)).fetchall()
-        commands = conn.execute("SELECT seq, cmd, state, attempts, result FROM commands WHERE device = ?",
-                                (device,)).fetchall()
-        framed, others = conn.execute("SELECT COUNT(device), COUNT(*) - COUNT(device) FROM event_log "
-                                      "WHERE seq > 0").fetchone()
-    print(f"\nSQLite {ingest_db} view frames ({len(rows)} rows):")
-    print("  counter  type            device time           bytes")
-    for counter, mtype, device_time, _received, size in rows:
-        print(f"  {counter:7d}  {mtype:<14}  {time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(device_time))}  {size:5d}")
-    print("table commands: " + "; ".join(f"#{seq} {cmd} {state} after {attempts} acks (card: {result})"
-                                         for seq, cmd, state, attempts, result in commands))
-    sink_rows = {}
-    if events_db.exists():
-        with sqlite3.connect(events_db) as conn:
-            for table in ("events", "positions", "alerts"):
-                sink_rows[table] = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-    from carecard.host.storage.sqlite.eventlog import SQLiteEventLog
-
-    reader = SQLiteEventLog(ingest_db)
-    try:
-        appended = reader.last_seq()
-    finally:
-        reader.close()
-    print(f"event log: {appended} events appended: {framed} frames' (kept: each is also the frame's "
-          f"archive), {others} other events still held, {appended - framed - others} pruned once every "
-          f"sink had them; SQLite sink {events_db}: "
-          + ", ".join(f"{table} {count}" for table, count in sink_rows.items()))
-    try:
-        from carecard.host.export import export_track
-    except ImportError:
-        print("(track export not available in this checkout)")
-        return
-    text, count = export_track(data_dir, str(device), "geojson")
-    path = data_dir / "track.geojson"
-    path.write_text(text)
-    document = json.loads(text)
-    line = next((f for f in document.get("features", []) if f["geometry"]["type"] == "LineString"), None)
-    print(f"\ntrack of {device} as GeoJSON ({count} positions, written to {path}):")
-    if line is not None:
-        coords = line["geometry"]["coordinates"]
-        shown = json.dumps({"type": "LineString", "coordinates": coords[:3] + (["..."] if len(coords) > 4 else [])
-                            + coords[-1:]}, ensure_ascii=False)
-        print(f"  {shown}")
-        print(f"  properties: {json.dumps(line.get('properties', {}), ensure_ascii=False)}")
+    console.print(f"\ndemo finished in {seconds:.0f} s. The receiver's data is in {data_dir}; look around:")
+    console.print(f"  {carecard} devices --data {folder}")
+    console.print(f"  {carecard} alerts --data {folder}")
+    if village.cards:
+        console.print(f"  {carecard} track {village.cards[0].device} --data {folder} --format gpx")
+    console.print(f"  {carecard} serve --data {folder}      # the dashboard")

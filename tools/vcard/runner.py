@@ -132,6 +132,7 @@ class VirtualCard:
         self.udp.setblocking(False)
         self._awaiting: int | None = None
         self.datagrams_out = 0
+        self.last_send_wall = 0.0
         self.datagrams_in = 0
         if world.modem.on_udp_send is None:
             world.modem.on_udp_send = self._udp_send
@@ -176,6 +177,7 @@ class VirtualCard:
         self.run_log.timeline.append((self.now, what, detail))
 
     def _udp_send(self, host: str, port: int, payload: bytes) -> None:
+        self.last_send_wall = time.time()   # before it leaves: the receiver stamps it later
         try:
             self.udp.sendto(payload, (host, port))
         except OSError as exc:

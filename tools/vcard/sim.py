@@ -30,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -520,7 +519,7 @@ def _play(sc: Scenario, opt: SimOptions, setup: CardSetup, data_dir: Path, port:
           decode_frame: Callable, protocol_error: type[Exception]) -> SimResult:
     end_ms = int(min(sc.duration_s, opt.until_s if opt.until_s is not None else sc.duration_s) * 1000)
     timeline: list[dict[str, Any]] = []
-    clock_map: list[tuple[float, int]] = []     # (wall clock, virtual ms) per datagram out
+    clock_map: dict[int, list[tuple[float, int]]] = {}   # counter -> (wall, virtual ms) per transmission
     acked: set[int] = set()
     sent: set[int] = set()
     first_sent: dict[int, int] = {}             # counter -> rank of its first transmission
@@ -541,8 +540,8 @@ def _play(sc: Scenario, opt: SimOptions, setup: CardSetup, data_dir: Path, port:
             note("datagram_" + direction, {"bytes": len(payload), "undecodable": str(exc)})
             return
         if direction == "out":
-            clock_map.append((time.time(), now))
             counter = msg["counter"]
+            clock_map.setdefault(counter, []).append((card_ref[0].last_send_wall, now))
             again = counter in sent
             sent.add(counter)
             first_sent.setdefault(counter, len(first_sent))
@@ -641,7 +640,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def _stored_events(data_dir: Path, device: int, acked: set[int], sent: set[int],
-                   clock_map: list[tuple[float, int]], wait_s: float) -> list[dict[str, Any]]:
+                   clock_map: dict[int, list[tuple[float, int]]], wait_s: float) -> list[dict[str, Any]]:
     """The device's events from the receiver's SQLite sink, once every acked frame reached it
     (and, for a few seconds more, every frame sent: the last ones may have left just before the
     end, their acks not yet back); `received_at` mapped to the virtual clock (the datagram that
@@ -668,7 +667,6 @@ def _stored_events(data_dir: Path, device: int, acked: set[int], sent: set[int],
             if time.monotonic() >= all_sent_by:
                 break
         time.sleep(0.1)
-    walls = [w for w, _ in clock_map]
     events = []
     for event in stored:
         if event.get("kind") == "alert":
@@ -677,8 +675,10 @@ def _stored_events(data_dir: Path, device: int, acked: set[int], sent: set[int],
             wall = _parse_iso(event["received_at"])
         except (KeyError, ValueError):
             continue
-        i = bisect_right(walls, wall + 0.0005) - 1
-        virtual_ms = clock_map[max(i, 0)][1] if clock_map else 0
+        # the transmission that was stored: the last one that left before the receiver read it
+        sends = clock_map.get(event.get("counter"), [])
+        before = [v for w, v in sends if w <= wall + 0.0005]
+        virtual_ms = before[-1] if before else (sends[0][1] if sends else 0)
         event["received_at_wall"] = event["received_at"]
         event["virtual_ms"] = virtual_ms
         events.append(event)

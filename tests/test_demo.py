@@ -1,0 +1,81 @@
+"""`carecard demo --quick` (what `make demo` runs, shortened): virtual cards provisioned from the
+example sheet through the factory path, the real firmware on the card-like port against a real
+receiver, and what it leaves: pictures that are real PNGs of a sensible size, GeoJSON and GPX
+that parse, and closing hints that work in a fresh shell."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import gpxpy
+import pytest
+
+from carecard.tools import micropython
+
+
+def run_demo(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "carecard.host.cli", "demo", *args],
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**__import__("os").environ, "COLUMNS": "160"})
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    assert data[12:16] == b"IHDR" and data[-8:-4] == b"IEND", f"{path} is a truncated PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_the_quick_demo_provisions_runs_and_draws_the_village(card_port, monkeypatch, tmp_path):
+    monkeypatch.setenv(micropython.SELECT_VARIABLE, card_port.executable)
+    data = tmp_path / "demo"
+    run = run_demo("--data", str(data), "--quick")
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    out = run.stdout
+    # provisioned through the factory path: registered with the receiver, records and settings
+    assert (data / "provisioning.jsonl").exists() and (data / "village.csv").exists()
+    records = [json.loads(line) for line in (data / "provisioning.jsonl").read_text().splitlines()]
+    assert [r["name"] for r in records] == ["陈阿婆", "王大爷", "李奶奶"]
+    # the live timeline: the SOS day's long press, its frame and the cascade's calls
+    assert "王大爷 hold key=1 seconds=3" in out and "王大爷 SOS frame sent" in out
+    assert "call key 1" in out and "no_answer" in out and "confirmed" in out
+    # the alerts replayed on the simulated day: the SOS raised to family and grid worker
+    assert "王大爷 sos raised -> family, grid_worker" in out
+    assert "the village's day" in out
+    pictures = sorted((data / "pictures").glob("*.png"))
+    assert len(pictures) == 6                          # a track and a day strip per card
+    for picture in pictures:
+        width, height = png_size(picture)
+        assert 600 <= width <= 2000 and 200 <= height <= 1200, (picture, width, height)
+        assert 10_000 <= picture.stat().st_size <= 2_000_000, picture
+        assert str(picture) in out                     # the demo says where it wrote them
+    for path in (data / "pictures").glob("*.geojson"):
+        doc = json.loads(path.read_text())
+        assert doc["type"] == "FeatureCollection" and doc["features"]
+    gpx_files = list((data / "pictures").glob("*.gpx"))
+    assert len(gpx_files) == 3
+    for path in gpx_files:
+        gpx = gpxpy.parse(path.read_text())
+        assert sum(len(s.points) for t in gpx.tracks for s in t.segments) > 0
+    # the closing hints work pasted into a fresh shell (no venv on PATH, another folder)
+    hints = [line.strip() for line in out.split("look around:\n", 1)[1].splitlines()
+             if line.strip().startswith(("/", "carecard")) and "serve" not in line]
+    assert len(hints) == 3
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for hint in hints:
+        shell = subprocess.run(["/bin/sh", "-c", hint], cwd=elsewhere, capture_output=True, text=True,
+                               env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, timeout=60)
+        assert shell.returncode == 0 and shell.stdout, (hint, shell.stderr)
+
+
+def test_the_demo_refuses_a_folder_it_did_not_make(tmp_path):
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "precious.txt").write_text("keep me")
+    refused = run_demo("--data", str(tmp_path / "other"))
+    assert refused.returncode == 1 and "not a demo folder" in refused.stderr
+    assert (tmp_path / "other" / "precious.txt").read_text() == "keep me"

@@ -1,0 +1,320 @@
+"""The demo village (`carecard demo`, `make demo`): a handful of virtual cards provisioned from an
+example sheet through the factory path, each living a different day against one real receiver.
+
+    village = Village(data_dir)
+    village.start_receiver()                 # carecard receive (its engine, SQLite), 127.0.0.1
+    village.provision(sheet, days)           # virtual mpremote boards: flash, provision, register
+    village.run(on_event=..., on_progress=...)   # each card's scenario in virtual time
+    village.finish(out_dir)                  # alerts (the engine replayed on each day), exports,
+                                             # pictures; village.cards[i] holds everything
+
+Provisioning is the factory's own (host/factory): each card is a virtual MicroPython board
+(tools/vdevice.py) driven by the real mpremote: the image flashed (`flash_device`), the elder's
+config written and read back by the firmware's own config module (`provision_card`), the batch
+registered with the receiver (`register`: registry, keys, records, the elders' engine settings).
+Then the card's folder (its flash, with the image it was flashed with) runs on the virtual card
+(carecard.tools.vcard.sim) with the elder's day: a shipped scenario moved to the elder's home.
+
+Alerts: the receiver's engine runs on the real clock, which a simulated day outruns; so each
+card's stored events (received_at on the simulated clock) are replayed through the same engine
+(`carecard replay` with the settings provisioning derived from the sheet): the alerts, their
+escalation and their resolution as they would have happened that day.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from carecard.tools.vcard import scenario as scenarios
+from carecard.tools.vcard import sim
+
+DEMO_DIR = Path(__file__).resolve().parent / "demo"
+SHEET = DEMO_DIR / "village.csv"
+IMEI_BODY = 86888800000000        # the demo cards' IMEIs: this body plus the row
+
+
+@dataclass(frozen=True)
+class DemoDay:
+    elder: str                 # the name on the sheet
+    scenario: str              # a shipped scenario
+    story: str
+    incident: str | None       # the step that starts what the alerts are about
+    until: str | None = None   # the full demo stops here (None: the scenario's end)
+    quick: str | None = None   # the short demo (make test); None: not in it
+
+
+DAYS = (
+    DemoDay("林秀英", "normal-day", "an ordinary day: the market, a call to her son, a nap", None,
+            quick=None),
+    DemoDay("陈阿婆", "fall-at-home", "falls in the kitchen at 10:20 and lies still", "fall",
+            quick="5h"),
+    DemoDay("王大爷", "sos-no-answer-then-voicemail",
+            "holds SOS; the first son does not answer, the second's voicemail does", "hold",
+            quick="40m"),
+    DemoDay("黄奶奶", "coverage-hole-6h", "six hours without coverage in the hills, then back",
+            "coverage", until="8h"),
+    DemoDay("张爷爷", "battery-rundown", "starts at 45 % and is never charged", "battery_low",
+            until="30h"),
+    DemoDay("李奶奶", "left-on-table", "leaves the card on the kitchen table all day", "carry",
+            quick="3h"),
+)
+
+
+class DemoError(RuntimeError):
+    """The demo could not run; the message says what failed and where its logs are."""
+
+
+@dataclass
+class DemoCard:
+    day: DemoDay
+    elder: Any                           # host.factory.sheet.Elder
+    scenario: scenarios.Scenario
+    folder: Path
+    device: int = 0
+    until_s: float | None = None
+    result: sim.SimResult | None = None
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    files: dict[str, Path] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def slug(self) -> str:
+        return f"{self.device}-{self.scenario.name}"
+
+    def incident_ms(self) -> int | None:
+        """When what the alerts are about began (virtual ms), or None."""
+        if self.result is None or self.day.incident is None:
+            return None
+        if self.day.incident == "battery_low":
+            low = [e for e in self.result.events if e["kind"] == "power"]
+            return low[0]["virtual_ms"] if low else None
+        for e in self.result.timeline:
+            if e["kind"] == "step" and e["do"] == self.day.incident and \
+                    (self.day.incident != "coverage" or e.get("up") is False) and \
+                    (self.day.incident != "carry" or e.get("state") == "table"):
+                return e["t_ms"]
+        return None
+
+
+def moved_to(sc: scenarios.Scenario, lat: float | None, lon: float | None) -> scenarios.Scenario:
+    """The scenario with every place moved so that its home is at (lat, lon)."""
+    if lat is None or lon is None:
+        return sc
+    home = sc.places[sc.home]
+    dlat, dlon = lat - home.lat, lon - home.lon
+    places = {name: replace(p, lat=p.lat + dlat, lon=p.lon + dlon) for name, p in sc.places.items()}
+    return replace(sc, places=places)
+
+
+class Village:
+    def __init__(self, data_dir: Path, *, quick: bool = False, parallel: int = 2) -> None:
+        self.data_dir = data_dir
+        self.quick = quick
+        self.parallel = parallel
+        self.receiver: sim.ReceiverProcess | None = None
+        self.cards: list[DemoCard] = []
+        self.records = data_dir / "provisioning.jsonl"
+        self.settings_path: Path | None = None
+
+    # ---- the receiver -----------------------------------------------------------------------
+    def start_receiver(self) -> int:
+        self.receiver = sim.ReceiverProcess(self.data_dir)
+        assert self.receiver.port is not None
+        return self.receiver.port
+
+    def stop(self) -> None:
+        if self.receiver is not None:
+            self.receiver.stop()
+            self.receiver = None
+
+    # ---- provisioning -----------------------------------------------------------------------
+    def provision(self, sheet: Path = SHEET, days: tuple[DemoDay, ...] = DAYS,
+                  on_card: Callable[[DemoCard], None] | None = None) -> Path:
+        """Flash and provision one virtual board per day's elder from the sheet (its server
+        column pointed at this receiver); returns the sheet copy used."""
+        from carecard.host.factory.flash import ImageCache, flash_device
+        from carecard.host.factory.link import DeviceError, DeviceLink
+        from carecard.host.factory.provision import (
+            CardIdentity, provision_card, register, settings_path_of)
+        from carecard.host.factory.sheet import SheetError, read_sheet
+        from carecard.host.receiver.registry import make_imei
+        from carecard.tools.vdevice import VirtualDevice
+
+        assert self.receiver is not None and self.receiver.port is not None
+        lines = sheet.read_text(encoding="utf-8").splitlines()
+        header = next(i for i, line in enumerate(lines) if line and not line.startswith("#"))
+        column = lines[header].split(",").index("server")
+        for i in range(header + 1, len(lines)):
+            cells = lines[i].split(",")
+            if len(cells) > column and not lines[i].startswith("#"):
+                cells[column] = f"127.0.0.1:{self.receiver.port}"
+                lines[i] = ",".join(cells)
+        copy = self.data_dir / "village.csv"
+        copy.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        try:
+            elders = {e.name: e for e in read_sheet(copy)}
+        except SheetError as exc:
+            raise DemoError(f"the demo sheet {sheet}: " + "; ".join(str(p) for p in exc.problems)) from None
+        chosen = [d for d in days if not self.quick or d.quick is not None]
+        cards_dir = self.data_dir / "cards"
+        for n, day in enumerate(chosen):
+            if day.elder not in elders:
+                raise DemoError(f"the demo sheet {sheet} has no elder named {day.elder}")
+            elder = elders[day.elder]
+            sc = moved_to(scenarios.load(scenarios.find(day.scenario)), elder.home_lat, elder.home_lon)
+            folder = cards_dir / f"card{n + 1}"
+            folder.mkdir(parents=True, exist_ok=True)
+            until = day.quick if self.quick else day.until
+            card = DemoCard(day, elder, sc, folder,
+                            until_s=scenarios.parse_duration(until, "until") if until else None)
+            self.cards.append(card)
+        image = ImageCache().get(None)
+        boards = [VirtualDevice(card.folder).start() for card in self.cards]
+        results = []
+        try:
+            with ThreadPoolExecutor(3) as pool:
+                list(pool.map(lambda board: flash_device(board.port, image), boards))
+            for n, (card, board) in enumerate(zip(self.cards, boards)):
+                identity = CardIdentity(make_imei(IMEI_BODY + card.elder.row),
+                                        f"898600{IMEI_BODY + card.elder.row:014d}", "READY", "home")
+                with DeviceLink(board.port) as link:
+                    results.append(provision_card(link, card.elder, identity))
+                card.device = identity.imei
+                if on_card is not None:
+                    on_card(card)
+        except DeviceError as exc:
+            raise DemoError(f"provisioning a virtual card failed: {exc}") from None
+        finally:
+            for board in boards:
+                board.stop()
+        register(results, {r.port: c.elder for r, c in zip(results, self.cards)}, self.data_dir,
+                 self.records)
+        self.settings_path = settings_path_of(self.records)
+        return copy
+
+    # ---- the days ---------------------------------------------------------------------------
+    def run(self, on_event: Callable[[DemoCard, dict[str, Any]], None] | None = None,
+            on_progress: Callable[[DemoCard, int, int], None] | None = None) -> None:
+        """Each card's day on the virtual card against the receiver, `parallel` at a time."""
+        assert self.receiver is not None and self.receiver.port is not None
+        port = self.receiver.port
+
+        def one(card: DemoCard) -> None:
+            options = sim.SimOptions(
+                receiver=("127.0.0.1", port), data_dir=self.data_dir, card_dir=card.folder,
+                until_s=card.until_s,
+                on_event=(lambda e: on_event(card, e)) if on_event else None,
+                on_progress=(lambda now, end: on_progress(card, now, end)) if on_progress else None)
+            try:
+                card.result = sim.run_scenario(card.scenario, options)
+            except sim.SimError as exc:
+                card.error = str(exc)
+
+        with ThreadPoolExecutor(self.parallel) as pool:
+            list(pool.map(one, self.cards))
+
+    # ---- afterwards -------------------------------------------------------------------------
+    def finish(self, out_dir: Path) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for card in self.cards:
+            if card.result is None:
+                continue
+            events = out_dir / f"{card.slug}-events.jsonl"
+            virtual = sim.virtual_events(card.result)
+            events.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in virtual),
+                              encoding="utf-8")
+            card.files["events"] = events
+            card.alerts = replay_alerts(events, self.settings_path, card.result)
+            card.files.update(export_tracks(self.data_dir, card, out_dir))
+            from carecard.tools.vcard import demo_pictures
+
+            card.files["track_png"] = demo_pictures.track_picture(card, out_dir / f"{card.slug}-track.png")
+            card.files["day_png"] = demo_pictures.day_strip(card, out_dir / f"{card.slug}-day.png")
+
+
+def replay_alerts(events: Path, settings: Path | None, result: sim.SimResult) -> list[dict[str, Any]]:
+    """The alert engine over the day's stored events (`carecard replay`), up to the day's end."""
+    end = datetime.fromtimestamp(result.start_unix + result.end_ms / 1000, timezone.utc)
+    argv = [sys.executable, "-m", "carecard.host.cli", "replay", str(events),
+            "--until", end.strftime("%Y-%m-%dT%H:%M:%SZ")]
+    if settings is not None and settings.exists():
+        argv += ["--settings", str(settings)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        if "no event found" in proc.stderr:
+            return []
+        raise DemoError(f"carecard replay {events} failed: {proc.stderr.strip()}")
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+
+
+def export_tracks(data_dir: Path, card: DemoCard, out_dir: Path) -> dict[str, Path]:
+    """The card's track as GeoJSON and GPX from what the receiver stored."""
+    from carecard.host.export import QueryError, export_track
+
+    files = {}
+    for fmt, suffix in (("geojson", "geojson"), ("gpx", "gpx")):
+        try:
+            text, _count = export_track(data_dir, str(card.device), fmt)
+        except QueryError:
+            continue
+        path = out_dir / f"{card.slug}.{suffix}"
+        path.write_text(text, encoding="utf-8")
+        files[fmt] = path
+    return files
+
+
+def local_time(card: DemoCard, virtual_ms: float) -> datetime:
+    sc = card.scenario
+    return datetime.fromtimestamp(sc.start_unix + virtual_ms / 1000,
+                                  timezone(timedelta(minutes=15 * sc.tz_quarters)))
+
+
+def alert_ms(card: DemoCard, alert: dict[str, Any]) -> float:
+    """An alert event's time as virtual ms of the card's day."""
+    from carecard.host.timefmt import parse_iso_utc
+
+    return (parse_iso_utc(alert["time"] or alert["received_at"]) - card.scenario.start_unix) * 1000
+
+
+def summary_rows(cards: list[DemoCard]) -> list[dict[str, Any]]:
+    """Per card: frames, calls, alerts (kinds, first one against the incident), battery days."""
+    rows = []
+    for card in cards:
+        r = card.result
+        if r is None:
+            rows.append({"card": card, "error": card.error})
+            continue
+        kinds: dict[str, int] = {}
+        for e in r.events:
+            kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
+        raised = [a for a in card.alerts if a["data"]["details"].get("step") in ("raised", "checkin")]
+        first = min((alert_ms(card, a) for a in raised), default=None)
+        incident = card.incident_ms()
+        delay = None if first is None or incident is None else (first - incident) / 60_000
+        rows.append({
+            "card": card, "frames": len(r.events), "calls": kinds.get("call", 0),
+            "alerts": sorted({a["data"]["alert"] for a in card.alerts}),
+            "alert_steps": len(card.alerts),
+            "first_alert": None if first is None else local_time(card, first),
+            "incident": None if incident is None else local_time(card, incident),
+            "delay_min": delay,
+            "days_per_charge": r.energy.get("days_per_charge"),
+            "checks": r.checks,
+        })
+    return rows
+
+
+def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    k = math.pi / 180
+    x = (lon2 - lon1) * k * math.cos((lat1 + lat2) / 2 * k)
+    y = (lat2 - lat1) * k
+    return 6_371_000 * math.hypot(x, y)
