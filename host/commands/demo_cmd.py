@@ -216,7 +216,7 @@ def _summary(console: Any, village: Any) -> None:
     for row in demo.summary_rows(village.cards):
         card = row["card"]
         if "error" in row:
-            table.add_row(card.elder.name, card.day.scenario, "-", "-", "-", "-", "-", "-", "-", "failed")
+            table.add_row(card.elder.name, card.day.scenario, "-", "-", "-", "-", "-", "-", "-", "did not run")
             continue
         checks = row["checks"]
         passed = sum(1 for c in checks if c.passed)
