@@ -91,8 +91,9 @@ class VirtualCard:
         if not (image / entry).exists():
             raise RunnerError(f"the card image {image} has no {entry}: nothing to run "
                               "(firmware/main.py boots the card)")
-        self.image = image
-        self.flash_dir = flash_dir
+        # absolute: the process runs with the flash folder as its working directory
+        self.image = image.resolve()
+        self.flash_dir = flash_dir.resolve()
         self.world = world
         self.entry = entry
         self.heapsize = heapsize
