@@ -7,77 +7,19 @@ them. Virtual time throughout: the timings a person feels are measured on the si
 from __future__ import annotations
 
 import json
-import socket
-import threading
 from pathlib import Path
 
-import pytest
-
 from carecard.protocol import decode_frame
-from carecard.protocol.ack import AckEncoder
-from carecard.protocol.codec import KeyRing, peek_header
 from carecard.tools import micropython
 from carecard.tools.vcard import fwlib
 from carecard.tools.vcard.gnss_sim import GnssSim, Track, TrackPoint
 from carecard.tools.vcard.modem_sim import ANSWERS, CONFIRMS, NO_ANSWER, Callee, ModemSim
 from carecard.tools.vcard.runner import VirtualCard, World
 
-DEVICE = 861234567890123
-KEY = bytes(range(16))
+from loopback_receiver import DEVICE, KEY, receiver  # noqa: F401  (receiver: a fixture)
+
 HOME = (24.905321, 118.587112)
 SON, SECOND_SON, GRID = "13800000001", "+8613800000002", "13800000004"
-
-
-class Receiver:
-    """A UDP receiver on loopback: decodes and acks every frame; `commands` queued by the test
-    ride on the next ack."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.1)
-        self.port = self.sock.getsockname()[1]
-        self.frames: list[dict] = []
-        self.errors: list[str] = []
-        self.commands: list[dict] = []
-        self.ack = AckEncoder(KeyRing({DEVICE: KEY}))
-        self._stop = threading.Event()
-        self._counter = 0
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data, addr = self.sock.recvfrom(2048)
-            except OSError:
-                continue
-            try:
-                frame = decode_frame(data, KEY)
-                self.frames.append(frame)
-                commands, self.commands = self.commands, []
-                self._counter += 1
-                ack = self.ack.encode(DEVICE, self._counter, frame["time"], frame["counter"],
-                                      commands, peek_header(data).version)
-            except Exception as exc:  # the test fails on any (receiver.errors)
-                self.errors.append(repr(exc))
-                continue
-            self.sock.sendto(ack, addr)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
-
-    def of(self, mtype: str) -> list[dict]:
-        return [f for f in self.frames if f["type"] == mtype]
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
 
 
 def flash_with_config(tmp_path: Path, port: int) -> Path:
@@ -119,7 +61,7 @@ def test_the_shipped_image_calls_runs_the_sos_cascade_answers_sms_and_applies_do
                                     GRID: Callee(ANSWERS, talk_s=5)})
     gnss = GnssSim(Track([TrackPoint(0, *HOME, "outdoor")]), seed=5)
     world = World(modem=sim, gnss=gnss)
-    with VirtualCard(image, flash, world) as card:
+    with VirtualCard(image, flash, world, reply_wait_s=0.2) as card:
         card.press(90_000, 3)                           # key 4: the grid worker, who answers
         card.press(300_000, 2, hold_ms=2500)            # a long press: SOS
         card.at(700_000, lambda: sim.incoming_sms(SON, "定位"))

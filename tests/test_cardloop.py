@@ -1,19 +1,19 @@
-"""The card's runtime on MicroPython: firmware/lib/scheduler.py (jobs, waits, sleep permission)
-and firmware/lib/cardloop.py driving the cores on a simulated board in virtual time (a board
-with the interface of firmware/board/__init__.py, written here; its modem stays silent, so the
-frames stay in the outbox, where the test reads them with the host's decoder)."""
+"""The card's runtime on MicroPython: firmware/lib/scheduler.py (jobs, waits, sleep permission),
+and firmware/main.py -> firmware/lib/cardloop.py driving the cores on the virtual card's board
+(tools/vcard/mpy/simboard.py under carecard.tools.vcard.runner: the board the virtual card runs,
+with the simulated A7670 and, where a test needs fixes, the simulated GNSS) in virtual time,
+sending to a receiver on 127.0.0.1 (tests/loopback_receiver.py) that decodes what arrives."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import pytest
+from carecard.tools import micropython
+from carecard.tools.vcard.modem_sim import ModemSim
+from carecard.tools.vcard.runner import VirtualCard, World
 
-from carecard.protocol import decode_frame
-
-KEY_HEX = "000102030405060708090a0b0c0d0e0f"
-DEVICE = 861234567890123
+from loopback_receiver import DEVICE, KEY, receiver  # noqa: F401  (receiver: a fixture)
 
 
 def test_scheduler_hands_out_jobs_caps_waits_and_allows_sleep_only_when_quiet(mpy) -> None:
@@ -38,207 +38,62 @@ except scheduler.SchedulerError as exc:
     assert "status_s must be a positive integer, got 0" in lines[4]
 
 
-SIM = r'''
-import board
-class I2CFake:
-    # a LIS2DH12 that answers WHO_AM_I and reports an interrupt source when read
-    def __init__(self):
-        self.regs = bytearray(256)
-        self.regs[0x0F] = 0x33
-        self.regs[0x31] = 0x40 | 0x2A
-    def readfrom_mem_into(self, addr, reg, buf):
-        for i in range(len(buf)):
-            buf[i] = self.regs[(reg & 0x7F) + i]
-    def writeto_mem(self, addr, reg, buf):
-        for i in range(len(buf)):
-            self.regs[(reg & 0x7F) + i] = buf[i]
-
-class SimBoard:
-    name = "sim"
-    key_count = 4
-    def __init__(self, motion):
-        self.t = 0
-        self.events = 0
-        self.keys = [False] * 4
-        self.has_motion_bus = motion
-        self.motion_i2c = I2CFake() if motion else None
-        self.log = []
-        self.script = []  # (t, kind, arg) to happen in virtual time
-        self.fed = 0
-        self.sleeps = 0
-        self.wdt = None
-        self.rtc = None
-    def now_ms(self):
-        return self.t
-    def take_events(self):
-        e = self.events
-        self.events = 0
-        return e
-    def key_level(self, k):
-        return self.keys[k]
-    def motion_level(self):
-        return False
-    def modem_read(self, buf):
-        return 0
-    def modem_write(self, data):
-        self.log.append(("modem_write", len(data)))
-    def modem_pwrkey(self, pressed):
-        self.log.append(("pwrkey", pressed, self.t))
-    def modem_dtr(self, level):
-        self.log.append(("dtr", level))
-    def modem_power(self, on):
-        return False
-    def gnss_read(self, buf):
-        return 0
-    def gnss_write(self, data):
-        pass
-    def gnss_power(self, on):
-        self.log.append(("gnss_power", on, self.t))
-    def gnss_backup(self, on):
-        self.log.append(("gnss_backup", on, self.t))
-    def battery_uv(self):
-        return 1950000
-    def charger_pins(self):
-        return False, False
-    def buzzer(self, on):
-        pass
-    def vibration(self, on):
-        pass
-    def led(self, on):
-        pass
-    def watchdog_start(self, ms):
-        self.wdt = ms
-    def feed(self):
-        self.fed += 1
-    def rtc_unix(self):
-        return self.rtc
-    def set_rtc_unix(self, s):
-        self.rtc = s
-    def reset_cause(self):
-        return "watchdog"
-    def wake_cause(self):
-        return board.WAKE_NONE
-    def idle(self, ms, sleep):
-        end = self.t + ms
-        if self.script and self.script[0][0] <= end:
-            t, kind, arg = self.script.pop(0)
-            self.t = max(self.t, t)
-            if kind == "key":
-                self.keys[arg[0]] = arg[1]
-                self.events |= board.EV_KEY << arg[0]
-            elif kind == "motion":
-                self.events |= board.EV_MOTION
-            return board.WAKE_KEY if kind == "key" else board.WAKE_MOTION
-        self.t = end
-        if sleep:
-            self.sleeps += 1
-        return board.WAKE_TIMER
-    def deep_sleep(self, ms):
-        raise SystemExit
-    def reboot(self):
-        raise SystemExit
-'''
-
-RUN = SIM + r'''
-import json, config, cardloop, outbox
-cfg = config.load(%(config)r)
-hw = SimBoard(%(motion)r)
-hw.script = %(script)r
-loop = cardloop.CardLoop(hw, cfg, root=%(root)r)
-while hw.t < %(until)d:
-    loop.step()
-box = loop.outbox
-frames = [bytes(box.read(c)).hex() for c in box.counters()]
-print(json.dumps({"frames": frames, "log": hw.log, "fed": hw.fed, "wdt": hw.wdt,
-                  "problems": loop.problems, "loops": loop.sched.loops,
-                  "mode": loop.positions.mode, "wakes": loop.sched.wakes}))
-'''
-
-
-def run_card(mpy, tmp_path: Path, motion: bool, script: list, until: int) -> dict:
-    cfg = {"device_id": DEVICE, "device_key": KEY_HEX, "server_host": "127.0.0.1", "server_port": 9,
-           "contacts": [{"key": 1, "name": "Son", "number": "+8613800000001"}],
+def run_card(tmp_path: Path, port: int, *, motion: bool, until_ms: int, script=None):
+    """main.py on the virtual card for until_ms; `script(card)` schedules the world's events.
+    Returns (run log, the outputs the board drove as (ms, name, value), the modem simulator)."""
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    cfg = {"device_id": DEVICE, "device_key": KEY.hex(), "server_host": "127.0.0.1",
+           "server_port": port, "contacts": [{"key": 1, "name": "Son", "number": "+8613800000001"}],
            "status_s": 3600, "position_s": 900}
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    code = RUN % {"config": str(tmp_path / "config.json"), "motion": motion, "script": script,
-                  "root": str(tmp_path) + "/", "until": until}
-    return json.loads(mpy.run(code, timeout=120))
+    (flash / "config.json").write_text(json.dumps(cfg))
+    outputs: list[tuple[int, str, int]] = []
+    sim = ModemSim(seed=1)
+    world = World(modem=sim, has_motion_bus=motion)
+    with VirtualCard(micropython.card_image(compiled=True), flash, world, reply_wait_s=0.2,
+                     on_output=lambda name, value, ms: outputs.append((ms, name, value))) as card:
+        if script is not None:
+            script(card)
+        run = card.run(until_ms)
+    assert (flash / "outbox.log").exists() and (flash / "uplink.cnt").exists()
+    return run, outputs, sim
 
 
-def decoded(result: dict) -> list[dict]:
-    return [decode_frame(bytes.fromhex(f), bytes.fromhex(KEY_HEX)) for f in result["frames"]]
-
-
-def test_the_card_boots_says_hello_and_reports_on_a_simulated_board(mpy, tmp_path: Path) -> None:
-    # two hours of a card on a table: a key press at 10 min, a long press (SOS) at 20 min
-    script = [(600000, "key", (0, True)), (600200, "key", (0, False)),
-              (1200000, "key", (1, True)), (1203000, "key", (1, False))]
-    result = run_card(mpy, tmp_path, True, script, 2 * 3600 * 1000)
-    messages = decoded(result)
-    kinds = [m["type"] for m in messages]
-    hello = messages[0]
-    assert hello["type"] == "hello" and hello["reset_cause"] == "watchdog"
-    assert hello["motion_sensor"] == "lis2dh12"
-    assert kinds.count("status") == 2  # at boot and an hour later
-    assert kinds.count("sos") == 1
-    sos = messages[kinds.index("sos")]
-    assert sos["trigger"] == "long_press" and sos["fix"] == "none"
-    status = messages[kinds.index("status")]
-    assert status["motion_count"] == 0
-    # positions: the GNSS was powered for each attempt and switched off again (no NMEA: no fix)
-    power = [e for e in result["log"] if e[0] == "gnss_power"]
-    assert power and power[0][1] is True and power[-1][1] is False
+def test_the_card_boots_says_hello_and_reports_on_the_virtual_cards_board(mpy, tmp_path, receiver) -> None:
+    # two hours of a card on a table: five motion interrupts, a long press (SOS) at 20 min
+    def script(card):
+        for i in range(5):
+            card.motion(100_000 + i * 60_000)
+        card.press(1_200_000, 1, hold_ms=3000)
+    run, outputs, sim = run_card(tmp_path, receiver.port, motion=True, until_ms=2 * 3600 * 1000 + 60_000,
+                                 script=script)
+    assert receiver.errors == []
+    assert [cause for _, cause in run.resets] == ["power_on"]
+    kinds = [f["type"] for f in receiver.frames]
+    hello = receiver.frames[0]
+    assert hello["type"] == "hello" and hello["reset_cause"] == "power_on"
+    assert hello["motion_sensor"] == "lis2dh12" and hello["modem"] == "a7670"
+    statuses = receiver.of("status")
+    assert len(statuses) == 3  # at boot, after one hour and after two
+    assert [s["motion_count"] for s in statuses] == [0, 5, 0]
+    assert all(s["battery_mv"] == 3900 for s in statuses)  # sampled before the first status
+    assert kinds.count("sos") == 1 and receiver.of("sos")[0]["trigger"] == "long_press"
+    # positions: no GNSS output (world without a receiver): powered for each attempt, off again,
+    # and a position without a fix reported
+    power = [(ms, v) for ms, name, v in outputs if name == "gnss_power"]
+    assert power[0][1] == 1 and power[-1][1] == 0 and len(power) >= 4
     assert all(a[1] != b[1] for a, b in zip(power, power[1:]))  # on, off, on, off ...
-    assert any(m["type"] == "position" and m["fix"] == "none" for m in messages)
-    # the modem was switched on with its PWRKEY pulse (100 ms for the A7670)
-    presses = [e for e in result["log"] if e[0] == "pwrkey"]
-    assert presses[0][1] is True and presses[1][1] is False
-    assert presses[1][2] - presses[0][2] == 100
-    # the watchdog was started from the config and fed at least every half timeout
-    assert result["wdt"] == 60000 and result["fed"] >= 2 * 3600 // 30
-    assert result["problems"] == []
+    assert any(f["type"] == "position" and f["fix"] == "none" for f in receiver.frames)
+    # the modem was switched on with its PWRKEY pulse (100 ms for the A7670), then slept (DTR)
+    presses = [(ms, v) for ms, name, v in outputs if name == "pwrkey"]
+    assert presses[0][1] == 1 and presses[1][1] == 0 and presses[1][0] - presses[0][0] == 100
+    assert ("dtr", 1) in [(name, v) for _, name, v in outputs]
+    # the watchdog was started from the config; the card was never reset by it in two hours
+    assert ("watchdog", 60000) in [(name, v) for _, name, v in outputs]
 
 
-def test_a_card_without_a_motion_sensor_says_so_and_reports_motion_unknown(mpy, tmp_path: Path) -> None:
-    result = run_card(mpy, tmp_path, False, [], 60000)
-    messages = decoded(result)
-    assert messages[0]["motion_sensor"] == "none"
-    status = next(m for m in messages if m["type"] == "status")
+def test_a_card_without_a_motion_sensor_says_so_and_reports_motion_unknown(mpy, tmp_path, receiver) -> None:
+    run_card(tmp_path, receiver.port, motion=False, until_ms=60_000)
+    assert receiver.frames[0]["motion_sensor"] == "none"
+    status = receiver.of("status")[0]
     assert status["motion_count"] is None or status["motion_count"] == 65535
-
-
-def test_motion_interrupts_are_counted_in_the_status(mpy, tmp_path: Path) -> None:
-    script = [(1000 + i * 60000, "motion", None) for i in range(5)]
-    result = run_card(mpy, tmp_path, True, script, 3600 * 1000 + 1000)
-    statuses = [m for m in decoded(result) if m["type"] == "status"]
-    assert [s["motion_count"] for s in statuses] == [0, 5]
-
-
-def test_main_boots_the_runtime_on_the_board_open_board_selects(mpy, tmp_path: Path) -> None:
-    # firmware/main.py as the card runs it, with the virtual card's module `simboard` on the path:
-    # its board ends the run (SystemExit, as a deep sleep would) after ten simulated minutes
-    (tmp_path / "simboard.py").write_text(SIM + """
-class EndingBoard(SimBoard):
-    def idle(self, ms, sleep):
-        if self.t > 600000:
-            print("STOP", self.fed, self.wdt)
-            raise SystemExit
-        return SimBoard.idle(self, ms, sleep)
-
-def open_board():
-    return EndingBoard(False)
-""")
-    cfg = {"device_id": DEVICE, "device_key": KEY_HEX, "server_host": "127.0.0.1", "server_port": 9,
-           "contacts": [{"key": 1, "name": "Son", "number": "+8613800000001"}]}
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    main = (Path(__file__).resolve().parent.parent / "firmware" / "main.py").read_text()
-    out = mpy.run(f"""
-import os, sys
-sys.path.append({str(tmp_path)!r})
-os.chdir({str(tmp_path)!r})
-exec({main!r})
-""")
-    stop, fed, watchdog = out.split()
-    assert stop == "STOP" and int(fed) >= 600 // 30 and watchdog == "60000"
-    assert (tmp_path / "outbox.log").stat().st_size > 0
-    assert (tmp_path / "uplink.cnt").exists()

@@ -41,6 +41,9 @@ _SENDS_PER_TURN = 4
 # the 512-byte UART buffer fills.
 _MODEM_POLL_MS = 100
 _GNSS_POLL_MS = 250
+# The battery's divider and charger pins are read at most this often (not every turn of a loop
+# that polls a working modem ten times a second); the status and power events use the latest.
+_BATTERY_MS = 10000
 COUNTER_FILE = "uplink.cnt"  # the uplink counter record; provisioning writes it there too
 OUTBOX_FILE = "outbox.log"
 # Alerts on the outputs: a short buzz for every key press taken; while an SOS runs the LED is
@@ -103,6 +106,7 @@ class CardLoop:
             self._set_time(rtc, now, False)
         self.uplinks_made = 0
         self._reboot_at = None
+        self._battery_due = now
         # alerts: what the outputs show, and until when the key buzz lasts
         self._key_buzz_until = None
         self._sos_alert = False
@@ -188,6 +192,7 @@ class CardLoop:
         if n:
             self.gnss.receive_data(bytes(self._buf[:n]), now)
 
+        self._battery(now)  # before the jobs: a status reports this turn's reading
         for job in self.sched.due(now):
             if job == scheduler.JOB_FEED:
                 hw.feed()
@@ -199,7 +204,6 @@ class CardLoop:
         self._positions(now)
         self.gnss.poll(now)
         self._gnss(now)
-        self._battery(now)
         self.modem.tick(now)
         self._modem(now)
         self.app.poll(now)
@@ -288,6 +292,9 @@ class CardLoop:
             ev = self.gnss.next_event()
 
     def _battery(self, now):
+        if now < self._battery_due:
+            return
+        self._battery_due = now + _BATTERY_MS
         hw = self.hw
         self.battery.sample(self.battery.pin_uv_to_mv(hw.battery_uv()), now)
         chrg, stdby = hw.charger_pins()
