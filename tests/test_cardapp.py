@@ -254,6 +254,23 @@ show(c.m.data.net_up, [u[1] for u in c.uplinks], [n for n, _ in sms_texts(c)],
     assert out[2] == ["13800000001", "+8613800000002", "13800000004"] and out[3]
 
 
+def test_the_sos_sms_names_the_owner_when_the_config_has_the_name(mpy, cfg_path):
+    # the family may look after more than one elder: the SMS says whose card it is
+    data = json.loads(Path(cfg_path).read_text(encoding="utf-8"))
+    data["owner_name"] = "王秀英"
+    Path(cfg_path).write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    extra = dict(SENT)
+    extra["AT+NETOPEN"] = b"\r\nOK\r\n\r\n+NETOPEN: 1\r\n"
+    out = run_card(mpy, cfg_path, r'''
+c.press(2, 2100)
+c.run(3000)
+show(c.app.cfg.problems, sms_texts(c)[0][1])
+''', extra=extra)
+    problems, text = out
+    assert problems == []
+    assert text.startswith("【紧急求助】王秀英按了爱心卡的求助键。")
+
+
 def test_without_dtmf_a_long_active_call_counts_as_reached_and_the_sms_still_goes(mpy, cfg_path):
     out = run_card(mpy, cfg_path, r'''
 t = c.now

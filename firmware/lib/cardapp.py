@@ -506,8 +506,9 @@ class CardApp:
         if self._sos_sms_sent:
             return
         self._sos_sms_sent = True
-        text = ("【紧急求助】爱心卡的主人按了求助键。" + self._when_where(self._sos_at)
-                + "请马上联系或上门查看。")
+        owner = self.cfg.values.get("owner_name")
+        who = (owner + "按了爱心卡的求助键。") if owner else "爱心卡的主人按了求助键。"
+        text = "【紧急求助】" + who + self._when_where(self._sos_at) + "请马上联系或上门查看。"
         for _key, _name, number in self.cfg.contacts:
             if number:
                 self._sms_out(number, text)

@@ -27,6 +27,7 @@ DEFAULTS = {
     "config_version": 0,
     "apn": "",  # empty: the modem's own APN from the SIM
     "sim_pin": None,  # the SIM's PIN when it has one enabled (digits), None: no PIN
+    "owner_name": "",  # the elder's name, for the SOS SMS to the family ("" : not given)
     "grid_worker_key": None,  # the key whose contact is the village grid worker (None: none)
     "position_s": 900,  # a position every 15 min while still: the host's inactivity logic
     "status_s": 3600,  # battery, signal and motion counts hourly
@@ -245,6 +246,10 @@ def _check_field(name, value):
             return "empty: the receiver's host name or IP address is needed"
         if " " in value:
             return "contains a space"
+    elif name == "owner_name":
+        p = _text(value, 32)
+        if p:
+            return p
     elif name == "sim_pin":
         if value is not None and (not isinstance(value, str) or not 4 <= len(value) <= 8
                                   or not all("0" <= c <= "9" for c in value)):

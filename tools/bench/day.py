@@ -24,15 +24,18 @@ from pathlib import Path
 
 from carecard.host.commands.errors import CommandError
 from carecard.tools import micropython
+from carecard.tools.cardimage import HARDWARE_DIR, HARDWARE_MODULE_PREFIX
 from carecard.tools.bench import heap_rows, on_both_ports
 
 TARGET = 64 * 1024
 
+# The hardware data as the image's generated constant modules (hwdata.load prefers them).
+HARDWARE_MODULES = tuple(HARDWARE_MODULE_PREFIX + p.stem for p in sorted(HARDWARE_DIR.glob("*.json")))
 # Every module the runtime imports (the card's /lib), flashed as .mpy.
 CARD_MODULES = ("at", "battery", "cardapp", "cardfs", "cardloop", "ccproto", "cccrypto", "ccspec",
                 "civil", "config", "counter", "gnss", "hwdata", "keys", "lis2dh12", "modem",
                 "modem_a7670", "modem_data", "modem_sms", "modem_voice", "nmea", "outbox",
-                "positions", "scheduler", "smspdu")
+                "positions", "scheduler", "smspdu") + HARDWARE_MODULES
 
 DAY = r'''
 import gc, os, board, config, cardloop
