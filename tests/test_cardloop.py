@@ -97,3 +97,24 @@ def test_a_card_without_a_motion_sensor_says_so_and_reports_motion_unknown(mpy, 
     assert receiver.frames[0]["motion_sensor"] == "none"
     status = receiver.of("status")[0]
     assert status["motion_count"] is None or status["motion_count"] == 65535
+
+
+def test_a_full_outbox_drains_one_datagram_at_a_time_when_coverage_returns(mpy, tmp_path, receiver) -> None:
+    """Found by `carecard sim coverage-hole-6h`: when the bearer came back with many frames due,
+    the loop queued four AT+CIPSENDs a turn until the AT queue overflowed, the error killed
+    main.py, and the card crash-looped with its outbox full. Twenty call records queue during a
+    hole; when coverage returns every one arrives, without a single reset."""
+    def script(card):
+        sim = card.world.modem
+        card.at(60_000, lambda: sim.set_coverage(False, card.now))
+        for i in range(20):
+            card.press(90_000 + i * 2_000, 2)      # key 3 has no number: a call record each
+        card.press(200_000, 1, hold_ms=2500)       # and an SOS, whose frame retries meanwhile
+        card.at(600_000, lambda: sim.set_coverage(True, card.now))
+    run, _outputs, _sim = run_card(tmp_path, receiver.port, motion=False, until_ms=900_000, script=script)
+    assert [cause for _, cause in run.resets] == ["power_on"]
+    records = [r for r in receiver.of("call") if r["key"] == 3]
+    assert len(records) == 20 and all(r["outcome"] == "no_number" for r in records)
+    # when the link is back the SOS goes first, whatever its retransmission backoff said
+    after = [f["type"] for f in receiver.frames if f["counter"] > receiver.of("hello")[0]["counter"]]
+    assert after.index("sos") < after.index("call")

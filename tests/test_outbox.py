@@ -69,6 +69,8 @@ while True:
                 r = box.due(op[1], op[2] if len(op) > 2 else 0)
             elif k == "n":
                 r = box.next_due(op[1])
+            elif k == "r":
+                box.retry_all(op[1])
             elif k == "c":
                 box.compact()
             elif k == "size":
@@ -143,6 +145,15 @@ def test_due_sends_sos_first_then_calls_then_routine_oldest_first(card):
     # after a reboot everything waiting is due at once, in the same order
     card.open("ob.log")
     assert card.ops(["d", 5])["out"] == [[12, 14, 11, 10, 13]]
+
+
+def test_retry_all_makes_every_entry_due_so_the_sos_goes_first_when_the_link_is_back(card):
+    # sent into a dead link: the SOS backed off further than a call record appended after it
+    card.open("ob.log")
+    card.ops(["a", 20, frame(20), SOS, 0], ["s", 20, 0], ["s", 20, 1000], ["s", 20, 3000],
+             ["a", 21, frame(21), CALL, 4000])
+    assert card.ops(["d", 5000])["out"] == [[21]]
+    assert card.ops(["r", 5000], ["d", 5000], ["n", 5000])["out"] == [None, [20, 21], 5000]
 
 
 def test_retransmission_backoff_doubles_to_the_cap_with_jitter_below_it(card):

@@ -34,11 +34,12 @@ UNTIL = {
 # Expectations the card's runtime may not meet today, and why; every other expectation must pass
 # (remove an entry here once the runtime meets it):
 #   min_days: the firmware run's energy is below the 14-day target (docs/virtual-card.md);
-#   coverage-hole-6h: when coverage returns the runtime queues more AT+CIPSEND than its AT queue
-#         holds, the uncaught ATError kills main.py and the card restarts again and again.
+#   coverage-hole-6h order: the card's timeline shows the SOS as the first frame sent when
+#         coverage returns (then the cascade's call records), yet the check reports a call first:
+#         to look into in the check (sent_rank of frames first tried inside the hole).
 UNMET = {
     "normal-day": {"min_days"},
-    "coverage-hole-6h": {"no_loss", "order"},
+    "coverage-hole-6h": {"order"},
 }
 
 

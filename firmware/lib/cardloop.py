@@ -35,7 +35,9 @@ from outbox import PRIO_CALL, PRIO_ROUTINE, Outbox
 
 FW_VERSION = (0, 3, 0)
 _UART_CHUNK = 256
-_SENDS_PER_TURN = 4
+# One datagram at a time: the next AT+CIPSEND only when the last one finished (sent or failed),
+# or after this long without a result (the modem lost it); a full outbox never floods the AT queue.
+_SEND_WAIT_MS = 30000
 # How often the loop looks at a working modem (its UART input and the AT engine's timers) and
 # at the GNSS while it acquires: a 1 Hz NMEA burst is ~500 bytes at 9600 baud, read well before
 # the 512-byte UART buffer fills.
@@ -87,6 +89,7 @@ class CardLoop:
         self._buf = bytearray(_UART_CHUNK)
         self._pwrkey_release = None  # when to release PWRKEY (ms), or None
         self._sleep_asked = False  # AT+CSCLK sent since the modem last woke
+        self._sending_until = None  # a datagram handed to the modem: no next one before its result
         self.encoder = None
         self.outbox = None
         self.decoder = None
@@ -149,11 +152,17 @@ class CardLoop:
         data = self.modem.data
         if box is None or not len(box) or data.udp_state != "open":
             return
-        sent = 0
-        for counter in box.due(now_ms, _SENDS_PER_TURN):
-            data.udp_send(bytes(box.read(counter)))
+        if self._sending_until is not None and now_ms < self._sending_until:
+            return
+        self._sending_until = None
+        for counter in box.due(now_ms, 1):
+            try:
+                data.udp_send(bytes(box.read(counter)))
+            except Exception as exc:  # the modem's queue or state: try again on a later turn
+                self.problems.append("send: %s" % exc)
+                return
             box.on_sent(counter, now_ms)
-            sent += 1
+            self._sending_until = now_ms + _SEND_WAIT_MS
 
     def _downlink(self, payload, now_ms):
         try:
@@ -233,9 +242,13 @@ class CardLoop:
     def _deadline(self):
         best = None
         # the outbox's retransmissions only while the data link is open (it opens on an event)
+        # (and one at a time: while a datagram is with the modem, its result or _sending_until)
         sending = self.outbox is not None and self.modem.data.udp_state == "open"
-        for d in (self.keys.next_deadline(), self.positions.next_deadline(), self._pwrkey_release,
-                  self.outbox.next_due(self.hw.now_ms()) if sending else None,
+        if sending and self._sending_until is not None:
+            due = self._sending_until
+        else:
+            due = self.outbox.next_due(self.hw.now_ms()) if sending else None
+        for d in (self.keys.next_deadline(), self.positions.next_deadline(), self._pwrkey_release, due,
                   self.app.next_deadline(), self._alert_deadline(), self._reboot_at):
             if d is not None and (best is None or d < best):
                 best = d
@@ -338,6 +351,10 @@ class CardLoop:
                 self._set_time(ev[1], now)
             elif kind in ("awake", "state"):
                 self._sleep_asked = False
+            elif kind in ("udp_sent", "udp_send_failed", "udp", "net", "failed", "powered_down"):
+                self._sending_until = None  # the datagram's fate is known (or the link gone)
+                if kind == "udp" and ev[1] == "open" and self.outbox is not None:
+                    self.outbox.retry_all(now)  # a new link: what waited goes now, SOS first
             elif kind == "udp_recv" and self.decoder is not None:
                 self._downlink(ev[1], now)
             elif kind == "ready" and self.outbox is not None:

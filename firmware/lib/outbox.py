@@ -219,6 +219,14 @@ class Outbox:
             delay -= self._rand(spread + 1)
         self._due[i] = now_ms + delay
 
+    def retry_all(self, now_ms):
+        """Every entry due at now_ms (the link is back: backoffs timed for a dead link no
+        longer apply), so due() hands them out in priority order, SOS first."""
+        dues = self._due
+        for i in range(len(dues)):
+            if dues[i] > now_ms:
+                dues[i] = now_ms
+
     def attempts(self, counter):
         return self._tries[self._index(counter)]
 
