@@ -1,256 +1,224 @@
-"""A simulated day of card activity and the smallest heap it runs in, on both MicroPython ports.
+"""A simulated day of the card, and the smallest heap it runs in.
 
-The firmware's runtime (firmware/lib/cardloop.py with every core it drives) runs 24 hours of
-virtual time on a simulated board: a GNSS receiver that answers with NMEA fixes while powered
-(a walk in the morning and in the afternoon, at home otherwise), motion interrupts while walking,
-a key press every two hours in the daytime and one SOS long press, battery and charger pins, and
-a modem that never answers (the modem simulator is the virtual card's: here the driver powers it,
-probes, recovers and gives up, as with a dead module). Frames go into the flash outbox.
+The card's firmware image as it ships (firmware/main.py: cardloop.CardLoop driving
+cardapp.CardApp) runs on the virtual card (carecard.tools.vcard.runner: the board the virtual
+card runs, tools/vcard/mpy/simboard.py, with the simulated A7670 and the simulated L76K) for 24
+hours of virtual time, against a receiver on 127.0.0.1 that acks every frame
+(carecard.tools.vcard.loopback). The day: at home indoors (held positions while the card lies
+still), two half-hour walks to the market with motion interrupts (moving mode, tracks), a call
+to the eldest son every two hours in the daytime (he confirms with a key), a check-in prompt
+answered, a "定位" SMS from the second son, an SOS long press (the cascade reaches the eldest
+son), a call in from the grid worker (answered by itself), a status an hour. The world's script
+lives in the runner, not on the card: the card's heap holds the firmware only.
 
-Printed: the day's counts (loop turns, uplinks, fixes), the wall time, and the smallest
-`-X heapsize` that completes the day (bisection), on the 64-bit port and on the 32-bit one like
-the card's, with the libraries as the card ships them: .mpy files in flash (ROMFS), also loaded
-into RAM for comparison. Target: at most 64 KB on the card.
+Printed: the day's counts (board requests, frames by kind, resets) and the wall time, then the
+smallest `-X heapsize` that completes the day (bisection of whole days): on the 64-bit and the
+32-bit port with the image's .mpy files loaded into RAM, and on a 32-bit port with the card's
+modules frozen into the firmware (built once from ../shared/vendor with carecard.tools.port32,
+cached): the way a card ships them, and the figure to hold against the 64 KB target.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from carecard.host.commands.errors import CommandError
-from carecard.tools import micropython
-from carecard.tools.cardimage import HARDWARE_DIR, HARDWARE_MODULE_PREFIX
-from carecard.tools.bench import heap_rows, on_both_ports
+from carecard.tools import micropython, port32
+from carecard.tools.cardimage import build_card_image
+from carecard.tools.vcard.gnss_sim import GnssSim, Track, TrackPoint
+from carecard.tools.vcard.loopback import LoopbackReceiver
+from carecard.tools.vcard.modem_sim import ANSWERS, CONFIRMS, NO_ANSWER, Callee, ModemSim
+from carecard.tools.vcard.runner import RunnerError, VirtualCard, World
 
 TARGET = 64 * 1024
+HOUR = 3_600_000
+MINUTE = 60_000
+DEVICE = 861234567890123
+KEY = bytes(range(16))
+HOME = (24.905321, 118.587112)
+MARKET = (24.910870, 118.592410)   # about 800 m away
+WALKS = (9, 16)                    # hours of the day: half an hour there and back
+CONTACTS = {1: ("大儿子", "+8613911112222", Callee(CONFIRMS, ring_s=8)),
+            2: ("二儿子", "+8613922223333", Callee(ANSWERS, ring_s=10)),
+            3: ("小儿子", "+8613933334444", Callee(NO_ANSWER)),
+            4: ("网格员", "+8613944445555", Callee(CONFIRMS, ring_s=6))}
 
-# The hardware data as the image's generated constant modules (hwdata.load prefers them).
-HARDWARE_MODULES = tuple(HARDWARE_MODULE_PREFIX + p.stem for p in sorted(HARDWARE_DIR.glob("*.json")))
-# Every module the runtime imports (the card's /lib), flashed as .mpy.
-CARD_MODULES = ("at", "battery", "cardapp", "cardfs", "cardloop", "ccproto", "cccrypto", "ccspec",
-                "civil", "config", "counter", "gnss", "hwdata", "keys", "lis2dh12", "modem",
-                "modem_a7670", "modem_data", "modem_sms", "modem_voice", "nmea", "outbox",
-                "positions", "scheduler", "smspdu") + HARDWARE_MODULES
 
-DAY = r'''
-import gc, os, board, config, cardloop
+@dataclass
+class DayRun:
+    hours: int
+    completed: bool
+    wall_s: float = 0.0
+    requests: int = 0
+    resets: list[str] = field(default_factory=list)
+    frames: Counter[str] = field(default_factory=Counter)
+    fresh_fixes: int = 0
+    held: int = 0
+    no_fix: int = 0
+    calls: Counter[str] = field(default_factory=Counter)
+    decode_errors: int = 0
+    failure: str = ""
 
-ROOT = %(root)r
-HOURS = %(hours)d
-for name in ("outbox.log", "outbox.log.tmp", "uplink.cnt", "uplink.cnt.tmp"):
-    try:
-        os.remove(ROOT + name)
-    except OSError:
-        pass
 
-def _sum(s):
-    c = 0
-    for ch in s:
-        c ^= ord(ch)
-    return "%%02X" %% c
+def track(hours: int) -> Track:
+    points = [TrackPoint(0, *HOME, "indoor")]
+    for hour in WALKS:
+        if hour >= hours:
+            break
+        t = hour * 3600
+        points += [TrackPoint(t, *HOME, "outdoor"), TrackPoint(t + 900, *MARKET, "outdoor"),
+                   TrackPoint(t + 1800, *HOME, "outdoor"), TrackPoint(t + 1801, *HOME, "indoor")]
+    return Track(points)
 
-class I2C:
-    def __init__(self):
-        self.regs = bytearray(64)
-        self.regs[0x0F] = 0x33
-        self.regs[0x31] = 0x6A
-    def readfrom_mem_into(self, addr, reg, buf):
-        r = reg & 0x7F
-        for i in range(len(buf)):
-            buf[i] = self.regs[r + i]
-    def writeto_mem(self, addr, reg, buf):
-        r = reg & 0x7F
-        for i in range(len(buf)):
-            self.regs[r + i] = buf[i]
 
-BASE_DAY = 20426  # 2025-12-04
-BASE_UNIX = BASE_DAY * 86400
+def script(card: VirtualCard, receiver: LoopbackReceiver, modem: ModemSim, hours: int) -> None:
+    """The world's events of the day, scheduled on the runner."""
+    end = hours * HOUR
+    for hour in WALKS:
+        for ms in range(hour * HOUR, hour * HOUR + 30 * MINUTE, 10_000):
+            if ms < end:
+                card.motion(ms)
+    for hour in range(8, 20, 2):
+        if hour * HOUR < end:
+            card.press(hour * HOUR + 10 * MINUTE, 0)          # calls the eldest son
+    events = [
+        (10 * HOUR, lambda: receiver.commands.append(
+            {"seq": 1, "cmd": "checkin_prompt", "prompt_id": 1, "timeout_s": 900})),
+        (12 * HOUR, lambda: modem.incoming_sms(CONTACTS[2][1], "定位", card.now)),
+        (19 * HOUR, lambda: modem.incoming_call(CONTACTS[4][1], ring_for_s=30, talk_s=60,
+                                                now_ms=card.now)),
+    ]
+    for when, action in events:
+        if when < end:
+            card.at(when, action)
+    if 10 * HOUR + 15 * MINUTE < end:
+        card.press(10 * HOUR + 15 * MINUTE, 3)               # answers the check-in prompt
+    if 15 * HOUR + 30 * MINUTE < end:
+        card.press(15 * HOUR + 30 * MINUTE, 1, hold_ms=3000)  # SOS
 
-class DayBoard:
-    name = "sim"
-    key_count = 4
-    has_motion_bus = True
-    def __init__(self):
-        self.t = 0
-        self.events = 0
-        self.keys = [False, False, False, False]
-        self.motion_i2c = I2C()
-        self.gnss_on = False
-        self.nmea_sent = -1
-        self.pending = []
-        self.script = []
-        self.turns = 0
-        t = 0
-        for hour in range(HOURS):
-            base = hour * 3600000
-            if 8 <= hour < 20 and hour %% 2 == 0:
-                self.script.append((base + 600000, 0, True))
-                self.script.append((base + 600300, 0, False))
-            if hour == 15:
-                self.script.append((base + 1800000, 1, True))
-                self.script.append((base + 1803000, 1, False))
-            if hour in (9, 16):
-                for m in range(0, 1800000, 10000):
-                    self.script.append((base + m, -1, None))
-        self.script.sort()
-    def walking(self):
-        h = self.t // 3600000
-        return h in (9, 16) and self.t %% 3600000 < 1800000
-    def now_ms(self):
-        return self.t
-    def take_events(self):
-        e = self.events
-        self.events = 0
-        return e
-    def key_level(self, k):
-        return self.keys[k]
-    def motion_level(self):
-        return False
-    def modem_read(self, buf):
-        return 0
-    def modem_write(self, data):
-        pass
-    def modem_pwrkey(self, pressed):
-        pass
-    def modem_dtr(self, level):
-        pass
-    def modem_power(self, on):
-        return False
-    def _epoch(self, s):
-        # one NMEA epoch (RMC, GGA, GSA) at second s of the day, at home or along the walk
-        metres = (self.t %% 3600000) // 1000 if self.walking() else 0
-        lat = 24.9012345 + metres * 0.00001
-        secs = s %% 86400
-        hh, mm, ss = secs // 3600, secs %% 3600 // 60, secs %% 60
-        t = "%%02d%%02d%%02d.00" %% (hh, mm, ss)
-        d, m = int(lat), (lat - int(lat)) * 60
-        la = "%%02d%%08.5f" %% (d, m)
-        out = []
-        for body in ("GNRMC,%%s,A,%%s,N,11834.5678,E,0.5,90.0,041225,,,A" %% (t, la),
-                     "GNGGA,%%s,%%s,N,11834.5678,E,1,08,0.9,30.0,M,0.0,M,," %% (t, la),
-                     "GNGSA,A,3,01,02,03,04,05,06,07,08,,,,,1.5,0.9,1.2"):
-            out.append("$%%s*%%s\r\n" %% (body, _sum(body)))
-        return "".join(out).encode()
-    def gnss_read(self, buf):
-        if not self.gnss_on:
-            return 0
-        s = self.t // 1000
-        if s == self.nmea_sent:
-            return 0
-        self.nmea_sent = s
-        data = self._epoch(BASE_UNIX + s)
-        n = min(len(data), len(buf))
-        buf[:n] = data[:n]
-        return n
-    def gnss_write(self, data):
-        pass
-    def gnss_power(self, on):
-        self.gnss_on = on
-    def gnss_backup(self, on):
-        pass
-    def battery_uv(self):
-        return 1950000 - self.t // 100000
-    def charger_pins(self):
-        return False, False
-    def buzzer(self, on):
-        pass
-    def vibration(self, on):
-        pass
-    def led(self, on):
-        pass
-    def watchdog_start(self, ms):
-        pass
-    def feed(self):
-        pass
-    def rtc_unix(self):
-        return None
-    def set_rtc_unix(self, s):
-        pass
-    def reset_cause(self):
-        return "power_on"
-    def wake_cause(self):
-        return board.WAKE_NONE
-    def idle(self, ms, sleep):
-        self.turns += 1
-        end = self.t + ms
-        script = self.script
-        if script and script[0][0] <= end:
-            t, k, level = script.pop(0)
-            if t > self.t:
-                self.t = t
-            if k < 0:
-                self.events |= board.EV_MOTION
-                return board.WAKE_MOTION
-            self.keys[k] = level
-            self.events |= board.EV_KEY << k
-            return board.WAKE_KEY
-        self.t = end
-        return board.WAKE_TIMER
 
-cfg = config.load(ROOT + "config.json")
-hw = DayBoard()
-loop = cardloop.CardLoop(hw, cfg, root=ROOT)
-end = HOURS * 3600000
-while hw.t < end:
-    loop.step()
-pol = loop.positions
-print("DAY", hw.turns, loop.uplinks_made, pol.fixes, pol.no_fixes, pol.held_sent, len(loop.outbox),
-      loop.outbox.evicted, len(loop.problems))
-'''
+def flash_folder(folder: Path, port: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"device_id": DEVICE, "device_key": KEY.hex(), "server_host": "127.0.0.1",
+              "server_port": port, "owner_name": "王秀英",
+              "contacts": [{"key": k, "name": n, "number": num} for k, (n, num, _) in CONTACTS.items()]}
+    (folder / "config.json").write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
+    return folder
+
+
+def play(image: Path, hours: int, *, heapsize: int | None = None) -> DayRun:
+    """One day on the selected interpreter (micropython.using). completed: the card ran to the
+    end without a reset (a MemoryError ends the process: the run stops there)."""
+    result = DayRun(hours, completed=False)
+    with tempfile.TemporaryDirectory(prefix="carecard-day-") as tmp, \
+            LoopbackReceiver(DEVICE, KEY) as receiver:
+        modem = ModemSim(seed=11, callees={num: callee for _, num, callee in CONTACTS.values()})
+        world = World(modem=modem, gnss=GnssSim(track(hours), seed=11))
+        card = VirtualCard(image, flash_folder(Path(tmp) / "flash", receiver.port), world,
+                           heapsize=heapsize, hang_s=60.0, reply_wait_s=0.2)
+        card.max_crashes = 0
+        started = time.perf_counter()
+        try:
+            with card:
+                script(card, receiver, modem, hours)
+                run = card.run(hours * HOUR)
+        except RunnerError as exc:
+            result.failure = str(exc)
+            return result
+        result.wall_s = time.perf_counter() - started
+        result.requests = run.requests
+        result.resets = [cause for _, cause in run.resets]
+        result.completed = card.now >= hours * HOUR and result.resets == ["power_on"]
+        result.decode_errors = len(receiver.errors)
+        for frame in receiver.frames:
+            result.frames[frame["type"]] += 1
+            if frame["type"] == "position":
+                if frame["fix"] == "none":
+                    result.no_fix += 1
+                elif frame["source"] == "held":
+                    result.held += 1
+                else:
+                    result.fresh_fixes += 1
+            elif frame["type"] == "call":
+                result.calls[frame["outcome"]] += 1
+    return result
+
+
+def smallest_heap(image: Path, hours: int, *, low: int = 16 * 1024, high: int = 512 * 1024,
+                  step: int = 1024) -> int:
+    """The smallest -X heapsize (to `step` bytes) with which the day completes."""
+    if not play(image, hours, heapsize=high).completed:
+        raise CommandError(f"the simulated day does not complete even with a {high:,}-byte heap")
+    while high - low > step:
+        mid = (low + high) // 2
+        if play(image, hours, heapsize=mid).completed:
+            high = mid
+        else:
+            low = mid
+    return high
+
+
+def frozen_port(progress: port32.Progress) -> micropython.Interpreter:
+    """The 32-bit port with the card image's modules frozen in (built once per state of the
+    firmware; cached)."""
+    with tempfile.TemporaryDirectory(prefix="carecard-freeze-") as tmp:
+        source = build_card_image(Path(tmp) / "image", compiled=False)
+        modules = Path(tmp) / "modules"
+        shutil.copytree(source / "lib", modules, ignore=shutil.ignore_patterns("hwjson"))
+        return micropython.Interpreter(32, str(port32.ensure_frozen(modules, progress)))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hours", type=int, default=24, help="simulated hours (default 24)")
 
 
-def workload(root: Path, hours: int) -> str:
-    config = {"device_id": 861234567890123, "device_key": "000102030405060708090a0b0c0d0e0f",
-              "server_host": "127.0.0.1", "server_port": 9,
-              "contacts": [{"key": k, "name": f"contact {k}", "number": f"+86138000000{k:02d}"}
-                           for k in range(1, 5)]}
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "config.json").write_text(json.dumps(config))
-    return DAY % {"root": str(root) + "/", "hours": hours}
+def summary(day: DayRun) -> str:
+    kinds = ", ".join(f"{n} {k}" for k, n in sorted(day.frames.items()))
+    calls = ", ".join(f"{n} {k}" for k, n in sorted(day.calls.items()))
+    return (f"{day.hours} h in {day.wall_s:.1f} s wall time: {day.requests:,} board requests; "
+            f"frames received: {kinds}; positions: {day.fresh_fixes} fresh, {day.held} held, "
+            f"{day.no_fix} without a fix; calls: {calls}; resets: {', '.join(day.resets)}")
 
 
 def run(args: argparse.Namespace) -> int:
     if not 1 <= args.hours <= 24 * 7:
         raise CommandError("--hours must be 1 to 168")
-    print(f"carecard bench day: {args.hours} simulated hours of the card's runtime on a simulated "
-          "board, then the smallest heap on both ports (a bisection of whole days)",
-          file=sys.stderr, flush=True)
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    progress(f"carecard bench day: {args.hours} simulated hours of the card's firmware on the "
+             "virtual card, then the smallest heap (a bisection of whole days)")
     image = micropython.card_image(compiled=True)
-    with tempfile.TemporaryDirectory(prefix="carecard-bench-day-") as tmp:
-        code = workload(Path(tmp) / "card", args.hours)
-        rom = micropython.flash_folder(image, CARD_MODULES, Path(tmp) / "rom")
-        started = time.perf_counter()
-        out = micropython.run(code, image=image, rom=rom, timeout=600)
-        wall = time.perf_counter() - started
-        day = next((line.split() for line in out.splitlines() if line.startswith("DAY ")), None)
-        if day is None:
-            raise CommandError(f"the simulated day printed no result: {out[-500:]}")
-        turns, uplinks, fixes, no_fixes, held, depth, evicted, problems = (int(x) for x in day[1:])
-        print(f"simulated day: {args.hours} h in {wall:.1f} s wall time "
-              f"({micropython.current().name} port): {turns:,} loop turns, {uplinks} uplinks "
-              f"({depth} in the outbox, {evicted} evicted), {fixes} fixes, {no_fixes} without a fix, "
-              f"{held} held positions, {problems} problems")
-
-        def heaps() -> list[int]:
-            return [micropython.smallest_heap(code, image=image, rom=rom, high=512 * 1024, step=512),
-                    micropython.smallest_heap(code, image=image, high=512 * 1024, step=512)]
-
-        measured = list(on_both_ports(heaps))
-    labels = ["the .mpy files in flash (ROMFS, as a card ships them)", "the .mpy files loaded into RAM"]
-    print(heap_rows(f"card runtime smallest heap in bytes (a simulated day of {args.hours} h; the card's "
-                    "figures are the 32-bit port's):",
-                    [(label, [figures[i] for _, figures in measured]) for i, label in enumerate(labels)],
-                    [port for port, _ in measured]))
-    card = next(figures[0] for port, figures in measured if port.bits == 32)
+    try:
+        ports = micropython.interpreters(progress=progress)
+        frozen = frozen_port(progress)
+    except port32.Port32Error as exc:
+        raise CommandError(f"the 32-bit MicroPython port cannot be built: {exc}") from None
+    rows: list[tuple[str, int]] = []
+    for port in ports + [frozen]:
+        how = "frozen into the firmware" if port is frozen else ".mpy files loaded into RAM"
+        with micropython.using(port):
+            day = play(image, args.hours)
+            if not day.completed:
+                raise CommandError(f"the simulated day failed on the {port.name} port ({how}): "
+                                   f"{day.failure or day.resets}")
+            print(f"simulated day, {port.name} port, {how}: {summary(day)}", flush=True)
+            rows.append((f"{port.name} port, {how}", smallest_heap(image, args.hours)))
+    print(f"card runtime smallest heap in bytes (a simulated day of {args.hours} h):")
+    width = max(len(label) for label, _ in rows) + 2
+    for label, size in rows:
+        print(f"  {label:<{width}}{size:>10,}")
+    card = rows[-1][1]
     verdict = "within" if card <= TARGET else "OVER"
-    print(f"card heap (32-bit, ROMFS): {card:,} bytes, {verdict} the {TARGET:,}-byte target")
+    print(f"card heap (32-bit, modules frozen as a card ships them): {card:,} bytes, {verdict} "
+          f"the {TARGET:,}-byte target")
     return 0
