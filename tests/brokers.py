@@ -19,17 +19,20 @@ from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
 
-MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/bin/mosquitto")
+def daemon_path(program: str, package: str) -> str:
+    """Where a Debian package's daemon is (sbin daemons are off a normal user's PATH)."""
+    for folder in ("/usr/sbin", "/usr/bin"):
+        path = Path(folder) / program
+        if path.exists():
+            return str(path)
+    found = shutil.which(program)
+    if found:
+        return found
+    raise RuntimeError(f"{program} not found: install Debian's `{package}` package (make test does: make debs)")
 
 
 def mosquitto_path() -> str:
-    for path in MOSQUITTO_CANDIDATES:
-        if Path(path).exists():
-            return path
-    found = shutil.which("mosquitto")
-    if found:
-        return found
-    raise RuntimeError("mosquitto not found: install the Debian package (make test does: make debs)")
+    return daemon_path("mosquitto", "mosquitto")
 
 
 def free_port() -> int:

@@ -6,7 +6,6 @@ monitoring) with its JetStream store in a temp folder. Nodes can be SIGKILLed an
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import socket
 import subprocess
@@ -15,18 +14,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from brokers import daemon_path
+
 START_TIMEOUT_S = 30.0
-CANDIDATES = ("/usr/sbin/nats-server", "/usr/bin/nats-server")
 
 
 def nats_server_path() -> str:
-    for path in CANDIDATES:
-        if Path(path).exists():
-            return path
-    found = shutil.which("nats-server")
-    if found:
-        return found
-    raise RuntimeError("nats-server not found: install Debian's `nats-server` package (`make debs`)")
+    return daemon_path("nats-server", "nats-server")
 
 
 def _reserve_port() -> socket.socket:

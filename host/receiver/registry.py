@@ -190,19 +190,7 @@ def add_devices(store: DeviceRegistry, data_dir: Path, specs: list[DeviceSpec], 
                 if spec_.device in old_keys:
                     raise _already_registered(spec_.device, spec_.where)
         new_keys = {**old_keys, **{spec_.device: spec_.key for spec_ in specs}}
-        keys_written = False
-
-        def write_key_file() -> None:
-            # The key file is written inside the store's transaction: if writing it fails nothing
-            # is committed; if the commit fails after it, the old key file is put back.
-            nonlocal keys_written
-            try:
-                save_keys(keys_path(data_dir), new_keys)
-            except OSError as exc:
-                raise RegistryError(f"cannot write the key file {keys_path(data_dir)}: "
-                                    f"{exc.strerror}") from None
-            keys_written = True
-
+        write_key_file = _KeyFileStep(data_dir, old_keys, new_keys)
         records = [DeviceRecord(spec_.device, spec_.name, spec_.iccid, spec_.phone, list(spec_.contacts))
                    for spec_ in specs]
         try:
@@ -210,8 +198,7 @@ def add_devices(store: DeviceRegistry, data_dir: Path, specs: list[DeviceSpec], 
         except DeviceExistsError as exc:
             raise _already_registered(exc.device, where.get(exc.device, "")) from None
         except BaseException:
-            if keys_written:
-                save_keys(keys_path(data_dir), old_keys)
+            write_key_file.undo()
             raise
 
 
@@ -228,18 +215,7 @@ def remove_device(store: DeviceRegistry, data_dir: Path, device: int, *,
         except KeyFileError as exc:
             raise RegistryError(f"{exc}; fix or move it away before removing devices") from None
         new_keys = {other: key for other, key in old_keys.items() if other != device}
-        keys_written = False
-
-        def write_key_file() -> None:
-            nonlocal keys_written
-            if device not in old_keys:
-                return
-            try:
-                save_keys(keys_path(data_dir), new_keys)
-            except OSError as exc:
-                raise RegistryError(f"cannot write the key file {keys_path(data_dir)}: "
-                                    f"{exc.strerror}") from None
-            keys_written = True
+        write_key_file = _KeyFileStep(data_dir, old_keys, new_keys)
 
         try:
             return store.remove_device(device, now=stamp, before_commit=write_key_file)
@@ -247,11 +223,35 @@ def remove_device(store: DeviceRegistry, data_dir: Path, device: int, *,
             if device not in old_keys:
                 raise RegistryError(str(exc)) from None
         except BaseException:
-            if keys_written:
-                save_keys(keys_path(data_dir), old_keys)
+            write_key_file.undo()
             raise
         write_key_file()  # a key without a registry entry: only the key goes
         return None
+
+
+class _KeyFileStep:
+    """Writes the new key file inside the store's transaction (its before_commit): if writing
+    fails nothing is committed; if the commit fails after it, `undo` puts the old file back.
+    Unchanged keys: nothing is written."""
+
+    def __init__(self, data_dir: Path, old_keys: dict[int, bytes], new_keys: dict[int, bytes]):
+        self.path = keys_path(data_dir)
+        self.old_keys = old_keys
+        self.new_keys = new_keys
+        self.written = False
+
+    def __call__(self) -> None:
+        if self.new_keys == self.old_keys:
+            return
+        try:
+            save_keys(self.path, self.new_keys)
+        except OSError as exc:
+            raise RegistryError(f"cannot write the key file {self.path}: {exc.strerror}") from None
+        self.written = True
+
+    def undo(self) -> None:
+        if self.written:
+            save_keys(self.path, self.old_keys)
 
 
 def _already_registered(device: int, where: str) -> RegistryError:

@@ -26,8 +26,10 @@ import asyncio
 import collections
 import concurrent.futures
 import itertools
+import json
 import logging
 import math
+import os
 import random
 import re
 import time
@@ -189,6 +191,17 @@ class Sink(abc.ABC):
     def stats(self) -> dict[str, Any]:
         """Sink-specific counters added to the runner's stats (e.g. dead_lettered)."""
         return {}
+
+
+def append_dead_letter(path: Path, record: Mapping[str, Any]) -> None:
+    """Append one dead-letter record (a JSON line) to `path` and fsync it: an event a sink gives
+    up on is kept on disk before the sink's cursor moves past it. Raises OSError."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+    with open(path, "ab") as out:
+        out.write(line)
+        out.flush()
+        os.fsync(out.fileno())
 
 
 def backoff_delay(attempt: int, low: float, high: float, rng: random.Random | None = None) -> float:

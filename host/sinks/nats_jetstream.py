@@ -62,7 +62,7 @@ import nats.js.errors
 
 from carecard.host.events import ALERT_KIND
 from carecard.host.paths import dead_letter_path
-from carecard.host.sinks.base import ConfigError, Sink, SinkError, SinkTable, SinkUnavailable
+from carecard.host.sinks.base import ConfigError, Sink, SinkError, SinkTable, SinkUnavailable, append_dead_letter
 from carecard.host.sinks.mqtt import tls_options
 from carecard.host.storage import LogEntry
 from carecard.host.timefmt import iso_utc
@@ -385,20 +385,12 @@ class NatsSink(Sink):
         record = {"dead_lettered_at": iso_utc(time.time(), millis=True), "sink": self.name,
                   "stream": self.stream, "subject": subject, "reason": reason, "event": event}
         try:
-            await self.run_io(self._write_dead_letter, record)
+            await self.run_io(append_dead_letter, self.dead_letter, record)
         except OSError as exc:
             raise SinkError(f"cannot write dead-letter file {self.dead_letter}: {exc}", delivered=index) from exc
         self.dead_lettered += 1
         log.error("sink %s: event %s dead-lettered to %s: %s", self.name, event.get("id"),
                   self.dead_letter, reason)
-
-    def _write_dead_letter(self, record: dict[str, Any]) -> None:
-        self.dead_letter.parent.mkdir(parents=True, exist_ok=True)
-        line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
-        with open(self.dead_letter, "ab") as out:
-            out.write(line)
-            out.flush()
-            os.fsync(out.fileno())
 
     async def close(self) -> None:
         nc, self._nc, self._js = self._nc, None, None

@@ -44,7 +44,6 @@ import hmac
 import http.client
 import json
 import logging
-import os
 import socket
 import ssl
 import time
@@ -59,6 +58,7 @@ from carecard.host.sinks.base import (
     DEFAULT_RETRY_MAX,
     DEFAULT_RETRY_MIN,
     ConfigError,
+    append_dead_letter,
     Sink,
     SinkError,
     SinkTable,
@@ -218,14 +218,6 @@ class WebhookSink(Sink):
                 raise _Transient(what) from None
         raise AssertionError("unreachable")
 
-    def _write_dead_letter(self, record: dict[str, Any]) -> None:
-        self.dead_letter.parent.mkdir(parents=True, exist_ok=True)
-        line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
-        with open(self.dead_letter, "ab") as out:
-            out.write(line)
-            out.flush()
-            os.fsync(out.fileno())
-
     # --- delivery ----------------------------------------------------------------------------
 
     def request_bodies(self, event: dict[str, Any]) -> list[bytes]:
@@ -282,7 +274,7 @@ class WebhookSink(Sink):
                   "url": self.url, "attempts": attempts, "reason": reason, "status": status,
                   "event": event}
         try:
-            await self.run_io(self._write_dead_letter, record)
+            await self.run_io(append_dead_letter, self.dead_letter, record)
         except OSError as exc:  # keep the event in the log rather than lose it
             raise SinkError(f"cannot write dead-letter file {self.dead_letter}: {exc}", delivered=index) from exc
         self.dead_lettered += 1
