@@ -1,7 +1,7 @@
-"""What an operator scrapes from a running `carecard receive` (a real process, its sinks in their
-own process): frames stored and rejected by reason, the commit latency histogram, and a sink's
-lag behind the log head while its NATS server is down, back to 0 once it is up (the events then
-in the JetStream stream)."""
+"""What an operator scrapes from a running `carecard receive` (a real process, its sinks and its
+alert engine in processes of their own): frames stored and rejected by reason, the commit latency
+histogram, a sink's lag behind the log head while its NATS server is down, back to 0 once it is
+up (the events then in the JetStream stream), and the engine's partition, lease age and lag."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def test_an_operator_sees_frames_commit_latency_and_a_sinks_lag_while_nats_is_do
         '[[sinks]]\ntype = "sqlite"\n\n'
         f'[[sinks]]\ntype = "nats"\nname = "bus"\nservers = "{nats_server.urls[0]}"\n'
         "retry_min = 0.05\nretry_max = 0.3\nconnect_timeout = 0.5\nreconnect_wait = 0.1\n\n"
-        "[engine]\nenabled = false\n")
+        "[engine]\npoll_s = 0.2\n")
     receiver = ReceiverProcess(tmp_path, "--config", str(config), metrics=True)
     try:
         port = receiver.metrics_port
@@ -65,6 +65,9 @@ def test_an_operator_sees_frames_commit_latency_and_a_sinks_lag_while_nats_is_do
         nats_server.nodes[0].start()
         nats_server.wait_ready()
         up = scrape_until(port, lambda s: s.get('carecard_sink_lag_events{sink="bus"}') == 0, "the lag gone")
+        engine = scrape_until(port, lambda s: s.get('carecard_engine_lag_events{partition="engine"}') == 0
+                              and s.get('carecard_engine_partition_cursor{partition="engine"}', 0) >= 5,
+                              "the engine caught up")
     finally:
         receiver.terminate()
         status = asyncio.run(_stream_messages(nats_server.urls))
@@ -83,7 +86,10 @@ def test_an_operator_sees_frames_commit_latency_and_a_sinks_lag_while_nats_is_do
     assert down["carecard_commits_total"] >= 1 and down["carecard_commit_seconds_sum"] > 0
     assert up['carecard_sink_delivered_total{sink="bus"}'] == 5
     assert up['carecard_sink_failures_total{sink="bus"}'] >= 1
-    assert status == 5
+    assert status >= 5  # the frames' events (and any alert the engine raised)
+    assert engine['carecard_engine_partition_held{partition="engine"}'] == 1
+    assert engine['carecard_engine_lease_age_seconds{partition="engine"}'] > 0
+    assert engine["carecard_engine_active"] == 1
 
 
 async def _stream_messages(servers: list[str]) -> int:

@@ -11,7 +11,9 @@ commands_sent_total, commands_finished_total{state}, stream_garbage_total{transp
 tcp_connections_evicted_total, event_log_pruned_total, and the gauges devices_registered, devices_seen_last_hour, sources_over_budget,
 tcp_connections, commands_open, sink_queue_depth{sink}, sink_lag_events{sink},
 sink_lag_seconds{sink}, sink_delivered_total{sink}, sink_failures_total{sink},
-sink_dead_lettered_total{sink}, sink_up{sink}, event_log_pruned_upto, uptime_seconds.
+sink_dead_lettered_total{sink}, sink_up{sink}, event_log_pruned_upto, uptime_seconds, and for the
+engine engine_partition_held{partition}, engine_lease_age_seconds{partition},
+engine_partition_cursor{partition}, engine_lag_events{partition}.
 """
 
 from __future__ import annotations
@@ -71,6 +73,10 @@ class Metrics:
         self.tcp_evicted = 0
         self.gauges: dict[str, tuple[str, Callable[[], Any]]] = {}
         self.sink_stats: Callable[[], dict[str, dict[str, Any]]] | None = None
+        # the engine worker's stats (engine.process.EngineWorker.stats) and the newest event log
+        # seq this receiver knows of, for the engine's partitions, leases and lag
+        self.engine_stats: Callable[[], dict[str, Any]] | None = None
+        self.log_head: Callable[[], int] | None = None
 
     def observe_commit(self, seconds: float) -> None:
         """One ingest commit took `seconds`."""
@@ -172,7 +178,35 @@ class Metrics:
                 log.exception("sink stats failed")
                 stats = {}
             self._render_sinks(family, stats)
+        if self.engine_stats is not None:
+            try:
+                engine = self.engine_stats()
+                head = self.log_head() if self.log_head is not None else None
+            except Exception:
+                log.exception("engine stats failed")
+                engine, head = {}, None
+            self._render_engine(family, engine, head)
         return "\n".join(out) + "\n"
+
+    @staticmethod
+    def _render_engine(family: Callable[..., None], stats: dict[str, Any], head: int | None) -> None:
+        partitions = sorted((stats.get("partitions") or {}).items())
+        held = [(name, p) for name, p in partitions if p.get("held")]
+        family("engine_partition_held", "gauge", "1 while this receiver's engine worker holds the "
+               "partition's lease, 0 while another worker does (or none).",
+               [({"partition": name}, int(bool(p.get("held")))) for name, p in partitions])
+        family("engine_lease_age_seconds", "gauge", "How long this worker has held the partition's "
+               "lease (it restarts at 0 when the partition moved to it).",
+               [({"partition": name}, p["lease_age_s"]) for name, p in held
+                if isinstance(p.get("lease_age_s"), (int, float))])
+        family("engine_partition_cursor", "gauge", "Event log seq the partition has handled up to "
+               "(as this worker last saw it).",
+               [({"partition": name}, int(p.get("cursor") or 0)) for name, p in partitions])
+        if head is not None:
+            family("engine_lag_events", "gauge", "Events a held partition still has to read: the "
+                   "newest event log seq this receiver knows (its commits, its engine's, its sinks' "
+                   "head) less the partition's cursor.",
+                   [({"partition": name}, max(0, head - int(p.get("cursor") or 0))) for name, p in held])
 
     @staticmethod
     def _render_sinks(family: Callable[..., None], stats: dict[str, dict[str, Any]]) -> None:

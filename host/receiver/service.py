@@ -97,6 +97,7 @@ class Receiver:
         self._timer: asyncio.TimerHandle | None = None
         self._paused = False
         self._pruned_upto = 0  # every prunable event (not a frame's) up to this seq is gone
+        self._log_head = 0  # the newest event log seq this receiver committed or heard of
         self._prune_due = 0.0  # monotonic time of the next allowed prune
         self._tasks: list[asyncio.Task[Any]] = []
         self._started = False
@@ -274,6 +275,7 @@ class Receiver:
         them)."""
         if commands and not self._closed and self.store is not None:
             self.check_registry()
+        self._log_head = max(self._log_head, last_seq)
         if self.sinks is not None and last_seq and not self._closed:
             self.sinks.notify(last_seq)
 
@@ -518,6 +520,8 @@ class Receiver:
                     lambda: engine.restarts)
             m.gauge("engine_partitions_held", "Engine partitions the child holds (under their leases).",
                     stat("partitions_held"))
+            m.engine_stats = engine.stats
+            m.log_head = self._known_log_head
         if self.config.engine.enabled:
             for path in ("http", "mqtt"):
                 for reason in ("accepted", "missing_signature", "bad_signature", "bad_timestamp",
@@ -530,6 +534,17 @@ class Receiver:
         m.gauge("event_log_pruned_upto", "Every event up to this seq other than a frame's (frames' "
                 "rows are the archive) has been pruned from the log (all sinks delivered it).",
                 lambda: self._pruned_upto)
+
+    def _known_log_head(self) -> int:
+        """The newest event log seq this receiver knows: its own commits, its engine's, and the
+        head its sinks last read (other receivers' commits on a shared store show there)."""
+        head = self._log_head
+        if self.sinks is not None:
+            for stats in self.sinks.stats().values():
+                seen = stats.get("head")
+                if isinstance(seen, int) and seen > head:
+                    head = seen
+        return head
 
     def _inbound_count(self, path: str, reason: str) -> int:
         server = self.alert_http if path == "http" else self.alert_mqtt
@@ -629,6 +644,7 @@ class Receiver:
             for send, address, ack in acks:
                 send(ack, address)
             self.metrics.acks_sent += len(acks)
+            self._log_head = max(self._log_head, last_seq)
             if last_seq and self.sinks is not None:
                 # idle: nothing collected meanwhile, so a sink lingering for more gains nothing
                 self.sinks.notify(last_seq, idle=not len(ingest.batch))
