@@ -17,9 +17,10 @@ def test_the_scale_benchmark_prints_frames_per_second_per_receiver_count_and_the
     report = json.loads(result.stdout)
     names = [figure["name"] for figure in report["figures"]]
     assert names[1:] == ["SQLite, 1 receiver", "PostgreSQL, 1 receiver", "PostgreSQL, 2 receivers",
-                         "engine, 1 worker on PostgreSQL"]
+                         "PostgreSQL storage", "engine, 1 worker on PostgreSQL"]
     for figure in report["figures"][1:4]:
         assert "300 acked" in figure["text"] and "300 in the store" in figure["text"]
         assert figure["numbers"][0] > 0  # frames/s
-    assert "600 events of the log" in report["figures"][4]["text"]  # both PostgreSQL runs
+    assert "bytes per stored frame" in report["figures"][4]["text"]
+    assert "600 events of the log" in report["figures"][5]["text"]  # both PostgreSQL runs
     assert "x SQLite" in report["figures"][3]["text"]

@@ -38,6 +38,28 @@ from carecard.tools.bench.receive import Generator, device_ids, device_key, proc
 START_TIMEOUT_S = 30.0
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a server process and its children: its own, its children's that exited
+    (it waited for them), and those of the children running now (PostgreSQL's backends)."""
+    def fields(of: int) -> list[str]:
+        try:
+            return Path(f"/proc/{of}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return []
+
+    tick = os.sysconf("SC_CLK_TCK")
+    own = fields(pid)
+    if not own:
+        return 0.0
+    total = sum(int(own[i]) for i in (11, 12, 13, 14))
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            child = fields(int(entry.name))
+            if child and int(child[1]) == pid:
+                total += int(child[11]) + int(child[12])
+    return total / tick
+
+
 class Receiver:
     """`carecard receive` as a process, with its log in a file (ports read from it)."""
 
@@ -75,6 +97,15 @@ class Receiver:
 
     def cpu(self) -> float:
         return process_cpu(self.proc.pid)
+
+    def failed_commits(self) -> tuple[int, int]:
+        """(commits that failed, of them: a downlink block another receiver reserved first)."""
+        failed = reserved = 0
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if "commit failed" in line:
+                failed += 1
+                reserved += "reserved by another receiver" in line
+        return failed, reserved
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -117,7 +148,7 @@ def _count_frames(store_setting: str, data_dir: Path, devices: list[int]) -> int
 
 
 def run_receivers(args: argparse.Namespace, store: str, count: int, first: int,
-                  workdir: Path) -> dict[str, Any]:
+                  workdir: Path, db_pid: int | None = None) -> dict[str, Any]:
     """`count` receivers on `store`, one generator run; the figures."""
     folders = [workdir / f"receiver-{first}-{i}" for i in range(count)]
     for folder in folders:
@@ -130,18 +161,23 @@ def run_receivers(args: argparse.Namespace, store: str, count: int, first: int,
             receivers.append(Receiver(folder, store, args.batch))
         generator = Generator([r.port for r in receivers], args, first, None)
         cpu = [r.cpu() for r in receivers]
+        db_cpu = tree_cpu(db_pid) if db_pid else 0.0
         result = generator.run()
         cpu = [r.cpu() - before for r, before in zip(receivers, cpu)]
+        db_cpu = tree_cpu(db_pid) - db_cpu if db_pid else 0.0
     finally:
         for receiver in receivers:
             receiver.stop()
+    failures = [receiver.failed_commits() for receiver in receivers]
     seconds = result["finished"] - result["started"]
     stored = _count_frames(store, folders[0], devices)
     return {"receivers": count, "acked": result["acked"], "unacked": result["unacked"],
             "retransmits": result["retransmits"], "seconds": seconds, "stored": stored,
             "rate": result["acked"] / seconds if seconds > 0 else 0.0,
             "cpu_us": [1e6 * c / max(1, stored) for c in cpu],
-            "generator_us": 1e6 * result.get("cpu_s", 0.0) / max(1, result["acked"])}
+            "db_cpu_us": 1e6 * db_cpu / max(1, stored) if db_pid else None,
+            "generator_us": 1e6 * result.get("cpu_s", 0.0) / max(1, result["acked"]),
+            "failed_commits": sum(f for f, _ in failures), "reserved_first": sum(r for _, r in failures)}
 
 
 def engine_speed(args: argparse.Namespace, store: str, workdir: Path) -> dict[str, Any] | None:
@@ -255,9 +291,14 @@ def run(args: argparse.Namespace) -> int:
                 store = cluster.new_database()
             for index, count in enumerate(counts):
                 label = f"PostgreSQL, {count} receiver{'s' if count > 1 else ''}"
-                figures = run_receivers(args, store, count, 710_000 + 10_000 * index, workdir)
+                figures = run_receivers(args, store, count, 710_000 + 10_000 * index, workdir,
+                                        cluster.process.pid if cluster and cluster.process else None)
                 results.append((label, figures))
                 _print(label, figures, sqlite["rate"])
+            size = _bytes_per_frame(store)
+            if size:
+                print(f"  PostgreSQL storage: {size:,.0f} bytes per stored frame (the event log table "
+                      f"with its indexes and TOAST, over {_frames(store):,} frames)")
             if not args.no_engine:
                 engine = engine_speed(args, store, workdir)
                 if engine is not None:
@@ -277,10 +318,30 @@ def run(args: argparse.Namespace) -> int:
     return status
 
 
+def _frames(store: str) -> int:
+    import psycopg
+
+    with psycopg.connect(store) as conn:
+        return conn.execute("SELECT COUNT(*) FROM event_log").fetchone()[0]
+
+
+def _bytes_per_frame(store: str) -> float:
+    import psycopg
+
+    with psycopg.connect(store) as conn:
+        size = conn.execute("SELECT pg_total_relation_size('event_log')").fetchone()[0]
+    frames = _frames(store)
+    return size / frames if frames else 0.0
+
+
 def _print(label: str, figures: dict[str, Any], sqlite_rate: float | None) -> None:
     cpu = " + ".join(f"{us:.1f}" for us in figures["cpu_us"])
+    if figures.get("db_cpu_us") is not None:
+        cpu += f" us, PostgreSQL server {figures['db_cpu_us']:.1f}"
     versus = f", {figures['rate'] / sqlite_rate:.2f} x SQLite" if sqlite_rate else ""
     print(f"  {label}: {figures['rate']:,.0f} frames/s stored{versus} ({figures['acked']} acked in "
           f"{figures['seconds']:.2f} s, {figures['stored']} in the store, {figures['retransmits']} "
-          f"resent; receiver CPU {cpu} us per frame, generator {figures['generator_us']:.1f} us)",
+          f"resent, {figures['failed_commits']} commits failed ({figures['reserved_first']} on a downlink "
+          f"block another receiver reserved first); receiver CPU {cpu} us per frame, generator "
+          f"{figures['generator_us']:.1f} us)",
           flush=True)
