@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from carecard.host.commands.nmea_cmd import FIX_FIELDS
+from carecard.tools.micropython import json_lines_service
 
-SERVICE = """
-import sys, json, binascii, hwdata
+SERVICE = json_lines_service("""
+import binascii, hwdata
 import gnss
 FIELDS = %(fields)r
 def ev_json(ev):
@@ -23,41 +24,33 @@ def ev_json(ev):
             "timeout_ms": ev.timeout_ms,
             "fix": None if fix is None else dict(zip(FIELDS, [getattr(fix, k) for k in FIELDS]))}
 acqs = {}
-while True:
-    line = sys.stdin.readline()
-    if not line:
-        break
-    req = json.loads(line)
-    out = []
-    try:
-        name = req.get("id", "a")
-        if "profile" in req:
-            acqs[name] = gnss.FixAcquisition(hwdata.load(req["profile"]), **req.get("kw", {}))
-        acq = acqs[name]
-        for step in req["steps"]:
-            op = step[0]
-            if op == "start":
-                acq.start(step[1])
-            elif op == "feed":
-                acq.receive_data(binascii.unhexlify(step[1]), step[2])
-            elif op == "poll":
-                acq.poll(step[1])
-            elif op == "cancel":
-                acq.cancel(step[1])
-            elif op == "backup_lost":
-                acq.backup_lost()
-            elif op == "storage":
-                acq.storage_mode()
-            while True:
-                ev = acq.next_event()
-                if ev is None:
-                    break
-                out.append([op, ev_json(ev)])
-        ans = {"events": out, "ignored": acq.ignored_bytes, "acquiring": acq.acquiring}
-    except Exception as exc:
-        ans = {"events": out, "error": "%%s: %%s" %% (type(exc).__name__, exc)}
-    print(json.dumps(ans))
-""" % {"fields": FIX_FIELDS}
+def handle(req, out):
+    name = req.get("id", "a")
+    if "profile" in req:
+        acqs[name] = gnss.FixAcquisition(hwdata.load(req["profile"]), **req.get("kw", {}))
+    acq = acqs[name]
+    for step in req["steps"]:
+        op = step[0]
+        if op == "start":
+            acq.start(step[1])
+        elif op == "feed":
+            acq.receive_data(binascii.unhexlify(step[1]), step[2])
+        elif op == "poll":
+            acq.poll(step[1])
+        elif op == "cancel":
+            acq.cancel(step[1])
+        elif op == "backup_lost":
+            acq.backup_lost()
+        elif op == "storage":
+            acq.storage_mode()
+        while True:
+            ev = acq.next_event()
+            if ev is None:
+                break
+            out.append([op, ev_json(ev)])
+    ans = {"events": out, "ignored": acq.ignored_bytes, "acquiring": acq.acquiring}
+    return ans
+""" % {"fields": FIX_FIELDS}, collected="events")
 
 
 class Card:

@@ -10,46 +10,40 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from carecard.tools.micropython import json_lines_service
+
 DEBOUNCE, LONG, STUCK = 30, 2000, 20000
 
-SERVICE = r"""
-import sys, json
+SERVICE = json_lines_service(r"""
 import keys
 k = None
-while True:
-    line = sys.stdin.readline()
-    if not line:
-        break
-    req = json.loads(line)
-    out = []
-    try:
-        if "new" in req:
-            n = req["new"]
-            k = keys.Keys(n[0], n[1], n[2], n[3])
-            k.start(req.get("levels", [0] * n[0]), req.get("t0", 0))
-        for op in req.get("ops", ()):
-            if op[0] == "e":
-                k.edge(op[1], op[2], op[3])
-            elif op[0] == "p":
-                k.poll(op[1])
-            elif op[0] == "deadlines":
-                # poll at every deadline up to op[1], then at op[1]
-                while True:
-                    d = k.next_deadline()
-                    if d is None or d > op[1]:
-                        break
-                    k.poll(d)
-                k.poll(op[1])
+def handle(req, out):
+    global k
+    if "new" in req:
+        n = req["new"]
+        k = keys.Keys(n[0], n[1], n[2], n[3])
+        k.start(req.get("levels", [0] * n[0]), req.get("t0", 0))
+    for op in req.get("ops", ()):
+        if op[0] == "e":
+            k.edge(op[1], op[2], op[3])
+        elif op[0] == "p":
+            k.poll(op[1])
+        elif op[0] == "deadlines":
+            # poll at every deadline up to op[1], then at op[1]
+            while True:
+                d = k.next_deadline()
+                if d is None or d > op[1]:
+                    break
+                k.poll(d)
+            k.poll(op[1])
+        ev = k.next_event()
+        while ev is not None:
+            out.append(list(ev))
             ev = k.next_event()
-            while ev is not None:
-                out.append(list(ev))
-                ev = k.next_event()
-        ans = {"events": out, "deadline": k.next_deadline(), "bounces": k.bounces,
-               "down": [k.down(i) for i in range(k.count)]}
-    except Exception as exc:
-        ans = {"events": out, "error": "%s: %s" % (type(exc).__name__, exc)}
-    print(json.dumps(ans))
-"""
+    ans = {"events": out, "deadline": k.next_deadline(), "bounces": k.bounces,
+           "down": [k.down(i) for i in range(k.count)]}
+    return ans
+""", collected="events")
 
 
 class Card:

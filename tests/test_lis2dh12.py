@@ -9,69 +9,63 @@ from pathlib import Path
 
 import pytest
 
+from carecard.tools.micropython import json_lines_service
+
 HERE = Path(__file__).resolve().parent
 HARDWARE = HERE.parent / "hardware"
 PART = json.loads((HARDWARE / "accel_lis2dh12.json").read_text())
 PINS = json.loads((HARDWARE / "pins_carecard_s3.json").read_text())
 
-SERVICE = (HERE / "fake_lis2dh12.py").read_text() + r"""
-import sys, json
+SERVICE = json_lines_service((HERE / "fake_lis2dh12.py").read_text() + r"""
 import lis2dh12, hwdata
 chip = None
 acc = None
-while True:
-    line = sys.stdin.readline()
-    if not line:
-        break
-    req = json.loads(line)
-    out = []
-    try:
-        if "chip" in req:
-            c = req["chip"]
-            chip = FakeLIS2DH12(c.get("address", 0x18), c.get("who", 0x33),
-                                {int(k): v for k, v in c.get("stuck", {}).items()})
-            part = hwdata.load("accel_lis2dh12")
-            if "fs" in req:
-                part["mode"]["full_scale_g"] = req["fs"]
-            acc = lis2dh12.LIS2DH12(chip, part)
-        for op in req.get("ops", ()):
-            k = op[0]
-            if k == "present":
-                out.append(acc.present())
-            elif k == "configure":
-                acc.configure(op[1], op[2])
-                out.append([acc.threshold_mg, acc.duration_ms])
-            elif k == "hold":
-                rises = chip.pin_rises
-                chip.hold(op[1], op[2])
-                out.append(chip.pin_rises - rises)
-            elif k == "service":
-                out.append(acc.service())
-            elif k == "isr":
-                # the board: the pin rose (flag set by the ISR), so service the chip
-                n = 0
-                while chip.pin:
-                    acc.service()
-                    n += 1
-                out.append(n)
-            elif k == "take":
-                out.append(acc.take_count())
-            elif k == "off":
-                acc.power_down()
-                out.append(chip.odr_hz())
-            elif k == "steps":
-                out.append(list(acc.steps(op[1], op[2])))
-        ans = {"out": out, "count": acc.count, "spurious": acc.spurious, "pin": chip.pin,
-               "errors": chip.errors,
-               "chip": {"odr_hz": chip.odr_hz(), "low_power": chip.low_power(),
-                        "fs_g": chip.full_scale_g(), "threshold_mg": chip.threshold_mg(),
-                        "duration": chip.duration_samples(), "latched": chip.latched(),
-                        "routed": chip.int1_routed(), "hp": chip.hp_on_int1(),
-                        "cfg": chip.regs[0x30]}}
-    except Exception as exc:
-        ans = {"out": out, "error": "%s: %s" % (type(exc).__name__, exc)}
-    print(json.dumps(ans))
-"""
+def handle(req, out):
+    global chip, acc
+    if "chip" in req:
+        c = req["chip"]
+        chip = FakeLIS2DH12(c.get("address", 0x18), c.get("who", 0x33),
+                            {int(k): v for k, v in c.get("stuck", {}).items()})
+        part = hwdata.load("accel_lis2dh12")
+        if "fs" in req:
+            part["mode"]["full_scale_g"] = req["fs"]
+        acc = lis2dh12.LIS2DH12(chip, part)
+    for op in req.get("ops", ()):
+        k = op[0]
+        if k == "present":
+            out.append(acc.present())
+        elif k == "configure":
+            acc.configure(op[1], op[2])
+            out.append([acc.threshold_mg, acc.duration_ms])
+        elif k == "hold":
+            rises = chip.pin_rises
+            chip.hold(op[1], op[2])
+            out.append(chip.pin_rises - rises)
+        elif k == "service":
+            out.append(acc.service())
+        elif k == "isr":
+            # the board: the pin rose (flag set by the ISR), so service the chip
+            n = 0
+            while chip.pin:
+                acc.service()
+                n += 1
+            out.append(n)
+        elif k == "take":
+            out.append(acc.take_count())
+        elif k == "off":
+            acc.power_down()
+            out.append(chip.odr_hz())
+        elif k == "steps":
+            out.append(list(acc.steps(op[1], op[2])))
+    ans = {"out": out, "count": acc.count, "spurious": acc.spurious, "pin": chip.pin,
+           "errors": chip.errors,
+           "chip": {"odr_hz": chip.odr_hz(), "low_power": chip.low_power(),
+                    "fs_g": chip.full_scale_g(), "threshold_mg": chip.threshold_mg(),
+                    "duration": chip.duration_samples(), "latched": chip.latched(),
+                    "routed": chip.int1_routed(), "hp": chip.hp_on_int1(),
+                    "cfg": chip.regs[0x30]}}
+    return ans
+""")
 
 MODE = PART["mode"]
 STEP = PART["threshold_lsb_mg"][str(MODE["full_scale_g"])]

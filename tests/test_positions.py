@@ -8,62 +8,55 @@ import json
 import pytest
 
 from carecard.protocol import encode_frame, decode_frame, spec
+from carecard.tools.micropython import json_lines_service
 
 TIMINGS = {"position_s": 900, "moving_position_s": 60, "moving_quiet_s": 300,
            "motion_burst_count": 3, "motion_burst_s": 30, "track_points": 4}
 HOME = (249012345, 1184567890)
 
-SERVICE = r"""
-import sys, json
+SERVICE = json_lines_service(r"""
 import positions
 from nmea import Fix
 pol = None
-while True:
-    line = sys.stdin.readline()
-    if not line:
-        break
-    req = json.loads(line)
-    out = []
-    try:
-        if "new" in req:
-            pol = positions.PositionPolicy(positions.timings(req["new"]), req["motion"], 0)
-        for op in req["ops"]:
-            kind, t = op[0], op[1]
-            if kind == "run":  # poll at every deadline up to t
-                while True:
-                    d = pol.next_deadline()
-                    if d is None or d > t:
-                        break
-                    pol.poll(d)
-                    a = pol.next_action()
-                    while a is not None:
-                        out.append([d] + list(a))
-                        if a[0] == "acquire":
-                            pol.acquiring(d)
-                        a = pol.next_action()
-            elif kind == "motion":
-                pol.motion(t)
-            elif kind == "fix":  # [lat, lon, hdop_x10] or null
-                f = op[2]
-                fix = None if f is None else Fix(1764374400 + t // 1000, 0, True, "3d", f[0], f[1],
-                                                 30, f[2], 8, 0, 0, 1, "A", False, 10)
-                pol.fix_result(fix, t, 1764374400 + t // 1000)
-            elif kind == "count":
-                out.append(["count", pol.take_motion_count()])
-            elif kind == "locate":
-                pol.locate(t)
-                pol.poll(t)
-            a = pol.next_action()
-            while a is not None:
-                out.append([t] + list(a))
-                if a[0] == "acquire":
-                    pol.acquiring(t)
+def handle(req, out):
+    global pol
+    if "new" in req:
+        pol = positions.PositionPolicy(positions.timings(req["new"]), req["motion"], 0)
+    for op in req["ops"]:
+        kind, t = op[0], op[1]
+        if kind == "run":  # poll at every deadline up to t
+            while True:
+                d = pol.next_deadline()
+                if d is None or d > t:
+                    break
+                pol.poll(d)
                 a = pol.next_action()
-        ans = {"out": out, "mode": pol.mode}
-    except Exception as exc:
-        ans = {"out": out, "error": "%s: %s" % (type(exc).__name__, exc)}
-    print(json.dumps(ans))
-"""
+                while a is not None:
+                    out.append([d] + list(a))
+                    if a[0] == "acquire":
+                        pol.acquiring(d)
+                    a = pol.next_action()
+        elif kind == "motion":
+            pol.motion(t)
+        elif kind == "fix":  # [lat, lon, hdop_x10] or null
+            f = op[2]
+            fix = None if f is None else Fix(1764374400 + t // 1000, 0, True, "3d", f[0], f[1],
+                                             30, f[2], 8, 0, 0, 1, "A", False, 10)
+            pol.fix_result(fix, t, 1764374400 + t // 1000)
+        elif kind == "count":
+            out.append(["count", pol.take_motion_count()])
+        elif kind == "locate":
+            pol.locate(t)
+            pol.poll(t)
+        a = pol.next_action()
+        while a is not None:
+            out.append([t] + list(a))
+            if a[0] == "acquire":
+                pol.acquiring(t)
+            a = pol.next_action()
+    ans = {"out": out, "mode": pol.mode}
+    return ans
+""")
 
 
 @pytest.fixture(scope="module")

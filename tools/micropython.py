@@ -293,10 +293,36 @@ def smallest_heap(code: str, *, low: int = 2048, high: int = 1 << 20, step: int 
     return size
 
 
+_JSON_LINES_LOOP = r"""
+def _serve(handle, collected):
+    import sys, json
+    while True:
+        line = sys.stdin.readline()
+        if not line:
+            break
+        req = json.loads(line)
+        out = []
+        try:
+            ans = handle(req, out)
+        except Exception as exc:
+            ans = {collected: out, "error": "%s: %s" % (type(exc).__name__, exc)}
+        print(json.dumps(ans))
+"""
+
+
+def json_lines_service(handler: str, *, collected: str = "out") -> str:
+    """A script for `Batch` that answers one JSON request per stdin line with one JSON line.
+    `handler` (MicroPython source) defines `handle(req, out)`: it appends what it collects to
+    `out` and returns the answer; an exception answers {collected: out so far, "error":
+    "Type: message"}, so a test sees how far the firmware got before it raised."""
+    return handler + _JSON_LINES_LOOP + f"\n_serve(handle, {collected!r})\n"
+
+
 class Batch:
     """A long-lived MicroPython process: `call(line) -> line`, one request per line.
 
-    `script` must loop: read a line from `sys.stdin`, write exactly one line to `sys.stdout`.
+    `script` must loop: read a line from `sys.stdin`, write exactly one line to `sys.stdout`
+    (json_lines_service builds such a script around a request handler).
     """
 
     def __init__(self, script: str, *, heapsize: int | None = None, image: Path | None = None):
