@@ -18,6 +18,14 @@ SERVICE = json_lines_service(r"""
 import positions
 from nmea import Fix
 pol = None
+def drain(t, out):
+    # the policy's actions at t; an acquisition it asks for starts at once
+    a = pol.next_action()
+    while a is not None:
+        out.append([t] + list(a))
+        if a[0] == "acquire":
+            pol.acquiring(t)
+        a = pol.next_action()
 def handle(req, out):
     global pol
     if "new" in req:
@@ -30,12 +38,7 @@ def handle(req, out):
                 if d is None or d > t:
                     break
                 pol.poll(d)
-                a = pol.next_action()
-                while a is not None:
-                    out.append([d] + list(a))
-                    if a[0] == "acquire":
-                        pol.acquiring(d)
-                    a = pol.next_action()
+                drain(d, out)
         elif kind == "motion":
             pol.motion(t)
         elif kind == "fix":  # [lat, lon, hdop_x10] or null
@@ -48,14 +51,8 @@ def handle(req, out):
         elif kind == "locate":
             pol.locate(t)
             pol.poll(t)
-        a = pol.next_action()
-        while a is not None:
-            out.append([t] + list(a))
-            if a[0] == "acquire":
-                pol.acquiring(t)
-            a = pol.next_action()
-    ans = {"out": out, "mode": pol.mode}
-    return ans
+        drain(t, out)
+    return {"out": out, "mode": pol.mode}
 """)
 
 
