@@ -18,6 +18,8 @@ import sqlite3
 import sys
 import time
 import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +106,24 @@ def open_ingest_store(data: DataDir, store: str | None = None) -> Any:
         raise CommandError(str(exc)) from None
     except StoreError as exc:
         raise CommandError(f"{exc} (data folder from {data.source})", status=1) from None
+
+
+@contextmanager
+def registry_change(data: DataDir, store: str | None, *, failed: str = "") -> Iterator[Any]:
+    """The store for one change of the registry, closed after it; the change's errors become
+    one-line command errors (status 1), `failed` said before them."""
+    from carecard.host.receiver.registry import RegistryError
+    from carecard.host.storage import StoreError
+
+    opened = open_ingest_store(data, store)
+    try:
+        yield opened
+    except (RegistryError, StoreError) as exc:
+        raise CommandError(f"{failed}{exc}", status=1) from None
+    except OSError as exc:
+        raise CommandError(f"{failed}cannot write in {data.path}: {exc.strerror}", status=1) from None
+    finally:
+        opened.close()
 
 
 def display_width(text: str) -> int:
@@ -200,7 +220,6 @@ def run_add(args: argparse.Namespace) -> int:
         parse_number,
     )
     from carecard.host.keyfile import KeyFileError, parse_key_hex
-    from carecard.host.storage import StoreError
 
     try:
         device = parse_imei(args.imei, "IMEI", check_digit=not args.no_check_digit)
@@ -216,16 +235,9 @@ def run_add(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     data = data_dir_of(args, write=True, must_exist=False)
     data_dir = data.path
-    store = open_ingest_store(data, args.store)
-    try:
+    with registry_change(data, args.store) as store:
         add_devices(store, data_dir, [DeviceSpec(device, name, key, contacts, iccid, phone)],
                     replace=args.replace)
-    except (RegistryError, StoreError) as exc:
-        raise CommandError(str(exc), status=1) from None
-    except OSError as exc:
-        raise CommandError(f"cannot write in {data_dir}: {exc.strerror}", status=1) from None
-    finally:
-        store.close()
     print(f"{'re-provisioned' if args.replace else 'added'} device {device} ({name}), "
           f"{len(contacts)} contacts; key stored in {data_dir / 'keys.json'}")
     if args.print_key:
@@ -235,23 +247,15 @@ def run_add(args: argparse.Namespace) -> int:
 
 def run_remove(args: argparse.Namespace) -> int:
     from carecard.host.keyfile import KeyFileError, parse_device_id
-    from carecard.host.receiver.registry import RegistryError, remove_device
-    from carecard.host.storage import StoreError
+    from carecard.host.receiver.registry import remove_device
 
     try:
         device = parse_device_id(args.imei, "IMEI")
     except KeyFileError as exc:
         raise CommandError(str(exc)) from None
     data = data_dir_of(args, write=True, must_exist=False)
-    store = open_ingest_store(data, args.store)
-    try:
+    with registry_change(data, args.store) as store:
         record = remove_device(store, data.path, device)
-    except (RegistryError, StoreError) as exc:
-        raise CommandError(str(exc), status=1) from None
-    except OSError as exc:
-        raise CommandError(f"cannot write in {data.path}: {exc.strerror}", status=1) from None
-    finally:
-        store.close()
     if record is None:
         print(f"removed the key of device {device} (it had no registry entry)")
     else:
@@ -263,7 +267,6 @@ def run_remove(args: argparse.Namespace) -> int:
 def run_import(args: argparse.Namespace) -> int:
     from carecard.host.keyfile import KeyFileError
     from carecard.host.receiver.registry import RegistryError, add_devices, load_key_file, read_records
-    from carecard.host.storage import StoreError
 
     try:
         good, records_problems = read_records(Path(args.file))
@@ -273,8 +276,7 @@ def run_import(args: argparse.Namespace) -> int:
     if good:
         data = data_dir_of(args, write=True, must_exist=False)
         data_dir = data.path
-        store = open_ingest_store(data, args.store)
-        try:
+        with registry_change(data, args.store, failed="nothing imported: ") as store:
             # Devices already registered are bad records too (unless --replace): report them all,
             # then import the rest in one transaction.
             if not args.replace:
@@ -293,13 +295,6 @@ def run_import(args: argparse.Namespace) -> int:
                 good = kept
             if good:
                 add_devices(store, data_dir, good, replace=args.replace)
-        except (RegistryError, StoreError) as exc:
-            raise CommandError(f"nothing imported: {exc}", status=1) from None
-        except OSError as exc:
-            raise CommandError(f"nothing imported: cannot write in {data_dir}: {exc.strerror}",
-                               status=1) from None
-        finally:
-            store.close()
     if args.json:
         print(json.dumps({"file": str(args.file), "imported": [str(s.device) for s in good],
                           "bad_records": problems}, ensure_ascii=False))
