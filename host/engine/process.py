@@ -31,7 +31,6 @@ Parent <-> child protocol (carecard.host.receiver.childproc; one line per messag
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import hashlib
 import json
 import logging
@@ -42,6 +41,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from carecard.host import pidlock
 from carecard.host.engine.runner import ENGINE_NAME, EngineRunner, EngineThread
 from carecard.host.receiver.childproc import ChildProcess, ChildProcessError, ParentPipe, child_main, parent_lines
 
@@ -123,18 +123,10 @@ class EngineLock:
     def _try_file(self) -> bool:
         path = self.data_dir / self._file_name()
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._fd = pidlock.try_lock(path)
         except OSError as exc:
             raise EngineStartError(f"engine lock {path}: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return False
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-        return True
+        return self._fd is not None
 
     def _try_postgresql(self) -> bool:
         import psycopg
@@ -174,10 +166,7 @@ class EngineLock:
         """Who holds the lock, for the log (the pid written in the lock file)."""
         if self.store.startswith(("postgresql://", "postgres://")):
             return "another engine"
-        try:
-            pid = (self.data_dir / self._file_name()).read_text().strip()
-        except OSError:
-            pid = ""
+        pid = pidlock.holder(self.data_dir / self._file_name())
         return f"pid {pid}" if pid else "another engine"
 
     def _drop_connection(self) -> None:
@@ -190,11 +179,8 @@ class EngineLock:
     def release(self) -> None:
         self.acquired_at = None
         if self._fd is not None:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-            finally:
-                os.close(self._fd)
-                self._fd = None
+            fd, self._fd = self._fd, None
+            pidlock.release(fd)
         if self._conn is not None:
             self._drop_connection()
 

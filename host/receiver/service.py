@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import fcntl
 import logging
-import os
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+from carecard.host import pidlock
 from carecard.host.keyfile import KeyFileError, check_private
 from carecard.host.paths import ingest_db_path
 from carecard.host.receiver.config import ReceiverConfig
@@ -334,21 +333,13 @@ class Receiver:
     def _take_lock(self) -> None:
         path = self.data_dir / LOCK_FILE_NAME
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._lock_fd = pidlock.try_lock(path)
         except OSError as exc:
             raise StartupError(f"data folder {self.data_dir}: cannot create {path.name}: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            try:
-                other = os.read(fd, 32).decode(errors="replace").strip() or "?"
-            finally:
-                os.close(fd)
+        if self._lock_fd is None:
+            other = pidlock.holder(path) or "?"
             raise StartupError(f"data folder {self.data_dir} is in use by another receiver (pid {other}): "
-                               "stop it or use another --data folder") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
+                               "stop it or use another --data folder")
 
     def not_ready(self) -> str | None:
         """None when the receiver is ready (every listener bound and accepting, the store open,
@@ -747,11 +738,8 @@ class Receiver:
             self.store.close()
             self.store = None
         if self._lock_fd is not None:
-            try:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            finally:
-                os.close(self._lock_fd)
-                self._lock_fd = None
+            fd, self._lock_fd = self._lock_fd, None
+            pidlock.release(fd)
 
     # --- conveniences -----------------------------------------------------------------------------
 
