@@ -14,6 +14,7 @@ from carecard.host.receiver.config import ConfigError, config_from_mapping
 from carecard.host.receiver.downlinks import queue_command
 from carecard.host.receiver.registry import DeviceSpec, add_devices, make_imei
 from carecard.host.storage.postgresql import PostgreSQLStore
+from carecard.protocol import decode_frame, spec
 
 from receiver_helpers import Card, ReceiverProcess, exchange, key_for, udp_client
 
@@ -224,11 +225,81 @@ def test_three_receivers_on_one_database_store_each_acked_frame_once_and_never_r
         assert len(counters) == len(set(counters)), f"device {device}: a downlink counter was used twice"
 
 
-def test_a_block_of_downlink_counters_is_committed_only_if_nobody_reserved_it(pg_cluster) -> None:
+def test_one_cards_frames_alternating_over_three_receivers_are_each_acked_at_once_and_stored_once(
+        pg_cluster, tmp_path: Path) -> None:
+    """A load balancer sends a card's consecutive frames to different receivers, each of which
+    loaded the card's downlink reservation at start: every frame is acked on its first sending
+    (no receiver fails its batch on a block of downlink counters another one reserved first),
+    no downlink counter is used twice, a retransmission to a receiver that has not seen the
+    frame is acked again and stored once, and a counter used again with other content is
+    answered with a resync, never acked."""
+    import shutil
+
+    url = pg_cluster.new_database()
+    folders = [tmp_path / f"r{i}" for i in range(RECEIVERS)]
+    for folder in folders:
+        folder.mkdir()
+    device = make_imei(86123456200000)
+    card = Card(device, key_for(device))
+    store = PostgreSQLStore(url)
+    try:
+        add_devices(store, folders[0], [DeviceSpec(device, "Grandpa Wang", card.key)])
+    finally:
+        store.close()
+    for folder in folders[1:]:
+        shutil.copy2(folders[0] / "keys.json", folder / "keys.json")
+    receivers = [ReceiverProcess(folder, "--config", str(_receiver_config(folder, url)))
+                 for folder in folders]
+    sock = udp_client()
+    downlink_counters: list[int] = []
+    try:
+        frames = [card.frame("position" if i % 4 else "status") for i in range(4 * RECEIVERS)]
+        for i, frame in enumerate(frames):
+            answer = exchange(sock, receivers[i % RECEIVERS].udp_port, frame, timeout=10.0)
+            assert answer is not None, f"frame {i + 1} (to receiver {i % RECEIVERS}) not acked"
+            ack = card.ack(answer)
+            assert ack["acked"] == i + 1
+            downlink_counters.append(ack["counter"])
+        # the last frame, stored by receiver 2, sent again to receiver 0 and then 1
+        for target in (0, 1):
+            answer = exchange(sock, receivers[target].udp_port, frames[-1], timeout=10.0)
+            assert answer is not None and card.ack(answer)["acked"] == len(frames)
+            downlink_counters.append(card.ack(answer)["counter"])
+        # the last counter again with other content (a card that lost its counter): a resync
+        reused = card.frame("position", counter=len(frames), lat_e7=1)
+        resync = None
+        for attempt in range(10):
+            answer = exchange(sock, receivers[attempt % 2].udp_port, reused, timeout=5.0)
+            if answer is None:
+                continue
+            message = decode_frame(answer, card.key)
+            assert message["type"] == "resync", f"a reused counter was answered with {message}"
+            resync = message
+            break
+        assert resync is not None and resync["rejected"] == len(frames)
+        assert resync["next_counter"] == len(frames) + 1
+    finally:
+        sock.close()
+        codes = [receiver.terminate()[0] for receiver in receivers]
+    assert codes == [0] * RECEIVERS
+    assert len(downlink_counters) == len(set(downlink_counters)), downlink_counters
+    with psycopg.connect(url) as conn:
+        stored = conn.execute("SELECT counter, tag FROM frames WHERE device = %s ORDER BY counter",
+                              (device,)).fetchall()
+        log_rows = conn.execute("SELECT COUNT(*) FROM event_log WHERE device = %s", (device,)).fetchone()[0]
+        reserved = conn.execute("SELECT downlink_reserved FROM devices WHERE device = %s",
+                                (device,)).fetchone()[0]
+    assert [counter for counter, _tag in stored] == list(range(1, len(frames) + 1))
+    assert [bytes(tag) for _c, tag in stored] == [frame[-spec.TAG_LEN:] for frame in frames]
+    assert log_rows == len(frames)
+    assert max(downlink_counters) <= reserved  # every counter sent was reserved first
+
+
+def test_a_block_of_downlink_counters_another_receiver_reserved_first_is_moved_above_it(pg_cluster) -> None:
     """Two receivers that both start numbering a card's acks from the same stored reservation:
-    the second commit of a block from that counter on fails (nothing of its batch stored, so
-    none of its acks is sent), and its reload starts above the first one's block."""
-    from carecard.host.storage import CommitBatch, StoreError
+    the second one's batch is committed all the same, with a block as large above the first
+    one's reservation, which the store says it reserved instead."""
+    from carecard.host.storage import CommitBatch
 
     url = pg_cluster.new_database()
     device = make_imei(86123456000002)
@@ -236,15 +307,54 @@ def test_a_block_of_downlink_counters_is_committed_only_if_nobody_reserved_it(pg
     try:
         first.prepare(CommitBatch(downlink_reserved={device: 4096}, downlink_claimed={device: 1}))
         first.finish()
-        with pytest.raises(StoreError, match=f"device {device}: downlink counters from 1 on were reserved"):
-            second.prepare(CommitBatch(downlink_reserved={device: 4096}, downlink_claimed={device: 1}))
-        assert second.load_devices()[device].downlink_reserved == 4096
-        second.prepare(CommitBatch(downlink_reserved={device: 8192}, downlink_claimed={device: 4097}))
+        batch = CommitBatch(downlink_reserved={device: 4096}, downlink_claimed={device: 1})
+        second.prepare(batch)
         second.finish()
+        assert batch.downlink_granted == {device: (4097, 8192)}
         assert first.load_devices()[device].downlink_reserved == 8192
+        claimed_in_time = CommitBatch(downlink_reserved={device: 12288}, downlink_claimed={device: 8193})
+        first.prepare(claimed_in_time)
+        first.finish()
+        assert claimed_in_time.downlink_granted == {}
+        assert second.load_devices()[device].downlink_reserved == 12288
     finally:
         first.close()
         second.close()
+
+
+def test_frames_another_receiver_stored_meanwhile_leave_the_batch_and_the_others_are_stored(pg_cluster) -> None:
+    """A batch holding frames another receiver stored after this one's replay window was loaded:
+    the same content (a retransmission) is not stored again, other content under a stored
+    counter is refused, the rest of the batch is stored, and the log's seqs stay gapless."""
+    from carecard.host.storage import CommitBatch
+
+    url = pg_cluster.new_database()
+    device = make_imei(86123456000003)
+    card = Card(device, key_for(device))
+
+    def row(frame: bytes) -> tuple:
+        message = decode_frame(frame, card.key)
+        return (device, message["counter"], frame[-spec.TAG_LEN:], message["type"], message["time"],
+                1_700_000_000.0, "udp", frame, frame[spec.HEADER_LEN:-spec.TAG_LEN])
+
+    frames = [card.frame("position") for _ in range(4)]
+    other = card.frame("position", counter=2, lat_e7=5)
+    first, second = PostgreSQLStore(url), PostgreSQLStore(url)
+    try:
+        first.prepare(CommitBatch(frames=[row(frames[0]), row(frames[1])]))
+        first.finish()
+        batch = CommitBatch(frames=[row(frames[0]), row(other), row(frames[2]), row(frames[3])])
+        last = second.prepare(batch)
+        second.finish()
+        assert [r[1] for r in batch.frames] == [3, 4]
+        assert batch.frames_refused == [(device, 2)]
+        assert last == 4
+    finally:
+        first.close()
+        second.close()
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT seq, counter, tag FROM event_log ORDER BY seq").fetchall() == [
+            (i + 1, i + 1, frames[i][-spec.TAG_LEN:]) for i in range(4)]
 
 
 def test_devices_add_registers_a_card_in_the_postgresql_store(pg_cluster, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import pytest
 from carecard.host.events import alert_event
 from carecard.host import downlink_lifecycle as lifecycle
 from carecard.host.storage import CommitBatch, EventLogReader, IngestStore, StoreError
+from carecard.host.storage.postgresql import PostgreSQLStore
 
 from receiver_helpers import STATUS
 
@@ -86,14 +87,25 @@ def test_nothing_prepared_is_seen_until_finished_and_an_abort_leaves_nothing(bac
 
 
 def test_a_frame_is_stored_once(backend: Backend) -> None:
-    """A (device, counter) already stored fails the whole batch (the ingest never sends one);
-    nothing of that batch is stored."""
+    """A (device, counter) already stored is never stored again. In the embedded store (one
+    receiver, whose replay window knows every stored frame, so it never sends one) it fails the
+    whole batch and nothing of it is stored; in a store shared by several receivers (another one
+    may have stored it after this one loaded its window) the frame leaves the batch, listed as
+    refused when its content differs, and the rest is stored."""
     store = backend.store
-    _commit(store, CommitBatch(frames=[_frame(DEVICE, 1)]))
-    with pytest.raises(StoreError):
-        store.prepare(CommitBatch(frames=[_frame(DEVICE, 2), _frame(DEVICE, 1, tag=b"x" * 8)]))
-    assert store.window_state(DEVICE, 16)[0] == 1
-    assert _commit(store, CommitBatch(frames=[_frame(DEVICE, 2)])) == 2
+    original = _frame(DEVICE, 1)
+    _commit(store, CommitBatch(frames=[original]))
+    batch = CommitBatch(frames=[_frame(DEVICE, 2), _frame(DEVICE, 1, tag=b"x" * 8)])
+    if isinstance(store, PostgreSQLStore):
+        assert _commit(store, batch) == 2
+        assert batch.frames_refused == [(DEVICE, 1)] and [row[1] for row in batch.frames] == [2]
+        assert store.window_state(DEVICE, 16)[0] == 2
+    else:
+        with pytest.raises(StoreError):
+            store.prepare(batch)
+        assert store.window_state(DEVICE, 16)[0] == 1
+        assert _commit(store, CommitBatch(frames=[_frame(DEVICE, 2)])) == 2
+    assert store.stored_tag(DEVICE, 1) == original[2]
 
 
 def test_the_replay_window_keeps_only_the_last_counters(backend: Backend) -> None:

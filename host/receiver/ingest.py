@@ -489,6 +489,47 @@ class Ingest:
         self.batch = PendingBatch()
         return batch
 
+    def prepared(self, batch: PendingBatch) -> None:
+        """The store has written the batch (not yet committed) and said what a shared store
+        changed in it: acks numbered from a block of downlink counters another receiver reserved
+        first take the counters of the block reserved instead; frames another receiver stored
+        meanwhile with other content are not acked. Called before any further frame is handled."""
+        commit = batch.commit
+        if not commit.downlink_granted and not commit.frames_refused:
+            return
+        granted = commit.downlink_granted
+        claimed = commit.downlink_claimed
+        refused = set(commit.frames_refused)
+        next_in_block = {device: first for device, (first, _last) in granted.items()}
+        keyring = self.keyring
+        acks = []
+        for reply, address, ack in batch.acks:
+            device, counter = _unpack_header(ack)[3:5]
+            if device in next_in_block and counter >= claimed[device] or refused:
+                message = decode_frame(ack, keyring)
+                if refused and message["type"] == "ack" and (device, message["acked"]) in refused:
+                    continue
+                if device in next_in_block and counter >= claimed[device]:
+                    if next_in_block[device] > granted[device][1]:
+                        continue  # the block is used up (a flood of retransmissions): not acked
+                    message["counter"] = next_in_block[device]
+                    next_in_block[device] += 1
+                    ack = encode_frame(message, keyring, ack[0])
+            acks.append((reply, address, ack))
+        batch.acks = acks
+        for device, (first, last) in granted.items():
+            self.dl_next[device] = next_in_block[device]
+            self.dl_reserved[device] = last
+            log.info("device %s: downlink counters from %s on were reserved by another receiver "
+                     "first: this receiver's acks go on from %s", device, claimed[device], first)
+        for device, counter in refused:
+            # the window took the refused content as stored: read it again from the store
+            self.windows.pop(device, None)
+            log.warning("device %s counter %s: another receiver stored other content under this "
+                        "counter meanwhile: not stored, not acked (its next sending is answered "
+                        "with a resync)", device, counter)
+        self.metrics.downlink_blocks_moved += len(granted)
+
     def committed(self, batch: PendingBatch, last_seq: int, seconds: float) -> list[tuple[Sender, Any, bytes]]:
         """The batch is durable: count, and return the acks to send."""
         frames = batch.commit.frames  # rows of FRAME_ROW: device, counter, tag, type, ...

@@ -6,7 +6,7 @@ format 0.0.4; `GET /healthz` returns `ok` (200) when the service is ready, else 
 
 Names (all prefixed `carecard_`): frames_received_total{transport}, frames_stored_total{type},
 frames_duplicate_total, frames_rejected_total{reason}, acks_sent_total, ack_send_errors_total, acks_withheld_total,
-commits_total, commit_failures_total, commit_seconds (histogram: _bucket{le}, _sum, _count), batch_frames_sum,
+commits_total, commit_failures_total, downlink_blocks_moved_total, commit_seconds (histogram: _bucket{le}, _sum, _count), batch_frames_sum,
 commands_sent_total, commands_finished_total{state}, stream_garbage_total{transport,reason},
 tcp_connections_evicted_total, event_log_pruned_total, and the gauges devices_registered, devices_seen_last_hour, sources_over_budget,
 tcp_connections, commands_open, sink_queue_depth{sink}, sink_lag_events{sink},
@@ -63,6 +63,7 @@ class Metrics:
         self.acks_withheld = 0
         self.commits = 0
         self.commit_failures = 0
+        self.downlink_blocks_moved = 0
         self.commit_seconds = 0.0
         self.commit_buckets = [0] * len(COMMIT_BUCKETS)  # commits that took at most each bound
         self.batch_frames = 0
@@ -107,6 +108,7 @@ class Metrics:
             "acks_sent": self.acks_sent, "ack_send_errors": self.ack_send_errors,
             "acks_withheld": self.acks_withheld,
             "commits": self.commits, "commit_failures": self.commit_failures,
+            "downlink_blocks_moved": self.downlink_blocks_moved,
             "commands_sent": self.commands_sent, "commands_finished": dict(self.commands_finished),
             "events_pruned": self.events_pruned, "tcp_evicted": self.tcp_evicted,
         }
@@ -139,6 +141,9 @@ class Metrics:
         family("commits_total", "counter", "Ingest transactions committed.", [({}, self.commits)])
         family("commit_failures_total", "counter", "Ingest transactions that failed (nothing acked).",
                [({}, self.commit_failures)])
+        family("downlink_blocks_moved_total", "counter", "Blocks of downlink counters reserved above "
+               "another receiver's, which had reserved the claimed block first (shared store).",
+               [({}, self.downlink_blocks_moved)])
         family("commit_seconds", "histogram", "Time an ingest commit took (the store's latency: "
                "frames are acked only after it).", [])
         cumulative = 0

@@ -588,6 +588,7 @@ class Receiver:
             self._inflight_done.clear()
             self._committed(future, batch)
             return
+        self.ingest.prepared(batch)
         future = self._loop.run_in_executor(self._writer, self._finish, last_seq, started)
         self._inflight = future
         self._inflight_done.clear()

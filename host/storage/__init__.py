@@ -91,9 +91,18 @@ class CommitBatch:
     device_stats: list[tuple] = field(default_factory=list)
     downlink_reserved: dict[int, int] = field(default_factory=dict)
     # the first counter of each block newly reserved in `downlink_reserved`: a store shared by
-    # several receivers commits the reservation only if nobody reserved that counter meanwhile
-    # (else the batch fails, nothing of it is acked, and the receiver reloads its reservations)
+    # several receivers takes the block only if nobody reserved that counter meanwhile
     downlink_claimed: dict[int, int] = field(default_factory=dict)
+    # Filled in by `IngestStore.prepare` of a store shared by several writers (the batch is
+    # committed all the same; the ingest adjusts its acks before they are sent):
+    # device -> (first, last) of the block reserved instead of a claimed one another writer
+    # reserved first (the block's size, above that writer's reservation): the acks numbered from
+    # the claimed counter on take the counters of this block instead, in order
+    downlink_granted: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # (device, counter) of frames another writer stored meanwhile with other content: taken out
+    # of `frames`, not stored, not to be acked (a frame stored meanwhile with the same content is
+    # taken out of `frames` too, and acked: a retransmission)
+    frames_refused: list[tuple[int, int]] = field(default_factory=list)
     # command changes, in order (downlink_lifecycle.CommandChange: the row, CHANGE_COLUMNS)
     commands: list[CommandChange] = field(default_factory=list)
     # contacts confirmed by the card (set_contacts done): (device, [Contact, ...])

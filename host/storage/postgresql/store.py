@@ -172,6 +172,54 @@ def _take_seqs(conn: psycopg.Connection, count: int) -> int:
     return int(row[0])
 
 
+def _claim_above(cur: psycopg.Cursor[Any], device: int, size: int) -> tuple[int, int]:
+    """Reserve the next `size` downlink counters of `device` above its stored reservation (its
+    row locked by the caller); (first, last) of the block."""
+    row = cur.execute("SELECT downlink_reserved FROM devices WHERE device = %s", (device,)).fetchone()
+    assert row is not None  # the claim found the row
+    first = int(row[0]) + 1
+    if first > U32_MAX:
+        raise StoreError(f"device {device}: the downlink counter is exhausted (every counter up to "
+                         f"{U32_MAX} is reserved): the card needs a new key")
+    last = min(first + size - 1, U32_MAX)
+    cur.execute("UPDATE devices SET downlink_reserved = %s WHERE device = %s", (last, device))
+    return first, last
+
+
+def _copy_frames(conn: psycopg.Connection, frames: Sequence[tuple], last: int, now: float) -> None:
+    """The frames into the event log, at seqs up to `last`."""
+    first = last - len(frames) + 1
+    with conn.cursor() as cur, cur.copy(_FRAME_COPY) as copy:
+        for i, row in enumerate(frames):
+            copy.write_row((first + i, "", "", now, *row))
+
+
+def _copy_new_frames(conn: psycopg.Connection, batch: CommitBatch, last: int, now: float) -> int:
+    """The batch's frames that no other writer has stored (`last` seqs taken for all of them, the
+    seq row locked: every other writer's frames are committed); the others leave `batch.frames`,
+    those stored with other content listed in `batch.frames_refused`. The log's last seq."""
+    frames = batch.frames
+    rows = conn.execute(
+        "SELECT e.device, e.counter, e.tag FROM event_log e JOIN unnest(%s::bigint[], %s::bigint[]) "
+        "AS k(device, counter) ON e.device = k.device AND e.counter = k.counter",
+        ([row[0] for row in frames], [row[1] for row in frames])).fetchall()
+    stored = {(int(device), int(counter)): bytes(tag) for device, counter, tag in rows}
+    kept = []
+    for row in frames:
+        tag = stored.get((row[0], row[1]))
+        if tag is None:
+            kept.append(row)
+        elif tag != bytes(row[2]):
+            batch.frames_refused.append((row[0], row[1]))
+    unused = len(frames) - len(kept)
+    last -= unused
+    conn.execute("UPDATE meta SET value = %s WHERE name = 'event_log_seq'", (last,))
+    frames[:] = kept
+    if kept:
+        _copy_frames(conn, kept, last, now)
+    return last
+
+
 def _append_events(conn: psycopg.Connection, events: Sequence[Mapping[str, Any]], now: float) -> int:
     last = _take_seqs(conn, len(events))
     first = last - len(events) + 1
@@ -288,9 +336,9 @@ class PostgreSQLStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, Eng
                     if first is None:
                         cur.execute(_RESERVE, (device, now, now, reserved))
                     elif cur.execute(_CLAIM, (device, now, now, reserved, first)).fetchone() is None:
-                        raise StoreError(f"device {device}: downlink counters from {first} on were "
-                                         "reserved by another receiver meanwhile: this batch is not "
-                                         "acked (its cards send again) and the reservations are reloaded")
+                        # another receiver reserved from `first` on meanwhile (the row is locked
+                        # now): a block as large above its reservation, for this batch's acks
+                        batch.downlink_granted[device] = _claim_above(cur, device, reserved - first + 1)
                 if batch.device_stats:
                     cur.executemany(_DEVICE_STATS, [
                         {"device": d, "seen": seen, "counter": counter, "source": source, "added": added}
@@ -308,10 +356,14 @@ class PostgreSQLStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, Eng
                 return int(row[0]) if row else 0
             # last: the log's seq row stays locked from here to the commit
             last = _take_seqs(conn, len(batch.frames))
-            first = last - len(batch.frames) + 1
-            with conn.cursor() as cur, cur.copy(_FRAME_COPY) as copy:
-                for i, row in enumerate(batch.frames):
-                    copy.write_row((first + i, "", "", now, *row))
+            conn.execute("SAVEPOINT frames")
+            try:
+                _copy_frames(conn, batch.frames, last, now)
+            except psycopg.errors.UniqueViolation:
+                # another receiver stored some of these frames meanwhile (a card's retransmission
+                # reached both, or a stale replay window here): store only the others
+                conn.execute("ROLLBACK TO SAVEPOINT frames")
+                last = _copy_new_frames(conn, batch, last, now)
             return last
         except BaseException as exc:
             self._release(commit=False)
