@@ -520,7 +520,7 @@ class Ingest:
         for device, (first, last) in granted.items():
             self.dl_next[device] = next_in_block[device]
             self.dl_reserved[device] = last
-            log.info("device %s: downlink counters from %s on were reserved by another receiver "
+            log.debug("device %s: downlink counters from %s on were reserved by another receiver "
                      "first: this receiver's acks go on from %s", device, claimed[device], first)
         for device, counter in refused:
             # the window took the refused content as stored: read it again from the store

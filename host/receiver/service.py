@@ -704,7 +704,9 @@ class Receiver:
         snapshot = self.metrics.snapshot()
         log.info("receiver stopped: %d frames stored, %d duplicates, %d rejected, %d acks sent",
                  sum(snapshot["stored"].values()), snapshot["duplicates"],
-                 sum(snapshot["rejected"].values()), snapshot["acks_sent"])
+                 sum(snapshot["rejected"].values()), snapshot["acks_sent"],
+                 extra={"fields": {"commit_failures": snapshot["commit_failures"],
+                                   "downlink_blocks_moved": snapshot["downlink_blocks_moved"]}})
 
     async def _close_resources(self) -> None:
         self._closed = True

@@ -99,13 +99,18 @@ class Receiver:
         return process_cpu(self.proc.pid)
 
     def failed_commits(self) -> tuple[int, int]:
-        """(commits that failed, of them: a downlink block another receiver reserved first)."""
-        failed = reserved = 0
+        """(commits that failed, blocks of downlink counters reserved above another receiver's
+        because it had reserved the claimed one first), from the log's last line."""
+        failed = moved = 0
         for line in self.log_path.read_text(errors="replace").splitlines():
             if "commit failed" in line:
                 failed += 1
-                reserved += "reserved by another receiver" in line
-        return failed, reserved
+            elif "receiver stopped" in line:
+                try:
+                    moved = int(json.loads(line).get("downlink_blocks_moved", 0))
+                except (ValueError, AttributeError):
+                    pass
+        return failed, moved
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -177,7 +182,7 @@ def run_receivers(args: argparse.Namespace, store: str, count: int, first: int,
             "cpu_us": [1e6 * c / max(1, stored) for c in cpu],
             "db_cpu_us": 1e6 * db_cpu / max(1, stored) if db_pid else None,
             "generator_us": 1e6 * result.get("cpu_s", 0.0) / max(1, result["acked"]),
-            "failed_commits": sum(f for f, _ in failures), "reserved_first": sum(r for _, r in failures)}
+            "failed_commits": sum(f for f, _ in failures), "blocks_moved": sum(m for _, m in failures)}
 
 
 def engine_speed(args: argparse.Namespace, store: str, workdir: Path) -> dict[str, Any] | None:
@@ -311,9 +316,9 @@ def run(args: argparse.Namespace) -> int:
             if cluster is not None:
                 cluster.stop()
     for label, figures in results:
-        if figures["stored"] != figures["acked"] or figures["unacked"]:
+        if figures["stored"] != figures["acked"] or figures["unacked"] or figures["failed_commits"]:
             print(f"  WARNING: {label}: {figures['acked']} acked, {figures['stored']} stored, "
-                  f"{figures['unacked']} never acked")
+                  f"{figures['unacked']} never acked, {figures['failed_commits']} commits failed")
             status = 1
     return status
 
@@ -341,7 +346,7 @@ def _print(label: str, figures: dict[str, Any], sqlite_rate: float | None) -> No
     versus = f", {figures['rate'] / sqlite_rate:.2f} x SQLite" if sqlite_rate else ""
     print(f"  {label}: {figures['rate']:,.0f} frames/s stored{versus} ({figures['acked']} acked in "
           f"{figures['seconds']:.2f} s, {figures['stored']} in the store, {figures['retransmits']} "
-          f"resent, {figures['failed_commits']} commits failed ({figures['reserved_first']} on a downlink "
-          f"block another receiver reserved first); receiver CPU {cpu} us per frame, generator "
+          f"resent, {figures['failed_commits']} commits failed, {figures['blocks_moved']} blocks of downlink "
+          f"counters moved above another receiver's); receiver CPU {cpu} us per frame, generator "
           f"{figures['generator_us']:.1f} us)",
           flush=True)
