@@ -18,6 +18,10 @@ which hands back the acks to send. So:
 - every ack has a fresh downlink counter (strictly increasing per device, reserved in blocks in
   the same transaction, so a crash never makes the receiver reuse one) and the device's open
   commands; `command_result` uplinks close commands in the same transaction;
+- on a store shared by several receivers, `prepared()` takes what the store changed in a batch
+  before its acks leave: a block of downlink counters another receiver reserved first is
+  replaced by one above it (the acks numbered from it are numbered again), and a frame another
+  receiver stored meanwhile with other content is not acked;
 - rejected frames are counted by reason and charged to the source's budget (budget.py).
 """
 
