@@ -33,19 +33,24 @@ WANG = make_imei(86123456100001)  # 王奶奶: fine
 LI = make_imei(86123456100002)  # 李爷爷: battery low
 CHEN = make_imei(86123456100003)  # 陈阿婆: the one an alert is raised for
 NAMES = {WANG: "王奶奶", LI: "李爷爷", CHEN: "陈阿婆"}
-HOME = {WANG: (24.9101, 118.5901), LI: (24.9201, 118.6001), CHEN: (24.9051, 118.5801)}
+VILLAGE = "石井村"  # the three cards' village
+ZHAO = make_imei(86123456100004)  # 赵婆婆, of another village; registered, never heard from
+OTHER_VILLAGE = "水头村"
+NAMES_ALL = {**NAMES, ZHAO: "赵婆婆"}
+HOME = {WANG: (24.9101, 118.5901), LI: (24.9201, 118.6001), CHEN: (24.9051, 118.5801), ZHAO: (24.7, 118.4)}
 PASSWORD = "correct horse battery"
-ACCOUNTS = {  # name: (role, cards, display name)
-    "admin": ("admin", [], "管理员"),
-    "grid": ("grid_worker", [WANG, LI, CHEN], "网格员小林"),
-    "chen_son": ("family", [CHEN], "陈阿婆的儿子"),
-    "wang_daughter": ("family", [WANG], "王奶奶的女儿"),
+ACCOUNTS = {  # name: (role, cards, display name, village)
+    "admin": ("admin", [], "管理员", None),
+    "grid": ("grid_worker", [], "网格员小林", VILLAGE),
+    "grid_other": ("grid_worker", [], "水头村网格员", OTHER_VILLAGE),
+    "chen_son": ("family", [CHEN], "陈阿婆的儿子", None),
+    "wang_daughter": ("family", [WANG], "王奶奶的女儿", None),
 }
 ENGINE = "test-engine"
 
 
 def settings() -> Settings:
-    return Settings(devices={str(d): {"name": NAMES[d], "home": {"lat": lat, "lon": lon}}
+    return Settings(devices={str(d): {"name": NAMES_ALL[d], "home": {"lat": lat, "lon": lon}}
                              for d, (lat, lon) in HOME.items()})
 
 
@@ -71,13 +76,14 @@ def make_village(data: Path, now: float | None = None) -> str:
     store = SQLiteStore(ingest_db_path(data), readonly_lookups=False)
     try:
         add_devices(store, data, [DeviceSpec(d, name, key_for(d), [
-            Contact(1, "+8613800138001", "儿子"), Contact(4, "+8613900139000", "网格员小林")])
-            for d, name in NAMES.items()])
+            Contact(1, "+8613800138001", "儿子"), Contact(4, "+8613900139000", "网格员小林")], village=VILLAGE)
+            for d, name in NAMES.items()] + [DeviceSpec(ZHAO, NAMES_ALL[ZHAO], key_for(ZHAO), village=OTHER_VILLAGE)])
     finally:
         store.close()
-    harness = Harness(data, {d: key_for(d) for d in NAMES})
+    harness = Harness(data, {d: key_for(d) for d in HOME})
     try:
-        for device, (lat, lon) in HOME.items():
+        for device in NAMES:
+            lat, lon = HOME[device]
             card = Card(device, key_for(device))
             for step in range(18):
                 out = min(step, 17 - step) * 0.0009  # about 100 m a step, away and back
@@ -117,8 +123,8 @@ def add_accounts(data: Path) -> None:
     # the cheapest argon2id parameters: the tests log in often; production uses the defaults
     store = AccountStore(accounts_db_path(data), hasher=PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
     try:
-        for name, (role, cards, display) in ACCOUNTS.items():
-            store.add(name, role, PASSWORD, cards, display_name=display)
+        for name, (role, cards, display, village) in ACCOUNTS.items():
+            store.add(name, role, PASSWORD, cards, display_name=display, village=village)
     finally:
         store.close()
 

@@ -18,7 +18,22 @@ from carecard.host.dashboard.accounts import AccountStore, accounts_db_path
 from carecard.host.paths import ingest_db_path
 from carecard.host.storage.sqlite.store import SQLiteStore
 
-from dashboard_helpers import CHEN, LI, NAMES, PASSWORD, WANG, EngineSide, Served, add_accounts, make_village, serve
+from dashboard_helpers import (
+    CHEN,
+    LI,
+    NAMES,
+    NAMES_ALL,
+    OTHER_VILLAGE,
+    PASSWORD,
+    VILLAGE,
+    WANG,
+    ZHAO,
+    EngineSide,
+    Served,
+    add_accounts,
+    make_village,
+    serve,
+)
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +131,22 @@ def test_wrong_passwords_are_refused_and_rate_limited(village: tuple[Path, Serve
     assert browser.login("nobody", "whatever-123").status_code == 401
 
 
+def test_the_login_limit_survives_a_restart_of_the_server(village: tuple[Path, Served]) -> None:
+    data, _served = village
+    first = serve(data)  # a server of its own, stopped here (the module's keeps serving)
+    try:
+        browser = Browser(first.url)
+        assert [browser.login("guessed_name", f"guess {i}").status_code for i in range(5)] == [401] * 5
+    finally:
+        first.stop()
+    restarted = serve(data)
+    try:
+        again = Browser(restarted.url).login("guessed_name", "guess 6")
+        assert again.status_code == 429 and int(again.headers["retry-after"]) > 0
+    finally:
+        restarted.stop()
+
+
 def test_a_login_without_its_csrf_token_is_refused(village: tuple[Path, Served]) -> None:
     _data, served = village
     browser = Browser(served.url)
@@ -145,19 +176,21 @@ def _routes(app) -> list[Route]:  # noqa: ANN001
     return [route for route in app.routes if isinstance(route, Route)]
 
 
-def test_a_family_member_gets_404_for_another_elder_on_every_route(village: tuple[Path, Served]) -> None:
+@pytest.mark.parametrize("account, own_card", [("chen_son", CHEN), ("grid_other", ZHAO)])
+def test_a_family_member_or_another_villages_grid_worker_gets_404_for_another_elder_on_every_route(
+        village: tuple[Path, Served], account: str, own_card: int) -> None:
     """Every route of the application, enumerated from it: a route with a card or an alert in its
     path answers 404 for another elder's; a route without answers nothing of another elder."""
     data, served = village
     engine = EngineSide(data)
     try:
         wang_alert = engine.raise_sos(WANG, time.time())
-        chen_alert = engine.raise_sos(CHEN, time.time())
+        own_alert = engine.raise_sos(own_card, time.time())
     finally:
         engine.close()
     others = {"device": str(WANG), "alert_id": wang_alert.id}
-    own = {"device": str(CHEN), "alert_id": chen_alert.id}
-    family = logged_in(served.url, "chen_son")
+    own = {"device": str(own_card), "alert_id": own_alert.id}
+    family = logged_in(served.url, account)
     csrf = family.session_csrf()
     form = {"csrf": csrf, "reason": "test", "next": "/", "lang": "zh"}
     app = served.server.config.app
@@ -181,8 +214,10 @@ def test_a_family_member_gets_404_for_another_elder_on_every_route(village: tupl
         if route.param_convertors or "GET" not in route.methods or route.path in ("/live", "/login"):
             continue
         text = family.get(route.path).text
-        assert NAMES[WANG] not in text and NAMES[LI] not in text and str(WANG) not in text, route.path
-        assert route.path != "/" or NAMES[CHEN] in text
+        for device, name in NAMES_ALL.items():
+            if device != own_card:
+                assert name not in text and str(device) not in text, (route.path, name)
+        assert route.path != "/" or NAMES_ALL[own_card] in text
     # the same routes with the family's own elder work (not 404 for everything)
     assert family.get(f"/cards/{own['device']}").status_code == 200
     ack = family.post(f"/alerts/{own['alert_id']}/acknowledge", {"csrf": csrf, "next": "/alerts"})
@@ -191,6 +226,16 @@ def test_a_family_member_gets_404_for_another_elder_on_every_route(village: tupl
     assert family.get("/cards/123456789012345").status_code == 404
     # the administrator sees the other elder's card
     assert logged_in(served.url, "admin").get(f"/cards/{WANG}").status_code == 200
+
+
+def test_a_grid_worker_sees_the_cards_of_their_village_only(village: tuple[Path, Served]) -> None:
+    _data, served = village
+    grid = logged_in(served.url, "grid").get("/").text
+    assert all(f'id="card-{d}"' in grid for d in NAMES) and f'id="card-{ZHAO}"' not in grid
+    other = logged_in(served.url, "grid_other").get("/").text
+    assert re.findall(r'id="card-(\d+)"', other) == [str(ZHAO)]
+    admin = logged_in(served.url, "admin").get("/").text
+    assert sorted(map(int, re.findall(r'id="card-(\d+)"', admin))) == sorted(NAMES_ALL)
 
 
 def test_acknowledge_and_resolve_queue_requests_for_the_engine(village: tuple[Path, Served]) -> None:
@@ -276,10 +321,20 @@ def test_users_add_list_remove(tmp_path: Path, capsys: pytest.CaptureFixture[str
                  "--password-stdin", "--data", str(tmp_path)]) == 1
     monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
     assert main(["users", "add", "z", "--role", "admin", "--password-stdin", "--data", str(tmp_path)]) == 1
+    monkeypatch.setattr("sys.stdin", io.StringIO("a long password\n"))
+    assert main(["users", "add", "g", "--role", "grid_worker", "--password-stdin", "--data", str(tmp_path)]) == 1
+    monkeypatch.setattr("sys.stdin", io.StringIO("a long password\n"))
+    assert main(["users", "add", "f", "--role", "family", "--card", str(LI), "--village", VILLAGE,
+                 "--password-stdin", "--data", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "exactly one elder" in err and "not registered" in err and "at least 8" in err
+    assert "--village" in err and "a family account" in err
+    monkeypatch.setattr("sys.stdin", io.StringIO("a long password\n"))
+    assert main(["users", "add", "lin", "--role", "grid_worker", "--village", OTHER_VILLAGE,
+                 "--password-stdin", "--data", str(tmp_path)]) == 0
     assert main(["users", "list", "--data", str(tmp_path)]) == 0
-    assert capsys.readouterr().out.splitlines() == [f"li_son\tfamily\t{LI}\t李爷爷的儿子"]
+    assert capsys.readouterr().out.splitlines()[-2:] == [
+        f"li_son\tfamily\t{LI}\t李爷爷的儿子", f"lin\tgrid_worker\tvillage {OTHER_VILLAGE}\tlin"]
     store = AccountStore(accounts_db_path(tmp_path))
     try:
         account = store.verify("li_son", "a long password")
@@ -290,3 +345,23 @@ def test_users_add_list_remove(tmp_path: Path, capsys: pytest.CaptureFixture[str
         store.close()
     assert main(["users", "remove", "li_son", "--data", str(tmp_path)]) == 0
     assert main(["users", "remove", "li_son", "--data", str(tmp_path)]) == 1
+
+
+def test_an_accounts_database_from_before_villages_gets_the_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    conn = sqlite3.connect(accounts_db_path(tmp_path))
+    conn.execute("CREATE TABLE accounts (name TEXT PRIMARY KEY, role TEXT NOT NULL, password_hash TEXT NOT NULL, "
+                 "devices TEXT NOT NULL, display_name TEXT NOT NULL, created_at REAL NOT NULL)")
+    conn.execute("INSERT INTO accounts VALUES ('lin', 'grid_worker', 'x', ?, 'lin', 1.0)", (f"[{WANG}]",))
+    conn.commit()
+    conn.close()
+    store = AccountStore(accounts_db_path(tmp_path))
+    try:
+        old = store.get("lin")
+        assert old is not None and (old.devices, old.village) == ((WANG,), None)
+        assert old.may_see(WANG, VILLAGE) and not old.may_see(LI, VILLAGE)
+        new = store.add("xiao", "grid_worker", "a long password", village=VILLAGE)
+        assert store.get("xiao") == new and new.may_see(LI, VILLAGE) and not new.may_see(ZHAO, OTHER_VILLAGE)
+    finally:
+        store.close()

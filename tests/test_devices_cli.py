@@ -191,3 +191,30 @@ def test_records_parser_never_crashes(tmp_path: Path, text: str, binary: bytes) 
             assert str(problem).startswith(f"{path}:")
         for spec_ in good:
             assert len(str(spec_.device)) == 15 and len(spec_.key) in (16, 32)
+
+
+def test_add_and_import_set_the_village(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    added = run_cli("devices", "add", IMEI_A, "--name", "王奶奶", "--key", KEY, "--village", "石井村",
+                    "--data", str(data))
+    assert added.returncode == 0, added.stderr
+    csv_records = tmp_path / "batch.csv"
+    csv_records.write_text(f"imei,key,name,village\n{IMEI_B},{KEY},李爷爷,水头村\n{IMEI_C},{KEY},陈阿婆,\n",
+                           encoding="utf-8")
+    imported = run_cli("devices", "import", str(csv_records), "--data", str(data))
+    assert imported.returncode == 0, imported.stderr
+    listed = {r["imei"]: r["village"] for r in map(json.loads, run_cli(
+        "devices", "--data", str(data), "--json").stdout.splitlines())}
+    assert listed == {IMEI_A: "石井村", IMEI_B: "水头村", IMEI_C: None}
+
+    jsonl = tmp_path / "more.jsonl"
+    jsonl.write_text(json.dumps({"imei": IMEI_A, "key": KEY, "name": "王奶奶", "village": "官桥村"}) + "\n"
+                     + json.dumps({"imei": IMEI_B, "key": KEY, "name": "李爷爷", "village": "\x07"}) + "\n")
+    replaced = run_cli("devices", "import", str(jsonl), "--replace", "--data", str(data))
+    assert replaced.returncode == 1 and f"{jsonl}:2: village: control characters" in replaced.stderr
+    listed = {r["imei"]: r["village"] for r in map(json.loads, run_cli(
+        "devices", "--data", str(data), "--json").stdout.splitlines())}
+    assert listed[IMEI_A] == "官桥村"
+    bad = run_cli("devices", "add", IMEI_C, "--name", "x", "--key", KEY, "--village", " ", "--replace",
+                  "--data", str(data))
+    assert bad.returncode == 2 and "--village" in bad.stderr

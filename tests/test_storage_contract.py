@@ -303,6 +303,45 @@ def test_a_removed_device_leaves_the_registry_and_keeps_its_counters(backend: Ba
     assert store.load_devices()[DEVICE].downlink_reserved == 64
 
 
+def test_a_devices_village_is_registered_replaced_and_cleared_on_removal(backend: Backend) -> None:
+    """The village a card belongs to (the dashboard shows a grid worker their village's cards)."""
+    from carecard.host.storage import DeviceRecord
+
+    store = backend.store
+    store.register_devices([DeviceRecord(DEVICE, "王奶奶", village="石井村"), DeviceRecord(OTHER, "Uncle Wang")],
+                           now=5.0)
+    devices = store.load_devices()
+    assert (devices[DEVICE].village, devices[OTHER].village) == ("石井村", None)
+    store.register_devices([DeviceRecord(OTHER, "Uncle Wang", village="水头村")], replace=True, now=6.0)
+    store.close()
+    backend.store = store = backend.reopen()
+    assert {d: r.village for d, r in store.load_devices().items()} == {DEVICE: "石井村", OTHER: "水头村"}
+    store.remove_device(DEVICE, now=7.0)
+    assert store.load_devices()[DEVICE].village is None
+
+
+def test_a_sqlite_registry_from_before_villages_gets_the_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    from carecard.host.storage import DeviceRecord
+    from carecard.host.storage.sqlite import SQLiteStore
+
+    path = tmp_path / "carecard.sqlite"
+    SQLiteStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("ALTER TABLE devices DROP COLUMN village")
+    conn.execute("INSERT INTO devices (device, name, created_at, updated_at) VALUES (?, 'Old', 1, 1)", (DEVICE,))
+    conn.commit()
+    conn.close()
+    store = SQLiteStore(path)
+    try:
+        assert store.load_devices()[DEVICE].village is None
+        store.register_devices([DeviceRecord(OTHER, "New", village="石井村")], now=2.0)
+        assert store.load_devices()[OTHER].village == "石井村"
+    finally:
+        store.close()
+
+
 # --- the alert engine's side: alerts, requests, checkpoints (AlertStore, EngineStore) ------------
 
 def _alert(alert_id: str, state: str = "open", *, device: int = DEVICE, kind: str = "inactivity",

@@ -2,7 +2,7 @@
 
     carecard devices [--data DIR] [--config FILE] [--json] [--all]
     carecard devices add IMEI --name NAME [--key HEX | --generate-key] [--contact 1:+86...:Name ...]
-                     [--iccid ICCID] [--phone NUMBER] [--replace] [--print-key]
+                     [--iccid ICCID] [--phone NUMBER] [--village NAME] [--replace] [--print-key]
     carecard devices import FILE [--replace] [--json]   (docs/provisioning-records.md)
     carecard devices remove IMEI
 
@@ -56,6 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="the number behind key 1-4, e.g. 1:+8613800138000:Son (repeatable)")
     add.add_argument("--iccid", help="the SIM's ICCID")
     add.add_argument("--phone", help="the SIM's phone number")
+    add.add_argument("--village", help="the village (grid) the card belongs to: its grid workers see it")
     add.add_argument("--replace", action="store_true", help="re-provision a registered device")
     add.add_argument("--print-key", action="store_true",
                      help="print the key (hex) on stdout, to provision the card with it")
@@ -175,6 +176,7 @@ def run_list(args: argparse.Namespace) -> int:
                 "imei": str(device), "name": record.name if record else None,
                 "key": device in keyed, "iccid": record.iccid if record else None,
                 "phone": record.phone if record else None,
+                "village": record.village if record else None,
                 "contacts": [c.as_dict() for c in record.contacts] if record else [],
                 "last_seen": record.last_seen if record else None,
                 "last_counter": record.last_counter if record else None,
@@ -230,13 +232,14 @@ def run_add(args: argparse.Namespace) -> int:
         if iccid is not None and not (iccid.isdigit() and 18 <= len(iccid) <= 22):
             raise RegistryError("--iccid: an ICCID is 18-22 digits")
         phone = parse_number(args.phone, "--phone") if args.phone else None
+        village = parse_name(args.village, "--village") if args.village is not None else None
         key = generate_key() if args.generate_key else parse_key_hex(args.key, "--key")
     except (RegistryError, KeyFileError) as exc:
         raise CommandError(str(exc)) from None
     data = data_dir_of(args, write=True, must_exist=False)
     data_dir = data.path
     with registry_change(data, args.store) as store:
-        add_devices(store, data_dir, [DeviceSpec(device, name, key, contacts, iccid, phone)],
+        add_devices(store, data_dir, [DeviceSpec(device, name, key, contacts, iccid, phone, village=village)],
                     replace=args.replace)
     print(f"{'re-provisioned' if args.replace else 'added'} device {device} ({name}), "
           f"{len(contacts)} contacts; key stored in {data_dir / 'keys.json'}")

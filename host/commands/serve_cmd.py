@@ -35,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     users = subparsers.add_parser(
         "users", help="dashboard accounts: add, list, remove",
         description="Accounts of the dashboard (DATA/dashboard.sqlite). Roles: admin (every card), "
-                    "grid_worker (the cards given with --card: their village's), family (one elder's card).")
+                    "grid_worker (the cards of their --village, as `carecard devices add --village` "
+                    "set them), family (one elder's card).")
     add_data_options(users)
     sub = users.add_subparsers(dest="users_command", metavar="ACTION", required=True)
     add = sub.add_parser("add", help="add an account (the password is asked, or read from stdin)")
@@ -43,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add.add_argument("--role", required=True, choices=("admin", "grid_worker", "family"))
     add.add_argument("--card", action="append", default=[], metavar="IMEI",
                      help="a card this account sees (repeatable; exactly one for family)")
+    add.add_argument("--village", metavar="NAME", help="a grid worker's village: they see its cards")
     add.add_argument("--display-name", default="", metavar="TEXT", help="shown on pages and in acknowledgements")
     add.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
     add_data_options(add, top=False)
@@ -90,13 +92,15 @@ def run_users_add(args: argparse.Namespace) -> int:
         unknown = [d for d in devices if d not in known]
         if unknown:
             raise CommandFailed(f"card(s) {', '.join(map(str, unknown))} not registered (carecard devices add)")
-        account = store.add(args.name, args.role, _read_password(args), devices, display_name=args.display_name)
+        account = store.add(args.name, args.role, _read_password(args), devices, display_name=args.display_name,
+                            village=args.village)
     except AccountError as exc:
         raise CommandFailed(str(exc)) from None
     finally:
         store.close()
     print(f"account {account.name} added ({account.role}"
-          + (f"; cards {', '.join(map(str, account.devices))}" if account.devices else "") + ")")
+          + (f"; cards {', '.join(map(str, account.devices))}" if account.devices else "")
+          + (f"; village {account.village}" if account.village else "") + ")")
     return 0
 
 
@@ -114,6 +118,8 @@ def run_users_list(args: argparse.Namespace) -> int:
     try:
         for account in store.list():
             cards = ",".join(map(str, account.devices)) or "-"
+            if account.village:
+                cards = f"village {account.village}" + ("" if cards == "-" else f" + {cards}")
             print(f"{account.name}\t{account.role}\t{cards}\t{account.display_name}")
     finally:
         store.close()

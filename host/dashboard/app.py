@@ -17,7 +17,7 @@ import json
 import re
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -56,7 +56,7 @@ class DashboardConfig:
     tile_attribution: str = ""
     settings: Settings | None = None  # the alert engine's settings (homes, time zones, limits)
     secure_cookies: bool = True
-    limiter: LoginLimiter = field(default_factory=LoginLimiter)
+    limiter: LoginLimiter | None = None  # None: kept in the accounts database (DATA/dashboard.sqlite)
 
 
 def _local(t: float | None, offset_s: int = 8 * 3600, fmt: str = "%Y-%m-%d %H:%M") -> str:
@@ -93,6 +93,7 @@ def _battery_svg(points: list[tuple[float, int]], width: int = 600, height: int 
 def make_app(config: DashboardConfig, accounts: AccountStore | None = None) -> Starlette:
     data = CardData(config.data_dir, config.settings)
     store = accounts or AccountStore(accounts_db_path(config.data_dir))
+    limiter = config.limiter or LoginLimiter(accounts_db_path(config.data_dir))
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     tile_origin = ""
     if config.tile_url:
@@ -150,6 +151,17 @@ def make_app(config: DashboardConfig, accounts: AccountStore | None = None) -> S
             return None
         return {k: v for k, v in form.items() if isinstance(v, str)}
 
+    def visible_cards(session: Session) -> list[int] | None:
+        """The cards the account sees (None: every card), by the registry's villages."""
+        account = session.account
+        if account.role == "admin":
+            return None
+        return [d for d, record in data.devices().items() if account.may_see(d, record.village)]
+
+    def may_see(session: Session, device: int) -> bool:
+        record = data.devices().get(device)
+        return record is not None and session.account.may_see(device, record.village)
+
     def back_to(form: dict[str, str], default: str) -> str:
         target = form.get("next", "")
         # Only a path of this site: never //host or a scheme.
@@ -179,16 +191,16 @@ def make_app(config: DashboardConfig, accounts: AccountStore | None = None) -> S
         password = str(form.get("password", ""))
         client = request.client.host if request.client else "unknown"
         now = time.time()
-        wait = config.limiter.retry_after(name, client, now)
+        wait = limiter.retry_after(name, client, now)
         if wait > 0:
             response = login_form(request, "login_limited", 429)
             response.headers["Retry-After"] = str(int(wait) + 1)
             return response
         account = await run_in_threadpool(store.verify, name, password)
         if account is None:
-            config.limiter.failed(name, client, now)
+            limiter.failed(name, client, now)
             return login_form(request, "login_failed", 401)
-        config.limiter.succeeded(name)
+        limiter.succeeded(name)
         token, _session = await run_in_threadpool(store.open_session, account, now)
         response = RedirectResponse("/", status_code=303)
         set_cookie(response, SESSION_COOKIE, token)
@@ -225,8 +237,7 @@ def make_app(config: DashboardConfig, accounts: AccountStore | None = None) -> S
         session = await session_of(request)
         if session is None:
             return RedirectResponse("/login", status_code=303)
-        account = session.account
-        devices = None if account.role == "admin" else list(account.devices)
+        devices = await run_in_threadpool(visible_cards, session)
         cards: list[CardSummary] = await run_in_threadpool(data.summaries, devices)
         now = time.time()
         lang = language(request)
@@ -239,7 +250,7 @@ def make_app(config: DashboardConfig, accounts: AccountStore | None = None) -> S
         if session is None:
             return RedirectResponse("/login", status_code=303)
         device = request.path_params["device"]
-        if not session.account.may_see(device):
+        if not await run_in_threadpool(may_see, session, device):
             return not_found(request, session)
         day = request.query_params.get("day")
         if day is not None and not _DAY_RE.match(day):
@@ -268,8 +279,7 @@ def make_app(config: DashboardConfig, accounts: AccountStore | None = None) -> S
         return await alerts_response(request, session, None, 200)
 
     async def alerts_response(request: Request, session: Session, error: str | None, status: int) -> Response:
-        account = session.account
-        devices = None if account.role == "admin" else list(account.devices)
+        devices = await run_in_threadpool(visible_cards, session)
         views = await run_in_threadpool(data.alert_views, devices)
         return render(request, "alerts.html", session, {"views": views, "error": error}, status)
 
@@ -280,7 +290,7 @@ def make_app(config: DashboardConfig, accounts: AccountStore | None = None) -> S
                 return RedirectResponse("/login", status_code=303)
             alert_id = request.path_params["alert_id"]
             alert = await run_in_threadpool(data.alert, alert_id)
-            if alert is None or not session.account.may_see(alert.device):
+            if alert is None or not await run_in_threadpool(may_see, session, alert.device):
                 return not_found(request, session)
             form = await check_csrf(request, session)
             if form is None:

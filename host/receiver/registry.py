@@ -146,6 +146,7 @@ class DeviceSpec:
     iccid: str | None = None
     phone: str | None = None
     where: str = ""
+    village: str | None = None  # the village (grid) the card belongs to
 
 
 @contextmanager
@@ -191,8 +192,8 @@ def add_devices(store: DeviceRegistry, data_dir: Path, specs: list[DeviceSpec], 
                     raise _already_registered(spec_.device, spec_.where)
         new_keys = {**old_keys, **{spec_.device: spec_.key for spec_ in specs}}
         write_key_file = _KeyFileStep(data_dir, old_keys, new_keys)
-        records = [DeviceRecord(spec_.device, spec_.name, spec_.iccid, spec_.phone, list(spec_.contacts))
-                   for spec_ in specs]
+        records = [DeviceRecord(spec_.device, spec_.name, spec_.iccid, spec_.phone, list(spec_.contacts),
+                                village=spec_.village) for spec_ in specs]
         try:
             store.register_devices(records, replace=replace, now=stamp, before_commit=write_key_file)
         except DeviceExistsError as exc:
@@ -265,7 +266,7 @@ def list_devices(store: DeviceRegistry) -> dict[int, DeviceRecord]:
 
 # --- provisioning records -----------------------------------------------------------------------
 
-RECORD_FIELDS = ("imei", "key", "name", "iccid", "phone")
+RECORD_FIELDS = ("imei", "key", "name", "iccid", "phone", "village")
 CSV_CONTACT_COLUMNS = tuple(f"contact{k}_{part}" for k in _CONTACT_KEYS for part in ("number", "name"))
 CSV_COLUMNS = RECORD_FIELDS + CSV_CONTACT_COLUMNS
 
@@ -298,7 +299,9 @@ def _record_to_spec(record: dict[str, Any], contacts: list[Contact], where: str,
     phone = record.get("phone") or None
     if phone is not None:
         phone = parse_number(phone, "phone")
-    return DeviceSpec(device, name, key, check_contacts(contacts, "contacts"), iccid, phone, where)
+    village = record.get("village")
+    village = parse_name(village, "village") if village not in (None, "") else None
+    return DeviceSpec(device, name, key, check_contacts(contacts, "contacts"), iccid, phone, where, village)
 
 
 def _json_record(line: str, where: str, check_digit: bool) -> DeviceSpec:
@@ -319,7 +322,7 @@ def _json_record(line: str, where: str, check_digit: bool) -> DeviceSpec:
         if not isinstance(item, dict) or set(item) != {"key", "number", "name"}:
             raise RegistryError(f"contacts[{i}]: expected {{\"key\", \"number\", \"name\"}}")
         contacts.append(make_contact(item["key"], item["number"], item["name"], f"contacts[{i}]"))
-    for name in ("imei", "key", "name", "iccid", "phone"):
+    for name in RECORD_FIELDS:
         value = record.get(name)
         if value is not None and not isinstance(value, (str, int)) or isinstance(value, bool):
             raise RegistryError(f"{name}: expected text")

@@ -78,6 +78,7 @@ class DeviceRecord:
     last_source: str | None = None
     frames_stored: int = 0
     downlink_reserved: int = 0
+    village: str | None = None  # the village (grid) it belongs to: whose grid worker sees it
 
 
 @dataclass

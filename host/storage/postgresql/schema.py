@@ -144,6 +144,9 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             updated_at DOUBLE PRECISION NOT NULL
         )""",
     )),
+    (3, "the village of each device", (
+        "ALTER TABLE devices ADD COLUMN village TEXT",
+    )),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

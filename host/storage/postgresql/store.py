@@ -255,7 +255,7 @@ def _load_devices(read: Callable[[str, Any], list[tuple]], device: int | None = 
     where, params = ("WHERE device = %s", (device,)) if device is not None else ("", ())
     devices: dict[int, DeviceRecord] = {}
     for row in read("SELECT device, name, iccid, phone, created_at, updated_at, last_seen, last_counter, "
-                    f"last_source, frames_stored, downlink_reserved FROM devices {where} ORDER BY device"
+                    f"last_source, frames_stored, downlink_reserved, village FROM devices {where} ORDER BY device"
                     + (" FOR UPDATE" if lock else ""), params):
         devices[row[0]] = DeviceRecord(row[0], row[1], row[2], row[3], [], *row[4:])
     for device_, key, number, name in read(
@@ -468,10 +468,11 @@ class PostgreSQLStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, Eng
                         raise DeviceExistsError(record.device)
             with conn.cursor() as cur:
                 cur.executemany(
-                    "INSERT INTO devices (device, name, iccid, phone, created_at, updated_at) "
-                    "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (device) DO UPDATE SET name = excluded.name, "
-                    "iccid = excluded.iccid, phone = excluded.phone, updated_at = excluded.updated_at",
-                    [(r.device, r.name, r.iccid, r.phone, now, now) for r in ordered])
+                    "INSERT INTO devices (device, name, iccid, phone, village, created_at, updated_at) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (device) DO UPDATE SET name = excluded.name, "
+                    "iccid = excluded.iccid, phone = excluded.phone, village = excluded.village, "
+                    "updated_at = excluded.updated_at",
+                    [(r.device, r.name, r.iccid, r.phone, r.village, now, now) for r in ordered])
                 cur.execute("DELETE FROM contacts WHERE device = ANY(%s)", (ids,))
                 cur.executemany("INSERT INTO contacts (device, key, number, name) VALUES (%s, %s, %s, %s)",
                                 [(r.device, c.key, c.number, c.name) for r in ordered for c in r.contacts])
@@ -488,7 +489,7 @@ class PostgreSQLStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, Eng
                                    lock=True).get(device)
             if record is None or not record.name:
                 raise UnknownDeviceError(not_registered(device))
-            conn.execute("UPDATE devices SET name = '', iccid = NULL, phone = NULL, updated_at = %s "
+            conn.execute("UPDATE devices SET name = '', iccid = NULL, phone = NULL, village = NULL, updated_at = %s "
                          "WHERE device = %s", (now, device))
             conn.execute("DELETE FROM contacts WHERE device = %s", (device,))
             rows = conn.execute(f"SELECT {COMMAND_COLUMNS} FROM commands WHERE device = %s AND state = ANY(%s) "

@@ -5,7 +5,7 @@ Layout (DATA/carecard.sqlite, WAL mode, shared with the event log's tables, even
     meta(name, value)                  schema_version; registry_generation (bumped by every
                                        admin change so a running receiver reloads cheaply)
     devices(device, name, iccid, phone, created_at, updated_at, last_seen, last_counter,
-            last_source, frames_stored, downlink_reserved, next_command_seq)
+            last_source, frames_stored, downlink_reserved, next_command_seq, village)
     contacts(device, key, number, name)
     frames(device, counter, tag, type, device_time, received_at, transport, frame)
                                        a view of the event log's frame rows (eventlog.py):
@@ -82,7 +82,8 @@ _SCHEMA = (
         last_source TEXT,
         frames_stored INTEGER NOT NULL DEFAULT 0,
         downlink_reserved INTEGER NOT NULL DEFAULT 0,
-        next_command_seq INTEGER NOT NULL DEFAULT 1
+        next_command_seq INTEGER NOT NULL DEFAULT 1,
+        village TEXT
     )""",
     """CREATE TABLE IF NOT EXISTS contacts (
         device INTEGER NOT NULL,
@@ -172,6 +173,9 @@ def ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
             conn.execute("ROLLBACK")
             raise StoreError(f"database {path} has schema version {row[0]}, a layout of carecard's "
                              "development that no release wrote: start with a new data folder")
+        # a column added within schema version 2 (older carecard ignores it)
+        if "village" not in {row[1] for row in conn.execute("PRAGMA table_info(devices)")}:
+            conn.execute("ALTER TABLE devices ADD COLUMN village TEXT")
         SQLiteEventLog.ensure_schema(conn)
         alert_tables.ensure_schema(conn)
         conn.execute("COMMIT")
@@ -506,10 +510,11 @@ class SQLiteStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, EngineS
                     if record.device in registered:
                         raise DeviceExistsError(record.device)
             conn.executemany(
-                "INSERT INTO devices (device, name, iccid, phone, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(device) DO UPDATE SET name = excluded.name, "
-                "iccid = excluded.iccid, phone = excluded.phone, updated_at = excluded.updated_at",
-                [(d.device, d.name, d.iccid, d.phone, now, now) for d in devices])
+                "INSERT INTO devices (device, name, iccid, phone, village, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(device) DO UPDATE SET name = excluded.name, "
+                "iccid = excluded.iccid, phone = excluded.phone, village = excluded.village, "
+                "updated_at = excluded.updated_at",
+                [(d.device, d.name, d.iccid, d.phone, d.village, now, now) for d in devices])
             conn.executemany("DELETE FROM contacts WHERE device = ?", [(d.device,) for d in devices])
             conn.executemany("INSERT INTO contacts (device, key, number, name) VALUES (?, ?, ?, ?)",
                              [(d.device, c.key, c.number, c.name) for d in devices for c in d.contacts])
@@ -522,7 +527,7 @@ class SQLiteStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, EngineS
             record = load_devices(conn, device).get(device)
             if record is None or not record.name:
                 raise UnknownDeviceError(not_registered(device))
-            conn.execute("UPDATE devices SET name = '', iccid = NULL, phone = NULL, updated_at = ? "
+            conn.execute("UPDATE devices SET name = '', iccid = NULL, phone = NULL, village = NULL, updated_at = ? "
                          "WHERE device = ?", (now, device))
             conn.execute("DELETE FROM contacts WHERE device = ?", (device,))
             conn.executemany(UPDATE_COMMAND, [lifecycle.cancel(command, now, REMOVED_DETAIL)
@@ -712,7 +717,7 @@ def load_devices(conn: sqlite3.Connection, device: int | None = None) -> dict[in
     devices: dict[int, DeviceRecord] = {}
     for row in conn.execute(
             "SELECT device, name, iccid, phone, created_at, updated_at, last_seen, last_counter, "
-            f"last_source, frames_stored, downlink_reserved FROM devices {where} ORDER BY device", params):
+            f"last_source, frames_stored, downlink_reserved, village FROM devices {where} ORDER BY device", params):
         devices[row[0]] = DeviceRecord(row[0], row[1], row[2], row[3], [], *row[4:])
     for device_, key, number, name in conn.execute(
             f"SELECT device, key, number, name FROM contacts {where} ORDER BY device, key", params):
