@@ -118,3 +118,34 @@ def test_a_full_outbox_drains_one_datagram_at_a_time_when_coverage_returns(mpy, 
     # when the link is back the SOS goes first, whatever its retransmission backoff said
     after = [f["type"] for f in receiver.frames if f["counter"] > receiver.of("hello")[0]["counter"]]
     assert after.index("sos") < after.index("call")
+
+
+def test_a_datagram_from_a_sleeping_modem_waits_for_its_wake_and_leaves_at_once(mpy, tmp_path, receiver) -> None:
+    """Found by `carecard sim normal-day`'s energy: a frame made while the modem slept queued its
+    AT+CIPSEND behind the wake (DTR low, then the profile's wake time), but the loop neither
+    carried out the DTR action nor woke for the wake timer: it slept on to its next job (the
+    watchdog's feed, up to 30 s), then wrote DTR low and the command in the same instant, to a
+    UART still asleep; the command timed out after 15 s and was sent again. Each datagram kept
+    the modem awake and the MCU active about 30 s longer than needed."""
+    run, outputs, sim = run_card(tmp_path, receiver.port, motion=False, until_ms=2 * 3600 * 1000)
+    assert [cause for _, cause in run.resets] == ["power_on"]
+    dtr = [(ms, v) for ms, name, v in outputs if name == "dtr"]
+    sends = [ms for ms, direction, data in sim.transcript
+             if direction == "in" and data.startswith(b"AT+CIPSEND")]
+    assert len(sends) >= 8   # hello, statuses, positions
+    # no command was abandoned (ESC) and sent again
+    assert not [ms for ms, direction, data in sim.transcript if direction == "in" and data == b"\x1b"]
+    assert len(sends) == len(sim.sent_datagrams)
+    for ms in sends:
+        # the modem's UART was awake: DTR low for at least the A7670's wake time (100 ms)
+        before = [(t, v) for t, v in dtr if t <= ms]
+        if before:
+            t, level = before[-1]
+            assert level == 0 and ms - t >= 100, (ms, before[-3:])
+    # each frame made while the modem slept left within a second of the modem's wake
+    wakes = [t for (_, was), (t, v) in zip(dtr, dtr[1:]) if was == 1 and v == 0]
+    assert len(wakes) >= 6
+    for t in wakes:
+        after = [ms for ms in sends if ms >= t]
+        if after and after[0] - t < 60_000:
+            assert after[0] - t <= 1_000, (t, after[0])

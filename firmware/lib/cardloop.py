@@ -219,6 +219,7 @@ class CardLoop:
         self._app(now)
         self._modem(now)  # what the application asked of the modem goes out this turn
         self._send_due(now)
+        self._modem_actions(now)  # a datagram held for the modem's wake: DTR low now
         self._alerts(now)
         if self._pwrkey_release is not None and now >= self._pwrkey_release:
             hw.modem_pwrkey(False)
@@ -248,8 +249,11 @@ class CardLoop:
             due = self._sending_until
         else:
             due = self.outbox.next_due(self.hw.now_ms()) if sending else None
+        # the driver's own timers too (the wake after DTR low, a command's timeout): a command
+        # held for the wake goes out when the UART is ready, not at the loop's next job
+        modem_due = self.modem.next_deadline() if self.modem.state != "off" else None
         for d in (self.keys.next_deadline(), self.positions.next_deadline(), self._pwrkey_release, due,
-                  self.app.next_deadline(), self._alert_deadline(), self._reboot_at):
+                  self.app.next_deadline(), self._alert_deadline(), self._reboot_at, modem_due):
             if d is not None and (best is None or d < best):
                 best = d
         poll = None
@@ -328,7 +332,7 @@ class CardLoop:
             "motion_count": self.positions.take_motion_count(),
             "outbox_depth": len(self.outbox) if self.outbox is not None else 0}, PRIO_ROUTINE, now)
 
-    def _modem(self, now):
+    def _modem_actions(self, now):
         hw = self.hw
         m = self.modem
         act = m.next_action()
@@ -344,6 +348,10 @@ class CardLoop:
             elif kind == "power_cut":
                 hw.modem_power(False)
             act = m.next_action()
+
+    def _modem(self, now):
+        m = self.modem
+        self._modem_actions(now)
         ev = m.next_event()
         while ev is not None:
             kind = ev[0]

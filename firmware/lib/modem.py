@@ -305,6 +305,21 @@ class Modem:
         if fired:
             self._pump()
 
+    def next_deadline(self):
+        """When tick() next has something to do (a timer, the command in flight timing out),
+        in the clock of tick(); None when nothing is timed. The caller's wait ends there."""
+        best = None
+        now = self.now
+        for when in self._deadlines:
+            if when is not None:
+                d = at.ticks_diff(when, now)
+                if best is None or d < best:
+                    best = d
+        d = self.at.next_timeout()
+        if d is not None and (best is None or d < best):
+            best = d
+        return None if best is None else now + (best if best > 0 else 0)
+
     def ri(self):
         """The board saw an RI pulse: a URC (call, SMS) is waiting. Wakes the modem's UART."""
         self.emit(("ri",))
