@@ -51,6 +51,25 @@ def handle(req, out):
         elif kind == "locate":
             pol.locate(t)
             pol.poll(t)
+        elif kind == "day":  # ["day", t, end, motion_every_ms, [[from_ms, lat, lon, hdop], ...]]:
+            # a second at a time: motion every motion_every_ms, each acquisition answered 3 s
+            # later with a fix at the place of that time
+            end, every, places = op[2], op[3], op[4]
+            answer = None
+            while t < end:
+                if t % every == 0:
+                    pol.motion(t)
+                if answer is not None and t >= answer:
+                    place = [p for p in places if p[0] <= t][-1]
+                    pol.fix_result(Fix(1764374400 + t // 1000, 0, True, "3d", place[1], place[2],
+                                       30, place[3], 8, 0, 0, 1, "A", False, 10), t, 1764374400 + t // 1000)
+                    answer = None
+                pol.poll(t)
+                n = len(out)
+                drain(t, out)
+                if any(a[1] == "acquire" for a in out[n:]):
+                    answer = t + 3000
+                t += 1000
         drain(t, out)
     return {"out": out, "mode": pol.mode}
 """)
@@ -137,6 +156,32 @@ def test_a_motion_burst_starts_moving_mode_batches_tracks_and_ends_after_quiet(p
     assert tracks[0]["hdop_x10"] == 12 and tracks[0]["sats"] == 8
     times = [p[0] for tr in tracks for p in tr["points"]]
     assert times == sorted(times) and len(set(times)) == 6
+
+
+def test_moving_mode_in_one_place_backs_off_its_fixes_until_the_card_goes_somewhere(policy) -> None:
+    """Energy (carecard sim normal-day): someone pottering at home keeps the motion sensor busy,
+    so moving mode lasted all morning with a GNSS fix every minute at the same place (indoors,
+    15-20 s of receiver and MCU each). While the fixes stay within their accuracy of where the
+    stay began, each interval doubles up to the still interval; the first fix elsewhere goes back
+    to a fix a minute. Reports stay at most a still interval apart."""
+    hour = 3600000
+    stay = [[0, *HOME, 12]]
+    out = policy(True, [["run", 0], ["fix", 5000, [*HOME, 9]], ["day", 100000, 100000 + hour, 10000, stay]])["out"]
+    acquired = [a[0] for a in out if a[1] == "acquire"][1:]
+    assert [a[2] for a in out if a[1] == "mode"] == ["moving"]
+    gaps = [b - a for a, b in zip(acquired, acquired[1:])]
+    assert gaps[:4] == [60000, 120000, 240000, 480000] and set(gaps[4:]) == {900000}, gaps
+    # reports at least every still interval: each track frame within one of the one before
+    tracks = [a[0] for a in out if a[1] == "uplink" and a[2] == "track"]
+    assert len(tracks) >= 3 and all(b - a <= 900000 for a, b in zip(tracks, tracks[1:])), tracks
+    # walking off after half an hour (100 m a minute): the first fix elsewhere brings back a fix
+    # a minute
+    walk = stay + [[100000 + hour // 2 + i * 60000, HOME[0] + 9000 * (i + 1), HOME[1], 12] for i in range(40)]
+    out = policy(True, [["run", 0], ["fix", 5000, [*HOME, 9]], ["day", 100000, 100000 + hour, 10000, walk]])["out"]
+    acquired = [a[0] for a in out if a[1] == "acquire"]
+    away = [a for a in acquired if a > 100000 + hour // 2]
+    gaps = [b - a for a, b in zip(away, away[1:])]
+    assert len(gaps) >= 10 and set(gaps[1:]) == {60000}, gaps
 
 
 def test_a_displacement_beyond_the_fix_accuracy_starts_moving_mode_without_a_sensor(policy) -> None:

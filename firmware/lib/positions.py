@@ -26,7 +26,10 @@
 # previous one than both fixes' accuracy starts it; fixes are then taken every moving_ms and
 # batched into track frames of track_points; it ends, flushing the batch, after quiet_ms without
 # motion (without a sensor: without such a displacement). Entering it on a burst takes a fix at
-# once, so a card picked up reports where it goes.
+# once, so a card picked up reports where it goes. Motion alone does not mean going somewhere
+# (someone pottering at home keeps the sensor busy): while the moving fixes stay within their
+# accuracy of the fix where the stay began, each interval doubles up to the still interval (and
+# each fix is then reported at once); the first fix beyond it goes back to moving_ms.
 #
 # Accuracy of a fix: HDOP x UERE_M (user equivalent range error, a design choice: ~5 m is the
 # usual 1-sigma figure for single-frequency GPS/BeiDou receivers). All times are ms of a clock
@@ -113,6 +116,9 @@ class PositionPolicy:
         self._burst_i = 0
         self._last_activity = now_ms  # last motion (or displacement) seen
         self._busy = False  # an acquisition is running
+        self._acq_at = now_ms  # when the running (or last) acquisition started
+        self._anchor = None  # moving mode: the fix where the present stay began
+        self._interval = timings["moving_ms"]  # moving mode: time between fixes now
         self._due = now_ms  # the next report
         self._track = []
         self._track_hdop = 0
@@ -141,6 +147,7 @@ class PositionPolicy:
 
     def acquiring(self, now_ms):
         self._busy = True
+        self._acq_at = now_ms
         self._moved = False  # motion during the acquisition counts for the next report
 
     def fix_result(self, fix, now_ms, unix_s):
@@ -165,6 +172,7 @@ class PositionPolicy:
                 if self.mode == STILL:
                     self._enter_moving(now_ms)
         if self.mode == MOVING:
+            self._pace(new)
             t = fix.time if fix.time is not None else unix_s
             self._track.append((t, new[0], new[1]))
             h = hdop if hdop is not None else _UNKNOWN_HDOP
@@ -172,7 +180,7 @@ class PositionPolicy:
                 self._track_hdop = h
             if new[4] < self._track_sats:
                 self._track_sats = new[4]
-            if len(self._track) >= self.t["track_points"]:
+            if len(self._track) >= self.t["track_points"] or self._interval >= self.t["still_ms"]:
                 self._flush_track()
         else:
             self._put(("uplink", "position", self._values(new, now_ms, _FRESH)))
@@ -201,7 +209,7 @@ class PositionPolicy:
         if self._busy or now_ms < self._due:
             return
         if self.mode == MOVING:
-            self._due = now_ms + self.t["moving_ms"]
+            self._due = now_ms + self._interval
             self._put(("acquire",))
             return
         self._due = now_ms + self.t["still_ms"]
@@ -242,7 +250,20 @@ class PositionPolicy:
         if len(self._actions) - self._head < _MAX_EVENTS:
             self._actions.append(action)
 
+    def _pace(self, new):
+        """Moving mode: the interval to the next fix after this one (see the module comment)."""
+        a = self._anchor
+        if a is not None and distance_dm(a[0], a[1], new[0], new[1]) <= accuracy_dm(a[3]) + accuracy_dm(new[3]):
+            interval = self._interval * 2
+            self._interval = interval if interval < self.t["still_ms"] else self.t["still_ms"]
+        else:
+            self._anchor = new
+            self._interval = self.t["moving_ms"]
+        self._due = self._acq_at + self._interval
+
     def _enter_moving(self, now_ms):
+        self._anchor = None
+        self._interval = self.t["moving_ms"]
         self.mode = MOVING
         self._put(("mode", MOVING))
         self._due = now_ms  # a fix at once
