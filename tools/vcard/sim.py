@@ -729,7 +729,10 @@ def check_expectations(sc: Scenario, r: SimResult, world: ScenarioWorld, modem: 
         elif kind == "order":
             first = expect.get("first")
             after = world.coverage_back_ms[-1] if world.coverage_back_ms else 0
-            later = [e for e in sorted(r.events, key=lambda e: e["sent_rank"]) if e["virtual_ms"] >= after]
+            # by the transmission that was stored (virtual_ms), not by the frame's first attempt:
+            # a frame first tried before the hole is retransmitted after it in outbox order
+            later = [e for e in sorted(r.events, key=lambda e: (e["virtual_ms"], e["sent_rank"]))
+                     if e["virtual_ms"] >= after]
             got = later[0]["kind"] if later else None
             checks.append(Check(expect, got == first,
                                 f"first sent after coverage came back: {got or 'nothing'}"))
