@@ -149,3 +149,20 @@ def test_a_datagram_from_a_sleeping_modem_waits_for_its_wake_and_leaves_at_once(
         after = [ms for ms in sends if ms >= t]
         if after and after[0] - t < 60_000:
             assert after[0] - t <= 1_000, (t, after[0])
+
+
+def test_the_runner_waits_for_an_answer_only_while_one_is_owed(mpy, tmp_path, receiver) -> None:
+    """The runner holds virtual time after each datagram until its answer comes or reply_wait_s
+    of real time passed; an answer that had already come in (read while the card polled its
+    modem) still cost the whole wait. The loopback receiver acks every frame: no wait runs out."""
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    cfg = {"device_id": DEVICE, "device_key": KEY.hex(), "server_host": "127.0.0.1",
+           "server_port": receiver.port, "contacts": [{"key": 1, "name": "Son", "number": "+8613800000001"}],
+           "status_s": 600, "position_s": 300}
+    (flash / "config.json").write_text(json.dumps(cfg))
+    world = World(modem=ModemSim(seed=1), has_motion_bus=False)
+    with VirtualCard(micropython.card_image(compiled=True), flash, world, reply_wait_s=0.5) as card:
+        card.run(2 * 3600 * 1000)
+        assert card.datagrams_out >= 20 and card.datagrams_in == card.datagrams_out
+        assert card.reply_waits_expired == 0

@@ -182,3 +182,59 @@ def test_order_is_judged_on_what_left_after_coverage_came_back_not_on_first_atte
     events[0]["virtual_ms"] = back + 1_000
     [check] = simmod.check_expectations(sc, r, world, None)  # type: ignore[arg-type]
     assert not check.passed and "call" in check.detail
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _argv(pid: int) -> list[bytes]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return []
+
+
+def test_a_terminated_sim_stops_the_receiver_it_started(card_mpy, tmp_path) -> None:
+    """A `carecard sim` ended by SIGTERM (a CI timeout, a service manager) left the `carecard
+    receive` it had started running, its UDP port and data folder held."""
+    import os
+    import signal
+    import time
+
+    data = tmp_path / "data"
+    proc = subprocess.Popen([sys.executable, "-m", "carecard.host.cli", "sim", "week-skipped-charging",
+                             "--data", str(data), "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    receivers: list[int] = []
+    try:
+        card: list[int] = []
+        for _ in range(600):   # until the receiver and then the card run (at most a minute)
+            children = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+            commands = {pid: _argv(pid) for pid in children}
+            receivers = [pid for pid, argv in commands.items() if b"receive" in argv]
+            card = [pid for pid, argv in commands.items() if any(b"micropython" in a for a in argv[:1])]
+            if receivers and card:
+                break
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.1)
+        assert receivers and card, commands
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+        assert proc.returncode != 0
+        for _ in range(300):
+            if not any(_alive(pid) for pid in receivers):
+                break
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in receivers), "the receiver outlived the sim"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in receivers:   # not left behind by this test, whatever happened
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -18,6 +19,17 @@ from typing import Any, TextIO
 from carecard.host.commands.errors import EXIT_FAILED, CommandError, CommandFailed
 
 QUIET_KINDS = ("card_print",)
+EXIT_TERMINATED = 128 + signal.SIGTERM   # the shell's status for a process ended by SIGTERM
+
+
+class Terminated(SystemExit):
+    """SIGTERM during the run: unwinds through the run's clean-up (the receiver it started is
+    stopped, the card's process ended, temporary folders removed), then exits 143."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)   # one clean-up; a second signal waits for it
+    raise Terminated(EXIT_TERMINATED)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -118,10 +130,13 @@ def run(args: argparse.Namespace) -> int:
                              card_dir=Path(args.card) if args.card else None, until_s=until)
     if show and not args.timeline_jsonl:
         print(f"scenario {sc.name}: {sc.description}")
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         result = sim.run_scenario(sc, options)
     except (sim.SimError, scenario.ScenarioError) as exc:
         raise CommandFailed(str(exc)) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if show:
         for e in result.timeline:
             _print_event(e, args.timeline_jsonl, sys.stdout)

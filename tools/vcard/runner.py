@@ -132,6 +132,8 @@ class VirtualCard:
         self.udp.bind(("127.0.0.1", 0))
         self.udp.setblocking(False)
         self._awaiting: int | None = None
+        self.reply_waits_expired = 0    # waits for an answer that ran out (reply_wait_s each)
+        self._owed = 0                  # datagrams sent whose answer has not come in yet
         self.datagrams_out = 0
         self.last_send_wall = 0.0
         self.datagrams_in = 0
@@ -185,19 +187,24 @@ class VirtualCard:
             self.note("udp_error", f"to {host}:{port}: {exc}")
             return
         self.datagrams_out += 1
+        self._owed += 1
         self._awaiting = self.now + self.network_rtt_ms
         if self.on_datagram is not None:
             self.on_datagram("out", payload, self.now)
 
     def _udp_receive(self, wait_s: float) -> None:
-        if wait_s > 0:
-            select.select([self.udp], [], [], wait_s)
+        """Answers that came in; with wait_s, wait up to that long (real time) for one, but
+        only while an answer is owed (one read on an earlier turn needs no wait)."""
+        if wait_s > 0 and self._owed > 0 and not select.select([self.udp], [], [], wait_s)[0]:
+            self.reply_waits_expired += 1
+            self._owed = 0   # lost, or never to come: later sends start the count again
         while True:
             try:
                 payload, (host, port) = self.udp.recvfrom(65536)
             except (BlockingIOError, OSError):
                 return
             self.datagrams_in += 1
+            self._owed = max(0, self._owed - 1)
             if not self.world.modem.deliver_udp(host, port, payload, self.now):
                 self.note("udp_lost", f"{len(payload)} bytes from {host}:{port}: no bearer")
             elif self.on_datagram is not None:

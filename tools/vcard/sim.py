@@ -70,6 +70,16 @@ class ReceiverProcess:
         self._log = open(self.log_path, "w", encoding="utf-8")
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.port: int | None = None
+        try:
+            self._wait_started(start_timeout_s)
+        except BaseException:   # a signal or an error during start-up: not left running
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self._log.close()
+            raise
+
+    def _wait_started(self, start_timeout_s: float) -> None:
         deadline = time.monotonic() + start_timeout_s
         assert self.proc.stderr is not None
         while time.monotonic() < deadline:
