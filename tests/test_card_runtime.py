@@ -92,6 +92,16 @@ def test_the_shipped_image_calls_runs_the_sos_cascade_answers_sms_and_applies_do
     assert cascade == [SON, SECOND_SON]
     outcomes = [(r["key"], r["outcome"]) for r in records]
     assert (1, "no_answer") in outcomes and (2, "confirmed") in outcomes
+    # the card asks the callee to press a key: a spoken prompt (AT+CTTS, played to the far end
+    # after AT+CDTAM=1) once the call is up, and the key comes after the prompt was spoken
+    assert any(d == "in" and data.startswith(b"AT+CDTAM=1") for _, d, data in sim.transcript)
+    prompts = [(ms, to, text) for ms, to, text in sim.spoken if to == SECOND_SON]
+    assert prompts and all("请按任意键确认" in text for _, _, text in prompts)
+    confirm_call = next(ms for ms, n in calls if n == SECOND_SON and ms > 300_000)
+    said = [ms for ms, d, data in sim.transcript if d == "in" and data.startswith(b"AT+CTTS=1,")
+            and ms > confirm_call]
+    key = next(ms for ms, d, data in sim.transcript if d == "out" and b"+RXDTMF" in data and ms > confirm_call)
+    assert said and said[0] < prompts[0][0] <= key
     # "定位" from a contact is answered by SMS with the place and a map link; nobody else got one
     texts = sms_texts(sim)
     assert list(texts) == [SON] or set(texts) == {SON, "+86" + SON[-11:]}

@@ -28,7 +28,7 @@ SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "docs" / "event.sc
 # plays in full): the long ones up to the point their expectations are about.
 UNTIL = {
     "week-skipped-charging": "26h",   # a whole day, the night on the table and the next morning
-    "battery-rundown": "20h",         # from 45 %: low, then critical
+    "battery-rundown": "20h",         # from 42 %: low, then critical
     "coverage-hole-6h": "7h30m",      # the hole from 09:00 to 15:00, then half an hour
 }
 # Expectations the card's runtime may not meet today, and why (scenario name -> kinds); every

@@ -73,6 +73,7 @@ DEFAULT_TIMING = {
     "no_dtmf_reached_s": 20,        # fallback rule (module comment)
     "no_dtmf_max_call_ms": 600000,  # an unconfirmed call on a modem without DTMF is ended here
     "sms_retry_ms": 30000,          # a failed SMS is sent once more after this
+    "prompt_pause_ms": 1500,        # between two plays of the confirmation prompt
 }
 
 # The driver's outcomes -> the protocol's (ccspec.ENUMS["call_outcome"]): checked at import.
@@ -157,6 +158,7 @@ class CardApp:
         self._answer_at = None     # auto-answer of an incoming call (time fallback)
         self._ringing_from = 0     # the contact key of the incoming call (0: not a contact)
         self._answered_by_key = 0
+        self._say_at = None        # when to play the confirmation prompt (again)
         # the SOS cascade
         self.sos_active = False
         self._sos_round = 0
@@ -206,7 +208,7 @@ class CardApp:
     def next_deadline(self):
         best = None
         for t in (self._pending_until, self._hangup_at, self._answer_at, self._sos_next_at,
-                  self._sms_retry_at, self._prompt_until):
+                  self._sms_retry_at, self._prompt_until, self._say_at):
             if t is not None and (best is None or t < best):
                 best = t
         return best
@@ -247,7 +249,10 @@ class CardApp:
         self.now = now_ms
         kind = ev[0]
         if kind == "call_end":
+            self._say_at = None
             self._call_end(ev[1], ev[2], ev[3])
+        elif kind == "call" or kind == "tts_done":
+            self._prompt_later(kind == "call" and ev[1] == "active", now_ms)
         elif kind == "incoming":
             self._incoming(ev[1])
         elif kind == "ring":
@@ -293,6 +298,29 @@ class CardApp:
             self._sms_send_part()
         if self._prompt_until is not None and now_ms >= self._prompt_until:
             self._checkin_answer("no_response")
+        if self._say_at is not None and now_ms >= self._say_at:
+            self._say_at = None
+            if self._session == _SOS and not self.voice.confirmed:
+                self.voice.say(self._confirm_prompt())
+
+    # ---- the confirmation prompt -------------------------------------------------------------
+    def _prompt_later(self, connected, now_ms):
+        """An SOS call connected (or the prompt ended): speak the prompt asking the callee to
+        press a key, now (connected) or after a pause, until a key confirms the call. The modem's
+        "active" may come at ring-back, so it plays again until someone answers with a key."""
+        m = self.modem
+        if self._session != _SOS or not m.features["tts"] or not m.features["dtmf"] \
+                or self.voice.confirmed or self.voice.call != voice.ACTIVE:
+            self._say_at = None
+            return
+        if connected or self._say_at is None:
+            self._say_at = now_ms if connected else now_ms + self.t["prompt_pause_ms"]
+
+    def _confirm_prompt(self):
+        """The prompt as UCS-2 hex (AT+CTTS=1): whose card, and which key confirms."""
+        owner = self.cfg.values.get("owner_name")
+        text = "紧急求助。这是" + (owner or "") + "的爱心卡,请按任意键确认。"
+        return "".join("%04X" % ord(c) for c in text)
 
     # ---- keys and calls ----------------------------------------------------------------------
     def _short(self, key):

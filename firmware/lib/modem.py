@@ -262,7 +262,7 @@ class Modem:
         self._boot_seen = 0      # its boot tail URCs since then (bits: 1 +CPIN: READY,
                                  # 2 SMS DONE, 4 PB DONE)
         self.reboots = 0         # restarts of its own detected
-        self.features = {"voice": True, "sms": True, "dtmf": False}
+        self.features = {"voice": True, "sms": True, "dtmf": False, "tts": False}
         self.reg = (0, 0)
         self.reg_status = "not_registered"
         self.registered = False
@@ -879,6 +879,11 @@ class Profile:
 
     def udp_close(self, m):
         raise ModemError("%s profile has no UDP" % self.NAME)
+
+    def say(self, m, ucs2_hex):
+        """Speak a text (UCS-2, hex) to the far end of the call; ("tts_done", ok) when it ends.
+        Only where features["tts"] is set."""
+        raise ModemError("%s profile has no text-to-speech" % self.NAME)
 
     def on_urc(self, m, name, args, body):
         """Handle a vendor URC; return True when handled (else the generic handler runs)."""

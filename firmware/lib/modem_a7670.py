@@ -16,6 +16,11 @@
 #   also with "\r\r\n" around it; a SIM7600G-H session log shows VOICE CALL: BEGIN, +RXDTMF: 1,
 #   VOICE CALL: END). Not in a capture of an A7670 here, so the feature is only switched on when
 #   the modem accepts AT+DDET=1; without it the application's fallback rule applies (cardapp).
+# - Text-to-speech to the far end (the prompt asking a callee to press a key): AT+CDTAM=1 sends
+#   what the TTS engine plays to the remote side instead of the local speaker, AT+CTTS=1,"<UCS-2
+#   hex>" plays a text (OK at once), "+CTTS: 0" when it finished (SIMCom A76XX AT manual, TTS
+#   commands). No capture here has them; the feature is on only when the modem accepts
+#   AT+CDTAM=1 (variants without audio refuse it).
 import modem
 import modem_voice
 
@@ -38,7 +43,7 @@ class A7670(modem.Profile):
         b"\n*ATREADY\nRDY\n+CPIN\nSMS DONE\nPB DONE\n+CGEV\n+CREG\n+CEREG\n+CGREG\n+CIREG\n+CMTI\n"
         b"+CMT\n+CDS\n+CBM\nRING\n+CRING\n+CLIP\n+CLCC\nNO CARRIER\nBUSY\nNO ANSWER\nVOICE CALL\n"
         b"MISSED_CALL\n+CEER\n+COLP\n+RXDTMF\n+DTMF\n+NETOPEN\n+NETCLOSE\n+CIPOPEN\n+CIPCLOSE\n"
-        b"+CIPSEND\n+IPCLOSE\n+CIPEVENT\nRECV FROM\n+CIPRXGET\n+CGNSSPWR\n+CGNSSINFO\n+CGNSSAGPS\n"
+        b"+CTTS\n+CIPSEND\n+IPCLOSE\n+CIPEVENT\nRECV FROM\n+CIPRXGET\n+CGNSSPWR\n+CGNSSINFO\n+CGNSSAGPS\n"
         b"+CTZV\n*PSUTTZ\n+CTZE\nDST\n+CUSD\n+CPING\n+CMQTTSTART\n+CMQTTCONNECT\n+CMQTTSUB\n"
         b"+CMQTTREL\nNORMAL POWER DOWN\nUNDER-VOLTAGE WARNING\nUNDER-VOLTAGE POWER DOWN\n"
         b"OVER-VOLTAGE WARNING\nOVER-VOLTAGE POWER DOWN\n"
@@ -56,6 +61,7 @@ class A7670(modem.Profile):
             ("AT+CTZU=1", False),        # network time zone updates the clock
             ("AT+CIPSRIP=1", False),     # "RECV FROM:<ip>:<port>" before received data
             ("AT+DDET=1", False),        # DTMF detection, where the firmware has it
+            ("AT+CDTAM=1", False),       # TTS played to the far end of a call
         ]
 
     def config_result(self, m, text, ok):
@@ -65,6 +71,8 @@ class A7670(modem.Profile):
             m.features["sms"] = False
         elif text == "AT+DDET=1":
             m.features["dtmf"] = ok
+        elif text == "AT+CDTAM=1":
+            m.features["tts"] = ok
 
     # ---- packet data -------------------------------------------------------------------------
     def open_net(self, m, apn):
@@ -164,6 +172,13 @@ class A7670(modem.Profile):
         else:
             m.data.send_result(sent)
 
+    def say(self, m, ucs2_hex):
+        m.cmd('AT+CTTS=1,"%s"' % ucs2_hex, timeout_ms=5000, done=self._ctts_done)
+
+    def _ctts_done(self, c, status, text, err):
+        if status not in ("OK", "ABORTED"):
+            self._m.emit(("tts_done", False))
+
     def udp_close(self, m):
         m.cmd("AT+CIPCLOSE=%d" % _LINK, "+CIPCLOSE", timeout_ms=15000, done=self._cipclose_done)
 
@@ -185,6 +200,10 @@ class A7670(modem.Profile):
             return True
         if name == "MISSED_CALL":
             m.emit(("missed_call", args))
+            return True
+        if name == "+CTTS":
+            if args.strip() == "0":   # playback ended
+                m.emit(("tts_done", True))
             return True
         if name == "+RXDTMF" or name == "+DTMF":
             digit = args.strip()

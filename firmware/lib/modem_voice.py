@@ -154,6 +154,14 @@ class Voice:
         self._t_active = self.m.now
         self.m.emit(("call", "active", self.number))
 
+    def say(self, ucs2_hex):
+        """Speak a text (UCS-2, hex) to the far end of the active call, where the modem can
+        (features["tts"]); ("tts_done", ok) follows. False when it cannot be spoken now."""
+        if self.call != ACTIVE or not self.m.features["tts"]:
+            return False
+        self.m.p.say(self.m, ucs2_hex)
+        return True
+
     def dtmf(self, digit):
         """Profile: the far end pressed a key: someone is on the line, the call is confirmed."""
         self.m.emit(("dtmf", digit))

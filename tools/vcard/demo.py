@@ -62,7 +62,7 @@ DAYS = (
             quick="40m"),
     DemoDay("黄奶奶", "coverage-hole-6h", "six hours without coverage in the hills, then back",
             "coverage", until="8h"),
-    DemoDay("张爷爷", "battery-rundown", "starts at 45 % and is never charged", "battery_low",
+    DemoDay("张爷爷", "battery-rundown", "starts at 42 % and is never charged", "battery_low",
             until="30h"),
     DemoDay("李奶奶", "left-on-table", "leaves the card on the kitchen table all day", "carry",
             quick="3h"),

@@ -20,6 +20,10 @@ What it speaks, and where each form comes from (../shared/data/at/):
   "VOICE CALL: END: 000017" (issues/..._T-SIM7600X-65) or, now and then, "VOICE CALL:END:000004"
   without spaces (the A7672SA notes); the callee's key press as "+RXDTMF: <key>" once AT+DDET=1;
   ATH hangs up only after AT+CVHU=0, AT+CHUP always; incoming calls as RING / +CLIP, ATA answers;
+- text-to-speech (SIMCom A76XX AT manual, TTS commands): AT+CDTAM=1 plays it to the far end,
+  AT+CTTS=1,"<UCS-2 hex>" answers OK and "+CTTS: 0" when the text was spoken (a quarter second
+  a character); what was spoken to whom is in `spoken`. A confirming callee who hears a prompt
+  presses the key once it ended (else key_after_s after answering);
 - SMS in PDU mode (AT+CMGF=0; text mode for clients that want it): AT+CMGS with the "> " prompt,
   "+CMGS: <mr>"; received messages stored and announced as +CMTI: "SM",<index> (AT+CNMI=2,1),
   read with AT+CMGR (SMS-DELIVER PDUs made by the firmware's own smspdu.encode_deliver);
@@ -126,6 +130,7 @@ class _Call:
     stat: int                  # +CLCC stat: 0 active, 2 dialing, 3 alerting, 4 incoming, 6 ended
     begun_ms: int | None = None  # VOICE CALL: BEGIN (duration counts from it)
     answered: bool = False
+    confirmed: bool = False    # the callee pressed a key
     epoch: int = 0             # timers of an ended call do nothing
 
 
@@ -176,6 +181,7 @@ class ModemSim:
         self._in = bytearray()
         self.transcript: list[tuple[int, str, bytes]] = []   # (ms, "in"/"out", bytes)
         self.sent_sms: list[SentSms] = []
+        self.spoken: list[tuple[int, str, str]] = []   # (ms it ended, to whom, the text) per TTS
         self.sent_datagrams: list[SentDatagram] = []
         self.stats = {"commands": 0, "unknown_commands": 0, "dropped_asleep": 0, "dropped_off": 0}
         self._power_state = ""
@@ -199,6 +205,8 @@ class ModemSim:
         self.clip = False
         self.cvhu = 1              # A76xx default: ATH does not end voice calls
         self.ddet = False
+        self.cdtam = 0             # TTS played: 0 local speaker, 1 the far end of the call
+        self._tts_until: int | None = None   # the text being spoken ends then
         self.cmgf = 0
         self.cnmi_mt = 1
         self.csclk = 0
@@ -710,6 +718,48 @@ class ModemSim:
         else:
             self._respond(["+DDET: (0,1)"])
 
+    def _cmd_CDTAM(self, rest: str) -> None:
+        self._setting(rest, "+CDTAM", (0, 1), "cdtam")
+
+    def _cmd_CTTS(self, rest: str) -> None:
+        if rest == "?":
+            self._respond([f"+CTTS: {6 if self._tts_until is not None else 0}"])
+            return
+        if not rest.startswith("="):
+            self._respond()
+            return
+        mode, _, arg = rest[1:].partition(",")
+        if mode.strip() == "0":
+            self._tts_until = None
+            self._respond()
+            return
+        hexed = arg.strip().strip('"')
+        if mode.strip() != "1" or not hexed or len(hexed) % 4:
+            self._error(4, "operation not supported")
+            return
+        try:
+            text = bytes.fromhex(hexed).decode("utf-16-be")
+        except ValueError:
+            self._error(4, "operation not supported")
+            return
+        self._respond()
+        end = self.now + 250 * len(text)
+        self._tts_until = end
+        call = self.call
+        to = call.number if call is not None and self.cdtam == 1 else "local"
+
+        def done() -> None:
+            if self._tts_until == end:
+                self._tts_until = None
+                self.spoken.append((self.now, to, text))
+                self._urc("+CTTS: 0")
+                if call is not None and self.call is call and call.answered and to != "local":
+                    callee = call.callee
+                    if callee is not None and callee.kind == CONFIRMS and not call.confirmed:
+                        self._after(callee.key_after_s * 1000, lambda: self._dtmf(call, callee.key))
+
+        self._after(250 * len(text), done)
+
     def _cmd_CLIP(self, rest: str) -> None:
         if rest.startswith("="):
             self.clip = rest[1:].strip() == "1"
@@ -941,12 +991,18 @@ class ModemSim:
         callee = call.callee
         assert callee is not None
         if callee.kind == CONFIRMS:
-            self._after(callee.key_after_s * 1000, lambda: self._dtmf(call, callee.key))
+            self._after(callee.key_after_s * 1000, lambda: self._dtmf_unless_prompted(call, callee.key))
         if callee.talk_s:
             self._after(callee.talk_s * 1000, lambda: self._end_call(call, cause="NO CARRIER"))
 
+    def _dtmf_unless_prompted(self, call: _Call, key: str) -> None:
+        # a prompt being spoken to the callee: the key comes after it (_cmd_CTTS)
+        if self._tts_until is None or self.cdtam != 1:
+            self._dtmf(call, key)
+
     def _dtmf(self, call: _Call, key: str) -> None:
-        if self.call is call and self.ddet:
+        if self.call is call and self.ddet and not call.confirmed:
+            call.confirmed = True
             self._urc(f"+RXDTMF: {key}")
 
     def _answer(self) -> None:
