@@ -166,3 +166,39 @@ def test_the_runner_waits_for_an_answer_only_while_one_is_owed(mpy, tmp_path, re
         card.run(2 * 3600 * 1000)
         assert card.datagrams_out >= 20 and card.datagrams_in == card.datagrams_out
         assert card.reply_waits_expired == 0
+
+
+def test_without_coverage_the_modem_sleeps_and_the_card_does_not_poll_it(mpy, tmp_path, receiver) -> None:
+    """Energy (carecard sim coverage-hole-6h: 1,120 mAh/day while out of coverage): after the
+    registration wait ran out the driver polled +CREG?/+CEREG? every 2 s for 3 min out of every
+    3.5 min, with the modem's UART awake and the card's loop polling it ten times a second. Now,
+    out of coverage, the modem sleeps (it searches by itself and reports +CREG/+CEREG, which
+    wake the card through RI), the driver asks less and less often, and what waited is sent
+    when coverage returns."""
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    cfg = {"device_id": DEVICE, "device_key": KEY.hex(), "server_host": "127.0.0.1",
+           "server_port": receiver.port, "contacts": [{"key": 1, "name": "Son", "number": "+8613800000001"}],
+           "status_s": 3600, "position_s": 86400}   # no GNSS here: no fix attempts in the hole
+    (flash / "config.json").write_text(json.dumps(cfg))
+    sim = ModemSim(seed=1)
+    world = World(modem=sim, has_motion_bus=False)
+    hole = (600_000, 600_000 + 3 * 3600_000)
+    marks: dict[str, dict] = {}
+    with VirtualCard(micropython.card_image(compiled=True), flash, world, reply_wait_s=0.2) as card:
+        card.at(hole[0], lambda: sim.set_coverage(False, card.now))
+        card.at(hole[0] + 600_000, lambda: marks.setdefault("from", card.ledger.totals(card.now)))
+        card.at(hole[1], lambda: marks.setdefault("to", card.ledger.totals(card.now)))
+        card.at(hole[1], lambda: sim.set_coverage(True, card.now))
+        card.press(hole[0] + 3600_000, 1, hold_ms=2500)   # an SOS in the hole
+        run = card.run(hole[1] + 600_000)
+    assert [cause for _, cause in run.resets] == ["power_on"]
+    spent = {key: marks["to"].get(key, 0) - marks["from"].get(key, 0) for key in marks["to"]}
+    span = hole[1] - hole[0] - 600_000
+    awake = spent.get(("modem", "idle"), 0)
+    active = spent.get(("mcu", "active"), 0)
+    assert awake < span * 0.1, (awake, span)     # was ~86 %
+    assert active < span * 0.05, (active, span)  # was ~86 %
+    # everything made in the hole arrives after it, the SOS among the first
+    kinds = [f["type"] for f in receiver.frames]
+    assert "sos" in kinds and kinds.count("status") >= 3

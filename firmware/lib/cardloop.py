@@ -375,9 +375,12 @@ class CardLoop:
         self._app(now)
         if m.sleeping and not self.app.idle():
             m.wake()  # a call or an SMS under way: keep the UART awake for its URCs
-        if m.state == "ready" and not m.sleeping and not self._sleep_asked and \
-                self.app.idle() and (self.outbox is None or not len(self.outbox)):
-            # nothing waiting to go out: DRX sleep, still reachable for calls and SMS
+        offline = m.state == "no_network"
+        if (m.state == "ready" or offline) and not m.sleeping and not self._sleep_asked and \
+                self.app.idle() and (offline or self.outbox is None or not len(self.outbox)):
+            # nothing waiting to go out (or no network to send it on): DRX sleep, still
+            # reachable for calls and SMS; out of coverage the modem searches asleep and its
+            # +CREG/+CEREG when it finds a network wake the card (RI)
             self._sleep_asked = True
             try:
                 m.sleep()

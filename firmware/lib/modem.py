@@ -66,6 +66,10 @@ _UP_STATES = ("configuring", "sim", "sim_locked", "no_sim", "registering", "deni
               "no_network", "net", "ready")
 # states past the SIM check: a boot's tail URCs there are checked
 _SIM_UP_STATES = ("registering", "denied", "no_network", "net", "ready")
+# No network after the registration wait: polls of +CREG?/+CEREG? 30 s apart, doubling to 10 min
+# (the modem's own +CREG/+CEREG URCs report a network found in between)
+_REG_BACKOFF_MS = const(30000)
+_REG_BACKOFF_MAX_MS = const(600000)
 # timing facts the core needs from the profile's hardware data (hardware/modem_*.json "timing")
 TIMING_KEYS = ("pwrkey_on_ms", "pwrkey_off_ms", "boot_ms", "power_off_ms", "sleep_entry_ms",
                "wake_ms")
@@ -256,6 +260,7 @@ class Modem:
         self._reg_deadline = 0
         self._sim_deadline = 0
         self._reg_new = [0, 0]   # +CREG? and +CEREG? answers of one registration poll
+        self._reg_backoff = _REG_BACKOFF_MS   # no network: the next registration poll
         self._cfg_left = 0       # configuration commands still to answer
         self._cfg_failed = []
         self._boot_at = 0        # when the modem last booted (or was found on)
@@ -676,19 +681,33 @@ class Modem:
         if status == "OK" and text:
             self._reg_new[1] = self._stat_of(first_line(text)[7:], True)
         self._reg_update(self._reg_new[0], self._reg_new[1])
+        if self.state == "no_network":
+            # out of coverage: the modem searches by itself and says +CREG/+CEREG when it finds
+            # a network; the driver asks now and then as well, less and less often
+            if self.registered:
+                self._set_state("registering")
+                self._registered()
+            else:
+                self._reg_backoff = min(self._reg_backoff * 2, _REG_BACKOFF_MAX_MS)
+                self.timer(self._t_reg, self._reg_backoff)
+            return
         if self.state != "registering":
             return
         if self.registered:
+            self._reg_backoff = _REG_BACKOFF_MS
             self._registered()
         elif at.ticks_diff(self._reg_deadline, self.now) <= 0:
             self.emit(("reg", "timeout", self.reg[0], self.reg[1]))
             self._set_state("no_network")
-            self.timer(self._t_reg, 30000)
+            self._reg_backoff = _REG_BACKOFF_MS
+            self.timer(self._t_reg, self._reg_backoff)
         else:
             self.timer(self._t_reg, 2000)
 
     def _on_reg_timer(self):
-        if self.state in ("registering", "no_network", "denied"):
+        if self.state == "no_network":
+            self._poll_reg()
+        elif self.state in ("registering", "denied"):
             if self.state != "registering":
                 self._set_state("registering")
                 self._reg_deadline = at.ticks_add(self.now, 180000)
@@ -796,8 +815,9 @@ class Modem:
 
     # ---- sleep -------------------------------------------------------------------------------
     def sleep(self):
-        """Let the modem sleep (DRX, still reachable): AT+CSCLK=1 / AT+QSCLK=1, then DTR high."""
-        if self.state != "ready":
+        """Let the modem sleep (DRX, still reachable): AT+CSCLK=1 / AT+QSCLK=1, then DTR high.
+        Also out of coverage (no_network): it keeps searching asleep and reports what it finds."""
+        if self.state != "ready" and self.state != "no_network":
             raise ModemError("sleep in state %s" % self.state)
         self.cmd(self.p.SLEEP_CMD, timeout_ms=2000, retries=1, done=self._sleep_done)
 

@@ -38,7 +38,8 @@ Lines a pty does not have are control calls: DTR (`set_dtr`), PWRKEY (`power_key
 incoming calls and SMS, datagrams from the network, and a modem that stops answering (`hang`).
 
 Power states for the energy model are reported through `on_power(state, now_ms)`: "off",
-"booting", "idle" (awake, UART on), "sleep" (DRX), "tx" (sending a datagram), "call".
+"booting", "idle" (awake, UART on), "sleep" (DRX), "searching" (asleep without a network),
+"tx" (sending a datagram), "call".
 """
 
 from __future__ import annotations
@@ -331,7 +332,7 @@ class ModemSim:
         elif self._tx_until:
             state = "tx"
         elif self.asleep:
-            state = "sleep"
+            state = "sleep" if self.registered else "searching"   # no network: scanning
         else:
             state = "idle"
         self._set_power(state)
