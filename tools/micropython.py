@@ -147,9 +147,22 @@ def card_image(compiled: bool = False) -> Path:
     return _image_cache[variant]
 
 
+def _rom_placeholders(size: int) -> dict[str, str]:
+    """Environment variables, to come first and in this order, whose strings together span at
+    least `size` bytes of the process's memory (see _FLASH_SETUP). Several: the kernel refuses
+    one string over 128 KB (MAX_ARG_STRLEN), and the strings lie one after the other."""
+    out: dict[str, str] = {}
+    left = size
+    while left > 0 or not out:
+        chunk = min(left, _ROM_CHUNK)
+        out[_ROM_VARIABLE + (str(len(out)) if out else "")] = "F" * chunk
+        left -= chunk
+    return out
+
+
 def _env(image: Path | None, rom_size: int = 0) -> dict[str, str]:
-    env = {_ROM_VARIABLE: "F" * rom_size} if rom_size else {}  # first: see _FLASH_SETUP
-    env.update((key, value) for key, value in os.environ.items() if key != _ROM_VARIABLE)
+    env = _rom_placeholders(rom_size) if rom_size else {}  # first: see _FLASH_SETUP
+    env.update((key, value) for key, value in os.environ.items() if not key.startswith(_ROM_VARIABLE))
     env["MICROPYPATH"] = micropython_path(image or card_image())
     return env
 
@@ -161,8 +174,10 @@ def _env(image: Path | None, rom_size: int = 0) -> dict[str, str]:
 # puts a placeholder variable first in the environment, as long as the image; the setup module
 # below finds it (/proc/self/stat ends with env_start, env_end, exit_code), copies the image
 # into it (through a 256-byte window: the heap never holds the image) and mounts it at /rom.
-# The module then removes itself, so only the mount stays on the heap (a few dozen bytes).
+# The module then removes itself, so only the mount stays on the heap (a few dozen bytes). An
+# image over 128 KB spans several variables (_rom_placeholders): the copy runs on across them.
 _ROM_VARIABLE = "CARECARD_ROM"
+_ROM_CHUNK = 120_000
 _FLASH_SETUP = """\
 import sys, vfs, uctypes
 
@@ -189,6 +204,23 @@ def _mount(image, size):
 _mount(IMAGE, SIZE)
 del sys.modules["_flash"]
 """
+
+
+def flash_script(code: str, rom: Path, folder: Path) -> tuple[str, dict[str, str]]:
+    """`code` as a script in `folder` that first mounts `rom`'s files as simulated flash at /rom
+    (see _FLASH_SETUP; the image and the set-up module are written beside it). Returns the
+    script's path and the environment variable that must come FIRST in the process's
+    environment (the image is copied into it)."""
+    data = romfs_image(rom)
+    image_path = os.path.join(folder, "rom.img")
+    with open(image_path, "wb") as handle:
+        handle.write(data)
+    with open(os.path.join(folder, "_flash.py"), "w", encoding="utf-8") as handle:
+        handle.write(_FLASH_SETUP.replace("IMAGE, SIZE", f"{image_path!r}, {len(data)}"))
+    script = os.path.join(folder, "script.py")
+    with open(script, "w", encoding="utf-8") as handle:
+        handle.write("import _flash\n" + code)
+    return script, _rom_placeholders(len(data))
 
 
 def _argv(heapsize: int | None) -> list[str]:
@@ -228,18 +260,10 @@ def run(
     """Run `code` on MicroPython with the card image on its path; return stdout as text.
     With `rom`, the files of that folder are in simulated flash at /rom, first on the path."""
     rom_size = 0
-    if rom is not None:
-        data = romfs_image(rom)
-        rom_size = len(data)
-        code = "import _flash\n" + code
     script = _write_script(code)
-    folder = os.path.dirname(script)
     if rom is not None:
-        image_path = os.path.join(folder, "rom.img")
-        with open(image_path, "wb") as handle:
-            handle.write(data)
-        with open(os.path.join(folder, "_flash.py"), "w", encoding="utf-8") as handle:
-            handle.write(_FLASH_SETUP.replace("IMAGE, SIZE", f"{image_path!r}, {rom_size}"))
+        script, first = flash_script(code, rom, os.path.dirname(script))
+        rom_size = sum(len(v) for v in first.values())
     try:
         proc = subprocess.run(
             _argv(heapsize) + [script],

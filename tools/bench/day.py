@@ -13,7 +13,8 @@ lives in the runner, not on the card: the card's heap holds the firmware only.
 
 Printed: the day's counts (board requests, frames by kind, resets) and the wall time, then the
 smallest `-X heapsize` that completes the day (bisection of whole days): on the 64-bit and the
-32-bit port with the image's .mpy files loaded into RAM, and on a 32-bit port with the card's
+32-bit port with the image's .mpy files loaded into RAM, on the 32-bit port with them in a ROMFS
+partition (simulated flash at /rom: the bytecode runs in place), and on a 32-bit port with the card's
 modules frozen into the firmware (built once from ../shared/vendor with carecard.tools.port32,
 cached): the way a card ships them, and the figure to hold against the 64 KB target.
 """
@@ -114,16 +115,17 @@ def flash_folder(folder: Path, port: int) -> Path:
     return folder
 
 
-def play(image: Path, hours: int, *, heapsize: int | None = None) -> DayRun:
+def play(image: Path, hours: int, *, heapsize: int | None = None, rom: bool = False) -> DayRun:
     """One day on the selected interpreter (micropython.using). completed: the card ran to the
-    end without a reset (a MemoryError ends the process: the run stops there)."""
+    end without a reset (a MemoryError ends the process: the run stops there). rom: the image's
+    libraries in simulated flash (ROMFS), else loaded into RAM."""
     result = DayRun(hours, completed=False)
     with tempfile.TemporaryDirectory(prefix="carecard-day-") as tmp, \
             LoopbackReceiver(DEVICE, KEY) as receiver:
         modem = ModemSim(seed=11, callees={num: callee for _, num, callee in CONTACTS.values()})
         world = World(modem=modem, gnss=GnssSim(track(hours), seed=11))
         card = VirtualCard(image, flash_folder(Path(tmp) / "flash", receiver.port), world,
-                           heapsize=heapsize, hang_s=60.0, reply_wait_s=0.2)
+                           heapsize=heapsize, hang_s=60.0, reply_wait_s=0.2, rom=rom)
         card.max_crashes = 0
         started = time.perf_counter()
         try:
@@ -153,13 +155,13 @@ def play(image: Path, hours: int, *, heapsize: int | None = None) -> DayRun:
 
 
 def smallest_heap(image: Path, hours: int, *, low: int = 16 * 1024, high: int = 512 * 1024,
-                  step: int = 1024) -> int:
+                  step: int = 1024, rom: bool = False) -> int:
     """The smallest -X heapsize (to `step` bytes) with which the day completes."""
-    if not play(image, hours, heapsize=high).completed:
+    if not play(image, hours, heapsize=high, rom=rom).completed:
         raise CommandError(f"the simulated day does not complete even with a {high:,}-byte heap")
     while high - low > step:
         mid = (low + high) // 2
-        if play(image, hours, heapsize=mid).completed:
+        if play(image, hours, heapsize=mid, rom=rom).completed:
             high = mid
         else:
             low = mid
@@ -204,15 +206,19 @@ def run(args: argparse.Namespace) -> int:
     except port32.Port32Error as exc:
         raise CommandError(f"the 32-bit MicroPython port cannot be built: {exc}") from None
     rows: list[tuple[str, int]] = []
-    for port in ports + [frozen]:
-        how = "frozen into the firmware" if port is frozen else ".mpy files loaded into RAM"
+    # (port, libraries in ROMFS): each port with .mpy files in RAM, the 32-bit port with them in
+    # a ROMFS partition (run in place from flash), the 32-bit port with them frozen in
+    runs = [(port, False) for port in ports] + [(p, True) for p in ports if p.bits == 32] + [(frozen, False)]
+    for port, rom in runs:
+        how = ("frozen into the firmware" if port is frozen else
+               ".mpy files in a ROMFS partition (flash)" if rom else ".mpy files loaded into RAM")
         with micropython.using(port):
-            day = play(image, args.hours)
+            day = play(image, args.hours, rom=rom)
             if not day.completed:
                 raise CommandError(f"the simulated day failed on the {port.name} port ({how}): "
                                    f"{day.failure or day.resets}")
             print(f"simulated day, {port.name} port, {how}: {summary(day)}", flush=True)
-            rows.append((f"{port.name} port, {how}", smallest_heap(image, args.hours)))
+            rows.append((f"{port.name} port, {how}", smallest_heap(image, args.hours, rom=rom)))
     print(f"card runtime smallest heap in bytes (a simulated day of {args.hours} h):")
     width = max(len(label) for label, _ in rows) + 2
     for label, size in rows:

@@ -87,7 +87,10 @@ class VirtualCard:
                  heapsize: int | None = None, hang_s: float = 10.0,
                  network_rtt_ms: int = 300, reply_wait_s: float = 1.0,
                  on_output: Callable[[str, int, int], None] | None = None,
-                 on_datagram: Callable[[str, bytes, int], None] | None = None) -> None:
+                 on_datagram: Callable[[str, bytes, int], None] | None = None,
+                 rom: bool = False) -> None:
+        """rom: the image's lib/ in simulated flash (a ROMFS partition at /rom, first on the
+        path: the .mpy files run in place, as a card ships them); else loaded into RAM."""
         if not (image / entry).exists():
             raise RunnerError(f"the card image {image} has no {entry}: nothing to run "
                               "(firmware/main.py boots the card)")
@@ -96,6 +99,8 @@ class VirtualCard:
         self.flash_dir = flash_dir.resolve()
         self.world = world
         self.entry = entry
+        self.rom = rom
+        self._rom_dir: str | None = None   # the flash set-up, made at the first start
         self.heapsize = heapsize
         self.hang_s = hang_s
         self.on_output = on_output
@@ -217,7 +222,17 @@ class VirtualCard:
     def _start(self) -> None:
         ctl_to_card_r, ctl_to_card_w = os.pipe()
         ctl_from_card_r, ctl_from_card_w = os.pipe()
-        env = dict(os.environ)
+        env: dict[str, str] = {}
+        script = str(self.image / self.entry)
+        if self.rom:
+            import tempfile
+
+            if self._rom_dir is None:
+                self._rom_dir = tempfile.mkdtemp(prefix="carecard-vcard-rom-")
+            code = (self.image / self.entry).read_text(encoding="utf-8")
+            script, first = micropython.flash_script(code, self.image / "lib", Path(self._rom_dir))
+            env.update(first)   # first in the environment (micropython.flash_script)
+        env.update((k, v) for k, v in os.environ.items() if k not in env)
         env["MICROPYPATH"] = micropython_path(self.image) + f":{SIMBOARD_DIR}"
         env["CARECARD_SIM_CTL"] = f"{ctl_to_card_r},{ctl_from_card_w}"
         env["CARECARD_SIM_MODEM"] = str(self.modem_slave)
@@ -225,7 +240,7 @@ class VirtualCard:
         argv = [micropython.micropython_executable()]
         if self.heapsize:
             argv += ["-X", f"heapsize={self.heapsize}"]
-        argv.append(str(self.image / self.entry))
+        argv.append(script)
         self._proc = subprocess.Popen(
             argv, cwd=self.flash_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             pass_fds=(ctl_to_card_r, ctl_from_card_w, self.modem_slave, self.gnss_slave))
@@ -536,6 +551,10 @@ class VirtualCard:
             except OSError:
                 pass
         self.udp.close()
+        if self._rom_dir is not None:
+            import shutil
+
+            shutil.rmtree(self._rom_dir, ignore_errors=True)
 
     def __enter__(self) -> "VirtualCard":
         return self
