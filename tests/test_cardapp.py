@@ -500,3 +500,11 @@ show([u[2] for u in c.uplinks], c.app.stats["commands_failed"], c.app.stats["sms
     assert results == [{"seq": 11, "result": "rejected"}, {"seq": 12, "result": "rejected"},
                        {"seq": 13, "result": "rejected"}]
     assert failed == 5 and unreadable == 2 and reboots == []
+
+
+def test_the_sms_codec_is_imported_only_when_an_sms_is_made_or_read(mpy) -> None:
+    """smspdu is the largest module the application uses (14.8 KB of heap on the 32-bit port
+    with the .mpy in RAM, 4.6 KB from ROMFS): a card that has not sent or read an SMS does not
+    carry it."""
+    out = mpy.run("import sys, gc\nimport cardapp\nprint('smspdu' in sys.modules)\n")
+    assert out.strip() == "False"

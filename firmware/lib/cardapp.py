@@ -56,7 +56,6 @@ import config
 from modem import split_args
 import modem_voice as voice
 import outbox
-import smspdu
 import ccspec
 
 try:
@@ -560,6 +559,8 @@ class CardApp:
         t = unix + self.tz * 900
         days = t // 86400
         secs = t - days * 86400
+        import smspdu   # here, not at the top: a card carries it only once it handles an SMS
+
         y, mo, d = smspdu.civil_from_days(days)
         return "%d-%02d-%02d %02d:%02d" % (y, mo, d, secs // 3600, secs % 3600 // 60)
 
@@ -570,6 +571,8 @@ class CardApp:
             self._sms_next()
 
     def _sms_next(self):
+        import smspdu
+
         self._sms_busy = False
         self._sms_retried = False
         while self._sms_queue:
@@ -612,6 +615,8 @@ class CardApp:
             self._sms_next()
 
     def _sms_in(self, mode, index, header, body):
+        import smspdu
+
         sender = text = None
         if mode == "pdu":
             try:
