@@ -329,6 +329,18 @@ def test_event_record_is_the_logs_text_of_the_event(message: dict, received: flo
     decoded = _decoded(message)
     event = ev.event_from_message(decoded, received)
     assert ev.event_record(decoded, received) == (event["id"], event_json(event))
+    # and the log's text parses back to the same event, types included (LogEntry.event of a
+    # frame skips the text and takes event_from_message's dict)
+    back = ev.parse_body(event_json(event))
+    assert back == event and _types(back) == _types(event)
+
+
+def _types(value: object) -> object:
+    if isinstance(value, dict):
+        return {key: _types(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, [_types(item) for item in value])
+    return type(value).__name__
 
 
 def test_event_record_compiles_every_fixed_type_and_falls_back_for_the_rest() -> None:

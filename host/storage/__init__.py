@@ -36,7 +36,7 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from carecard.host.events import event_json, event_record, parse_body
+from carecard.host.events import event_from_message, event_json, event_record, parse_body
 from carecard.host.downlink_lifecycle import CommandChange, CommandRecord
 
 # A frame's row in the log is also the frame's archive: besides its event (the opened frame), it
@@ -298,7 +298,12 @@ class LogEntry:
     @property
     def event(self) -> dict[str, Any]:
         if self._event is None:
-            self._event = parse_body(self.body)
+            if self.message is not None and self._body is None:
+                # the dict straight from the message: what parsing its JSON would give (a test
+                # checks the round trip), without writing and parsing the text
+                self._event = event_from_message(self.message, self.received_at)
+            else:
+                self._event = parse_body(self.body)
         return self._event
 
     def __repr__(self) -> str:
