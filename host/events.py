@@ -272,6 +272,10 @@ def parse_body(body: str) -> Any:
     return value
 
 
+# (received_at, its iso_utc text) of the last event made: one tuple, replaced whole
+_received_memo: tuple[float, str] = (-1.0, "")
+
+
 def event_from_message(message: Mapping[str, Any], received_at: float) -> dict[str, Any]:
     """A decoded uplink message (carecard.protocol.decode_frame) -> a schema-1 event.
 
@@ -306,6 +310,13 @@ def event_from_message(message: Mapping[str, Any], received_at: float) -> dict[s
     except KeyError as exc:
         raise EventError(f"{mtype} message from device {device} counter {counter}: "
                          f"field {exc.args[0]!r} missing") from None
+    global _received_memo
+    memo = _received_memo  # a wake of the receiver stamps all its frames alike
+    if memo[0] == received_at:
+        received_text = memo[1]
+    else:
+        received_text = iso_utc(received_at, millis=True)
+        _received_memo = (received_at, received_text)
     return {
         "schema": SCHEMA_VERSION,
         "id": f"{device}-{counter}",
@@ -313,7 +324,7 @@ def event_from_message(message: Mapping[str, Any], received_at: float) -> dict[s
         "device": device,
         "counter": counter,
         "time": iso_utc(device_time) if synced else None,
-        "received_at": iso_utc(received_at, millis=True),
+        "received_at": received_text,
         "data": data,
     }
 
@@ -417,10 +428,6 @@ def _compile_json_builders() -> dict[str, Any]:
 JSON_BUILDERS: dict[str, Any] = _compile_json_builders()
 _HEAD = ('{"schema":%d,"id":"%%s-%%d","kind":"%%s","device":"%%s","counter":%%d,"time":%%s,'
          '"received_at":"%%s","data":{' % SCHEMA_VERSION)
-
-
-# (received_at, its iso_utc text) of the last event_record call: one tuple, replaced whole
-_received_memo: tuple[float, str] = (-1.0, "")
 
 
 def event_record(message: Mapping[str, Any], received_at: float) -> tuple[str, str]:

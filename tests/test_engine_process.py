@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from carecard.host.engine.process import ENGINE_CHILD_NICE
 from carecard.host.receiver.config import load_config
 from carecard.host.receiver.service import ReceiverThread
 
@@ -42,6 +43,14 @@ def _raised_events(data_dir: Path) -> list[str]:
     return sorted(e["device"] for e in events if e.get("kind") == "alert" and e["data"]["details"]["step"] == "raised")
 
 
+def _niceness(pid: int) -> set[int]:
+    """The niceness of each thread of a process (Linux keeps one per thread)."""
+    values = set()
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        values.add(int(stat.read_text().rsplit(")", 1)[1].split()[16]))
+    return values
+
+
 def test_the_receivers_engine_runs_in_a_child_that_is_restarted_when_it_dies(tmp_path: Path) -> None:
     cards = [Card(d, k) for d, k in provision(tmp_path, 2).items()]
     config = _config(tmp_path)
@@ -54,10 +63,14 @@ def test_the_receivers_engine_runs_in_a_child_that_is_restarted_when_it_dies(tmp
         assert exchange(client, port, _sos(cards[0])) is not None
         _sync(rt)
         assert _sos_alerts(tmp_path) == [(cards[0].device, "open")]
+        # at a lower CPU priority than the receiver, every thread of it (acks come first)
+        expected = min(19, os.getpriority(os.PRIO_PROCESS, 0) + ENGINE_CHILD_NICE)
+        assert _niceness(engine.pid) == {expected}
         first = engine.pid
         os.kill(first, signal.SIGKILL)
         _until(lambda: engine.restarts == 1 and engine.up, "the engine's process restarted", timeout=30)
         assert engine.pid != first
+        assert _niceness(engine.pid) == {expected}
         assert exchange(client, port, _sos(cards[1])) is not None
         _sync(rt)
         assert _sos_alerts(tmp_path) == sorted([(cards[0].device, "open"), (cards[1].device, "open")])

@@ -180,9 +180,29 @@ class Device:
 _MINUTE: dict[str, int] = {}
 
 
+# the last texts read -> their Unix seconds (bounded: cleared when full). Frames of one wake of
+# the receiver share their received_at, and cards' clocks share their seconds, so most of an
+# event's times were read a moment ago.
+_SEEN: dict[str, float] = {}
+
+
 def _t(text: Any) -> float | None:
     """An event's ISO time -> Unix seconds; None when null or not a time. The texts the receiver
     writes ("...:SSZ", "...:SS.mmmZ") take a fast path through a cache of their minute."""
+    if type(text) is str:
+        seen = _SEEN.get(text)
+        if seen is not None:
+            return seen
+        value = _t_uncached(text)
+        if value is not None:
+            if len(_SEEN) >= 4096:
+                _SEEN.clear()
+            _SEEN[text] = value
+        return value
+    return _t_uncached(text)
+
+
+def _t_uncached(text: Any) -> float | None:
     if type(text) is str and text[-1:] == "Z" and len(text) in (20, 24) and text[16:17] == ":":
         minute = _MINUTE.get(text[:16])
         seconds = text[17:19]

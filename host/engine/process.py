@@ -50,6 +50,13 @@ log = logging.getLogger("carecard.engine")
 LOCK_FILE_NAME = "engine.lock"
 STATS_POLL_S = 0.05
 STATS_HEARTBEAT_S = 1.0
+# The child `carecard receive` starts runs at this lower CPU priority (added to the receiver's
+# niceness). Under a burst on a busy machine the cores are shared by ingest, the sinks and the
+# engine, and acking a card's frame comes first: a card retransmits an unacknowledged frame (an
+# SOS until it is acked), while an engine some seconds behind the log loses nothing (it reads
+# on from its cursor, and its timers fire at their own times). Idle cores run it at full speed;
+# `carecard bench receive` prints its lag at the end of a burst and the time it took to catch up.
+ENGINE_CHILD_NICE = 10
 
 
 class EngineStartError(RuntimeError):
@@ -500,6 +507,11 @@ class EngineProcess(ChildProcess):
 async def _child(config: dict[str, Any]) -> int:
     from carecard.host.receiver.runtime import tune_gc
 
+    try:  # first, so that every thread started below has it (Linux keeps a niceness per thread)
+        os.nice(ENGINE_CHILD_NICE)
+    except OSError as exc:
+        log.warning("alert engine process: cannot lower its CPU priority (%s): it competes with "
+                    "ingest and the sinks as an equal", exc)
     out = ParentPipe(sys.stdout)
     clock = OffsetClock(float(config.get("clock_offset", 0.0)))
     worker = EngineWorker(config, clock)

@@ -9,7 +9,9 @@ not acked within a second is sent again and counted). It runs twice, against:
   (decode_frame), answers with an ack and discards it: the ceiling;
 - the real receiver (carecard.host.receiver, on its event loop, SQLite WAL with synchronous=FULL,
   group commit, event log, the default SQLite sink, and the alert engine in its own process as
-  shipped; `--no-engine` leaves it out).
+  shipped, at a lower CPU priority; `--no-engine` leaves it out). The engine's lag when the sink
+  has stored the burst and the time it then takes to catch up are printed: the price of its
+  lower priority.
 
 It prints frames/s for both and the ratio, and the p50/p99 time from datagram to sink (from the
 receiver's clock reading for the wake that read the datagram, one per wake, to the moment the
@@ -333,6 +335,7 @@ def run_receiver(args: argparse.Namespace, cpu_gen: int | None, data_dir: Path) 
     poller: threading.Thread | None = None
     polling = threading.Event()
     engine_pid = receiver.engine.pid if receiver.engine is not None else None
+    engine_nice = _niceness(engine_pid) if engine_pid else None
     if cpu_gen is not None and engine_pid is not None:
         os.sched_setaffinity(engine_pid, {cpu_gen})  # off the ingest's core, as the sinks
     if args.sinks_in == "process":
@@ -367,6 +370,15 @@ def run_receiver(args: argparse.Namespace, cpu_gen: int | None, data_dir: Path) 
         sink_done = delivered_at[-1][1] if delivered_at else time.time()
         cpu = process_cpu() - cpu
         sink_cpu = (process_cpu(sink_pid) - sink_cpu) if sink_pid else 0.0
+        engine_lag = engine_catch_up = None
+        if engine_pid:  # the engine is a reader of the log too: how far behind the burst left it
+            last_frame = delivered_at[-1][0] if delivered_at else 0
+            engine_lag = max(0, last_frame - _engine_cursor(receiver_thread, receiver))
+            while time.time() < deadline and _engine_cursor(receiver_thread, receiver) < last_frame:
+                time.sleep(0.01)
+            engine_catch_up = max(0.0, time.time() - sink_done)
+            if _engine_cursor(receiver_thread, receiver) < last_frame:
+                engine_catch_up = None  # not caught up within the run's deadline
         engine_cpu = (process_cpu(engine_pid) - engine_cpu) if engine_pid else 0.0
         snapshot = receiver.metrics.snapshot()
         commits, commit_s = receiver.metrics.commits, receiver.metrics.commit_seconds
@@ -385,6 +397,8 @@ def run_receiver(args: argparse.Namespace, cpu_gen: int | None, data_dir: Path) 
     result["cpu_us"] = 1e6 * cpu / max(1, frames_in_store)
     result["sink_cpu_us"] = 1e6 * sink_cpu / max(1, frames_in_store)
     result["engine_cpu_us"] = 1e6 * engine_cpu / max(1, frames_in_store)
+    result["engine_lag"], result["engine_catch_up"] = engine_lag, engine_catch_up
+    result["engine_nice"] = engine_nice
     seconds = result["finished"] - result["started"]
     sink_seconds = sink_done - result["started"]
     result.update(
@@ -395,6 +409,19 @@ def run_receiver(args: argparse.Namespace, cpu_gen: int | None, data_dir: Path) 
         duplicates=snapshot["duplicates"], rejected=sum(snapshot["rejected"].values()),
         commits=commits, commit_seconds=commit_s, batch_frames=batch_frames, sink_stats=sink_stats)
     return result
+
+
+def _engine_cursor(receiver_thread: Any, receiver: Any) -> int:
+    """The engine child's cursor in the event log, as it last reported it."""
+    cursor = receiver_thread.call(receiver.engine.stats).get("cursor")
+    return cursor if isinstance(cursor, int) else 0
+
+
+def _niceness(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _latencies(trace: list[tuple[int, list[float]]], delivered_at: list[tuple[int, float]]) -> list[float]:
@@ -570,6 +597,7 @@ def _load() -> str:
 
 def run(args: argparse.Namespace) -> int:
     from carecard.host.commands.errors import CommandError
+    from carecard.host.engine.process import ENGINE_CHILD_NICE
     from carecard.host.receiver.runtime import tune_gc
 
     if args.devices < 1 or args.frames < args.devices or args.window < 1 or args.runs < 1:
@@ -583,7 +611,8 @@ def run(args: argparse.Namespace) -> int:
     where_sinks = ("in the receiver's process" if args.sinks_in == "thread"
                    else f"in their process on CPU {cpu_gen}" if cpu_gen is not None else "in their process")
     where_sinks += (", alert engine off" if args.no_engine else f", alert engine in its process"
-                    + (f" on CPU {cpu_gen}" if cpu_gen is not None else ""))
+                    + (f" on CPU {cpu_gen}" if cpu_gen is not None else "")
+                    + f" at niceness +{ENGINE_CHILD_NICE} (as `carecard receive` runs it)")
     pinning = (f"receiver pinned to CPU {cpu_receiver}, generator to CPU {cpu_gen}, sinks {where_sinks}"
                if cpu_receiver is not None else f"not pinned, sinks {where_sinks}")
     print(f"carecard bench receive: {args.devices} devices, {args.frames} frames per run "
@@ -599,7 +628,7 @@ def run(args: argparse.Namespace) -> int:
                       f"ratio {full['ratio']:.2f}, acked {full['rate']:,.0f}/s, datagram to sink "
                       f"p50 {1000 * full['p50']:.0f} ms p99 {1000 * full['p99']:.0f} ms, CPU "
                       f"{full['cpu_us']:.1f} + {full['sink_cpu_us']:.1f} (+ engine {full.get('engine_cpu_us', 0.0):.1f}) us/frame, "
-                      f"{full['retransmits']} resent, {_drops_text(full['drops'])}", flush=True)
+                      f"{full['retransmits']} resent, {_drops_text(full['drops'])}{_engine_text(full)}", flush=True)
     finally:
         if cpu_receiver is not None:
             os.sched_setaffinity(0, set(cpus))
@@ -634,6 +663,8 @@ def run(args: argparse.Namespace) -> int:
           + f" = {total_cpu:.1f} us, i.e. {1e6 / total_cpu:,.0f} frames/s if it all ran on one core"
           f" (baseline {base['cpu_us']:.1f} us: {base['cpu_us'] / total_cpu:.2f}); the generator "
           f"{gen_us:.1f} us on the sinks' CPU")
+    if full.get("engine_lag") is not None:
+        print(f"    alert engine:    {_engine_text(full)[2:]} (its CPU above is until it caught up)")
     print(f"    datagram to sink: p50 {1000 * full['p50']:.1f} ms, "
           f"p99 {1000 * full['p99']:.1f} ms ({len(full['latencies'])} samples)")
     if args.no_sink:
@@ -658,6 +689,15 @@ def run(args: argparse.Namespace) -> int:
         print("  WARNING: stored, acked and delivered counts differ")
         return 1
     return 0
+
+
+def _engine_text(full: dict[str, Any]) -> str:
+    """The engine child's lag when the sink had stored the burst, and how long it took to catch up."""
+    if full.get("engine_lag") is None:
+        return ""
+    catch_up = full.get("engine_catch_up")
+    return (f"; engine (nice {full.get('engine_nice')}) {full['engine_lag']:,} events behind at the end, "
+            + ("not caught up within the run's timeout" if catch_up is None else f"caught up {catch_up:.2f} s later"))
 
 
 def _drops_text(drops: int | None) -> str:
