@@ -276,6 +276,18 @@ def parse_body(body: str) -> Any:
 _received_memo: tuple[float, str] = (-1.0, "")
 
 
+def _received_text(received_at: float) -> str:
+    """iso_utc(received_at, millis=True), remembering the last one: a wake of the receiver
+    stamps all its frames alike."""
+    global _received_memo
+    memo = _received_memo
+    if memo[0] == received_at:
+        return memo[1]
+    text = iso_utc(received_at, millis=True)
+    _received_memo = (received_at, text)
+    return text
+
+
 def event_from_message(message: Mapping[str, Any], received_at: float) -> dict[str, Any]:
     """A decoded uplink message (carecard.protocol.decode_frame) -> a schema-1 event.
 
@@ -310,13 +322,7 @@ def event_from_message(message: Mapping[str, Any], received_at: float) -> dict[s
     except KeyError as exc:
         raise EventError(f"{mtype} message from device {device} counter {counter}: "
                          f"field {exc.args[0]!r} missing") from None
-    global _received_memo
-    memo = _received_memo  # a wake of the receiver stamps all its frames alike
-    if memo[0] == received_at:
-        received_text = memo[1]
-    else:
-        received_text = iso_utc(received_at, millis=True)
-        _received_memo = (received_at, received_text)
+    received_text = _received_text(received_at)
     return {
         "schema": SCHEMA_VERSION,
         "id": f"{device}-{counter}",
@@ -436,7 +442,6 @@ def event_record(message: Mapping[str, Any], received_at: float) -> tuple[str, s
     event = event_from_message(message, received_at), in a third of the time. Types that have
     no compiled template (track) and anything unexpected go through event_from_message. Raises
     EventError as event_from_message does."""
-    global _received_memo
     mtype = message.get("type") if type(message) is dict else None
     build = JSON_BUILDERS.get(mtype) if type(mtype) is str else None
     if build is not None and message.get("direction", "uplink") == "uplink" \
@@ -449,12 +454,7 @@ def event_record(message: Mapping[str, Any], received_at: float) -> tuple[str, s
             if type(device) is int and 0 <= device <= _U64_MAX and type(counter) is int and counter >= 0 \
                     and type(device_time) is int and device_time >= 0 and type(synced) is bool:
                 device = str(device)
-                memo = _received_memo  # a wake of the receiver stamps all its frames alike
-                if memo[0] == received_at:
-                    received_text = memo[1]
-                else:
-                    received_text = iso_utc(received_at, millis=True)
-                    _received_memo = (received_at, received_text)
+                received_text = _received_text(received_at)
                 head = _HEAD % (device, counter, mtype, device, counter,
                                 f'"{iso_utc(device_time)}"' if synced else "null", received_text)
                 return f"{device}-{counter}", build(message, head, synced)
