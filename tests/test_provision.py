@@ -9,17 +9,21 @@ import json
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from carecard.host.cli import main
 from carecard.host.engine.settings import Settings
+from carecard.host.factory.cardstep import ModemSession, identity_of
 from carecard.host.factory.flash import ImageCache, flash_device
 from carecard.host.factory.link import DeviceError, DeviceLink
 from carecard.host.factory.provision import CardIdentity, log_path, provision_card, register, settings_path_of
 from carecard.host.factory.sheet import read_sheet
 from carecard.host.receiver.registry import load_key_file, make_imei, read_records
+from carecard.tools.vcard.modem_sim import Identity, Timing
+from carecard.tools.vcard.pty_modem import PtyModem
 from carecard.tools.vdevice import VirtualDevice
 from test_sheet import GOOD, HEADER, csv_file
 
@@ -176,3 +180,106 @@ def test_a_good_sheet_is_listed(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "1 elder" in out and "李爷爷" in out and "王奶奶" not in out
     assert main(["provision", "--sheet", str(csv_file(tmp_path, [HEADER] + GOOD)), "--row", "9"]) == 2
+
+
+# --- the card step: the card's own modem driver on the card, the simulated A7670 on its UART ---
+
+FAST_MODEM = Timing(cpin_after_ms=100, pdn_after_ms=150, sms_done_after_ms=200, ims_pdn_after_ms=250,
+                    pb_done_after_ms=300, register_after_ms=200)
+
+
+@pytest.fixture(scope="module")
+def flashed(tmp_path_factory, card_port):
+    """One flashed card's flash (a folder); each test boots its own device on it."""
+    folder = tmp_path_factory.mktemp("flashed")
+    with VirtualDevice(folder, interpreter=card_port.executable) as card:
+        flash_device(card.port, ImageCache().get(None))
+    return folder
+
+
+@contextmanager
+def card_with_modem(folder: Path, card_port, **modem):
+    """A virtual card on `folder` whose UART 1 is a simulated A7670 (`modem`: ModemSim options)."""
+    with PtyModem(powered=True, timing=FAST_MODEM, **modem) as pm, \
+            VirtualDevice(folder, interpreter=card_port.executable, uarts={1: pm.port}) as card:
+        yield card, pm
+
+
+def elder_row(tmp_path: Path, **columns: str):
+    header = HEADER + list(columns)
+    return read_sheet(csv_file(tmp_path, [header, GOOD[0] + list(columns.values())]))[0]
+
+
+def test_the_card_step_reads_the_modem_and_fills_the_sim_phonebook(flashed, card_port, tmp_path):
+    imei = make_imei(86277107681810)
+    elder = elder_row(tmp_path, imei=str(imei))
+    identity = Identity(imei=str(imei), iccid="89860012345678901237")
+    with card_with_modem(flashed, card_port, identity=identity) as (card, pm):
+        pm.control(lambda sim: sim.phonebook.update({3: ("+8613911112222", 129, "old")}))
+        with DeviceLink(card.port) as link:
+            session = ModemSession(link, pin=elder.sim_pin)
+            report = session.check(wait_s=30)
+            card_identity = identity_of(report, elder, card.port)
+            book = session.write_phonebook(elder)
+            session.close()
+        commands = pm.control(lambda sim: [text for _, way, text in sim.transcript if way == "in"])
+        book_on_sim = pm.control(lambda sim: dict(sim.phonebook))
+        charset = pm.control(lambda sim: sim.cscs)
+    assert (report.sim, report.registration, report.model) == ("ready", "home", "A7670E-FASE")
+    assert card_identity == CardIdentity(imei, "89860012345678901237", "READY", "home")
+    # the driver's own bring-up ran (echo off, verbose errors, SIM check), then the identity
+    sent = b"".join(commands)
+    for command in (b"ATE0\r", b"AT+CMEE=1\r", b"AT+CPIN?\r", b"AT+CGSN\r", b"AT+CICCID\r"):
+        assert command in sent
+    # the contacts of keys 1, 2 and 4 in entries 1, 2 and 4, names in UCS-2; entry 3 cleared
+    assert book_on_sim == {1: ("+8613800138000", 145, "大儿子"), 2: ("+8659522345678", 145, "二儿子"),
+                           4: ("+85291234567", 145, "网格员 陈")}
+    assert 'AT+CPBW=1,"+8613800138000",145,"5927513F5B50"\r'.encode() in sent
+    assert book.entries == [(1, "+8613800138000", "大儿子"), (2, "+8659522345678", "二儿子"),
+                            (4, "+85291234567", "网格员 陈")]
+    assert charset == "IRA"  # put back
+
+
+def test_a_long_name_is_cut_to_what_the_sim_stores(flashed, card_port, tmp_path):
+    rows = [HEADER, list(GOOD[0])]
+    rows[1][HEADER.index("contact1_name")] = "南安市官桥镇大儿子"  # 9 characters, the SIM holds 6
+    elder = read_sheet(csv_file(tmp_path, rows))[0]
+    with card_with_modem(flashed, card_port) as (card, pm), DeviceLink(card.port) as link:
+        session = ModemSession(link)
+        identity_of(session.check(wait_s=30), elder, card.port)
+        book = session.write_phonebook(elder)
+        assert pm.control(lambda sim: sim.phonebook[1]) == ("+8613800138000", 145, "南安市官桥镇")
+    assert book.shortened == [1]
+
+
+@pytest.mark.parametrize("modem, columns, wait_s, what, fix", [
+    ({"sim": "absent"}, {}, 30, "row 2 (王奶奶): no SIM card in the modem", "insert the elder's SIM"),
+    ({"sim": "pin"}, {}, 30, "row 2 (王奶奶): the SIM asks for its PIN",
+     "write the SIM's PIN in the sim_pin column of row 2"),
+    ({"sim": "pin", "sim_pin": "4321"}, {"sim_pin": "1234"}, 30,
+     "row 2 (王奶奶): the SIM refused the PIN in the sim_pin column", "correct the sim_pin of row 2"),
+    ({"coverage": False}, {}, 1.5, "row 2 (王奶奶): not registered on a network within 1.5 s "
+                                   "(status searching, no signal)", "check the antenna"),
+    ({"identity": Identity(imei=str(make_imei(86277107681811)))}, {"imei": str(make_imei(86277107681812))}, 30,
+     f"row 2 (王奶奶): the card on this port has IMEI {make_imei(86277107681811)}, the sheet says "
+     f"{make_imei(86277107681812)}", f"put the card labelled {make_imei(86277107681812)} on"),
+], ids=["no-sim", "sim-pin", "wrong-pin", "not-registered", "imei-mismatch"])
+def test_a_card_that_cannot_be_provisioned_says_why_and_the_fix(flashed, card_port, tmp_path, modem, columns,
+                                                                wait_s, what, fix):
+    elder = elder_row(tmp_path, **columns)
+    with card_with_modem(flashed, card_port, **modem) as (card, pm), DeviceLink(card.port) as link:
+        session = ModemSession(link, pin=elder.sim_pin)
+        report = session.check(wait_s=wait_s)
+        with pytest.raises(DeviceError) as info:
+            identity_of(report, elder, card.port, wait_s=wait_s)
+    assert info.value.what == what and info.value.port == card.port
+    assert info.value.fix.startswith(fix)
+
+
+def test_the_sim_pin_from_the_sheet_unlocks_the_sim(flashed, card_port, tmp_path):
+    elder = elder_row(tmp_path, sim_pin="2468")
+    with card_with_modem(flashed, card_port, sim="pin", sim_pin="2468") as (card, pm), \
+            DeviceLink(card.port) as link:
+        report = ModemSession(link, pin=elder.sim_pin).check(wait_s=30)
+    assert identity_of(report, elder, card.port).sim == "READY"
+    assert report.registration == "home"

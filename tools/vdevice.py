@@ -26,9 +26,12 @@ whose slave side this object keeps open, so clients can connect, disconnect and 
 Several devices run at once, each with its own pair of ptys and its own thread.
 
 Hardware a board has beyond its REPL is reached through UARTs: `uarts={1: "/dev/pts/7"}` opens
-those ptys in the child before its filesystem is narrowed to the folder, and `machine.UART(1)`
-(from `/lib/board`'s or the firmware's own `machine` module) finds them as `vdevice.uarts[1]`, a
-file object (`import vdevice`: a namespace the start-up puts in `sys.modules`).
+those ptys (non-blocking) for the child, which finds them as `vdevice.uarts[1]`, file objects
+(`import vdevice`: a namespace the start-up puts in `sys.modules`; `vdevice.reset()` ends the
+interpreter as a hardware reset would, and the device starts it again). The firmware's
+`board.open_board()` finds the device's board (tools/vdevice_mpy/vdboard.py, registered as
+`simboard`): the modem on UART 1 (the simulated A7670, carecard.tools.vcard.pty_modem), the
+GNSS on UART 2, in real time.
 """
 
 from __future__ import annotations
@@ -59,6 +62,11 @@ _PROMPTS = (b">>> ", b"... ", b"=== ", b"\r\n>", b"\x04>")
 _FRIENDLY_GATES = (b"\r", b"\n", b"\x01", b"\x02", b"\x03", b"\x04", b"\x05")
 _RAW_GATES = (b"\x02",)
 _CTRL_C = 0x03
+# Printed by the start-up script when it has its Ctrl-C handler (never reaches the client): a
+# SIGINT before that would end the unix port (its default action), not interrupt it.
+_UP_MARKER = b"\x1b_vdevice-up\x1b\\"
+# The device's board (the interface of firmware/board), registered as `simboard` at start-up.
+BOARD_DIR = Path(__file__).resolve().parent / "vdevice_mpy"
 
 # Run by the child before its REPL: the folder becomes the filesystem, then boot.py/main.py.
 _BOOT_SCRIPT = """\
@@ -67,9 +75,19 @@ import os, sys, vfs
 class vdevice:
     uarts = {}
 
-for _id, _path in UARTS.items():
-    vdevice.uarts[_id] = open(_path, "r+b")
+    @staticmethod
+    def reset():
+        # a hardware reset: the interpreter ends and the device starts it again
+        os.system("kill -TERM $PPID")
+
+for _id, _fd in UARTS.items():
+    vdevice.uarts[_id] = open(_fd, "r+b")
 sys.modules["vdevice"] = vdevice
+sys.path.insert(0, BOARD_DIR)
+import vdboard
+sys.path.pop(0)
+sys.modules["simboard"] = vdboard
+del vdboard
 vfs.umount("/")
 _fs = vfs.VfsPosix(ROOT)
 if FLASH_SIZE:
@@ -117,6 +135,7 @@ def _vdevice_run(name):
     except Exception as e:
         sys.print_exception(e)
 
+print(UP_MARKER, end="")
 _vdevice_run("boot.py")
 if not RAW:
     _vdevice_run("main.py")
@@ -202,9 +221,21 @@ class VirtualDevice:
     # --- the child interpreter ----------------------------------------------------------------
 
     def _spawn(self, raw: bool) -> None:
+        # each UART's pty opened here, non-blocking, and handed down by number: a UART read
+        # returns what is there (a blocking file's readinto waits for a full buffer)
+        uart_fds = {}
+        try:
+            for uart_id, path in self.uarts.items():
+                uart_fds[uart_id] = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        except OSError as exc:
+            for fd in uart_fds.values():
+                os.close(fd)
+            raise VirtualDeviceError(f"UART {uart_id}: cannot open {path} ({exc.strerror})") from None
         script = (_BOOT_SCRIPT.replace("ROOT", repr(str(self.folder)))
-                  .replace("UARTS", repr(self.uarts)).replace("RAW", repr(raw))
-                  .replace("FLASH_SIZE", repr(self.flash_size)))
+                  .replace("UARTS", repr(uart_fds)).replace("RAW", repr(raw))
+                  .replace("FLASH_SIZE", repr(self.flash_size))
+                  .replace("BOARD_DIR", repr(str(BOARD_DIR)))
+                  .replace("UP_MARKER", repr(_UP_MARKER.decode())))
         with open(self._script, "w", encoding="utf-8") as handle:
             handle.write(script)
         master, slave = pty.openpty()
@@ -225,13 +256,20 @@ class VirtualDevice:
             os.setsid()
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
-        self._child = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env,
-                                       preexec_fn=controlling_tty, close_fds=True,
-                                       cwd=str(self.folder))
-        os.close(slave)
+        try:
+            self._child = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env,
+                                           preexec_fn=controlling_tty, close_fds=True,
+                                           pass_fds=tuple(uart_fds.values()), cwd=str(self.folder))
+        finally:
+            os.close(slave)
+            for fd in uart_fds.values():
+                os.close(fd)
         self._child_master = master
         self._gate_closed = True  # until its banner's prompt
         self._restart_raw = raw
+        self._interruptible = False  # until the start-up script says it runs
+        self._interrupt_held = False
+        self._pre_up = b""
         self.boots += 1
 
     def _kill_child(self) -> None:
@@ -282,7 +320,10 @@ class VirtualDevice:
             # Ctrl-C interrupts running code at once (boot.py, main.py, a line being run); the
             # rest waits for the next prompt.
             if _CTRL_C in data:
-                self._send_child(bytes([_CTRL_C]))
+                if self._interruptible:
+                    self._send_child(bytes([_CTRL_C]))
+                else:
+                    self._interrupt_held = True  # sent once the start-up script runs
                 data = data.replace(bytes([_CTRL_C]), b"")
             self._held += data
             return
@@ -302,6 +343,18 @@ class VirtualDevice:
         self._gate_closed = True
 
     def _from_child(self, data: bytes) -> None:
+        if not self._interruptible:
+            data = self._pre_up + data
+            self._pre_up = b""
+            if _UP_MARKER in data:
+                data = data.replace(_UP_MARKER, b"", 1)
+                self._interruptible = True
+                if self._interrupt_held:
+                    self._interrupt_held = False
+                    self._send_child(bytes([_CTRL_C]))
+            elif _UP_MARKER.startswith(data):
+                self._pre_up = data  # the marker, cut between two reads
+                return
         self._send_client(data)
         if self._paste_asked:
             self._paste_asked = False

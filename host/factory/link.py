@@ -62,8 +62,9 @@ class DeviceLink:
                               "check the USB cable and the port name (`mpremote devs` lists the "
                               "serial ports of this computer)")
         try:
-            # a read timeout: a card that stops answering must not block a read for ever
-            self.transport = SerialTransport(self.port, baudrate=115200, timeout=2)
+            # a read timeout: a card that stops answering must not block a read for ever (a
+            # busy computer running a batch may take seconds to serve a card's pty)
+            self.transport = SerialTransport(self.port, baudrate=115200, timeout=10)
         except (TransportError, serial.SerialException, OSError) as exc:
             raise DeviceError(self.port, f"cannot open the port ({exc})",
                               "another program may hold it (mpremote, a terminal, another carecard "
@@ -76,13 +77,22 @@ class DeviceLink:
         return self
 
     def _enter_raw_repl(self) -> None:
+        import time
+
         transport = self.transport
         port = transport.serial
-        port.write(b"\r\x03\x03")  # Ctrl-C twice: stop whatever runs
-        before = self._read_until(b">>> ", 1.0)
-        port.write(b"\r\x01")  # Ctrl-A: raw REPL
-        data = self._read_until(RAW_PROMPT, self.timeout)
-        seen = before + data
+        seen = data = b""
+        deadline = time.monotonic() + self.timeout
+        # A card that was just reset may start main.py after the first Ctrl-C (which then only
+        # stopped boot.py): ask again until the raw REPL answers or the time is up.
+        while True:
+            port.write(b"\r\x03\x03")  # Ctrl-C twice: stop whatever runs
+            seen += self._read_until(b">>> ", 1.0)
+            port.write(b"\r\x01")  # Ctrl-A: raw REPL
+            data = self._read_until(RAW_PROMPT, min(2.0, max(0.1, deadline - time.monotonic())))
+            seen += data
+            if data.endswith(RAW_PROMPT) or time.monotonic() >= deadline:
+                break
         self.interrupted = b"KeyboardInterrupt" in seen
         if data.endswith(RAW_PROMPT):
             transport.in_raw_repl = True

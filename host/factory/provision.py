@@ -57,6 +57,7 @@ def config_values(elder: Elder, identity: CardIdentity, key: bytes, config_versi
         "apn": elder.apn,
         "grid_worker_key": elder.grid_worker_key,
         "quiet_hours": list(elder.quiet_hours) if elder.quiet_hours else None,
+        "sim_pin": elder.sim_pin,
     }
     return values
 

@@ -21,7 +21,8 @@ from carecard.protocol import spec
 CONTACT_KEYS = range(1, spec.MAX_CONTACTS + 1)
 CONTACT_COLUMNS = tuple(f"contact{k}_{part}" for k in CONTACT_KEYS for part in ("number", "name"))
 REQUIRED_COLUMNS = ("name", "contact1_number", "contact1_name", "wake_time", "bed_time", "server")
-OPTIONAL_COLUMNS = ("grid_worker_key", "home", "home_lat", "home_lon", "apn", "quiet_hours")
+OPTIONAL_COLUMNS = ("grid_worker_key", "home", "home_lat", "home_lon", "apn", "quiet_hours",
+                    "imei", "sim_pin")
 COLUMNS = ("name",) + CONTACT_COLUMNS + tuple(c for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS
                                                if c != "name" and c not in CONTACT_COLUMNS)
 MAX_SHEET_BYTES = 16 * 1024 * 1024
@@ -79,6 +80,13 @@ class Elder:
     apn: str = ""
     quiet_hours: tuple[int, int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    imei: int | None = None  # the card this row must go on (from its box label), if given
+    sim_pin: str | None = None  # the SIM's PIN when its PIN lock is on
+
+    @property
+    def where(self) -> str:
+        """The row for messages: `row 3 (王奶奶)`."""
+        return f"row {self.row} ({self.name})"
 
 
 def normalise_number(text: str) -> str:
@@ -219,6 +227,7 @@ def validate_rows(rows: list[tuple[int, list[str]]], source: str = "sheet") -> l
     header_row = 0
     elders: list[Elder] = []
     seen: dict[tuple[str, str], int] = {}
+    imeis: dict[int, int] = {}
     for number, cells in rows:
         if not any(str(c).strip() for c in cells) or str(cells[0]).lstrip().startswith("#"):
             continue
@@ -252,7 +261,13 @@ def validate_rows(rows: list[tuple[int, list[str]]], source: str = "sheet") -> l
             problems.append(SheetProblem(number, "name", f"{elder.name!r} at {elder.home or 'the same home'!r} "
                                                           f"is already on row {seen[key]} (a duplicate)"))
             continue
+        if elder.imei is not None and elder.imei in imeis:
+            problems.append(SheetProblem(number, "imei", f"{elder.imei} is already on row "
+                                                          f"{imeis[elder.imei]} (one card, one elder)"))
+            continue
         seen[key] = number
+        if elder.imei is not None:
+            imeis[elder.imei] = number
         elders.append(elder)
     if header is None:
         problems.append(SheetProblem(header_row, "", "empty: no header row and no elders"))
@@ -306,9 +321,29 @@ def _validate_row(row: int, values: dict[str, str], problems: list[SheetProblem]
     home = check("home", parse_name, False) or ""
     apn = check("apn", _apn, False) or ""
     quiet = check("quiet_hours", parse_quiet_hours, False)
+    imei = check("imei", parse_imei, False)
+    sim_pin = check("sim_pin", parse_sim_pin, False)
     if len(problems) != before:
         return None
-    return Elder(row, name, contacts, wake, bed, server[0], server[1], grid, home, lat, lon, apn, quiet)
+    return Elder(row, name, contacts, wake, bed, server[0], server[1], grid, home, lat, lon, apn, quiet,
+                 imei=imei, sim_pin=sim_pin)
+
+
+def parse_imei(text: str) -> int:
+    """15 digits with a right Luhn check digit (the card's label)."""
+    from carecard.host.receiver.registry import RegistryError
+    from carecard.host.receiver.registry import parse_imei as registry_imei
+
+    try:
+        return registry_imei(text, "imei")
+    except RegistryError as exc:
+        raise ValueError(str(exc).removeprefix("imei: ")) from None
+
+
+def parse_sim_pin(text: str) -> str:
+    if not text.isdigit() or not 4 <= len(text) <= 8:
+        raise ValueError(f"{text!r} is not a SIM PIN (4 to 8 digits)")
+    return text
 
 
 def _key(text: str) -> int:

@@ -14,6 +14,11 @@ What it speaks, and where each form comes from (../shared/data/at/):
   with <n>=1), AT+COPS?; coverage loss sends "+CGEV: NW PDN DEACT 1" (A7672SA notes) and
   +CREG/+CEREG: 2 (searching), recovery +CREG/+CEREG: 1;
 - network time: AT+CCLK? as local time with the zone in quarter hours;
+- the SIM: absent (AT+CPIN? answers +CME ERROR: 10) or locked by its PIN ("+CPIN: SIM PIN" until
+  AT+CPIN="<pin>"; a wrong PIN is +CME ERROR: 16), and its phonebook (AT+CPBS, AT+CPBW, AT+CPBR;
+  the text in the +CSCS character set, "UCS2" as hex; 250 entries, numbers up to 40 digits, text
+  up to 14 bytes as stored on the SIM: 14 GSM characters or 6 UCS-2 ones, 3GPP TS 31.102 alpha
+  identifiers); the phonebook is on the SIM, so it outlives power cycles;
 - voice: ATD<n>; answers OK at once, then +CLCC (AT+CLCC=1) dialing -> alerting; on the network's
   ring-back (early media, on by default) "VOICE CALL: BEGIN" and +CLCC stat 0 arrive BEFORE anyone
   answers (unattributed/simcom_a7672sa_claro_call_traces); the end is +CLCC stat 6, NO CARRIER and
@@ -62,6 +67,15 @@ NO_ANSWER = "no_answer"          # rings until the network gives up
 UNREACHABLE = "unreachable"      # the network plays "cannot be reached" (early media) and ends
 REJECTS = "rejects"              # rings, then the callee declines
 CALL_KINDS = (CONFIRMS, ANSWERS, BUSY, NO_ANSWER, UNREACHABLE, REJECTS)
+
+# the SIM in the modem: SIM_READY, SIM_ABSENT (no SIM in the holder), SIM_PIN (asks for its PIN)
+SIM_READY = "ready"
+SIM_ABSENT = "absent"
+SIM_PIN = "pin"
+SIM_STATES = (SIM_READY, SIM_ABSENT, SIM_PIN)
+PHONEBOOK_SIZE = 250
+PHONEBOOK_NLENGTH = 40
+PHONEBOOK_TLENGTH = 14
 
 
 @dataclass
@@ -158,6 +172,7 @@ class ModemSim:
                  callees: dict[str, Callee] | None = None, coverage: bool = True,
                  seed: int = 0, utc_offset_quarters: int = 32, clock_unix_s: float = 1_780_000_000,
                  rssi: int = 20, early_media: bool = True, powered: bool = False,
+                 sim: str = SIM_READY, sim_pin: str = "1234",
                  on_udp_send: Callable[[str, int, bytes], None] | None = None,
                  on_ri: Callable[[int], None] | None = None,
                  on_power: Callable[[str, int], None] | None = None) -> None:
@@ -166,6 +181,11 @@ class ModemSim:
         self.callees = dict(callees or {})
         self.default_callee = Callee(NO_ANSWER)
         self.coverage = coverage
+        if sim not in SIM_STATES:
+            raise ValueError(f"sim {sim!r} is not one of {', '.join(SIM_STATES)}")
+        self.sim = sim
+        self.sim_pin = sim_pin
+        self.phonebook: dict[int, tuple[str, int, str]] = {}   # index -> (number, type, text)
         self.rng = random.Random(seed)
         self.tz = utc_offset_quarters
         self.unix_at_zero = clock_unix_s   # network time at now_ms == 0
@@ -213,7 +233,10 @@ class ModemSim:
         self.csclk = 0
         self.cipsrip = 0
         self.ctzu = 0
+        self.cscs = "IRA"
+        self.cpbs = "SM"
         self.sim_ready = False
+        self.sim_unlocked = False  # the right PIN was entered in this session
         self.registered = False
         self.net_open = False
         self.ip = None
@@ -391,6 +414,11 @@ class ModemSim:
         self._schedule_sleep_check()
 
     def _sim_up(self) -> None:
+        if self.sim == SIM_ABSENT:
+            return
+        if self.sim == SIM_PIN and not self.sim_unlocked:
+            self._urc("+CPIN: SIM PIN")
+            return
         self.sim_ready = True
         self._urc("+CPIN: READY")
         base = self.t.cpin_after_ms
@@ -787,9 +815,12 @@ class ModemSim:
         if rest == "=?":
             self._respond(['+CSCS: ("IRA","GSM","UCS2")'])
         elif rest == "?":
-            self._respond(['+CSCS: "IRA"'])
-        else:
+            self._respond([f'+CSCS: "{self.cscs}"'])
+        elif rest.startswith("=") and rest[1:].strip().strip('"').upper() in ("IRA", "GSM", "UCS2"):
+            self.cscs = rest[1:].strip().strip('"').upper()
             self._respond()
+        else:
+            self._error(53, "parameter invalid")
 
     def _cmd_CPMS(self, rest: str) -> None:
         used = len(self.storage)
@@ -856,6 +887,18 @@ class ModemSim:
     def _cmd_GSN(self, rest: str) -> None:
         self._cmd_CGSN(rest)
 
+    def _sim_error(self) -> bool:
+        """Answer a command that needs the SIM with the error of its state; True when it did."""
+        if self.sim == SIM_ABSENT and self.on:
+            self._error(10, "SIM not inserted")
+        elif self.sim == SIM_PIN and not self.sim_unlocked:
+            self._error(11, "SIM PIN required")
+        elif not self.sim_ready:
+            self._error(14, "SIM busy")
+        else:
+            return False
+        return True
+
     def _cmd_CIMI(self, rest: str) -> None:
         if not self.sim_ready:
             self._error(14, "SIM busy")
@@ -863,8 +906,11 @@ class ModemSim:
             self._respond([self.identity.imsi])
 
     def _cmd_CICCID(self, rest: str) -> None:
-        if not self.sim_ready:
-            self._error(14, "SIM busy")
+        if self.sim == SIM_PIN and not self.sim_ready and self.ready:
+            # EF_ICCID is readable without the PIN
+            self._respond([f"+ICCID: {self.identity.iccid}"])
+        elif self._sim_error():
+            return
         else:
             self._respond([f"+ICCID: {self.identity.iccid}"])
 
@@ -873,13 +919,116 @@ class ModemSim:
 
     # ---- SIM, signal, registration, time ----------------------------------------------------
     def _cmd_CPIN(self, rest: str) -> None:
+        locked = self.sim == SIM_PIN and not self.sim_unlocked
         if rest == "?":
             if self.sim_ready:
                 self._respond(["+CPIN: READY"])
+            elif locked and self.ready:
+                self._respond(["+CPIN: SIM PIN"])
+            elif self._sim_error():
+                return
+        elif rest.startswith("=") and locked:
+            if rest[1:].split(",")[0].strip().strip('"') == self.sim_pin:
+                self.sim_unlocked = True
+                self._respond()
+                self._sim_up()
             else:
-                self._error(14, "SIM busy")
+                self._error(16, "incorrect password")
+        elif rest.startswith("=") and self._sim_error():
+            return
         else:
             self._respond()
+
+    # ---- the SIM phonebook -------------------------------------------------------------------
+    def _cmd_CPBS(self, rest: str) -> None:
+        if rest == "?":
+            if not self._sim_error():
+                self._respond([f'+CPBS: "{self.cpbs}",{len(self.phonebook)},{PHONEBOOK_SIZE}'])
+        elif rest == "=?":
+            self._respond(['+CPBS: ("SM","FD","ON","LD","MC","RC","EN")'])
+        elif rest.startswith("=") and rest[1:].strip().strip('"').upper() == "SM":
+            self.cpbs = "SM"
+            self._respond()
+        else:
+            self._error(53, "parameter invalid")   # only the SIM's own phonebook here
+
+    def _pb_text_in(self, text: str) -> str | None:
+        """<text> as the TE sent it (+CSCS) -> str; None when it is not valid in that set."""
+        if self.cscs != "UCS2":
+            return text
+        if len(text) % 4 or any(c not in "0123456789ABCDEFabcdef" for c in text):
+            return None
+        return bytes.fromhex(text).decode("utf-16-be", "replace")
+
+    def _pb_text_out(self, text: str) -> str:
+        return text.encode("utf-16-be").hex().upper() if self.cscs == "UCS2" else text
+
+    @staticmethod
+    def _pb_stored_bytes(text: str) -> int:
+        # GSM default alphabet: a byte a character (ASCII here); else UCS-2: 0x80 + 2 a character
+        return len(text) if text.isascii() else 1 + 2 * len(text)
+
+    def _cmd_CPBW(self, rest: str) -> None:
+        if rest == "=?":
+            self._respond([f"+CPBW: (1-{PHONEBOOK_SIZE}),{PHONEBOOK_NLENGTH},(129,145,161),"
+                           f"{PHONEBOOK_TLENGTH}"])
+            return
+        if not rest.startswith("=") or self._sim_error():
+            if not rest.startswith("="):
+                self._error(53, "parameter invalid")
+            return
+        args = _split_args(rest[1:])
+        try:
+            index = int(args[0])
+        except (ValueError, IndexError):
+            self._error(21, "invalid index")
+            return
+        if not 1 <= index <= PHONEBOOK_SIZE:
+            self._error(21, "invalid index")
+            return
+        if len(args) == 1:
+            self.phonebook.pop(index, None)
+            self._respond()
+            return
+        number = args[1]
+        kind = 145 if number.startswith("+") else 129
+        if len(args) > 2 and args[2]:
+            try:
+                kind = int(args[2])
+            except ValueError:
+                self._error(53, "parameter invalid")
+                return
+        text = self._pb_text_in(args[3]) if len(args) > 3 else ""
+        if not number or any(c not in "0123456789*#+" for c in number) or text is None:
+            self._error(25, "invalid characters in text string")
+        elif len(number.lstrip("+")) > PHONEBOOK_NLENGTH:
+            self._error(26, "dial string too long")
+        elif self._pb_stored_bytes(text) > PHONEBOOK_TLENGTH:
+            self._error(24, "text string too long")
+        else:
+            self.phonebook[index] = (number, kind, text)
+            self._respond()
+
+    def _cmd_CPBR(self, rest: str) -> None:
+        if rest == "=?":
+            self._respond([f"+CPBR: (1-{PHONEBOOK_SIZE}),{PHONEBOOK_NLENGTH},{PHONEBOOK_TLENGTH}"])
+            return
+        if not rest.startswith("=") or self._sim_error():
+            if not rest.startswith("="):
+                self._error(53, "parameter invalid")
+            return
+        try:
+            bounds = [int(a) for a in rest[1:].split(",")]
+        except ValueError:
+            self._error(21, "invalid index")
+            return
+        first, last = bounds[0], bounds[-1]
+        if not 1 <= first <= last <= PHONEBOOK_SIZE or len(bounds) > 2:
+            self._error(21, "invalid index")
+            return
+        lines = [f'+CPBR: {i},"{n}",{k},"{self._pb_text_out(t)}"'
+                 for i, (n, k, t) in sorted(self.phonebook.items()) if first <= i <= last]
+        self._respond(lines)
 
     def _cmd_CSQ(self, rest: str) -> None:
         rssi = self.rssi if self.coverage else 99
@@ -1238,6 +1387,23 @@ class ModemSim:
             else:
                 self._urc(f"+CIPSEND: {link},{len(payload)},-1")
         self._after(self.t.cipsend_ms, sent)
+
+
+def _split_args(text: str) -> list[str]:
+    """'1,"+86138",145,"4E00"' -> ['1', '+86138', '145', '4E00'] (quotes removed)."""
+    items: list[str] = []
+    current = ""
+    quoted = False
+    for ch in text:
+        if ch == '"':
+            quoted = not quoted
+        elif ch == "," and not quoted:
+            items.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    items.append(current.strip())
+    return items
 
 
 def _toa(number: str) -> int:
