@@ -20,7 +20,7 @@ from carecard.host.factory.flash import (
     mpy_cross_version,
     read_image,
 )
-from carecard.host.factory.link import DeviceError, DeviceFull
+from carecard.host.factory.link import DeviceError, DeviceFull, DeviceLink
 from carecard.tools.vdevice import VirtualDevice
 
 MPREMOTE = str(Path(sys.executable).parent / "mpremote")
@@ -123,6 +123,22 @@ def test_a_running_program_is_interrupted(devices, tmp_path, capsys):
     messages = []
     flash_device(card.port, _image(tmp_path / "img", "A"), progress=lambda p, m: messages.append(m))
     assert messages[0] == "stopped the program that was running (Ctrl-C)"
+
+
+def test_the_link_runs_on_a_fresh_interpreter_not_on_the_interrupted_program(devices):
+    """Ctrl-C stops main.py wherever it was (halfway through an import, with the modem's UART
+    open): the link then soft-resets in the raw REPL, which boots without main.py, so what runs
+    next sees none of the interrupted program's state."""
+    card, = devices(1)
+    (card.folder / "main.py").write_text(
+        "import sys\nsys.modules['left_by_main'] = sys\nopen('running', 'w').close()\n"
+        "while True:\n    pass\n")
+    reset_into_main(card)
+    with DeviceLink(card.port) as link:
+        assert link.interrupted
+        assert link.eval("'left_by_main' in __import__('sys').modules") is False
+        assert link.eval("1 + 1") == 2
+    assert card.boots == 3  # started, reset into main.py, reset by the link
 
 
 def reset_into_main(card: VirtualDevice) -> None:

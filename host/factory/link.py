@@ -96,6 +96,7 @@ class DeviceLink:
         self.interrupted = b"KeyboardInterrupt" in seen
         if data.endswith(RAW_PROMPT):
             transport.in_raw_repl = True
+            self._soft_reset()
             return
         if not seen:
             raise DeviceError(self.port, f"no device answering (nothing came back in {self.timeout:g} s)",
@@ -107,6 +108,27 @@ class DeviceLink:
                           "press its reset button (or unplug and replug it) and run this again "
                           "right away; firmware that ignores Ctrl-C must be erased (esptool "
                           "erase_flash) and MicroPython written again")
+
+    def _soft_reset(self) -> None:
+        """Ctrl-D in the raw REPL: the card restarts its interpreter and, being in the raw REPL,
+        does not run main.py again (mpremote does the same before its first command). Ctrl-C
+        stops main.py wherever it was: halfway through an import, with the modem's UART and
+        timers set up; on the unix port even with the interpreter's own qstr lock left held, so
+        that the next code compiled hangs for ever: the factory's code runs on a fresh
+        interpreter instead."""
+        import time
+
+        port = self.transport.serial
+        deadline = time.monotonic() + self.timeout
+        port.write(b"\x04")
+        seen = self._read_until(b"soft reboot\r\n", self.timeout)
+        if seen.endswith(b"soft reboot\r\n"):
+            seen += self._read_until(RAW_PROMPT, max(0.1, deadline - time.monotonic()))
+        if not seen.endswith(RAW_PROMPT):
+            tail = seen[-120:].decode("utf-8", "replace").replace("\r", "").replace("\n", " | ")
+            raise DeviceError(self.port, f"no raw REPL after a soft reset (last output: {tail.strip()!r})",
+                              "press the card's reset button (or unplug and replug it) and run this "
+                              "again; if boot.py never ends, erase the card's filesystem")
 
     def _read_until(self, ending: bytes, within: float) -> bytes:
         """What the card sends until `ending` or `within` seconds (mpremote's read_until keeps
