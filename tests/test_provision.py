@@ -30,23 +30,35 @@ from test_sheet import GOOD, HEADER, csv_file
 MPREMOTE = str(Path(sys.executable).parent / "mpremote")
 
 
+FAST_MODEM = Timing(cpin_after_ms=100, pdn_after_ms=150, sms_done_after_ms=200, ims_pdn_after_ms=250,
+                    pb_done_after_ms=300, register_after_ms=200)
+CARD_IMEIS = [make_imei(86277107681700 + i) for i in range(3)]
+
+
 @pytest.fixture(scope="module")
 def cards(tmp_path_factory, card_port):
-    """Three flashed virtual cards, shared by this module's tests (flashing takes a while)."""
-    made = []
+    """Three flashed virtual cards, each with a simulated A7670 (its own IMEI and ICCID) on its
+    UART 1, shared by this module's tests (flashing takes a while)."""
+    made, modems = [], []
     tmp_path = tmp_path_factory.mktemp("cards")
-    for i in range(3):
-        folder = tmp_path / f"card{i}"
-        folder.mkdir()
-        made.append(VirtualDevice(folder, interpreter=card_port.executable).start())
-    image = ImageCache().get(None)
     try:
+        for i in range(3):
+            folder = tmp_path / f"card{i}"
+            folder.mkdir()
+            modems.append(PtyModem(powered=True, timing=FAST_MODEM,
+                                   identity=Identity(imei=str(CARD_IMEIS[i]), iccid=f"8986001234567890170{i}")))
+            made.append(VirtualDevice(folder, interpreter=card_port.executable,
+                                      uarts={1: modems[-1].port}).start())
+            made[-1].modem = modems[-1]
+        image = ImageCache().get(None)
         with ThreadPoolExecutor(3) as pool:
             list(pool.map(lambda card: flash_device(card.port, image), made))
         yield made
     finally:
         for card in made:
             card.stop()
+        for modem in modems:
+            modem.close()
 
 
 def card_config(port: str) -> dict:
@@ -129,6 +141,82 @@ def test_a_batch_is_provisioned_registered_and_recorded(cards, tmp_path):
     assert json.loads(proc.stdout)["type"] == "ack", (proc.stdout, err[-2000:])
 
 
+def test_carecard_provision_a_batch_over_ports_then_a_card_boots_and_is_accepted(cards, tmp_path, capsys):
+    """`carecard provision --port ...` on three virtual cards: a bad sheet touches nothing; a good
+    one goes through each card's modem (IMEI and ICCID from it, the SIM phonebook), its config,
+    the registry; then a card boots its own main.py from that config and its frames reach a real
+    `carecard receive`, which accepts them."""
+    from receiver_helpers import ReceiverProcess
+
+    data = tmp_path / "data"
+    data.mkdir()
+    receiver = ReceiverProcess(data)  # running before the cards are registered
+    try:
+        rows = [HEADER] + [list(r) for r in GOOD]
+        for row in rows[1:]:
+            row[HEADER.index("server")] = f"127.0.0.1:{receiver.udp_port}"
+        ports = [arg for card in cards for arg in ("--port", card.port)]
+        bad = [list(r) for r in rows]
+        bad[3][HEADER.index("wake_time")] = "25:00"
+        before = {card.port: sorted(p.name for p in card.folder.iterdir()) for card in cards}
+        assert main(["provision", "--sheet", str(csv_file(tmp_path, bad)), "--data", str(data), *ports]) == 1
+        assert "row 4, column wake_time" in capsys.readouterr().err
+        assert {card.port: sorted(p.name for p in card.folder.iterdir()) for card in cards} == before
+        assert not (data / "provisioning.jsonl").exists()
+
+        sheet = csv_file(tmp_path, rows)
+        status = main(["provision", "--sheet", str(sheet), "--data", str(data), "--modem-wait", "30", *ports])
+        out = capsys.readouterr().out
+        assert status == 0, out
+        elders = read_sheet(sheet)
+        for card, elder, imei in zip(cards, elders, CARD_IMEIS):
+            assert f"{card.port}: IMEI {imei}, ICCID " in out  # from the card's modem
+            assert f"{imei}  {card.modem.sim.identity.iccid}  {elder.name}" in out  # its label
+            values = card_config(card.port)["values"]  # the card's own config.py reads it back
+            assert (values["device_id"], values["owner_name"]) == (imei, elder.name)
+            assert values["contacts"] == [[c.key, c.name, c.number] for c in elder.contacts]
+            book = card.modem.control(lambda sim: dict(sim.phonebook))
+            assert sorted(book) == [c.key for c in elder.contacts]
+        keys = load_key_file(data)
+        assert set(keys) >= set(CARD_IMEIS)
+        settings = Settings.from_mapping(json.loads(settings_path_of(data / "provisioning.jsonl")
+                                                    .read_text(encoding="utf-8")))
+        assert settings.for_device(str(CARD_IMEIS[0])).home == (24.95, 118.38)
+
+        # the first card boots its own main.py (a soft reset at the friendly prompt) from the
+        # provisioned config: its modem driver opens data and its frames reach the receiver
+        card = cards[0]
+        card._send_child(b"\x04")
+        stored = wait_for_frames(data, CARD_IMEIS[0], within_s=120)
+    finally:
+        status, err = receiver.terminate()
+    # stored: authenticated with the key provisioning wrote on the card and registered
+    assert stored, err[-3000:]
+    assert stored[0][1] == "hello", stored  # the card's first frame after a boot
+
+
+def wait_for_frames(data: Path, device: int, within_s: float) -> list[tuple[int, str]]:
+    """`device`'s frames the receiver stored (counter, type), once there are some (or [] after
+    within_s seconds)."""
+    import sqlite3
+    import time
+
+    from carecard.host.paths import ingest_db_path
+
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        conn = sqlite3.connect(f"file:{ingest_db_path(data)}?mode=ro", uri=True, timeout=5)
+        try:
+            found = [(row[0], row[1]) for row in conn.execute(
+                "SELECT counter, type FROM frames WHERE device = ? ORDER BY counter", (device,))]
+        finally:
+            conn.close()
+        if found:
+            return found
+        time.sleep(0.5)
+    return []
+
+
 def test_reprovisioning_moves_the_counter_up_with_a_new_key(cards, tmp_path):
     elder = read_sheet(csv_file(tmp_path, [HEADER] + GOOD))[0]
     identity = CardIdentity(make_imei(86277107681899))
@@ -183,10 +271,6 @@ def test_a_good_sheet_is_listed(tmp_path, capsys):
 
 
 # --- the card step: the card's own modem driver on the card, the simulated A7670 on its UART ---
-
-FAST_MODEM = Timing(cpin_after_ms=100, pdn_after_ms=150, sms_done_after_ms=200, ims_pdn_after_ms=250,
-                    pb_done_after_ms=300, register_after_ms=200)
-
 
 @pytest.fixture(scope="module")
 def flashed(tmp_path_factory, card_port):
@@ -283,3 +367,33 @@ def test_the_sim_pin_from_the_sheet_unlocks_the_sim(flashed, card_port, tmp_path
         report = ModemSession(link, pin=elder.sim_pin).check(wait_s=30)
     assert identity_of(report, elder, card.port).sim == "READY"
     assert report.registration == "home"
+
+
+def test_carecard_provision_reports_a_failing_card_and_registers_nothing_for_it(flashed, card_port, tmp_path,
+                                                                               capsys):
+    data = tmp_path / "data"
+    sheet = csv_file(tmp_path, [HEADER] + GOOD)
+    with card_with_modem(flashed, card_port, sim="absent") as (card, pm):
+        status = main(["provision", "--sheet", str(sheet), "--data", str(data), "--port", card.port,
+                       "--row", "3", "--modem-wait", "5"])
+    captured = capsys.readouterr()
+    assert status == 1
+    assert (f"{card.port}: FAILED: row 3 (李爷爷): no SIM card in the modem; insert the elder's SIM"
+            in captured.out)
+    assert "1 of 1 cards failed" in captured.err
+    assert not (data / "provisioning.jsonl").exists() and not (data / "keys.json").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--port", "/dev/pts/a", "--port", "/dev/pts/b"], "2 ports but 3 elders in the sheet: give one --row per --port"),
+    (["--port", "/dev/pts/a", "--row", "2", "--row", "3"], "1 port but 2 rows given"),
+    (["--port", "/dev/pts/a", "--port", "/dev/pts/a", "--row", "2", "--row", "3"], "port /dev/pts/a is given twice"),
+    (["--port", "/dev/pts/a", "--row", "9"], "no elder on row 9 of the sheet"),
+])
+def test_ports_and_rows_that_do_not_pair_up_touch_nothing(tmp_path, capsys, args, message):
+    data = tmp_path / "data"
+    status = main(["provision", "--sheet", str(csv_file(tmp_path, [HEADER] + GOOD)), "--data", str(data), *args])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert message in err and "no card was touched" in err
+    assert not data.exists()

@@ -58,6 +58,7 @@ def config_values(elder: Elder, identity: CardIdentity, key: bytes, config_versi
         "grid_worker_key": elder.grid_worker_key,
         "quiet_hours": list(elder.quiet_hours) if elder.quiet_hours else None,
         "sim_pin": elder.sim_pin,
+        "owner_name": elder.name,
     }
     return values
 
