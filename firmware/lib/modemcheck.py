@@ -6,7 +6,7 @@
 #     import board, modemcheck
 #     s = modemcheck.Session(board.open_board(), profile="a7670", pin=None)
 #     s.check(wait_ms)  -> {"state", "sim", "registration", "imei", "iccid", "model",
-#                           "rssi_dbm", "failed"}   (see Session.check)
+#                           "rssi_dbm", "gave_up"}   (see Session.check)
 #     s.phonebook([(key, number, name), ...], keys=4)
 #                       -> {"entries": [[index, number, type, name], ...] as read back with
 #                           AT+CPBR, "shortened": [key, ...], "error": None or text}
@@ -171,13 +171,13 @@ class Session:
             "registration": modem.REG_NAMES-style status ("home", "roaming", "sms_only",
                    "searching", "denied", "not_registered"),
             "imei", "iccid", "model": as the modem says (None: no answer),
-            "rssi_dbm": the last +CSQ in dBm (None: unknown), "failed": the driver's reason
+            "rssi_dbm": the last +CSQ in dBm (None: unknown), "gave_up": the driver's reason
                    when it gave the modem up (no answer after power cycles), else None}"""
         self.power_up(wait_ms)
         m = self.m
         out = {"state": m.state, "sim": self.sim, "registration": m.reg_status,
                "imei": None, "iccid": None, "model": None, "rssi_dbm": self.rssi,
-               "failed": self.failed}
+               "gave_up": self.failed}
         if m.state in ("off", "probing", "booting", "probing_boot", "recovering"):
             return out   # nobody to ask
         status, text, err = self.ask("AT+CGSN")

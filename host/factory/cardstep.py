@@ -29,6 +29,8 @@ SESSION = "_carecard_modem"  # the driver's session between commands on the card
 PHONEBOOK_KEYS = 4
 # driver states in which the modem never answered: nothing about the SIM is known
 _SILENT_STATES = ("off", "probing", "booting", "probing_boot", "recovering")
+# SIM states in which the SIM itself answered (any other, with the driver in no_sim: no answer)
+_SIM_ANSWERED = ("ready", "pin_required", "pin_rejected", "puk_required")
 
 
 @dataclass(frozen=True)
@@ -42,13 +44,13 @@ class ModemReport:
     iccid: str | None
     model: str | None
     rssi_dbm: int | None
-    failed: str | None
+    gave_up: str | None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModemReport":
         return cls(str(data.get("state")), str(data.get("sim")), str(data.get("registration")),
                    data.get("imei"), data.get("iccid"), data.get("model"), data.get("rssi_dbm"),
-                   data.get("failed"))
+                   data.get("gave_up"))
 
 
 @dataclass
@@ -138,9 +140,9 @@ def identity_of(report: ModemReport, elder: Elder, port: str, *, wait_s: float =
     (for sheet row `elder`) and the fix: a silent modem, no SIM, a locked SIM, no network,
     an IMEI other than the sheet's."""
     where = elder.where
-    if report.state in _SILENT_STATES or report.failed:
+    if report.state in _SILENT_STATES or report.gave_up:
         raise DeviceError(port, f"{where}: the card's modem does not answer on its UART (driver state "
-                                f"{report.state}{', gave up: ' + report.failed if report.failed else ''})",
+                                f"{report.state}{', gave up: ' + report.gave_up if report.gave_up else ''})",
                           "check the modem is fitted and powered (battery in, or USB), power the "
                           "card off and on, and provision it again")
     if not report.imei or len(report.imei) != 15:
@@ -154,7 +156,7 @@ def identity_of(report: ModemReport, elder: Elder, port: str, *, wait_s: float =
                           f"put the card labelled {elder.imei} on {port} (or correct the imei "
                           f"column of row {elder.row}) and provision it again")
     sim = report.sim
-    if sim == "absent" or report.state == "no_sim" and sim in ("failed", "not_ready"):
+    if sim == "absent" or report.state == "no_sim" and sim not in _SIM_ANSWERED:
         what = "no SIM card in the modem" if sim == "absent" else "the SIM does not answer"
         raise DeviceError(port, f"{where}: {what}",
                           "insert the elder's SIM (contacts down, cut corner as marked), or reseat "
