@@ -397,3 +397,27 @@ def test_ports_and_rows_that_do_not_pair_up_touch_nothing(tmp_path, capsys, args
     err = capsys.readouterr().err
     assert message in err and "no card was touched" in err
     assert not data.exists()
+
+
+def test_the_readme_way_on_a_virtual_board_with_a_modem(tmp_path, card_port, capsys):
+    """README's "from the demo to real cards" on a virtual board: `python -m
+    carecard.tools.vdevice --modem`, then `carecard flash` and `carecard provision --port`; the
+    IMEI is the board's modem's."""
+    import signal
+
+    data = tmp_path / "data"
+    sheet = csv_file(tmp_path, [HEADER] + GOOD)
+    proc = subprocess.Popen([sys.executable, "-m", "carecard.tools.vdevice", "--modem", "--interpreter",
+                             card_port.executable, str(tmp_path / "board")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        port, folder, *_, imei = proc.stdout.readline().split()
+        assert main(["flash", "--port", port]) == 0
+        status = main(["provision", "--sheet", str(sheet), "--data", str(data), "--port", port, "--row", "3"])
+        out = capsys.readouterr().out
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    assert status == 0, out
+    assert f"{port}: IMEI {imei}, ICCID " in out and f"{imei}  " in out and "李爷爷" in out
+    assert int(imei) in load_key_file(data)

@@ -50,6 +50,7 @@ import threading
 import time
 import tty
 from pathlib import Path
+from typing import Any
 
 SOFT_REBOOT = b"MPY: soft reboot\r\n"
 _BANNER_END = b'for more information.\r\n>>> '
@@ -411,19 +412,30 @@ class VirtualDevice:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m carecard.tools.vdevice FOLDER [FOLDER ...]`: one virtual board per folder
-    (created if missing), ports printed one a line, until Ctrl-C."""
+    """`python -m carecard.tools.vdevice [--modem] FOLDER [FOLDER ...]`: one virtual board per
+    folder (created if missing), ports printed one a line, until Ctrl-C. With --modem each board
+    has a simulated A7670 on its UART 1 (a SIM in, coverage), with an IMEI of its own, so
+    `carecard provision --port` can run on it."""
     parser = argparse.ArgumentParser(prog="python -m carecard.tools.vdevice",
                                      description="Virtual MicroPython boards behind ptys, for mpremote.")
     parser.add_argument("folders", nargs="+", help="a folder per device: its flash filesystem")
     parser.add_argument("--interpreter", help="the MicroPython unix port to run (default: the venv's)")
+    parser.add_argument("--modem", action="store_true",
+                        help="a simulated A7670 modem on each board's UART 1 (IMEI printed)")
     args = parser.parse_args(argv)
-    devices = []
+    devices: list[VirtualDevice] = []
+    modems: list[Any] = []
     try:
-        for folder in args.folders:
+        for n, folder in enumerate(args.folders):
             Path(folder).mkdir(parents=True, exist_ok=True)
-            devices.append(VirtualDevice(folder, interpreter=args.interpreter).start())
-            print(f"{devices[-1].port}  {Path(folder).resolve()}", flush=True)
+            uarts = {}
+            note = ""
+            if args.modem:
+                modems.append(_virtual_modem(n))
+                uarts[1] = modems[-1].port
+                note = f"  modem IMEI {modems[-1].sim.identity.imei}"
+            devices.append(VirtualDevice(folder, interpreter=args.interpreter, uarts=uarts).start())
+            print(f"{devices[-1].port}  {Path(folder).resolve()}{note}", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
@@ -434,7 +446,20 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for device in devices:
             device.stop()
+        for modem in modems:
+            modem.close()
 
+
+VIRTUAL_IMEI_BODY = 86277107690000  # the --modem boards' IMEIs: this body plus the board's number
+
+
+def _virtual_modem(number: int) -> Any:
+    from carecard.host.receiver.registry import make_imei
+    from carecard.tools.vcard.modem_sim import Identity
+    from carecard.tools.vcard.pty_modem import PtyModem
+
+    body = VIRTUAL_IMEI_BODY + number
+    return PtyModem(powered=True, identity=Identity(imei=str(make_imei(body)), iccid=f"898600{body:014d}"))
 
 if __name__ == "__main__":
     sys.exit(main())

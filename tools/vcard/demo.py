@@ -9,9 +9,11 @@ example sheet through the factory path, each living a different day against one 
                                              # pictures; village.cards[i] holds everything
 
 Provisioning is the factory's own (host/factory): each card is a virtual MicroPython board
-(tools/vdevice.py) driven by the real mpremote: the image flashed (`flash_device`), the elder's
-config written and read back by the firmware's own config module (`provision_card`), the batch
-registered with the receiver (`register`: registry, keys, records, the elders' engine settings).
+(tools/vdevice.py) with a simulated A7670 on its UART 1, driven by the real mpremote: the image
+flashed (`flash_device`), then what `carecard provision --port` runs (`provision_batch`): the IMEI
+and ICCID read from the modem by the card's own driver, the SIM phonebook, the elder's config
+written and read back by the firmware's own config module, the batch registered with the
+receiver (registry, keys, records, the elders' engine settings).
 Then the card's folder (its flash, with the image it was flashed with) runs on the virtual card
 (carecard.tools.vcard.sim) with the elder's day: a shipped scenario moved to the elder's home.
 
@@ -141,12 +143,14 @@ class Village:
                   on_card: Callable[[DemoCard], None] | None = None) -> Path:
         """Flash and provision one virtual board per day's elder from the sheet (its server
         column pointed at this receiver); returns the sheet copy used."""
+        from carecard.host.factory.batch import provision_batch
         from carecard.host.factory.flash import ImageCache, flash_device
-        from carecard.host.factory.link import DeviceError, DeviceLink
-        from carecard.host.factory.provision import (
-            CardIdentity, provision_card, register, settings_path_of)
+        from carecard.host.factory.link import DeviceError
+        from carecard.host.factory.provision import settings_path_of
         from carecard.host.factory.sheet import SheetError, read_sheet
-        from carecard.host.receiver.registry import make_imei
+        from carecard.host.receiver.registry import RegistryError, make_imei
+        from carecard.tools.vcard.modem_sim import Identity
+        from carecard.tools.vcard.pty_modem import PtyModem
         from carecard.tools.vdevice import VirtualDevice
 
         assert self.receiver is not None and self.receiver.port is not None
@@ -178,26 +182,36 @@ class Village:
                             until_s=scenarios.parse_duration(until, "until") if until else None)
             self.cards.append(card)
         image = ImageCache().get(None)
-        boards = [VirtualDevice(card.folder).start() for card in self.cards]
-        results = []
+        # each board with its simulated A7670 on UART 1: the IMEI and ICCID come from the modem
+        modems = [PtyModem(powered=True, identity=Identity(
+            imei=str(make_imei(IMEI_BODY + card.elder.row)), iccid=f"898600{IMEI_BODY + card.elder.row:014d}"))
+            for card in self.cards]
+        boards = []
         try:
+            boards = [VirtualDevice(card.folder, uarts={1: modem.port}).start()
+                      for card, modem in zip(self.cards, modems)]
             with ThreadPoolExecutor(3) as pool:
                 list(pool.map(lambda board: flash_device(board.port, image), boards))
-            for n, (card, board) in enumerate(zip(self.cards, boards)):
-                identity = CardIdentity(make_imei(IMEI_BODY + card.elder.row),
-                                        f"898600{IMEI_BODY + card.elder.row:014d}", "READY", "home")
-                with DeviceLink(board.port) as link:
-                    results.append(provision_card(link, card.elder, identity))
-                card.device = identity.imei
-                if on_card is not None:
-                    on_card(card)
+            # what `carecard provision --port ...` runs, one card per port
+            outcomes = provision_batch([(board.port, card.elder) for board, card in zip(boards, self.cards)],
+                                       data_dir=self.data_dir, records=self.records)
         except DeviceError as exc:
-            raise DemoError(f"provisioning a virtual card failed: {exc}") from None
+            raise DemoError(f"flashing a virtual card failed: {exc}") from None
+        except RegistryError as exc:
+            raise DemoError(f"registering the virtual cards failed: {exc}") from None
         finally:
             for board in boards:
                 board.stop()
-        register(results, {r.port: c.elder for r, c in zip(results, self.cards)}, self.data_dir,
-                 self.records)
+            for modem in modems:
+                modem.close()
+        failed = [o for o in outcomes if o.error is not None]
+        if failed:
+            raise DemoError(f"provisioning a virtual card failed: {failed[0].error}")
+        for card, outcome in zip(self.cards, outcomes):
+            assert outcome.result is not None
+            card.device = outcome.result.identity.imei
+            if on_card is not None:
+                on_card(card)
         self.settings_path = settings_path_of(self.records)
         return copy
 
