@@ -1,11 +1,15 @@
 """Engine partitions under leases on a real PostgreSQL (issue 19): two `carecard engine` workers
 share the partitions of one store; one is killed with SIGKILL while alerts are due; the other
-takes its partitions and every alert is raised once, none missed, within the SOS target."""
+takes its partitions and every alert is raised once, none missed, within the SOS target. A
+worker run alone serves Prometheus /metrics: the partitions it holds, their lease ages, cursors
+and lag behind the log's head."""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
+import urllib.request
 from pathlib import Path
 
 from carecard.host.receiver.config import Endpoint, load_config
@@ -15,6 +19,7 @@ from carecard.host.storage.postgresql import PostgreSQLEventLog, PostgreSQLStore
 from carecard.host.timefmt import parse_iso_utc
 
 from receiver_helpers import Card, exchange, key_for, udp_client
+from test_receiver_metrics import scrape_until
 from test_engine_process import EngineCli, _sos
 from test_engine_receiver import SETTINGS, _until
 
@@ -86,3 +91,57 @@ def test_two_workers_share_the_partitions_and_one_takes_over_when_the_other_is_k
     assert len(raised) == 2 * len(cards)
     # ... within the SOS target (60 s after the frame), the takeover included
     assert max(at - received[sos] for _device, at, sos in raised) <= 60
+
+
+def _metrics_port(worker: EngineCli) -> int:
+    _until(lambda: worker.logged("engine started"), "the engine started", timeout=30)
+    started = next(json.loads(line) for line in list(worker.lines) if "engine started" in line)
+    return int(started["metrics_port"])
+
+
+def test_an_engine_worker_run_alone_serves_its_partitions_leases_and_lag_at_metrics(pg_cluster, tmp_path: Path) -> None:
+    url = pg_cluster.new_database()
+    devices = [make_imei(86123456300000 + i) for i in range(4)]
+    store = PostgreSQLStore(url)
+    try:
+        add_devices(store, tmp_path, [DeviceSpec(d, f"card {i}", key_for(d)) for i, d in enumerate(devices)])
+    finally:
+        store.close()
+    (tmp_path / "engine.toml").write_text(SETTINGS)
+    config_file = tmp_path / "carecard.toml"
+    config_file.write_text(f'sinks = []\n\n[receive]\nstore = "{url}"\n\n[engine]\nrun = "separately"\n'
+                           f'settings = "engine.toml"\npoll_s = 0.2\npartitions = 2\n')
+    config = load_config(config_file)
+    config.udp = [Endpoint("127.0.0.1", 0)]
+    config.data_dir = tmp_path
+    names = ["engine-0-of-2", "engine-1-of-2"]
+    worker = EngineCli(config_file, tmp_path, "--metrics", "127.0.0.1:0")
+    client = udp_client()
+    try:
+        port = _metrics_port(worker)
+        held = scrape_until(port, lambda s: s.get("carecard_engine_partitions_held") == 2, "both partitions held")
+        assert held["carecard_engine_active"] == 1
+        for name in names:
+            assert held[f'carecard_engine_partition_held{{partition="{name}"}}'] == 1
+            assert held[f'carecard_engine_lease_age_seconds{{partition="{name}"}}'] >= 0
+        assert "carecard_frames_received_total" not in " ".join(held)  # an engine, not a receiver
+        with ReceiverThread(config) as rt:
+            for device in devices:
+                assert exchange(client, rt.receiver.udp_ports[0], _sos(Card(device, key_for(device)))) is not None
+            with PostgreSQLEventLog(url) as log:
+                frames_head = log.last_seq()
+
+            def caught_up(samples: dict[str, float]) -> bool:
+                return all(samples.get(f'carecard_engine_partition_cursor{{partition="{name}"}}', 0) >= frames_head
+                           and samples.get(f'carecard_engine_lag_events{{partition="{name}"}}') == 0
+                           for name in names)
+
+            samples = scrape_until(port, caught_up, "both partitions caught up with the log")
+        assert samples["carecard_engine_alert_events"] >= len(devices)  # an SOS alert raised per card
+        assert samples["carecard_engine_cursor"] >= frames_head
+        health = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).read()
+        assert health == b"ok\n"
+    finally:
+        client.close()
+        code = worker.stop()
+    assert code == 0

@@ -87,11 +87,12 @@ def test_the_receivers_engine_runs_in_a_child_that_is_restarted_when_it_dies(tmp
 class EngineCli:
     """`carecard engine` as a real subprocess; its JSON log lines collected as they come."""
 
-    def __init__(self, config_file: Path, data_dir: Path):
+    def __init__(self, config_file: Path, data_dir: Path, *args: str):
         import threading
 
         self.proc = subprocess.Popen([sys.executable, "-m", "carecard.host.cli", "engine", "--config",
-                                      str(config_file), "--data", str(data_dir), "--log-format", "json"],
+                                      str(config_file), "--data", str(data_dir), "--log-format", "json",
+                                      *args],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.pid = self.proc.pid
         self.lines: list[str] = []

@@ -54,10 +54,17 @@ def test_sample_config_is_valid_and_documented() -> None:
     ({"downlinks": {"max_attempts": True}}, "max_attempts"),
     ({"sinks": {"type": "sqlite"}}, "list of [[sinks]]"),
     ({"surprise": 1}, "unknown key 'surprise'"),
+    ({"engine": {"metrics": "127.0.0.1"}}, r"[engine] metrics"),
 ])
 def test_bad_values_name_the_table_and_key(document: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         config_from_mapping(document, "test.toml")
+
+
+def test_an_engine_run_alone_takes_its_metrics_address_from_the_engine_table() -> None:
+    config = config_from_mapping({"engine": {"run": "separately", "metrics": "127.0.0.1:9302"}}, "test.toml")
+    assert config.engine.metrics == Endpoint("127.0.0.1", 9302)
+    assert config_from_mapping({}, "test.toml").engine.metrics is None
 
 
 def test_endpoints_and_serial_ports() -> None:

@@ -15,7 +15,8 @@ from pathlib import Path
 from carecard.host.commands.datadir import DATA_HELP
 from carecard.host.commands.errors import EXIT_FAILED, CommandError
 from carecard.host.paths import DEFAULT_CONFIG_PATH, DataDirError, check_data_dir, config_path, resolve_data_dir
-from carecard.host.receiver.config import LOG_FORMATS, LOG_LEVELS, ConfigError, ReceiverConfig, load_config
+from carecard.host.receiver.config import (LOG_FORMATS, LOG_LEVELS, ConfigError, ReceiverConfig, load_config,
+                                           parse_endpoint)
 from carecard.host.storage import check_store_setting
 
 
@@ -35,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="the store to follow: sqlite (in the data folder) or postgresql://USER@HOST:PORT/DATABASE")
     parser.add_argument("--settings", metavar="FILE", help="the engine's settings file (docs/events.md), "
                         "under the registry's")
+    parser.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at /metrics "
+                        "(partitions held, lease ages, lag; default [engine] metrics, else none)")
     parser.add_argument("--log-format", choices=LOG_FORMATS, help="text (key=value) or json lines")
     parser.add_argument("--log-level", choices=LOG_LEVELS)
     parser.set_defaults(func=run)
@@ -46,6 +49,10 @@ def build_config(args: argparse.Namespace) -> ReceiverConfig:
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     try:
+        metrics = parse_endpoint(args.metrics, "--metrics", default_port=None) if args.metrics else None
+    except ConfigError as exc:
+        raise CommandError(str(exc)) from None
+    try:
         path = config_path(args.config)
         config = load_config(path) if path is not None else ReceiverConfig()
         data = resolve_data_dir(args.data, path, loaded=config)
@@ -54,6 +61,7 @@ def build_config(args: argparse.Namespace) -> ReceiverConfig:
         raise CommandError(str(exc), status=EXIT_FAILED) from None
     config.data_dir = data.path
     config.store = store or config.store
+    config.engine.metrics = metrics or config.engine.metrics
     if args.settings:
         config.engine.settings = Path(args.settings)
     if args.log_format:

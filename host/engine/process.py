@@ -69,7 +69,8 @@ def engine_config(config: Any) -> dict[str, Any]:
     engine = config.engine
     return {"data_dir": str(config.data_dir), "store": config.store, "durability": config.ingest.durability,
             "settings": str(engine.settings) if engine.settings else None, "poll_s": engine.poll_s,
-            "partitions": engine.partitions, "source": config.source, "log_format": config.log_format,
+            "partitions": engine.partitions, "source": config.source,
+            "metrics": [engine.metrics.host, engine.metrics.port] if engine.metrics else None, "log_format": config.log_format,
             "log_level": config.log_level, "log_file": str(config.log_file) if config.log_file else None}
 
 
@@ -394,15 +395,46 @@ async def serve_engine(config: Mapping[str, Any], stop: asyncio.Event,
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, worker.open)
     worker.start()
-    log.info("engine started: %d partition(s), %s", worker.count, worker.state)
-    if started is not None:
-        started(worker)
+    server = reader = None
     try:
+        if config.get("metrics"):
+            server, reader = await _serve_metrics(worker, config)
+        log.info("engine started: %d partition(s), %s", worker.count, worker.state,
+                 extra={"fields": {"metrics_port": server.port if server else None}})
+        if started is not None:
+            started(worker)
         await stop.wait()
     finally:
+        if server is not None:
+            await server.stop()
+            reader.close()
         await loop.run_in_executor(None, worker.stop)
         log.info("engine stopped at event log seq %s", worker.stats()["cursor"])
     return worker
+
+
+async def _serve_metrics(worker: EngineWorker, config: Mapping[str, Any]) -> tuple[Any, Any]:
+    """Prometheus /metrics of the worker (its partitions, leases, lag behind the log's head) and
+    /healthz: the started server and the event log reader it reads the head with. Raises
+    EngineStartError when the address cannot be bound."""
+    from carecard.host.receiver.metrics import Metrics, MetricsServer, add_engine_gauges
+    from carecard.host.storage import StoreError, event_log_for
+
+    host, port = config["metrics"]
+    try:
+        reader = event_log_for(worker.store_setting, worker.data_dir)
+    except (StoreError, RuntimeError) as exc:
+        raise EngineStartError(f"metrics: {exc}") from None
+    metrics = Metrics(ingest=False, process="engine")
+    add_engine_gauges(metrics, worker.stats)
+    metrics.log_head = reader.last_seq
+    server = MetricsServer(metrics, host, int(port))
+    try:
+        await server.start()
+    except OSError as exc:
+        reader.close()
+        raise EngineStartError(f"metrics {host}:{port}: {exc.strerror or exc}") from None
+    return server, reader
 
 
 # --- the parent's handle -------------------------------------------------------------------------

@@ -98,6 +98,7 @@ class EngineSettings:
     http: Endpoint | None = None  # POST /v1/alert-actions, signed as the webhook sink signs
     http_secret: str | None = None
     mqtt_sink: str | None = None  # name of the mqtt sink on whose broker requests come in
+    metrics: Endpoint | None = None  # `carecard engine` run alone: Prometheus /metrics here
 
 
 @dataclass
@@ -353,6 +354,9 @@ def config_from_mapping(document: Mapping[str, Any], where: str, base_dir: Path 
     if e.http is not None and e.http_secret is None:
         raise ConfigError(f"{engine.where}: http needs http_secret (requests are signed as the webhook "
                           "sink signs its events)")
+    engine_metrics = engine.get("metrics", None)
+    if engine_metrics is not None:
+        e.metrics = parse_endpoint(engine_metrics, f"{engine.where} metrics", default_port=None)
     mqtt_sink = engine.get("mqtt_sink", None)
     if mqtt_sink is not None and (not isinstance(mqtt_sink, str) or not mqtt_sink):
         raise ConfigError(f"{engine.where}: mqtt_sink must be the name of an mqtt sink, got {mqtt_sink!r}")

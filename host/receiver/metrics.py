@@ -52,7 +52,12 @@ def _number(value: float) -> str:
 
 
 class Metrics:
-    def __init__(self) -> None:
+    """`ingest`: render the ingest's counters (a receiver); without, the gauges, the sinks' and
+    the engine's families only (`carecard engine` run alone)."""
+
+    def __init__(self, *, ingest: bool = True, process: str = "receiver") -> None:
+        self.ingest = ingest
+        self.process = process  # whose uptime_seconds
         self.started = time.time()
         self.frames_received: dict[str, int] = defaultdict(int)
         self.frames_stored: dict[str, int] = defaultdict(int)
@@ -123,6 +128,35 @@ class Metrics:
             for labels, value in samples:
                 out.append(f"{full}{_labels(labels)} {_number(value)}")
 
+        if self.ingest:
+            self._render_ingest(family, out)
+        for name, (help_text, read) in sorted(self.gauges.items()):
+            try:
+                value = read()
+            except Exception:  # a gauge must never break the scrape
+                log.exception("metrics gauge %s failed", name)
+                continue
+            family(name, "gauge", help_text, [({}, value)])
+        family("uptime_seconds", "gauge", f"Seconds since the {self.process} started.",
+               [({}, round(time.time() - self.started, 3))])
+        if self.sink_stats is not None:
+            try:
+                stats = self.sink_stats()
+            except Exception:
+                log.exception("sink stats failed")
+                stats = {}
+            self._render_sinks(family, stats)
+        if self.engine_stats is not None:
+            try:
+                engine = self.engine_stats()
+                head = self.log_head() if self.log_head is not None else None
+            except Exception:
+                log.exception("engine stats failed")
+                engine, head = {}, None
+            self._render_engine(family, engine, head)
+        return "\n".join(out) + "\n"
+
+    def _render_ingest(self, family: Callable[..., None], out: list[str]) -> None:
         family("frames_received_total", "counter", "Frames read from a transport (before any check).",
                [({"transport": t}, n) for t, n in sorted(self.frames_received.items())])
         family("frames_stored_total", "counter", "Frames stored (new, authenticated), by message type.",
@@ -167,37 +201,12 @@ class Metrics:
         family("event_log_pruned_total", "counter", "Events other than frames' pruned from the event "
                "log after every sink delivered them (a frame's row is its archive).",
                [({}, self.events_pruned)])
-        for name, (help_text, read) in sorted(self.gauges.items()):
-            try:
-                value = read()
-            except Exception:  # a gauge must never break the scrape
-                log.exception("metrics gauge %s failed", name)
-                continue
-            family(name, "gauge", help_text, [({}, value)])
-        family("uptime_seconds", "gauge", "Seconds since the receiver started.",
-               [({}, round(time.time() - self.started, 3))])
-        if self.sink_stats is not None:
-            try:
-                stats = self.sink_stats()
-            except Exception:
-                log.exception("sink stats failed")
-                stats = {}
-            self._render_sinks(family, stats)
-        if self.engine_stats is not None:
-            try:
-                engine = self.engine_stats()
-                head = self.log_head() if self.log_head is not None else None
-            except Exception:
-                log.exception("engine stats failed")
-                engine, head = {}, None
-            self._render_engine(family, engine, head)
-        return "\n".join(out) + "\n"
 
     @staticmethod
     def _render_engine(family: Callable[..., None], stats: dict[str, Any], head: int | None) -> None:
         partitions = sorted((stats.get("partitions") or {}).items())
         held = [(name, p) for name, p in partitions if p.get("held")]
-        family("engine_partition_held", "gauge", "1 while this receiver's engine worker holds the "
+        family("engine_partition_held", "gauge", "1 while this engine worker holds the "
                "partition's lease, 0 while another worker does (or none).",
                [({"partition": name}, int(bool(p.get("held")))) for name, p in partitions])
         family("engine_lease_age_seconds", "gauge", "How long this worker has held the partition's "
@@ -210,7 +219,7 @@ class Metrics:
         if head is not None:
             family("engine_lag_events", "gauge", "Events a held partition still has to read: the "
                    "newest event log seq this receiver knows (its commits, its engine's, its sinks' "
-                   "head) less the partition's cursor.",
+                   "head; `carecard engine`: the log's) less the partition's cursor.",
                    [({"partition": name}, max(0, head - int(p.get("cursor") or 0))) for name, p in held])
 
     @staticmethod
@@ -237,6 +246,32 @@ class Metrics:
                [({"sink": name, "state": s.get("state", "unknown")},
                  0 if str(s.get("state")) in ("failing", "down", "retrying", "stopped") else 1)
                 for name, s in sorted(stats.items())])
+
+
+def add_engine_gauges(metrics: Metrics, stats: Callable[[], dict[str, Any]]) -> None:
+    """The engine worker's gauges, from its stats (engine.process.EngineWorker.stats: in the
+    engine's process, or as its child last reported them to the receiver)."""
+    def stat(key: str) -> Callable[[], int]:
+        return lambda: int(stats().get(key) or 0)
+
+    m = metrics
+    m.gauge("engine_cursor", "The alert engine has handled the event log up to this seq.", stat("cursor"))
+    m.gauge("engine_alerts_open", "Alerts open or acknowledged, not resolved.", stat("alerts_open"))
+    m.gauge("engine_alert_events", "Alert events the engine appended to the log since start.",
+            stat("alert_events"))
+    m.gauge("engine_events_rejected", "Events the engine could not use (not of the schema).",
+            stat("rejected"))
+    m.gauge("engine_requests_done", "Acknowledge/resolve requests carried out.", stat("requests_done"))
+    m.gauge("engine_requests_refused", "Acknowledge/resolve requests refused (alert not open).",
+            stat("requests_refused"))
+    m.gauge("engine_commit_failures", "Engine steps whose commit failed (done again from the last one).",
+            stat("commit_failures"))
+    m.gauge("engine_active", "1 while the alert engine runs and holds the lease of a partition (0: "
+            "down, or standing by while other workers hold them all).",
+            lambda: int(stats().get("state") == "active"))
+    m.gauge("engine_partitions_held", "Engine partitions this worker holds (under their leases).",
+            stat("partitions_held"))
+    m.engine_stats = stats
 
 
 class MetricsServer:

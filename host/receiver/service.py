@@ -26,7 +26,7 @@ from carecard.host.keyfile import KeyFileError, check_private
 from carecard.host.paths import ingest_db_path
 from carecard.host.receiver.config import ReceiverConfig
 from carecard.host.receiver.ingest import Ingest, PendingBatch
-from carecard.host.receiver.metrics import Metrics, MetricsServer
+from carecard.host.receiver.metrics import Metrics, MetricsServer, add_engine_gauges
 from carecard.host.receiver.registry import keys_path, load_key_file
 from carecard.host.receiver.childproc import ChildProcessError
 from carecard.host.receiver.sinkproc import SinkProcess
@@ -492,26 +492,9 @@ class Receiver:
         if self.engine is not None:
             engine = self.engine
 
-            def stat(key: str) -> Callable[[], int]:
-                return lambda: int(engine.stats().get(key) or 0)
-
-            m.gauge("engine_cursor", "The alert engine has handled the event log up to this seq.", stat("cursor"))
-            m.gauge("engine_alerts_open", "Alerts open or acknowledged, not resolved.", stat("alerts_open"))
-            m.gauge("engine_alert_events", "Alert events the engine appended to the log since start.",
-                    stat("alert_events"))
-            m.gauge("engine_events_rejected", "Events the engine could not use (not of the schema).",
-                    stat("rejected"))
-            m.gauge("engine_requests_done", "Acknowledge/resolve requests carried out.", stat("requests_done"))
-            m.gauge("engine_requests_refused", "Acknowledge/resolve requests refused (alert not open).",
-                    stat("requests_refused"))
-            m.gauge("engine_active", "1 while the alert engine's process runs and holds its lock (0: down, "
-                    "or standing by while another engine of the same name holds it).",
-                    lambda: int(engine.stats().get("state") == "active"))
+            add_engine_gauges(m, engine.stats)
             m.gauge("engine_process_restarts", "Times the alert engine's process was restarted.",
                     lambda: engine.restarts)
-            m.gauge("engine_partitions_held", "Engine partitions the child holds (under their leases).",
-                    stat("partitions_held"))
-            m.engine_stats = engine.stats
             m.log_head = self._known_log_head
         if self.config.engine.enabled:
             for path in ("http", "mqtt"):
