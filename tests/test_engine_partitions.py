@@ -19,7 +19,7 @@ from carecard.host.storage.postgresql import PostgreSQLEventLog, PostgreSQLStore
 from carecard.host.timefmt import parse_iso_utc
 
 from receiver_helpers import Card, exchange, key_for, udp_client
-from test_receiver_metrics import scrape_until
+from test_receiver_metrics import scrape, scrape_until
 from test_engine_process import EngineCli, _sos
 from test_engine_receiver import SETTINGS, _until
 
@@ -145,3 +145,67 @@ def test_an_engine_worker_run_alone_serves_its_partitions_leases_and_lag_at_metr
         client.close()
         code = worker.stop()
     assert code == 0
+
+
+def _held(port: int) -> float:
+    return scrape(port).get("carecard_engine_partitions_held", -1)
+
+
+def test_a_worker_joining_later_gets_its_fair_share_and_a_hung_workers_partitions_move_after_its_lease(
+        pg_cluster, tmp_path: Path) -> None:
+    """Worker A holds all 4 partitions alone; B starts and they split them 2 and 2. B then hangs
+    (SIGSTOP: its database sessions live on, it renews nothing): after its lease A takes its
+    partitions and raises the SOS alerts due there, each once. B resumes: it has lost its leases,
+    stands by, and gets its share back; no alert is raised twice."""
+    url = pg_cluster.new_database()
+    devices = [make_imei(86123456400000 + i) for i in range(8)]
+    assert {d % PARTITIONS for d in devices} == set(range(PARTITIONS))
+    store = PostgreSQLStore(url)
+    try:
+        add_devices(store, tmp_path, [DeviceSpec(d, f"card {i}", key_for(d)) for i, d in enumerate(devices)])
+    finally:
+        store.close()
+    cards = [Card(d, key_for(d)) for d in devices]
+    (tmp_path / "engine.toml").write_text(SETTINGS)
+    config_file = tmp_path / "carecard.toml"
+    config_file.write_text(f'sinks = []\n\n[receive]\nstore = "{url}"\n\n[engine]\nrun = "separately"\n'
+                           f'settings = "engine.toml"\npoll_s = 0.2\nlease_s = 2\npartitions = {PARTITIONS}\n')
+    config = load_config(config_file)
+    config.udp = [Endpoint("127.0.0.1", 0)]
+    config.data_dir = tmp_path
+    a = EngineCli(config_file, tmp_path, "--metrics", "127.0.0.1:0")
+    workers = [a]
+    client = udp_client()
+    try:
+        a_port = _metrics_port(a)
+        _until(lambda: _held(a_port) == PARTITIONS, "A holds every partition", timeout=30)
+        b = EngineCli(config_file, tmp_path, "--metrics", "127.0.0.1:0")
+        workers.append(b)
+        b_port = _metrics_port(b)
+        _until(lambda: _held(a_port) == 2 and _held(b_port) == 2, "A and B hold 2 partitions each", timeout=30)
+        assert a.logged("lease handed over")
+
+        b.proc.send_signal(signal.SIGSTOP)  # hung: its connections stay open
+        with ReceiverThread(config) as rt:
+            for card in cards:
+                assert exchange(client, rt.receiver.udp_ports[0], _sos(card)) is not None
+            _until(lambda: len(_raised(url)) == len(cards), "an SOS alert for every card, B hung", timeout=60)
+            assert _held(a_port) == PARTITIONS
+            b.proc.send_signal(signal.SIGCONT)
+            _until(lambda: _held(a_port) == 2 and _held(b_port) == 2, "B's share back after it resumed",
+                   timeout=30)
+            for card in cards:
+                assert exchange(client, rt.receiver.udp_ports[0], _sos(card)) is not None
+            _until(lambda: len(_raised(url)) >= 2 * len(cards), "the second SOS of every card", timeout=60)
+            time.sleep(1.0)  # a few more steps of both: a duplicate would show now
+        raised = _raised(url)
+        assert len(raised) == 2 * len(cards)
+        assert len({event for _d, _t, event in raised}) == len(raised)  # each SOS raised once
+        for worker in workers:
+            assert worker.stop() == 0
+    finally:
+        client.close()
+        for worker in workers:
+            if worker.proc.poll() is None:
+                worker.proc.send_signal(signal.SIGCONT)
+                worker.stop(signal.SIGKILL)

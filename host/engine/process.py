@@ -35,6 +35,8 @@ import hashlib
 import json
 import logging
 import os
+import secrets
+import socket
 import sys
 import threading
 import time
@@ -48,6 +50,7 @@ from carecard.host.receiver.childproc import ChildProcess, ChildProcessError, Pa
 log = logging.getLogger("carecard.engine")
 
 LOCK_FILE_NAME = "engine.lock"
+LEASE_S = 10.0  # default [engine] lease_s: a hung worker's partitions move after this long
 STATS_POLL_S = 0.05
 STATS_HEARTBEAT_S = 1.0
 # The child `carecard receive` starts runs at this lower CPU priority (added to the receiver's
@@ -69,41 +72,71 @@ def engine_config(config: Any) -> dict[str, Any]:
     engine = config.engine
     return {"data_dir": str(config.data_dir), "store": config.store, "durability": config.ingest.durability,
             "settings": str(engine.settings) if engine.settings else None, "poll_s": engine.poll_s,
-            "partitions": engine.partitions, "source": config.source,
+            "partitions": engine.partitions, "lease_s": engine.lease_s, "source": config.source,
             "metrics": [engine.metrics.host, engine.metrics.port] if engine.metrics else None, "log_format": config.log_format,
             "log_level": config.log_level, "log_file": str(config.log_file) if config.log_file else None}
 
 
 # --- one engine per name and store ---------------------------------------------------------------
 
+def _is_postgresql(store: str) -> bool:
+    return store.startswith(("postgresql://", "postgres://"))
+
+
+# The lease of an engine name on PostgreSQL (table engine_lease): taken when free, when its time
+# ran out (a hung holder stops renewing it, though its session lives) or when its holder's
+# session is gone (a dead worker: taken at once). Compare-and-set on the row as it was read.
+_LEASE_READ = (
+    "SELECT l.holder, l.backend, l.expires_at, EXTRACT(EPOCH FROM clock_timestamp()), "
+    "EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = l.backend) "
+    "FROM engine_lease l WHERE l.name = %s")
+_LEASE_INSERT = (
+    "INSERT INTO engine_lease (name, holder, backend, expires_at) VALUES "
+    "(%s, %s, pg_backend_pid(), EXTRACT(EPOCH FROM clock_timestamp()) + %s) "
+    "ON CONFLICT (name) DO NOTHING RETURNING name")
+_LEASE_TAKE = (
+    "UPDATE engine_lease SET holder = %s, backend = pg_backend_pid(), "
+    "expires_at = EXTRACT(EPOCH FROM clock_timestamp()) + %s "
+    "WHERE name = %s AND holder = %s AND expires_at = %s RETURNING name")
+_LEASE_RENEW = (
+    "UPDATE engine_lease SET expires_at = EXTRACT(EPOCH FROM clock_timestamp()) + %s "
+    "WHERE name = %s AND holder = %s AND backend = pg_backend_pid() RETURNING name")
+_LEASE_GIVE_UP = "DELETE FROM engine_lease WHERE name = %s AND holder = %s"
+
+
 class EngineLock:
     """The right to step the engine `name` on a store. `try_acquire()` never waits; `held()` says
-    whether it is still ours (a PostgreSQL session that died has lost it)."""
+    whether it is still ours, without asking the store; `renew()`, called by the stepping thread
+    between steps, extends it (and may hand it over for a fair share, LeaseBudget).
+
+    SQLite: a file lock in the data folder. PostgreSQL: a row of `engine_lease` valid `lease_s`
+    seconds from its last renewal, so a worker that hangs with its session alive loses it; taken
+    at once when its holder's session is gone."""
 
     def __init__(self, store: str, data_dir: Path, name: str = ENGINE_NAME, *,
-                 budget: "LeaseBudget | None" = None):
+                 budget: "LeaseBudget | None" = None, lease_s: float = LEASE_S, holder_id: str | None = None):
         self.store = store
         self.data_dir = Path(data_dir)
         self.name = name
         self.budget = budget
+        self.lease_s = lease_s
+        self.holder_id = holder_id or worker_id()
         self.acquired_at: float | None = None  # Unix time this lock was taken (the lease's age)
         self._fd: int | None = None
         self._conn: Any = None
+        self._valid_until = 0.0  # monotonic: the lease is surely ours until then
+        self._renewed = 0.0  # monotonic time of the last renewal
 
     @property
     def where(self) -> str:
-        if self.store.startswith(("postgresql://", "postgres://")):
+        if _is_postgresql(self.store):
             from carecard.host.storage.postgresql.store import display_name
 
-            return f"an advisory lock on {display_name(self.store)}"
+            return f"a lease in engine_lease on {display_name(self.store)}"
         return str(self.data_dir / self._file_name())
 
     def _file_name(self) -> str:
         return LOCK_FILE_NAME if self.name == ENGINE_NAME else f"{self.name}.lock"
-
-    def _key(self) -> int:
-        digest = hashlib.sha256(f"carecard engine {self.name}".encode()).digest()
-        return int.from_bytes(digest[:8], "big", signed=True)
 
     def try_acquire(self) -> bool:
         """Take the lock if nobody holds it. Raises EngineStartError when it cannot even be tried
@@ -122,7 +155,7 @@ class EngineLock:
 
     def _try(self) -> bool:
         self.acquired_at = None
-        taken = self._try_postgresql() if self.store.startswith(("postgresql://", "postgres://")) else self._try_file()
+        taken = self._try_postgresql() if _is_postgresql(self.store) else self._try_file()
         if taken:
             self.acquired_at = time.time()
             log.info("engine %s: lease taken (%s)", self.name, self.where)
@@ -136,7 +169,7 @@ class EngineLock:
             raise EngineStartError(f"engine lock {path}: {exc.strerror}") from None
         return self._fd is not None
 
-    def _try_postgresql(self) -> bool:
+    def _connect(self) -> Any:
         import psycopg
 
         from carecard.host.storage.postgresql.store import display_name
@@ -145,69 +178,197 @@ class EngineLock:
             try:
                 self._conn = psycopg.connect(self.store, autocommit=True, connect_timeout=10)
             except psycopg.Error as exc:
-                raise EngineStartError(f"engine lock on {display_name(self.store)}: {exc}".splitlines()[0]) from None
+                raise EngineStartError(f"engine lease on {display_name(self.store)}: {exc}".splitlines()[0]) from None
+        return self._conn
+
+    def _try_postgresql(self) -> bool:
+        import psycopg
+
+        conn = self._connect()
+        started = time.monotonic()
         try:
-            row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self._key(),)).fetchone()
-        except psycopg.Error:
+            row = conn.execute(_LEASE_READ, (self.name,)).fetchone()
+            if row is None:
+                taken = conn.execute(_LEASE_INSERT, (self.name, self.holder_id, self.lease_s)).fetchone()
+            else:
+                holder, _backend, expires_at, now, alive = row
+                if holder != self.holder_id and expires_at >= now and alive:
+                    return False
+                taken = conn.execute(_LEASE_TAKE, (self.holder_id, self.lease_s, self.name, holder,
+                                                   expires_at)).fetchone()
+        except psycopg.Error as exc:
+            log.warning("engine %s: cannot take the lease: %s", self.name, str(exc).strip())
             self._drop_connection()
             return False
-        if row and row[0]:
-            return True
-        return False
+        if taken is None:
+            return False
+        self._valid_until = started + self.lease_s
+        self._renewed = started
+        return True
 
     def held(self) -> bool:
         if self._fd is not None:
             return True
-        if self._conn is None:
+        return self._conn is not None and time.monotonic() < self._valid_until
+
+    def renew(self) -> bool:
+        """Still ours? Called by the thread that steps, between steps: extends the lease when a
+        third of it has passed; gives it up when this worker holds more than its fair share."""
+        if self._fd is not None or not _is_postgresql(self.store):
+            return self.held()
+        if not self.held():
             return False
+        started = time.monotonic()
+        if self.budget is not None and self.budget.should_shed():
+            log.info("engine %s: lease handed over: this worker holds more than its fair share of "
+                     "%d partitions among %d workers", self.name, self.budget.count, self.budget.live)
+            self.give_up()
+            return False
+        if started - self._renewed < self.lease_s / 3:
+            return True
         import psycopg
 
         try:
-            got = self._conn.execute("SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND "
-                                     "pid = pg_backend_pid() AND granted").fetchone()
-        except psycopg.Error:
+            renewed = self._conn.execute(_LEASE_RENEW, (self.lease_s, self.name, self.holder_id)).fetchone()
+        except psycopg.Error as exc:
+            log.warning("engine %s: cannot renew the lease: %s", self.name, str(exc).strip())
             self._drop_connection()
+            renewed = None
+        if renewed is None:
+            self._valid_until = 0.0
+            self.acquired_at = None
             return False
-        return bool(got and got[0])
+        self._valid_until = started + self.lease_s
+        self._renewed = started
+        return True
 
     def holder(self) -> str:
-        """Who holds the lock, for the log (the pid written in the lock file)."""
-        if self.store.startswith(("postgresql://", "postgres://")):
-            return "another engine"
+        """Who holds the lock, for the log (the pid written in the lock file, the lease's holder)."""
+        if _is_postgresql(self.store):
+            try:
+                row = self._connect().execute(_LEASE_READ, (self.name,)).fetchone()
+            except Exception:  # for a log line only
+                row = None
+            return str(row[0]) if row else "another engine"
         pid = pidlock.holder(self.data_dir / self._file_name())
         return f"pid {pid}" if pid else "another engine"
 
     def _drop_connection(self) -> None:
+        self._valid_until = 0.0
         try:
             self._conn.close()
         except Exception:  # closing only
             pass
         self._conn = None
 
-    def release(self) -> None:
+    def give_up(self) -> None:
+        """Hand the lease over now (others need not wait for it to run out)."""
         self.acquired_at = None
         if self._fd is not None:
             fd, self._fd = self._fd, None
             pidlock.release(fd)
+        if self._conn is not None and self._valid_until:
+            self._valid_until = 0.0
+            try:
+                self._conn.execute(_LEASE_GIVE_UP, (self.name, self.holder_id))
+            except Exception as exc:  # it runs out by itself
+                log.warning("engine %s: cannot give the lease up (it runs out in %g s): %s",
+                            self.name, self.lease_s, exc)
+
+    def release(self) -> None:
+        self.give_up()
         if self._conn is not None:
             self._drop_connection()
 
 
-class LeaseBudget:
-    """A worker takes at most one free partition per `interval` seconds: workers that start
-    together split the partitions between them instead of the first one taking them all, and a
-    worker that dies leaves its partitions to the others within a few intervals."""
+def worker_id() -> str:
+    """A name for this worker in the leases: host, pid and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
-    def __init__(self, interval: float):
+
+class LeaseBudget:
+    """How many partitions a worker of `count` takes. At most one free partition per `interval`
+    seconds, so workers that start together split them instead of the first one taking all; on
+    PostgreSQL at most a fair share, ceil(count / live workers) (each worker heartbeats in
+    `engine_worker`), and a worker holding more hands one over per `interval`, so a worker that
+    joins later gets its share. A worker that dies or hangs stops heartbeating: after `ttl` the
+    others' shares grow and they take its partitions."""
+
+    def __init__(self, interval: float, count: int = 1, *, store: str | None = None,
+                 holder_id: str | None = None, ttl: float = LEASE_S):
         self.interval = interval
-        self.lock = threading.Lock()
+        self.count = count
+        self.store = store if store and _is_postgresql(store) else None
+        self.holder_id = holder_id or worker_id()
+        self.ttl = ttl
+        self.lock = threading.RLock()
+        self.held: Callable[[], int] = lambda: 0  # partitions this worker holds (EngineWorker)
+        self.live = 1  # live workers, as last counted
         self._last: float | None = None
+        self._beat: float | None = None
+        self._conn: Any = None
 
     def may_take(self) -> bool:
-        return self._last is None or time.monotonic() - self._last >= self.interval
+        with self.lock:
+            if self._last is not None and time.monotonic() - self._last < self.interval:
+                return False
+            return self.held() < self.fair_share()
 
     def took(self) -> None:
         self._last = time.monotonic()
+
+    def should_shed(self) -> bool:
+        with self.lock:
+            now = time.monotonic()
+            if self._last is not None and now - self._last < self.interval:
+                return False
+            if self.held() <= self.fair_share():
+                return False
+            self._last = now
+            return True
+
+    def fair_share(self) -> int:
+        self._heartbeat()
+        return -(-self.count // max(1, self.live))
+
+    def _heartbeat(self) -> None:
+        """Say this worker lives and count the live ones, every third of `ttl` at most."""
+        if self.store is None:
+            return
+        now = time.monotonic()
+        if self._beat is not None and now - self._beat < min(self.interval, self.ttl / 3):
+            return
+        import psycopg
+
+        try:
+            if self._conn is None:
+                self._conn = psycopg.connect(self.store, autocommit=True, connect_timeout=10)
+            conn = self._conn
+            conn.execute("INSERT INTO engine_worker (worker, expires_at) VALUES "
+                         "(%s, EXTRACT(EPOCH FROM clock_timestamp()) + %s) ON CONFLICT (worker) DO UPDATE "
+                         "SET expires_at = excluded.expires_at", (self.holder_id, self.ttl))
+            conn.execute("DELETE FROM engine_worker WHERE expires_at < EXTRACT(EPOCH FROM clock_timestamp()) - 3600")
+            row = conn.execute("SELECT COUNT(*) FROM engine_worker "
+                               "WHERE expires_at >= EXTRACT(EPOCH FROM clock_timestamp())").fetchone()
+        except psycopg.Error as exc:
+            log.warning("engine: cannot count the live workers: %s", str(exc).strip())
+            self.close()
+            return
+        self._beat = now
+        self.live = max(1, int(row[0]) if row else 1)
+
+    def close(self) -> None:
+        """Leave: the others count this worker out at once."""
+        if self._conn is not None:
+            try:
+                self._conn.execute("DELETE FROM engine_worker WHERE worker = %s", (self.holder_id,))
+            except Exception:  # it runs out by itself
+                pass
+            try:
+                self._conn.close()
+            except Exception:  # closing only
+                pass
+            self._conn = None
 
 
 def partition_names(count: int) -> list[str]:
@@ -253,7 +414,12 @@ class EngineWorker:
         self.data_dir = Path(config["data_dir"])
         self.count = max(1, int(config.get("partitions") or 1))
         self.poll_s = float(config.get("poll_s", 1.0))
-        self.budget = LeaseBudget(self.poll_s) if self.count > 1 else None
+        self.lease_s = float(config.get("lease_s") or LEASE_S)
+        self.worker_id = worker_id()
+        self.budget = LeaseBudget(self.poll_s, self.count, store=self.store_setting, holder_id=self.worker_id,
+                                  ttl=self.lease_s) if self.count > 1 else None
+        if self.budget is not None:
+            self.budget.held = lambda: sum(1 for p in self.partitions if p.lock.held())
         self.partitions: list[Partition] = []
         self.resources: list[Any] = []
         self.on_commit: Callable[[Any], None] | None = None
@@ -310,7 +476,8 @@ class EngineWorker:
             settings = settings_now()
         except SettingsError as exc:
             raise EngineStartError(f"settings: {exc}") from None
-        lock = EngineLock(self.store_setting, self.data_dir, name, budget=self.budget)
+        lock = EngineLock(self.store_setting, self.data_dir, name, budget=self.budget, lease_s=self.lease_s,
+                          holder_id=self.worker_id)
         runner = EngineRunner(store, eventlog, settings, name=name, clock=self.clock, settings_loader=settings_now,
                               partition=(index, self.count) if self.count > 1 else None)
         thread = EngineThread(runner, poll_s=self.poll_s, on_commit=self._committed, lock=lock)
@@ -385,6 +552,8 @@ class EngineWorker:
         self.resources.clear()
         for partition in self.partitions:
             partition.lock.release()
+        if self.budget is not None:
+            self.budget.close()
 
 
 async def serve_engine(config: Mapping[str, Any], stop: asyncio.Event,

@@ -111,6 +111,11 @@ class EngineRunner:
             self.engine = Engine(self.settings)
             self.cursor = self.eventlog.last_seq()
             self.engine.now = self.clock()
+            # where it starts, committed at once: whoever steps this engine next (another worker
+            # taking the partition over) resumes from here, not from a later end of the log
+            started = self.store.commit_engine(self.name, EngineCommit(cursor=self.cursor, now=self.engine.now,
+                                                                       fence=-1.0))
+            self.fence = started.saved_at
         else:
             devices = {}
             for device, text in checkpoint.devices.items():
@@ -315,8 +320,8 @@ class EngineThread:
 
     def __init__(self, runner: EngineRunner, *, poll_s: float = POLL_S,
                  on_commit: Callable[[EngineCommitResult], None] | None = None, lock: Any = None):
-        """`lock`: the right to step (engine.process.EngineLock: try_acquire(), held()); None:
-        always."""
+        """`lock`: the right to step (engine.process.EngineLock: try_acquire(), held(), renew()
+        between steps); None: always."""
         self.runner = runner
         self.lock = lock
         self.poll_s = poll_s
@@ -383,7 +388,7 @@ class EngineThread:
         lock = self.lock
         if lock is None:
             return True
-        if lock.held():
+        if lock.renew():
             return True
         if self.runner.loaded:
             log.warning("engine %s: lost its lock: standing by", self.runner.name)

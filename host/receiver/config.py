@@ -95,6 +95,9 @@ class EngineSettings:
     partitions: int = 1
     settings: Path | None = None  # the alert engine's settings file (docs/events.md); None: defaults
     poll_s: float = 1.0  # timers and acknowledgement requests are looked at at least this often
+    # PostgreSQL: a worker's lease on a partition lasts this long from its last renewal (a hung
+    # worker's partitions move after it; a dead one's at once); at least 3 x poll_s
+    lease_s: float = 10.0
     http: Endpoint | None = None  # POST /v1/alert-actions, signed as the webhook sink signs
     http_secret: str | None = None
     mqtt_sink: str | None = None  # name of the mqtt sink on whose broker requests come in
@@ -343,6 +346,10 @@ def config_from_mapping(document: Mapping[str, Any], where: str, base_dir: Path 
         path = Path(settings_file).expanduser()
         e.settings = path if path.is_absolute() or base_dir is None else base_dir / path
     e.poll_s = engine.number("poll_s", e.poll_s, 0.01, 60)
+    e.lease_s = engine.number("lease_s", max(e.lease_s, 3 * e.poll_s), 1, 600)
+    if e.lease_s < 3 * e.poll_s:
+        raise ConfigError(f"{engine.where}: lease_s ({e.lease_s:g}) must be at least 3 x poll_s "
+                          f"({e.poll_s:g}): the lease is renewed between steps")
     http = engine.get("http", None)
     if http is not None:
         e.http = parse_endpoint(http, f"{engine.where} http", default_port=None)

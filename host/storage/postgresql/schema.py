@@ -16,6 +16,8 @@ Tables (the same facts as the SQLite layout, host/storage/sqlite/):
     sink_cursor(name, seq)         readers' durable cursors
     alerts, alert_actions, engine_checkpoint, engine_device
                                    the alert engine's
+    engine_lease(name, holder, backend, expires_at), engine_worker(worker, expires_at)
+                                   who steps each engine partition, until when; the live workers
 """
 
 from __future__ import annotations
@@ -146,6 +148,18 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     )),
     (3, "the village of each device", (
         "ALTER TABLE devices ADD COLUMN village TEXT",
+    )),
+    (4, "engine partitions under time leases, and the live engine workers", (
+        """CREATE TABLE engine_lease (
+            name TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            backend INTEGER NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL
+        )""",
+        """CREATE TABLE engine_worker (
+            worker TEXT PRIMARY KEY,
+            expires_at DOUBLE PRECISION NOT NULL
+        )""",
     )),
 )
 
