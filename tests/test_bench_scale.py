@@ -17,11 +17,12 @@ def test_the_scale_benchmark_prints_frames_per_second_per_receiver_count_and_the
     report = json.loads(result.stdout)
     names = [figure["name"] for figure in report["figures"]]
     assert names[1:] == ["SQLite, 1 receiver", "PostgreSQL, 1 receiver", "PostgreSQL, 2 receivers",
-                         "PostgreSQL storage", "engine, 1 worker on PostgreSQL"]
+                         "PostgreSQL storage", "engine, 1 worker on PostgreSQL", "engine, 2 workers on PostgreSQL"]
     for figure in report["figures"][1:4]:
         assert "300 acked" in figure["text"] and "300 in the store" in figure["text"]
         assert "0 commits failed" in figure["text"]  # several receivers never fail a batch
         assert figure["numbers"][0] > 0  # frames/s
     assert "bytes per stored frame" in report["figures"][4]["text"]
     assert "600 events of the log" in report["figures"][5]["text"]  # both PostgreSQL runs
+    assert "worker 1:" in report["figures"][6]["text"] and "worker 2:" in report["figures"][6]["text"]
     assert "x SQLite" in report["figures"][3]["text"]

@@ -16,7 +16,7 @@ PostgreSQL: a throwaway server (Debian's binaries, fsync on, as in production) i
 or `--store URL` for a server of your own (a database the benchmark may fill; each run uses
 devices of its own). Engine: after the runs, one `carecard engine` worker reads the log the last
 PostgreSQL run wrote, from its start, and its events/s is the time until its saved cursor
-reached the log's head.
+reached the log's head; then two workers with two partitions do the same, each figure per worker.
 """
 
 from __future__ import annotations
@@ -185,65 +185,85 @@ def run_receivers(args: argparse.Namespace, store: str, count: int, first: int,
             "failed_commits": sum(f for f, _ in failures), "blocks_moved": sum(m for _, m in failures)}
 
 
-def engine_speed(args: argparse.Namespace, store: str, workdir: Path) -> dict[str, Any] | None:
-    """One `carecard engine` worker over the whole log of `store`: events/s until its saved
-    cursor reaches the head. None when the store's log is empty."""
+def engine_speed(args: argparse.Namespace, store: str, workdir: Path, workers: int = 1) -> dict[str, Any] | None:
+    """`workers` `carecard engine` workers (as many partitions, one each) over the whole log of
+    `store`: each worker's events/s until its partition's saved cursor reaches the head (every
+    partition reads every event and judges its own devices'). None when the store's log is empty."""
     import psycopg
 
-    from carecard.host.engine.process import ENGINE_NAME
+    from carecard.host.engine.process import partition_names
     from carecard.host.storage import EngineCommit, ingest_store_for
 
-    folder = workdir / "engine"
+    folder = workdir / f"engine-{workers}"
     folder.mkdir()
     with psycopg.connect(store) as conn:
         head = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM event_log").fetchone()[0]
     if not head:
         return None
-    # a first engine starts at the log's head; this one is told it has handled nothing yet
+    names = partition_names(workers)
+    # a first engine starts at the log's head; these are told they have handled nothing yet
     checkpoint = ingest_store_for(store, folder, "full")
     try:
-        checkpoint.commit_engine(ENGINE_NAME, EngineCommit(cursor=0, now=time.time()))
+        for name in names:
+            checkpoint.commit_engine(name, EngineCommit(cursor=0, now=time.time()))
     finally:
         checkpoint.close()
+    config = folder / "carecard.toml"
+    config.write_text(f'[receive]\nstore = "{store}"\n\n[engine]\nrun = "separately"\npartitions = {workers}\n')
     log_path = folder / "engine.log"
     started = time.time()
+    procs = []
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "carecard.host.cli", "engine", "--data", str(folder),
-                                 "--store", store, "--log-level", "warning"],
-                                stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL)
-    cursor = 0
-    first: tuple[float, int] | None = None  # when its first commit was seen, and how far it was
+        for _ in range(workers):
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "carecard.host.cli", "engine", "--data", str(folder), "--config",
+                 str(config), "--log-level", "warning"],
+                stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL))
+    cursors = dict.fromkeys(names, 0)
+    first: dict[str, tuple[float, int]] = {}  # when each partition's first commit was seen, how far
+    done: dict[str, float] = {}
     try:
         deadline = started + args.timeout
         with psycopg.connect(store, autocommit=True) as conn:
-            while time.time() < deadline:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"carecard engine exited ({proc.returncode}): "
-                                       f"{log_path.read_text(errors='replace')[-1500:]}")
-                row = conn.execute("SELECT COALESCE(MIN(cursor), 0) FROM engine_checkpoint").fetchone()
-                cursor = row[0]
-                if cursor and first is None:
-                    first = (time.time(), cursor)
-                if cursor >= head:
-                    break
+            while time.time() < deadline and len(done) < len(names):
+                for proc in procs:
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"carecard engine exited ({proc.returncode}): "
+                                           f"{log_path.read_text(errors='replace')[-1500:]}")
+                rows = conn.execute("SELECT name, cursor FROM engine_checkpoint WHERE name = ANY(%s)",
+                                    (names,)).fetchall()
+                now = time.time()
+                for name, cursor in rows:
+                    cursors[name] = cursor
+                    if cursor and name not in first:
+                        first[name] = (now, cursor)
+                    if cursor >= head and name not in done:
+                        done[name] = now
                 time.sleep(0.05)
-        finished = time.time()
-        cpu = process_cpu(proc.pid)
-        if cursor < head:
-            raise RuntimeError(f"carecard engine reached seq {cursor} of {head} in {args.timeout:g} s: "
+        cpu = [process_cpu(proc.pid) for proc in procs]
+        if len(done) < len(names):
+            raise RuntimeError(f"carecard engine reached seqs {cursors} of {head} in {args.timeout:g} s: "
                                f"{log_path.read_text(errors='replace')[-1500:]}")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    seconds = finished - started
-    # steady rate: from its first commit to the head (start-up and the first step left out)
-    steady = (cursor - first[1]) / (finished - first[0]) if first and finished > first[0] and cursor > first[1] else 0.0
-    return {"events": cursor, "head": head, "seconds": seconds, "steady": steady,
-            "rate": cursor / seconds if seconds > 0 else 0.0, "cpu_us": 1e6 * cpu / max(1, cursor)}
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    per_worker = []
+    for name in names:
+        seconds = done[name] - started
+        at, from_seq = first.get(name, (done[name], head))
+        # steady rate: from its first commit to the head (start-up and the first step left out)
+        steady = (head - from_seq) / (done[name] - at) if done[name] > at and head > from_seq else 0.0
+        per_worker.append({"seconds": seconds, "rate": head / seconds if seconds > 0 else 0.0, "steady": steady})
+    seconds = max(p["seconds"] for p in per_worker)
+    return {"workers": workers, "events": head, "head": head, "seconds": seconds,
+            "steady": min(p["steady"] for p in per_worker), "rate": head / seconds if seconds > 0 else 0.0,
+            "per_worker": per_worker, "cpu_us": [1e6 * c / head for c in cpu]}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -305,13 +325,11 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  PostgreSQL storage: {size:,.0f} bytes per stored frame (the event log table "
                       f"with its indexes and TOAST, over {_frames(store):,} frames)")
             if not args.no_engine:
-                engine = engine_speed(args, store, workdir)
-                if engine is not None:
-                    steady = (f"{engine['steady']:,.0f} events/s after its first commit, "
-                              if engine["steady"] else "")
-                    print(f"  engine, 1 worker on PostgreSQL: {engine['rate']:,.0f} events/s "
-                          f"({steady}{engine['events']} events of the log in {engine['seconds']:.2f} s "
-                          f"from its start; {engine['cpu_us']:.1f} us CPU per event)")
+                for workers in (1, 2):
+                    engine = engine_speed(args, store, workdir, workers)
+                    if engine is None:
+                        break
+                    _print_engine(engine)
         finally:
             if cluster is not None:
                 cluster.stop()
@@ -321,6 +339,21 @@ def run(args: argparse.Namespace) -> int:
                   f"{figures['unacked']} never acked, {figures['failed_commits']} commits failed")
             status = 1
     return status
+
+
+def _print_engine(engine: dict[str, Any]) -> None:
+    if engine["workers"] == 1:
+        steady = f"{engine['steady']:,.0f} events/s after its first commit, " if engine["steady"] else ""
+        print(f"  engine, 1 worker on PostgreSQL: {engine['rate']:,.0f} events/s "
+              f"({steady}{engine['events']} events of the log in {engine['seconds']:.2f} s "
+              f"from its start; {engine['cpu_us'][0]:.1f} us CPU per event)", flush=True)
+        return
+    each = "; ".join(f"worker {i + 1}: {w['rate']:,.0f} events/s ({w['steady']:,.0f} after its first commit), "
+                     f"{cpu:.1f} us CPU per event"
+                     for i, (w, cpu) in enumerate(zip(engine["per_worker"], engine["cpu_us"])))
+    print(f"  engine, {engine['workers']} workers on PostgreSQL: {engine['rate']:,.0f} events/s by the "
+          f"slower worker ({each}; {engine['workers']} partitions, one each: every partition reads all "
+          f"{engine['events']} events of the log and judges its own devices')", flush=True)
 
 
 def _frames(store: str) -> int:
