@@ -442,6 +442,7 @@ class EngineWorker:
         try:
             for index, name in enumerate(partition_names(self.count)):
                 self.partitions.append(self._partition(index, name, file_tables, settings_file))
+            self._start_partitions()
             for partition in self.partitions:
                 if partition.lock.try_acquire():
                     partition.runner.load()
@@ -452,6 +453,24 @@ class EngineWorker:
         except Exception as exc:
             self.close()
             raise EngineStartError(f"cannot restore its state from the store: {exc}") from None
+
+    def _start_partitions(self) -> None:
+        """Partitions that never ran start at the log's end now, all at once: a partition is
+        taken (and loaded) later, by whichever worker, and must not skip what came in meanwhile.
+        A partition another worker started first is left as it is (the commit is fenced)."""
+        from carecard.host.storage import EngineCommit, StoreError
+
+        if self.count <= 1:
+            return  # the one engine starts when it is loaded, as before partitions
+        runner = self.partitions[0].runner
+        head = runner.eventlog.last_seq()
+        for partition in self.partitions:
+            if runner.store.load_engine(partition.name) is None:
+                try:
+                    runner.store.commit_engine(partition.name, EngineCommit(cursor=head, now=self.clock(),
+                                                                            fence=-1.0))
+                except StoreError:  # another worker started it first
+                    pass
 
     def _partition(self, index: int, name: str, file_tables: Mapping[str, Any], settings_file: Any) -> Partition:
         from carecard.host.engine.settings import Settings, SettingsError
