@@ -111,11 +111,6 @@ class EngineRunner:
             self.engine = Engine(self.settings)
             self.cursor = self.eventlog.last_seq()
             self.engine.now = self.clock()
-            # where it starts, committed at once: whoever steps this engine next (another worker
-            # taking the partition over) resumes from here, not from a later end of the log
-            started = self.store.commit_engine(self.name, EngineCommit(cursor=self.cursor, now=self.engine.now,
-                                                                       fence=-1.0))
-            self.fence = started.saved_at
         else:
             devices = {}
             for device, text in checkpoint.devices.items():
