@@ -39,6 +39,9 @@ from carecard.protocol.generated import compile_generated
 
 SCHEMA_VERSION = 1
 ALERT_KIND = "alert"
+# A change of the device registry (`carecard devices add|remove`): data {"change": one of REGISTRY_CHANGES}
+REGISTRY_KIND = "registry"
+REGISTRY_CHANGES = ("added", "removed")
 
 # The "no fix" label of the fix enum: positions carried with it have no valid coordinates.
 NO_FIX = spec.ENUMS["fix"][0]
@@ -82,7 +85,7 @@ def _plan(fields: tuple) -> tuple[FieldPlan, ...]:
 # Message type name -> the plan for its payload fields, built once from spec.UPLINK.
 PLANS: dict[str, tuple[FieldPlan, ...]] = {name: _plan(fields) for _code, name, fields in spec.UPLINK}
 MESSAGE_KINDS: tuple[str, ...] = tuple(PLANS)
-EVENT_KINDS: tuple[str, ...] = MESSAGE_KINDS + (ALERT_KIND,)
+EVENT_KINDS: tuple[str, ...] = MESSAGE_KINDS + (ALERT_KIND, REGISTRY_KIND)
 
 _FW_PARTS = ("fw_major", "fw_minor", "fw_patch")
 
@@ -498,4 +501,27 @@ def alert_event(device: int | str, alert_kind: str, details: Mapping[str, Any], 
         "time": stamp,
         "received_at": stamp,
         "data": {"alert": alert_kind, "details": plain_details},
+    }
+
+
+def registry_event(device: int | str, change: str, at: float) -> dict[str, Any]:
+    """A change of the device registry as a schema-1 event: `change` "added" (the card became
+    registered: new, or added again after a removal) or "removed" (`carecard devices remove`).
+    The device registry writes it in the change's own transaction; the alert engine stops
+    judging a removed card until it is added again. `at` is the host's Unix time of the change."""
+    where = f"registry change {change!r}"
+    device_text = _device_text(device, where)
+    if change not in REGISTRY_CHANGES:
+        raise EventError(f"{where}: change must be one of {', '.join(REGISTRY_CHANGES)}")
+    when = _check_received_at(at, where)
+    stamp = iso_utc(when, millis=True)
+    return {
+        "schema": SCHEMA_VERSION,
+        "id": f"{device_text}-registry-{change}-{round(when * 1000)}",
+        "kind": REGISTRY_KIND,
+        "device": device_text,
+        "counter": None,
+        "time": stamp,
+        "received_at": stamp,
+        "data": {"change": change},
     }

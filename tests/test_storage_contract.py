@@ -342,6 +342,36 @@ def test_a_sqlite_registry_from_before_villages_gets_the_column(tmp_path: Path) 
         store.close()
 
 
+def test_registry_changes_are_registry_events_in_the_log_kept_by_pruning(backend: Backend) -> None:
+    """A removal, and the registration of a card removed before, append a `registry` event in
+    the change's own transaction (nothing when it fails; nothing for a card new to the registry
+    or re-provisioned); the engine reads them in order with the frames, possibly after every
+    sink delivered them, so pruning keeps them like frames."""
+    from carecard.host.storage import DeviceRecord
+
+    store = backend.store
+    store.register_devices([DeviceRecord(DEVICE, "王奶奶"), DeviceRecord(OTHER, "Uncle Wang")], now=5.0)
+    store.register_devices([DeviceRecord(DEVICE, "王奶奶 (new SIM)")], replace=True, now=6.0)
+
+    def key_file_fails() -> None:
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        store.remove_device(DEVICE, now=7.0, before_commit=key_file_fails)
+    store.remove_device(DEVICE, now=8.0)
+    store.append_events([alert_event(OTHER, "offline", {}, 9.0)])
+    store.register_devices([DeviceRecord(DEVICE, "李爷爷")], now=10.0)
+    with backend.open_reader() as reader:
+        events = [entry.event for entry in reader.entries_after(0)]
+    changes = [(e["device"], e["data"]["change"], e["received_at"]) for e in events if e["kind"] == "registry"]
+    assert changes == [(str(DEVICE), "removed", "1970-01-01T00:00:08.000Z"),
+                       (str(DEVICE), "added", "1970-01-01T00:00:10.000Z")]
+    store.prepare(CommitBatch(prune_upto=100))
+    assert store.finish() == 1  # the alert only
+    with backend.open_reader() as reader:
+        assert [entry.event for entry in reader.entries_after(0)] == [e for e in events if e["kind"] == "registry"]
+
+
 # --- the alert engine's side: alerts, requests, checkpoints (AlertStore, EngineStore) ------------
 
 def _alert(alert_id: str, state: str = "open", *, device: int = DEVICE, kind: str = "inactivity",

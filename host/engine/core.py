@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping, NamedTuple
 
 from carecard.host.engine.settings import DeviceSettings, Settings
 from carecard.host.engine.vocabulary import NOTIFY, VOCABULARY_VERSION
-from carecard.host.events import alert_event
+from carecard.host.events import REGISTRY_CHANGES, REGISTRY_KIND, alert_event
 from carecard.host.timefmt import iso_utc, parse_iso_utc
 
 STATE_VERSION = 1
@@ -238,6 +238,10 @@ class Engine:
         self.now = 0.0
         self._heap: list[tuple[float, str]] = []
         self._open: dict[str, Device] = {}  # alert id -> its device (open or acknowledged alerts)
+        # cards taken out of the registry (a `registry` "removed" event) -> when: not judged
+        # until a `registry` "added" event
+        self.removed: dict[str, float] = {}
+        self.ignored_removed = 0  # events of removed cards
         self.rejected = 0  # events that were not of the schema
         self.duplicates = 0
         # devices whose state changed since the caller last took them (take_dirty): what a
@@ -250,7 +254,9 @@ class Engine:
         """One event of the log. `now` defaults to the event's received_at (never backwards).
 
         Alert events (the engine's own output) are ignored; an event that is not of the schema
-        raises EngineError (counted in `rejected`) and changes nothing."""
+        raises EngineError (counted in `rejected`) and changes nothing. A `registry` event
+        "removed" closes the card's alerts (reason "removed") and forgets it: its events are
+        ignored until a `registry` event "added", after which it is judged from fresh."""
         try:
             kind = event["kind"]
             if kind == "alert":
@@ -271,8 +277,13 @@ class Engine:
         if now > self.now:
             self.now = now
         now = self.now
+        if kind == REGISTRY_KIND:
+            return self._registry(device_id, data, event, now)
         dev = self.devices.get(device_id)
         if dev is None:
+            if device_id in self.removed:
+                self.ignored_removed += 1
+                return []
             dev = self.devices[device_id] = Device(device_id, self.settings.for_device(device_id))
         if type(counter) is int and self._seen(dev, counter):
             self.duplicates += 1
@@ -296,6 +307,26 @@ class Engine:
         if handler is not None:
             handler(self, dev, t, data, event, now, out)
         self._evaluate(dev, now, out)
+        return out
+
+    def _registry(self, device_id: str, data: Mapping[str, Any], event: Mapping[str, Any],
+                  now: float) -> list[Action]:
+        change = data.get("change")
+        out: list[Action] = []
+        if change == "removed":
+            dev = self.devices.pop(device_id, None)
+            if dev is not None:
+                for alert in list(dev.alerts or ()):
+                    self._close(dev, alert, "removed", now, out)
+            self.removed[device_id] = now
+            self.dirty.add(device_id)
+        elif change == "added":
+            if self.removed.pop(device_id, None) is not None:
+                self.dirty.add(device_id)
+        else:
+            self.rejected += 1
+            raise EngineError(f"event {_describe(event)}: registry change {change!r} is not one of "
+                              f"{', '.join(REGISTRY_CHANGES)}")
         return out
 
     def advance(self, now: float) -> list[Action]:
@@ -787,12 +818,15 @@ class Engine:
 
     def to_state(self) -> dict[str, Any]:
         """Everything the engine knows, as JSON-able data (`from_state` restores it)."""
-        devices = {device_id: self.device_state(device_id) for device_id in self.devices}
+        devices = {device_id: self.device_state(device_id) for device_id in [*self.devices, *self.removed]}
         return {"version": STATE_VERSION, "now": self.now, "devices": devices}
 
     def device_state(self, device_id: str) -> dict[str, Any]:
-        """One device's state as JSON-able data (`restore` takes it back)."""
-        dev = self.devices[device_id]
+        """One device's state as JSON-able data (`restore` takes it back); a removed card's is
+        {"removed": when}. Raises KeyError for a device the engine does not know."""
+        dev = self.devices.get(device_id)
+        if dev is None:
+            return {"removed": self.removed[device_id]}
         row = dict(zip(_STATE_NAMES, _state_values(dev)))
         row["alerts"] = [a.as_dict() for a in dev.alerts or ()]
         return row
@@ -812,6 +846,9 @@ class Engine:
         engine = cls(settings)
         engine.now = float(now)
         for device_id, row in devices.items():
+            if isinstance(row, Mapping) and row.keys() == {"removed"}:
+                engine.removed[device_id] = float(row["removed"])
+                continue
             dev = engine.devices[device_id] = Device(device_id, engine.settings.for_device(device_id))
             try:
                 for name, value in row.items():

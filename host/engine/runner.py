@@ -270,8 +270,10 @@ class EngineRunner:
             changed[action.alert_id] = self._record(action)
         commit.alerts = list(changed.values())
         for device in engine.take_dirty():
-            if device in engine.devices:
+            if device in engine.devices or device in engine.removed:
                 commit.devices[int(device)] = state_json(engine.device_state(device))
+            else:  # added again after a removal: judged from fresh
+                commit.devices[int(device)] = None
         return commit
 
     def _record(self, step: Notify) -> AlertRecord:

@@ -41,6 +41,7 @@ CLOSE_REASONS: dict[str, str] = {
     "charging": "the card is charging (low_battery, not_charged)",
     "worn": "the card is off the charger or counts motion again (card_not_worn)",
     "resolved_by_hand": "someone resolved it (carecard alerts resolve, or an inbound resolve request)",
+    "removed": "the card was taken out of the registry (carecard devices remove): it is not judged until added again",
 }
 
 # who each step notifies

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from carecard.host.events import registry_event
 from carecard.host.files import read_input_file
 from carecard.host.keyfile import KeyFileError, load_keys, parse_key_hex, save_keys
 from carecard.host.receiver.downlinks import CommandError, check_command
@@ -227,6 +228,11 @@ def remove_device(store: DeviceRegistry, data_dir: Path, device: int, *,
             write_key_file.undo()
             raise
         write_key_file()  # a key without a registry entry: only the key goes
+        try:  # and the alert engine, which judges keyed cards too, is told
+            store.append_events([registry_event(device, "removed", stamp)])  # type: ignore[attr-defined]
+        except BaseException:
+            write_key_file.undo()
+            raise
         return None
 
 

@@ -36,7 +36,7 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from carecard.host.events import event_from_message, event_json, event_record, parse_body
+from carecard.host.events import event_from_message, event_json, event_record, parse_body, registry_event
 from carecard.host.downlink_lifecycle import CommandChange, CommandRecord
 
 # A frame's row in the log is also the frame's archive: besides its event (the opened frame), it
@@ -246,6 +246,18 @@ def not_registered(device: int) -> str:
     """The message for a device the registry does not have."""
     return (f"device {device} is not registered: list the registered devices with `carecard devices`, "
             "add one with `carecard devices add`")
+
+
+def registry_changes(devices: Sequence[DeviceRecord], unnamed: Iterable[int], now: float
+                     ) -> list[dict[str, Any]]:
+    """The `registry` "added" events of a registration (DeviceRegistry.register_devices, in its
+    transaction): one per device of `devices` in `unnamed`, the devices with a registry row but
+    no name before it (removed, or only ever keyed): the alert engine may have stopped judging
+    them. A card new to the registry was never removed, and a re-provisioned one is not added
+    again: neither needs one."""
+    before = set(unnamed)
+    added = dict.fromkeys(record.device for record in devices if record.device in before)
+    return [registry_event(device, "added", now) for device in added]
 
 
 # Why the open commands of a removed device were cancelled (their `detail`).
@@ -471,7 +483,8 @@ class DeviceRegistry(RegistryReader):
     def register_devices(self, devices: Sequence[DeviceRecord], *, replace: bool = False, now: float,
                          before_commit: Callable[[], None] | None = None) -> None:
         """Register `devices` (their name, iccid, phone and contacts; the other fields are the
-        store's) in one transaction that bumps the registry generation. A device registered
+        store's) in one transaction that bumps the registry generation and appends a `registry`
+        "added" event (registry_changes) for each device that had a row but no name (removed). A device registered
         already raises DeviceExistsError unless `replace`, which replaces its name, SIM details
         and contacts and keeps its creation time, statistics and counters. `before_commit` runs
         inside the transaction after the rows are written (the key file is written there): if it
@@ -481,7 +494,8 @@ class DeviceRegistry(RegistryReader):
     def remove_device(self, device: int, *, now: float,
                       before_commit: Callable[[], None] | None = None) -> DeviceRecord:
         """Take a registered device out of the registry, in one transaction that bumps the
-        registry generation: its name, SIM details and contacts are cleared, its open commands
+        registry generation and appends a `registry` "removed" event (the alert engine stops
+        judging the card): its name, SIM details and contacts are cleared, its open commands
         cancelled and its engine settings dropped; its row stays with its statistics, replay
         history and downlink counter reservation, so a card added again never has a counter
         used twice. Returns the record as it was. `before_commit` as in register_devices (the

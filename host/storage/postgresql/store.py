@@ -26,7 +26,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from carecard.host import downlink_lifecycle as lifecycle
 from carecard.host.downlink_lifecycle import CHANGE_COLUMNS, OPEN_STATES, CommandRecord
-from carecard.host.events import event_json
+from carecard.host.events import REGISTRY_KIND, event_json, registry_event
 from carecard.host.storage import (
     ALERT_STATES,
     FRAME_ROW,
@@ -54,6 +54,7 @@ from carecard.host.storage import (
     UnknownDeviceError,
     log_entries,
     not_registered,
+    registry_changes,
     REMOVED_DETAIL,
 )
 from carecard.host.storage.rows import (
@@ -224,8 +225,12 @@ def _append_events(conn: psycopg.Connection, events: Sequence[Mapping[str, Any]]
     last = _take_seqs(conn, len(events))
     first = last - len(events) + 1
     with conn.cursor() as cur:
-        cur.executemany("INSERT INTO event_log (seq, event_id, appended_at, body) VALUES (%s, %s, %s, %s)",
-                        [(first + i, event["id"], now, event_json(event)) for i, event in enumerate(events)])
+        # a `registry` event's row names its kind in `type`: pruning keeps it (the alert engine
+        # may read it after every sink delivered it)
+        cur.executemany("INSERT INTO event_log (seq, event_id, appended_at, body, type) VALUES (%s, %s, %s, %s, %s)",
+                        [(first + i, event["id"], now, event_json(event),
+                          REGISTRY_KIND if event.get("kind") == REGISTRY_KIND else None)
+                         for i, event in enumerate(events)])
     return last
 
 
@@ -380,7 +385,7 @@ class PostgreSQLStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, Eng
                 upto, max_rows = self._prune
                 pruned = conn.execute(
                     "DELETE FROM event_log WHERE seq IN (SELECT seq FROM event_log WHERE device IS NULL "
-                    "AND seq <= %s ORDER BY seq LIMIT %s)", (upto, max_rows)).rowcount
+                    "AND type IS NULL AND seq <= %s ORDER BY seq LIMIT %s)", (upto, max_rows)).rowcount
         except psycopg.Error as exc:
             self._release(commit=False)
             raise StoreError(f"commit to {self.path} failed: {str(exc).strip()}") from None
@@ -459,9 +464,10 @@ class PostgreSQLStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, Eng
 
         def work(conn: psycopg.Connection) -> None:
             ids = [record.device for record in ordered]
-            registered = {row[0] for row in conn.execute(
-                "SELECT device FROM devices WHERE device = ANY(%s) AND name != '' ORDER BY device FOR UPDATE",
-                (ids,))}
+            names = dict(conn.execute(
+                "SELECT device, name FROM devices WHERE device = ANY(%s) ORDER BY device FOR UPDATE",
+                (ids,)).fetchall())
+            registered = {device for device, name in names.items() if name}
             if not replace:
                 for record in devices:
                     if record.device in registered:
@@ -476,6 +482,9 @@ class PostgreSQLStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, Eng
                 cur.execute("DELETE FROM contacts WHERE device = ANY(%s)", (ids,))
                 cur.executemany("INSERT INTO contacts (device, key, number, name) VALUES (%s, %s, %s, %s)",
                                 [(r.device, c.key, c.number, c.name) for r in ordered for c in r.contacts])
+            added = registry_changes(devices, [d for d, n in names.items() if not n], now)
+            if added:
+                _append_events(conn, added, now)
             conn.execute(_BUMP_GENERATION)
             if before_commit is not None:
                 before_commit()
@@ -499,6 +508,7 @@ class PostgreSQLStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, Eng
                 with conn.cursor() as cur:
                     cur.executemany(_UPDATE_COMMAND, [(*change[:-1], change[-1], list(_OPEN)) for change in changes])
             conn.execute("DELETE FROM engine_settings WHERE scope = %s", (str(device),))
+            _append_events(conn, [registry_event(device, "removed", now)], now)
             conn.execute(_BUMP_GENERATION)
             if before_commit is not None:
                 before_commit()

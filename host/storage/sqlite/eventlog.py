@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from carecard.host.events import event_json
+from carecard.host.events import REGISTRY_KIND, event_json
 from carecard.host.storage import FRAME_COLUMNS, FRAME_ROW, EventLogError, EventLogReader, LogEntry, log_entries
 from carecard.host.storage.sqlite.sql import insert_rows, register_identity_adapters, transaction
 
@@ -75,8 +75,10 @@ _INDEXES = (
 )
 
 # Appends are plain multi-row INSERTs: a few statements per batch instead of one per event.
-_INSERT_ROWS = "INSERT INTO event_log (event_id, appended_at, body, opened, received_at) VALUES "
-_ROW_WIDTH = 5
+# A `registry` event's row names its kind in `type`: pruning keeps it (the alert engine may read
+# it after every sink delivered it; it is one row per registry change).
+_INSERT_ROWS = "INSERT INTO event_log (event_id, appended_at, body, opened, received_at, type) VALUES "
+_ROW_WIDTH = 6
 # A frame's row: no event id or JSON of its own (readers make both from the opened frame), the
 # append time (?1) shared by the statement.
 _INSERT_FRAMES = (f"INSERT INTO event_log (event_id, body, appended_at, {', '.join(FRAME_ROW)}) VALUES ")
@@ -126,7 +128,8 @@ class SQLiteEventLog(EventLogReader):
         flat: list[Any] = []
         add = flat.extend
         for event in events:
-            add((event["id"], stamp, event_json(event), None, None))
+            add((event["id"], stamp, event_json(event), None, None,
+                 REGISTRY_KIND if event.get("kind") == REGISTRY_KIND else None))
         with transaction(conn):
             if flat:
                 insert_rows(conn, _INSERT_ROWS, _ROW_WIDTH, flat)
@@ -137,12 +140,13 @@ class SQLiteEventLog(EventLogReader):
     def prune(conn: sqlite3.Connection, upto_seq: int, *, max_rows: int = 10_000) -> int:
         """Delete at most `max_rows` of the oldest events with seq <= upto_seq (pass
         SinkSet.prunable_seq(): what every sink has delivered), except frames' rows, which are
-        the frame archive. Runs in the caller's transaction if one is open. Returns the number of
-        rows deleted; call again while it returns max_rows. (The rows it may delete are the ones
+        the frame archive, and registry events, which the alert engine may read later. Runs in
+        the caller's transaction if one is open. Returns the number of rows deleted; call again
+        while it returns max_rows. (The rows it may delete are the ones
         of the partial index event_log_prunable: found without reading the frames' rows.)"""
         cursor = conn.execute(
             "DELETE FROM event_log WHERE seq IN (SELECT seq FROM event_log WHERE device IS NULL "
-            "AND seq <= ? ORDER BY seq LIMIT ?)",
+            "AND type IS NULL AND seq <= ? ORDER BY seq LIMIT ?)",
             (upto_seq, max_rows),
         )
         if not conn.in_transaction:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from carecard.host import downlink_lifecycle as lifecycle
+from carecard.host.events import registry_event
 from carecard.host.files import connect_readonly
 from carecard.host.downlink_lifecycle import CHANGE_COLUMNS, OPEN_STATES, CommandRecord, states_sql
 from carecard.host.storage import (
@@ -53,6 +54,7 @@ from carecard.host.storage import (
     StoreError,
     UnknownDeviceError,
     not_registered,
+    registry_changes,
     REMOVED_DETAIL,
 )
 from carecard.host.storage.rows import COMMAND_COLUMNS, command_from_row, oldest_first
@@ -504,8 +506,9 @@ class SQLiteStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, EngineS
     def register_devices(self, devices: Sequence[DeviceRecord], *, replace: bool = False, now: float,
                          before_commit: Callable[[], None] | None = None) -> None:
         with self.transaction() as conn:
+            names = dict(conn.execute("SELECT device, name FROM devices").fetchall())
+            registered = {device for device, name in names.items() if name}
             if not replace:
-                registered = {row[0] for row in conn.execute("SELECT device FROM devices WHERE name != ''")}
                 for record in devices:
                     if record.device in registered:
                         raise DeviceExistsError(record.device)
@@ -518,6 +521,7 @@ class SQLiteStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, EngineS
             conn.executemany("DELETE FROM contacts WHERE device = ?", [(d.device,) for d in devices])
             conn.executemany("INSERT INTO contacts (device, key, number, name) VALUES (?, ?, ?, ?)",
                              [(d.device, c.key, c.number, c.name) for d in devices for c in d.contacts])
+            SQLiteEventLog.append(conn, registry_changes(devices, [d for d, n in names.items() if not n], now))
             if before_commit is not None:
                 before_commit()
 
@@ -533,6 +537,7 @@ class SQLiteStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, EngineS
             conn.executemany(UPDATE_COMMAND, [lifecycle.cancel(command, now, REMOVED_DETAIL)
                                               for command in list_commands(conn, device, open_only=True)])
             conn.execute("DELETE FROM engine_settings WHERE scope = ?", (str(device),))
+            SQLiteEventLog.append(conn, [registry_event(device, "removed", now)])
             if before_commit is not None:
                 before_commit()
         return record
