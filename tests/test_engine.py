@@ -167,6 +167,22 @@ def test_low_battery_reminds_then_resolves_when_charging() -> None:
     assert [(a.step, a.details.get("closed_reason")) for a in out if a.kind == "low_battery"] == [("resolved", "charging")]
 
 
+def test_a_low_power_event_above_the_pct_threshold_stays_alerted_until_charging() -> None:
+    """The card says "low" by its own voltage threshold (40 % by the card's table, as the virtual
+    card's battery-rundown day showed); the statuses after it, still discharging at 39 %, 38 %...,
+    are no recovery: the alert stays open, reminds, and only charging closes it."""
+    gen = Gen()
+    engine = Engine(Settings())
+    events = [gen.power(local(10), "low", pct=40)] + \
+        [gen.status(local(10) + i * STEP, pct=39 - i // 4) for i in range(1, 24)] + \
+        [gen.power(local(16), "critical", pct=32)]
+    out = run(engine, events)
+    assert [(a.step, a.details.get("closed_reason")) for a in out if a.kind == "low_battery"] == \
+        [("raised", None), ("reminder", None)]
+    out = run(engine, [gen.status(local(16.5), pct=31, charging="charging")])
+    assert [(a.step, a.details.get("closed_reason")) for a in out if a.kind == "low_battery"] == [("resolved", "charging")]
+
+
 def test_not_charged_for_days_and_on_the_charger_into_the_day() -> None:
     gen = Gen()
     engine = Engine(Settings({"not_charged": "2d"}))

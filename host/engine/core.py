@@ -598,11 +598,18 @@ class Engine:
         if pct is not None and not dev.charging:
             if pct <= dev.settings.low_battery_pct:
                 self._low(dev, t, now, out, "battery_pct")
-            elif pct > dev.settings.low_battery_pct + 10 and dev.batt_low:
-                dev.batt_low = False
+            elif dev.batt_low:
+                # recovered (charged unseen): 10 points above the threshold, or above what the
+                # card said when it reported low by its own (voltage) threshold
                 alert = dev.open_alert("low_battery")
-                if alert is not None:
-                    self._close(dev, alert, "charging", now, out)
+                floor = dev.settings.low_battery_pct
+                at_low = alert.info.get("battery_pct") if alert is not None else None
+                if type(at_low) is int and at_low > floor:
+                    floor = at_low
+                if pct > floor + 10:
+                    dev.batt_low = False
+                    if alert is not None:
+                        self._close(dev, alert, "charging", now, out)
 
     def _on_power(self, dev: Device, t: float, data: Mapping[str, Any], event: Mapping[str, Any],
                   now: float, out: list[Action]) -> None:
