@@ -10,6 +10,7 @@ modules are each tested on both ports in their own tests."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -18,7 +19,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from carecard.host.engine.evaluate import Report, evaluate_entry, format_report
 from carecard.tools import micropython
+from carecard.tools.vcard import corpus as vcard_corpus
 from carecard.tools.vcard import scenario
 from receiver_helpers import ReceiverProcess
 
@@ -85,10 +88,29 @@ def test_each_shipped_scenario_runs_end_to_end_against_a_real_receiver(card_mpy,
     received = [e["received_at"] for e in events]
     start = scenario_start_iso(sc)
     assert received == sorted(received) and received[0] >= start
+    if path.stem in vcard_corpus.CORPUS:
+        judged_by_the_alert_engine(sc, events_file, UNTIL.get(path.stem), tmp_path)
     # the energy comes from the run: the modem, GNSS and MCU states the firmware drove
     energy = re.search(r"energy \(the states the firmware drove\): ([\d.]+) mAh/day.* ([\d.]+) days "
                        r"per 1000 mAh charge; duty model ([\d.]+) days", run.stdout)
     assert energy and float(energy.group(1)) > 0 and float(energy.group(3)) > 0
+
+
+def judged_by_the_alert_engine(sc: scenario.Scenario, events_file: Path, until: str | None,
+                               tmp_path: Path) -> None:
+    """The alert engine over what the receiver stored that day (an entry of the evaluation
+    corpus, tools/vcard/corpus.py): every incident of the scenario's steps alerted on time, no
+    alert on a normal day. The entry goes to the folder CARECARD_VCARD_CORPUS names (`make
+    test` sets it: its evaluation report then has these days, from these very runs)."""
+    assert until == vcard_corpus.CORPUS[sc.name], "play the corpus's days (tools/vcard/corpus.py CORPUS)"
+    out_dir = Path(os.environ.get(vcard_corpus.ENV_VARIABLE) or tmp_path / "corpus")
+    until_s = scenario.parse_duration(until, "until") if until else None
+    result = evaluate_entry(vcard_corpus.write_entry(out_dir, sc, events_file, until_s))
+    report = format_report(Report([result]))
+    assert result.incidents or result.normal, report
+    assert result.missed == 0 and result.late == 0, report
+    if result.normal:
+        assert result.false_alerts == [], report
 
 
 def scenario_start_iso(sc: scenario.Scenario) -> str:

@@ -9,7 +9,9 @@ A corpus is a folder of `<scenario>.jsonl` event logs (the JSON-lines sink's for
      "incidents": [{"kind": "inactivity", "start": "2025-11-04T01:30:00Z",
                     "deadline": "2025-11-04T04:45:00Z", "what": "fall at home at 09:30"}]}
 
-(`end`, optional: the clock runs to it after the last event) and an optional `settings.toml` (or `settings.json`) for all of them (docs/events.md). An
+(`end`, optional: the clock runs to it after the last event; `settings`, optional: the device's
+table of the settings file, over the folder's) and an optional `settings.toml` (or
+`settings.json`) for all of them (docs/events.md). An
 incident is detected by the first alert of its kind raised from 5 minutes before its start on
 (its first step: the check-in prompt for inactivity); late when that is after its deadline;
 missed when there is none. Every other alert raised is a false alert. Targets: no incident
@@ -21,7 +23,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from carecard.host.engine.core import Notify
 from carecard.host.engine.replay import replay
@@ -96,8 +98,10 @@ def _load_expected(path: Path) -> dict[str, Any]:
         incidents = [Incident(str(i["kind"]), parse_iso_utc(i["start"]), parse_iso_utc(i["deadline"]),
                               str(i.get("what", ""))) for i in data["incidents"]]
         end = parse_iso_utc(data["end"]) if data.get("end") is not None else None
+        own = data.get("settings")
+        settings = None if own is None else {"devices": {str(data["device"]): own}}
         return {"description": str(data.get("description", "")), "device_days": float(data["device_days"]),
-                "end": end,
+                "end": end, "settings": settings,
                 "normal": bool(data.get("normal", False)), "incidents": incidents}
     except OSError as exc:
         raise CorpusError(f"{path}: cannot read: {exc.strerror or exc}") from None
@@ -126,22 +130,36 @@ def evaluate_corpus(folder: Path | str) -> Report:
     folder = Path(folder)
     if not folder.is_dir():
         raise CorpusError(f"{folder}: not a folder (a corpus is a folder of *.jsonl and *.expected.json)")
-    settings = Settings()
+    tables: dict[str, Any] = {}
     for name in ("settings.toml", "settings.json"):
         if (folder / name).exists():
-            settings = Settings.load(folder / name)
+            tables = Settings.load_tables(folder / name)
             break
+    settings = Settings.from_mapping(tables)
     logs = sorted(folder.glob("*.jsonl"))
     if not logs:
         raise CorpusError(f"{folder}: no *.jsonl event logs (write one with "
                           f"`python tests/engine_corpus.py {folder}`)")
     report = Report()
     for log in logs:
-        expected_path = log.with_name(log.name[:-len(".jsonl")] + ".expected.json")
-        if not expected_path.exists():
-            raise CorpusError(f"{log}: no {expected_path.name} beside it (the expected incidents)")
-        report.scenarios.append(evaluate_scenario(log, _load_expected(expected_path), settings))
+        report.scenarios.append(evaluate_entry(log, tables, settings))
     return report
+
+
+def evaluate_entry(log: Path, tables: Mapping[str, Any] | None = None,
+                   settings: Settings | None = None) -> ScenarioResult:
+    """One scenario of a corpus: its log with the `.expected.json` beside it, judged with the
+    folder's settings (`tables`, the settings file's document, made into `settings`) and the
+    scenario's own. Raises CorpusError, SettingsError, ReplayError."""
+    expected_path = log.with_name(log.name[:-len(".jsonl")] + ".expected.json")
+    if not expected_path.exists():
+        raise CorpusError(f"{log}: no {expected_path.name} beside it (the expected incidents)")
+    expected = _load_expected(expected_path)
+    if expected["settings"] is not None:
+        settings = Settings.combine(tables or {}, expected["settings"], where=str(expected_path))
+    elif settings is None:
+        settings = Settings.from_mapping(tables or {})
+    return evaluate_scenario(log, expected, settings)
 
 
 def _minutes(seconds: float) -> str:
@@ -149,19 +167,20 @@ def _minutes(seconds: float) -> str:
 
 
 def format_report(report: Report) -> str:
-    lines = [f"{'scenario':32} {'incidents':>9} {'detected':>8} {'late':>4} {'missed':>6} "
+    w = max([32, *(len(s.name) for s in report.scenarios)])
+    lines = [f"{'scenario':{w}} {'incidents':>9} {'detected':>8} {'late':>4} {'missed':>6} "
              f"{'false':>5} {'false/dev-month':>15}  first alert after start"]
     for s in report.scenarios:
         delays = ", ".join(f"{i.kind} {_minutes(i.alerted_at - i.start)}"
                            f"{' LATE' if i.late else ''}" for i in s.incidents if i.alerted_at is not None)
         missed = ", ".join(f"{i.kind} MISSED ({i.what})" for i in s.incidents if i.alerted_at is None)
         rate = len(s.false_alerts) / (s.device_days / 30.0)
-        lines.append(f"{s.name:32} {len(s.incidents):9d} {s.detected:8d} {s.late:4d} {s.missed:6d} "
+        lines.append(f"{s.name:{w}} {len(s.incidents):9d} {s.detected:8d} {s.late:4d} {s.missed:6d} "
                      f"{len(s.false_alerts):5d} {rate:15.2f}  {'; '.join(x for x in (delays, missed) if x)}")
         for kind, at in s.false_alerts:
-            lines.append(f"{'':32}   false alert: {kind} at {iso_utc(at)}")
+            lines.append(f"{'':{w}}   false alert: {kind} at {iso_utc(at)}")
     incidents = report.total("detected") + report.total("late") + report.total("missed")
-    lines.append(f"{'total':32} {incidents:9d} {report.total('detected'):8d} {report.total('late'):4d} "
+    lines.append(f"{'total':{w}} {incidents:9d} {report.total('detected'):8d} {report.total('late'):4d} "
                  f"{report.total('missed'):6d} {sum(len(s.false_alerts) for s in report.scenarios):5d} "
                  f"{report.false_per_device_month(False):15.2f}")
     normal_days = sum(s.device_days for s in report.scenarios if s.normal)
