@@ -80,3 +80,38 @@ def test_the_demo_refuses_a_folder_it_did_not_make(tmp_path):
     refused = run_demo("--data", str(tmp_path / "other"))
     assert refused.returncode == 1 and "not a demo folder" in refused.stderr
     assert (tmp_path / "other" / "precious.txt").read_text() == "keep me"
+
+
+def test_the_summary_fits_80_columns_and_says_no_minus_zero():
+    """The summary table on an 80-column terminal keeps every value whole (no word broken over
+    lines), and an alert a few seconds "before" its incident (the SOS frame is stamped before
+    the hold step's minute ends) reads +0 min, never -0 min."""
+    from datetime import datetime
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from carecard.host.commands.demo_cmd import summary_table
+    from carecard.tools.vcard import demo
+
+    def row(elder: str, scenario: str, alerts: list[str], delay: float | None, **more) -> dict:
+        card = SimpleNamespace(elder=SimpleNamespace(name=elder),
+                               day=next(d for d in demo.DAYS if d.scenario == scenario))
+        return {"card": card, "frames": 129, "calls": 2, "alerts": alerts, "alert_steps": 3,
+                "incident": None if delay is None else datetime(2026, 12, 7, 10, 20),
+                "first_alert": None if delay is None else datetime(2026, 12, 7, 13, 25),
+                "delay_min": delay, "days_per_charge": 4.6,
+                "checks": [SimpleNamespace(passed=True)] * 3, **more}
+
+    rows = [row(d.elder, d.scenario, ["inactivity", "offline", "low_battery"], 185.0) for d in demo.DAYS]
+    rows[2]["delay_min"] = -0.2
+    rows[0].update(alerts=[], incident=None, first_alert=None, delay_min=None)
+    console = Console(width=80, record=True, color_system=None)
+    console.print(summary_table(rows))
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "-0 min" not in text and "+0 min" in text and "+185 min" in text
+    for d in demo.DAYS:
+        assert d.elder in text and d.title in text, (d.title, text)
+    assert "13:25 +185 min" in text and "4.6 d" in text and "3/3" in text
+    assert "inactivity," in text and "offline," in text and "low_battery" in text

@@ -205,32 +205,49 @@ def _alerts(console: Any, village: Any) -> None:
 
 
 def _summary(console: Any, village: Any) -> None:
-    from rich.table import Table
-
     from carecard.tools.vcard import demo
 
-    table = Table(title="the village's day", show_lines=False)
-    for column in ("elder", "day", "frames", "calls", "alerts", "incident", "first alert", "after",
-                   "battery", "checks"):
-        table.add_column(column)
-    for row in demo.summary_rows(village.cards):
+    console.print(summary_table(demo.summary_rows(village.cards)))
+    console.print("first alert: local time (day of month when not the incident's), minutes after the "
+                  "incident began; battery: days per "
+                  "charge of the 1000 mAh reference cell at the energy the firmware drew that day; "
+                  "checks: the scenario's expectations met")
+
+
+def summary_table(rows: list[dict[str, Any]]) -> Any:
+    """The summary (demo.summary_rows) as a rich Table that keeps its values whole on an
+    80-column terminal: the day in a few words, the first alert with its delay after the
+    incident in one column, no vertical rules."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title="the village's day", box=box.SIMPLE_HEAD, padding=0, show_edge=False)
+    for column, justify in (("elder", "left"), ("day", "left"), ("frames", "right"), ("calls", "right"),
+                            ("alerts", "left"), ("first alert", "left"), ("battery", "right"),
+                            ("checks", "right")):
+        wraps = column == "alerts"  # one alert kind a line when they do not fit
+        table.add_column(column, justify=justify, no_wrap=not wraps,  # type: ignore[arg-type]
+                         min_width=len("card_not_worn,") if wraps else None)
+    for row in rows:
         card = row["card"]
+        day = card.day.title or card.day.scenario
         if "error" in row:
-            table.add_row(card.elder.name, card.day.scenario, "-", "-", "-", "-", "-", "-", "-", "did not run")
+            table.add_row(card.elder.name, day, "-", "-", "-", "-", "-", "did not run")
             continue
         checks = row["checks"]
         passed = sum(1 for c in checks if c.passed)
+        first = "-"
+        if row["first_alert"] is not None:
+            same_day = row["incident"] is not None and row["incident"].date() == row["first_alert"].date()
+            first = f"{row['first_alert']:%H:%M}" if same_day else f"{row['first_alert']:%d %H:%M}"
+            if row["delay_min"] is not None:
+                first += f" +{max(0, round(row['delay_min']))} min"
         table.add_row(
-            card.elder.name, card.day.scenario, str(row["frames"]), str(row["calls"]),
-            ", ".join(row["alerts"]) or "none",
-            f"{row['incident']:%H:%M}" if row["incident"] else "-",
-            f"{row['first_alert']:%m-%d %H:%M}" if row["first_alert"] else "-",
-            f"{row['delay_min']:.0f} min" if row["delay_min"] is not None else "-",
-            f"{row['days_per_charge']:.1f} days" if row["days_per_charge"] else "-",
+            card.elder.name, day, str(row["frames"]), str(row["calls"]),
+            ", ".join(row["alerts"]) or "none", first,
+            f"{row['days_per_charge']:.1f} d" if row["days_per_charge"] else "-",
             f"{passed}/{len(checks)}")
-    console.print(table)
-    console.print("battery: days per charge of the 1000 mAh reference cell at the energy the firmware "
-                  "drew that day; checks: the scenario's expectations met")
+    return table
 
 
 def _files(console: Any, village: Any, data_dir: Path, out: Path, seconds: float) -> None:

@@ -52,22 +52,23 @@ class DemoDay:
     incident: str | None       # the step that starts what the alerts are about
     until: str | None = None   # the full demo stops here (None: the scenario's end)
     quick: str | None = None   # the short demo (make test); None: not in it
+    title: str = ""            # the day in a few words (the summary's day column)
 
 
 DAYS = (
     DemoDay("林秀英", "normal-day", "an ordinary day: the market, a call to her son, a nap", None,
-            quick=None),
+            quick=None, title="ordinary day"),
     DemoDay("陈阿婆", "fall-at-home", "falls in the kitchen at 10:20 and lies still", "fall",
-            quick="5h"),
+            quick="5h", title="fall at home"),
     DemoDay("王大爷", "sos-no-answer-then-voicemail",
             "holds SOS; the first son does not answer, the second's voicemail does", "hold",
-            quick="40m"),
+            quick="40m", title="SOS"),
     DemoDay("黄奶奶", "coverage-hole-6h", "six hours without coverage in the hills, then back",
-            "coverage", until="8h"),
+            "coverage", until="8h", title="coverage hole"),
     DemoDay("张爷爷", "battery-rundown", "starts at 42 % and is never charged", "battery_low",
-            until="30h"),
+            until="30h", title="battery low"),
     DemoDay("李奶奶", "left-on-table", "leaves the card on the kitchen table all day", "carry",
-            quick="3h"),
+            quick="3h", title="card on table"),
 )
 
 
