@@ -13,6 +13,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -49,9 +50,14 @@ ACCOUNTS = {  # name: (role, cards, display name, village)
 ENGINE = "test-engine"
 
 
+def settings_tables() -> dict[str, Any]:
+    """The alert engine's settings file, as tables: every card's home."""
+    return {"devices": {str(d): {"name": NAMES_ALL[d], "home": {"lat": lat, "lon": lon}}
+                        for d, (lat, lon) in HOME.items()}}
+
+
 def settings() -> Settings:
-    return Settings(devices={str(d): {"name": NAMES_ALL[d], "home": {"lat": lat, "lon": lon}}
-                             for d, (lat, lon) in HOME.items()})
+    return Settings.from_mapping(settings_tables())
 
 
 def walk_day(now: float) -> tuple[float, str]:
@@ -193,7 +199,7 @@ def serve(data: Path, *, secure_cookies: bool = True) -> Served:
     from argon2 import PasswordHasher
 
     accounts = AccountStore(accounts_db_path(data), hasher=PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
-    app = make_app(DashboardConfig(data, settings=settings(), secure_cookies=secure_cookies), accounts)
+    app = make_app(DashboardConfig(data, settings_tables=settings_tables(), secure_cookies=secure_cookies), accounts)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            timeout_graceful_shutdown=1, lifespan="off"))

@@ -28,6 +28,7 @@ from dashboard_helpers import (
     VILLAGE,
     WANG,
     ZHAO,
+    HOME,
     EngineSide,
     Served,
     add_accounts,
@@ -226,6 +227,33 @@ def test_a_family_member_or_another_villages_grid_worker_gets_404_for_another_el
     assert family.get("/cards/123456789012345").status_code == 404
     # the administrator sees the other elder's card
     assert logged_in(served.url, "admin").get(f"/cards/{WANG}").status_code == 200
+
+
+def test_homes_come_from_the_registry_over_the_settings_file_and_follow_its_changes(
+        village: tuple[Path, Served]) -> None:
+    import json
+
+    data, served = village
+    family = logged_in(served.url, "grid")
+
+    def home(device: int) -> list[float] | None:
+        page = family.get(f"/cards/{device}").text
+        found = re.search(r'<script type="application/json" id="map-data">(.*?)</script>', page, re.S)
+        assert found, "no map data on the card's page"
+        return json.loads(found.group(1))["home"]
+
+    assert home(LI) == list(HOME[LI])  # the settings file's
+    store = SQLiteStore(ingest_db_path(data))
+    try:
+        store.save_engine_settings(None, {LI: {"home": {"lat": 24.95, "lon": 118.55}}}, time.time())
+        assert home(LI) == [24.95, 118.55]  # the registry's, without a restart
+        store.save_engine_settings({"home": {"lat": 24.0, "lon": 118.0}}, {LI: {"home": {"lat": 24.96, "lon": 118.56}}},
+                                   time.time())
+        assert home(LI) == [24.96, 118.56] and home(WANG) == list(HOME[WANG])  # a device's table wins
+    finally:
+        store.save_engine_settings({}, {LI: {}}, time.time())
+        store.close()
+    assert home(LI) == list(HOME[LI])
 
 
 def test_a_grid_worker_sees_the_cards_of_their_village_only(village: tuple[Path, Served]) -> None:

@@ -24,7 +24,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help=f"address to listen on (default {DEFAULT_LISTEN}; put a TLS proxy in "
                             "front for anything beyond this machine: the session cookie is Secure)")
     serve.add_argument("--settings", metavar="FILE",
-                       help="the alert engine's settings file (homes, time zones, offline and battery limits)")
+                       help="the alert engine's settings file (homes, time zones, offline and battery limits); "
+                            "the registry's engine settings (`carecard alerts settings`) override it as in the engine")
+    serve.add_argument("--store", default="sqlite", metavar="sqlite|URL",
+                       help="the receivers' store: sqlite (default, in the data folder) or "
+                            "postgresql://USER@HOST:PORT/DATABASE (docs/operations.md); the query store "
+                            "(events.sqlite) and the accounts stay in the data folder")
     serve.add_argument("--tiles", metavar="URL",
                        help="map tile URL template, e.g. https://tiles.example/{z}/{x}/{y}.png "
                             "(default: none; the track is drawn on a plain background)")
@@ -46,6 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="a card this account sees (repeatable; exactly one for family)")
     add.add_argument("--village", metavar="NAME", help="a grid worker's village: they see its cards")
     add.add_argument("--display-name", default="", metavar="TEXT", help="shown on pages and in acknowledgements")
+    add.add_argument("--store", default="sqlite", metavar="sqlite|URL",
+                     help="the receivers' store the --card IMEIs are registered in (as for serve)")
     add.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
     add_data_options(add, top=False)
     add.set_defaults(func=run_users_add)
@@ -105,12 +112,27 @@ def run_users_add(args: argparse.Namespace) -> int:
 
 
 def _registered(args: argparse.Namespace) -> set[int]:
-    from carecard.host.dashboard.cards import CardData, DataError
+    from carecard.host.dashboard.cards import CardData, DataError, registry_source
 
     try:
-        return set(CardData(data_dir_of(args).path).devices())
+        source = registry_source(_store(args), data_dir_of(args).path)
     except DataError as exc:
         raise CommandFailed(str(exc)) from None
+    try:
+        return set(CardData(data_dir_of(args).path, source=source).devices())
+    except DataError as exc:
+        raise CommandFailed(str(exc)) from None
+    finally:
+        source.close()
+
+
+def _store(args: argparse.Namespace) -> str:
+    from carecard.host.storage import check_store_setting
+
+    try:
+        return check_store_setting(args.store, "--store")
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def run_users_list(args: argparse.Namespace) -> int:
@@ -151,24 +173,32 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from carecard.host.dashboard.app import DashboardConfig, make_app
+    from carecard.host.dashboard.cards import DataError
     from carecard.host.engine.settings import Settings, SettingsError
 
     host, port = parse_listen(args.listen)
+    store = _store(args)
     data = data_dir_of(args, write=True)
-    settings = None
+    tables = None
     if args.settings:
         try:
-            settings = Settings.load(args.settings)
+            tables = Settings.load_tables(args.settings)
         except SettingsError as exc:
             raise CommandFailed(str(exc)) from None
-    app = make_app(DashboardConfig(data.path, tile_url=args.tiles, tile_attribution=args.tile_attribution,
-                                   settings=settings))
+    try:
+        app = make_app(DashboardConfig(data.path, tile_url=args.tiles, tile_attribution=args.tile_attribution,
+                                       settings_tables=tables, store=store))
+    except DataError as exc:
+        raise CommandFailed(str(exc)) from None
     try:  # bound here so a busy or forbidden address is one line and exit status 1
         sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
     except OSError as exc:
         raise CommandError(f"cannot listen on {args.listen}: {exc.strerror or exc}", status=EXIT_FAILED) from None
     print(f"dashboard on http://{args.listen}/ (data {data.path})", file=sys.stderr, flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
-    with sock:
-        server.run(sockets=[sock])
+    try:
+        with sock:
+            server.run(sockets=[sock])
+    finally:
+        app.state.data.source.close()
     return 0

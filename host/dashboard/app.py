@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Mapping
 from urllib.parse import urlsplit
 
 from jinja2 import pass_context
@@ -33,10 +33,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from carecard.host.dashboard.accounts import AccountStore, LoginLimiter, Session, accounts_db_path
-from carecard.host.dashboard.cards import CardData, CardSummary
+from carecard.host.dashboard.cards import CardData, CardSummary, registry_source
 from carecard.host.dashboard.i18n import DEFAULT_LANGUAGE, LANGUAGES, translate
-from carecard.host.engine.settings import Settings
-from carecard.host.paths import ingest_db_path
 from carecard.host.storage import AlertActionError
 
 HERE = Path(__file__).parent
@@ -54,7 +52,10 @@ class DashboardConfig:
     data_dir: Path
     tile_url: str | None = None  # e.g. https://tile.example/{z}/{x}/{y}.png; None: plain background
     tile_attribution: str = ""
-    settings: Settings | None = None  # the alert engine's settings (homes, time zones, limits)
+    # the alert engine's settings file as tables (Settings.load_tables; homes, time zones, limits),
+    # overridden by the registry's engine settings as the engine does
+    settings_tables: Mapping[str, Any] | None = None
+    store: str = "sqlite"  # the receivers' store: "sqlite" (DATA/carecard.sqlite) or a PostgreSQL URL
     secure_cookies: bool = True
     limiter: LoginLimiter | None = None  # None: kept in the accounts database (DATA/dashboard.sqlite)
 
@@ -91,7 +92,7 @@ def _battery_svg(points: list[tuple[float, int]], width: int = 600, height: int 
 
 
 def make_app(config: DashboardConfig, accounts: AccountStore | None = None) -> Starlette:
-    data = CardData(config.data_dir, config.settings)
+    data = CardData(config.data_dir, config.settings_tables, registry_source(config.store, config.data_dir))
     store = accounts or AccountStore(accounts_db_path(config.data_dir))
     limiter = config.limiter or LoginLimiter(accounts_db_path(config.data_dir))
     templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -302,7 +303,7 @@ def make_app(config: DashboardConfig, accounts: AccountStore | None = None) -> S
             by = account.display_name if account.display_name == account.name else \
                 f"{account.display_name} ({account.name})"
             try:
-                await run_in_threadpool(_request_action, config.data_dir, alert_id, action, by, reason)
+                await run_in_threadpool(data.request_action, alert_id, action, by, reason)
             except AlertActionError as exc:
                 return await alerts_response(request, session, str(exc), 409)
             return RedirectResponse(back_to(form, "/alerts"), status_code=303)
@@ -360,13 +361,3 @@ def make_app(config: DashboardConfig, accounts: AccountStore | None = None) -> S
     app.state.data = data
     return app
 
-
-def _request_action(data_dir: Path, alert_id: str, action: str, by: str, reason: str | None) -> None:
-    """Queue the request for the engine (the one path every alert change takes)."""
-    from carecard.host.storage.sqlite.store import SQLiteStore
-
-    store = SQLiteStore(ingest_db_path(data_dir), readonly_lookups=False)
-    try:
-        store.request_alert_action(alert_id, action, by, reason=reason, source="dashboard", now=time.time())
-    finally:
-        store.close()

@@ -1,9 +1,12 @@
-"""What the dashboard shows, read from the receiver's files without writing to them:
+"""What the dashboard shows, read from the receivers' store and files:
 
-- the device registry and the engine's alerts and alert requests (DATA/carecard.sqlite, read-only
-  connections; storage.sqlite's readers);
+- the device registry, the engine's alerts and alert requests and the engine's settings in the
+  registry: from DATA/carecard.sqlite (read-only connections; storage.sqlite's readers) or a
+  PostgreSQL store (RegistrySource); the one thing written there is an alert request;
 - the SQLite sink's query store (DATA/events.sqlite): statuses, positions, events of a day;
-- the alert engine's settings file when given (homes, time zones, offline and battery limits).
+- the alert engine's settings: the settings file's tables when given, overridden key by key by
+  the registry's (as the engine combines them), read again when the registry generation moves
+  (homes, time zones, offline and battery limits).
 
 A card's state at a glance, the first that applies:
 
@@ -20,19 +23,22 @@ A card's state at a glance, the first that applies:
 
 from __future__ import annotations
 
+import abc
 import json
+import logging
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
-from carecard.host.engine.settings import DeviceSettings, Settings
+from carecard.host.engine.settings import DeviceSettings, Settings, SettingsError
 from carecard.host.events import event_from_message
 from carecard.host.files import connect_readonly
 from carecard.host.paths import events_db_path, ingest_db_path
-from carecard.host.storage import AlertAction, AlertRecord, DeviceRecord
+from carecard.host.storage import AlertAction, AlertRecord, DeviceRecord, StoreError
 from carecard.host.storage.sqlite import alerts as alert_tables
 from carecard.host.storage.sqlite.store import load_devices
 from carecard.protocol import ProtocolError, parse_opened
@@ -40,6 +46,7 @@ from carecard.protocol import ProtocolError, parse_opened
 STATES = ("alert_open", "check_needed", "offline", "battery_low", "not_worn", "fine")
 STATE_RANK = {state: rank for rank, state in enumerate(STATES)}
 BATTERY_DAYS = 28
+log = logging.getLogger("carecard.dashboard")
 
 
 class DataError(RuntimeError):
@@ -95,18 +102,50 @@ class AlertView:
         return [a for a in self.actions if a.outcome is None]
 
 
-class CardData:
-    """Read-only queries for the pages. Every call opens its own read-only connections (the
-    receiver, the sink and the engine write those files from other processes)."""
+class RegistrySource(abc.ABC):
+    """The dashboard's side of the receivers' store: the registry, the alerts and their requests,
+    the engine's settings in the registry, and the one write, queueing an alert request."""
 
-    def __init__(self, data_dir: Path | str, settings: Settings | None = None):
+    @abc.abstractmethod
+    def devices(self) -> dict[int, DeviceRecord]:
+        """Every registry row (registered ones have a name). Raises DataError."""
+
+    @abc.abstractmethod
+    def alerts(self, device: int | None = None, states: tuple[str, ...] | None = None,
+               limit: int | None = None) -> tuple[list[AlertRecord], list[AlertAction]]:
+        """(the alerts, as storage's list_alerts orders them; every alert request). Raises DataError."""
+
+    @abc.abstractmethod
+    def alert(self, alert_id: str) -> AlertRecord | None:
+        """One alert, None when there is none of that id."""
+
+    @abc.abstractmethod
+    def engine_settings(self) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+        """The engine's settings saved in the registry (storage.EngineSettingsStore)."""
+
+    @abc.abstractmethod
+    def generation(self) -> int | None:
+        """The registry generation (None: no store yet)."""
+
+    @abc.abstractmethod
+    def change_mark(self) -> tuple[Any, ...]:
+        """A value that moves whenever the registry, the alerts or their requests change."""
+
+    @abc.abstractmethod
+    def request_action(self, alert_id: str, action: str, by: str, reason: str | None, now: float) -> None:
+        """Queue an alert request for the engine (AlertStore.request_alert_action, source
+        "dashboard"). Raises AlertActionError."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+class SQLiteSource(RegistrySource):
+    """DATA/carecard.sqlite. Every read opens its own read-only connection (the receiver and the
+    engine write the file from other processes)."""
+
+    def __init__(self, data_dir: Path | str):
         self.data_dir = Path(data_dir)
-        self.settings = settings or Settings()
-
-    def settings_for(self, device: int) -> DeviceSettings:
-        return self.settings.for_device(str(device))
-
-    # --- connections ----------------------------------------------------------------------
 
     def _ingest(self) -> sqlite3.Connection | None:
         path = ingest_db_path(self.data_dir)
@@ -114,27 +153,19 @@ class CardData:
             return None
         return connect_readonly(path, DataError, where=f"database {path}")
 
-    def _query(self) -> sqlite3.Connection | None:
-        path = events_db_path(self.data_dir)
-        if not path.exists():
-            return None
-        return connect_readonly(path, DataError, where=f"query store {path}")
-
-    # --- reads ----------------------------------------------------------------------------
-
     def devices(self) -> dict[int, DeviceRecord]:
         conn = self._ingest()
         if conn is None:
             return {}
         try:
-            return {d: r for d, r in load_devices(conn).items() if r.name}
+            return load_devices(conn)
         except sqlite3.Error as exc:
             raise DataError(f"cannot read the device registry: {exc}") from None
         finally:
             conn.close()
 
-    def _alerts(self, device: int | None = None, states: tuple[str, ...] | None = None,
-                limit: int | None = None) -> tuple[list[AlertRecord], list[AlertAction]]:
+    def alerts(self, device: int | None = None, states: tuple[str, ...] | None = None,
+               limit: int | None = None) -> tuple[list[AlertRecord], list[AlertAction]]:
         conn = self._ingest()
         if conn is None:
             return [], []
@@ -149,14 +180,49 @@ class CardData:
             conn.close()
         return alerts, actions
 
+    def alert(self, alert_id: str) -> AlertRecord | None:
+        conn = self._ingest()
+        if conn is None:
+            return None
+        try:
+            return alert_tables.get_alert(conn, alert_id)
+        except sqlite3.OperationalError:
+            return None
+        finally:
+            conn.close()
+
+    def engine_settings(self) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+        conn = self._ingest()
+        if conn is None:
+            return {}, {}
+        try:
+            return alert_tables.load_engine_settings(conn)
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return {}, {}
+            raise DataError(f"cannot read the engine's settings: {exc}") from None
+        finally:
+            conn.close()
+
+    def generation(self) -> int | None:
+        conn = self._ingest()
+        if conn is None:
+            return None
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE name = 'registry_generation'").fetchone()
+        except sqlite3.OperationalError:
+            return None
+        finally:
+            conn.close()
+        return None if row is None else int(row[0])
+
     def change_mark(self) -> tuple[Any, ...]:
-        """A value that changes when anything a page shows may have changed: the event log's
-        last seq, the alerts' and requests' latest changes, the query store's row count."""
         mark: list[Any] = []
         conn = self._ingest()
         if conn is not None:
             try:
-                for sql in ("SELECT seq FROM sqlite_sequence WHERE name = 'event_log'", "SELECT MAX(updated_at), COUNT(*) FROM alerts",
+                for sql in ("SELECT seq FROM sqlite_sequence WHERE name = 'event_log'",
+                            "SELECT MAX(updated_at), COUNT(*) FROM alerts",
                             "SELECT MAX(id), MAX(handled_at) FROM alert_actions",
                             "SELECT value FROM meta WHERE name = 'registry_generation'"):
                     try:
@@ -165,6 +231,140 @@ class CardData:
                         mark.append(None)
             finally:
                 conn.close()
+        return tuple(mark)
+
+    def request_action(self, alert_id: str, action: str, by: str, reason: str | None, now: float) -> None:
+        from carecard.host.storage.sqlite.store import SQLiteStore
+
+        store = SQLiteStore(ingest_db_path(self.data_dir), readonly_lookups=False)
+        try:
+            store.request_alert_action(alert_id, action, by, reason=reason, source="dashboard", now=now)
+        finally:
+            store.close()
+
+
+class StoreSource(RegistrySource):
+    """A store with the registry, alert and engine-settings interfaces (the PostgreSQL store) and
+    its event log reader."""
+
+    def __init__(self, store: Any, eventlog: Any):
+        self.store = store
+        self.eventlog = eventlog
+
+    @staticmethod
+    def _call(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (StoreError, RuntimeError) as exc:  # RuntimeError: the event log's EventLogError
+            raise DataError(f"cannot read {what}: {exc}") from None
+
+    def devices(self) -> dict[int, DeviceRecord]:
+        return self._call("the device registry", self.store.load_devices)
+
+    def alerts(self, device: int | None = None, states: tuple[str, ...] | None = None,
+               limit: int | None = None) -> tuple[list[AlertRecord], list[AlertAction]]:
+        alerts = self._call("the alerts", self.store.list_alerts, device=device, states=states, limit=limit)
+        return alerts, self._call("the alert requests", self.store.list_alert_actions)
+
+    def alert(self, alert_id: str) -> AlertRecord | None:
+        return self._call("the alerts", self.store.get_alert, alert_id)
+
+    def engine_settings(self) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+        return self._call("the engine's settings", self.store.load_engine_settings)
+
+    def generation(self) -> int | None:
+        return self._call("the registry generation", self.store.generation)
+
+    def change_mark(self) -> tuple[Any, ...]:
+        # an engine's change of an alert appends its alert event; a request is a new action row
+        latest = self._call("the alert requests", self.store.list_alert_actions, limit=1)
+        active = self._call("the alerts", self.store.list_alerts, states=("open", "acknowledged"))
+        return (self.generation(), self._call("the event log", self.eventlog.last_seq),
+                tuple((a.id, a.outcome) for a in latest),
+                tuple((a.id, a.state, a.step, a.updated_at) for a in active))
+
+    def request_action(self, alert_id: str, action: str, by: str, reason: str | None, now: float) -> None:
+        self.store.request_alert_action(alert_id, action, by, reason=reason, source="dashboard", now=now)
+
+    def close(self) -> None:
+        self.store.close()
+        self.eventlog.close()
+
+
+def registry_source(store: str, data_dir: Path | str) -> RegistrySource:
+    """The source a `store` setting names ("sqlite" or a PostgreSQL URL). Raises DataError."""
+    if store == "sqlite":
+        return SQLiteSource(data_dir)
+    from carecard.host.storage import event_log_for, ingest_store_for
+
+    try:
+        opened = ingest_store_for(store, data_dir)
+    except StoreError as exc:
+        raise DataError(str(exc)) from None
+    try:
+        eventlog = event_log_for(store, data_dir)
+    except RuntimeError as exc:  # EventLogError
+        opened.close()
+        raise DataError(str(exc)) from None
+    return StoreSource(opened, eventlog)
+
+
+class CardData:
+    """Queries for the pages from a RegistrySource (SQLite by default) and the query store
+    DATA/events.sqlite (a read-only connection each call); the one write is request_action."""
+
+    def __init__(self, data_dir: Path | str, settings_tables: Mapping[str, Any] | None = None,
+                 source: RegistrySource | None = None):
+        self.data_dir = Path(data_dir)
+        self.source = source or SQLiteSource(self.data_dir)
+        self.settings_tables = dict(settings_tables or {})
+        self.settings = Settings.from_mapping(self.settings_tables)
+        self._settings_generation: int | None = None
+        self._settings_lock = threading.Lock()
+
+    def refresh_settings(self) -> Settings:
+        """The settings file's tables combined with the registry's (as the engine combines
+        them), read again when the registry generation has moved since the last time."""
+        generation = self.source.generation()
+        with self._settings_lock:
+            if generation is None or generation == self._settings_generation:
+                return self.settings
+            defaults, devices = self.source.engine_settings()
+            try:
+                self.settings = Settings.combine(
+                    self.settings_tables, {"defaults": defaults, "devices": {str(d): t for d, t in devices.items()}},
+                    where="settings file + registry")
+            except SettingsError as exc:  # checked when saved: only a store another version wrote
+                log.warning("the engine's settings in the registry are not usable (%s): the file's are shown", exc)
+            self._settings_generation = generation
+            return self.settings
+
+    def settings_for(self, device: int) -> DeviceSettings:
+        return self.settings.for_device(str(device))
+
+    def _query(self) -> sqlite3.Connection | None:
+        path = events_db_path(self.data_dir)
+        if not path.exists():
+            return None
+        return connect_readonly(path, DataError, where=f"query store {path}")
+
+    # --- reads ----------------------------------------------------------------------------
+
+    def devices(self) -> dict[int, DeviceRecord]:
+        """The registered devices (those with a name in the registry)."""
+        return {d: r for d, r in self.source.devices().items() if r.name}
+
+    def _alerts(self, device: int | None = None, states: tuple[str, ...] | None = None,
+                limit: int | None = None) -> tuple[list[AlertRecord], list[AlertAction]]:
+        return self.source.alerts(device, states, limit)
+
+    def request_action(self, alert_id: str, action: str, by: str, reason: str | None) -> None:
+        self.source.request_action(alert_id, action, by, reason, time.time())
+
+    def change_mark(self) -> tuple[Any, ...]:
+        """A value that changes when anything a page shows may have changed: the store's mark
+        (event log, alerts, requests, registry generation) and the query store's last row."""
+        mark: list[Any] = list(self.source.change_mark())
         query = self._query()
         if query is not None:
             try:
@@ -183,6 +383,7 @@ class CardData:
     def summaries(self, devices: list[int] | None = None, now: float | None = None) -> list[CardSummary]:
         """The cards (all registered, or those of `devices`), the ones needing someone first."""
         now = time.time() if now is None else now
+        self.refresh_settings()
         registry = self.devices()
         wanted = [d for d in registry if devices is None or d in devices]
         alerts, actions = self._alerts(states=("open", "acknowledged"))
@@ -256,15 +457,7 @@ class CardData:
         return [AlertView(a, names.get(a.device, str(a.device)), by_alert.get(a.id, [])) for a in active + closed]
 
     def alert(self, alert_id: str) -> AlertRecord | None:
-        conn = self._ingest()
-        if conn is None:
-            return None
-        try:
-            return alert_tables.get_alert(conn, alert_id)
-        except sqlite3.OperationalError:
-            return None
-        finally:
-            conn.close()
+        return self.source.alert(alert_id)
 
     def card(self, device: int, day: str | None = None, now: float | None = None) -> CardDetail | None:
         """A card's page: None when it is not registered."""
