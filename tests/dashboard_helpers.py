@@ -73,6 +73,13 @@ def walk_day(now: float) -> tuple[float, str]:
     return end, datetime.fromtimestamp(end, zone).strftime("%Y-%m-%d")
 
 
+def register_village(store: Any, data: Path) -> None:
+    """The village's four cards in `store`'s registry (their keys in DATA/keys.json)."""
+    add_devices(store, data, [DeviceSpec(d, name, key_for(d), [
+        Contact(1, "+8613800138001", "儿子"), Contact(4, "+8613900139000", "网格员小林")], village=VILLAGE)
+        for d, name in NAMES.items()] + [DeviceSpec(ZHAO, NAMES_ALL[ZHAO], key_for(ZHAO), village=OTHER_VILLAGE)])
+
+
 def make_village(data: Path, now: float | None = None) -> str:
     """Register the three cards, feed each 18 positions (every 10 minutes for three hours, a walk
     from home and back, all on one local day: see walk_day) and a status, and deliver them to
@@ -81,9 +88,7 @@ def make_village(data: Path, now: float | None = None) -> str:
     walk_end, local_day = walk_day(now)
     store = SQLiteStore(ingest_db_path(data), readonly_lookups=False)
     try:
-        add_devices(store, data, [DeviceSpec(d, name, key_for(d), [
-            Contact(1, "+8613800138001", "儿子"), Contact(4, "+8613900139000", "网格员小林")], village=VILLAGE)
-            for d, name in NAMES.items()] + [DeviceSpec(ZHAO, NAMES_ALL[ZHAO], key_for(ZHAO), village=OTHER_VILLAGE)])
+        register_village(store, data)
     finally:
         store.close()
     harness = Harness(data, {d: key_for(d) for d in HOME})
@@ -139,8 +144,9 @@ class EngineSide:
     """The alert engine's storage side, as the engine commits: raise an alert (its row and its
     alert event, atomically) and handle the queued requests."""
 
-    def __init__(self, data: Path):
-        self.store = SQLiteStore(ingest_db_path(data), readonly_lookups=False)
+    def __init__(self, data: Path, store: Any = None):
+        """On DATA/carecard.sqlite, or on `store` (closed with this)."""
+        self.store = store or SQLiteStore(ingest_db_path(data), readonly_lookups=False)
         self.cursor = 0
 
     def close(self) -> None:

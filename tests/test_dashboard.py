@@ -33,6 +33,7 @@ from dashboard_helpers import (
     Served,
     add_accounts,
     make_village,
+    register_village,
     serve,
 )
 
@@ -393,3 +394,52 @@ def test_an_accounts_database_from_before_villages_gets_the_column(tmp_path: Pat
         assert store.get("xiao") == new and new.may_see(LI, VILLAGE) and not new.may_see(ZHAO, OTHER_VILLAGE)
     finally:
         store.close()
+
+
+def test_serve_on_the_postgresql_store(pg_cluster, tmp_path: Path) -> None:  # noqa: ANN001
+    """`carecard serve --store postgresql://...` (a real process): the registry, its villages and
+    engine settings, the alerts and the requests are the PostgreSQL store's."""
+    import subprocess
+    import sys
+
+    from carecard.host.storage.postgresql import PostgreSQLStore
+
+    from dashboard_helpers import free_port
+
+    url = pg_cluster.new_database()
+    data = tmp_path / "data"
+    data.mkdir()
+    store = PostgreSQLStore(url)
+    register_village(store, data)
+    store.save_engine_settings(None, {CHEN: {"home": {"lat": 24.93, "lon": 118.57}}}, time.time())
+    engine = EngineSide(data, store)
+    try:
+        alert = engine.raise_sos(CHEN, time.time())
+        add_accounts(data)
+        port = free_port()
+        process = subprocess.Popen([sys.executable, "-m", "carecard.host.cli", "serve", "--data", str(data),
+                                    "--store", url, "--listen", f"127.0.0.1:{port}"],
+                                   stderr=subprocess.PIPE, text=True)
+        try:
+            assert process.stderr is not None
+            started = process.stderr.readline()
+            assert started.startswith("dashboard on"), started + process.stderr.read()
+            base = f"http://127.0.0.1:{port}"
+            grid = logged_in(base, "grid")
+            overview = grid.get("/").text
+            assert re.findall(r'id="card-(\d+)" data-state="(\w+)"', overview)[0] == (str(CHEN), "alert_open")
+            assert f'id="card-{WANG}"' in overview and f'id="card-{ZHAO}"' not in overview
+            card = grid.get(f"/cards/{CHEN}").text
+            assert '"home": [24.93, 118.57]' in card and f'id="alert-{alert.id}"' in card
+            acked = grid.post(f"/alerts/{alert.id}/acknowledge", {"csrf": grid.session_csrf(), "next": "/"})
+            assert acked.status_code == 303
+            (request,) = store.pending_alert_actions()
+            assert (request.alert_id, request.action, request.source) == (alert.id, "acknowledge", "dashboard")
+            family = logged_in(base, "chen_son")
+            assert family.get(f"/cards/{WANG}").status_code == 404
+            assert family.get(f"/cards/{CHEN}").status_code == 200
+        finally:
+            process.terminate()
+            process.wait(20)
+    finally:
+        engine.close()
