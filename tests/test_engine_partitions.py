@@ -26,6 +26,26 @@ from test_engine_receiver import SETTINGS, _until
 PARTITIONS = 4
 
 
+def _partitioned_engine(pg_cluster, tmp_path: Path, first_imei: int, count: int, engine: str):
+    """A fresh PostgreSQL database with `count` registered cards (IMEIs from `first_imei`) and a
+    receiver config whose engine runs separately with the `[engine]` lines given."""
+    url = pg_cluster.new_database()
+    devices = [make_imei(first_imei + i) for i in range(count)]
+    store = PostgreSQLStore(url)
+    try:
+        add_devices(store, tmp_path, [DeviceSpec(d, f"card {i}", key_for(d)) for i, d in enumerate(devices)])
+    finally:
+        store.close()
+    (tmp_path / "engine.toml").write_text(SETTINGS)
+    config_file = tmp_path / "carecard.toml"
+    config_file.write_text(f'sinks = []\n\n[receive]\nstore = "{url}"\n\n[engine]\nrun = "separately"\n'
+                           f'settings = "engine.toml"\n{engine}')
+    config = load_config(config_file)
+    config.udp = [Endpoint("127.0.0.1", 0)]
+    config.data_dir = tmp_path
+    return url, devices, config_file, config
+
+
 def _raised(url: str) -> list[tuple[str, float, str]]:
     """(device, raised at, the SOS event's id) of every SOS alert raised in the log."""
     with PostgreSQLEventLog(url) as log:
@@ -42,22 +62,10 @@ def _received(url: str) -> dict[str, float]:
 
 
 def test_two_workers_share_the_partitions_and_one_takes_over_when_the_other_is_killed(pg_cluster, tmp_path: Path) -> None:
-    url = pg_cluster.new_database()
-    devices = [make_imei(86123456100000 + i) for i in range(8)]
+    url, devices, config_file, config = _partitioned_engine(pg_cluster, tmp_path, 86123456100000, 8,
+                                                            f"poll_s = 0.3\npartitions = {PARTITIONS}\n")
     assert {d % PARTITIONS for d in devices} == set(range(PARTITIONS))
-    store = PostgreSQLStore(url)
-    try:
-        add_devices(store, tmp_path, [DeviceSpec(d, f"card {i}", key_for(d)) for i, d in enumerate(devices)])
-    finally:
-        store.close()
     cards = [Card(d, key_for(d)) for d in devices]
-    (tmp_path / "engine.toml").write_text(SETTINGS)
-    config_file = tmp_path / "carecard.toml"
-    config_file.write_text(f'sinks = []\n\n[receive]\nstore = "{url}"\n\n[engine]\nrun = "separately"\n'
-                           f'settings = "engine.toml"\npoll_s = 0.3\npartitions = {PARTITIONS}\n')
-    config = load_config(config_file)
-    config.udp = [Endpoint("127.0.0.1", 0)]
-    config.data_dir = tmp_path
     workers = [EngineCli(config_file, tmp_path), EngineCli(config_file, tmp_path)]
     client = udp_client()
     try:
@@ -100,20 +108,8 @@ def _metrics_port(worker: EngineCli) -> int:
 
 
 def test_an_engine_worker_run_alone_serves_its_partitions_leases_and_lag_at_metrics(pg_cluster, tmp_path: Path) -> None:
-    url = pg_cluster.new_database()
-    devices = [make_imei(86123456300000 + i) for i in range(4)]
-    store = PostgreSQLStore(url)
-    try:
-        add_devices(store, tmp_path, [DeviceSpec(d, f"card {i}", key_for(d)) for i, d in enumerate(devices)])
-    finally:
-        store.close()
-    (tmp_path / "engine.toml").write_text(SETTINGS)
-    config_file = tmp_path / "carecard.toml"
-    config_file.write_text(f'sinks = []\n\n[receive]\nstore = "{url}"\n\n[engine]\nrun = "separately"\n'
-                           f'settings = "engine.toml"\npoll_s = 0.2\npartitions = 2\n')
-    config = load_config(config_file)
-    config.udp = [Endpoint("127.0.0.1", 0)]
-    config.data_dir = tmp_path
+    url, devices, config_file, config = _partitioned_engine(pg_cluster, tmp_path, 86123456300000, 4,
+                                                            "poll_s = 0.2\npartitions = 2\n")
     names = ["engine-0-of-2", "engine-1-of-2"]
     worker = EngineCli(config_file, tmp_path, "--metrics", "127.0.0.1:0")
     client = udp_client()
@@ -157,22 +153,10 @@ def test_a_worker_joining_later_gets_its_fair_share_and_a_hung_workers_partition
     (SIGSTOP: its database sessions live on, it renews nothing): after its lease A takes its
     partitions and raises the SOS alerts due there, each once. B resumes: it has lost its leases,
     stands by, and gets its share back; no alert is raised twice."""
-    url = pg_cluster.new_database()
-    devices = [make_imei(86123456400000 + i) for i in range(8)]
+    url, devices, config_file, config = _partitioned_engine(pg_cluster, tmp_path, 86123456400000, 8,
+                                                            f"poll_s = 0.2\nlease_s = 2\npartitions = {PARTITIONS}\n")
     assert {d % PARTITIONS for d in devices} == set(range(PARTITIONS))
-    store = PostgreSQLStore(url)
-    try:
-        add_devices(store, tmp_path, [DeviceSpec(d, f"card {i}", key_for(d)) for i, d in enumerate(devices)])
-    finally:
-        store.close()
     cards = [Card(d, key_for(d)) for d in devices]
-    (tmp_path / "engine.toml").write_text(SETTINGS)
-    config_file = tmp_path / "carecard.toml"
-    config_file.write_text(f'sinks = []\n\n[receive]\nstore = "{url}"\n\n[engine]\nrun = "separately"\n'
-                           f'settings = "engine.toml"\npoll_s = 0.2\nlease_s = 2\npartitions = {PARTITIONS}\n')
-    config = load_config(config_file)
-    config.udp = [Endpoint("127.0.0.1", 0)]
-    config.data_dir = tmp_path
     a = EngineCli(config_file, tmp_path, "--metrics", "127.0.0.1:0")
     workers = [a]
     client = udp_client()
