@@ -491,17 +491,7 @@ def alert_event(device: int | str, alert_kind: str, details: Mapping[str, Any], 
         alert_id = f"{device_text}-alert-{alert_kind}-{round(when * 1000)}"
     elif not isinstance(alert_id, str) or not 0 < len(alert_id) <= 200:
         raise EventError(f"{where}: alert_id must be non-empty text of at most 200 characters")
-    stamp = iso_utc(when, millis=True)
-    return {
-        "schema": SCHEMA_VERSION,
-        "id": alert_id,
-        "kind": ALERT_KIND,
-        "device": device_text,
-        "counter": None,
-        "time": stamp,
-        "received_at": stamp,
-        "data": {"alert": alert_kind, "details": plain_details},
-    }
+    return _host_event(ALERT_KIND, alert_id, device_text, when, {"alert": alert_kind, "details": plain_details})
 
 
 def registry_event(device: int | str, change: str, at: float) -> dict[str, Any]:
@@ -514,14 +504,20 @@ def registry_event(device: int | str, change: str, at: float) -> dict[str, Any]:
     if change not in REGISTRY_CHANGES:
         raise EventError(f"{where}: change must be one of {', '.join(REGISTRY_CHANGES)}")
     when = _check_received_at(at, where)
+    return _host_event(REGISTRY_KIND, f"{device_text}-registry-{change}-{round(when * 1000)}", device_text, when,
+                       {"change": change})
+
+
+def _host_event(kind: str, event_id: str, device_text: str, when: float, data: dict[str, Any]) -> dict[str, Any]:
+    """An event the host makes (no frame, so no counter): its time and received_at are both `when`."""
     stamp = iso_utc(when, millis=True)
     return {
         "schema": SCHEMA_VERSION,
-        "id": f"{device_text}-registry-{change}-{round(when * 1000)}",
-        "kind": REGISTRY_KIND,
+        "id": event_id,
+        "kind": kind,
         "device": device_text,
         "counter": None,
         "time": stamp,
         "received_at": stamp,
-        "data": {"change": change},
+        "data": data,
     }
