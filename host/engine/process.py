@@ -46,6 +46,7 @@ from typing import Any, Callable, Mapping
 from carecard.host import pidlock
 from carecard.host.engine.runner import ENGINE_NAME, EngineRunner, EngineThread
 from carecard.host.receiver.childproc import ChildProcess, ChildProcessError, ParentPipe, child_main, parent_lines
+from carecard.host.storage import is_postgresql_url
 
 log = logging.getLogger("carecard.engine")
 
@@ -78,10 +79,6 @@ def engine_config(config: Any) -> dict[str, Any]:
 
 
 # --- one engine per name and store ---------------------------------------------------------------
-
-def _is_postgresql(store: str) -> bool:
-    return store.startswith(("postgresql://", "postgres://"))
-
 
 # The lease of an engine name on PostgreSQL (table engine_lease): taken when free, when its time
 # ran out (a hung holder stops renewing it, though its session lives) or when its holder's
@@ -129,7 +126,7 @@ class EngineLock:
 
     @property
     def where(self) -> str:
-        if _is_postgresql(self.store):
+        if is_postgresql_url(self.store):
             from carecard.host.storage.postgresql.store import display_name
 
             return f"a lease in engine_lease on {display_name(self.store)}"
@@ -155,7 +152,7 @@ class EngineLock:
 
     def _try(self) -> bool:
         self.acquired_at = None
-        taken = self._try_postgresql() if _is_postgresql(self.store) else self._try_file()
+        taken = self._try_postgresql() if is_postgresql_url(self.store) else self._try_file()
         if taken:
             self.acquired_at = time.time()
             log.info("engine %s: lease taken (%s)", self.name, self.where)
@@ -214,7 +211,7 @@ class EngineLock:
     def renew(self) -> bool:
         """Still ours? Called by the thread that steps, between steps: extends the lease when a
         third of it has passed; gives it up when this worker holds more than its fair share."""
-        if self._fd is not None or not _is_postgresql(self.store):
+        if self._fd is not None or not is_postgresql_url(self.store):
             return self.held()
         if not self.held():
             return False
@@ -244,7 +241,7 @@ class EngineLock:
 
     def holder(self) -> str:
         """Who holds the lock, for the log (the pid written in the lock file, the lease's holder)."""
-        if _is_postgresql(self.store):
+        if is_postgresql_url(self.store):
             try:
                 row = self._connect().execute(_LEASE_READ, (self.name,)).fetchone()
             except Exception:  # for a log line only
@@ -298,7 +295,7 @@ class LeaseBudget:
                  holder_id: str | None = None, ttl: float = LEASE_S):
         self.interval = interval
         self.count = count
-        self.store = store if store and _is_postgresql(store) else None
+        self.store = store if store and is_postgresql_url(store) else None
         self.holder_id = holder_id or worker_id()
         self.ttl = ttl
         self.lock = threading.RLock()

@@ -563,10 +563,15 @@ STORE_SQLITE = "sqlite"
 STORE_URL_SCHEMES = ("postgresql://", "postgres://")
 
 
+def is_postgresql_url(text: str) -> bool:
+    """Whether a `store` setting names a PostgreSQL database (else it is "sqlite")."""
+    return text.startswith(STORE_URL_SCHEMES)
+
+
 def check_store_setting(value: Any, where: str) -> str:
     """The `store` setting: "sqlite" (the embedded default, in the data folder) or a PostgreSQL
     URL. Raises ValueError naming `where` and the accepted forms."""
-    if isinstance(value, str) and (value == STORE_SQLITE or value.startswith(STORE_URL_SCHEMES)):
+    if isinstance(value, str) and (value == STORE_SQLITE or is_postgresql_url(value)):
         return value
     shown = value.split("@")[-1] if isinstance(value, str) else repr(value)
     raise ValueError(f"{where}: store must be \"sqlite\" or a PostgreSQL URL "
@@ -576,7 +581,7 @@ def check_store_setting(value: Any, where: str) -> str:
 def ingest_store_for(setting: str, data_dir: Any, durability: str = "full") -> Any:
     """The store a `store` setting names: SQLiteStore in DATA/carecard.sqlite, or PostgreSQLStore.
     Raises StoreError."""
-    if setting.startswith(STORE_URL_SCHEMES):
+    if is_postgresql_url(setting):
         from carecard.host.storage.postgresql import PostgreSQLStore
 
         return PostgreSQLStore(setting)
@@ -590,7 +595,7 @@ def registry_reader_for(setting: str, data_dir: Any) -> RegistryReader:
     """The registry reader of a `store` setting: DATA/carecard.sqlite read-only (connected at
     the first read, so a reader may start before the receiver made the file), or the PostgreSQL
     store. Raises StoreError."""
-    if setting.startswith(STORE_URL_SCHEMES):
+    if is_postgresql_url(setting):
         from carecard.host.storage.postgresql import PostgreSQLStore
 
         return PostgreSQLStore(setting, pool_size=1)
@@ -602,7 +607,7 @@ def registry_reader_for(setting: str, data_dir: Any) -> RegistryReader:
 
 def event_log_for(setting: str, data_dir: Any) -> EventLogReader:
     """The event log reader of a `store` setting. Raises EventLogError."""
-    if setting.startswith(STORE_URL_SCHEMES):
+    if is_postgresql_url(setting):
         from carecard.host.storage.postgresql import PostgreSQLEventLog
 
         return PostgreSQLEventLog(setting)

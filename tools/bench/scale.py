@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from carecard.host.storage import is_postgresql_url
 from carecard.tools.bench.receive import Generator, device_ids, device_key, process_cpu
 
 START_TIMEOUT_S = 30.0
@@ -292,7 +293,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("--receivers: counts from 1 to 16")
     if args.devices < 1 or args.frames < args.devices or args.window < 1:
         raise CommandError("--devices >= 1, --frames >= --devices and --window >= 1 required")
-    if args.store and not args.store.startswith(("postgresql://", "postgres://")):
+    if args.store and not is_postgresql_url(args.store):
         raise CommandError(f"--store {args.store!r}: give a postgresql://USER@HOST:PORT/DATABASE URL")
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"carecard bench scale: {args.devices} devices, {args.frames} frames per run, window "

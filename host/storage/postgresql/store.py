@@ -56,6 +56,7 @@ from carecard.host.storage import (
     not_registered,
     registry_changes,
     REMOVED_DETAIL,
+    is_postgresql_url,
 )
 from carecard.host.storage.rows import (
     check_fence,
@@ -77,7 +78,6 @@ log = logging.getLogger("carecard.storage.postgresql")
 U32_MAX = 0xFFFFFFFF  # the largest downlink counter
 POOL_SIZE = 4
 CONNECT_TIMEOUT_S = 10.0
-URL_SCHEMES = ("postgresql://", "postgres://")
 
 _OPEN = tuple(OPEN_STATES)
 _UPDATE_COMMAND = ("UPDATE commands SET " + ", ".join(f"{column} = %s" for column in CHANGE_COLUMNS[:-1])
@@ -109,10 +109,6 @@ _ACTION_COLUMNS = ("id, alert_id, device, action, by_whom, reason, source, reque
 _UPSERT_ALERT = (f"INSERT INTO alerts ({', '.join(ALERT_COLUMNS)}) VALUES "
                  f"({', '.join(['%s'] * len(ALERT_COLUMNS))}) ON CONFLICT (id) DO UPDATE SET "
                  + ", ".join(f"{c} = excluded.{c}" for c in ALERT_COLUMNS[1:]))
-
-
-def is_postgresql_url(text: str) -> bool:
-    return text.startswith(URL_SCHEMES)
 
 
 def display_name(url: str) -> str:
