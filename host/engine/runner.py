@@ -147,6 +147,9 @@ class EngineRunner:
             self._reload_settings()
             out += engine.update_settings(self.settings)
         result.limit = limit = self._limit
+        # the clock is read before the log: every event stamped before `now` was committed
+        # before it was read, so running the clock to `now` below cannot pass one unseen
+        now = self.clock()
         try:
             entries = self.eventlog.entries_after(self.cursor, limit)
         except EventLogError as exc:
@@ -168,7 +171,10 @@ class EngineRunner:
                 self.rejected += 1
                 log.warning("engine: event log seq %d skipped: %s", entry.seq, exc)
         result.events = len(entries)
-        out += engine.advance(self.clock())
+        if len(entries) < limit:
+            # caught up; while behind, the events not read yet come before `now` and may cancel
+            # wake-ups due in between (the events' own times move the clock meanwhile)
+            out += engine.advance(now)
         handled = self._requests(out)
         result.requests = len(handled)
         commit = self._commit_of(cursor, out, handled)
