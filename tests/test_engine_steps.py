@@ -162,3 +162,24 @@ def test_behind_the_log_the_clock_waits_for_the_events_still_to_read(tmp_path: P
     in_one = run(big, 100_000)
     in_small_steps = run(small, 40)
     assert in_small_steps == in_one
+
+
+def test_sync_waits_for_one_step_that_starts_after_it_not_for_the_periodic_one(tmp_path: Path) -> None:
+    """EngineThread.sync (the receiver's `sync`, the simulation clock's pacing) wakes the thread
+    and returns when the step it started is done: it must not also wait for the next periodic
+    step, `poll_s` later (a simulated day paces the engine thousands of times)."""
+    from carecard.host.engine.runner import EngineThread
+
+    _log(tmp_path)
+    store = SQLiteStore(ingest_db_path(tmp_path), readonly_lookups=False)
+    eventlog = SQLiteEventLog(ingest_db_path(tmp_path))
+    runner = EngineRunner(store, eventlog, Settings(), clock=lambda: T0)
+    thread = EngineThread(runner, poll_s=3600.0)  # no periodic step during the test
+    thread.start()
+    try:
+        for _ in range(3):
+            assert thread.sync(timeout=10.0)
+    finally:
+        thread.stop()
+        store.close()
+        eventlog.close()

@@ -331,7 +331,9 @@ class EngineThread:
         self.on_commit = on_commit
         self._wake = threading.Event()
         self._stop = False
-        self._steps = 0
+        self._steps = 0  # steps finished
+        self._started = 0  # steps begun
+        self.behind = False  # the last step read all it asked for: more is waiting in the log
         self._done = threading.Condition()
         self._thread: threading.Thread | None = None
         self.error: str | None = None
@@ -348,7 +350,7 @@ class EngineThread:
     def sync(self, timeout: float = 30.0) -> bool:
         """Wait until a step that started after this call has finished (tests, tools)."""
         with self._done:
-            target = self._steps + 2
+            target = self._started + 1  # the next step to begin (one under way began before)
             self._wake.set()
             return self._done.wait_for(lambda: self._steps >= target or self._stop, timeout)
 
@@ -359,6 +361,8 @@ class EngineThread:
             self._wake.clear()
             if self._stop:
                 break
+            with self._done:
+                self._started += 1
             more = False
             try:
                 if not self._hold_lock():
@@ -366,6 +370,7 @@ class EngineThread:
                 else:
                     result = runner.step()
                 more = result.events >= result.limit > 0
+                self.behind = more
                 self.error = None
                 if self.on_commit is not None and result.commit is not None:
                     self.on_commit(result.commit)
