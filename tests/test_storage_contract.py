@@ -507,6 +507,10 @@ def test_an_engine_commit_queues_check_in_prompts_for_registered_devices(backend
     assert (queued.device, queued.seq, queued.cmd, queued.args, queued.state) == (
         DEVICE, 1, "checkin_prompt", {"prompt_id": 7, "timeout_s": 300}, lifecycle.QUEUED)
     assert result.skipped_commands == [(OTHER, "checkin_prompt", f"device {OTHER} is not registered")]
+    # queued at the engine's clock, which a command's time to live runs from (as the receiver's
+    # clock, which expires it: both the real time but in a simulation, where both are virtual)
+    assert (queued.created_at, queued.updated_at) == (2.0, 2.0)
+    assert [(c.created_at, c.updated_at) for c in store.open_commands()] == [(2.0, 2.0)]
     assert store.generation() != generation
     assert [(c.id, c.args["prompt_id"]) for c in store.open_commands()] == [(queued.id, 7)]
     assert store.queue_command(DEVICE, "locate_now", lambda seq: {}, 3.0).seq == 2

@@ -5,8 +5,10 @@ factory's provisioning path (flashed and provisioned over the real mpremote, reg
 receiver); a real `carecard receive` (its alert engine, SQLite) listens on 127.0.0.1; each card
 runs the real firmware on the MicroPython unix port through a different day in virtual time (an
 ordinary day, a fall at home, an SOS whose first contact does not answer, a coverage hole, a
-battery running down, a card left on the table). A live timeline and progress bars while they
-run; then each day's alerts (the engine replayed on the simulated clock), a summary table,
+battery running down, a card left on the table), all in lockstep on one virtual clock that the
+receiver and its alert engine follow. A live timeline (the cards' frames and calls, the engine's
+alerts, escalations and check-in prompts as it commits them) and progress bars while they run;
+then the alerts, a summary table,
 pictures (track and home with the alert times, a day strip) and GeoJSON/GPX exports, and where
 everything was written. `--quick` plays three short days (the test suite runs it).
 """
@@ -135,7 +137,8 @@ def _run(args: argparse.Namespace, data_dir: Path, started: float) -> int:
     try:
         port = village.start_receiver()
         console.print(f"receiver: [bold]carecard receive[/] on UDP 127.0.0.1:{port}, alert engine "
-                      f"on, SQLite in {data_dir} (log {data_dir / 'receiver.log'})")
+                      f"on, SQLite in {data_dir} (log {data_dir / 'receiver.log'}), on the "
+                      "village's virtual clock")
         console.print(f"provisioning virtual cards from {demo.SHEET} (flash + config over mpremote, "
                       "registered with the receiver) ...")
         village.provision(on_card=lambda c: console.print(
@@ -147,6 +150,9 @@ def _run(args: argparse.Namespace, data_dir: Path, started: float) -> int:
             tasks = {}
             frames: dict[int, int] = {}
             said: dict[int, tuple[str, int]] = {}
+            village_hours = (village.end_unix() - village.start_unix) / 3600
+            clock_task = progress.add_task("[bold]village clock", total=village_hours,
+                                           hours=f"0/{village_hours:.0f} h", frames="-")
             for card in village.cards:
                 total = (card.until_s or card.scenario.duration_s) / 3600
                 tasks[card.device] = progress.add_task(f"{card.elder.name} {card.day.scenario}",
@@ -173,7 +179,15 @@ def _run(args: argparse.Namespace, data_dir: Path, started: float) -> int:
                 progress.update(tasks[card.device], completed=now / 3_600_000,
                                 hours=f"{now / 3_600_000:.0f}/{end / 3_600_000:.0f} h")
 
-            village.run(on_event=on_event, on_progress=on_progress)
+            def on_alert(card: demo.DemoCard, a: dict[str, Any]) -> None:
+                with lock:
+                    progress.console.print(_alert_line(card, a, live=True))
+
+            def on_time(t: float) -> None:
+                hours = (t - village.start_unix) / 3600
+                progress.update(clock_task, completed=hours, hours=f"{hours:.0f}/{village_hours:.0f} h")
+
+            village.run(on_event=on_event, on_progress=on_progress, on_alert=on_alert, on_time=on_time)
         out = data_dir / "pictures"
         village.finish(out)
     except (demo.DemoError, sim.SimError) as exc:
@@ -189,19 +203,24 @@ def _run(args: argparse.Namespace, data_dir: Path, started: float) -> int:
     return 1 if failed else 0
 
 
-def _alerts(console: Any, village: Any) -> None:
+def _alert_line(card: Any, a: dict[str, Any], live: bool = False) -> str:
+    """An alert event (raised, escalated, check-in, acknowledged, resolved) as a line."""
     from carecard.tools.vcard import demo
 
-    console.rule("alerts (the receiver's engine replayed on each simulated day)")
+    d = a["data"]["details"]
+    when = demo.local_time(card, demo.alert_ms(card, a))
+    who = ", ".join(d.get("notify") or []) or "-"
+    reason = d.get("closed_reason") or d.get("reason")
+    reason = f", {reason}" if reason else ""
+    return (f"{when:%m-%d %H:%M} [bold]{card.elder.name}[/] {'[bold red]ALERT[/] ' if live else ''}"
+            f"[red]{a['data']['alert']}[/] {d.get('step')} -> {who} (state {d.get('state')}{reason})")
+
+
+def _alerts(console: Any, village: Any) -> None:
+    console.rule("alerts (raised, escalated and resolved live by the receiver's engine)")
     for card in village.cards:
-        if not card.alerts:
-            continue
         for a in card.alerts:
-            d = a["data"]["details"]
-            when = demo.local_time(card, demo.alert_ms(card, a))
-            who = ", ".join(d.get("notify") or []) or "-"
-            console.print(f"{when:%m-%d %H:%M} [bold]{card.elder.name}[/] [red]{a['data']['alert']}[/] "
-                          f"{d.get('step')} -> {who} (state {d.get('state')})")
+            console.print(_alert_line(card, a))
 
 
 def _summary(console: Any, village: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import asyncio
 import signal
 from typing import Any, Awaitable, Callable
@@ -54,6 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "devices that have keys (deleted, emptied, or restored from a backup): "
                              "every downlink counter jumps 2^24 ahead so none is reused, but frames "
                              "recorded before the loss can be stored again as new (docs/receiver.md)")
+    parser.add_argument("--simulation-clock", metavar="FILE", type=Path,
+                        help="simulation only (carecard demo): stamp frames and run the alert engine "
+                             "on the virtual time a simulator writes into FILE, not the real clock")
     parser.set_defaults(func=run)
 
 
@@ -86,6 +90,14 @@ def build_config(args: argparse.Namespace) -> ReceiverConfig:
     if args.log_level:
         config.log_level = args.log_level
     config.accept_lost_history = bool(args.accept_lost_history)
+    if args.simulation_clock is not None:
+        from carecard.host.simclock import SimulationClock, SimulationClockError
+
+        try:  # checked here: a wrong path is the caller's mistake, said before anything starts
+            SimulationClock(args.simulation_clock).close()
+        except SimulationClockError as exc:
+            raise CommandError(f"--simulation-clock: {exc}") from None
+        config.simulation_clock = args.simulation_clock
     config.ensure_listener()
     return config
 

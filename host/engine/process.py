@@ -54,6 +54,7 @@ LOCK_FILE_NAME = "engine.lock"
 LEASE_S = 10.0  # default [engine] lease_s: a hung worker's partitions move after this long
 STATS_POLL_S = 0.05
 STATS_HEARTBEAT_S = 1.0
+SIMULATION_POLL_S = 0.001  # how often a simulated engine looks at its clock file (host/simclock.py)
 # The child `carecard receive` starts runs at this lower CPU priority (added to the receiver's
 # niceness). Under a burst on a busy machine the cores are shared by ingest, the sinks and the
 # engine, and acking a card's frame comes first: a card retransmits an unacknowledged frame (an
@@ -75,7 +76,8 @@ def engine_config(config: Any) -> dict[str, Any]:
             "settings": str(engine.settings) if engine.settings else None, "poll_s": engine.poll_s,
             "partitions": engine.partitions, "lease_s": engine.lease_s, "source": config.source,
             "metrics": [engine.metrics.host, engine.metrics.port] if engine.metrics else None, "log_format": config.log_format,
-            "log_level": config.log_level, "log_file": str(config.log_file) if config.log_file else None}
+            "log_level": config.log_level, "log_file": str(config.log_file) if config.log_file else None,
+            "simulation_clock": str(config.simulation_clock) if config.simulation_clock else None}
 
 
 # --- one engine per name and store ---------------------------------------------------------------
@@ -526,6 +528,14 @@ class EngineWorker:
         """A step that started after this call has finished in every partition."""
         return all([partition.thread.sync(timeout) for partition in self.partitions])
 
+    def catch_up(self, timeout: float = 30.0) -> bool:
+        """Steps until every partition has read the log to its end and run its clock to now."""
+        deadline = time.monotonic() + timeout
+        while self.sync(max(0.0, deadline - time.monotonic())):
+            if not any(partition.thread.behind for partition in self.partitions):
+                return True
+        return False
+
     def stats(self) -> dict[str, Any]:
         """Sums over the partitions it holds (cursor: the lowest), "state", "pid", and per partition
         "partitions": {name: {"held": bool, "lease_age_s": seconds held or None, "cursor"}}."""
@@ -731,7 +741,16 @@ async def _child(config: dict[str, Any]) -> int:
                     "ingest and the sinks as an equal", exc)
     out = ParentPipe(sys.stdout)
     clock = OffsetClock(float(config.get("clock_offset", 0.0)))
-    worker = EngineWorker(config, clock)
+    simulation = None
+    if config.get("simulation_clock"):
+        from carecard.host.simclock import SimulationClock, SimulationClockError
+
+        try:
+            simulation = SimulationClock(Path(config["simulation_clock"]), writable=True)
+        except SimulationClockError as exc:
+            out.send(f"error {exc}\n")
+            return 2
+    worker = EngineWorker(config, simulation.engine if simulation is not None else clock)
     loop = asyncio.get_running_loop()
     try:
         await loop.run_in_executor(None, worker.open)
@@ -785,10 +804,24 @@ async def _child(config: dict[str, Any]) -> int:
                 last, last_sent = stats, now
                 out.send("s " + json.dumps(stats, default=str) + "\n")
 
+    async def pace(simulation: Any) -> None:
+        # a simulator moved the engine's clock: catch up to it, then tell it (host/simclock.py)
+        stepped = simulation.engine_stepped()
+        while True:
+            now = simulation.engine()
+            if now > stepped:
+                await loop.run_in_executor(None, worker.catch_up)
+                simulation.set_engine_stepped(now)
+                stepped = now
+            else:
+                await asyncio.sleep(SIMULATION_POLL_S)
+
     tasks = [asyncio.create_task(commands()), asyncio.create_task(report())]
+    if simulation is not None:
+        tasks.append(asyncio.create_task(pace(simulation)))
     await done.wait()
     await loop.run_in_executor(None, worker.stop)
-    for task in [tasks[1], *syncs]:
+    for task in [*tasks[1:], *syncs]:
         task.cancel()
     await asyncio.gather(*tasks, *syncs, return_exceptions=True)
     out.send("s " + json.dumps(worker.stats(), default=str) + "\n" + "stopped\n")

@@ -128,6 +128,9 @@ class ReceiverConfig:
     # start although devices with keys have no replay and counter history in the database (it was
     # lost or restored from a backup): a flag only (--accept-lost-history), never a file key
     accept_lost_history: bool = False
+    # simulation only (carecard demo): the receiver's and its engine's clocks are the virtual
+    # times in this file (host/simclock.py); a flag only, never a file key
+    simulation_clock: Path | None = None
     source: str = "defaults"  # where this came from, for the start-up log
 
     def ensure_listener(self) -> None:

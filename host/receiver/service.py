@@ -69,6 +69,14 @@ class Receiver:
         """`engine_clock`: the alert engine's clock (default the real time; tests inject one)."""
         config.ensure_listener()
         self.engine_clock = engine_clock
+        self.clock: Callable[[], float] = time.time  # stamps received_at; the world's time of day
+        if config.simulation_clock is not None:
+            from carecard.host.simclock import SimulationClock, SimulationClockError
+
+            try:
+                self.clock = SimulationClock(config.simulation_clock).receiver
+            except SimulationClockError as exc:
+                raise StartupError(str(exc)) from None
         self.engine: Any = None  # the alert engine's child process (carecard.host.engine.process.EngineProcess)
         self.alert_http: Any = None  # inbound acknowledgements (carecard.host.engine.inbound)
         self.alert_mqtt: Any = None
@@ -166,21 +174,22 @@ class Receiver:
         handle = ingest.handle
         for endpoint in config.udp:
             listener = UdpListener(endpoint, handle, self._on_input, self.metrics,
-                                   receive_buffer=config.ingest.udp_receive_buffer)
+                                   receive_buffer=config.ingest.udp_receive_buffer, clock=self.clock)
             self.udp.append(listener)
             self._open(listener.open)
         for endpoint in config.tcp:
             tcp = TcpListener(endpoint, handle, self._on_input, self.metrics, ingest.budget.charge,
                               max_connections=config.tcp_settings.max_connections,
                               max_per_address=config.tcp_settings.max_connections_per_address,
-                              idle_timeout=config.tcp_settings.idle_timeout_s)
+                              idle_timeout=config.tcp_settings.idle_timeout_s, clock=self.clock)
             self.tcp.append(tcp)
             try:
                 await tcp.open()
             except TransportError as exc:
                 raise StartupError(str(exc)) from None
         for port in config.serial:
-            serial = SerialListener(port, handle, self._on_input, self.metrics, ingest.budget.charge)
+            serial = SerialListener(port, handle, self._on_input, self.metrics, ingest.budget.charge,
+                                    clock=self.clock)
             self.serial.append(serial)
             self._open(serial.open)
         if config.metrics is not None:
@@ -448,7 +457,7 @@ class Receiver:
                     log.info("source %s is back within its reject budget", source)
             now = time.monotonic()
             if now - last_expire >= EXPIRE_INTERVAL_S:
-                ingest.expire_commands(time.time())
+                ingest.expire_commands(self.clock())
                 last_expire = now
             if now - last_summary >= SUMMARY_INTERVAL_S:
                 snapshot = self.metrics.snapshot()
@@ -480,7 +489,7 @@ class Receiver:
         m.gauge("devices_registered", "Devices in the registry.", lambda: len(ingest.devices))
         m.gauge("devices_with_keys", "Devices with a key in the key file.", lambda: len(self.keyring))
         m.gauge("devices_seen_last_hour", "Devices that sent an authentic frame in the last hour.",
-                lambda: ingest.devices_seen_since(time.time() - 3600))
+                lambda: ingest.devices_seen_since(self.clock() - 3600))
         m.gauge("sources_over_budget", "Sources currently over their reject budget.",
                 lambda: len(ingest.budget.over))
         m.gauge("tcp_connections", "Open TCP connections.", lambda: sum(len(t.connections) for t in self.tcp))
@@ -555,7 +564,7 @@ class Receiver:
             self._timer.cancel()
             self._timer = None
         self._plan_prune()
-        batch = self.ingest.take_batch(time.time(), force_stats=force_stats)
+        batch = self.ingest.take_batch(self.clock(), force_stats=force_stats)
         if batch is None:
             return
         assert self.store is not None and self._inflight_done is not None

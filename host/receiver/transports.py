@@ -58,8 +58,10 @@ class UdpListener:
     transport = "udp"
 
     def __init__(self, endpoint: Endpoint, handle: Handle, on_input: OnInput, metrics: Metrics, *,
-                 receive_buffer: int = 4 * 1024 * 1024, max_per_wake: int = 256):
+                 receive_buffer: int = 4 * 1024 * 1024, max_per_wake: int = 256,
+                 clock: Callable[[], float] = time.time):
         self.endpoint = endpoint
+        self.clock = clock  # stamps received_at
         self.handle = handle
         self.on_input = on_input
         self.metrics = metrics
@@ -127,7 +129,7 @@ class UdpListener:
         handle = self.handle
         send = self.send
         # One clock reading per wake: the datagrams drained here were all waiting when it woke.
-        now = time.time()
+        now = self.clock()
         for _ in range(self.max_per_wake):
             try:
                 data, address = recvfrom(_RECV_SIZE)
@@ -162,8 +164,9 @@ class TcpListener:
     def __init__(self, endpoint: Endpoint, handle: Handle, on_input: OnInput, metrics: Metrics,
                  charge: Callable[[Any], bool], *, max_connections: int = 1024,
                  max_per_address: int = 32, idle_timeout: float = 900.0,
-                 max_unsent: int = 256 * 1024):
+                 max_unsent: int = 256 * 1024, clock: Callable[[], float] = time.time):
         self.endpoint = endpoint
+        self.clock = clock  # stamps received_at
         self.handle = handle
         self.on_input = on_input
         self.metrics = metrics
@@ -251,7 +254,7 @@ class TcpListener:
                     break
                 state[1] = time.monotonic()
                 deframer.receive_data(data)
-                now = time.time()
+                now = self.clock()
                 over = False
                 while (event := deframer.next_event()) is not None:
                     if type(event) is StreamFrame:
@@ -335,8 +338,10 @@ class SerialListener:
     transport = "serial"
 
     def __init__(self, port: SerialPort, handle: Handle, on_input: OnInput, metrics: Metrics,
-                 charge: Callable[[Any], bool], *, reopen_interval: float = 2.0):
+                 charge: Callable[[Any], bool], *, reopen_interval: float = 2.0,
+                 clock: Callable[[], float] = time.time):
         self.port = port
+        self.clock = clock  # stamps received_at
         self.handle = handle
         self.on_input = on_input
         self.metrics = metrics
@@ -406,7 +411,7 @@ class SerialListener:
     def _feed(self, data: bytes) -> None:
         deframer = self._deframer
         deframer.receive_data(data)
-        now = time.time()
+        now = self.clock()
         while (event := deframer.next_event()) is not None:
             if type(event) is StreamFrame:
                 self.handle(event.frame, self.send, self.port.device, self.source, "serial", now)

@@ -2,11 +2,11 @@
 example sheet through the factory path, each living a different day against one real receiver.
 
     village = Village(data_dir)
-    village.start_receiver()                 # carecard receive (its engine, SQLite), 127.0.0.1
+    village.start_receiver()                 # carecard receive (its engine, SQLite), 127.0.0.1,
+                                             # on the village's virtual clock
     village.provision(sheet, days)           # virtual mpremote boards: flash, provision, register
-    village.run(on_event=..., on_progress=...)   # each card's scenario in virtual time
-    village.finish(out_dir)                  # alerts (the engine replayed on each day), exports,
-                                             # pictures; village.cards[i] holds everything
+    village.run(on_event=..., on_alert=...)  # every card's day at once, in lockstep
+    village.finish(out_dir)                  # exports, pictures; village.cards[i] holds everything
 
 Provisioning is the factory's own (host/factory): each card is a virtual MicroPython board
 (tools/vdevice.py) with a simulated A7670 on its UART 1, driven by the real mpremote: the image
@@ -17,18 +17,19 @@ receiver (registry, keys, records, the elders' engine settings).
 Then the card's folder (its flash, with the image it was flashed with) runs on the virtual card
 (carecard.tools.vcard.sim) with the elder's day: a shipped scenario moved to the elder's home.
 
-Alerts: the receiver's engine runs on the real clock, which a simulated day outruns; so each
-card's stored events (received_at on the simulated clock) are replayed through the same engine
-(`carecard replay` with the settings provisioning derived from the sheet): the alerts, their
-escalation and their resolution as they would have happened that day.
+Alerts are the receiver's own: `carecard receive` and its alert engine run on the village's
+virtual clock (`--simulation-clock`, host/simclock.py), and the cards play in lockstep on it
+(tools/vcard/lockstep.py), so the engine raises, escalates and resolves alerts, and sends its
+check-in prompts to the cards, at the virtual times they would have had. A card whose day is
+over is taken out of the registry (`devices remove`), as a card handed back would be, so its
+silence afterwards is not an alert; its alerts still open are closed with the reason "removed".
+The alerts shown are the engine's commits, read from the store.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -42,6 +43,8 @@ from carecard.tools.vcard import sim
 DEMO_DIR = Path(__file__).resolve().parent / "demo"
 SHEET = DEMO_DIR / "village.csv"
 IMEI_BODY = 86888800000000        # the demo cards' IMEIs: this body plus the row
+QUANTUM_S = 30.0                  # virtual seconds the cards play between two engine steps
+CLOCK_FILE = "simulation-clock"   # the village's virtual clock, in the data folder
 
 
 @dataclass(frozen=True)
@@ -119,18 +122,35 @@ def moved_to(sc: scenarios.Scenario, lat: float | None, lon: float | None) -> sc
 
 
 class Village:
-    def __init__(self, data_dir: Path, *, quick: bool = False, parallel: int = 2) -> None:
+    def __init__(self, data_dir: Path, *, quick: bool = False, quantum_s: float = QUANTUM_S) -> None:
         self.data_dir = data_dir
         self.quick = quick
-        self.parallel = parallel
+        self.quantum_s = quantum_s
         self.receiver: sim.ReceiverProcess | None = None
+        self.clock: Any = None                 # host.simclock.SimulationClock
+        self.start_unix = 0.0
         self.cards: list[DemoCard] = []
         self.records = data_dir / "provisioning.jsonl"
         self.settings_path: Path | None = None
+        self.lockstep: Any = None
+        self._alerts_seen: set[Any] = set()     # alert event ids given to their cards
+        self._log: Any = None                  # the event log, read for its head and sink cursors
+        self._delivered = 0                    # the sinks had the log up to here at the last look
+        self._alert_lock = threading.Lock()
+
+    def chosen(self, days: tuple[DemoDay, ...] = DAYS) -> list[DemoDay]:
+        return [d for d in days if not self.quick or d.quick is not None]
 
     # ---- the receiver -----------------------------------------------------------------------
-    def start_receiver(self) -> int:
-        self.receiver = sim.ReceiverProcess(self.data_dir)
+    def start_receiver(self, days: tuple[DemoDay, ...] = DAYS) -> int:
+        """`carecard receive` on the village's virtual clock, set to the earliest day's start."""
+        from carecard.host.simclock import SimulationClock
+
+        self.start_unix = min(scenarios.load(scenarios.find(d.scenario)).start_unix
+                              for d in self.chosen(days))
+        path = self.data_dir / CLOCK_FILE
+        self.clock = SimulationClock.create(path, self.start_unix)
+        self.receiver = sim.ReceiverProcess(self.data_dir, simulation_clock=path)
         assert self.receiver.port is not None
         return self.receiver.port
 
@@ -138,6 +158,9 @@ class Village:
         if self.receiver is not None:
             self.receiver.stop()
             self.receiver = None
+        if self.clock is not None:
+            self.clock.close()
+            self.clock = None
 
     # ---- provisioning -----------------------------------------------------------------------
     def provision(self, sheet: Path = SHEET, days: tuple[DemoDay, ...] = DAYS,
@@ -169,7 +192,7 @@ class Village:
             elders = {e.name: e for e in read_sheet(copy)}
         except SheetError as exc:
             raise DemoError(f"the demo sheet {sheet}: " + "; ".join(str(p) for p in exc.problems)) from None
-        chosen = [d for d in days if not self.quick or d.quick is not None]
+        chosen = self.chosen(days)
         cards_dir = self.data_dir / "cards"
         for n, day in enumerate(chosen):
             if day.elder not in elders:
@@ -216,26 +239,137 @@ class Village:
         self.settings_path = settings_path_of(self.records)
         return copy
 
+    def end_unix(self) -> float:
+        """When the last card's day ends (unix s)."""
+        return max(c.scenario.start_unix + (c.until_s if c.until_s is not None else c.scenario.duration_s)
+                   for c in self.cards)
+
     # ---- the days ---------------------------------------------------------------------------
     def run(self, on_event: Callable[[DemoCard, dict[str, Any]], None] | None = None,
-            on_progress: Callable[[DemoCard, int, int], None] | None = None) -> None:
-        """Each card's day on the virtual card against the receiver, `parallel` at a time."""
-        assert self.receiver is not None and self.receiver.port is not None
+            on_progress: Callable[[DemoCard, int, int], None] | None = None,
+            on_alert: Callable[[DemoCard, dict[str, Any]], None] | None = None,
+            on_time: Callable[[float], None] | None = None) -> None:
+        """Every card's day at once against the receiver, in lockstep on the village's virtual
+        clock. on_alert: each alert event the engine commits (a card's, as it happens); on_time:
+        the village's virtual time (unix s) at the end of each quantum."""
+        from carecard.tools.vcard.lockstep import Lockstep
+
+        assert self.receiver is not None and self.receiver.port is not None and self.clock is not None
         port = self.receiver.port
+
+        def quantum(t: float) -> None:
+            # the engine has stepped to t: its alerts (times up to t) are in the log; once the
+            # sink has them, show them
+            self._wait_for_sinks()
+            self._read_alerts(on_alert, since=t - 3 * self.quantum_s)
+            if on_time is not None:
+                on_time(t)
+
+        self.lockstep = lock = Lockstep(self.start_unix, self.quantum_s, self.clock, on_quantum=quantum)
+        for card in self.cards:
+            lock.join(card.device)
 
         def one(card: DemoCard) -> None:
             options = sim.SimOptions(
                 receiver=("127.0.0.1", port), data_dir=self.data_dir, card_dir=card.folder,
                 until_s=card.until_s,
                 on_event=(lambda e: on_event(card, e)) if on_event else None,
-                on_progress=(lambda now, end: on_progress(card, now, end)) if on_progress else None)
+                on_progress=(lambda now, end: on_progress(card, now, end)) if on_progress else None,
+                lockstep=lock, member=card.device, on_end=lambda now_ms: self._retire(card, now_ms))
             try:
                 card.result = sim.run_scenario(card.scenario, options)
             except sim.SimError as exc:
                 card.error = str(exc)
+            finally:
+                lock.leave(card.device)   # (run_scenario has left already unless it failed first)
 
-        with ThreadPoolExecutor(self.parallel) as pool:
-            list(pool.map(one, self.cards))
+        try:
+            with ThreadPoolExecutor(len(self.cards) or 1) as pool:
+                list(pool.map(one, self.cards))
+            self._finish_run(end=max(lock.limit, self.end_unix()), on_alert=on_alert)
+        finally:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+
+    def _finish_run(self, end: float, on_alert: Callable[[DemoCard, dict[str, Any]], None] | None) -> None:
+        # the engine steps once more at the end of the last day: its alerts up to then
+        assert self.clock is not None and self.receiver is not None
+        self.clock.set_receiver(end)
+        self.clock.set_engine(end)
+        if not self.clock.wait_engine_stepped(end, 60.0):
+            raise DemoError(f"the receiver's alert engine did not step to the end of the day; its log: "
+                            f"{self.receiver.log_path}")
+        self._wait_for_sinks()
+        self._read_alerts(on_alert)
+        for card in self.cards:
+            card.alerts.sort(key=lambda a: (a.get("time") or "", a.get("id") or ""))
+
+    def _retire(self, card: DemoCard, now_ms: int) -> None:
+        """The card's day is over: out of the registry (`carecard devices remove`), at that
+        virtual moment, so its silence from now on is not an alert."""
+        from carecard.host.paths import ingest_db_path
+        from carecard.host.receiver.registry import RegistryError, remove_device
+        from carecard.host.storage import StoreError
+        from carecard.host.storage.sqlite.store import SQLiteStore
+
+        at = card.scenario.start_unix + now_ms / 1000
+        try:
+            store = SQLiteStore(ingest_db_path(self.data_dir), readonly_lookups=False)
+            try:
+                remove_device(store, self.data_dir, card.device, now=at)
+            finally:
+                store.close()
+        except (RegistryError, StoreError) as exc:
+            card.error = card.error or f"taking the card out of the registry failed: {exc}"
+
+    def _read_alerts(self, on_alert: Callable[[DemoCard, dict[str, Any]], None] | None,
+                     since: float | None = None) -> None:
+        """The alert events the engine committed (as the SQLite sink stored them: the event log
+        prunes them once delivered) since `since` (unix s) that were not seen yet, to their cards."""
+        from carecard.host.export import QueryError, iter_events, open_query_store_readonly
+
+        by_device = {str(c.device): c for c in self.cards}
+        with self._alert_lock:
+            try:
+                conn = open_query_store_readonly(self.data_dir)
+            except QueryError:
+                return   # nothing stored yet
+            try:
+                for event in iter_events(conn, kind="alert", since=since):
+                    card = by_device.get(str(event.get("device")))
+                    if card is None or event.get("id") in self._alerts_seen:
+                        continue
+                    self._alerts_seen.add(event.get("id"))
+                    card.alerts.append(event)
+                    if on_alert is not None:
+                        on_alert(card, event)
+            finally:
+                conn.close()
+
+    def _wait_for_sinks(self, timeout_s: float = 30.0) -> None:
+        """When the event log grew since the last look: until the sinks have all of it (the
+        timeline shows each quantum's alerts before the next quantum's card events)."""
+        import time
+
+        from carecard.host.paths import ingest_db_path
+        from carecard.host.storage.sqlite.eventlog import SQLiteEventLog
+
+        if self._log is None:
+            self._log = SQLiteEventLog(ingest_db_path(self.data_dir))
+        head = self._log.last_seq()
+        if head <= self._delivered:
+            return
+        deadline = time.monotonic() + timeout_s
+        while True:
+            cursors = self._log.cursors()
+            if cursors and min(cursors.values()) >= head:
+                self._delivered = head
+                return
+            if time.monotonic() > deadline:
+                raise DemoError(f"the receiver's sinks did not deliver the events within {timeout_s:.0f} s; "
+                                f"its log: {self.data_dir / 'receiver.log'}")
+            time.sleep(0.002)
 
     # ---- afterwards -------------------------------------------------------------------------
     def finish(self, out_dir: Path) -> None:
@@ -248,27 +382,11 @@ class Village:
             events.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in virtual),
                               encoding="utf-8")
             card.files["events"] = events
-            card.alerts = replay_alerts(events, self.settings_path, card.result)
             card.files.update(export_tracks(self.data_dir, card, out_dir))
             from carecard.tools.vcard import demo_pictures
 
             card.files["track_png"] = demo_pictures.track_picture(card, out_dir / f"{card.slug}-track.png")
             card.files["day_png"] = demo_pictures.day_strip(card, out_dir / f"{card.slug}-day.png")
-
-
-def replay_alerts(events: Path, settings: Path | None, result: sim.SimResult) -> list[dict[str, Any]]:
-    """The alert engine over the day's stored events (`carecard replay`), up to the day's end."""
-    end = datetime.fromtimestamp(result.start_unix + result.end_ms / 1000, timezone.utc)
-    argv = [sys.executable, "-m", "carecard.host.cli", "replay", str(events),
-            "--until", end.strftime("%Y-%m-%dT%H:%M:%SZ")]
-    if settings is not None and settings.exists():
-        argv += ["--settings", str(settings)]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    if proc.returncode != 0:
-        if "no event found" in proc.stderr:
-            return []
-        raise DemoError(f"carecard replay {events} failed: {proc.stderr.strip()}")
-    return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
 
 
 def export_tracks(data_dir: Path, card: DemoCard, out_dir: Path) -> dict[str, Path]:

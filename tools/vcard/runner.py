@@ -88,9 +88,12 @@ class VirtualCard:
                  network_rtt_ms: int = 300, reply_wait_s: float = 1.0,
                  on_output: Callable[[str, int, int], None] | None = None,
                  on_datagram: Callable[[str, bytes, int], None] | None = None,
-                 rom: bool = False) -> None:
+                 rom: bool = False, gate: Callable[[int], int] | None = None) -> None:
         """rom: the image's lib/ in simulated flash (a ROMFS partition at /rom, first on the
-        path: the .mpy files run in place, as a card ships them); else loaded into RAM."""
+        path: the .mpy files run in place, as a card ships them); else loaded into RAM.
+        gate: cards in lockstep (tools/vcard/lockstep.py): called with the clock (ms) when it
+        reached the last time it may reach, it blocks until the others caught up and returns
+        the next such time."""
         if not (image / entry).exists():
             raise RunnerError(f"the card image {image} has no {entry}: nothing to run "
                               "(firmware/main.py boots the card)")
@@ -111,6 +114,8 @@ class VirtualCard:
         self._deferred: str | None = None   # a reset the world asked for: "power_loss" or a cause
         self._eof = False
         self.now = 0
+        self.gate = gate
+        self._gate_ms = 0 if gate is not None else None   # the clock may not pass this
         self.ledger = Ledger(0)
         self.run_log = Run()
         self.levels = 0                 # key bits 0..3, motion latch bit 4
@@ -366,7 +371,11 @@ class VirtualCard:
         (self.now < target) when something wakes the card."""
         modem, gnss = self.world.modem, self.world.gnss
         while True:
+            if self.gate is not None and self._gate_ms is not None and self.now >= self._gate_ms:
+                self._gate_ms = self.gate(self.now)
             candidates = [target]
+            if self._gate_ms is not None:
+                candidates.append(self._gate_ms)
             if self._schedule:
                 candidates.append(self._schedule[0][0])
             d = modem.next_deadline()

@@ -39,6 +39,7 @@ from typing import Any
 from carecard.tools.vcard import energy
 from carecard.tools.vcard.gnss_sim import GnssSim, Track, TrackPoint
 from carecard.tools.vcard.modem_sim import Callee, ModemSim
+from carecard.tools.vcard.lockstep import LockstepError
 from carecard.tools.vcard.runner import RunnerError, VirtualCard, World
 from carecard.tools.vcard.scenario import Scenario
 
@@ -62,10 +63,15 @@ class ReceiverProcess:
     """`carecard receive` as a real subprocess on 127.0.0.1 with its own data folder; its UDP
     port read from its JSON log."""
 
-    def __init__(self, data_dir: Path, *, start_timeout_s: float = 30.0) -> None:
+    def __init__(self, data_dir: Path, *, start_timeout_s: float = 30.0,
+                 simulation_clock: Path | None = None) -> None:
+        """simulation_clock: the receiver and its engine run on the virtual time in this file
+        (host/simclock.py; the demo's lockstep moves it)."""
         self.data_dir = data_dir
         argv = [sys.executable, "-m", "carecard.host.cli", "receive", "--data", str(data_dir),
                 "--udp", "127.0.0.1:0", "--log-format", "json"]
+        if simulation_clock is not None:
+            argv += ["--simulation-clock", str(simulation_clock)]
         self.log_path = data_dir / "receiver.log"
         self._log = open(self.log_path, "w", encoding="utf-8")
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -426,6 +432,12 @@ class SimOptions:
     on_event: Callable[[dict[str, Any]], None] | None = None   # each card-side event as it happens
     on_progress: Callable[[int, int], None] | None = None      # (virtual ms now, end ms)
     sink_wait_s: float = 20.0
+    # cards in lockstep with a receiver on the simulation clock (tools/vcard/lockstep.py): the
+    # Lockstep and this card's member key (joined by the caller before any card starts); the
+    # receiver stamps received_at in virtual time
+    lockstep: Any = None
+    member: Any = None
+    on_end: Callable[[int], None] | None = None   # the day is over (virtual ms), before it leaves
 
 
 @dataclass
@@ -584,10 +596,18 @@ def _play(sc: Scenario, opt: SimOptions, setup: CardSetup, data_dir: Path, port:
     world = World(modem=modem, gnss=gnss,
                   battery_mv=lambda ms: holder["b"].mv(ms),
                   charging=lambda ms: holder["b"].charger(ms))
+    lock = opt.lockstep
+    gate = None
+    if lock is not None:
+        def gate(now_ms: int) -> int:
+            limit = lock.allowed(opt.member, sc.start_unix + now_ms / 1000)
+            return max(now_ms + 1, round((limit - sc.start_unix) * 1000))
     try:
         card = VirtualCard(image, setup.flash_dir, world, heapsize=opt.heapsize,
-                           on_output=on_output, on_datagram=on_datagram)
+                           on_output=on_output, on_datagram=on_datagram, gate=gate)
     except RunnerError as exc:
+        if lock is not None:
+            lock.leave(opt.member)
         raise SimError(str(exc)) from None
     card_ref.append(card)
     battery = BatteryModel(card.ledger, sc.battery_percent, energy.capacity_mah())
@@ -604,6 +624,8 @@ def _play(sc: Scenario, opt: SimOptions, setup: CardSetup, data_dir: Path, port:
         chunk = 3_600_000
         target = 0
         try:
+            if lock is not None:
+                lock.wait_until(opt.member, sc.start_unix)
             while target < end_ms:
                 target = min(end_ms, target + chunk)
                 card.run(target)
@@ -619,6 +641,15 @@ def _play(sc: Scenario, opt: SimOptions, setup: CardSetup, data_dir: Path, port:
                 seen = len(card.run_log.timeline)
         except RunnerError as exc:
             raise SimError(f"scenario {sc.name}: {exc}") from None
+        except LockstepError as exc:
+            raise SimError(f"scenario {sc.name}: {exc}") from None
+        finally:
+            if lock is not None:
+                try:
+                    if opt.on_end is not None:
+                        opt.on_end(card.now)
+                finally:
+                    lock.leave(opt.member)
         if opt.on_progress is not None:
             opt.on_progress(end_ms, end_ms)
         fw_energy = energy.energy_report(card.ledger, card.now)
@@ -626,7 +657,8 @@ def _play(sc: Scenario, opt: SimOptions, setup: CardSetup, data_dir: Path, port:
         requests = card.run_log.requests
         out_n, in_n = card.datagrams_out, card.datagrams_in
     timeline.sort(key=lambda e: e["t_ms"])
-    events = _stored_events(data_dir, setup.device, acked, sent, clock_map, opt.sink_wait_s)
+    events = _stored_events(data_dir, setup.device, acked, sent, clock_map, opt.sink_wait_s,
+                            virtual_start=sc.start_unix if lock is not None else None)
     for event in events:
         event["sent_rank"] = first_sent.get(event.get("counter"), len(first_sent))
     duty = energy.DutyModel().with_settings(sc.settings)
@@ -650,11 +682,14 @@ def _jsonable(value: Any) -> Any:
 
 
 def _stored_events(data_dir: Path, device: int, acked: set[int], sent: set[int],
-                   clock_map: dict[int, list[tuple[float, int]]], wait_s: float) -> list[dict[str, Any]]:
+                   clock_map: dict[int, list[tuple[float, int]]], wait_s: float,
+                   virtual_start: float | None = None) -> list[dict[str, Any]]:
     """The device's events from the receiver's SQLite sink, once every acked frame reached it
     (and, for a few seconds more, every frame sent: the last ones may have left just before the
     end, their acks not yet back); `received_at` mapped to the virtual clock (the datagram that
-    carried it)."""
+    carried it). `virtual_start`: the receiver ran on the simulation clock, its received_at is
+    virtual already (the end of the lockstep quantum the datagram arrived in) and the card's
+    day began at this unix time."""
     from carecard.host.export import QueryError, iter_events, open_query_store_readonly
 
     deadline = time.monotonic() + wait_s
@@ -687,7 +722,11 @@ def _stored_events(data_dir: Path, device: int, acked: set[int], sent: set[int],
             continue
         # the transmission that was stored: the last one that left before the receiver read it
         sends = clock_map.get(event.get("counter"), [])
-        before = [v for w, v in sends if w <= wall + 0.0005]
+        if virtual_start is not None:
+            received_ms = (wall - virtual_start) * 1000
+            before = [v for _w, v in sends if v <= received_ms + 0.5]
+        else:
+            before = [v for w, v in sends if w <= wall + 0.0005]
         virtual_ms = before[-1] if before else (sends[0][1] if sends else 0)
         event["received_at_wall"] = event["received_at"]
         event["virtual_ms"] = virtual_ms

@@ -650,7 +650,8 @@ class PostgreSQLStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, Eng
                                     "WHERE id = %s", [(outcome, detail, at, action_id)
                                                       for action_id, outcome, detail, at in commit.actions])
             for device, cmd, args in commit.commands:
-                queued = _queue(conn, device, cmd, lambda _seq, args=args: dict(args), stamp)
+                # queued at the engine's clock: its time to live runs from the engine's decision
+                queued = _queue(conn, device, cmd, lambda _seq, args=args: dict(args), commit.now)
                 if queued is None:
                     result.skipped_commands.append((device, cmd, f"device {device} is not registered"))
                 else:

@@ -253,12 +253,14 @@ def commit_engine(conn: sqlite3.Connection, name: str, commit: EngineCommit, now
         seq = (counter - 1) % 0xFFFF + 1  # 1..65535, wrapping (as CommandQueue.queue_command)
         conn.execute("UPDATE devices SET next_command_seq = ?, updated_at = ? WHERE device = ?",
                      (counter + 1, now, device))
+        # queued at the engine's clock: its time to live runs from the engine's decision
+        queued_at = commit.now
         cursor = conn.execute(
             "INSERT INTO commands (device, seq, cmd, args, state, attempts, created_at, updated_at) "
             "VALUES (?, ?, ?, ?, ?, 0, ?, ?)",
-            (device, seq, cmd, json.dumps(args, ensure_ascii=False), lifecycle.QUEUED, now, now))
+            (device, seq, cmd, json.dumps(args, ensure_ascii=False), lifecycle.QUEUED, queued_at, queued_at))
         result.commands.append(CommandRecord(int(cursor.lastrowid or 0), device, seq, cmd, dict(args),
-                                             lifecycle.QUEUED, 0, now, now))
+                                             lifecycle.QUEUED, 0, queued_at, queued_at))
     if result.commands:
         conn.execute("UPDATE meta SET value = value + 1 WHERE name = 'registry_generation'")
     forget = [(name, device) for device, state in commit.devices.items() if state is None]
