@@ -44,9 +44,31 @@ def test_the_quick_demo_provisions_runs_and_draws_the_village(card_port, monkeyp
     # the live timeline: the SOS day's long press, its frame and the cascade's calls
     assert "王大爷 hold key=1 seconds=3" in out and "王大爷 SOS frame sent" in out
     assert "call key 1" in out and "no_answer" in out and "confirmed" in out
-    # the alerts replayed on the simulated day: the SOS raised to family and grid worker
-    assert "王大爷 sos raised -> family, grid_worker" in out
+    # alerts live from the receiver's engine on the village's virtual clock: the SOS raised to
+    # family and grid worker as its frame came in; the card on the table asked to check in (the
+    # engine's prompt reached the card as a downlink with its next ack, nobody answered), then
+    # escalated to the family
+    assert "王大爷 ALERT sos raised -> family, grid_worker" in out
+    assert "李奶奶 ALERT inactivity checkin -> card" in out
+    assert "李奶奶 downlink: checkin_prompt" in out and "'answer': 'no_response'" in out
+    assert "李奶奶 ALERT inactivity family -> family" in out
     assert "the village's day" in out
+    # what it showed are the engine's commits: its alerts in the store, resolved when the day
+    # ended and the card was removed from the registry; its check-in prompt in the command queue
+    from carecard.host.paths import ingest_db_path
+    from carecard.host.storage.sqlite.store import SQLiteStore
+
+    store = SQLiteStore(ingest_db_path(data))
+    try:
+        alerts = {(a.device, a.kind, a.state, a.closed_reason) for a in store.list_alerts()}
+        commands = [(c.device, c.cmd, c.state) for c in store.list_commands()]
+    finally:
+        store.close()
+    imei = {r["name"]: int(r["imei"]) for r in records}
+    table, sos = imei["李奶奶"], imei["王大爷"]
+    assert (sos, "sos", "resolved", "removed") in alerts, alerts
+    assert (table, "inactivity", "resolved", "removed") in alerts, alerts
+    assert (table, "checkin_prompt", "done") in commands, commands
     pictures = sorted((data / "pictures").glob("*.png"))
     assert len(pictures) == 6                          # a track and a day strip per card
     for picture in pictures:

@@ -128,6 +128,19 @@ def test_a_batch_is_provisioned_registered_and_recorded(cards, tmp_path):
     first = settings.for_device(str(results[0].identity.imei))
     assert (first.name, first.wake, first.home) == ("王奶奶", 6 * 3600 + 1800, (24.95, 118.38))
     assert first.grid_worker == ("+85291234567 网格员 陈",)
+    # and in the registry, where a running receiver's engine picks them up (settings loader)
+    from carecard.host.paths import ingest_db_path
+    from carecard.host.storage.sqlite.store import SQLiteStore
+
+    store = SQLiteStore(ingest_db_path(data))
+    try:
+        _defaults, in_registry = store.load_engine_settings()
+    finally:
+        store.close()
+    assert {device: table["wake"] for device, table in in_registry.items()} == {
+        r.identity.imei: e.wake for r, e in zip(results, elders)}
+    assert Settings.from_mapping({"devices": {str(d): t for d, t in in_registry.items()}}).for_device(
+        str(results[0].identity.imei)).home == (24.95, 118.38)
     log = [json.loads(line) for line in log_path(records).read_text(encoding="utf-8").splitlines()]
     assert [entry["firmware"] for entry in log] == [r.firmware for r in results]
     assert "key" not in log[0]

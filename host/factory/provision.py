@@ -158,8 +158,9 @@ def log_path(records: Path) -> Path:
 def register(results: list[ProvisionResult], elders: dict[str, Elder], data_dir: Path,
              records: Path) -> None:
     """Record the provisioned cards: the host registry (all or nothing, replacing earlier
-    provisioning of the same IMEIs), the provisioning records file (docs/provisioning-records.md,
-    JSON lines, appended), the elders' engine settings and a log of the cards beside it."""
+    provisioning of the same IMEIs) with the elders' engine settings, the provisioning records
+    file (docs/provisioning-records.md, JSON lines, appended), the engine settings and a log of
+    the cards beside it."""
     from carecard.host.paths import ingest_db_path
     from carecard.host.receiver.registry import DeviceSpec, add_devices
     from carecard.host.storage import Contact
@@ -190,6 +191,9 @@ def register(results: list[ProvisionResult], elders: dict[str, Elder], data_dir:
     store = SQLiteStore(ingest_db_path(data_dir), readonly_lookups=False)
     try:
         add_devices(store, data_dir, specs, replace=True, now=stamp)
+        # the elders' engine settings in the registry too: a running receiver's engine reloads
+        # them with the registry (the settings file beside the records is for `carecard replay`)
+        store.save_engine_settings(None, {int(imei): table for imei, table in settings.items()}, stamp)
     finally:
         store.close()
     records.parent.mkdir(parents=True, exist_ok=True)

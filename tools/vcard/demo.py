@@ -71,7 +71,7 @@ DAYS = (
     DemoDay("张爷爷", "battery-rundown", "starts at 42 % and is never charged", "battery_low",
             until="30h", title="battery low"),
     DemoDay("李奶奶", "left-on-table", "leaves the card on the kitchen table all day", "carry",
-            quick="3h", title="card on table"),
+            quick="3h40m", title="card on table"),
 )
 
 

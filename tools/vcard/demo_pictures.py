@@ -190,12 +190,16 @@ def day_strip(card: DemoCard, path: Path) -> Path:
         seen.add(s)
     frames = [h(e["virtual_ms"]) for e in r.events]
     ax.vlines(frames, 0.1, 0.5, color="#37474f", linewidth=0.6, label="frame stored")
+    last_label, level = -1e9, 0
     for alert in card.alerts:
         d = alert["data"]["details"]
         t = h(alert_ms(card, alert))
         ax.axvline(t, color=ALERT_COLOUR, linewidth=1.5, linestyle="-" if d.get("step") in ("raised", "checkin") else ":")
-        ax.annotate(f"{alert['data']['alert']} {d.get('step')}", (t, 1.35), rotation=20, fontsize=7,
-                    color=ALERT_COLOUR)
+        # steps close together (a check-in and its escalation) stack their labels
+        level = (level + 1) % 3 if t - last_label < hours / 12 else 0
+        last_label = t
+        ax.annotate(f"{alert['data']['alert']} {d.get('step')}", (t, 1.35 + 0.22 * level), rotation=20,
+                    fontsize=7, color=ALERT_COLOUR)
     ax.set_xlim(offset_h, offset_h + hours)
     ax.set_ylim(0, 2.1)
     ax.set_yticks([])
