@@ -11,7 +11,7 @@ from pathlib import Path
 
 from carecard.protocol import decode_frame
 from carecard.tools import micropython
-from carecard.tools.vcard import fwlib
+from carecard.tools import fwlib
 from carecard.tools.vcard.gnss_sim import GnssSim, Track, TrackPoint
 from carecard.tools.vcard.modem_sim import ANSWERS, CONFIRMS, NO_ANSWER, Callee, ModemSim
 from carecard.tools.vcard.runner import VirtualCard, World

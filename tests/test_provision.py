@@ -16,6 +16,8 @@ import pytest
 
 from carecard.host.cli import main
 from carecard.host.engine.settings import Settings
+from carecard.host.paths import ingest_db_path
+from carecard.host.storage.sqlite.store import SQLiteStore
 from carecard.host.factory.cardstep import ModemSession, identity_of
 from carecard.host.factory.flash import ImageCache, flash_device
 from carecard.host.factory.link import DeviceError, DeviceLink
@@ -121,6 +123,13 @@ def test_a_batch_is_provisioned_registered_and_recorded(cards, tmp_path):
         assert result.label == f"{result.identity.imei}  {result.identity.iccid}  {elder.name}"
     keys = load_key_file(data)
     assert {keys[r.identity.imei].hex() for r in results} == {r.values["device_key"] for r in results}
+    # the sheet's village column in the registry (a grid worker's dashboard shows its cards)
+    registry = SQLiteStore(ingest_db_path(data))
+    try:
+        villages = {device: d.village for device, d in registry.load_devices().items()}
+    finally:
+        registry.close()
+    assert [villages[r.identity.imei] for r in results] == ["官桥村", "官桥村", None]
     assert len({r.values["device_key"] for r in results}) == 3
     good, problems = read_records(records)  # the records file is importable as documented
     assert not problems and [s.name for s in good] == [e.name for e in elders]
@@ -129,9 +138,6 @@ def test_a_batch_is_provisioned_registered_and_recorded(cards, tmp_path):
     assert (first.name, first.wake, first.home) == ("王奶奶", 6 * 3600 + 1800, (24.95, 118.38))
     assert first.grid_worker == ("+85291234567 网格员 陈",)
     # and in the registry, where a running receiver's engine picks them up (settings loader)
-    from carecard.host.paths import ingest_db_path
-    from carecard.host.storage.sqlite.store import SQLiteStore
-
     store = SQLiteStore(ingest_db_path(data))
     try:
         _defaults, in_registry = store.load_engine_settings()

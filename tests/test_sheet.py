@@ -21,14 +21,14 @@ from carecard.host.factory.sheet import (
 
 HEADER = ["name", "contact1_number", "contact1_name", "contact2_number", "contact2_name",
           "contact4_number", "contact4_name", "grid_worker_key", "home", "home_lat", "home_lon",
-          "wake_time", "bed_time", "server", "apn", "quiet_hours"]
+          "wake_time", "bed_time", "server", "apn", "quiet_hours", "village"]
 GOOD = [
     ["王奶奶", "13800138000", "大儿子", "0595-22345678", "二儿子", "+85291234567", "网格员 陈", "4",
-     "南安市 官桥镇 1号", "24.95", "118.38", "6:30", "21:00", "care.example.cn:4500", "cmnet", "22-07"],
+     "南安市 官桥镇 1号", "24.95", "118.38", "6:30", "21:00", "care.example.cn:4500", "cmnet", "22-07", "官桥村"],
     ["李爷爷", "139 0013 9000", "女儿", "", "", "15900001111", "网格员 陈", "4",
-     "南安市 官桥镇 2号", "", "", "05:45", "20:30", "203.0.113.7:4500", "", ""],
+     "南安市 官桥镇 2号", "", "", "05:45", "20:30", "203.0.113.7:4500", "", "", "官桥村"],
     ["陈奶奶", "+8613700001111", "儿子", "", "", "", "", "", "", "", "", "07:00", "21:30",
-     "care.example.cn:4500", "", ""],
+     "care.example.cn:4500", "", "", ""],
 ]
 
 
@@ -55,6 +55,7 @@ def test_a_good_sheet(tmp_path):
     assert (first.wake, first.bed, first.quiet_hours, first.grid_worker_key) == ("06:30", "21:00", (22, 7), 4)
     assert (first.server_host, first.server_port, first.home_lat) == ("care.example.cn", 4500, 24.95)
     assert elders[1].contacts[0].number == "+8613900139000" and elders[1].row == 3
+    assert [e.village for e in elders] == ["官桥村", "官桥村", None]
 
 
 @pytest.mark.parametrize("column, value, why", [
@@ -74,6 +75,9 @@ def test_a_good_sheet(tmp_path):
     ("name", "", "missing"),
     ("name", "王\x07奶奶", "control"),
     ("contact1_name", "很" * 30, "bytes of UTF-8"),
+    # fits the sheet and a frame, not the card's config (owner_name: 32 bytes): said here, before
+    # any card is touched, not by the card halfway through a batch
+    ("name", "王" * 11, "the card keeps at most 32"),
 ])
 def test_each_bad_cell_is_named_by_row_and_column(column, value, why):
     rows = [HEADER] + [list(r) for r in GOOD]

@@ -20,7 +20,7 @@ import pytest
 
 from carecard.tools import micropython
 from carecard.tools.cardimage import micropython_path
-from carecard.tools.vcard import fwlib
+from carecard.tools import fwlib
 from carecard.tools.vcard.modem_sim import Callee, ModemSim, Timing
 from carecard.tools.vcard.pty_modem import PtyModem
 

@@ -140,7 +140,7 @@ def _text(value, limit=ccspec.MAX_STR):
         return "expected text, got %s" % _kind(value)
     n = len(value.encode("utf-8"))
     if n > limit:
-        return "%d bytes, at most %d fit in a frame" % (n, limit)
+        return "%d bytes of UTF-8, the card keeps at most %d" % (n, limit)
     return None
 
 

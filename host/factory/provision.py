@@ -47,10 +47,13 @@ class ProvisionResult:
 
 def config_values(elder: Elder, identity: CardIdentity, key: bytes, config_version: int) -> dict[str, Any]:
     """The card's config (firmware/lib/config.py's fields) for this elder."""
+    return {"config_version": config_version, "device_id": identity.imei, "device_key": key.hex(),
+            **elder_config(elder)}
+
+
+def elder_config(elder: Elder) -> dict[str, Any]:
+    """The card's config fields that come from the elder's row of the sheet."""
     values: dict[str, Any] = {
-        "config_version": config_version,
-        "device_id": identity.imei,
-        "device_key": key.hex(),
         "server_host": elder.server_host,
         "server_port": elder.server_port,
         "contacts": [{"key": c.key, "name": c.name, "number": c.number} for c in elder.contacts],
@@ -176,10 +179,11 @@ def register(results: list[ProvisionResult], elders: dict[str, Elder], data_dir:
         contacts = [Contact(c.key, c.number, c.name) for c in elder.contacts]
         key = bytes.fromhex(result.values["device_key"])
         specs.append(DeviceSpec(result.identity.imei, elder.name, key, contacts, result.identity.iccid,
-                                None, f"{result.port} (row {elder.row})"))
+                                None, f"{result.port} (row {elder.row})", village=elder.village))
         lines.append(json.dumps({"imei": str(result.identity.imei), "key": key.hex(), "name": elder.name,
                                  "contacts": [c.as_dict() for c in contacts],
-                                 **({"iccid": result.identity.iccid} if result.identity.iccid else {})},
+                                 **({"iccid": result.identity.iccid} if result.identity.iccid else {}),
+                                 **({"village": elder.village} if elder.village else {})},
                                 ensure_ascii=False))
         settings[str(result.identity.imei)] = engine_settings(elder)
         log.append(json.dumps({"imei": str(result.identity.imei), "iccid": result.identity.iccid,

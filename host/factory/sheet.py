@@ -22,7 +22,7 @@ CONTACT_KEYS = range(1, spec.MAX_CONTACTS + 1)
 CONTACT_COLUMNS = tuple(f"contact{k}_{part}" for k in CONTACT_KEYS for part in ("number", "name"))
 REQUIRED_COLUMNS = ("name", "contact1_number", "contact1_name", "wake_time", "bed_time", "server")
 OPTIONAL_COLUMNS = ("grid_worker_key", "home", "home_lat", "home_lon", "apn", "quiet_hours",
-                    "imei", "sim_pin")
+                    "imei", "sim_pin", "village")
 COLUMNS = ("name",) + CONTACT_COLUMNS + tuple(c for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS
                                                if c != "name" and c not in CONTACT_COLUMNS)
 MAX_SHEET_BYTES = 16 * 1024 * 1024
@@ -82,6 +82,7 @@ class Elder:
     extra: dict[str, Any] = field(default_factory=dict)
     imei: int | None = None  # the card this row must go on (from its box label), if given
     sim_pin: str | None = None  # the SIM's PIN when its PIN lock is on
+    village: str | None = None  # the village (grid) the card belongs to: its grid worker sees it
 
     @property
     def where(self) -> str:
@@ -110,7 +111,7 @@ def normalise_number(text: str) -> str:
     if compact.isdigit() and compact.startswith("1"):
         raise ValueError(f"{raw!r} is not a Chinese mobile number (11 digits starting 13-19)")
     if compact.isdigit() and compact.startswith("0"):
-        raise ValueError(f"{raw!r} is not a landline with its area code (e.g. 0595-22345678)")
+        raise ValueError(f"{raw!r} is not a landline number with its area code (e.g. 0595-22345678)")
     raise ValueError(f"{raw!r} is not a phone number: give a mobile (13800138000), a landline "
                      "with its area code (0595-22345678) or an international number (+85291234567)")
 
@@ -256,6 +257,10 @@ def validate_rows(rows: list[tuple[int, list[str]]], source: str = "sheet") -> l
         elder = _validate_row(number, values, problems)
         if elder is None:
             continue
+        card_problems = _card_config_problems(number, elder)
+        if card_problems:
+            problems.extend(card_problems)
+            continue
         key = (elder.name, elder.home)
         if key in seen:
             problems.append(SheetProblem(number, "name", f"{elder.name!r} at {elder.home or 'the same home'!r} "
@@ -276,6 +281,31 @@ def validate_rows(rows: list[tuple[int, list[str]]], source: str = "sheet") -> l
     if problems:
         raise SheetError(source, problems)
     return elders
+
+
+# the card's config fields (firmware/lib/config.py) a row becomes, and the column each comes from
+_CONFIG_COLUMNS = {"owner_name": "name", "server_host": "server", "server_port": "server", "apn": "apn",
+                   "quiet_hours": "quiet_hours", "grid_worker_key": "grid_worker_key", "sim_pin": "sim_pin",
+                   "contacts": "contact1_number"}
+_PER_CARD = ("device_id", "device_key")  # made at provisioning, not from the sheet
+
+
+def _card_config_problems(row: int, elder: Elder) -> list[SheetProblem]:
+    """What the card's own config rules (firmware/lib/config.py, run here on CPython) say of
+    the config this row becomes, so a value the card would refuse stops the whole sheet here,
+    not one card halfway through a batch."""
+    from carecard.host.factory.provision import elder_config
+    from carecard.tools import fwlib
+
+    values = elder_config(elder)
+    found = []
+    for text in fwlib.config().validate(values).problems:
+        field_name, _, why = text.partition(": ")
+        base = field_name.split("[")[0]
+        if base in _PER_CARD:
+            continue
+        found.append(SheetProblem(row, _CONFIG_COLUMNS.get(base, ""), f"the card's config refuses it: {why}"))
+    return found
 
 
 def _validate_row(row: int, values: dict[str, str], problems: list[SheetProblem]) -> Elder | None:
@@ -323,10 +353,11 @@ def _validate_row(row: int, values: dict[str, str], problems: list[SheetProblem]
     quiet = check("quiet_hours", parse_quiet_hours, False)
     imei = check("imei", parse_imei, False)
     sim_pin = check("sim_pin", parse_sim_pin, False)
+    village = check("village", parse_name, False)
     if len(problems) != before:
         return None
     return Elder(row, name, contacts, wake, bed, server[0], server[1], grid, home, lat, lon, apn, quiet,
-                 imei=imei, sim_pin=sim_pin)
+                 imei=imei, sim_pin=sim_pin, village=village)
 
 
 def parse_imei(text: str) -> int:

@@ -54,7 +54,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from carecard.tools.vcard import fwlib
+from carecard.tools import fwlib
 
 CTRL_Z = 0x1A
 ESC = 0x1B
