@@ -96,7 +96,7 @@ print(json.dumps({'type': answer and answer['type'], 'attempts': attempt + 1}))
 """
 
 
-def test_a_batch_is_provisioned_registered_and_recorded(cards, tmp_path):
+def test_a_batch_is_provisioned_registered_and_recorded(cards, tmp_path, request):
     from receiver_helpers import ReceiverProcess
 
     elders = read_sheet(csv_file(tmp_path, [HEADER] + GOOD))
@@ -104,6 +104,7 @@ def test_a_batch_is_provisioned_registered_and_recorded(cards, tmp_path):
     data.mkdir()
     records = tmp_path / "batch.jsonl"
     receiver = ReceiverProcess(data)  # running before the cards are registered
+    request.addfinalizer(lambda: receiver.proc.poll() is None and receiver.kill())  # a failed assert
     results = []
     for n, (card, elder) in enumerate(zip(cards, elders)):
         identity = CardIdentity(make_imei(86277107681800 + n), f"8986001234567890123{n}", "READY", "home")
