@@ -66,6 +66,12 @@ _CTRL_C = 0x03
 # Printed by the start-up script when it has its Ctrl-C handler (never reaches the client): a
 # SIGINT before that would end the unix port (its default action), not interrupt it.
 _UP_MARKER = b"\x1b_vdevice-up\x1b\\"
+# The ROMFS partition (romfs_size > 0): the file FOLDER.romfs beside the flash folder, of this
+# default size: the card's image libraries take ~160 KB as ROMFS today (hardware/ gives no
+# partition table; 256 KiB leaves them room to grow and fits a 4 MB flash's spare space).
+DEFAULT_ROMFS_SIZE = 256 * 1024
+ROMFS_BLOCK_SIZE = 4096  # an ESP32's flash erase sector
+ROMFS_VARIABLE = "VDEVICE_ROMFS"
 # The device's board (the interface of firmware/board), registered as `simboard` at start-up.
 BOARD_DIR = Path(__file__).resolve().parent / "vdevice_mpy"
 
@@ -89,6 +95,36 @@ import vdboard
 sys.path.pop(0)
 sys.modules["simboard"] = vdboard
 del vdboard
+if ROM_SIZE:
+    # The ROMFS partition: the placeholder environment strings (the first ones, together at
+    # least ROM_SIZE bytes: memory outside the heap, as a card's memory-mapped flash) hold the
+    # partition file's bytes; `vfs` becomes the built-in one plus rom_ioctl over them, written
+    # through to the file.
+    import uctypes
+
+    def _vdevice_partition():
+        key = ROM_KEY
+        with open("/proc/self/stat", "rb") as f:
+            stat = f.read()
+        start = int(stat[stat.rfind(b")") + 2:].split()[-3]) + len(key)
+        if uctypes.bytes_at(start - len(key), len(key)) != key:
+            raise OSError("vdevice: the ROMFS placeholder is not the first environment variable")
+        for name in ROM_NAMES:
+            os.unsetenv(name)  # its memory is the partition's now, not a string for children
+        rom = memoryview(uctypes.bytearray_at(start, ROM_SIZE))
+        n = 0
+        f = open(ROM_FILE, "r+b")  # kept open: the host's paths are gone once / is the folder
+        while n < ROM_SIZE:
+            got = f.readinto(rom[n:n + 256])
+            if not got:
+                break
+            n += got
+        if n != ROM_SIZE:
+            raise OSError("vdevice: the ROMFS partition file is %d bytes, not %d" % (n, ROM_SIZE))
+        return rom, f
+
+    _rom, _rom_file = _vdevice_partition()
+    del _vdevice_partition, uctypes
 vfs.umount("/")
 _fs = vfs.VfsPosix(ROOT)
 if FLASH_SIZE:
@@ -121,6 +157,57 @@ vfs.mount(_fs, "/")
 del _fs
 os.chdir("/")
 sys.path[:] = ["", ".frozen", "/lib"]
+if ROM_SIZE:
+    def _rom_put(offset, data):
+        _rom[offset:offset + len(data)] = data
+        _rom_file.seek(offset)
+        _rom_file.write(data)
+        _rom_file.flush()
+
+    def _rom_ioctl(op, *args):
+        # MicroPython's vfs.rom_ioctl: 1 partitions; 2 the partition (memoryview); 3 prepare
+        # (erase to 0xFF, returns the smallest write); 4 write at an offset; 5 finish; 6 block size
+        if op == 1:
+            return 1
+        if not args or args[0] != 0:
+            return -19  # ENODEV
+        if op == 2:
+            return _rom
+        if op == 6:
+            return ROM_BLOCK
+        if op == 3:
+            offset, length = (0, args[1]) if len(args) == 2 else (args[1], args[2])
+            if offset < 0 or length < 0 or offset + length > ROM_SIZE:
+                return -22  # EINVAL
+            erased = b"\\xff" * ROM_BLOCK
+            for at in range(offset, offset + length, ROM_BLOCK):
+                _rom_put(at, erased[:min(ROM_BLOCK, offset + length - at)])
+            return 4
+        if op == 4:
+            offset, data = args[1], args[2]
+            if offset < 0 or offset + len(data) > ROM_SIZE:
+                return -22
+            _rom_put(offset, data)
+            return 0
+        if op == 5:
+            return 0  # every write went to the file already
+        return -22
+
+    class _vfs_with_rom:
+        rom_ioctl = staticmethod(_rom_ioctl)
+
+    for _name in dir(vfs):
+        if not _name.startswith("__"):
+            setattr(_vfs_with_rom, _name, getattr(vfs, _name))
+    sys.modules["vfs"] = _vfs_with_rom
+    # as a port with ROMFS boots: a valid image is mounted at /rom, ahead of /lib on sys.path
+    if bytes(_rom[:3]) == b"\\xd2\\xcd\\x31":
+        try:
+            vfs.mount(vfs.VfsRom(_rom), "/rom")
+            sys.path[:] = ["", ".frozen", "/rom", "/rom/lib", "/lib"]
+        except OSError as e:
+            print("vdevice: the ROMFS partition does not mount:", e)
+    del _vfs_with_rom
 
 def _vdevice_run(name):
     try:
@@ -159,10 +246,16 @@ class VirtualDevice:
 
     def __init__(self, folder: Path | str, *, interpreter: str | None = None,
                  uarts: dict[int, str] | None = None, heapsize: int | None = None,
-                 flash_size: int = 0) -> None:
+                 flash_size: int = 0, romfs_size: int = 0) -> None:
         self.folder = Path(folder).resolve()
         if not self.folder.is_dir():
             raise VirtualDeviceError(f"{self.folder}: no such folder for the device's flash")
+        if romfs_size < 0 or romfs_size % ROMFS_BLOCK_SIZE:
+            raise VirtualDeviceError(f"romfs_size {romfs_size}: a ROMFS partition is a whole number "
+                                     f"of {ROMFS_BLOCK_SIZE}-byte blocks")
+        # > 0: a ROMFS partition of this size, kept in romfs_path (it survives resets, as flash)
+        self.romfs_size = romfs_size
+        self.romfs_path = self.folder.with_name(self.folder.name + ".romfs")
         self.interpreter = interpreter or _default_interpreter()
         self.uarts = dict(uarts or {})
         self.heapsize = heapsize
@@ -188,6 +281,14 @@ class VirtualDevice:
 
     def start(self) -> "VirtualDevice":
         import tempfile
+
+        if self.romfs_size:
+            if not self.romfs_path.exists():
+                self.romfs_path.write_bytes(b"\xff" * self.romfs_size)  # erased flash
+            elif self.romfs_path.stat().st_size != self.romfs_size:
+                raise VirtualDeviceError(f"{self.romfs_path}: the ROMFS partition file has "
+                                         f"{self.romfs_path.stat().st_size} bytes, not {self.romfs_size}; "
+                                         "delete it to start with an erased partition")
 
         self._client_master, self._client_slave = pty.openpty()
         tty.setraw(self._client_slave)
@@ -232,9 +333,15 @@ class VirtualDevice:
             for fd in uart_fds.values():
                 os.close(fd)
             raise VirtualDeviceError(f"UART {uart_id}: cannot open {path} ({exc.strerror})") from None
+        placeholders = self._romfs_placeholders()
         script = (_BOOT_SCRIPT.replace("ROOT", repr(str(self.folder)))
                   .replace("UARTS", repr(uart_fds)).replace("RAW", repr(raw))
                   .replace("FLASH_SIZE", repr(self.flash_size))
+                  .replace("ROM_SIZE", repr(self.romfs_size))
+                  .replace("ROM_FILE", repr(str(self.romfs_path)))
+                  .replace("ROM_BLOCK", repr(ROMFS_BLOCK_SIZE))
+                  .replace("ROM_KEY", repr(ROMFS_VARIABLE.encode() + b"="))
+                  .replace("ROM_NAMES", repr(list(placeholders)))
                   .replace("BOARD_DIR", repr(str(BOARD_DIR)))
                   .replace("UP_MARKER", repr(_UP_MARKER.decode())))
         with open(self._script, "w", encoding="utf-8") as handle:
@@ -250,7 +357,9 @@ class VirtualDevice:
         if self.heapsize:
             argv += ["-X", f"heapsize={self.heapsize}"]
         argv += ["-i", self._script]
-        env = {k: v for k, v in os.environ.items() if k not in ("MICROPYPATH", "CARECARD_ROM")}
+        env = dict(placeholders)  # first: the partition's memory (see _BOOT_SCRIPT)
+        env.update((k, v) for k, v in os.environ.items()
+                   if k != "MICROPYPATH" and not k.startswith(("CARECARD_ROM", ROMFS_VARIABLE)))
         env["MICROPYPATH"] = ".frozen"
 
         def controlling_tty() -> None:  # runs in the child: the pty delivers its SIGINT
@@ -272,6 +381,14 @@ class VirtualDevice:
         self._interrupt_held = False
         self._pre_up = b""
         self.boots += 1
+
+    def _romfs_placeholders(self) -> dict[str, str]:
+        if not self.romfs_size:
+            return {}
+        from carecard.tools.micropython import _rom_placeholders
+
+        return {ROMFS_VARIABLE + name[len("CARECARD_ROM"):]: value
+                for name, value in _rom_placeholders(self.romfs_size).items()}
 
     def _kill_child(self) -> None:
         child, self._child = self._child, None
@@ -412,7 +529,8 @@ class VirtualDevice:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m carecard.tools.vdevice [--modem] FOLDER [FOLDER ...]`: one virtual board per
+    """`python -m carecard.tools.vdevice [--modem] [--romfs-size [BYTES]] FOLDER [FOLDER ...]`:
+    one virtual board per
     folder (created if missing), ports printed one a line, until Ctrl-C. With --modem each board
     has a simulated A7670 on its UART 1 (a SIM in, coverage), with an IMEI of its own, so
     `carecard provision --port` can run on it."""
@@ -422,6 +540,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interpreter", help="the MicroPython unix port to run (default: the venv's)")
     parser.add_argument("--modem", action="store_true",
                         help="a simulated A7670 modem on each board's UART 1 (IMEI printed)")
+    parser.add_argument("--romfs-size", type=int, nargs="?", const=DEFAULT_ROMFS_SIZE, default=0,
+                        metavar="BYTES",
+                        help="a ROMFS partition on each board (for `mpremote romfs deploy`), kept "
+                             f"in FOLDER.romfs beside its folder (default size {DEFAULT_ROMFS_SIZE})")
     args = parser.parse_args(argv)
     devices: list[VirtualDevice] = []
     modems: list[Any] = []
@@ -434,7 +556,8 @@ def main(argv: list[str] | None = None) -> int:
                 modems.append(_virtual_modem(n))
                 uarts[1] = modems[-1].port
                 note = f"  modem IMEI {modems[-1].sim.identity.imei}"
-            devices.append(VirtualDevice(folder, interpreter=args.interpreter, uarts=uarts).start())
+            devices.append(VirtualDevice(folder, interpreter=args.interpreter, uarts=uarts,
+                                         romfs_size=args.romfs_size).start())
             print(f"{devices[-1].port}  {Path(folder).resolve()}{note}", flush=True)
         while True:
             time.sleep(3600)
