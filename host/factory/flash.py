@@ -301,8 +301,12 @@ def _romfs_state(link: DeviceLink, size: int) -> tuple[int, str, str | None]:
     them."""
     import ast
 
-    text = link.exec(_ROMFS_HASH_CODE.replace("SIZE", str(size))).strip().splitlines()[-1]
-    part_size, digest = ast.literal_eval(text)
+    text = (link.exec(_ROMFS_HASH_CODE.replace("SIZE", str(size))).strip().splitlines() or [""])[-1]
+    try:
+        part_size, digest = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError):
+        raise DeviceError(link.port, f"unexpected answer to the ROMFS partition query: {text[:80]!r}",
+                          "flash with --no-romfs, and report the card's MicroPython build") from None
     marker = link.read_file(ROMFS_MARKER)
     return int(part_size), str(digest), marker.decode("ascii", "replace").strip() if marker else None
 
@@ -312,7 +316,7 @@ def _plan_romfs(link: DeviceLink, info: DeviceInfo, folder: Path, use_romfs: boo
     """Decide the ROMFS step before any file is copied: the image to deploy (the marker then
     removed, so the card boots from /lib until the new image verified), or None."""
     port = link.port
-    if not info.romfs_partitions:
+    if info.romfs_partitions <= 0:
         return None
     library = folder / ROMFS_FOLDER
     if not use_romfs or not library.is_dir():
