@@ -41,6 +41,10 @@ def test_the_quick_demo_provisions_runs_and_draws_the_village(card_port, monkeyp
     assert (data / "provisioning.jsonl").exists() and (data / "village.csv").exists()
     records = [json.loads(line) for line in (data / "provisioning.jsonl").read_text().splitlines()]
     assert [r["name"] for r in records] == ["陈阿婆", "王大爷", "李奶奶"]
+    # each board's libraries deployed to its ROMFS partition and verified (the marker boot.py trusts)
+    for n in (1, 2, 3):
+        assert (data / "cards" / f"card{n}.romfs").read_bytes()[:3] == b"\xd2\xcd\x31"
+        assert len((data / "cards" / f"card{n}" / "romfs.sha256").read_text().strip()) == 64
     # the live timeline: the SOS day's long press, its frame and the cascade's calls
     assert "王大爷 hold key=1 seconds=3" in out and "王大爷 SOS frame sent" in out
     assert "call key 1" in out and "no_answer" in out and "confirmed" in out

@@ -9,8 +9,8 @@ example sheet through the factory path, each living a different day against one 
     village.finish(out_dir)                  # exports, pictures; village.cards[i] holds everything
 
 Provisioning is the factory's own (host/factory): each card is a virtual MicroPython board
-(tools/vdevice.py) with a simulated A7670 on its UART 1, driven by the real mpremote: the image
-flashed (`flash_device`), then what `carecard provision --port` runs (`provision_batch`): the IMEI
+(tools/vdevice.py) with a simulated A7670 on its UART 1 and a ROMFS partition, driven by the real
+mpremote: the image flashed (`flash_device`: its libraries deployed to ROMFS, verified), then what `carecard provision --port` runs (`provision_batch`): the IMEI
 and ICCID read from the modem by the card's own driver, the SIM phonebook, the elder's config
 written and read back by the firmware's own config module, the batch registered with the
 receiver (registry, keys, records, the elders' engine settings).
@@ -175,7 +175,7 @@ class Village:
         from carecard.host.receiver.registry import RegistryError, make_imei
         from carecard.tools.vcard.modem_sim import Identity
         from carecard.tools.vcard.pty_modem import PtyModem
-        from carecard.tools.vdevice import VirtualDevice
+        from carecard.tools.vdevice import DEFAULT_ROMFS_SIZE, VirtualDevice
 
         assert self.receiver is not None and self.receiver.port is not None
         lines = sheet.read_text(encoding="utf-8").splitlines()
@@ -212,7 +212,8 @@ class Village:
             for card in self.cards]
         boards = []
         try:
-            boards = [VirtualDevice(card.folder, uarts={1: modem.port}).start()
+            # with a ROMFS partition, as a card's flash has: the flash deploys the libraries there
+            boards = [VirtualDevice(card.folder, uarts={1: modem.port}, romfs_size=DEFAULT_ROMFS_SIZE).start()
                       for card, modem in zip(self.cards, modems)]
             with ThreadPoolExecutor(3) as pool:
                 list(pool.map(lambda board: flash_device(board.port, image), boards))
