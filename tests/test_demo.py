@@ -100,6 +100,38 @@ def test_the_quick_demo_provisions_runs_and_draws_the_village(card_port, monkeyp
         assert shell.returncode == 0 and shell.stdout, (hint, shell.stderr)
 
 
+def test_ctrl_c_stops_every_card_at_once_and_the_receiver_with_them(card_port, monkeypatch, tmp_path):
+    """Ctrl-C while the village plays: the cards stop at their next quantum (they do not play
+    their days to the end first), the receiver stops, the demo says where the data is, 130."""
+    import signal
+
+    monkeypatch.setenv(micropython.SELECT_VARIABLE, card_port.executable)
+    data = tmp_path / "demo"
+    proc = subprocess.Popen([sys.executable, "-m", "carecard.host.cli", "demo", "--data", str(data)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**__import__("os").environ, "COLUMNS": "160"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:   # the village is playing: its first card's first hours
+            seen.append(line)
+            if " 林秀英 " in line and line.startswith("12-07 0"):
+                break
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = "".join(seen) + rest
+    assert proc.returncode == 130, out[-3000:]
+    assert f"interrupted: the cards and the receiver stopped; what they stored is in {data}" in out
+    assert "12-08" not in out and "the village's day" not in out   # the days were not played out
+    receiver_pid = int((data / "receiver.lock").read_text().split()[0])   # it had started
+    assert not Path(f"/proc/{receiver_pid}").exists(), "the receiver is still running"
+
+
 def test_the_demo_refuses_a_folder_it_did_not_make(tmp_path):
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "precious.txt").write_text("keep me")

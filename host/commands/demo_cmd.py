@@ -104,7 +104,12 @@ def run(args: argparse.Namespace) -> int:
     data_dir = Path(args.data)
     _prepare(data_dir)
     with _card_interpreter():
-        return _run(args, data_dir, started)
+        try:
+            return _run(args, data_dir, started)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: the cards and the receiver stopped; what they stored is in {data_dir}",
+                  file=sys.stderr)
+            return 130
 
 
 @contextlib.contextmanager

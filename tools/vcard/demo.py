@@ -284,9 +284,16 @@ class Village:
             finally:
                 lock.leave(card.device)   # (run_scenario has left already unless it failed first)
 
+        pool = ThreadPoolExecutor(len(self.cards) or 1)
         try:
-            with ThreadPoolExecutor(len(self.cards) or 1) as pool:
-                list(pool.map(one, self.cards))
+            try:
+                for future in [pool.submit(one, card) for card in self.cards]:
+                    future.result()
+            except BaseException:   # Ctrl-C: every card stops at its next quantum, not at its day's end
+                lock.stop("the demo was interrupted")
+                raise
+            finally:
+                pool.shutdown(wait=True)
             self._finish_run(end=max(lock.limit, self.end_unix()), on_alert=on_alert)
         finally:
             if self._log is not None:

@@ -62,6 +62,13 @@ class Lockstep:
             self._waiting.pop(member, None)
             self._maybe_advance()
 
+    def stop(self, reason: str) -> None:
+        """Stop every member at its next gate with LockstepError(reason) (an interrupted demo)."""
+        with self._cond:
+            if self.error is None:
+                self.error = LockstepError(reason)
+            self._cond.notify_all()
+
     def wait_until(self, member: Any, t: float) -> None:
         """Block until the village's time reaches `t` (a card whose day starts later)."""
         self._block(member, lambda: self.limit >= t)
