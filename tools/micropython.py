@@ -177,27 +177,20 @@ def _env(image: Path | None, rom_size: int = 0) -> dict[str, str]:
 # The module then removes itself, so only the mount stays on the heap (a few dozen bytes). An
 # image over 128 KB spans several variables (_rom_placeholders): the copy runs on across them.
 _ROM_VARIABLE = "CARECARD_ROM"
+# envmem.py: the MicroPython side of the placeholder memory, shared with the virtual device
+ENVMEM_DIR = Path(__file__).resolve().parent / "vdevice_mpy"
 _ROM_CHUNK = 120_000
 _FLASH_SETUP = """\
-import sys, vfs, uctypes
+import sys, vfs
 
 def _mount(image, size):
-    key = b"CARECARD_ROM="
-    with open("/proc/self/stat", "rb") as f:
-        stat = f.read()
-    start = int(stat[stat.rfind(b")") + 2:].split()[-3]) + len(key)
-    if uctypes.bytes_at(start - len(key), len(key)) != key:
-        raise OSError("flash simulation: CARECARD_ROM is not the first environment variable")
-    rom = memoryview(uctypes.bytearray_at(start, size))
-    n = 0
+    sys.path.insert(0, ENVMEM_DIR)
+    import envmem
+    sys.path.pop(0)
+    rom = envmem.environment_memory(b"CARECARD_ROM=", size)
     with open(image, "rb") as f:
-        while n < size:
-            got = f.readinto(rom[n:n + 256])
-            if not got:
-                break
-            n += got
-    if n != size:
-        raise OSError("flash simulation: %d of %d image bytes read" % (n, size))
+        envmem.fill(rom, f, "flash simulation: the image")
+    del sys.modules["envmem"]
     vfs.mount(vfs.VfsRom(rom), "/rom")
     sys.path.insert(0, "/rom")
 
@@ -216,7 +209,8 @@ def flash_script(code: str, rom: Path, folder: Path) -> tuple[str, dict[str, str
     with open(image_path, "wb") as handle:
         handle.write(data)
     with open(os.path.join(folder, "_flash.py"), "w", encoding="utf-8") as handle:
-        handle.write(_FLASH_SETUP.replace("IMAGE, SIZE", f"{image_path!r}, {len(data)}"))
+        handle.write(_FLASH_SETUP.replace("IMAGE, SIZE", f"{image_path!r}, {len(data)}")
+                     .replace("ENVMEM_DIR", repr(str(ENVMEM_DIR))))
     script = os.path.join(folder, "script.py")
     with open(script, "w", encoding="utf-8") as handle:
         handle.write("import _flash\n" + code)

@@ -100,31 +100,20 @@ if ROM_SIZE:
     # least ROM_SIZE bytes: memory outside the heap, as a card's memory-mapped flash) hold the
     # partition file's bytes; `vfs` becomes the built-in one plus rom_ioctl over them, written
     # through to the file.
-    import uctypes
-
     def _vdevice_partition():
-        key = ROM_KEY
-        with open("/proc/self/stat", "rb") as f:
-            stat = f.read()
-        start = int(stat[stat.rfind(b")") + 2:].split()[-3]) + len(key)
-        if uctypes.bytes_at(start - len(key), len(key)) != key:
-            raise OSError("vdevice: the ROMFS placeholder is not the first environment variable")
+        sys.path.insert(0, BOARD_DIR)
+        import envmem
+        sys.path.pop(0)
+        rom = envmem.environment_memory(ROM_KEY, ROM_SIZE)
         for name in ROM_NAMES:
             os.unsetenv(name)  # its memory is the partition's now, not a string for children
-        rom = memoryview(uctypes.bytearray_at(start, ROM_SIZE))
-        n = 0
         f = open(ROM_FILE, "r+b")  # kept open: the host's paths are gone once / is the folder
-        while n < ROM_SIZE:
-            got = f.readinto(rom[n:n + 256])
-            if not got:
-                break
-            n += got
-        if n != ROM_SIZE:
-            raise OSError("vdevice: the ROMFS partition file is %d bytes, not %d" % (n, ROM_SIZE))
+        envmem.fill(rom, f, "vdevice: the ROMFS partition file")
+        del sys.modules["envmem"]
         return rom, f
 
     _rom, _rom_file = _vdevice_partition()
-    del _vdevice_partition, uctypes
+    del _vdevice_partition
 vfs.umount("/")
 _fs = vfs.VfsPosix(ROOT)
 if FLASH_SIZE:
