@@ -245,22 +245,12 @@ def commit_engine(conn: sqlite3.Connection, name: str, commit: EngineCommit, now
         conn.executemany("UPDATE alert_actions SET outcome = ?, detail = ?, handled_at = ? WHERE id = ?",
                          [(outcome, detail, at, action_id) for action_id, outcome, detail, at in commit.actions])
     for device, cmd, args in commit.commands:
-        found = conn.execute("SELECT next_command_seq FROM devices WHERE device = ?", (device,)).fetchone()
-        if found is None:
-            result.skipped_commands.append((device, cmd, f"device {device} is not registered"))
-            continue
-        counter = found[0]
-        seq = (counter - 1) % 0xFFFF + 1  # 1..65535, wrapping (as CommandQueue.queue_command)
-        conn.execute("UPDATE devices SET next_command_seq = ?, updated_at = ? WHERE device = ?",
-                     (counter + 1, now, device))
         # queued at the engine's clock: its time to live runs from the engine's decision
-        queued_at = commit.now
-        cursor = conn.execute(
-            "INSERT INTO commands (device, seq, cmd, args, state, attempts, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, 0, ?, ?)",
-            (device, seq, cmd, json.dumps(args, ensure_ascii=False), lifecycle.QUEUED, queued_at, queued_at))
-        result.commands.append(CommandRecord(int(cursor.lastrowid or 0), device, seq, cmd, dict(args),
-                                             lifecycle.QUEUED, 0, queued_at, queued_at))
+        queued = queue_command(conn, device, cmd, lambda _seq, args=args: dict(args), commit.now)
+        if queued is None:
+            result.skipped_commands.append((device, cmd, f"device {device} is not registered"))
+        else:
+            result.commands.append(queued)
     if result.commands:
         conn.execute("UPDATE meta SET value = value + 1 WHERE name = 'registry_generation'")
     forget = [(name, device) for device, state in commit.devices.items() if state is None]
@@ -272,6 +262,25 @@ def commit_engine(conn: sqlite3.Connection, name: str, commit: EngineCommit, now
     conn.execute("INSERT OR REPLACE INTO engine_checkpoint (name, cursor, now, saved_at) VALUES (?, ?, ?, ?)",
                  (name, commit.cursor, commit.now, now))
     return result
+
+
+def queue_command(conn: sqlite3.Connection, device: int, cmd: str, make_args: Any,
+                  now: float) -> CommandRecord | None:
+    """Inside the caller's transaction: queue a command under the device's next seq (the
+    store's queue_command, the engine's check-in prompts); None: the device is not registered."""
+    row = conn.execute("SELECT next_command_seq FROM devices WHERE device = ?", (device,)).fetchone()
+    if row is None:
+        return None
+    counter = row[0]
+    seq = (counter - 1) % 0xFFFF + 1  # 1..65535, wrapping
+    stored = make_args(seq)
+    conn.execute("UPDATE devices SET next_command_seq = ?, updated_at = ? WHERE device = ?",
+                 (counter + 1, now, device))
+    cursor = conn.execute(
+        "INSERT INTO commands (device, seq, cmd, args, state, attempts, created_at, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, 0, ?, ?)",
+        (device, seq, cmd, json.dumps(stored, ensure_ascii=False), lifecycle.QUEUED, now, now))
+    return CommandRecord(int(cursor.lastrowid or 0), device, seq, cmd, stored, lifecycle.QUEUED, 0, now, now)
 
 
 def load_engine_settings(conn: sqlite3.Connection) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:

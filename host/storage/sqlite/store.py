@@ -545,20 +545,10 @@ class SQLiteStore(IngestStore, DeviceRegistry, CommandQueue, AlertStore, EngineS
     def queue_command(self, device: int, cmd: str, make_args: Callable[[int], dict[str, Any]],
                       now: float) -> CommandRecord:
         with self.transaction() as conn:
-            row = conn.execute("SELECT next_command_seq FROM devices WHERE device = ?", (device,)).fetchone()
-            if row is None:
-                raise UnknownDeviceError(not_registered(device))
-            counter = row[0]
-            seq = (counter - 1) % 0xFFFF + 1  # 1..65535, wrapping
-            stored = make_args(seq)
-            conn.execute("UPDATE devices SET next_command_seq = ?, updated_at = ? WHERE device = ?",
-                         (counter + 1, now, device))
-            cursor = conn.execute(
-                "INSERT INTO commands (device, seq, cmd, args, state, attempts, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, 0, ?, ?)",
-                (device, seq, cmd, json.dumps(stored, ensure_ascii=False), lifecycle.QUEUED, now, now))
-            command_id = cursor.lastrowid
-        return CommandRecord(command_id, device, seq, cmd, stored, lifecycle.QUEUED, 0, now, now)
+            queued = alert_tables.queue_command(conn, device, cmd, make_args, now)
+        if queued is None:
+            raise UnknownDeviceError(not_registered(device))
+        return queued
 
     def cancel_command(self, device: int, seq: int, now: float) -> CommandRecord:
         with self.transaction() as conn:
