@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
@@ -39,6 +38,7 @@ from typing import Any, Callable
 
 from carecard.tools.vcard import scenario as scenarios
 from carecard.tools.vcard import sim
+from carecard.tools.vcard.lockstep import Lockstep, LockstepError
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo"
 SHEET = DEMO_DIR / "village.csv"
@@ -132,11 +132,9 @@ class Village:
         self.cards: list[DemoCard] = []
         self.records = data_dir / "provisioning.jsonl"
         self.settings_path: Path | None = None
-        self.lockstep: Any = None
         self._alerts_seen: set[Any] = set()     # alert event ids given to their cards
         self._log: Any = None                  # the event log, read for its head and sink cursors
         self._delivered = 0                    # the sinks had the log up to here at the last look
-        self._alert_lock = threading.Lock()
 
     def chosen(self, days: tuple[DemoDay, ...] = DAYS) -> list[DemoDay]:
         return [d for d in days if not self.quick or d.quick is not None]
@@ -253,8 +251,6 @@ class Village:
         """Every card's day at once against the receiver, in lockstep on the village's virtual
         clock. on_alert: each alert event the engine commits (a card's, as it happens); on_time:
         the village's virtual time (unix s) at the end of each quantum."""
-        from carecard.tools.vcard.lockstep import Lockstep
-
         assert self.receiver is not None and self.receiver.port is not None and self.clock is not None
         port = self.receiver.port
 
@@ -266,7 +262,7 @@ class Village:
             if on_time is not None:
                 on_time(t)
 
-        self.lockstep = lock = Lockstep(self.start_unix, self.quantum_s, self.clock, on_quantum=quantum)
+        lock = Lockstep(self.start_unix, self.quantum_s, self.clock, on_quantum=quantum)
         for card in self.cards:
             lock.join(card.device)
 
@@ -294,20 +290,21 @@ class Village:
                 raise
             finally:
                 pool.shutdown(wait=True)
-            self._finish_run(end=max(lock.limit, self.end_unix()), on_alert=on_alert)
+            self._finish_run(lock, end=max(lock.limit, self.end_unix()), on_alert=on_alert)
         finally:
             if self._log is not None:
                 self._log.close()
                 self._log = None
 
-    def _finish_run(self, end: float, on_alert: Callable[[DemoCard, dict[str, Any]], None] | None) -> None:
+    def _finish_run(self, lock: Any, end: float,
+                    on_alert: Callable[[DemoCard, dict[str, Any]], None] | None) -> None:
         # the engine steps once more at the end of the last day: its alerts up to then
         assert self.clock is not None and self.receiver is not None
         self.clock.set_receiver(end)
-        self.clock.set_engine(end)
-        if not self.clock.wait_engine_stepped(end, 60.0):
-            raise DemoError(f"the receiver's alert engine did not step to the end of the day; its log: "
-                            f"{self.receiver.log_path}")
+        try:
+            lock.step_engine(end)
+        except LockstepError as exc:
+            raise DemoError(f"{exc}; its log: {self.receiver.log_path}") from None
         self._wait_for_sinks()
         self._read_alerts(on_alert)
         for card in self.cards:
@@ -338,22 +335,22 @@ class Village:
         from carecard.host.export import QueryError, iter_events, open_query_store_readonly
 
         by_device = {str(c.device): c for c in self.cards}
-        with self._alert_lock:
-            try:
-                conn = open_query_store_readonly(self.data_dir)
-            except QueryError:
-                return   # nothing stored yet
-            try:
-                for event in iter_events(conn, kind="alert", since=since):
-                    card = by_device.get(str(event.get("device")))
-                    if card is None or event.get("id") in self._alerts_seen:
-                        continue
-                    self._alerts_seen.add(event.get("id"))
-                    card.alerts.append(event)
-                    if on_alert is not None:
-                        on_alert(card, event)
-            finally:
-                conn.close()
+        # called at a quantum's end (the lockstep's, one at a time) and after the cards' threads
+        try:
+            conn = open_query_store_readonly(self.data_dir)
+        except QueryError:
+            return   # nothing stored yet
+        try:
+            for event in iter_events(conn, kind="alert", since=since):
+                card = by_device.get(str(event.get("device")))
+                if card is None or event.get("id") in self._alerts_seen:
+                    continue
+                self._alerts_seen.add(event.get("id"))
+                card.alerts.append(event)
+                if on_alert is not None:
+                    on_alert(card, event)
+        finally:
+            conn.close()
 
     def _wait_for_sinks(self, timeout_s: float = 30.0) -> None:
         """When the event log grew since the last look: until the sinks have all of it (the

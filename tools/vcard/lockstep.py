@@ -107,18 +107,25 @@ class Lockstep:
             self.error = exc
         self._cond.notify_all()
 
-    def _end_quantum(self) -> None:
-        t = self.limit
+    def step_engine(self, t: float) -> None:
+        """Move the engine's clock to `t` (every frame before it is in the log) and wait until
+        the engine has stepped there. Raises LockstepError when it does not within engine_wait_s."""
         clock = self.clock
-        if clock is not None and clock.engine() < t:
+        if clock is None:
+            return
+        if clock.engine() < t:
             clock.set_engine(t)
-        if clock is not None and not clock.wait_engine_stepped(t, self.engine_wait_s):
+        if not clock.wait_engine_stepped(t, self.engine_wait_s):
             raise LockstepError(f"the alert engine did not step to the virtual time {t:.0f} within "
                                 f"{self.engine_wait_s:.0f} s: is the receiver's engine child running? "
                                 "(see the receiver's log)")
+
+    def _end_quantum(self) -> None:
+        t = self.limit
+        self.step_engine(t)
         if self.on_quantum is not None:
             self.on_quantum(t)
         self.quanta += 1
         self.limit = t + self.quantum_s
-        if clock is not None:
-            clock.set_receiver(self.limit)
+        if self.clock is not None:
+            self.clock.set_receiver(self.limit)

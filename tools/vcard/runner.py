@@ -371,7 +371,8 @@ class VirtualCard:
         (self.now < target) when something wakes the card."""
         modem, gnss = self.world.modem, self.world.gnss
         while True:
-            if self.gate is not None and self._gate_ms is not None and self.now >= self._gate_ms:
+            if self._gate_ms is not None and self.now >= self._gate_ms:
+                assert self.gate is not None   # _gate_ms is kept only with a gate
                 self._gate_ms = self.gate(self.now)
             candidates = [target]
             if self._gate_ms is not None:

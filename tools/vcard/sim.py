@@ -639,9 +639,7 @@ def _play(sc: Scenario, opt: SimOptions, setup: CardSetup, data_dir: Path, port:
                         timeline.append({"t_ms": ms, "time": _iso(sc.start_unix + ms / 1000),
                                          "kind": "card_print", "detail": detail})
                 seen = len(card.run_log.timeline)
-        except RunnerError as exc:
-            raise SimError(f"scenario {sc.name}: {exc}") from None
-        except LockstepError as exc:
+        except (RunnerError, LockstepError) as exc:
             raise SimError(f"scenario {sc.name}: {exc}") from None
         finally:
             if lock is not None:
