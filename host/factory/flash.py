@@ -202,6 +202,11 @@ def _rm(p):
 """
 
 
+def _with_file_helpers(code: str) -> str:
+    """`code` run on the card with _SETUP_CODE's helpers (_mkdirs, _mv, _rm), removed after it."""
+    return f"{_SETUP_CODE}{code}\ndel _mkdirs, _mv, _rm\n"
+
+
 def flash_device(port: str, image: Path | Callable[[DeviceInfo], Path], *,
                  progress: Progress | None = None, timeout: float = 8.0,
                  romfs: bool = True) -> FlashResult:
@@ -320,7 +325,7 @@ def _plan_romfs(link: DeviceLink, info: DeviceInfo, folder: Path, use_romfs: boo
         return None
     library = folder / ROMFS_FOLDER
     if not use_romfs or not library.is_dir():
-        link.exec(f"import os\ntry:\n os.remove({ROMFS_MARKER!r})\nexcept OSError:\n pass")
+        link.exec(_with_file_helpers(f"_rm({ROMFS_MARKER!r})"))
         result.romfs = "off"
         say(port, "ROMFS partition not used: the libraries run from the filesystem")
         return None
@@ -337,7 +342,7 @@ def _plan_romfs(link: DeviceLink, info: DeviceInfo, folder: Path, use_romfs: boo
         result.romfs = "up to date"
         say(port, f"ROMFS up to date: {len(rom)} bytes, sha256 {local[:16]} verified on the card")
         return None
-    link.exec(f"import os\ntry:\n os.remove({ROMFS_MARKER!r})\nexcept OSError:\n pass")
+    link.exec(_with_file_helpers(f"_rm({ROMFS_MARKER!r})"))
     return rom
 
 
@@ -384,8 +389,7 @@ def _deploy_romfs(port: str, rom: bytes, say: Progress, timeout: float) -> None:
                               "flash again; if it happens again the card's flash may be failing "
                               "(it boots its libraries from the filesystem meanwhile)")
         link.write_file(ROMFS_MARKER + TEMP_SUFFIX, local.encode())
-        link.exec(f"import os\ntry:\n os.remove({ROMFS_MARKER!r})\nexcept OSError:\n pass\n"
-                  f"os.rename({ROMFS_MARKER + TEMP_SUFFIX!r}, {ROMFS_MARKER!r})")
+        link.exec(_with_file_helpers(f"_mv({ROMFS_MARKER + TEMP_SUFFIX!r}, {ROMFS_MARKER!r})"))
         if link.read_file(ROMFS_MARKER) != local.encode():
             raise DeviceError(port, "the ROMFS boot marker reads back wrong", "flash again")
     say(port, f"ROMFS deployed: {len(rom)} bytes, sha256 {local[:16]} verified on the card")
