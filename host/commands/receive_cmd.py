@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 import asyncio
 import signal
+from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from carecard.host.commands.errors import EXIT_FAILED, CommandError
